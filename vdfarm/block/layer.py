@@ -1,0 +1,91 @@
+"""The one interface every block layer implements, and the pass-through base.
+
+Rules (the nbdkit filter pattern):
+- A layer wraps the next one (`self.next`); a method a layer does not define
+  passes through to the layer below.
+- Ranges and flags are checked once, at the top of the stack
+  (`vdfarm.block.stack.CheckedStack`); layers do not re-validate.
+- Failures are `OSError` with an errno (EIO, ENOSPC, EPERM, ...); the stream
+  service maps them to NBD errors with `vdfarm.nbd.errors.errno_to_nbd`.
+- Calls are synchronous. Reads of page-cached files are fast enough to run on
+  the event loop; slow calls (flush/fsync) may be moved to a thread by the
+  caller.
+- State lives in the layer instance: a fresh stack per device, shared
+  read-only layers underneath.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Extent flags, equal to NBD's base:allocation bits on purpose.
+EXTENT_HOLE = 1
+EXTENT_ZERO = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A run of `length` bytes that share allocation `flags` (EXTENT_*)."""
+
+    length: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a stack can do; the stream service advertises exactly this."""
+
+    read_only: bool = False
+    can_flush: bool = False
+    can_fua: bool = False
+    can_trim: bool = False
+    can_zero: bool = False
+    can_fast_zero: bool = False
+    can_cache: bool = False
+    can_extents: bool = False
+    can_multi_conn: bool = False
+
+
+class Layer:
+    """Base of all layers. With `next` set, every call passes through."""
+
+    def __init__(self, next: Layer | None = None) -> None:
+        self.next = next
+
+    @property
+    def size(self) -> int:
+        return self.next.size
+
+    def capabilities(self) -> Capabilities:
+        return self.next.capabilities()
+
+    def pread(self, offset: int, length: int) -> bytes | bytearray | memoryview:
+        """Return exactly `length` bytes at `offset`."""
+        return self.next.pread(offset, length)
+
+    def pwrite(self, offset: int, data, fua: bool = False) -> None:
+        self.next.pwrite(offset, data, fua)
+
+    def flush(self) -> None:
+        self.next.flush()
+
+    def trim(self, offset: int, length: int, fua: bool = False) -> None:
+        self.next.trim(offset, length, fua)
+
+    def zero(self, offset: int, length: int, may_trim: bool = False,
+             fua: bool = False, fast: bool = False) -> None:
+        """Write zeroes. With `fast`, raise OSError(ENOTSUP) unless the
+        zeroing is cheaper than writing zeroes (NBD_CMD_FLAG_FAST_ZERO)."""
+        self.next.zero(offset, length, may_trim, fua, fast)
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        """Allocation of [offset, offset+length): at least one extent,
+        contiguous from `offset`, may end early but never past the range."""
+        return self.next.extents(offset, length)
+
+    def cache(self, offset: int, length: int) -> None:
+        self.next.cache(offset, length)
+
+    def close(self) -> None:
+        """Release this layer's own resources only. A layer below may be
+        shared; whoever opened it closes it."""
