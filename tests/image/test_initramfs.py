@@ -1,0 +1,101 @@
+"""The initramfs: what it holds, its /init script, and the checks on busybox."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vdfarm.image import cpio, initramfs, kmod, sample
+from vdfarm.image.errors import ImageBuildError
+
+SETTINGS = {"PATTERN_OFFSET_FROM_END": 1048576, "PATTERN_BLOCK_SIZE": 4096}
+
+
+@pytest.fixture(scope="module")
+def host_initramfs():
+    kernel = sample.find_newest_kernel()
+    version = sample.kernel_version(kernel)
+    data = initramfs.build_initramfs(version, sample.MODULES_ROOT / version, sample.BUSYBOX,
+                                     SETTINGS)
+    entries = cpio.read_newc(gzip.decompress(data))
+    return version, {e.name: e for e in entries}, [e.name for e in entries]
+
+
+def test_init_is_the_executable_init_script(host_initramfs):
+    _, by_name, _ = host_initramfs
+    init = by_name["init"]
+    assert init.is_file and init.mode & 0o111
+    assert init.data == initramfs.INIT_SCRIPT_PATH.read_bytes()
+
+
+def test_busybox_and_its_applets_are_there(host_initramfs):
+    _, by_name, _ = host_initramfs
+    assert by_name["bin/busybox"].data == sample.BUSYBOX.read_bytes()
+    for applet in ("sh", "mount", "insmod", "dd", "cmp", "poweroff", "usleep", "tr", "head"):
+        link = by_name[f"bin/{applet}"]
+        assert link.is_symlink and link.data == b"busybox"
+
+
+def test_console_node_exists_before_devtmpfs_is_mounted(host_initramfs):
+    _, by_name, _ = host_initramfs
+    console = by_name["dev/console"]
+    assert console.is_char_device and (console.rdev_major, console.rdev_minor) == (5, 1)
+
+
+def test_module_list_names_archived_modules_in_load_order(host_initramfs):
+    version, by_name, _ = host_initramfs
+    listed = by_name[initramfs.MODULE_LIST_PATH].data.decode().split()
+    assert [kmod.module_name(p) for p in listed][-1] == "virtio_blk"
+    for path in listed:
+        assert path.startswith(f"/lib/modules/{version}/")
+        assert by_name[path.lstrip("/")].data[:4] == b"\x7fELF"
+
+
+def test_parents_come_before_children(host_initramfs):
+    _, _, names = host_initramfs
+    for index, name in enumerate(names):
+        if "/" in name:
+            assert name.rsplit("/", 1)[0] in names[:index], name
+
+
+def test_config_carries_the_pattern_settings(host_initramfs):
+    _, by_name, _ = host_initramfs
+    text = by_name[initramfs.CONFIG_PATH].data.decode()
+    assert "PATTERN_OFFSET_FROM_END=1048576\n" in text
+    assert "PATTERN_BLOCK_SIZE=4096\n" in text
+
+
+@pytest.mark.parametrize("value", ["1; rm -rf /", "$(reboot)", "a b", "x\ny"])
+def test_unsafe_settings_are_refused(value):
+    with pytest.raises(ValueError):
+        initramfs.config_text({"X": value})
+
+
+def test_init_script_parses_in_busybox_sh():
+    subprocess.run([str(sample.BUSYBOX), "sh", "-n", str(initramfs.INIT_SCRIPT_PATH)],
+                   check=True)
+
+
+def test_static_busybox_is_recognised_and_a_dynamic_binary_is_not():
+    assert initramfs.is_static_elf(sample.BUSYBOX.read_bytes())
+    assert not initramfs.is_static_elf(Path("/bin/ls").read_bytes())
+    with pytest.raises(ImageBuildError):
+        initramfs.is_static_elf(b"#!/bin/sh\n" + b"\0" * 64)
+
+
+def test_dynamic_busybox_is_refused(tmp_path):
+    fake = tmp_path / "busybox"
+    shutil.copyfile("/bin/ls", fake)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    with pytest.raises(ImageBuildError, match="busybox-static"):
+        initramfs.build_initramfs("x", tmp_path, fake, SETTINGS)
+
+
+def test_missing_busybox_is_named(tmp_path):
+    with pytest.raises(ImageBuildError, match="busybox"):
+        initramfs.build_initramfs("x", tmp_path, tmp_path / "busybox", SETTINGS)
