@@ -119,3 +119,5 @@ MAX_PAYLOAD = 32 * 1024 * 1024  # largest READ/WRITE we accept (and advertise)
 MAX_OPTION_LENGTH = 64 * 1024  # an option longer than this is a hostile client
 MAX_STRING = 4096  # NBD strings (names, descriptions, queries) are at most 4 KiB
 META_CONTEXT_BASE_ALLOCATION = "base:allocation"
+MAX_EXTENTS_PER_REPLY = 1 << 20  # proto.md: servers SHOULD NOT send more descriptors per chunk
+META_CONTEXT_BASE_ALLOCATION_ID = 1  # our id for base:allocation after NBD_OPT_SET_META_CONTEXT

@@ -1,0 +1,62 @@
+"""The state table of vdfarm.nbd.states, and the machine obeying it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.nbd import client_bytes as cb
+from vdfarm.nbd import constants as c
+from vdfarm.nbd.errors import LocalProtocolError
+from vdfarm.nbd.events import Disconnect, ExportRequest, Request
+from vdfarm.nbd.server import ExportInfo
+from vdfarm.nbd.states import TRANSITIONS, State, can, transition
+
+
+def test_every_state_has_a_row_and_every_target_is_a_state():
+    assert set(TRANSITIONS) == set(State)
+    for row in TRANSITIONS.values():
+        assert all(isinstance(target, State) for target in row.values())
+
+
+def test_every_state_but_start_is_reachable():
+    reached = {State.START}
+    frontier = [State.START]
+    while frontier:
+        for target in TRANSITIONS[frontier.pop()].values():
+            if target not in reached:
+                reached.add(target)
+                frontier.append(target)
+    assert reached == set(State)
+
+
+def test_final_states_only_allow_replies():
+    assert TRANSITIONS[State.ERROR] == {}
+    assert TRANSITIONS[State.CLOSED] == {"reply": State.CLOSED}
+
+
+def test_only_the_reading_states_can_fail():
+    failing = {state for state in State if can(state, "error")}
+    assert failing == {State.CLIENT_FLAGS, State.OPTIONS, State.TRANSMISSION}
+
+
+@pytest.mark.parametrize("state, trigger", [
+    (State.START, Request), (State.OPTIONS, "accept_go"), (State.TRANSMISSION, ExportRequest),
+    (State.EXPORT_ANSWER, Disconnect), (State.CLOSED, "start"), (State.ERROR, "reply"),
+])
+def test_illegal_transition_raises(state, trigger):
+    assert not can(state, trigger)
+    with pytest.raises(LocalProtocolError, match=state.name):
+        transition(state, trigger)
+
+
+def test_illegal_call_on_the_machine_changes_nothing():
+    conn = cb.in_transmission(structured=True)
+    flags = conn.transmission_flags
+    with pytest.raises(LocalProtocolError):
+        conn.accept_export(ExportInfo(1, 0))
+    with pytest.raises(LocalProtocolError):
+        conn.start()
+    assert conn.state is State.TRANSMISSION and conn.transmission_flags == flags
+    conn.receive_data(cb.request(c.CMD_READ, 1, 0, 1))
+    assert conn.next_event() == Request(1, c.CMD_READ, 0, 0, 1)
+

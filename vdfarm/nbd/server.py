@@ -1,0 +1,584 @@
+"""The server side of the NBD protocol as a sans-IO state machine (h11 style).
+
+Job: turn the client's bytes into events (`receive_data` + `next_event`) and
+the application's answers into bytes (`accept_export`, `reply_ok`, ...).
+Rules:
+- No I/O of any kind. The caller moves bytes; the machine only parses and
+  packs them. States and legal moves are the tables of `vdfarm.nbd.states`.
+- The client breaking the protocol raises RemoteProtocolError (drop the
+  connection; every later next_event raises it again); the application
+  asking for something illegal raises LocalProtocolError and changes nothing.
+- Options the machine answers alone (STRUCTURED_REPLY, META_CONTEXT,
+  STARTTLS, unknown options...) go to `data_to_send()`. Answers the
+  application gives (accept/reject/list) are returned preceded by any such
+  bytes not taken yet, so the order on the wire is right either way.
+- Transmission is the hot path: one `unpack_from` per request header, a
+  bytearray receive buffer compacted once per `receive_data`, WRITE payloads
+  copied once, nothing allocated but the event.
+- Range checks against the export size belong to the block stack. The
+  machine checks what the protocol itself defines (see
+  `wire.request_error`); offset + length past 2**64 gets EINVAL.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from itertools import chain
+from typing import NoReturn
+
+from vdfarm.nbd import constants as c
+from vdfarm.nbd import wire
+from vdfarm.nbd.errors import LocalProtocolError, RemoteProtocolError
+from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
+from vdfarm.nbd.states import State, can, transition
+
+__all__ = ["NEED_DATA", "ExportInfo", "ServerConnection"]
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+"""next_event() result: nothing complete in the buffer; feed more bytes."""
+
+_SERVABLE_FLAGS = (c.FLAG_HAS_FLAGS | c.FLAG_READ_ONLY | c.FLAG_SEND_FLUSH | c.FLAG_SEND_FUA
+                   | c.FLAG_ROTATIONAL | c.FLAG_SEND_TRIM | c.FLAG_SEND_WRITE_ZEROES
+                   | c.FLAG_SEND_DF | c.FLAG_CAN_MULTI_CONN | c.FLAG_SEND_CACHE
+                   | c.FLAG_SEND_FAST_ZERO)
+_NBD_ERRORS = frozenset({c.NBD_EPERM, c.NBD_EIO, c.NBD_ENOMEM, c.NBD_EINVAL, c.NBD_ENOSPC,
+                         c.NBD_EOVERFLOW, c.NBD_ENOTSUP, c.NBD_ESHUTDOWN})
+_HEADER = wire.REQUEST_HEADER.size
+_unpack_request = wire.REQUEST_HEADER.unpack_from
+_pack_simple = wire.SIMPLE_REPLY.pack
+_pack_chunk = wire.STRUCTURED_HEADER.pack
+_pack_read_chunk = wire.STRUCTURED_READ_HEADER.pack
+_U64_LIMIT = wire.U64_LIMIT
+_TRANSMISSION = State.TRANSMISSION
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What the application tells the client about an accepted export.
+    `transmission_flags` are FLAG_* bits; the machine adds HAS_FLAGS and drops
+    SEND_DF when structured replies were not negotiated."""
+
+    size: int
+    transmission_flags: int
+    description: str = ""
+    min_block: int = 1
+    preferred_block: int = 4096
+    max_block: int = c.MAX_PAYLOAD
+
+
+class ServerConnection:
+    """One NBD connection, server side. See the module docstring."""
+
+    def __init__(self, max_payload: int = c.MAX_PAYLOAD) -> None:
+        if not 1 <= max_payload <= 0xFFFFFFFF:
+            raise ValueError(f"max_payload must be in 1..2**32-1, got {max_payload}")
+        self._max_payload = max_payload
+        self._state = State.START
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._outgoing = bytearray()
+        self._error: str | None = None
+        # handshake results
+        self._no_zeroes = False
+        self._structured = False
+        self._meta_export: str | None = None  # export named by a successful SET_META_CONTEXT
+        self._pending_export: ExportRequest | None = None  # the one EXPORT_ANSWER is about
+        self._export_name: str | None = None
+        self._transmission_flags: int | None = None
+        self._meta_context_id: int | None = None
+        self._replies_allowed = False
+        # transmission
+        self._allowed: dict[int, int] = {}
+        self._read_bad_flags = 0xFFFF
+        self._read_only = False
+        self._align_mask = 0
+        self._pending_status: dict[int, tuple[int, bool]] = {}
+        self._body_event: Request | BadRequest | None = None
+        self._body: bytearray | None = None  # None while discarding
+        self._body_filled = 0
+        self._body_remaining = 0
+
+    # -- read-only views ------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def structured_replies(self) -> bool:
+        return self._structured
+
+    @property
+    def transmission_flags(self) -> int | None:
+        """Flags sent to the client (HAS_FLAGS included), once GO/EXPORT_NAME succeeded."""
+        return self._transmission_flags
+
+    @property
+    def export_name(self) -> str | None:
+        return self._export_name
+
+    @property
+    def meta_context_id(self) -> int | None:
+        """Context id of base:allocation if negotiated for the export in use."""
+        return self._meta_context_id
+
+    @property
+    def max_payload(self) -> int:
+        """Largest READ/WRITE accepted (the advertised maximum once accepted)."""
+        return self._max_payload
+
+    # -- bytes in, bytes out --------------------------------------------------
+
+    def start(self) -> bytes:
+        """The server greeting. Raises LocalProtocolError if already started."""
+        self._set_state("start")
+        return wire.GREETING.pack(c.NBDMAGIC, c.IHAVEOPT,
+                                  c.FLAG_FIXED_NEWSTYLE | c.FLAG_NO_ZEROES)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; b"" means end of stream.
+
+        Raises LocalProtocolError for data after end of stream.
+        """
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise LocalProtocolError("receive_data after end of stream")
+        if self._state is State.CLOSED or self._state is State.ERROR:
+            return  # the session is over; what follows is not read
+        buf = self._buf
+        if self._pos:
+            del buf[:self._pos]  # O(1) at the front of a bytearray
+            self._pos = 0
+        if self._body_remaining and not buf:  # payload streaming in: copy it once
+            taken = self._feed_body(data, 0)
+            if taken < len(data):
+                buf += memoryview(data)[taken:]
+            return
+        buf += data
+
+    def data_to_send(self) -> bytes:
+        """Bytes the machine produced by itself since the last call."""
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def next_event(self):
+        """The next event, or NEED_DATA.
+
+        Raises RemoteProtocolError if the client broke the protocol, and
+        LocalProtocolError if called before start() or while an
+        ExportRequest / ListRequest is still unanswered. In CLOSED it
+        returns Disconnect() again.
+        """
+        state = self._state
+        if state is _TRANSMISSION:
+            if self._body_event is not None:
+                return self._continue_body()
+            return self._next_request()
+        if state is State.OPTIONS:
+            return self._next_option()
+        if state is State.CLIENT_FLAGS:
+            return self._read_client_flags()
+        if state is State.CLOSED:
+            return Disconnect()
+        if state is State.ERROR:
+            raise RemoteProtocolError(f"connection already failed: {self._error}")
+        raise LocalProtocolError(f"next_event() in state {state.name}: "
+                                 "call start() or answer the pending request first")
+
+    # -- state helpers --------------------------------------------------------
+
+    def _set_state(self, trigger: object) -> None:
+        self._state = transition(self._state, trigger)
+        self._replies_allowed = (self._transmission_flags is not None
+                                 and can(self._state, "reply"))
+
+    def _fail(self, message: str) -> NoReturn:
+        self._error = message
+        self._set_state("error")
+        raise RemoteProtocolError(message)
+
+    def _at_boundary_eof(self, what: str):
+        """Out of bytes where a `what` would start: NEED_DATA before end of
+        stream; at end of stream Disconnect, or a protocol error if part of
+        a message was received."""
+        if not self._eof:
+            return NEED_DATA
+        if self._pos < len(self._buf):
+            self._fail(f"client disconnected mid-{what}")
+        self._set_state(Disconnect)
+        return Disconnect()
+
+    # -- handshake --------------------------------------------------------------
+
+    def _read_client_flags(self):
+        if len(self._buf) - self._pos < 4:
+            return self._at_boundary_eof("handshake")
+        (flags,) = wire.CLIENT_FLAGS.unpack_from(self._buf, self._pos)
+        self._pos += 4
+        if flags & ~c.KNOWN_CLIENT_FLAGS:
+            self._fail(f"unknown client flags 0x{flags & ~c.KNOWN_CLIENT_FLAGS:x}")
+        if not flags & c.FLAG_C_FIXED_NEWSTYLE:
+            self._fail("client does not support fixed newstyle negotiation")
+        self._no_zeroes = bool(flags & c.FLAG_C_NO_ZEROES)
+        self._set_state("client_flags")
+        return self._next_option()
+
+    def _next_option(self):
+        while True:
+            buf, pos = self._buf, self._pos
+            if len(buf) - pos < wire.OPTION_HEADER.size:
+                return self._at_boundary_eof("option")
+            magic, option, length = wire.OPTION_HEADER.unpack_from(buf, pos)
+            if magic != c.IHAVEOPT:
+                self._fail(f"bad option magic 0x{magic:x}")
+            if length > c.MAX_OPTION_LENGTH:
+                self._fail(f"option {option} of {length} bytes exceeds {c.MAX_OPTION_LENGTH}")
+            start = pos + wire.OPTION_HEADER.size
+            if len(buf) - start < length:
+                if self._eof:
+                    self._fail("client disconnected mid-option")
+                return NEED_DATA
+            data = bytes(buf[start:start + length])
+            self._pos = start + length
+            event = self._handle_option(option, data)
+            if event is not None:
+                self._set_state(type(event))
+                if type(event) is ExportRequest:
+                    self._pending_export = event
+                return event
+            self._set_state("option_answered")
+
+    def _handle_option(self, option: int, data: bytes):
+        """The event an option needs the application for, or None once the
+        machine has queued its own answer."""
+        if option == c.OPT_EXPORT_NAME:
+            name = wire.decode_string(data)
+            if name is None:  # no error reply exists for EXPORT_NAME
+                self._fail("NBD_OPT_EXPORT_NAME name is not a valid NBD string")
+            return ExportRequest(name, go=True, legacy=True)
+        if option in (c.OPT_INFO, c.OPT_GO):
+            try:
+                name, infos = wire.parse_info_request(data)
+            except wire.OptionInvalid as exc:
+                return self._answer_error(option, c.REP_ERR_INVALID, str(exc))
+            return ExportRequest(name, option == c.OPT_GO, False, infos)
+        if option == c.OPT_LIST:
+            if data:
+                return self._answer_error(option, c.REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
+            return ListRequest()
+        if option == c.OPT_ABORT:
+            self._outgoing += wire.option_reply(option, c.REP_ACK)
+            return Disconnect()
+        if option == c.OPT_STRUCTURED_REPLY:
+            return self._opt_structured_reply(data)
+        if option in (c.OPT_LIST_META_CONTEXT, c.OPT_SET_META_CONTEXT):
+            return self._opt_meta_context(option, data)
+        if option == c.OPT_STARTTLS:
+            if data:
+                return self._answer_error(option, c.REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data")
+            return self._answer_error(option, c.REP_ERR_POLICY, "TLS not available")
+        return self._answer_error(option, c.REP_ERR_UNSUP, f"option {option} not supported")
+
+    def _answer_error(self, option: int, reply_type: int, message: str) -> None:
+        self._outgoing += wire.option_reply(option, reply_type, wire.encode_message(message))
+        return None
+
+    def _opt_structured_reply(self, data: bytes) -> None:
+        option = c.OPT_STRUCTURED_REPLY
+        if data:
+            return self._answer_error(option, c.REP_ERR_INVALID, "option takes no data")
+        if self._structured:
+            return self._answer_error(option, c.REP_ERR_INVALID,
+                                      "structured replies already negotiated")
+        self._structured = True
+        self._outgoing += wire.option_reply(option, c.REP_ACK)
+        return None
+
+    def _opt_meta_context(self, option: int, data: bytes) -> None:
+        setting = option == c.OPT_SET_META_CONTEXT
+        if setting:
+            self._meta_export = None  # SET replaces the selection, even when it fails
+            if not self._structured:
+                return self._answer_error(option, c.REP_ERR_INVALID,
+                                          "negotiate structured replies first")
+        try:
+            name, queries = wire.parse_meta_context_request(data)
+        except wire.OptionInvalid as exc:
+            return self._answer_error(option, c.REP_ERR_INVALID, str(exc))
+        base = c.META_CONTEXT_BASE_ALLOCATION.encode()
+        if setting:
+            matched = base in queries
+            context_id = c.META_CONTEXT_BASE_ALLOCATION_ID
+        else:  # LIST: no query means "everything"; "base:" is the namespace wildcard
+            matched = not queries or base in queries or b"base:" in queries
+            context_id = 0  # proto.md: reserved in LIST replies
+        if matched:
+            self._outgoing += wire.meta_context_reply(option, context_id,
+                                                      c.META_CONTEXT_BASE_ALLOCATION)
+            if setting:
+                self._meta_export = name
+        self._outgoing += wire.option_reply(option, c.REP_ACK)
+        return None
+
+    # -- handshake answers from the application ------------------------------------
+
+    def accept_export(self, info: ExportInfo) -> bytes:
+        """Answer the pending ExportRequest with success: INFO replies + ACK
+        (or the EXPORT_NAME reply). After GO / EXPORT_NAME the machine is in
+        TRANSMISSION.
+
+        Raises LocalProtocolError if no ExportRequest is pending or `info`
+        cannot be advertised (bad flags, size or block sizes).
+        """
+        if self._state is not State.EXPORT_ANSWER:
+            raise LocalProtocolError("accept_export without a pending ExportRequest")
+        request = self._pending_export
+        flags, block_sizes = self._advertised(info)
+        if request.legacy:
+            reply = wire.EXPORT_NAME_REPLY.pack(info.size, flags)
+            if not self._no_zeroes:
+                reply += wire.ZERO_PADDING
+        else:
+            asked = request.info_requests
+            name = wire.encode_string(request.name, "export name") if c.INFO_NAME in asked else None
+            description = None
+            if c.INFO_DESCRIPTION in asked and info.description:
+                description = wire.encode_string(info.description, "description")
+            reply = wire.info_replies(c.OPT_GO if request.go else c.OPT_INFO, info.size, flags,
+                                      name, description, block_sizes)
+        if request.go:
+            self._enter_transmission(request.name, flags, block_sizes)
+        self._set_state("accept_go" if request.go else "accept_info")
+        return self.data_to_send() + reply
+
+    def reject_export(self, error: int = c.REP_ERR_UNKNOWN, message: str = "") -> bytes:
+        """Refuse the pending ExportRequest with an NBD_REP_ERR_* code. For
+        INFO/GO: an error reply, haggling goes on. For EXPORT_NAME: b"" (plus
+        any queued bytes) and CLOSED; the caller must close the connection.
+
+        Raises LocalProtocolError if nothing is pending or `error` is not an
+        error reply type.
+        """
+        if self._state is not State.EXPORT_ANSWER:
+            raise LocalProtocolError("reject_export without a pending ExportRequest")
+        request = self._pending_export
+        if not error & c.REP_FLAG_ERROR or not 0 <= error <= 0xFFFFFFFF:
+            raise LocalProtocolError(f"0x{error:x} is not an NBD_REP_ERR_* code")
+        if request.legacy:
+            self._set_state("reject_legacy")
+            return self.data_to_send()
+        option = c.OPT_GO if request.go else c.OPT_INFO
+        self._set_state("reject")
+        return self.data_to_send() + wire.option_reply(option, error, wire.encode_message(message))
+
+    def send_export_list(self, entries: list[tuple[str, str]]) -> bytes:
+        """Answer the pending ListRequest: one NBD_REP_SERVER per (name,
+        description), then ACK.
+
+        Raises LocalProtocolError if no ListRequest is pending or a name or
+        description is not a valid NBD string.
+        """
+        if self._state is not State.LIST_ANSWER:
+            raise LocalProtocolError("send_export_list without a pending ListRequest")
+        replies = [wire.server_reply(wire.encode_string(name, "export name"),
+                                     wire.encode_string(description, "export description"))
+                   for name, description in entries]
+        replies.append(wire.option_reply(c.OPT_LIST, c.REP_ACK))
+        self._set_state("send_export_list")
+        return self.data_to_send() + b"".join(replies)
+
+    def _advertised(self, info: ExportInfo) -> tuple[int, tuple[int, int, int]]:
+        """(transmission flags, (min, preferred, max) block sizes) to send.
+
+        Raises LocalProtocolError for what the protocol cannot advertise.
+        """
+        if not 0 <= info.size < _U64_LIMIT:
+            raise LocalProtocolError(f"export size {info.size} does not fit 64 bits")
+        flags = info.transmission_flags | c.FLAG_HAS_FLAGS
+        if flags & ~_SERVABLE_FLAGS:
+            raise LocalProtocolError(f"transmission flags 0x{flags & ~_SERVABLE_FLAGS:x} "
+                                     "are not supported by this machine")
+        if flags & c.FLAG_SEND_FAST_ZERO and not flags & c.FLAG_SEND_WRITE_ZEROES:
+            raise LocalProtocolError("SEND_FAST_ZERO needs SEND_WRITE_ZEROES")
+        if not self._structured:
+            flags &= ~c.FLAG_SEND_DF  # proto.md: MUST be clear without structured replies
+        maximum = min(info.max_block, self._max_payload)
+        if not (_is_power_of_two(info.min_block) and info.min_block <= 65536):
+            raise LocalProtocolError(f"min_block {info.min_block} is not a power of 2 <= 65536")
+        if not (_is_power_of_two(info.preferred_block)
+                and info.preferred_block >= max(info.min_block, 512)):
+            raise LocalProtocolError(f"preferred_block {info.preferred_block} must be a power "
+                                     "of 2 >= max(min_block, 512)")
+        if not info.preferred_block <= maximum <= 0xFFFFFFFF:
+            raise LocalProtocolError(f"maximum payload {maximum} must be >= preferred_block")
+        return flags, (info.min_block, info.preferred_block, maximum)
+
+    def _enter_transmission(self, name: str, flags: int, block_sizes: tuple[int, int, int]) -> None:
+        meta = self._structured and self._meta_export == name
+        self._export_name = name
+        self._transmission_flags = flags
+        self._meta_context_id = c.META_CONTEXT_BASE_ALLOCATION_ID if meta else None
+        self._read_only = bool(flags & c.FLAG_READ_ONLY)
+        self._align_mask = block_sizes[0] - 1
+        self._max_payload = block_sizes[2]
+        self._allowed = wire.allowed_command_flags(flags, meta)
+        self._read_bad_flags = 0xFFFF & ~self._allowed[c.CMD_READ]
+
+    # -- transmission: requests in ---------------------------------------------------
+
+    def _next_request(self):
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < _HEADER:
+            return self._at_boundary_eof("request")
+        magic, flags, cmd, cookie, offset, length = _unpack_request(buf, pos)
+        if magic != c.REQUEST_MAGIC:
+            self._fail(f"bad request magic 0x{magic:x}")
+        if (cmd == 0 and not flags & self._read_bad_flags and 0 < length <= self._max_payload
+                and not (offset | length) & self._align_mask and offset + length <= _U64_LIMIT):
+            self._pos = pos + _HEADER  # the hot path: a valid READ
+            return Request(cookie, 0, flags, offset, length, None)
+        self._pos = pos + _HEADER
+        if cmd == c.CMD_DISC:
+            self._set_state(Disconnect)
+            return Disconnect()
+        problem = wire.request_error(cmd, flags, offset, length, self._allowed, self._read_only,
+                                     self._max_payload, self._align_mask)
+        if cmd == c.CMD_WRITE and length:
+            return self._start_body(cookie, flags, offset, length, problem)
+        if problem is not None:
+            return BadRequest(cookie, *problem)
+        if cmd == c.CMD_BLOCK_STATUS:
+            self._pending_status[cookie] = (length, bool(flags & c.CMD_FLAG_REQ_ONE))
+        return Request(cookie, cmd, flags, offset, length, None)
+
+    def _start_body(self, cookie, flags, offset, length, problem):
+        """A WRITE header was read: take its payload, whole if it is here,
+        else stream it in (into its own buffer, or discarded if invalid)."""
+        pos = self._pos
+        if problem is None and len(self._buf) - pos >= length:
+            self._pos = pos + length
+            data = bytes(memoryview(self._buf)[pos:pos + length])
+            return Request(cookie, c.CMD_WRITE, flags, offset, length, data)
+        if problem is None:
+            self._body_event = Request(cookie, c.CMD_WRITE, flags, offset, length, None)
+            self._body = bytearray(length)
+        else:
+            self._body_event = BadRequest(cookie, *problem)
+            self._body = None
+        self._body_filled = 0
+        self._body_remaining = length
+        return self._continue_body()
+
+    def _feed_body(self, source, start: int) -> int:
+        """Move up to the rest of the payload from source[start:]; return the
+        number of bytes taken."""
+        take = min(len(source) - start, self._body_remaining)
+        if self._body is not None:
+            filled = self._body_filled
+            self._body[filled:filled + take] = memoryview(source)[start:start + take]
+            self._body_filled = filled + take
+        self._body_remaining -= take
+        return take
+
+    def _continue_body(self):
+        if self._body_remaining and self._pos < len(self._buf):
+            self._pos += self._feed_body(self._buf, self._pos)
+        if self._body_remaining:
+            if self._eof:
+                self._fail("client disconnected mid-request")
+            return NEED_DATA
+        event = self._body_event
+        if self._body is not None:
+            event.data = memoryview(self._body)
+        self._body_event = self._body = None
+        return event
+
+    # -- transmission: replies out ------------------------------------------------
+
+    def _check_reply(self) -> None:
+        if not self._replies_allowed:
+            raise LocalProtocolError(f"no reply can be sent in state {self._state.name}")
+
+    def reply_ok(self, cookie: int) -> bytes:
+        """Success without data. Raises LocalProtocolError outside transmission."""
+        if not self._replies_allowed:
+            self._check_reply()
+        if self._pending_status:
+            self._pending_status.pop(cookie, None)
+        try:
+            if self._structured:
+                return _pack_chunk(c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE,
+                                   c.REPLY_TYPE_NONE, cookie, 0)
+            return _pack_simple(c.SIMPLE_REPLY_MAGIC, 0, cookie)
+        except struct.error as exc:
+            raise LocalProtocolError(f"cookie {cookie} does not fit 64 bits") from exc
+
+    def reply_error(self, cookie: int, error: int, message: str = "") -> bytes:
+        """Failure with an NBD error (NBD_E*); the message travels only in a
+        structured reply. Raises LocalProtocolError outside transmission or
+        if `error` is not an NBD error value."""
+        self._check_reply()
+        if error not in _NBD_ERRORS:
+            raise LocalProtocolError(f"{error} is not an NBD error value (use errno_to_nbd)")
+        self._pending_status.pop(cookie, None)
+        try:
+            if not self._structured:
+                return _pack_simple(c.SIMPLE_REPLY_MAGIC, error, cookie)
+            text = wire.encode_message(message)
+            return wire.STRUCTURED_ERROR.pack(c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE,
+                                              c.REPLY_TYPE_ERROR, cookie, 6 + len(text),
+                                              error, len(text)) + text
+        except struct.error as exc:
+            raise LocalProtocolError(f"cookie {cookie} does not fit 64 bits") from exc
+
+    def reply_read_header(self, cookie: int, offset: int, length: int) -> bytes:
+        """Header of a successful READ reply; the caller sends exactly
+        `length` data bytes right after it. Raises LocalProtocolError
+        outside transmission, or for a structured reply of 0 or >= 4 GiB - 8
+        bytes."""
+        if not self._replies_allowed:
+            self._check_reply()
+        try:
+            if self._structured:
+                if not 0 < length <= 0xFFFFFFFF - 8:
+                    raise LocalProtocolError(f"a data chunk cannot carry {length} bytes")
+                return _pack_read_chunk(c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE,
+                                        c.REPLY_TYPE_OFFSET_DATA, cookie, 8 + length, offset)
+            return _pack_simple(c.SIMPLE_REPLY_MAGIC, 0, cookie)
+        except struct.error as exc:
+            raise LocalProtocolError(f"cookie {cookie} or offset {offset} does not fit 64 bits"
+                                     ) from exc
+
+    def reply_block_status(self, cookie: int, extents) -> bytes:
+        """Success of a BLOCK_STATUS: one base:allocation chunk built from
+        (length, flags) pairs, trimmed to what proto.md allows (see
+        wire.block_status_descriptors). Raises LocalProtocolError outside
+        transmission, if `cookie` is no outstanding BLOCK_STATUS request, or
+        for extents the protocol cannot carry."""
+        self._check_reply()
+        pending = self._pending_status.get(cookie)
+        if pending is None:
+            raise LocalProtocolError(f"no BLOCK_STATUS request with cookie {cookie} is pending")
+        descriptors = wire.block_status_descriptors(extents, *pending)
+        del self._pending_status[cookie]
+        count = len(descriptors)
+        payload = struct.pack(f">{1 + 2 * count}I", self._meta_context_id, *chain(*descriptors))
+        return _pack_chunk(c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE, c.REPLY_TYPE_BLOCK_STATUS,
+                           cookie, len(payload)) + payload
