@@ -60,10 +60,17 @@ class Layer:
         return self.next.capabilities()
 
     def pread(self, offset: int, length: int) -> bytes | bytearray | memoryview:
-        """Return exactly `length` bytes at `offset`."""
+        """Return exactly `length` bytes at `offset`.
+
+        The result belongs to the caller: no layer keeps or reuses it
+        (immutable bytes, or a fresh bytearray)."""
         return self.next.pread(offset, length)
 
     def pwrite(self, offset: int, data, fua: bool = False) -> None:
+        """Write the bytes-like `data` (of bytes) at `offset`. No layer keeps
+        a reference to `data` after returning, so the caller may reuse its
+        buffer. With `fua`, the data is as durable as after a flush when
+        this returns."""
         self.next.pwrite(offset, data, fua)
 
     def flush(self) -> None:
