@@ -1,0 +1,1 @@
+"""The local store of vDisks (files + manifests, atomic publish)."""

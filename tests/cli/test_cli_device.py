@@ -1,0 +1,45 @@
+"""`vdfarm device …` through CliRunner."""
+
+from __future__ import annotations
+
+from tests.cli.conftest import assert_one_line_error
+
+
+def test_add_list_show(icli, image):
+    icli.ok("vdisk", "import", "w", str(image))
+    added = icli.ok("device", "add", "pc1", "--vdisk", "w")
+    assert added.stdout == "added device pc1 with vDisk w\n"
+    data = icli.json("device", "add", "pc2", "--mac", "AA-BB-CC-DD-EE-02", "--type", "test",
+                     "--description", "bench")
+    assert (data["mac"], data["device_type"], data["vdisk"], data["description"]) == (
+        "aa:bb:cc:dd:ee:02", "test", None, "bench")
+    table = icli.ok("device", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "MAC", "TYPE", "VDISK", "DESCRIPTION"]
+    assert table[1].split()[:4] == ["pc1", "-", "production", "w"]
+    assert icli.json("device", "show", "aabbccddee02")["name"] == "pc2"
+    assert "aa:bb:cc:dd:ee:02" in icli.ok("device", "show", "pc2").stdout
+
+
+def test_assign(icli, image):
+    icli.ok("vdisk", "import", "w", str(image))
+    icli.ok("device", "add", "pc1")
+    assert icli.ok("device", "assign", "pc1", "w").stdout == "device pc1 now boots w\n"
+    assert icli.ok("device", "assign", "pc1", "--none").stdout == "device pc1 has no vDisk\n"
+    assert icli.json("device", "show", "pc1")["vdisk"] is None
+
+
+def test_set_and_delete(icli):
+    icli.ok("device", "add", "pc1", "--mac", "aabbccddee01")
+    data = icli.json("device", "set", "pc1", "--type", "maintenance", "--mac", "aa:bb:cc:dd:ee:0a")
+    assert (data["device_type"], data["mac"]) == ("maintenance", "aa:bb:cc:dd:ee:0a")
+    assert icli.json("device", "set", "pc1", "--no-mac")["mac"] is None
+    assert icli.ok("device", "delete", "pc1").stdout == "deleted device pc1\n"
+    assert icli.ok("device", "list").stdout == "no devices\n"
+
+
+def test_assign_needs_exactly_one_target(icli, image):
+    icli.ok("device", "add", "pc1")
+    before = icli.dump()
+    assert_one_line_error(icli("device", "assign", "pc1"), 2, "give either a VDISK or --none")
+    assert_one_line_error(icli("device", "assign", "pc1", "w", "--none"), 2, "either")
+    assert icli.dump() == before

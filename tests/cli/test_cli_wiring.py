@@ -1,0 +1,60 @@
+"""The three verbs implemented elsewhere: wired with the right arguments and
+imported lazily."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import vdfarm.image.sample
+import vdfarm.stream.server
+from vdfarm.service.context import Farm
+
+
+def test_server_run_calls_run_server(icli, monkeypatch):
+    calls = []
+
+    def fake_run_server(farm, host, nbd_port, grace_seconds):
+        calls.append((type(farm), farm.data_dir, farm.server_name, host, nbd_port, grace_seconds))
+
+    monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server)
+    icli.ok("server", "run", "--nbd-port", "12345", "--host", "127.0.0.2", "--grace", "2.5")
+    icli.ok("server", "run")
+    assert calls == [
+        (Farm, icli.data_dir, "srv1", "127.0.0.2", 12345, 2.5),
+        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0),
+    ]
+
+
+def test_image_sample_calls_build_without_a_data_dir(cli, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_build(out, size_mib):
+        calls.append((out, size_mib))
+        return out
+
+    monkeypatch.setattr(vdfarm.image.sample, "build", fake_build)
+    out = tmp_path / "s.raw"
+    result = cli.ok("image", "sample", str(out), "--size-mib", "32")
+    assert result.stdout == f"built sample image {out} (32 MiB)\n"
+    assert cli.json("image", "sample", str(out)) == {"path": str(out), "size_mib": 64}
+    assert calls == [(out, 32), (out, 64)]
+    assert not cli.data_dir.exists()
+
+
+def test_demo_calls_demo_run(cli, monkeypatch):
+    calls = []
+    fake = types.ModuleType("vdfarm.demo")
+    fake.run = calls.append
+    monkeypatch.setitem(sys.modules, "vdfarm.demo", fake)
+    cli.ok("demo")
+    assert calls == [str(cli.data_dir)]
+
+
+def test_cli_import_loads_no_stream_image_or_demo_code():
+    code = ("import sys, vdfarm.cli.main; "
+            "print(sorted(m for m in sys.modules if m.startswith("
+            "('vdfarm.stream', 'vdfarm.image', 'vdfarm.demo'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

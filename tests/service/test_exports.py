@@ -1,0 +1,91 @@
+"""resolve_export: device name or MAC → what to serve, and its three refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vdfarm.service.errors import Invalid, NotFound, Unavailable
+
+
+@pytest.fixture
+def setup(farm, raw_image):
+    farm.vdisks.import_image("w", raw_image, mode="private", write_cache="device-ram",
+                             cache_limit_mb=3, description="golden image")
+    farm.devices.add("pc1", mac="aa:bb:cc:dd:ee:01", vdisk="w", device_type="test")
+    return farm
+
+
+@pytest.mark.parametrize("export", [
+    "pc1", "aa:bb:cc:dd:ee:01", "AA-BB-CC-DD-EE-01", "aabbccddee01", "AABBCCDDEE01",
+])
+def test_resolve_by_name_or_mac(setup, export):
+    target = setup.resolve_export(export)
+    vdisk = setup.vdisks.show("w")
+    assert (target.device_name, target.device_type) == ("pc1", "test")
+    assert target.mac == "aa:bb:cc:dd:ee:01"
+    assert (target.vdisk_id, target.vdisk_name, target.access_mode) == (vdisk.id, "w", "private")
+    assert target.path == setup.data_dir / "store" / "w" / "base.raw"
+    assert target.path.is_absolute() and target.path.is_file()
+    assert target.size == 1 << 20 == target.path.stat().st_size
+    assert target.write_cache_type == "device-ram"
+    assert target.write_cache_limit_bytes == 3 * 1024 * 1024
+    assert target.description == "golden image"
+    assert target.device_id == setup.devices.show("pc1").id
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        target.size = 0
+
+
+def test_name_wins_over_mac(setup):
+    setup.devices.add("aabbccddee01", vdisk="w")
+    assert setup.resolve_export("aabbccddee01").device_name == "aabbccddee01"
+    assert setup.resolve_export("aa:bb:cc:dd:ee:01").device_name == "pc1"
+
+
+def test_no_limit_is_none(setup):
+    setup.vdisks.set("w", cache_limit_mb=None)
+    assert setup.resolve_export("pc1").write_cache_limit_bytes is None
+
+
+def test_unknown_device(setup):
+    with pytest.raises(NotFound) as info:
+        setup.resolve_export("ghost")
+    assert str(info.value) == "no device named ghost"
+    with pytest.raises(NotFound):
+        setup.resolve_export("aa:bb:cc:dd:ee:99")
+
+
+def test_device_without_vdisk(setup):
+    setup.devices.add("pc2")
+    with pytest.raises(Invalid) as info:
+        setup.resolve_export("pc2")
+    assert str(info.value) == "device pc2 has no vDisk assigned"
+
+
+def test_vdisk_not_in_this_store(setup):
+    setup.store.delete("w")
+    with pytest.raises(Unavailable) as info:
+        setup.resolve_export("pc1")
+    assert str(info.value) == "vDisk w is not in this server's store"
+
+
+def test_vdisk_view(setup):
+    view = setup.resolve_vdisk_view("w")
+    assert (view.vdisk_name, view.access_mode, view.size) == ("w", "private", 1 << 20)
+    assert view.path == setup.store.path_of("w")
+    assert view.vdisk_id == setup.vdisks.show("w").id
+    with pytest.raises(NotFound, match="no vDisk named nope"):
+        setup.resolve_vdisk_view("nope")
+    setup.store.delete("w")
+    with pytest.raises(Unavailable, match="not in this server's store"):
+        setup.resolve_vdisk_view("w")
+
+
+def test_list_exports(setup, raw_image):
+    setup.vdisks.import_image("std", raw_image)
+    setup.devices.add("b-pc", vdisk="std")
+    setup.devices.add("a-none")
+    assert setup.list_exports() == [
+        ("b-pc", "vDisk std (standard)"), ("pc1", "vDisk w (private)"),
+    ]

@@ -1,0 +1,5 @@
+"""`python -m vdfarm` is the `vdfarm` command."""
+
+from vdfarm.cli.main import main
+
+main()

@@ -1,0 +1,57 @@
+"""`vdfarm audit list`: the trail of changes.
+
+Rules: flags, help and output only; every decision is the service's.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from vdfarm.cli.common import emit, json_option, open_farm
+from vdfarm.cli.output import print_table
+
+
+class IsoTime(click.ParamType):
+    """An ISO 8601 time; without a zone it is taken as UTC."""
+
+    name = "ISO-TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2024-01-31T12:00:00Z)",
+                      param, ctx)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _summary(before: Any, after: Any) -> str:
+    if before is None or after is None:
+        return ""
+    changed = [k for k in sorted(after) if before.get(k) != after.get(k)]
+    return ", ".join(f"{k}: {before.get(k)} → {after.get(k)}" for k in changed)
+
+
+@click.group()
+def audit() -> None:
+    """Read the audit trail."""
+
+
+@audit.command("list")
+@click.option("--since", type=IsoTime(), default=None, help="Only changes at or after this time.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N.")
+@json_option
+def list_cmd(since: datetime | None, limit: int | None) -> None:
+    """List recorded changes, oldest first."""
+    entries = open_farm().audit.list(since=since, limit=limit)
+    emit(entries, lambda: print_table(
+        ["AT", "ACTOR", "ACTION", "TARGET", "CHANGES"],
+        [(e.at, e.actor, e.action, f"{e.target_type} {e.target_name}",
+          _summary(e.before, e.after)) for e in entries],
+        empty="no audit entries"))

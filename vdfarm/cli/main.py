@@ -1,0 +1,105 @@
+"""The `vdfarm` command line: global options, the noun groups, error handling.
+
+Rules:
+- Global options (--data-dir, --db, --json) go before the verb; --json is
+  also accepted after it.
+- Any ServiceError or usage error becomes ONE stderr line
+  `vdfarm: error: <message>` with exit 1 (service) or 2 (usage); no
+  traceback. Commands hold flags, help and output only — the logic is in
+  `vdfarm.service`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from vdfarm.cli import audit, device, image, lock, server, vdisk
+from vdfarm.cli.common import DEFAULT_DATA_DIR, CliState, cli_actor, emit, json_option, state
+from vdfarm.cli.output import error_line
+from vdfarm.service.context import Farm
+from vdfarm.service.errors import ServiceError
+
+EXIT_SERVICE_ERROR = 1
+EXIT_USAGE = 2
+
+
+class VdfarmGroup(click.Group):
+    """The root group: turns every expected failure into one error line."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name or "vdfarm", complete_var,
+                                  standalone_mode=False, **extra)
+        except ServiceError as exc:
+            error_line(exc.message)
+            sys.exit(EXIT_SERVICE_ERROR)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            sys.exit(0)
+        except click.ClickException as exc:
+            error_line(exc.format_message())
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            error_line("aborted")
+            sys.exit(EXIT_SERVICE_ERROR)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=VdfarmGroup, no_args_is_help=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", envvar="VDFARM_DATA_DIR", default=DEFAULT_DATA_DIR,
+              show_default=True, help="Data directory (env VDFARM_DATA_DIR).")
+@click.option("--db", "db_url", envvar="VDFARM_DB", default=None,
+              help="Farm database URL (env VDFARM_DB; default sqlite:///DATA_DIR/farm.db).")
+@click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON.")
+@click.version_option(package_name="vdfarm", prog_name="vdfarm")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str, db_url: str | None, json_output: bool) -> None:
+    """vdfarm: stream vDisks over NBD from a farm of provisioning servers."""
+    ctx.obj = CliState(data_dir=data_dir, db_url=db_url or None, json=json_output)
+
+
+@cli.command("init")
+@click.option("--name", default=None, help="This server's name (default: the host name).")
+@json_option
+def init_cmd(name: str | None) -> None:
+    """Create the data directory, migrate the farm database, register this server."""
+    current = state()
+    farm = Farm.init(current.data_dir, current.db_url, server_name=name, actor=cli_actor())
+    try:
+        result = {
+            "data_dir": str(farm.data_dir), "server_name": farm.server_name,
+            "server_uuid": farm.server_uuid, "store": str(farm.store.root),
+        }
+        emit(result, lambda: click.echo(
+            f"initialised {farm.data_dir}: server {farm.server_name} ({farm.server_uuid})"))
+    finally:
+        farm.close()
+
+
+@cli.command("demo")
+def demo_cmd() -> None:
+    """Run the end-to-end demo in the data directory."""
+    from vdfarm import demo
+
+    demo.run(state().data_dir)
+
+
+for group in (vdisk.vdisk, device.device, lock.lock, audit.audit, server.server, image.image):
+    cli.add_command(group)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="vdfarm")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

@@ -1,0 +1,118 @@
+"""`vdfarm vdisk …`: import, list, show, set, delete, verify vDisks.
+
+Rules: flags, help and output only; every decision is the service's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vdfarm.cli.common import emit, json_option, open_farm
+from vdfarm.cli.output import fmt_size, print_fields, print_table
+from vdfarm.farm.models import ACCESS_MODES, WRITE_CACHE_TYPES
+from vdfarm.service.errors import Invalid
+from vdfarm.service.validation import UNCHANGED
+from vdfarm.service.vdisks import VdiskInfo
+
+MODE = click.Choice(ACCESS_MODES)
+CACHE = click.Choice(WRITE_CACHE_TYPES)
+
+
+def _show(info: VdiskInfo) -> None:
+    print_fields([
+        ("name", info.name), ("size", f"{fmt_size(info.size)} ({info.size} bytes)"),
+        ("format", info.format), ("mode", info.access_mode),
+        ("write cache", info.write_cache_type),
+        ("cache limit", f"{info.write_cache_limit_mb} MiB" if info.write_cache_limit_mb else None),
+        ("description", info.description), ("sha256", info.sha256),
+        ("devices", info.devices), ("in this store", "yes" if info.in_store else "no"),
+        ("created", info.created_at),
+    ])
+
+
+@click.group()
+def vdisk() -> None:
+    """Manage vDisks (disk images served to devices)."""
+
+
+@vdisk.command("import")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--mode", type=MODE, default="standard", show_default=True,
+              help="standard: many devices, read-only + write cache; "
+                   "private: one device, read/write.")
+@click.option("--write-cache", type=CACHE, default="server-disk", show_default=True)
+@click.option("--cache-limit-mb", type=click.IntRange(min=1), default=None,
+              help="Write-cache size limit in MiB.")
+@click.option("--description", default="")
+@json_option
+def import_cmd(name: str, file: Path, mode: str, write_cache: str,
+               cache_limit_mb: int | None, description: str) -> None:
+    """Import image FILE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME."""
+    info = open_farm().vdisks.import_image(
+        name, file, mode=mode, write_cache=write_cache, cache_limit_mb=cache_limit_mb,
+        description=description)
+    emit(info, lambda: click.echo(
+        f"imported vDisk {info.name} ({fmt_size(info.size)}, {info.access_mode}, "
+        f"write cache {info.write_cache_type})"))
+
+
+@vdisk.command("list")
+@json_option
+def list_cmd() -> None:
+    """List the vDisks of the farm."""
+    infos = open_farm().vdisks.list()
+    emit(infos, lambda: print_table(
+        ["NAME", "SIZE", "MODE", "WRITE CACHE", "DEVICES", "IN STORE", "DESCRIPTION"],
+        [(i.name, fmt_size(i.size), i.access_mode, i.write_cache_type, len(i.devices),
+          "yes" if i.in_store else "no", i.description) for i in infos],
+        empty="no vDisks"))
+
+
+@vdisk.command("show")
+@click.argument("name")
+@json_option
+def show_cmd(name: str) -> None:
+    """Show vDisk NAME."""
+    info = open_farm().vdisks.show(name)
+    emit(info, lambda: _show(info))
+
+
+@vdisk.command("set")
+@click.argument("name")
+@click.option("--mode", type=MODE, default=None)
+@click.option("--write-cache", type=CACHE, default=None)
+@click.option("--cache-limit-mb", type=click.IntRange(min=0), default=None,
+              help="Write-cache size limit in MiB (0: no limit).")
+@click.option("--description", default=None)
+@json_option
+def set_cmd(name: str, mode: str | None, write_cache: str | None,
+            cache_limit_mb: int | None, description: str | None) -> None:
+    """Change the mode, write cache or description of vDisk NAME."""
+    limit = UNCHANGED if cache_limit_mb is None else (cache_limit_mb or None)
+    info = open_farm().vdisks.set(name, mode=mode, write_cache=write_cache,
+                                  cache_limit_mb=limit, description=description)
+    emit(info, lambda: click.echo(f"updated vDisk {info.name}"))
+
+
+@vdisk.command("delete")
+@click.argument("name")
+@json_option
+def delete_cmd(name: str) -> None:
+    """Delete vDisk NAME (refused while devices use it or it is locked)."""
+    info = open_farm().vdisks.delete(name)
+    emit(info, lambda: click.echo(f"deleted vDisk {info.name}"))
+
+
+@vdisk.command("verify")
+@click.argument("name")
+@json_option
+def verify_cmd(name: str) -> None:
+    """Check vDisk NAME's files in this store (sizes and sha256)."""
+    result = open_farm().vdisks.verify(name)
+    if not result.ok:
+        raise Invalid(f"vDisk {name} failed verification: {'; '.join(result.problems)}")
+    emit({"vdisk": name, "ok": True, "problems": []},
+         lambda: click.echo(f"vDisk {name} is intact"))

@@ -1,0 +1,125 @@
+"""Engines and schema migrations of the farm database.
+
+Rules:
+- One way to make an engine (`make_engine`) so SQLite gets the same settings
+  everywhere: foreign keys on, WAL journal, a busy timeout (the stream server
+  and the CLI share the file).
+- The schema is only ever made by Alembic migrations (`upgrade`), run
+  programmatically; never by `metadata.create_all`.
+- `HEAD_REVISION` names the newest migration; a test checks it is the head.
+- Alembic is imported only when migrating (it is slow to import and every
+  CLI command would pay for it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+HEAD_REVISION = "0001"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+class BadDatabaseURL(ValueError):
+    """A database URL that SQLAlchemy cannot parse or has no driver for."""
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of an SQLite file at PATH (made absolute)."""
+    return f"sqlite:///{Path(path).absolute()}"
+
+
+def check_url(url: str) -> str:
+    """Return URL if SQLAlchemy can parse it. Raises BadDatabaseURL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise BadDatabaseURL(f"bad database URL {url!r}") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise BadDatabaseURL(
+            f"unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)"
+        )
+    return url
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for URL with the farm's settings.
+
+    Raises BadDatabaseURL (unparsable URL, unknown backend, missing driver).
+    """
+    check_url(url)
+    is_sqlite = make_url(url).get_backend_name() == "sqlite"
+    kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if is_sqlite else {}
+    try:
+        engine = create_engine(url, pool_pre_ping=not is_sqlite, **kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise BadDatabaseURL(f"cannot use database URL {url!r}: {exc}") from exc
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def alembic_config() -> Config:
+    """An Alembic config pointing at the farm migrations (no ini file needed)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _run(url: str, action, revision: str) -> None:  # noqa: ANN001
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            action(config, revision)
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at URL up to REVISION.
+
+    Raises BadDatabaseURL, sqlalchemy.exc.OperationalError (unreachable DB).
+    """
+    from alembic import command
+
+    _run(url, command.upgrade, revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    """Migrate the database at URL down to REVISION.
+
+    Raises BadDatabaseURL, sqlalchemy.exc.OperationalError (unreachable DB).
+    """
+    from alembic import command
+
+    _run(url, command.downgrade, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or None if never migrated.
+
+    Raises sqlalchemy.exc.OperationalError (unreachable DB).
+    """
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()

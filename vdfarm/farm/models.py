@@ -1,0 +1,203 @@
+"""The farm database schema: SQLAlchemy 2 typed declarative models.
+
+Rules:
+- Portable SQL only: the same models run on SQLite and PostgreSQL.
+- Every datetime is timezone-aware UTC in Python (`UTCDateTime`); stored as
+  TIMESTAMPTZ on PostgreSQL and as a fixed-width naive UTC text on SQLite, so
+  comparisons in SQL (`lease_expires_at < :now`) are right on both.
+- Allowed values of enum-like columns are the tuples below, enforced by named
+  CHECK constraints; the migrations repeat them literally (migrations are
+  frozen history and never import this module).
+- A lock row exists for every vDisk from its creation; its `fencing_token`
+  only ever grows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+ACCESS_MODES = ("standard", "private")
+WRITE_CACHE_TYPES = (
+    "server-disk",
+    "server-ram",
+    "device-ram",
+    "device-disk",
+    "device-ram-overflow",
+)
+DEVICE_TYPES = ("production", "test", "maintenance")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A datetime that is always timezone-aware UTC on the Python side.
+
+    Naive datetimes are refused on the way in (they are a bug).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class Server(Base):
+    """A provisioning server of the farm; its liveness is `last_heartbeat`."""
+
+    __tablename__ = "servers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    nbd_port: Mapped[int | None] = mapped_column(Integer)
+    api_port: Mapped[int | None] = mapped_column(Integer)
+    power_rating: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    store_path: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(String(32))
+    last_heartbeat: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoreLocation(Base):
+    """A store directory on a server (the path may differ on every server)."""
+
+    __tablename__ = "stores"
+    __table_args__ = (UniqueConstraint("server_id", "path", name="uq_stores_server_id_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+
+
+class Vdisk(Base):
+    """A disk image known to the farm."""
+
+    __tablename__ = "vdisks"
+    __table_args__ = (
+        CheckConstraint(_in("access_mode", ACCESS_MODES), name="access_mode"),
+        CheckConstraint(_in("write_cache_type", WRITE_CACHE_TYPES), name="write_cache_type"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(16))
+    access_mode: Mapped[str] = mapped_column(
+        String(16), default="standard", server_default="standard"
+    )
+    write_cache_type: Mapped[str] = mapped_column(
+        String(32), default="server-disk", server_default="server-disk"
+    )
+    write_cache_limit_mb: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Device(Base):
+    """A target device: a machine that boots from its assigned vDisk."""
+
+    __tablename__ = "devices"
+    __table_args__ = (CheckConstraint(_in("device_type", DEVICE_TYPES), name="device_type"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    mac: Mapped[str | None] = mapped_column(String(17), unique=True)
+    vdisk_id: Mapped[int | None] = mapped_column(ForeignKey("vdisks.id"))
+    device_type: Mapped[str] = mapped_column(
+        String(16), default="production", server_default="production"
+    )
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    vdisk: Mapped[Vdisk | None] = relationship()
+
+
+class Lock(Base):
+    """The lock of one vDisk: holder, lease and an ever-growing fencing token."""
+
+    __tablename__ = "locks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vdisk_id: Mapped[int] = mapped_column(
+        ForeignKey("vdisks.id", ondelete="CASCADE"), unique=True
+    )
+    holder_device_id: Mapped[int | None] = mapped_column(
+        ForeignKey("devices.id", ondelete="SET NULL")
+    )
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id", ondelete="SET NULL"))
+    lease_expires_at: Mapped[datetime | None]
+    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    acquired_at: Mapped[datetime | None]
+
+    vdisk: Mapped[Vdisk] = relationship()
+    holder: Mapped[Device | None] = relationship()
+    server: Mapped[Server | None] = relationship()
+
+
+class AuditEvent(Base):
+    """One change made by any front end; before/after are JSON text."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_name: Mapped[str] = mapped_column(String(255))
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,85 @@
+"""The audit trail: one row per change, from any front end.
+
+Rules: `record` is called inside the same session (transaction) as the
+change it describes, so a change and its audit row commit or vanish together.
+before/after are JSON text of the records' plain views (None for create /
+delete). Reading the trail never changes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vdfarm.farm.models import AuditEvent
+from vdfarm.service.errors import Invalid
+from vdfarm.service.records import to_json
+
+if TYPE_CHECKING:
+    from vdfarm.service.context import Farm
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One recorded change."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target_type: str
+    target_name: str
+    before: Any
+    after: Any
+
+
+def record(
+    session: Session, *, actor: str, at: datetime, action: str, target_type: str,
+    target_name: str, before: Any, after: Any,
+) -> None:
+    """Add an audit row for a change to the session's transaction."""
+    session.add(AuditEvent(
+        at=at, actor=actor, action=action, target_type=target_type, target_name=target_name,
+        before=None if before is None else to_json(before),
+        after=None if after is None else to_json(after),
+    ))
+
+
+def _entry(row: AuditEvent) -> AuditEntry:
+    return AuditEntry(
+        id=row.id, at=row.at, actor=row.actor, action=row.action,
+        target_type=row.target_type, target_name=row.target_name,
+        before=None if row.before is None else json.loads(row.before),
+        after=None if row.after is None else json.loads(row.after),
+    )
+
+
+class AuditService:
+    """Read the audit trail."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+
+    def list(self, since: datetime | None = None, limit: int | None = None) -> list[AuditEntry]:
+        """Audit entries at or after SINCE (aware datetime), oldest first; the
+        newest LIMIT of them if LIMIT is given.
+
+        Raises Invalid (naive SINCE, bad LIMIT), Unavailable (DB down).
+        """
+        if since is not None and since.tzinfo is None:
+            raise Invalid("invalid --since: give a time with a zone, e.g. 2024-01-01T00:00:00Z")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise Invalid(f"invalid limit {limit!r}: give a number >= 1")
+        query = select(AuditEvent).order_by(AuditEvent.id.desc())
+        if since is not None:
+            query = query.where(AuditEvent.at >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.farm.session() as session:
+            rows = session.scalars(query).all()
+            return [_entry(r) for r in reversed(rows)]

@@ -1,0 +1,305 @@
+"""`Farm`: one server's handle on the farm — data directory, store, database.
+
+Rules:
+- Every front end (CLI, REST API, stream server) opens a Farm and calls its
+  services; nothing else touches the database or the store.
+- `Farm.open` never creates anything: an uninitialised data directory (no
+  server.json) or an un-migrated database raises NotInitialised. `Farm.init`
+  is the only place that creates directories, migrates and registers.
+- `session()` commits on success and rolls back on any error; database
+  failures surface as Unavailable / Conflict, never as SQLAlchemy errors.
+- Time comes from `clock` (aware UTC), so tests can move it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from vdfarm.farm import db
+from vdfarm.farm.models import Server, utcnow
+from vdfarm.service.audit import AuditService
+from vdfarm.service.devices import DeviceService
+from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
+from vdfarm.service.exports import (
+    ExportTarget,
+    VdiskView,
+    list_exports,
+    resolve_export,
+    resolve_vdisk_view,
+)
+from vdfarm.service.locks import LockGrant, LockService
+from vdfarm.service.servers import (
+    ServerIdentity,
+    ServerInfo,
+    ServerService,
+    ensure_registered,
+    new_identity,
+    read_identity,
+    write_identity,
+)
+from vdfarm.service.vdisks import VdiskService
+from vdfarm.store.store import Store
+
+DB_FILE = "farm.db"
+STORE_DIR = "store"
+CACHE_DIR = "cache"
+
+Clock = Callable[[], datetime]
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's text."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return error.__class__.__name__
+
+
+def not_initialised_message(shown: str) -> str:
+    return f"data directory {shown} is not initialised; run vdfarm --data-dir {shown} init"
+
+
+def _shown_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _resolve_url(data_dir: Path, db_url: str | None, identity: ServerIdentity | None) -> str:
+    url = db_url or (identity.db_url if identity else None) or db.sqlite_url(data_dir / DB_FILE)
+    try:
+        return db.check_url(url)
+    except db.BadDatabaseURL as exc:
+        raise Invalid(str(exc)) from exc
+
+
+def _make_engine(url: str) -> Engine:
+    try:
+        return db.make_engine(url)
+    except db.BadDatabaseURL as exc:
+        raise Invalid(str(exc)) from exc
+
+
+class Farm:
+    """This server's view of the farm. Use `Farm.open` or `Farm.init`."""
+
+    def __init__(
+        self, *, data_dir: Path, db_url: str, engine: Engine, identity: ServerIdentity,
+        server_id: int, actor: str, clock: Clock,
+    ) -> None:
+        self.data_dir = data_dir
+        self.db_url = db_url
+        self.engine = engine
+        self.store = Store(data_dir / STORE_DIR)
+        self.cache_dir = data_dir / CACHE_DIR
+        self.server_uuid = identity.uuid
+        self.server_name = identity.name
+        self.server_id = server_id
+        self.actor = actor
+        self.clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.vdisks = VdiskService(self)
+        self.devices = DeviceService(self)
+        self.locks = LockService(self)
+        self.audit = AuditService(self)
+        self.servers = ServerService(self)
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, data_dir: str | Path, db_url: str | None = None, *, actor: str = "local",
+        clock: Clock = utcnow,
+    ) -> Farm:
+        """Open an initialised data directory.
+
+        Raises NotInitialised (no server.json, database not migrated or not
+        knowing this server), Invalid (bad URL, damaged server.json),
+        Unavailable (database unreachable).
+        """
+        shown = str(data_dir)
+        path = Path(data_dir).absolute()
+        identity = read_identity(path)
+        if identity is None:
+            raise NotInitialised(not_initialised_message(shown))
+        url = _resolve_url(path, db_url, identity)
+        engine = _make_engine(url)
+        try:
+            server_id = cls._find_server(engine, url, identity, shown)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(data_dir=path, db_url=url, engine=engine, identity=identity,
+                   server_id=server_id, actor=actor, clock=clock)
+
+    @staticmethod
+    def _find_server(engine: Engine, url: str, identity: ServerIdentity, shown: str) -> int:
+        try:
+            revision = db.current_revision(engine)
+            if revision != db.HEAD_REVISION:
+                raise NotInitialised(
+                    f"farm database {_shown_url(url)} is at schema {revision or 'none'}, "
+                    f"not {db.HEAD_REVISION}; run vdfarm --data-dir {shown} init"
+                )
+            with Session(engine) as session:
+                server_id = session.scalar(select(Server.id).where(Server.uuid == identity.uuid))
+        except OperationalError as exc:
+            raise Unavailable(
+                f"cannot reach the farm database {_shown_url(url)}: {first_line(exc.orig)}"
+            ) from exc
+        if server_id is None:
+            raise NotInitialised(
+                f"farm database {_shown_url(url)} does not know server {identity.name}; "
+                f"run vdfarm --data-dir {shown} init"
+            )
+        return server_id
+
+    @classmethod
+    def init(
+        cls, data_dir: str | Path, db_url: str | None = None, *, server_name: str | None = None,
+        actor: str = "local", clock: Clock = utcnow,
+    ) -> Farm:
+        """Create (or bring up to date) a data directory: dirs, DB schema,
+        this server's identity and rows. Safe to run again.
+
+        Raises Invalid (bad URL or name, unusable directory), Conflict (name
+        taken, or directory already initialised under another name),
+        Unavailable (database unreachable).
+        """
+        path = Path(data_dir).absolute()
+        existing = read_identity(path)
+        if existing and server_name and server_name != existing.name:
+            raise Conflict(
+                f"data directory {data_dir} is already initialised as server {existing.name}")
+        identity = existing or new_identity(server_name, db_url)
+        url = _resolve_url(path, db_url, identity)
+        cls._make_dirs(path, data_dir)
+        try:
+            db.upgrade(url)
+        except DBAPIError as exc:
+            raise Unavailable(
+                f"cannot migrate the farm database {_shown_url(url)}: {first_line(exc.orig)}"
+            ) from exc
+        cls._register(url, identity, path / STORE_DIR, actor, clock)
+        for sub in (STORE_DIR, CACHE_DIR):
+            (path / sub).mkdir(exist_ok=True)
+        if existing is None or (db_url and db_url != existing.db_url):
+            remembered_url = db_url or identity.db_url
+            write_identity(path, ServerIdentity(identity.uuid, identity.name, remembered_url))
+        return cls.open(data_dir, db_url, actor=actor, clock=clock)
+
+    @staticmethod
+    def _make_dirs(path: Path, shown: str | Path) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Invalid(f"cannot create data directory {shown}: {exc.strerror}") from exc
+        if not path.is_dir():
+            raise Invalid(f"data directory {shown} is not a directory")
+
+    @staticmethod
+    def _register(
+        url: str, identity: ServerIdentity, store: Path, actor: str, clock: Clock
+    ) -> None:
+        engine = _make_engine(url)
+        try:
+            with Session(engine) as session, session.begin():
+                ensure_registered(session, identity, store, now=clock(), actor=actor)
+        except OperationalError as exc:
+            raise Unavailable(f"farm database error: {first_line(exc.orig)}") from exc
+        finally:
+            engine.dispose()
+
+    def close(self) -> None:
+        """Release database connections. The Farm is unusable afterwards."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Farm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The current time (aware UTC) from this farm's clock."""
+        return self.clock()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A database session: commits if the block succeeds, else rolls back.
+
+        Raises Unavailable (database unreachable or busy), Conflict (a
+        constraint the caller did not check first), or what the block raises.
+        """
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            _rollback(session)
+            raise Unavailable(f"farm database error: {first_line(exc.orig)}") from exc
+        except IntegrityError as exc:
+            _rollback(session)
+            raise Conflict(f"the change conflicts with the farm: {first_line(exc.orig)}") from exc
+        except BaseException:
+            _rollback(session)
+            raise
+        finally:
+            session.close()
+
+    # -- the stream service's API ------------------------------------------------
+
+    def resolve_export(self, name_or_mac: str) -> ExportTarget:
+        """What to serve to the device called NAME_OR_MAC (a name or a MAC).
+
+        Raises NotFound, Invalid (no vDisk assigned), Unavailable.
+        """
+        return resolve_export(self, name_or_mac)
+
+    def resolve_vdisk_view(self, vdisk_name: str) -> VdiskView:
+        """The read-only view of a vDisk (export `vdisk/NAME`). Raises NotFound, Unavailable."""
+        return resolve_vdisk_view(self, vdisk_name)
+
+    def list_exports(self) -> list[tuple[str, str]]:
+        """(device name, description) of every device with a vDisk. Raises Unavailable."""
+        return list_exports(self)
+
+    def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> LockGrant:
+        """Take the lock of a vDisk for a device (see LockService.acquire).
+
+        Raises Conflict, NotFound, Invalid, Unavailable.
+        """
+        return self.locks.acquire(vdisk_id, device_id, lease_seconds)
+
+    def renew_lock(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool:
+        """Extend a held lease; False if TOKEN is no longer the holder's.
+
+        Raises Invalid, Unavailable.
+        """
+        return self.locks.renew(vdisk_id, device_id, token, lease_seconds)
+
+    def release_lock(self, vdisk_id: int, device_id: int, token: int) -> None:
+        """Give up a lock (no-op if TOKEN is stale). Raises Unavailable."""
+        self.locks.release(vdisk_id, device_id, token)
+
+    def lock_is_current(self, vdisk_id: int, token: int) -> bool:
+        """True if TOKEN still holds the vDisk's lock (fencing). Raises Unavailable."""
+        return self.locks.is_current(vdisk_id, token)
+
+    def register_server(self, nbd_port: int, api_port: int | None = None) -> ServerInfo:
+        """Record this server's host, ports, version and heartbeat. Raises Invalid, Unavailable."""
+        return self.servers.register(nbd_port, api_port)
+
+
+def _rollback(session: Session) -> None:
+    with contextlib.suppress(OperationalError):
+        session.rollback()

@@ -1,0 +1,191 @@
+"""Target devices: add, list, show, assign a vDisk, change, delete.
+
+Rules:
+- A device is found by its name or by its MAC (any common spelling); MACs are
+  stored normalised (aa:bb:cc:dd:ee:ff) and unique.
+- Every check runs before anything is written; each change writes its audit
+  row in the same transaction.
+- A device that holds a vDisk's lock (unexpired) cannot be deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from vdfarm.farm.models import DEVICE_TYPES, Device, Lock
+from vdfarm.service import audit
+from vdfarm.service.errors import Conflict, Invalid, NotFound
+from vdfarm.service.exports import find_device
+from vdfarm.service.locks import HELD, lock_state
+from vdfarm.service.validation import (
+    UNCHANGED,
+    check_choice,
+    check_description,
+    check_name,
+    normalise_mac,
+)
+from vdfarm.service.vdisks import find_vdisk
+
+if TYPE_CHECKING:
+    from vdfarm.service.context import Farm
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A device as the front ends show it."""
+
+    id: int
+    name: str
+    mac: str | None
+    device_type: str
+    vdisk: str | None
+    description: str
+    created_at: datetime
+
+
+def device_info(device: Device) -> DeviceInfo:
+    return DeviceInfo(
+        id=device.id, name=device.name, mac=device.mac, device_type=device.device_type,
+        vdisk=device.vdisk.name if device.vdisk else None,
+        description=device.description, created_at=device.created_at,
+    )
+
+
+def get_device(session: Session, name_or_mac: str) -> Device:
+    """The device called NAME_OR_MAC (name or MAC). Raises NotFound."""
+    device = find_device(session, name_or_mac)
+    if device is None:
+        raise NotFound(f"no device named {name_or_mac}")
+    return device
+
+
+def _check_mac_free(session: Session, mac: str, device_id: int | None) -> None:
+    owner = session.scalars(select(Device).where(Device.mac == mac)).one_or_none()
+    if owner is not None and owner.id != device_id:
+        raise Conflict(f"MAC {mac} is already used by device {owner.name}")
+
+
+class DeviceService:
+    """Device management for every front end."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+
+    def _audit(self, session: Session, action: str, name: str, before: Any, after: Any,
+               actor: str | None) -> None:
+        audit.record(session, actor=actor or self.farm.actor, at=self.farm.now(), action=action,
+                     target_type="device", target_name=name, before=before, after=after)
+
+    def add(
+        self, name: str, *, mac: str | None = None, vdisk: str | None = None,
+        device_type: str = "production", description: str = "", actor: str | None = None,
+    ) -> DeviceInfo:
+        """Add device NAME, optionally with a MAC and an assigned vDisk.
+
+        Raises Invalid (bad name, MAC, type), NotFound (no such vDisk),
+        Conflict (name or MAC taken), Unavailable.
+        """
+        check_name("device", name)
+        mac = normalise_mac(mac) if mac is not None else None
+        check_choice("device type", device_type, DEVICE_TYPES)
+        check_description(description)
+        with self.farm.session() as session:
+            if session.scalars(select(Device.id).where(Device.name == name)).first():
+                raise Conflict(f"device {name} already exists")
+            if mac is not None:
+                _check_mac_free(session, mac, None)
+            vdisk_row = find_vdisk(session, vdisk) if vdisk is not None else None
+            device = Device(
+                name=name, mac=mac, vdisk=vdisk_row, device_type=device_type,
+                description=description, created_at=self.farm.now(),
+            )
+            session.add(device)
+            session.flush()
+            info = device_info(device)
+            self._audit(session, "device.add", name, None, info, actor)
+            return info
+
+    def list(self) -> list[DeviceInfo]:
+        """Every device, by name. Raises Unavailable."""
+        with self.farm.session() as session:
+            rows = session.scalars(select(Device).order_by(Device.name)).all()
+            return [device_info(d) for d in rows]
+
+    def show(self, name_or_mac: str) -> DeviceInfo:
+        """The device called NAME_OR_MAC. Raises NotFound, Unavailable."""
+        with self.farm.session() as session:
+            return device_info(get_device(session, name_or_mac))
+
+    def assign(self, name_or_mac: str, vdisk: str | None, actor: str | None = None) -> DeviceInfo:
+        """Assign vDisk VDISK to the device (None: no vDisk). Takes effect at its next connect.
+
+        Raises NotFound (device or vDisk), Unavailable.
+        """
+        with self.farm.session() as session:
+            device = get_device(session, name_or_mac)
+            before = device_info(device)
+            device.vdisk = find_vdisk(session, vdisk) if vdisk is not None else None
+            session.flush()
+            after = device_info(device)
+            self._audit(session, "device.assign", device.name, before, after, actor)
+            return after
+
+    def set(
+        self, name_or_mac: str, *, device_type: str | None = None, mac: Any = UNCHANGED,
+        description: str | None = None, actor: str | None = None,
+    ) -> DeviceInfo:
+        """Change the type, MAC (None clears it) or description of a device.
+
+        Raises Invalid (bad value, nothing to change), NotFound, Conflict
+        (MAC taken), Unavailable.
+        """
+        changes: dict[str, Any] = {}
+        if device_type is not None:
+            changes["device_type"] = check_choice("device type", device_type, DEVICE_TYPES)
+        if mac is not UNCHANGED:
+            changes["mac"] = normalise_mac(mac) if mac is not None else None
+        if description is not None:
+            changes["description"] = check_description(description)
+        if not changes:
+            raise Invalid("nothing to change: give a type, MAC or description")
+        with self.farm.session() as session:
+            device = get_device(session, name_or_mac)
+            if changes.get("mac") is not None:
+                _check_mac_free(session, changes["mac"], device.id)
+            before = device_info(device)
+            for column, value in changes.items():
+                setattr(device, column, value)
+            session.flush()
+            after = device_info(device)
+            self._audit(session, "device.set", device.name, before, after, actor)
+            return after
+
+    def delete(self, name_or_mac: str, actor: str | None = None) -> DeviceInfo:
+        """Remove a device; returns it as it was.
+
+        Raises NotFound, Conflict (it holds a vDisk lock), Unavailable.
+        """
+        now = self.farm.now()
+        with self.farm.session() as session:
+            device = get_device(session, name_or_mac)
+            held = session.scalars(select(Lock).where(Lock.holder_device_id == device.id)).all()
+            for lock in held:
+                if lock_state(lock, now) == HELD:
+                    raise Conflict(
+                        f"device {device.name} holds the lock of vDisk {lock.vdisk.name}; "
+                        f"release it first (vdfarm lock release {lock.vdisk.name})"
+                    )
+            before = device_info(device)
+            session.execute(
+                update(Lock).where(Lock.holder_device_id == device.id)
+                .values(holder_device_id=None, server_id=None, lease_expires_at=None),
+                execution_options={"synchronize_session": False},
+            )
+            session.delete(device)
+            self._audit(session, "device.delete", before.name, before, None, actor)
+            return before

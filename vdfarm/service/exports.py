@@ -1,0 +1,132 @@
+"""Export resolution: which file, mode and cache to serve to a device.
+
+Rules: the NBD export name is the device's name or its MAC (any common
+spelling); a name match wins over a MAC match. The answer is a frozen
+`ExportTarget` the stream service can keep while the database is down.
+A *view* (`resolve_vdisk_view`) names a vDisk directly, for read-only access
+with no device and no lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vdfarm.farm.models import Device, Vdisk
+from vdfarm.service.errors import Invalid, NotFound, Unavailable
+from vdfarm.service.validation import parse_mac
+from vdfarm.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from vdfarm.service.context import Farm
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """Everything the stream service needs to serve one device.
+
+    `path` is the absolute file to serve in this server's store;
+    `description` is the vDisk's description.
+    """
+
+    device_id: int
+    device_name: str
+    mac: str | None
+    device_type: str
+    vdisk_id: int
+    vdisk_name: str
+    access_mode: str
+    path: Path
+    size: int
+    write_cache_type: str
+    write_cache_limit_bytes: int | None
+    description: str
+
+
+def find_device(session: Session, name_or_mac: str) -> Device | None:
+    """The device named NAME_OR_MAC, else the one with that MAC, else None."""
+    device = session.scalars(select(Device).where(Device.name == name_or_mac)).one_or_none()
+    if device is None and (mac := parse_mac(name_or_mac)) is not None:
+        device = session.scalars(select(Device).where(Device.mac == mac)).one_or_none()
+    return device
+
+
+def resolve_export(farm: Farm, name_or_mac: str) -> ExportTarget:
+    """The ExportTarget of the device called NAME_OR_MAC.
+
+    Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
+    assigned"), Unavailable ("vDisk X is not in this server's store", or DB down).
+    """
+    with farm.session() as session:
+        device = find_device(session, name_or_mac)
+        if device is None:
+            raise NotFound(f"no device named {name_or_mac}")
+        vdisk = device.vdisk
+        if vdisk is None:
+            raise Invalid(f"device {device.name} has no vDisk assigned")
+        path = _path_in_store(farm, vdisk.name)
+        limit = vdisk.write_cache_limit_mb
+        return ExportTarget(
+            device_id=device.id, device_name=device.name, mac=device.mac,
+            device_type=device.device_type, vdisk_id=vdisk.id, vdisk_name=vdisk.name,
+            access_mode=vdisk.access_mode, path=path, size=vdisk.size,
+            write_cache_type=vdisk.write_cache_type,
+            write_cache_limit_bytes=None if limit is None else limit * MIB,
+            description=vdisk.description,
+        )
+
+
+@dataclass(frozen=True)
+class VdiskView:
+    """A vDisk served read-only by name (export `vdisk/NAME`): no device, no lock."""
+
+    vdisk_id: int
+    vdisk_name: str
+    access_mode: str
+    path: Path
+    size: int
+    description: str
+
+
+def _path_in_store(farm: Farm, vdisk_name: str) -> Path:
+    try:
+        return farm.store.path_of(vdisk_name)
+    except StoreError as exc:
+        raise Unavailable(f"vDisk {vdisk_name} is not in this server's store") from exc
+
+
+def resolve_vdisk_view(farm: Farm, vdisk_name: str) -> VdiskView:
+    """The read-only view of vDisk VDISK_NAME.
+
+    Raises NotFound ("no vDisk named X"), Unavailable ("vDisk X is not in
+    this server's store", or DB down).
+    """
+    with farm.session() as session:
+        vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
+        if vdisk is None:
+            raise NotFound(f"no vDisk named {vdisk_name}")
+        return VdiskView(
+            vdisk_id=vdisk.id, vdisk_name=vdisk.name, access_mode=vdisk.access_mode,
+            path=_path_in_store(farm, vdisk.name), size=vdisk.size,
+            description=vdisk.description,
+        )
+
+
+def list_exports(farm: Farm) -> list[tuple[str, str]]:
+    """(device name, "vDisk NAME (MODE)") of every device with a vDisk, by name.
+
+    Raises Unavailable (DB down).
+    """
+    with farm.session() as session:
+        rows = session.execute(
+            select(Device.name, Vdisk.name, Vdisk.access_mode)
+            .join(Vdisk, Device.vdisk_id == Vdisk.id)
+            .order_by(Device.name)
+        ).all()
+        return [(device, f"vDisk {vdisk} ({mode})") for device, vdisk, mode in rows]

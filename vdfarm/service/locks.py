@@ -1,0 +1,217 @@
+"""vDisk locks: leases held by devices, taken by compare-and-set, fenced by tokens.
+
+Rules (the database is the only lock; there are no lock files):
+- Every vDisk has exactly one lock row, created with the vDisk.
+- Acquire is ONE conditional UPDATE (free, expired, or already ours), then a
+  row-count check: correct under concurrency on SQLite and PostgreSQL.
+- `fencing_token` grows by one on every acquire and never goes down; a holder
+  whose token is no longer the row's token has lost the lock (`is_current`).
+- An expired lease is free for anyone; until someone takes it, its holder's
+  token stays current (streaming survives a slow database).
+- Only the admin release (`release_by_admin`) is audited; the stream
+  service's acquire/renew/release are not changes made by a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from vdfarm.farm.models import Device, Lock, Vdisk
+from vdfarm.service import audit
+from vdfarm.service.errors import Conflict, NotFound
+from vdfarm.service.validation import check_lease
+
+if TYPE_CHECKING:
+    from vdfarm.service.context import Farm
+
+HELD, EXPIRED, FREE = "held", "expired", "free"
+_NO_SYNC = {"synchronize_session": False}
+
+
+@dataclass(frozen=True)
+class LockGrant:
+    """A lock handed to a device: its fencing token and lease end."""
+
+    token: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """A vDisk's lock as the front ends show it."""
+
+    vdisk: str
+    holder: str | None
+    server: str | None
+    lease_expires_at: datetime | None
+    fencing_token: int
+    acquired_at: datetime | None
+    state: str
+
+
+def lock_state(lock: Lock, now: datetime) -> str:
+    """held / expired / free for a lock row at time NOW."""
+    if lock.holder_device_id is None:
+        return FREE
+    if lock.lease_expires_at is None or lock.lease_expires_at < now:
+        return EXPIRED
+    return HELD
+
+
+def lock_info(lock: Lock, now: datetime) -> LockInfo:
+    return LockInfo(
+        vdisk=lock.vdisk.name,
+        holder=lock.holder.name if lock.holder else None,
+        server=lock.server.name if lock.server else None,
+        lease_expires_at=lock.lease_expires_at,
+        fencing_token=lock.fencing_token,
+        acquired_at=lock.acquired_at,
+        state=lock_state(lock, now),
+    )
+
+
+def held_message(lock: Lock) -> str:
+    """'vDisk X is locked by device Y on server Z until T'."""
+    holder = lock.holder.name if lock.holder else "?"
+    server = lock.server.name if lock.server else "?"
+    until = lock.lease_expires_at.isoformat() if lock.lease_expires_at else "?"
+    return f"vDisk {lock.vdisk.name} is locked by device {holder} on server {server} until {until}"
+
+
+def lock_of(session: Session, vdisk_id: int) -> Lock | None:
+    query = select(Lock).where(Lock.vdisk_id == vdisk_id)
+    return session.scalars(query.execution_options(populate_existing=True)).one_or_none()
+
+
+class LockService:
+    """Acquire, renew, release and check vDisk locks."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+
+    def acquire(self, vdisk_id: int, device_id: int, lease_seconds: float) -> LockGrant:
+        """Take the lock of VDISK_ID for DEVICE_ID for LEASE_SECONDS.
+
+        Succeeds if the lock is free, expired, or already this device's
+        (the token grows in every case).
+        Raises Invalid (bad lease), NotFound (no such vDisk or device),
+        Conflict (held by another device), Unavailable (DB down).
+        """
+        lease = check_lease(lease_seconds)
+        now = self.farm.now()
+        expires = now + timedelta(seconds=lease)
+        with self.farm.session() as session:
+            self._check_exists(session, vdisk_id, device_id)
+            result = session.execute(
+                update(Lock)
+                .where(Lock.vdisk_id == vdisk_id)
+                .where(or_(
+                    Lock.holder_device_id.is_(None),
+                    Lock.lease_expires_at < now,
+                    Lock.holder_device_id == device_id,
+                ))
+                .values(
+                    holder_device_id=device_id, server_id=self.farm.server_id,
+                    lease_expires_at=expires, fencing_token=Lock.fencing_token + 1,
+                    acquired_at=now,
+                ),
+                execution_options=_NO_SYNC,
+            )
+            lock = lock_of(session, vdisk_id)
+            if result.rowcount != 1:
+                if lock is None:
+                    raise NotFound(f"vDisk with id {vdisk_id} has no lock row")
+                raise Conflict(held_message(lock))
+            return LockGrant(token=lock.fencing_token, expires_at=expires)
+
+    def _check_exists(self, session: Session, vdisk_id: int, device_id: int) -> None:
+        if session.get(Vdisk, vdisk_id) is None:
+            raise NotFound(f"no vDisk with id {vdisk_id}")
+        if session.get(Device, device_id) is None:
+            raise NotFound(f"no device with id {device_id}")
+
+    def renew(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool:
+        """Extend the lease of a lock still held with TOKEN by DEVICE_ID.
+
+        Returns False (and changes nothing) if the token is stale or the
+        device is no longer the holder.
+        Raises Invalid (bad lease), Unavailable (DB down).
+        """
+        lease = check_lease(lease_seconds)
+        expires = self.farm.now() + timedelta(seconds=lease)
+        with self.farm.session() as session:
+            result = session.execute(
+                update(Lock)
+                .where(Lock.vdisk_id == vdisk_id)
+                .where(Lock.fencing_token == token)
+                .where(Lock.holder_device_id == device_id)
+                .values(lease_expires_at=expires),
+                execution_options=_NO_SYNC,
+            )
+            return result.rowcount == 1
+
+    def release(self, vdisk_id: int, device_id: int, token: int) -> None:
+        """Free a lock held by DEVICE_ID with TOKEN; a stale token changes nothing.
+
+        Raises Unavailable (DB down).
+        """
+        with self.farm.session() as session:
+            session.execute(
+                update(Lock)
+                .where(Lock.vdisk_id == vdisk_id)
+                .where(Lock.fencing_token == token)
+                .where(Lock.holder_device_id == device_id)
+                .values(holder_device_id=None, server_id=None, lease_expires_at=None),
+                execution_options=_NO_SYNC,
+            )
+
+    def is_current(self, vdisk_id: int, token: int) -> bool:
+        """True if TOKEN is the lock's token and the lock has a holder.
+
+        Raises Unavailable (DB down).
+        """
+        with self.farm.session() as session:
+            lock = lock_of(session, vdisk_id)
+            return (
+                lock is not None
+                and lock.holder_device_id is not None
+                and lock.fencing_token == token
+            )
+
+    def list(self) -> list[LockInfo]:
+        """Every vDisk's lock, by vDisk name. Raises Unavailable (DB down)."""
+        now = self.farm.now()
+        with self.farm.session() as session:
+            locks = session.scalars(select(Lock).join(Lock.vdisk).order_by(Vdisk.name)).all()
+            return [lock_info(lock, now) for lock in locks]
+
+    def release_by_admin(self, vdisk_name: str, actor: str | None = None) -> LockInfo:
+        """Free the lock of vDisk VDISK_NAME whoever holds it (audited if it had
+        a holder); returns the lock as it was. The old holder's token stops
+        being current at once.
+
+        Raises NotFound (no such vDisk), Unavailable (DB down).
+        """
+        now = self.farm.now()
+        with self.farm.session() as session:
+            vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
+            lock = lock_of(session, vdisk.id) if vdisk else None
+            if lock is None:
+                raise NotFound(f"no vDisk named {vdisk_name}")
+            before = lock_info(lock, now)
+            if before.state == FREE:
+                return before
+            lock.holder_device_id = None
+            lock.server_id = None
+            lock.lease_expires_at = None
+            session.flush()
+            session.refresh(lock)
+            audit.record(session, actor=actor or self.farm.actor, at=now, action="lock.release",
+                         target_type="lock", target_name=vdisk_name, before=before,
+                         after=lock_info(lock, now))
+            return before

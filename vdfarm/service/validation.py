@@ -1,0 +1,109 @@
+"""Checks of user input shared by every service: names, MACs, choices, numbers.
+
+Rules: each check returns the clean value or raises Invalid with one line
+that says what is wrong and what is allowed. No database, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from vdfarm.service.errors import Invalid
+from vdfarm.store.manifest import VDISK_NAME_RE
+
+MAX_DESCRIPTION = 1024
+MAX_CACHE_LIMIT_MB = 2**31 - 1
+
+_MAC_SEPARATED = re.compile(r"[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}")
+_MAC_BARE = re.compile(r"[0-9a-f]{12}")
+_MAC_DOTTED = re.compile(r"[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}")
+
+
+class _Unchanged:
+    """Marks a keyword argument the caller did not give (None may mean 'clear')."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = _Unchanged()
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return NAME if it is a valid name for a KIND (vDisk, device, server).
+
+    Raises Invalid.
+    """
+    if not isinstance(name, str) or not VDISK_NAME_RE.fullmatch(name):
+        raise Invalid(
+            f"invalid {kind} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_mac(text: str) -> str | None:
+    """TEXT as a normalised MAC (aa:bb:cc:dd:ee:ff), or None if it is not one.
+
+    Accepts aa:bb:cc:dd:ee:ff, AA-BB-CC-DD-EE-FF, aabbccddeeff, aabb.ccdd.eeff.
+    """
+    if not isinstance(text, str):
+        return None
+    lowered = text.strip().lower()
+    if _MAC_SEPARATED.fullmatch(lowered) or _MAC_DOTTED.fullmatch(lowered):
+        digits = re.sub(r"[:.-]", "", lowered)
+    elif _MAC_BARE.fullmatch(lowered):
+        digits = lowered
+    else:
+        return None
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def normalise_mac(text: str) -> str:
+    """TEXT as a normalised MAC. Raises Invalid if it is not a MAC address."""
+    mac = parse_mac(text)
+    if mac is None:
+        raise Invalid(f"invalid MAC address {text!r}: use the form aa:bb:cc:dd:ee:ff")
+    return mac
+
+
+def check_choice(kind: str, value: object, choices: tuple[str, ...]) -> str:
+    """Return VALUE if it is one of CHOICES. Raises Invalid."""
+    if value not in choices:
+        raise Invalid(f"invalid {kind} {value!r}: choose one of {', '.join(choices)}")
+    return value  # type: ignore[return-value]
+
+
+def check_cache_limit(limit_mb: object) -> int | None:
+    """Return a write-cache limit in MiB (None = no limit). Raises Invalid."""
+    if limit_mb is None:
+        return None
+    if (
+        not isinstance(limit_mb, int)
+        or isinstance(limit_mb, bool)
+        or not 1 <= limit_mb <= MAX_CACHE_LIMIT_MB
+    ):
+        raise Invalid(f"invalid write-cache limit {limit_mb!r}: give a whole number of MiB >= 1")
+    return limit_mb
+
+
+def check_description(text: object) -> str:
+    """Return TEXT if it is a usable description. Raises Invalid."""
+    if not isinstance(text, str):
+        raise Invalid("invalid description: must be text")
+    if len(text) > MAX_DESCRIPTION:
+        raise Invalid(f"invalid description: longer than {MAX_DESCRIPTION} characters")
+    return text
+
+
+def check_lease(seconds: object) -> float:
+    """Return a lease length in seconds (> 0, finite). Raises Invalid."""
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        raise Invalid(f"invalid lease {seconds!r}: give a number of seconds > 0")
+    return float(seconds)

@@ -1,0 +1,33 @@
+"""Errors of the local store.
+
+Rules: every failure of `vdfarm.store` is a `StoreError` with a one-line,
+human message; the service layer maps the subclasses to its own errors
+(bad name / unsupported source → Invalid, exists → Conflict, missing →
+NotFound). The store never leaves a half-made vDisk behind when it raises.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of every store failure; `str(err)` is one human line."""
+
+
+class InvalidName(StoreError):
+    """A vDisk name that does not match the allowed pattern."""
+
+
+class UnsupportedImage(StoreError):
+    """A source image the store refuses (format, backing file, not a file)."""
+
+
+class VdiskExists(StoreError):
+    """The store already holds a vDisk of that name."""
+
+
+class VdiskMissing(StoreError):
+    """The store holds no vDisk of that name."""
+
+
+class ManifestError(StoreError):
+    """A manifest that is missing, unreadable or breaks the manifest rules."""

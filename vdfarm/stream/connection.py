@@ -1,0 +1,286 @@
+"""One NBD client connection: bytes from the socket through the sans-IO
+protocol machine to the device's block stack, and replies back.
+
+Rules:
+- The hot path (transmission requests) is synchronous on the event loop: one
+  parse, one stack call, one transport write; no task per request.
+- Handshake steps that need the database (export lookup, lock) run as a task;
+  while one runs, parsing stops and bytes just accumulate.
+- A request's failure is an NBD error reply, never a dropped connection; only
+  a protocol violation (RemoteProtocolError) closes the connection.
+- Flushes run in a thread (fsync can be slow); other requests go on meanwhile,
+  which NBD allows: a flush covers the writes answered before it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+
+from vdfarm.nbd import constants as c
+from vdfarm.nbd.errors import RemoteProtocolError, errno_to_nbd
+from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
+from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
+from vdfarm.stream.flags import transmission_flags
+
+log = logging.getLogger("vdfarm.stream")
+
+VIEW_PREFIX = "vdisk/"  # export "vdisk/NAME": read-only view of a vDisk
+_SMALL_REPLY = 256 * 1024  # below this, header + data are joined into one write
+_SERVICE_ERRORS_TO_REP = {
+    "NotFound": c.REP_ERR_UNKNOWN,
+    "Invalid": c.REP_ERR_UNKNOWN,
+    "Unavailable": c.REP_ERR_UNKNOWN,
+    "Conflict": c.REP_ERR_POLICY,
+}
+
+
+class NBDConnection(asyncio.Protocol):
+    """asyncio protocol for one client; `server` is the StreamServer."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.registry = server.registry
+        self.nbd = ServerConnection(max_payload=c.MAX_PAYLOAD)
+        self.transport: asyncio.Transport | None = None
+        self.session = None
+        self.view = None  # target of a read-only vDisk view, if that is what we serve
+        self.stack = None
+        self.peer = "?"
+        self._busy = False  # a handshake task is running
+        self._clean = False
+        self._closed = False
+        self._flushes_pending = 0
+
+    # -- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.server.connections.add(self)
+        transport.write(self.nbd.start())
+
+    def data_received(self, data: bytes) -> None:
+        self.nbd.receive_data(data)
+        if not self._busy:
+            self._process()
+
+    def eof_received(self):
+        self.nbd.receive_data(b"")
+        if not self._busy:
+            self._process()
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self._closed = True
+        self.server.connections.discard(self)
+        if self.session is not None:
+            self.registry.detach(self.session, self, clean=self._clean)
+            self.session = None
+        if self.view is not None:
+            self.registry.close_view(self.view)
+            self.view = None
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    # -- event loop over the protocol machine ------------------------------
+    def _process(self) -> None:
+        nbd = self.nbd
+        try:
+            while not self._closed:
+                ev = nbd.next_event()
+                if ev is NEED_DATA:
+                    break
+                if type(ev) is Request:
+                    self._request(ev)
+                    continue
+                out = nbd.data_to_send()
+                if out:
+                    self.transport.write(out)
+                if type(ev) is BadRequest:
+                    self.transport.write(nbd.reply_error(ev.cookie, ev.error, ev.message))
+                elif type(ev) is ExportRequest:
+                    self._start_task(self._export_request(ev))
+                    return
+                elif type(ev) is ListRequest:
+                    self._start_task(self._list_request())
+                    return
+                elif type(ev) is Disconnect:
+                    self._clean = True
+                    if not self._flushes_pending:  # else the last flush closes
+                        self._close()
+                    return
+            out = nbd.data_to_send()
+            if out:
+                self.transport.write(out)
+        except RemoteProtocolError as exc:
+            log.warning("%s: protocol error: %s; closing", self.peer, exc)
+            self._close()
+
+    def _start_task(self, coro) -> None:
+        self._busy = True
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._busy = False
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: handshake step failed: %r", self.peer, task.exception())
+            self._close()
+            return
+        if not self._closed:
+            self._process()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
+    # -- handshake ---------------------------------------------------------
+    async def _export_request(self, ev: ExportRequest) -> None:
+        if ev.name.startswith(VIEW_PREFIX):
+            await self._view_request(ev)
+            return
+        try:
+            target = await self.registry.resolve(ev.name)
+        except Exception as exc:
+            self._reject(ev, exc)
+            return
+        if not ev.go:
+            info = self._export_info(target, self._capabilities_for(target))
+            self.transport.write(self.nbd.accept_export(info))
+            return
+        try:
+            session = await self.registry.attach(target, self)
+        except Exception as exc:
+            self._reject(ev, exc)
+            return
+        if self._closed:  # client went away while we were opening
+            self.registry.detach(session, self, clean=False)
+            return
+        self.session = session
+        self.stack = session.stack
+        info = self._export_info(target, session.stack.capabilities())
+        self.transport.write(self.nbd.accept_export(info))
+        log.info("%s: device %s streaming vDisk %s (%s)", self.peer, target.device_name,
+                 target.vdisk_name, target.access_mode)
+
+    async def _view_request(self, ev: ExportRequest) -> None:
+        try:
+            target = await self.registry.resolve_view(ev.name[len(VIEW_PREFIX):])
+        except Exception as exc:
+            self._reject(ev, exc)
+            return
+        if self._closed:
+            return
+        stack = self.registry.open_view(target)
+        info = self._export_info(target, stack.capabilities())
+        if not ev.go:
+            self.registry.close_view(target)
+        else:
+            self.view, self.stack = target, stack
+        self.transport.write(self.nbd.accept_export(info))
+
+    def _capabilities_for(self, target):
+        session = self.registry.sessions.get(target.device_id)
+        if session is not None:
+            return session.stack.capabilities()
+        return self.server.capabilities_for_mode(target.access_mode)
+
+    def _export_info(self, target, caps) -> ExportInfo:
+        flags = transmission_flags(caps, self.nbd.structured_replies)
+        return ExportInfo(size=target.size, transmission_flags=flags,
+                          description=f"vDisk {target.vdisk_name} ({target.access_mode})")
+
+    def _reject(self, ev: ExportRequest, exc: Exception) -> None:
+        code = _SERVICE_ERRORS_TO_REP.get(type(exc).__name__)
+        if code is None:
+            if not isinstance(exc, OSError):
+                log.error("%s: export %r failed: %r", self.peer, ev.name, exc)
+            code = c.REP_ERR_UNKNOWN
+        message = str(exc) or type(exc).__name__
+        log.info("%s: export %r refused: %s", self.peer, ev.name, message)
+        out = self.nbd.reject_export(code, message)
+        if out:
+            self.transport.write(out)
+        if ev.legacy:  # NBD_OPT_EXPORT_NAME has no error reply: close
+            self._close()
+
+    async def _list_request(self) -> None:
+        entries = await self.registry.run_db(self.server.list_exports)
+        self.transport.write(self.nbd.send_export_list(entries))
+
+    # -- transmission ------------------------------------------------------
+    def _request(self, req: Request) -> None:
+        cmd = req.command
+        nbd = self.nbd
+        stack = self.stack
+        try:
+            if cmd == c.CMD_READ:
+                data = stack.pread(req.offset, req.length)
+                hdr = nbd.reply_read_header(req.cookie, req.offset, req.length)
+                if req.length <= _SMALL_REPLY:
+                    self.transport.write(hdr + data)
+                else:
+                    self.transport.writelines((hdr, data))
+                return
+            if cmd == c.CMD_WRITE:
+                stack.pwrite(req.offset, req.data, bool(req.flags & c.CMD_FLAG_FUA))
+            elif cmd == c.CMD_FLUSH:
+                self._flush(req.cookie)
+                return
+            elif cmd == c.CMD_WRITE_ZEROES:
+                stack.zero(req.offset, req.length,
+                           may_trim=not (req.flags & c.CMD_FLAG_NO_HOLE),
+                           fua=bool(req.flags & c.CMD_FLAG_FUA),
+                           fast=bool(req.flags & c.CMD_FLAG_FAST_ZERO))
+            elif cmd == c.CMD_TRIM:
+                stack.trim(req.offset, req.length, bool(req.flags & c.CMD_FLAG_FUA))
+            elif cmd == c.CMD_CACHE:
+                stack.cache(req.offset, req.length)
+            elif cmd == c.CMD_BLOCK_STATUS:
+                extents = stack.extents(req.offset, req.length)
+                if req.flags & c.CMD_FLAG_REQ_ONE:
+                    extents = extents[:1]
+                self.transport.write(nbd.reply_block_status(
+                    req.cookie, [(e.length, e.flags) for e in extents]))
+                return
+            else:
+                self.transport.write(nbd.reply_error(req.cookie, c.NBD_EINVAL,
+                                                     f"unsupported command {cmd}"))
+                return
+        except OSError as exc:
+            self.transport.write(nbd.reply_error(
+                req.cookie, errno_to_nbd(exc.errno or 0), exc.strerror or str(exc)))
+            return
+        except Exception as exc:
+            log.exception("%s: request %d failed", self.peer, cmd)
+            self.transport.write(nbd.reply_error(req.cookie, c.NBD_EIO, str(exc)))
+            return
+        self.transport.write(nbd.reply_ok(req.cookie))
+
+    def _flush(self, cookie: int) -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.server.io_executor, self.stack.flush)
+        self._flushes_pending += 1
+
+        def done(f) -> None:
+            self._flushes_pending -= 1
+            if self._closed:
+                return
+            exc = f.exception()
+            if exc is None:
+                self.transport.write(self.nbd.reply_ok(cookie))
+            else:
+                err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+                self.transport.write(self.nbd.reply_error(cookie, errno_to_nbd(err), str(exc)))
+            if self._clean and not self._flushes_pending:
+                self._close()
+
+        fut.add_done_callback(done)

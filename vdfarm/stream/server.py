@@ -1,0 +1,124 @@
+"""The stream service: an asyncio (uvloop) NBD server for one vdfarm server.
+
+Rules:
+- Owns the listening socket, the executors, the sessions and shutdown; the
+  protocol lives in vdfarm.nbd, the per-connection glue in connection.py.
+- `run_server` runs in the foreground until SIGTERM or SIGINT, then stops
+  cleanly: stop accepting, close connections, end sessions (which flushes
+  private vDisks and releases their locks), exit.
+- Write caches are process state: stale cache files from an earlier process
+  are removed at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from vdfarm.block.layer import Capabilities
+from vdfarm.stream.connection import NBDConnection
+from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
+
+log = logging.getLogger("vdfarm.stream")
+
+_STANDARD_CAPS = Capabilities(read_only=False, can_flush=True, can_fua=True, can_trim=True,
+                              can_zero=True, can_fast_zero=True, can_cache=True,
+                              can_extents=True, can_multi_conn=True)
+_PRIVATE_CAPS = _STANDARD_CAPS
+
+
+class StreamServer:
+    """NBD listener + device sessions over a farm."""
+
+    def __init__(self, farm, cache_dir: Path, grace_seconds: float = 30.0,
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        self.farm = farm
+        self.cache_dir = Path(cache_dir)
+        self.db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdfarm-db")
+        self.io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vdfarm-io")
+        self.registry = SessionRegistry(farm, self.cache_dir, self.db_executor,
+                                        grace_seconds=grace_seconds,
+                                        lease_seconds=lease_seconds)
+        self.connections: set[NBDConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    def capabilities_for_mode(self, mode: str) -> Capabilities:
+        """What an export of this mode will advertise (for NBD_OPT_INFO
+        before any session exists)."""
+        return _PRIVATE_CAPS if mode == "private" else _STANDARD_CAPS
+
+    def list_exports(self) -> list[tuple[str, str]]:
+        """(device name, description) of every device with a vDisk (blocking)."""
+        return [(name, desc) for name, desc in self.farm.list_exports()]
+
+    def _clear_stale_caches(self) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.cache_dir.glob("device-*.wcache"):
+            stale.unlink(missing_ok=True)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port (0 = any free port); return the bound port."""
+        self._clear_stale_caches()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: NBDConnection(self), host, port, reuse_address=True, backlog=256)
+        for sock in self._server.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection, end every session."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+        self.registry.grace_seconds = 0
+        await self.registry.close_all()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.db_executor.shutdown(wait=True)
+        self.io_executor.shutdown(wait=True)
+
+
+async def serve(farm, host: str, port: int, grace_seconds: float,
+                lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                ready=None) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    server = StreamServer(farm, farm.cache_dir, grace_seconds=grace_seconds,
+                          lease_seconds=lease_seconds)
+    bound = await server.start(host, port)
+    await asyncio.get_running_loop().run_in_executor(
+        server.db_executor, farm.register_server, bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving NBD on %s:%d", host, bound)
+    print(f"vdfarm: serving NBD on {host}:{bound} (data dir {farm.data_dir})", flush=True)
+    if ready is not None:
+        ready(bound)
+    await stop.wait()
+    log.info("stopping")
+    await server.stop()
+    print("vdfarm: stopped", flush=True)
+
+
+def run_server(farm, host: str = "127.0.0.1", nbd_port: int = 10809,
+               grace_seconds: float = 30.0,
+               lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    """Foreground entry point used by `vdfarm server run`."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    runner(serve(farm, host, nbd_port, grace_seconds, lease_seconds))
