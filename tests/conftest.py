@@ -92,10 +92,26 @@ class Farm:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-@pytest.fixture
-def farm(tmp_path):
-    f = Farm(tmp_path / "data")
+def copy_data_dir(template: Path, dest: Path) -> None:
+    """A private copy of a template data directory (sparse files stay sparse).
+    Nothing in a data directory depends on its own path, so copies are
+    independent farms."""
+    subprocess.run(["cp", "-a", "--sparse=always", str(template), str(dest)], check=True)
+
+
+@pytest.fixture(scope="session")
+def initialised_template(tmp_path_factory) -> Path:
+    """An initialised, empty data directory, made once per test run."""
+    f = Farm(tmp_path_factory.mktemp("template") / "data")
     f.cli("init")
+    return f.data_dir
+
+
+@pytest.fixture
+def farm(tmp_path, initialised_template):
+    """A fresh initialised farm (a copy of the template), stopped at teardown."""
+    copy_data_dir(initialised_template, tmp_path / "data")
+    f = Farm(tmp_path / "data")
     yield f
     f.stop()
 
@@ -110,9 +126,10 @@ def make_test_image(path: Path, size: int = 64 << 20, seed: int = 1) -> Path:
     return path
 
 
-@pytest.fixture
-def test_image(tmp_path):
-    return make_test_image(tmp_path / "source.raw")
+@pytest.fixture(scope="session")
+def test_image(tmp_path_factory):
+    """The source image (read-only: tests must not change it)."""
+    return make_test_image(tmp_path_factory.mktemp("image") / "source.raw")
 
 
 def sha256(path: Path) -> str:

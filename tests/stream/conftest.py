@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from tests.conftest import Farm, copy_data_dir
+
 
 def run(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run a real client; on failure show everything it said."""
@@ -21,13 +23,25 @@ def store_file(farm, vdisk: str):
     return farm.data_dir / "store" / vdisk / "base.raw"
 
 
-@pytest.fixture
-def served(farm, test_image):
-    """golden (standard) for pc1 (with a MAC) and pc2; mine (private) for solo."""
+@pytest.fixture(scope="session")
+def served_template(tmp_path_factory, test_image):
+    """golden (standard) for pc1 (with a MAC) and pc2; mine (private) for
+    solo. Made once; each test serves its own copy."""
+    farm = Farm(tmp_path_factory.mktemp("served") / "data")
+    farm.cli("init")
     farm.cli("vdisk", "import", "golden", str(test_image), "--mode", "standard")
     farm.cli("vdisk", "import", "mine", str(test_image), "--mode", "private")
     farm.cli("device", "add", "pc1", "--vdisk", "golden", "--mac", "52:54:00:12:34:01")
     farm.cli("device", "add", "pc2", "--vdisk", "golden")
     farm.cli("device", "add", "solo", "--vdisk", "mine")
+    return farm.data_dir
+
+
+@pytest.fixture
+def served(tmp_path, served_template):
+    """A running server over a private copy of the served template."""
+    copy_data_dir(served_template, tmp_path / "data")
+    farm = Farm(tmp_path / "data")
     farm.start(grace=2)
-    return farm
+    yield farm
+    farm.stop()
