@@ -175,38 +175,50 @@ def main() -> int:
         image = work / "image.raw"
         make_image(image, args.size_mib)
         peers = servers(work, image)
-        for rnd in range(args.rounds):
-            for srv in peers:
+        try:
+            for srv in peers:  # all up at once; idle ones cost nothing
                 srv.start()
-                try:
+            # Interleave finely: the same job on each server back to back, so
+            # the machine's noise hits all three alike within a round.
+            for rnd in range(args.rounds):
+                for name, metric, run in jobs(size, args.runtime):
                     for kind in ("plain", "cow"):
-                        uri = srv.plain_uri if kind == "plain" else srv.cow_uri
-                        for name, metric, run in jobs(size, args.runtime):
+                        for srv in peers:
+                            uri = srv.plain_uri if kind == "plain" else srv.cow_uri
                             value = run(uri)[metric]
                             results.setdefault((srv.name, kind, name), []).append(value)
                             print(f"round {rnd + 1} {srv.name:8} {kind:5} {name:18} "
                                   f"{value:12.1f} {metric}", flush=True)
-                finally:
-                    srv.stop()
+        finally:
+            for srv in peers:
+                srv.stop()
     report(results, args)
     return 0
+
+
+def ratio(results, a: tuple, b: tuple) -> float:
+    """Median over rounds of a/b measured in the same round."""
+    return statistics.median(x / y for x, y in zip(results[a], results[b]))
 
 
 def report(results, args) -> None:
     med = {k: statistics.median(v) for k, v in results.items()}
     names = [n for n, _, _ in jobs(0, 0)]
     print()
-    print(f"medians of {args.rounds} rounds, image {args.size_mib} MiB, fio runtime {args.runtime}s")
+    print(f"{args.rounds} rounds, image {args.size_mib} MiB, fio runtime {args.runtime}s; "
+          f"figures are medians, ratios are medians of same-round ratios")
     print(f"{'job':18} {'kind':5} {'vdfarm':>10} {'nbdkit':>10} {'qemu-nbd':>10} "
           f"{'vs nbdkit':>9} {'vs qemu':>8}")
     for kind in ("plain", "cow"):
         for name in names:
             v, k, q = (med[(s, kind, name)] for s in ("vdfarm", "nbdkit", "qemu-nbd"))
-            print(f"{name:18} {kind:5} {v:10.0f} {k:10.0f} {q:10.0f} {v / k:9.2f} {v / q:8.2f}")
+            rk = ratio(results, ("vdfarm", kind, name), ("nbdkit", kind, name))
+            rq = ratio(results, ("vdfarm", kind, name), ("qemu-nbd", kind, name))
+            print(f"{name:18} {kind:5} {v:10.0f} {k:10.0f} {q:10.0f} {rk:9.2f} {rq:8.2f}")
     print()
     for name in names:
-        ratio = med[("vdfarm", "cow", name)] / med[("vdfarm", "plain", name)]
-        print(f"vdfarm write-cache path / plain path, {name}: {ratio:.2f}")
+        r = ratio(results, ("vdfarm", "cow", name), ("vdfarm", "plain", name))
+        print(f"vdfarm write-cache path / plain path, {name}: {r:.2f}")
     if args.json:
         args.json.write_text(json.dumps(
             {"|".join(k): v for k, v in results.items()}, indent=1))

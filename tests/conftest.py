@@ -60,12 +60,14 @@ class Farm:
                                  f"{proc.stderr.strip()}")
         return proc
 
-    def start(self, grace: float = 5.0, port: int | None = None) -> int:
+    def start(self, grace: float = 5.0, port: int | None = None,
+              lease: float | None = None) -> int:
         self.port = port or free_port()
         log = open(self.log_path, "ab")
+        extra = ["--lease", str(lease)] if lease is not None else []
         self.server = subprocess.Popen(
             self.base_args() + ["server", "run", "--nbd-port", str(self.port),
-                                "--grace", str(grace)],
+                                "--grace", str(grace), *extra],
             stdout=log, stderr=log)
         wait_port(self.port, self.server)
         return self.port

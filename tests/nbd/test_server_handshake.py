@@ -82,7 +82,7 @@ def test_eof_before_client_flags_is_a_disconnect():
     conn = ServerConnection()
     conn.start()
     conn.receive_data(b"")
-    assert conn.next_event() == Disconnect()
+    assert conn.next_event() == Disconnect(clean=False)
     assert conn.state is State.CLOSED
 
 
@@ -128,7 +128,7 @@ def test_option_at_the_limit_is_read():
 def test_eof_between_options_is_a_disconnect():
     conn = cb.started()
     conn.receive_data(b"")
-    assert conn.next_event() == Disconnect()
+    assert conn.next_event() == Disconnect(clean=False)
     assert conn.state is State.CLOSED
 
 

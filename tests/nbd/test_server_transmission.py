@@ -233,8 +233,9 @@ def test_eof_between_requests_is_a_disconnect():
     conn.receive_data(cb.request(c.CMD_READ, 1, 0, 512))
     conn.receive_data(b"")
     assert isinstance(conn.next_event(), Request)
-    assert conn.next_event() == Disconnect()
+    assert conn.next_event() == Disconnect(clean=False)  # no goodbye from the client
     assert conn.state is State.CLOSED
+    assert conn.next_event() == Disconnect(clean=False)
 
 
 @pytest.mark.parametrize("raw", [

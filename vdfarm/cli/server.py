@@ -21,12 +21,18 @@ def server() -> None:
 @click.option("--nbd-port", type=click.IntRange(0, 65535), default=10809, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--grace", "grace_seconds", type=click.FloatRange(min=0), default=30.0,
-              show_default=True, help="Seconds to let connections finish at shutdown.")
-def run_cmd(nbd_port: int, host: str, grace_seconds: float) -> None:
+              show_default=True,
+              help="Seconds a device's write cache and lock outlive an unclean drop, "
+                   "so a reconnect continues where it was.")
+@click.option("--lease", "lease_seconds", type=click.FloatRange(min=1), default=30.0,
+              show_default=True,
+              help="Lease of a private-mode lock; renewed every third of it while the "
+                   "device is connected, free by itself after a crash.")
+def run_cmd(nbd_port: int, host: str, grace_seconds: float, lease_seconds: float) -> None:
     """Serve the vDisks of this store over NBD until SIGTERM/SIGINT."""
     from vdfarm.stream.server import run_server
 
-    run_server(open_farm(), host, nbd_port, grace_seconds)
+    run_server(open_farm(), host, nbd_port, grace_seconds, lease_seconds)
 
 
 @server.command("list")

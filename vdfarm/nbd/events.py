@@ -92,7 +92,14 @@ class BadRequest(Event):
 
 
 class Disconnect(Event):
-    """The client ended the session: NBD_OPT_ABORT, NBD_CMD_DISC, or a clean
-    end of stream between two messages. The machine is CLOSED after it."""
+    """The client ended the session: NBD_OPT_ABORT, NBD_CMD_DISC, or an end
+    of stream between two messages. The machine is CLOSED after it.
 
-    __slots__ = ()
+    `clean` is True when the client said goodbye (ABORT or DISC) and False
+    for a bare end of stream: a server may keep state for a client that
+    vanished without a word, expecting it back."""
+
+    __slots__ = ("clean",)
+
+    def __init__(self, clean: bool = True) -> None:
+        self.clean = clean

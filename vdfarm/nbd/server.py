@@ -90,6 +90,7 @@ class ServerConnection:
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
+        self._clean_close = True  # False once the client vanished without DISC/ABORT
         self._outgoing = bytearray()
         self._error: str | None = None
         # handshake results
@@ -196,7 +197,7 @@ class ServerConnection:
         if state is State.CLIENT_FLAGS:
             return self._read_client_flags()
         if state is State.CLOSED:
-            return Disconnect()
+            return Disconnect(clean=self._clean_close)
         if state is State.ERROR:
             raise RemoteProtocolError(f"connection already failed: {self._error}")
         raise LocalProtocolError(f"next_event() in state {state.name}: "
@@ -222,8 +223,9 @@ class ServerConnection:
             return NEED_DATA
         if self._pos < len(self._buf):
             self._fail(f"client disconnected mid-{what}")
+        self._clean_close = False
         self._set_state(Disconnect)
-        return Disconnect()
+        return Disconnect(clean=False)
 
     # -- handshake --------------------------------------------------------------
 

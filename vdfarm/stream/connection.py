@@ -27,7 +27,7 @@ from vdfarm.stream.flags import transmission_flags
 log = logging.getLogger("vdfarm.stream")
 
 VIEW_PREFIX = "vdisk/"  # export "vdisk/NAME": read-only view of a vDisk
-_SMALL_REPLY = 256 * 1024  # below this, header + data are joined into one write
+_WRITE_NOW = 64 * 1024  # a read reply this large is written without waiting for the batch
 _SERVICE_ERRORS_TO_REP = {
     "NotFound": c.REP_ERR_UNKNOWN,
     "Invalid": c.REP_ERR_UNKNOWN,
@@ -52,6 +52,7 @@ class NBDConnection(asyncio.Protocol):
         self._clean = False
         self._closed = False
         self._flushes_pending = 0
+        self._out: list = []  # replies of the current batch, written at once
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -92,37 +93,52 @@ class NBDConnection(asyncio.Protocol):
 
     # -- event loop over the protocol machine ------------------------------
     def _process(self) -> None:
+        """Drain every complete event. Replies of one batch leave in one
+        writelines (one writev), not one send per request."""
         nbd = self.nbd
+        out = self._out
         try:
             while not self._closed:
                 ev = nbd.next_event()
                 if ev is NEED_DATA:
                     break
                 if type(ev) is Request:
-                    self._request(ev)
+                    self._request(ev, out)
                     continue
-                out = nbd.data_to_send()
-                if out:
-                    self.transport.write(out)
+                pending = nbd.data_to_send()
+                if pending:
+                    out.append(pending)
                 if type(ev) is BadRequest:
-                    self.transport.write(nbd.reply_error(ev.cookie, ev.error, ev.message))
+                    out.append(nbd.reply_error(ev.cookie, ev.error, ev.message))
                 elif type(ev) is ExportRequest:
+                    self._write_batch()
                     self._start_task(self._export_request(ev))
                     return
                 elif type(ev) is ListRequest:
+                    self._write_batch()
                     self._start_task(self._list_request())
                     return
                 elif type(ev) is Disconnect:
-                    self._clean = True
+                    self._clean = ev.clean
+                    self._write_batch()
                     if not self._flushes_pending:  # else the last flush closes
                         self._close()
                     return
-            out = nbd.data_to_send()
-            if out:
-                self.transport.write(out)
+            pending = nbd.data_to_send()
+            if pending:
+                out.append(pending)
+            self._write_batch()
         except RemoteProtocolError as exc:
+            self._write_batch()
             log.warning("%s: protocol error: %s; closing", self.peer, exc)
             self._close()
+
+    def _write_batch(self) -> None:
+        out = self._out
+        if out:
+            if not self._closed:
+                self.transport.writelines(out)
+            out.clear()
 
     def _start_task(self, coro) -> None:
         self._busy = True
@@ -217,18 +233,18 @@ class NBDConnection(asyncio.Protocol):
         self.transport.write(self.nbd.send_export_list(entries))
 
     # -- transmission ------------------------------------------------------
-    def _request(self, req: Request) -> None:
+    def _request(self, req: Request, out: list) -> None:
         cmd = req.command
         nbd = self.nbd
         stack = self.stack
         try:
             if cmd == c.CMD_READ:
                 data = stack.pread(req.offset, req.length)
-                hdr = nbd.reply_read_header(req.cookie, req.offset, req.length)
-                if req.length <= _SMALL_REPLY:
-                    self.transport.write(hdr + data)
-                else:
-                    self.transport.writelines((hdr, data))
+                out.append(nbd.reply_read_header(req.cookie, req.offset, req.length))
+                out.append(data)
+                if req.length >= _WRITE_NOW:  # big replies leave at once
+                    self.transport.writelines(out)
+                    out.clear()
                 return
             if cmd == c.CMD_WRITE:
                 stack.pwrite(req.offset, req.data, bool(req.flags & c.CMD_FLAG_FUA))
@@ -246,24 +262,22 @@ class NBDConnection(asyncio.Protocol):
                 stack.cache(req.offset, req.length)
             elif cmd == c.CMD_BLOCK_STATUS:
                 extents = stack.extents(req.offset, req.length)
-                if req.flags & c.CMD_FLAG_REQ_ONE:
-                    extents = extents[:1]
-                self.transport.write(nbd.reply_block_status(
+                out.append(nbd.reply_block_status(
                     req.cookie, [(e.length, e.flags) for e in extents]))
                 return
             else:
-                self.transport.write(nbd.reply_error(req.cookie, c.NBD_EINVAL,
-                                                     f"unsupported command {cmd}"))
+                out.append(nbd.reply_error(req.cookie, c.NBD_EINVAL,
+                                           f"unsupported command {cmd}"))
                 return
         except OSError as exc:
-            self.transport.write(nbd.reply_error(
+            out.append(nbd.reply_error(
                 req.cookie, errno_to_nbd(exc.errno or 0), exc.strerror or str(exc)))
             return
         except Exception as exc:
             log.exception("%s: request %d failed", self.peer, cmd)
-            self.transport.write(nbd.reply_error(req.cookie, c.NBD_EIO, str(exc)))
+            out.append(nbd.reply_error(req.cookie, c.NBD_EIO, str(exc)))
             return
-        self.transport.write(nbd.reply_ok(req.cookie))
+        out.append(nbd.reply_ok(req.cookie))
 
     def _flush(self, cookie: int) -> None:
         loop = asyncio.get_running_loop()
