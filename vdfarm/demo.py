@@ -26,7 +26,7 @@ from rich.console import Console
 
 from vdfarm.image import sample, vm
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 VDISK = "golden"
 DEVICES = (("pc1", "52:54:00:00:00:01"), ("pc2", "52:54:00:00:00:02"))
 

@@ -109,6 +109,32 @@ class WriteCacheOverlay(Layer):
             return bytes(length)
         return self._pread_mixed(offset, length, first, end)
 
+    def file_ranges(self, offset: int, length: int) -> list[tuple[int, int, int]] | None:
+        """Cache-file pieces for CACHED runs, the lower layer's for BELOW
+        runs; None if any block reads as ZERO or the lower layer says None."""
+        if length <= 0:
+            return []
+        bs = self.block_size
+        first = offset // bs
+        end = (offset + length + bs - 1) // bs
+        state = self._map.uniform_state(first, end)
+        if state == BELOW:
+            return self.next.file_ranges(offset, length)
+        if state == CACHED:
+            return [(self._fd, offset, length)]
+        ranges: list[tuple[int, int, int]] = []
+        for run_state, start, stop in self._clip_runs(self._map.runs(first, end), offset, length):
+            if run_state == CACHED:
+                ranges.append((self._fd, start, stop - start))
+            elif run_state == BELOW:
+                lower = self.next.file_ranges(start, stop - start)
+                if lower is None:
+                    return None
+                ranges.extend(lower)
+            else:
+                return None
+        return ranges
+
     def _pread_mixed(self, offset: int, length: int, first: int, end: int) -> bytearray:
         """Read a range whose blocks are in several states, one call per run.
 

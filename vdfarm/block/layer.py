@@ -93,6 +93,17 @@ class Layer:
     def cache(self, offset: int, length: int) -> None:
         self.next.cache(offset, length)
 
+    def file_ranges(self, offset: int, length: int) -> list[tuple[int, int, int]] | None:
+        """Where the bytes of [offset, offset+length) lie in open files, as
+        (fd, file offset, length) pieces in order, so a transport can send
+        them with sendfile(2) instead of reading them into memory. None when
+        some of the range is not a plain file range (zeroes, compressed or
+        computed data): the caller then uses pread. A layer that changes
+        what a read returns must override this (the default passes through)."""
+        if self.next is None:
+            return None
+        return self.next.file_ranges(offset, length)
+
     def close(self) -> None:
         """Release this layer's own resources only. A layer below may be
         shared; whoever opened it closes it."""

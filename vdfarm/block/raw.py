@@ -124,6 +124,12 @@ class RawFile(Layer):
             return data
         return pread_exact(self._fd, offset, length)
 
+    def file_ranges(self, offset: int, length: int) -> list[tuple[int, int, int]] | None:
+        """The file itself; None past its end (pread pads that with zeroes)."""
+        if offset + length > self._size:
+            return None
+        return [(self._fd, offset, length)]
+
     def pwrite(self, offset: int, data, fua: bool = False) -> None:
         """Raises the OSError of pwrite/fdatasync (EBADF when read-only)."""
         pwrite_all(self._fd, data, offset)

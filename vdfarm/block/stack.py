@@ -47,6 +47,12 @@ class CheckedStack(Layer):
             return b""
         return self.next.pread(offset, length)
 
+    def file_ranges(self, offset: int, length: int) -> list[tuple[int, int, int]] | None:
+        """Raises OSError(EINVAL) for a bad range, like pread."""
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise self._range_error("read", offset, length, errno.EINVAL)
+        return self.next.file_ranges(offset, length)
+
     def pwrite(self, offset: int, data, fua: bool = False) -> None:
         """`data` is a bytes-like object of bytes. Raises OSError: EPERM
         (read-only), EINVAL (bad flag or negative range), ENOSPC (past the

@@ -10,6 +10,11 @@ Rules:
   frozen history and never import this module).
 - A lock row exists for every vDisk from its creation; its `fencing_token`
   only ever grows.
+- Every vDisk has a version 0 (its base) from its creation; a version's
+  `sha256`/`size` are set when it is sealed (test or production) and null
+  while it is open for maintenance. A production version takes effect at
+  `production_at` (pending before).
+- A device has at most one session row (the version it booted, on which server).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ WRITE_CACHE_TYPES = (
     "device-ram-overflow",
 )
 DEVICE_TYPES = ("production", "test", "maintenance")
+VERSION_ACCESS = ("maintenance", "test", "production")
+FILE_FORMATS = ("raw", "qcow2")
+DEFAULT_MAX_VERSIONS = 5
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -145,6 +153,34 @@ class Vdisk(Base):
     description: Mapped[str] = mapped_column(Text, default="", server_default="")
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    max_versions: Mapped[int] = mapped_column(
+        Integer, default=DEFAULT_MAX_VERSIONS, server_default=str(DEFAULT_MAX_VERSIONS)
+    )
+    override_version: Mapped[int | None] = mapped_column(Integer)
+
+
+class VdiskVersion(Base):
+    """One version of a vDisk: a file in every store; the base has no parent."""
+
+    __tablename__ = "vdisk_versions"
+    __table_args__ = (
+        UniqueConstraint("vdisk_id", "number", name="uq_vdisk_versions_vdisk_id_number"),
+        CheckConstraint(_in("access", VERSION_ACCESS), name="access"),
+        CheckConstraint(_in("format", FILE_FORMATS), name="format"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    parent_number: Mapped[int | None] = mapped_column(Integer)
+    file_name: Mapped[str] = mapped_column(String(128))
+    format: Mapped[str] = mapped_column(String(16))
+    access: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sealed_at: Mapped[datetime | None]
+    production_at: Mapped[datetime | None]
 
 
 class Device(Base):
@@ -186,6 +222,24 @@ class Lock(Base):
     vdisk: Mapped[Vdisk] = relationship()
     holder: Mapped[Device | None] = relationship()
     server: Mapped[Server | None] = relationship()
+
+
+class DeviceSession(Base):
+    """A connected device: the vDisk version it booted and the server serving it."""
+
+    __tablename__ = "device_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), unique=True
+    )
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    connected_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+    device: Mapped[Device] = relationship()
 
 
 class AuditEvent(Base):

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 
+from vdfarm.block.raw import pread_exact
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.errors import RemoteProtocolError, errno_to_nbd
 from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
@@ -28,6 +30,7 @@ log = logging.getLogger("vdfarm.stream")
 
 VIEW_PREFIX = "vdisk/"  # export "vdisk/NAME": read-only view of a vDisk
 _WRITE_NOW = 64 * 1024  # a read reply this large is written without waiting for the batch
+_SENDFILE_MIN = 64 * 1024  # reads this large go out with sendfile(2) when they can
 _SERVICE_ERRORS_TO_REP = {
     "NotFound": c.REP_ERR_UNKNOWN,
     "Invalid": c.REP_ERR_UNKNOWN,
@@ -44,6 +47,7 @@ class NBDConnection(asyncio.Protocol):
         self.registry = server.registry
         self.nbd = ServerConnection(max_payload=c.MAX_PAYLOAD)
         self.transport: asyncio.Transport | None = None
+        self._sock_fd = -1  # for sendfile(2) of big reads
         self.session = None
         self.view = None  # target of a read-only vDisk view, if that is what we serve
         self.stack = None
@@ -57,6 +61,8 @@ class NBDConnection(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self._sock_fd = sock.fileno() if sock is not None else -1
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server.connections.add(self)
@@ -239,6 +245,12 @@ class NBDConnection(asyncio.Protocol):
         stack = self.stack
         try:
             if cmd == c.CMD_READ:
+                if req.length >= _SENDFILE_MIN and self._sock_fd >= 0:
+                    ranges = stack.file_ranges(req.offset, req.length)
+                    if ranges is not None:
+                        out.append(nbd.reply_read_header(req.cookie, req.offset, req.length))
+                        self._send_file_ranges(ranges, out)
+                        return
                 data = stack.pread(req.offset, req.length)
                 out.append(nbd.reply_read_header(req.cookie, req.offset, req.length))
                 out.append(data)
@@ -278,6 +290,34 @@ class NBDConnection(asyncio.Protocol):
             out.append(nbd.reply_error(req.cookie, c.NBD_EIO, str(exc)))
             return
         out.append(nbd.reply_ok(req.cookie))
+
+    def _send_file_ranges(self, ranges, out: list) -> None:
+        """Send `out` (ending with a read reply header), then the file ranges
+        with sendfile(2): no copy through Python. Only while nothing is
+        queued in the transport, so bytes stay in order; whatever the socket
+        does not take at once is read and queued in the transport instead."""
+        transport = self.transport
+        transport.writelines(out)
+        out.clear()
+        i = 0
+        if transport.get_write_buffer_size() == 0:
+            sock_fd = self._sock_fd
+            for i, (fd, offset, length) in enumerate(ranges):
+                while length:
+                    try:
+                        sent = os.sendfile(sock_fd, fd, offset, length)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    if sent == 0:
+                        break
+                    offset += sent
+                    length -= sent
+                if length:
+                    ranges = [(fd, offset, length), *ranges[i + 1:]]
+                    break
+            else:
+                return
+        transport.writelines([pread_exact(fd, offset, length) for fd, offset, length in ranges])
 
     def _flush(self, cookie: int) -> None:
         loop = asyncio.get_running_loop()
