@@ -6,7 +6,6 @@ then SIGKILL) at teardown; every fixture cleans up what it started.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

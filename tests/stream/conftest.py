@@ -38,10 +38,24 @@ def served_template(tmp_path_factory, test_image):
 
 
 @pytest.fixture
-def served(tmp_path, served_template):
-    """A running server over a private copy of the served template."""
-    copy_data_dir(served_template, tmp_path / "data")
-    farm = Farm(tmp_path / "data")
-    farm.start(grace=2)
-    yield farm
-    farm.stop()
+def serve_copy(tmp_path, served_template):
+    """Start a server over a private copy of the served template:
+    `serve_copy(grace=..., lease=...)`; stopped at teardown."""
+    started: list[Farm] = []
+
+    def start(grace: float = 2, lease: float | None = None) -> Farm:
+        copy_data_dir(served_template, tmp_path / "data")
+        farm = Farm(tmp_path / "data")
+        started.append(farm)
+        farm.start(grace=grace, lease=lease)
+        return farm
+
+    yield start
+    for farm in started:
+        farm.stop()
+
+
+@pytest.fixture
+def served(serve_copy):
+    """A running server (2 s grace) over a copy of the served template."""
+    return serve_copy(grace=2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
 
 from tests.conftest import sha256
 from tests.stream.conftest import run, store_file

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from tests.conftest import copy_data_dir, Farm
 from tests.stream import rawclient as rc
 from tests.stream.conftest import store_file
 from tests.stream.tcpproxy import TcpProxy
@@ -40,12 +39,8 @@ def first_block(farm, export: str) -> bytes:
 
 
 @pytest.fixture
-def slow_grace(tmp_path, served_template):
-    copy_data_dir(served_template, tmp_path / "data")
-    farm = Farm(tmp_path / "data")
-    farm.start(grace=30)
-    yield farm
-    farm.stop()
+def slow_grace(serve_copy):
+    return serve_copy(grace=30)
 
 
 def test_unclean_drop_keeps_the_write_cache_for_a_reconnect(slow_grace):
@@ -107,10 +102,8 @@ def lock_rows(farm) -> list[dict]:
     return json.loads(farm.cli("--json", "lock", "list").stdout)
 
 
-def test_a_crashed_servers_lock_frees_itself_after_the_lease(tmp_path, served_template):
-    copy_data_dir(served_template, tmp_path / "data")
-    farm = Farm(tmp_path / "data")
-    farm.start(grace=30, lease=3)
+def test_a_crashed_servers_lock_frees_itself_after_the_lease(serve_copy):
+    farm = serve_copy(grace=30, lease=3)
     farm.cli("device", "add", "other", "--vdisk", "mine")
     holder = rc.RawClient(farm.port)
     holder.connect("solo")

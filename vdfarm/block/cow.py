@@ -34,20 +34,11 @@ import threading
 
 from vdfarm.block import fallocate as fa
 from vdfarm.block.blockmap import BELOW, CACHED, ZERO, BlockMap, Piece, split_range
-from vdfarm.block.layer import EXTENT_HOLE, EXTENT_ZERO, Capabilities, Extent, Layer
+from vdfarm.block.layer import (EXTENT_HOLE, EXTENT_ZERO, FULL_CAPABILITIES, Capabilities,
+                                 Extent, Layer)
 from vdfarm.block.raw import pread_exact, pread_into, pwrite_all
 
-_CAPABILITIES = Capabilities(
-    read_only=False,
-    can_flush=True,
-    can_fua=True,
-    can_trim=True,
-    can_zero=True,
-    can_fast_zero=True,
-    can_cache=True,
-    can_extents=True,
-    can_multi_conn=True,
-)
+_CAPABILITIES = FULL_CAPABILITIES
 
 
 class WriteCacheOverlay(Layer):

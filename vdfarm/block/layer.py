@@ -46,6 +46,13 @@ class Capabilities:
     can_multi_conn: bool = False
 
 
+# What a writable layer that implements every call can do.
+FULL_CAPABILITIES = Capabilities(
+    read_only=False, can_flush=True, can_fua=True, can_trim=True, can_zero=True,
+    can_fast_zero=True, can_cache=True, can_extents=True, can_multi_conn=True,
+)
+
+
 class Layer:
     """Base of all layers. With `next` set, every call passes through."""
 

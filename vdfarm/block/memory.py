@@ -16,21 +16,11 @@ Rules:
 
 from __future__ import annotations
 
-from vdfarm.block.layer import EXTENT_ZERO, Capabilities, Extent, Layer
+from vdfarm.block.layer import EXTENT_ZERO, FULL_CAPABILITIES, Capabilities, Extent, Layer
 
 EXTENT_GRANULE = 4096
 
-_CAPABILITIES = Capabilities(
-    read_only=False,
-    can_flush=True,
-    can_fua=True,
-    can_trim=True,
-    can_zero=True,
-    can_fast_zero=True,
-    can_cache=True,
-    can_extents=True,
-    can_multi_conn=True,
-)
+_CAPABILITIES = FULL_CAPABILITIES
 
 
 class MemoryDisk(Layer):

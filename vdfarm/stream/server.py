@@ -21,16 +21,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vdfarm.block.layer import Capabilities
+from vdfarm.block.layer import FULL_CAPABILITIES, Capabilities
 from vdfarm.stream.connection import NBDConnection
 from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
 
 log = logging.getLogger("vdfarm.stream")
 
-_STANDARD_CAPS = Capabilities(read_only=False, can_flush=True, can_fua=True, can_trim=True,
-                              can_zero=True, can_fast_zero=True, can_cache=True,
-                              can_extents=True, can_multi_conn=True)
-_PRIVATE_CAPS = _STANDARD_CAPS
 
 
 class StreamServer:
@@ -50,8 +46,9 @@ class StreamServer:
 
     def capabilities_for_mode(self, mode: str) -> Capabilities:
         """What an export of this mode will advertise (for NBD_OPT_INFO
-        before any session exists)."""
-        return _PRIVATE_CAPS if mode == "private" else _STANDARD_CAPS
+        before any session exists): both the write-cache overlay (standard)
+        and the vDisk file (private) do everything."""
+        return FULL_CAPABILITIES
 
     def list_exports(self) -> list[tuple[str, str]]:
         """(device name, description) of every device with a vDisk (blocking)."""
