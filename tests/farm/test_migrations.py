@@ -3,17 +3,22 @@ on SQLite and (when reachable) PostgreSQL."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Integer, MetaData, Table, inspect
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, select, text
+from sqlalchemy.orm import Session
 
 from tests.farm.postgres import fresh_postgres_url
 from vdfarm.farm import db
-from vdfarm.farm.models import Base
+from vdfarm.farm.models import Base, Vdisk, VdiskVersion
 
-TABLES = {"servers", "stores", "vdisks", "devices", "locks", "audit_events"}
+CREATED = datetime(2030, 1, 1, tzinfo=UTC)
+TABLES = {"servers", "stores", "vdisks", "devices", "locks", "audit_events",
+          "vdisk_versions", "device_sessions"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -89,3 +94,28 @@ def test_check_url():
         db.check_url("not a url")
     with pytest.raises(db.BadDatabaseURL, match="unsupported database"):
         db.check_url("mysql://u@h/db")
+
+
+def test_0002_gives_every_existing_vdisk_its_base_version(url):
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(url, "0001")
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO vdisks (name, size, format, sha256, created_at) "
+                "VALUES ('w', 4096, 'raw', :sha, :at)"), {"sha": "a" * 64, "at": CREATED})
+        db.upgrade(url, "0002")
+        with Session(engine) as session:
+            vdisk = session.scalars(select(Vdisk)).one()
+            [base] = session.scalars(select(VdiskVersion)).all()
+        assert (vdisk.max_versions, vdisk.override_version) == (5, None)
+        assert (base.vdisk_id, base.number, base.parent_number, base.file_name) == (
+            vdisk.id, 0, None, "base.raw")
+        assert (base.format, base.access, base.size, base.sha256) == (
+            "raw", "production", 4096, "a" * 64)
+        assert base.created_at == base.sealed_at == base.production_at == vdisk.created_at
+        db.downgrade(url, "0001")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name FROM vdisks")).scalars().all() == ["w"]
+    finally:
+        engine.dispose()

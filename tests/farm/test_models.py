@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from tests.farm.postgres import fresh_postgres_url
 from vdfarm.farm import db
-from vdfarm.farm.models import Device, Lock, Vdisk
+from vdfarm.farm.models import Device, DeviceSession, Lock, Server, Vdisk, VdiskVersion
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -107,3 +107,32 @@ def test_device_vdisk_foreign_key(engine):
     with Session(engine) as s, pytest.raises(IntegrityError):
         s.add(Device(name="d", vdisk_id=999))
         s.flush()
+
+
+def version(vdisk_id, number=0, **kw):
+    fields = {"file_name": f"v{number}.qcow2", "format": "qcow2", "access": "production"}
+    return VdiskVersion(vdisk_id=vdisk_id, number=number, **(fields | kw))
+
+
+@pytest.mark.parametrize("make", [
+    lambda vid, sid, did: version(vid, access="staging"),
+    lambda vid, sid, did: version(vid, format="vhd"),
+    lambda vid, sid, did: version(vid, number=1),  # (vdisk_id, number) is unique
+    lambda vid, sid, did: DeviceSession(device_id=did, server_id=sid, vdisk_id=vid,
+                                        version=0),  # one session per device
+])
+def test_version_and_session_constraints(engine, make):
+    with Session(engine) as s, s.begin():
+        v, device = vdisk(), Device(name="d")
+        server = Server(uuid="u" * 36, name="s", hostname="h", store_path="/s", version="0")
+        s.add_all([v, device, server])
+        s.flush()
+        s.add(version(v.id, number=1))
+        s.add(DeviceSession(device_id=device.id, server_id=server.id, vdisk_id=v.id,
+                            version=1))
+        ids = (v.id, server.id, device.id)
+    with Session(engine) as s, pytest.raises(IntegrityError):
+        s.add(make(*ids))
+        s.flush()
+    with Session(engine) as s:
+        assert s.scalars(select(Vdisk)).one().max_versions == 5

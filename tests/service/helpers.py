@@ -1,14 +1,18 @@
-"""Test helpers shared by service and CLI tests: a hand-moved clock, small raw
-images, and a dump of the DB + data dir for "nothing changed" checks."""
+"""Test helpers shared by service, store and CLI tests: a hand-moved clock,
+small raw images, a dump of the DB + data dir for "nothing changed" checks,
+and qemu-img/qemu-io checks of version files."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import inspect, text
 
 START = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+CHECK_UNSUPPORTED = 63  # qemu-img check on a format without checks (raw)
 
 
 class FakeClock:
@@ -61,3 +65,63 @@ def dump(farm):
 
 def audit_actions(farm):
     return [e.action for e in farm.audit.list()]
+
+
+def qemu_io_write(path, pattern, offset, length, fmt="qcow2"):
+    """Write LENGTH bytes of PATTERN at OFFSET into the image PATH with qemu-io."""
+    subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P {pattern} {offset} {length}",
+                    str(path)], check=True, capture_output=True)
+
+
+def assert_qemu_clean(directory):
+    """Every image file in DIRECTORY passes `qemu-img info --backing-chain` and
+    `qemu-img check` (raw: no checks to run), with RELATIVE backing names."""
+    for name in sorted(os.listdir(directory)):
+        if name == "manifest.json" or name.startswith("."):
+            continue
+        path = os.path.join(directory, name)
+        info = subprocess.run(["qemu-img", "info", "--backing-chain", "--output=json", path],
+                              capture_output=True, text=True, check=False)
+        assert info.returncode == 0, (name, info.stderr)
+        for layer in json.loads(info.stdout):
+            backing = layer.get("backing-filename")
+            assert backing is None or "/" not in backing, (name, backing)
+            assert backing is None or layer.get("backing-filename-format"), (name, layer)
+        check = subprocess.run(["qemu-img", "check", path], capture_output=True, text=True,
+                               check=False)
+        assert check.returncode in (0, CHECK_UNSUPPORTED), (name, check.stdout, check.stderr)
+
+
+def backing_of(path):
+    """(backing file name, backing format) of an image, or (None, None)."""
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)],
+                                     check=True, capture_output=True, text=True).stdout)
+    return info.get("backing-filename"), info.get("backing-filename-format")
+
+
+def flat_copy(path, out):
+    """The content seen through image PATH (and its chain) as a raw file OUT."""
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(path), str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+def write_version(farm, pattern, device="pm"):
+    """Write 64 KiB of PATTERN, at 64 KiB x version number, into the open
+    version the maintenance DEVICE boots read/write; return its ExportTarget."""
+    target = farm.resolve_export(device)
+    assert target.writable and target.chain_formats[-1] == "qcow2"
+    qemu_io_write(target.path, pattern, target.version * 65536, 65536)
+    return target
+
+
+def new_sealed_version(farm, pattern, to="production", vdisk="w", device="pm"):
+    """Open a version of VDISK, write PATTERN into it, promote it TO; return the PromoteResult."""
+    farm.versions.new(vdisk)
+    write_version(farm, pattern, device)
+    return farm.versions.promote(vdisk, to)
+
+
+def store_files(farm, vdisk="w"):
+    """The names in VDISK's store directory."""
+    return sorted(os.listdir(farm.store.root / vdisk))

@@ -33,6 +33,8 @@ def test_resolve_by_name_or_mac(setup, export):
     assert target.write_cache_limit_bytes == 3 * 1024 * 1024
     assert target.description == "golden image"
     assert target.device_id == setup.devices.show("pc1").id
+    assert (target.version, target.chain, target.chain_formats, target.writable) == (
+        0, (target.path,), ("raw",), True)  # private mode: one file, read/write
     with pytest.raises(dataclasses.FrozenInstanceError):
         target.size = 0
 
@@ -75,6 +77,7 @@ def test_vdisk_view(setup):
     assert (view.vdisk_name, view.access_mode, view.size) == ("w", "private", 1 << 20)
     assert view.path == setup.store.path_of("w")
     assert view.vdisk_id == setup.vdisks.show("w").id
+    assert (view.version, view.chain, view.chain_formats) == (0, (view.path,), ("raw",))
     with pytest.raises(NotFound, match="no vDisk named nope"):
         setup.resolve_vdisk_view("nope")
     setup.store.delete("w")
@@ -89,3 +92,16 @@ def test_list_exports(setup, raw_image):
     assert setup.list_exports() == [
         ("b-pc", "vDisk std (standard)"), ("pc1", "vDisk w (private)"),
     ]
+
+
+def test_standard_devices_get_read_only_chains(setup, raw_image):
+    setup.vdisks.import_image("std", raw_image)
+    setup.devices.add("m1", vdisk="std", device_type="maintenance")
+    setup.devices.add("p1", vdisk="std")
+    assert setup.resolve_export("m1").writable is False  # nothing open: boots like test
+    setup.versions.new("std")
+    maintenance, production = setup.resolve_export("m1"), setup.resolve_export("p1")
+    assert (maintenance.version, maintenance.writable, len(maintenance.chain)) == (1, True, 2)
+    assert (production.version, production.writable, len(production.chain)) == (0, False, 1)
+    view = setup.resolve_vdisk_view("std")
+    assert (view.version, view.path) == (0, production.path)

@@ -4,12 +4,23 @@ change nothing."""
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 
 import pytest
+from sqlalchemy import update
 
-from tests.service.helpers import audit_actions, dump, make_raw
+from tests.service.helpers import (
+    audit_actions,
+    dump,
+    make_raw,
+    new_sealed_version,
+    write_version,
+)
+from vdfarm.farm.models import VdiskVersion
 from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 from vdfarm.store import qemu_img
+from vdfarm.store.manifest import write_manifest
+from vdfarm.store.store import sha256_of
 
 
 def test_import_creates_row_lock_store_and_audit(farm, raw_image, clock):
@@ -187,3 +198,43 @@ def test_verify(farm, tmp_path):
     farm.store.delete("w")
     with pytest.raises(Unavailable, match="not in this server's store"):
         farm.vdisks.verify("w")
+
+
+def test_set_max_versions(farm, raw_image):
+    info = farm.vdisks.import_image("w", raw_image)
+    assert (info.max_versions, info.override_version) == (5, None)
+    assert farm.vdisks.set("w", max_versions=8).max_versions == 8
+    entry = farm.audit.list()[-1]
+    assert (entry.before["max_versions"], entry.after["max_versions"]) == (5, 8)
+
+
+def test_verify_checks_every_version(farm, tmp_path):
+    farm.vdisks.import_image("w", make_raw(tmp_path / "a.raw"))
+    farm.devices.add("pm", vdisk="w", device_type="maintenance")
+    new_sealed_version(farm, 0x11)
+    farm.versions.new("w")
+    write_version(farm, 0x22)
+    assert farm.vdisks.verify("w").ok  # the open version has no hash yet
+    with open(farm.store.root / "w" / "v1.qcow2", "r+b") as fh:
+        fh.seek(40)
+        fh.write(b"\xff" * 8)
+    problems = farm.vdisks.verify("w").problems
+    assert problems == ("v1.qcow2 does not match its sha256",)
+
+
+def test_verify_runs_qemu_img_check_on_sealed_deltas(farm, tmp_path):
+    farm.vdisks.import_image("w", make_raw(tmp_path / "a.raw"))
+    farm.devices.add("pm", vdisk="w", device_type="maintenance")
+    new_sealed_version(farm, 0x11)
+    path = farm.store.root / "w" / "v1.qcow2"
+    with open(path, "r+b") as fh:  # corrupt, then record the corrupt file's hash everywhere
+        fh.seek(40)
+        fh.write(b"\xff" * 8)
+    manifest = farm.store.manifest("w")
+    sealed = replace(manifest.top, sha256=sha256_of(path))
+    write_manifest(farm.store.root / "w", replace(manifest, files=(manifest.files[0], sealed)))
+    with farm.session() as session:
+        session.execute(update(VdiskVersion).where(VdiskVersion.number == 1)
+                        .values(sha256=sealed.sha256))
+    [problem] = farm.vdisks.verify("w").problems
+    assert problem.startswith("qemu-img check failed on v1.qcow2")

@@ -91,3 +91,56 @@ def test_valid_vdisk_names(name):
 def test_invalid_vdisk_names(name):
     with pytest.raises(InvalidName):
         check_vdisk_name(name)
+
+
+def chain_dict(top_overrides=None, **extra):
+    data = good_dict()
+    top = {"name": "v1.qcow2", "format": "qcow2", "size": None, "sha256": None,
+           "parent": "base.raw", "version": 1}
+    top.update(top_overrides or {})
+    data["files"].append(top)
+    data.update(extra)
+    return data
+
+
+def test_versions_unsealed_top_and_retired_round_trip(tmp_path):
+    retired = [{"name": "v0.qcow2", "version": 0, "retired_at": "2030-01-01T00:00:00+00:00"}]
+    manifest = Manifest.from_dict(chain_dict(retired=retired, virtual_size=4096))
+    assert not manifest.top.sealed and manifest.files[0].sealed
+    assert manifest.top.version == 1 and manifest.files[0].version is None
+    assert manifest.size == 4096 and manifest.file("v1.qcow2") == manifest.top
+    assert manifest.file("nope") is None
+    assert [r.name for r in manifest.retired] == ["v0.qcow2"]
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest
+    assert json.loads((tmp_path / "manifest.json").read_text()) == chain_dict(
+        retired=retired, virtual_size=4096)
+
+
+@pytest.mark.parametrize("data", [
+    good_dict(sha256=None, size=None),  # the base is never unsealed
+    chain_dict({"sha256": SHA, "size": None}),
+    chain_dict({"sha256": None, "size": 10}),
+    chain_dict({"version": -1}),
+    chain_dict({"version": "1"}),
+    chain_dict(virtual_size=-1),
+    chain_dict(retired="v0.qcow2"),
+    chain_dict(retired=[{"name": "v1.qcow2", "version": 1,
+                         "retired_at": "2030-01-01T00:00:00+00:00"}]),  # still in the chain
+    chain_dict(retired=[{"name": "../x", "version": 1,
+                         "retired_at": "2030-01-01T00:00:00+00:00"}]),
+    chain_dict(retired=[{"name": "v0.qcow2", "version": 0, "retired_at": "yesterday"}]),
+    chain_dict(retired=[{"name": "v0.qcow2", "version": 0,
+                         "retired_at": "2030-01-01T00:00:00"}]),  # no zone
+])
+def test_bad_version_entries_are_refused(data):
+    with pytest.raises(ManifestError):
+        Manifest.from_dict(data)
+
+
+def test_only_the_top_may_be_unsealed():
+    data = chain_dict()
+    data["files"].append({"name": "v2.qcow2", "format": "qcow2", "size": 1, "sha256": SHA,
+                          "parent": "v1.qcow2", "version": 2})
+    with pytest.raises(ManifestError, match="only a top file"):
+        Manifest.from_dict(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from vdfarm.store import qemu_img
@@ -45,3 +47,40 @@ def test_missing_binary(monkeypatch):
     monkeypatch.setattr(qemu_img, "QEMU_IMG", "/nonexistent/qemu-img")
     with pytest.raises(QemuImgError, match="not installed"):
         qemu_img.run(["--version"])
+
+
+def test_overlay_rebase_and_check(tmp_path):
+    base = tmp_path / "base.raw"
+    qemu_img.create(base, "raw", 1 << 20)
+    mid, top = tmp_path / "mid.qcow2", tmp_path / "top.qcow2"
+    qemu_img.create_overlay(mid, "base.raw", "raw")
+    subprocess.run(["qemu-io", "-c", "write -P 7 0 4096", str(mid)], check=True,
+                   capture_output=True)
+    qemu_img.create_overlay(top, "mid.qcow2", "qcow2")
+    info = qemu_img.info(top)
+    assert (info["backing-filename"], info["backing-filename-format"]) == ("mid.qcow2", "qcow2")
+    assert info["virtual-size"] == 1 << 20
+    flat = tmp_path / "flat.raw"
+    qemu_img.convert(top, flat, src_format="qcow2")
+    qemu_img.rebase(top, "base.raw", "raw")
+    assert qemu_img.info(top)["backing-filename"] == "base.raw"
+    assert qemu_img.compare(top, flat) is True
+    qemu_img.check(top, "qcow2")
+    qemu_img.check(base, "raw")  # raw has no checks: passes
+
+
+@pytest.mark.parametrize("name", ["/abs/base.raw", "nbd:host:10809", ".hidden", ""])
+def test_backing_names_must_be_plain(tmp_path, name):
+    with pytest.raises(QemuImgError, match="plain relative name"):
+        qemu_img.create_overlay(tmp_path / "x.qcow2", name, "raw")
+    assert not (tmp_path / "x.qcow2").exists()
+
+
+def test_check_reports_corruption(tmp_path):
+    image = tmp_path / "x.qcow2"
+    qemu_img.create(image, "qcow2", 1 << 20)
+    with open(image, "r+b") as fh:
+        fh.seek(40)
+        fh.write(b"\xff" * 8)
+    with pytest.raises(QemuImgError, match="check failed on x.qcow2"):
+        qemu_img.check(image, "qcow2")

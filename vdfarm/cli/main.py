@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from vdfarm.cli import audit, device, image, lock, server, vdisk
+from vdfarm.cli import audit, device, image, lock, server, vdisk, version
 from vdfarm.cli.common import DEFAULT_DATA_DIR, CliState, cli_actor, emit, json_option, state
 from vdfarm.cli.output import error_line
 from vdfarm.service.context import Farm
@@ -91,7 +91,8 @@ def demo_cmd() -> None:
     demo.run(state().data_dir)
 
 
-for group in (vdisk.vdisk, device.device, lock.lock, audit.audit, server.server, image.image):
+for group in (vdisk.vdisk, version.version, device.device, lock.lock, audit.audit,
+              server.server, image.image):
     cli.add_command(group)
 
 

@@ -1,4 +1,4 @@
-"""`vdfarm vdisk …`: import, list, show, set, delete, verify vDisks.
+"""`vdfarm vdisk …`: import, list, show, set, delete, verify, export vDisks.
 
 Rules: flags, help and output only; every decision is the service's.
 """
@@ -13,6 +13,7 @@ from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import fmt_size, print_fields, print_table
 from vdfarm.farm.models import ACCESS_MODES, WRITE_CACHE_TYPES
 from vdfarm.service.errors import Invalid
+from vdfarm.service.merges import EXPORT_FORMATS
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.vdisks import VdiskInfo
 
@@ -28,6 +29,7 @@ def _show(info: VdiskInfo) -> None:
         ("cache limit", f"{info.write_cache_limit_mb} MiB" if info.write_cache_limit_mb else None),
         ("description", info.description), ("sha256", info.sha256),
         ("devices", info.devices), ("in this store", "yes" if info.in_store else "no"),
+        ("max versions", info.max_versions), ("override", info.override_version),
         ("created", info.created_at),
     ])
 
@@ -87,13 +89,17 @@ def show_cmd(name: str) -> None:
 @click.option("--cache-limit-mb", type=click.IntRange(min=0), default=None,
               help="Write-cache size limit in MiB (0: no limit).")
 @click.option("--description", default=None)
+@click.option("--max-versions", type=int, default=None,
+              help="Merge the chain by itself after a promote once it is longer (2-1000).")
 @json_option
 def set_cmd(name: str, mode: str | None, write_cache: str | None,
-            cache_limit_mb: int | None, description: str | None) -> None:
-    """Change the mode, write cache or description of vDisk NAME."""
+            cache_limit_mb: int | None, description: str | None,
+            max_versions: int | None) -> None:
+    """Change the mode, write cache, description or max-versions of vDisk NAME."""
     limit = UNCHANGED if cache_limit_mb is None else (cache_limit_mb or None)
     info = open_farm().vdisks.set(name, mode=mode, write_cache=write_cache,
-                                  cache_limit_mb=limit, description=description)
+                                  cache_limit_mb=limit, description=description,
+                                  max_versions=max_versions)
     emit(info, lambda: click.echo(f"updated vDisk {info.name}"))
 
 
@@ -116,3 +122,19 @@ def verify_cmd(name: str) -> None:
         raise Invalid(f"vDisk {name} failed verification: {'; '.join(result.problems)}")
     emit({"vdisk": name, "ok": True, "problems": []},
          lambda: click.echo(f"vDisk {name} is intact"))
+
+
+@vdisk.command("export")
+@click.argument("name")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
+              help="Image format of OUT.")
+@click.option("--version", "number", type=click.IntRange(min=0), default=None,
+              help="Version to export (default: what production devices boot).")
+@json_option
+def export_cmd(name: str, out: Path, fmt: str, number: int | None) -> None:
+    """Write a version of vDisk NAME, flattened, as a new image file OUT."""
+    result = open_farm().versions.export(name, out, fmt, number)
+    emit(result, lambda: click.echo(
+        f"exported version {result.version} of vDisk {name} to {result.path} "
+        f"({result.format}, {fmt_size(result.size)})"))

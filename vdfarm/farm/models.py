@@ -234,7 +234,9 @@ class DeviceSession(Base):
         ForeignKey("devices.id", ondelete="CASCADE"), unique=True
     )
     server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
-    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"))
+    vdisk_id: Mapped[int] = mapped_column(
+        ForeignKey("vdisks.id", ondelete="CASCADE"), index=True
+    )
     version: Mapped[int] = mapped_column(Integer)
     connected_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)

@@ -46,7 +46,9 @@ from vdfarm.service.servers import (
     read_identity,
     write_identity,
 )
+from vdfarm.service.sessions import SessionService
 from vdfarm.service.vdisks import VdiskService
+from vdfarm.service.versions import VersionService
 from vdfarm.store.store import Store
 
 DB_FILE = "farm.db"
@@ -110,6 +112,8 @@ class Farm:
         self.locks = LockService(self)
         self.audit = AuditService(self)
         self.servers = ServerService(self)
+        self.versions = VersionService(self)
+        self.sessions = SessionService(self)
 
     # -- opening -----------------------------------------------------------
 
@@ -294,6 +298,21 @@ class Farm:
     def lock_is_current(self, vdisk_id: int, token: int) -> bool:
         """True if TOKEN still holds the vDisk's lock (fencing). Raises Unavailable."""
         return self.locks.is_current(vdisk_id, token)
+
+    def session_started(self, device_id: int, vdisk_id: int, version: int) -> None:
+        """Record that a device booted VERSION of a vDisk from this server
+        (replaces its older session). Raises NotFound, Unavailable."""
+        self.sessions.started(device_id, vdisk_id, version)
+
+    def session_seen(self, device_id: int) -> bool:
+        """Refresh a session's `last_seen`; False if this server has none for
+        the device. Raises Unavailable."""
+        return self.sessions.seen(device_id)
+
+    def session_ended(self, device_id: int) -> None:
+        """Forget this server's session of a device (no-op if none) and delete
+        retired files no one reads any more. Raises Unavailable."""
+        self.sessions.ended(device_id)
 
     def register_server(self, nbd_port: int, api_port: int | None = None) -> ServerInfo:
         """Record this server's host, ports, version and heartbeat. Raises Invalid, Unavailable."""

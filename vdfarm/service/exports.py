@@ -4,7 +4,13 @@ Rules: the NBD export name is the device's name or its MAC (any common
 spelling); a name match wins over a MAC match. The answer is a frozen
 `ExportTarget` the stream service can keep while the database is down.
 A *view* (`resolve_vdisk_view`) names a vDisk directly, for read-only access
-with no device and no lock.
+with no device and no lock; it shows what production devices boot.
+
+Versions: a standard-mode device gets the chain of the version its type boots
+(see `version_rules.boot_choice`), read-only, except a maintenance device on
+the open maintenance version (`writable`: the stream opens the top read/write
+under the vDisk lock). A private-mode vDisk has only its base: a chain of one
+file, writable, as before versions existed.
 """
 
 from __future__ import annotations
@@ -17,9 +23,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Device, Vdisk
-from vdfarm.service.errors import Invalid, NotFound, Unavailable
+from vdfarm.service import version_rules as rules
+from vdfarm.service.chains import (
+    Chain,
+    chain_in_store,
+    states_of,
+    store_manifest,
+    version_rows,
+)
+from vdfarm.service.errors import Invalid, NotFound
 from vdfarm.service.validation import parse_mac
-from vdfarm.store.errors import StoreError
 
 if TYPE_CHECKING:
     from vdfarm.service.context import Farm
@@ -31,7 +44,11 @@ MIB = 1024 * 1024
 class ExportTarget:
     """Everything the stream service needs to serve one device.
 
-    `path` is the absolute file to serve in this server's store;
+    `version` is the vDisk version the device boots (0: the original base);
+    `chain` its files in this server's store (absolute, base first, the
+    booted version last) and `chain_formats` their formats ("raw"/"qcow2");
+    `path` is `chain[-1]`; `writable` is True only for a private vDisk and
+    for a maintenance device on the open maintenance version.
     `description` is the vDisk's description.
     """
 
@@ -47,6 +64,10 @@ class ExportTarget:
     write_cache_type: str
     write_cache_limit_bytes: int | None
     description: str
+    version: int
+    chain: tuple[Path, ...]
+    chain_formats: tuple[str, ...]
+    writable: bool
 
 
 def find_device(session: Session, name_or_mac: str) -> Device | None:
@@ -61,7 +82,8 @@ def resolve_export(farm: Farm, name_or_mac: str) -> ExportTarget:
     """The ExportTarget of the device called NAME_OR_MAC.
 
     Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
-    assigned"), Unavailable ("vDisk X is not in this server's store", or DB down).
+    assigned"), Unavailable ("vDisk X is not in this server's store", "version
+    N of vDisk X is not in this server's store", or DB down).
     """
     with farm.session() as session:
         device = find_device(session, name_or_mac)
@@ -70,21 +92,40 @@ def resolve_export(farm: Farm, name_or_mac: str) -> ExportTarget:
         vdisk = device.vdisk
         if vdisk is None:
             raise Invalid(f"device {device.name} has no vDisk assigned")
-        path = _path_in_store(farm, vdisk.name)
+        chain, writable = _device_chain(farm, session, vdisk, device.device_type)
         limit = vdisk.write_cache_limit_mb
         return ExportTarget(
             device_id=device.id, device_name=device.name, mac=device.mac,
             device_type=device.device_type, vdisk_id=vdisk.id, vdisk_name=vdisk.name,
-            access_mode=vdisk.access_mode, path=path, size=vdisk.size,
+            access_mode=vdisk.access_mode, path=chain.paths[-1], size=vdisk.size,
             write_cache_type=vdisk.write_cache_type,
             write_cache_limit_bytes=None if limit is None else limit * MIB,
-            description=vdisk.description,
+            description=vdisk.description, version=chain.number, chain=chain.paths,
+            chain_formats=chain.formats, writable=writable,
         )
+
+
+def _device_chain(
+    farm: Farm, session: Session, vdisk: Vdisk, device_type: str
+) -> tuple[Chain, bool]:
+    rows = version_rows(session, vdisk.id)
+    if vdisk.access_mode == "private":
+        manifest = store_manifest(farm, vdisk.name)
+        top = manifest.top
+        number = top.version if top.version is not None else rules.newest(states_of(rows)).number
+        path = farm.store.root / vdisk.name / top.name
+        return Chain(number=number, paths=(path,), formats=(top.format,)), True
+    choice = rules.boot_choice(states_of(rows), device_type, vdisk.override_version, farm.now())
+    return chain_in_store(farm, vdisk.name, rows, choice.number), choice.writable
 
 
 @dataclass(frozen=True)
 class VdiskView:
-    """A vDisk served read-only by name (export `vdisk/NAME`): no device, no lock."""
+    """A vDisk served read-only by name (export `vdisk/NAME`): no device, no lock.
+
+    It shows the version production devices boot: `chain`/`chain_formats` as
+    in ExportTarget, `path` = `chain[-1]`.
+    """
 
     vdisk_id: int
     vdisk_name: str
@@ -92,13 +133,9 @@ class VdiskView:
     path: Path
     size: int
     description: str
-
-
-def _path_in_store(farm: Farm, vdisk_name: str) -> Path:
-    try:
-        return farm.store.path_of(vdisk_name)
-    except StoreError as exc:
-        raise Unavailable(f"vDisk {vdisk_name} is not in this server's store") from exc
+    version: int
+    chain: tuple[Path, ...]
+    chain_formats: tuple[str, ...]
 
 
 def resolve_vdisk_view(farm: Farm, vdisk_name: str) -> VdiskView:
@@ -111,10 +148,11 @@ def resolve_vdisk_view(farm: Farm, vdisk_name: str) -> VdiskView:
         vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
         if vdisk is None:
             raise NotFound(f"no vDisk named {vdisk_name}")
+        chain, _ = _device_chain(farm, session, vdisk, "production")
         return VdiskView(
             vdisk_id=vdisk.id, vdisk_name=vdisk.name, access_mode=vdisk.access_mode,
-            path=_path_in_store(farm, vdisk.name), size=vdisk.size,
-            description=vdisk.description,
+            path=chain.paths[-1], size=vdisk.size, description=vdisk.description,
+            version=chain.number, chain=chain.paths, chain_formats=chain.formats,
         )
 
 

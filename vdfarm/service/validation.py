@@ -14,6 +14,7 @@ from vdfarm.store.manifest import VDISK_NAME_RE
 
 MAX_DESCRIPTION = 1024
 MAX_CACHE_LIMIT_MB = 2**31 - 1
+MIN_MAX_VERSIONS, MAX_MAX_VERSIONS = 2, 1000
 
 _MAC_SEPARATED = re.compile(r"[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}")
 _MAC_BARE = re.compile(r"[0-9a-f]{12}")
@@ -107,3 +108,15 @@ def check_lease(seconds: object) -> float:
     ):
         raise Invalid(f"invalid lease {seconds!r}: give a number of seconds > 0")
     return float(seconds)
+
+
+def check_max_versions(count: object) -> int:
+    """Return a max-versions setting (a chain length that triggers a merge). Raises Invalid."""
+    if (
+        not isinstance(count, int)
+        or isinstance(count, bool)
+        or not MIN_MAX_VERSIONS <= count <= MAX_MAX_VERSIONS
+    ):
+        raise Invalid(f"invalid max-versions {count!r}: give a whole number from "
+                      f"{MIN_MAX_VERSIONS} to {MAX_MAX_VERSIONS}")
+    return count

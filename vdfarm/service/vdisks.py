@@ -4,10 +4,14 @@ Rules:
 - Every check runs before anything is written; a call that raises has
   changed neither the database nor the store.
 - Import order: store first (atomic publish), then the row + its lock row +
-  the audit row in one transaction; if that transaction fails, the store
-  entry is removed again.
+  its version 0 row (the base, in production) + the audit row in one
+  transaction; if that transaction fails, the store entry is removed again.
 - Delete is refused while devices are assigned or the lock is held; the rows
   are removed (flushed) before the files, and committed after them.
+- Private mode needs a vDisk that is one raw file: it is refused for a vDisk
+  with versions above its base (versions are a standard-mode feature).
+- `vdisk.sha256`/`format` describe the base file; each version's own hash is
+  in its version row. Verify checks every sealed file against both.
 """
 
 from __future__ import annotations
@@ -21,8 +25,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import ACCESS_MODES, WRITE_CACHE_TYPES, Device, Lock, Vdisk
+from vdfarm.farm.models import (
+    ACCESS_MODES,
+    WRITE_CACHE_TYPES,
+    Device,
+    DeviceSession,
+    Lock,
+    Vdisk,
+    VdiskVersion,
+)
 from vdfarm.service import audit
+from vdfarm.service.chains import version_rows
 from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
 from vdfarm.service.validation import (
@@ -30,9 +43,12 @@ from vdfarm.service.validation import (
     check_cache_limit,
     check_choice,
     check_description,
+    check_max_versions,
     check_name,
 )
 from vdfarm.store import errors as store_errors
+from vdfarm.store import qemu_img
+from vdfarm.store.manifest import Manifest
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import VerifyResult
 
@@ -56,6 +72,8 @@ class VdiskInfo:
     created_at: datetime
     devices: tuple[str, ...]
     in_store: bool
+    max_versions: int
+    override_version: int | None
 
 
 def find_vdisk(session: Session, name: str) -> Vdisk:
@@ -96,6 +114,7 @@ class VdiskService:
             sha256=vdisk.sha256, created_at=vdisk.created_at,
             devices=_device_names(session, vdisk.id),
             in_store=self.farm.store.contains(vdisk.name),
+            max_versions=vdisk.max_versions, override_version=vdisk.override_version,
         )
 
     def import_image(
@@ -125,7 +144,8 @@ class VdiskService:
             raise _store_error(exc) from exc
         try:
             return self._add_row(name, manifest.size, manifest.top.format, manifest.top.sha256,
-                                 mode, write_cache, cache_limit_mb, description, actor)
+                                 manifest.top.name, mode, write_cache, cache_limit_mb,
+                                 description, actor)
         except BaseException:
             self._unimport(name)
             raise
@@ -135,8 +155,8 @@ class VdiskService:
             self.farm.store.delete(name)
 
     def _add_row(
-        self, name: str, size: int, fmt: str, sha256: str, mode: str, write_cache: str,
-        cache_limit_mb: int | None, description: str, actor: str | None,
+        self, name: str, size: int, fmt: str, sha256: str, file_name: str, mode: str,
+        write_cache: str, cache_limit_mb: int | None, description: str, actor: str | None,
     ) -> VdiskInfo:
         now = self.farm.now()
         with self.farm.session() as session:
@@ -148,6 +168,11 @@ class VdiskService:
             session.add(vdisk)
             session.flush()
             session.add(Lock(vdisk_id=vdisk.id, fencing_token=0))
+            session.add(VdiskVersion(
+                vdisk_id=vdisk.id, number=0, parent_number=None, file_name=file_name,
+                format=fmt, access="production", size=size, sha256=sha256, created_at=now,
+                sealed_at=now, production_at=now,
+            ))
             info = self._info(session, vdisk)
             audit.record(session, actor=actor or self.farm.actor, at=now, action="vdisk.import",
                          target_type="vdisk", target_name=name, before=None, after=info)
@@ -167,15 +192,17 @@ class VdiskService:
     def set(
         self, name: str, *, mode: str | None = None, write_cache: str | None = None,
         cache_limit_mb: Any = UNCHANGED, description: str | None = None,
-        actor: str | None = None,
+        max_versions: int | None = None, actor: str | None = None,
     ) -> VdiskInfo:
-        """Change the mode, write-cache type, cache limit (None clears it) or
-        description of vDisk NAME.
+        """Change the mode, write-cache type, cache limit (None clears it),
+        description or max-versions of vDisk NAME.
 
-        Raises Invalid (bad value, nothing to change), NotFound, Conflict
-        (mode change while the lock is held), Unavailable.
+        Raises Invalid (bad value, nothing to change, private mode for a vDisk
+        with versions), NotFound, Conflict (mode change while the lock is
+        held), Unavailable.
         """
-        changes = self._checked_changes(mode, write_cache, cache_limit_mb, description)
+        changes = self._checked_changes(mode, write_cache, cache_limit_mb, description,
+                                        max_versions)
         now = self.farm.now()
         with self.farm.session() as session:
             vdisk = find_vdisk(session, name)
@@ -184,6 +211,8 @@ class VdiskService:
                 lock = lock_of(session, vdisk.id)
                 if lock is not None and lock_state(lock, now) == HELD:
                     raise Conflict(f"cannot change the mode now: {held_message(lock)}")
+                if changes["access_mode"] == "private":
+                    _check_single_raw_file(session, vdisk)
             for column, value in changes.items():
                 setattr(vdisk, column, value)
             session.flush()
@@ -194,7 +223,8 @@ class VdiskService:
 
     @staticmethod
     def _checked_changes(
-        mode: str | None, write_cache: str | None, cache_limit_mb: Any, description: str | None
+        mode: str | None, write_cache: str | None, cache_limit_mb: Any,
+        description: str | None, max_versions: int | None,
     ) -> dict[str, Any]:
         changes: dict[str, Any] = {}
         if mode is not None:
@@ -206,9 +236,11 @@ class VdiskService:
             changes["write_cache_limit_mb"] = check_cache_limit(cache_limit_mb)
         if description is not None:
             changes["description"] = check_description(description)
+        if max_versions is not None:
+            changes["max_versions"] = check_max_versions(max_versions)
         if not changes:
-            raise Invalid(
-                "nothing to change: give a mode, write-cache type, cache limit or description")
+            raise Invalid("nothing to change: give a mode, write-cache type, cache limit, "
+                          "description or max-versions")
         return changes
 
     def delete(self, name: str, actor: str | None = None) -> VdiskInfo:
@@ -230,6 +262,8 @@ class VdiskService:
                 raise Conflict(
                     f"{held_message(lock)}; release it first (vdfarm lock release {name})")
             session.execute(delete(Lock).where(Lock.vdisk_id == vdisk.id))
+            session.execute(delete(DeviceSession).where(DeviceSession.vdisk_id == vdisk.id))
+            session.execute(delete(VdiskVersion).where(VdiskVersion.vdisk_id == vdisk.id))
             session.delete(vdisk)
             audit.record(session, actor=actor or self.farm.actor, at=now, action="vdisk.delete",
                          target_type="vdisk", target_name=name, before=before, after=None)
@@ -242,21 +276,60 @@ class VdiskService:
             return before
 
     def verify(self, name: str) -> VerifyResult:
-        """Check vDisk NAME's files in this store against its manifest and the farm.
+        """Check vDisk NAME's files in this store against its manifest (size,
+        sha256, qemu-img check) and the manifest against the farm's versions.
 
         Raises NotFound (not in the farm), Unavailable (not in this store).
         """
         with self.farm.session() as session:
             vdisk = find_vdisk(session, name)
-            expected_sha, expected_size = vdisk.sha256, vdisk.size
+            expected_sha = vdisk.sha256
+            rows = [(r.number, r.file_name, r.format, r.sha256)
+                    for r in version_rows(session, vdisk.id)]
         try:
             result = self.farm.store.verify(name)
-            top = self.farm.store.manifest(name).top
+            manifest = self.farm.store.manifest(name)
         except store_errors.VdiskMissing as exc:
             raise Unavailable(f"vDisk {name} is not in this server's store") from exc
         except store_errors.StoreError as exc:
             return VerifyResult(vdisk=name, problems=(str(exc),))
         extra = []
-        if top.sha256 != expected_sha or top.size != expected_size:
+        if manifest.files[0].sha256 != expected_sha:
             extra.append("the store's manifest does not match the farm database")
+        extra += _version_problems(manifest, rows)
+        if not result.problems:
+            extra += _qemu_check_problems(self.farm.store.root / name, manifest)
         return VerifyResult(vdisk=name, problems=result.problems + tuple(extra))
+
+
+def _check_single_raw_file(session: Session, vdisk: Vdisk) -> None:
+    rows = version_rows(session, vdisk.id)
+    if len(rows) != 1 or rows[0].format != "raw":
+        raise Invalid(f"vDisk {vdisk.name} has versions (or a qcow2 base): private mode needs "
+                      f"a single raw file; export it and import the copy instead")
+
+
+def _version_problems(manifest: Manifest, rows: list[tuple[int, str, str, str | None]]
+                      ) -> list[str]:
+    problems = []
+    for number, file_name, fmt, sha256 in rows:
+        entry = manifest.file(file_name)
+        if entry is None:
+            problems.append(f"version {number} ({file_name}) is not in the store's manifest")
+        elif entry.format != fmt or entry.sha256 != sha256:
+            problems.append(f"version {number} ({file_name}): the store's manifest does not "
+                            f"match the farm database")
+    if len(manifest.files) != len(rows):
+        problems.append("the store's chain and the farm's versions differ")
+    return problems
+
+
+def _qemu_check_problems(directory: Path, manifest: Manifest) -> list[str]:
+    problems = []
+    for entry in manifest.files:
+        if entry.sealed and entry.format == "qcow2":
+            try:
+                qemu_img.check(directory / entry.name, entry.format)
+            except QemuImgError as exc:
+                problems.append(str(exc))
+    return problems

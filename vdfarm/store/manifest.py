@@ -7,7 +7,14 @@ Rules:
   in a manifest depends on where the store sits, so a store can be at a
   different path on every server.
 - Files are listed base first; a file's `parent` names an earlier file (or is
-  null for the base). The last file is the top of the chain, the one served.
+  null for the base). The last file is the top of the chain.
+- Only the top file above the base may be unsealed (open for maintenance): its `sha256` and
+  `size` are null until it is sealed. `version` is the file's vDisk version
+  number (absent in manifests written before versions existed).
+- `retired` lists files that left the chain (merged away) but stay on disk
+  while a connected device may still read them; they are never served anew.
+- Optional keys (`version`, `retired`, `virtual_size`) are written only when
+  set, so a manifest without versions reads and writes as before.
 - Reading validates everything and raises ManifestError on any breach.
 """
 
@@ -16,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,39 +54,81 @@ def check_vdisk_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class ManifestFile:
-    """One file of a vDisk: a relative name, its format, size and sha256."""
+    """One file of a vDisk: a relative name, its format, size and sha256
+    (size and sha256 are None while the file is unsealed)."""
 
     name: str
     format: str
-    size: int
-    sha256: str
+    size: int | None
+    sha256: str | None
     parent: str | None = None
+    version: int | None = None
+
+    @property
+    def sealed(self) -> bool:
+        """True once the file's sha256 is recorded (it never changes again)."""
+        return self.sha256 is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name, "format": self.format, "size": self.size,
+            "sha256": self.sha256, "parent": self.parent,
+        }
+        if self.version is not None:
+            data["version"] = self.version
+        return data
+
+
+@dataclass(frozen=True)
+class RetiredFile:
+    """A file merged out of the chain, kept on disk until no device reads it."""
+
+    name: str
+    version: int | None
+    retired_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version,
+                "retired_at": self.retired_at.isoformat()}
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a vDisk directory holds; `files[-1]` is the file to serve."""
+    """What a vDisk directory holds; `files[-1]` is the top of the chain."""
 
     vdisk: str
     files: tuple[ManifestFile, ...]
     format_version: int = FORMAT_VERSION
+    retired: tuple[RetiredFile, ...] = ()
+    virtual_size: int | None = None
 
     @property
     def top(self) -> ManifestFile:
-        """The top of the chain: the file a device is served from."""
+        """The top of the chain (the newest version's file)."""
         return self.files[-1]
 
     @property
     def size(self) -> int:
-        """The virtual size of the disk (the top file's size)."""
-        return self.top.size
+        """The virtual size of the disk (`virtual_size`, else the raw base's size)."""
+        if self.virtual_size is not None:
+            return self.virtual_size
+        return self.files[0].size or 0
+
+    def file(self, name: str) -> ManifestFile | None:
+        """The chain's file called NAME, or None."""
+        return next((f for f in self.files if f.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format_version": self.format_version,
             "vdisk": self.vdisk,
-            "files": [asdict(f) for f in self.files],
+            "files": [f.to_dict() for f in self.files],
         }
+        if self.retired:
+            data["retired"] = [r.to_dict() for r in self.retired]
+        if self.virtual_size is not None:
+            data["virtual_size"] = self.virtual_size
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
@@ -100,29 +150,74 @@ class Manifest:
         files: list[ManifestFile] = []
         for raw in raw_files:
             files.append(_file_from_dict(raw, [f.name for f in files]))
-        return cls(vdisk=vdisk, files=tuple(files))
+        unsealed = [f.name for f in files if not f.sealed]
+        if unsealed and (unsealed != [files[-1].name] or len(files) == 1):
+            raise ManifestError(
+                f"manifest file {unsealed[0]}: only a top file above the base may be unsealed")
+        retired = _retired_from_list(data.get("retired", []), [f.name for f in files])
+        virtual_size = data.get("virtual_size")
+        if virtual_size is not None and not _is_count(virtual_size):
+            raise ManifestError(f"manifest: bad virtual_size {virtual_size!r}")
+        return cls(vdisk=vdisk, files=tuple(files), retired=retired, virtual_size=virtual_size)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_plain_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not _FILE_NAME_RE.fullmatch(name) or ".." in name:
+        raise ManifestError(f"manifest {what} name {name!r} is not a plain relative name")
+    return name
 
 
 def _file_from_dict(raw: Any, earlier_names: list[str]) -> ManifestFile:
     if not isinstance(raw, dict):
         raise ManifestError("manifest file entry is not an object")
-    name, fmt, size = raw.get("name"), raw.get("format"), raw.get("size")
-    sha256, parent = raw.get("sha256"), raw.get("parent")
-    if not isinstance(name, str) or not _FILE_NAME_RE.fullmatch(name) or ".." in name:
-        raise ManifestError(f"manifest file name {name!r} is not a plain relative name")
+    name = _check_plain_name(raw.get("name"), "file")
+    fmt, size, sha256 = raw.get("format"), raw.get("size"), raw.get("sha256")
+    parent, version = raw.get("parent"), raw.get("version")
     if name == MANIFEST_NAME or name in earlier_names:
         raise ManifestError(f"manifest file name {name!r} is reserved or repeated")
     if fmt not in FILE_FORMATS:
         raise ManifestError(f"manifest file {name}: unsupported format {fmt!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if sha256 is None and size is None:
+        pass  # an unsealed file (allowed on top only: checked by the caller)
+    elif not _is_count(size):
         raise ManifestError(f"manifest file {name}: bad size {size!r}")
-    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+    elif not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
         raise ManifestError(f"manifest file {name}: bad sha256 {sha256!r}")
+    if version is not None and not _is_count(version):
+        raise ManifestError(f"manifest file {name}: bad version {version!r}")
     if earlier_names and parent != earlier_names[-1]:
         raise ManifestError(f"manifest file {name}: parent must be {earlier_names[-1]!r}")
     if not earlier_names and parent is not None:
         raise ManifestError(f"manifest file {name}: the base file has no parent")
-    return ManifestFile(name=name, format=fmt, size=size, sha256=sha256, parent=parent)
+    return ManifestFile(name=name, format=fmt, size=size, sha256=sha256, parent=parent,
+                        version=version)
+
+
+def _retired_from_list(raw: Any, chain_names: list[str]) -> tuple[RetiredFile, ...]:
+    if not isinstance(raw, list):
+        raise ManifestError("manifest: retired is not a list")
+    retired: list[RetiredFile] = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ManifestError("manifest retired entry is not an object")
+        name = _check_plain_name(item.get("name"), "retired file")
+        if name == MANIFEST_NAME or name in chain_names or name in [r.name for r in retired]:
+            raise ManifestError(f"manifest retired file {name!r} is reserved or repeated")
+        version = item.get("version")
+        if version is not None and not _is_count(version):
+            raise ManifestError(f"manifest retired file {name}: bad version {version!r}")
+        try:
+            at = datetime.fromisoformat(item.get("retired_at"))
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest retired file {name}: bad retired_at") from exc
+        if at.tzinfo is None:
+            raise ManifestError(f"manifest retired file {name}: retired_at has no zone")
+        retired.append(RetiredFile(name=name, version=version, retired_at=at))
+    return tuple(retired)
 
 
 def read_manifest(vdisk_dir: Path) -> Manifest:

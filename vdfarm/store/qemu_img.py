@@ -1,7 +1,9 @@
 """A tiny wrapper around the `qemu-img` command.
 
 Rules: paths are passed as absolute paths (qemu-img reads `proto:...` in a
-relative name as a protocol, an absolute path never is); every failure raises
+relative name as a protocol, an absolute path never is) — except backing file
+names, which are plain relative names (no ':' or '/') resolved by qemu-img
+against the image's own directory; every failure raises
 `QemuImgError` carrying the first line of qemu-img's stderr; nothing here
 decides policy (which formats are allowed is the store's business).
 """
@@ -88,6 +90,59 @@ def create(path: str | os.PathLike[str], fmt: str, size: int) -> None:
     Raises QemuImgError if qemu-img fails.
     """
     run(["create", "-q", "-f", fmt, _absolute(path), str(size)])
+
+
+def create_overlay(
+    path: str | os.PathLike[str], backing_name: str, backing_format: str
+) -> None:
+    """Create an empty qcow2 at PATH whose backing file is BACKING_NAME (a plain
+    name relative to PATH's directory) of BACKING_FORMAT; same virtual size.
+
+    Raises QemuImgError if qemu-img fails (e.g. the backing file is missing).
+    """
+    run(["create", "-q", "-f", "qcow2", "-b", _plain_name(backing_name),
+         "-F", backing_format, _absolute(path)])
+
+
+def rebase(path: str | os.PathLike[str], backing_name: str, backing_format: str) -> None:
+    """Make the qcow2 PATH sit on BACKING_NAME (plain relative name) of
+    BACKING_FORMAT, copying in whatever differs from the old backing chain
+    (safe mode: the content of PATH does not change).
+
+    Raises QemuImgError if qemu-img fails.
+    """
+    run(["rebase", "-q", "-f", "qcow2", "-b", _plain_name(backing_name),
+         "-F", backing_format, _absolute(path)])
+
+
+CHECK_UNSUPPORTED = 63
+CHECK_LEAKS_ONLY = 3
+
+
+def check(path: str | os.PathLike[str], fmt: str) -> None:
+    """Run `qemu-img check` on PATH (of FMT). Leaked clusters are not an error;
+    formats without checks (raw) pass.
+
+    Raises QemuImgError if the image is corrupt or cannot be checked.
+    """
+    try:
+        proc = subprocess.run(
+            [QEMU_IMG, "check", "-q", "-f", fmt, _absolute(path)],
+            capture_output=True, text=True, check=False,
+        )
+    except FileNotFoundError as exc:
+        raise QemuImgError("qemu-img is not installed or not on PATH") from exc
+    if proc.returncode in (0, CHECK_LEAKS_ONLY, CHECK_UNSUPPORTED):
+        return
+    line = _first_line(proc.stderr) or _first_line(proc.stdout) or (
+        f"exit status {proc.returncode}")
+    raise QemuImgError(f"qemu-img check failed on {Path(path).name}: {line}", line)
+
+
+def _plain_name(name: str) -> str:
+    if not name or "/" in name or ":" in name or name.startswith("."):
+        raise QemuImgError(f"backing file name {name!r} is not a plain relative name")
+    return name
 
 
 def compare(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

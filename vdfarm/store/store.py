@@ -1,6 +1,7 @@
 """The local store: a directory of vDisks, each a directory with its files.
 
-Layout: `<root>/<vdisk>/base.raw` + `<root>/<vdisk>/manifest.json`.
+Layout: `<root>/<vdisk>/base.raw` + `<root>/<vdisk>/manifest.json` (+ one
+`v<N>.qcow2` per version above the base).
 
 Rules:
 - Atomic publish: an import is built in a hidden temporary directory inside
@@ -8,6 +9,7 @@ Rules:
   manifest are complete; a delete renames the directory away (`.delete-*`)
   before removing it. A half-made or half-deleted vDisk is never visible.
 - Entries whose name starts with '.' are never vDisks (scan ignores them).
+- Versions (qcow2 deltas, sealing, merging) live in `vdfarm.store.versions`.
 - Sources are read with qemu-img: raw, qcow2, vpc, vhdx and vmdk only, and
   never with a backing file (a vDisk is self-contained).
 - Nothing written here holds the store's own path.
@@ -95,7 +97,7 @@ class Store:
         return read_manifest(vdisk_dir)
 
     def path_of(self, name: str) -> Path:
-        """Absolute path of the file to serve for vDisk NAME (top of its chain).
+        """Absolute path of the top file of vDisk NAME's chain.
 
         Raises InvalidName, VdiskMissing, ManifestError.
         """
@@ -136,6 +138,8 @@ class Store:
             size = path.stat().st_size
         except OSError:
             return f"{entry.name} is missing"
+        if not entry.sealed:
+            return None
         if size != entry.size:
             return f"{entry.name} has size {size}, manifest says {entry.size}"
         if sha256_of(path) != entry.sha256:
@@ -214,12 +218,18 @@ class Store:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def remove_leftovers(self) -> list[str]:
-        """Remove `.import-*` / `.delete-*` directories left by a crash; return their names."""
+        """Remove `.import-*` / `.delete-*` directories and the `.new-*` /
+        `.merge-*` temp files inside vDisks, left by a crash; return their names."""
         removed = []
         for entry in self.root.iterdir():
             if entry.name.startswith((".import-", ".delete-")) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
+            elif not entry.name.startswith(".") and entry.is_dir():
+                for temp in entry.glob(".*-*"):
+                    if temp.name.startswith((".new-", ".merge-")) and temp.is_file():
+                        temp.unlink(missing_ok=True)
+                        removed.append(f"{entry.name}/{temp.name}")
         return removed
 
 

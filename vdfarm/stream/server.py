@@ -92,10 +92,11 @@ async def serve(farm, host: str, port: int, grace_seconds: float,
     server = StreamServer(farm, farm.cache_dir, grace_seconds=grace_seconds,
                           lease_seconds=lease_seconds)
     bound = await server.start(host, port)
-    await asyncio.get_running_loop().run_in_executor(
-        server.db_executor, farm.register_server, bound)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Sessions this server recorded before it last stopped are over.
+    await loop.run_in_executor(server.db_executor, farm.sessions.end_all)
+    await loop.run_in_executor(server.db_executor, farm.register_server, bound)
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("serving NBD on %s:%d", host, bound)

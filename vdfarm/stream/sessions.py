@@ -11,8 +11,14 @@ Rules:
   a lease renewed while the session lives and a fencing token. A session
   whose renewal is refused (someone else holds the lock) is *fenced*: every
   later write is refused with EPERM.
-- The base file of a vDisk is opened once per process and shared read-only;
-  the last session using it closes it.
+- A version chain (base + qcow2 deltas) is opened once per process and
+  shared read-only (ChainCache); the last session using it closes it.
+- Maintenance (a maintenance device on the open version) is like private
+  mode: the chain's top is opened read/write over the shared lower chain,
+  under the vDisk lock.
+- Each session is recorded in the farm (which version the device booted),
+  so merges never delete a file a device still reads; a database outage
+  only costs the record, never the stream.
 - Database calls are blocking; they run on the `db_executor` thread, never on
   the event loop.
 """
@@ -29,9 +35,9 @@ from typing import Any, Protocol
 
 from vdfarm.block.cow import WriteCacheOverlay
 from vdfarm.block.layer import Layer
-from vdfarm.block.raw import RawFile
 from vdfarm.block.readonly import ReadOnlyGuard
 from vdfarm.block.stack import CheckedStack
+from vdfarm.stream.chains import ChainCache, open_file
 
 log = logging.getLogger("vdfarm.stream")
 
@@ -46,6 +52,18 @@ class FarmPort(Protocol):
     def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> Any: ...
     def renew_lock(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool: ...
     def release_lock(self, vdisk_id: int, device_id: int, token: int) -> None: ...
+    def session_started(self, device_id: int, vdisk_id: int, version: int) -> None: ...
+    def session_ended(self, device_id: int) -> None: ...
+
+
+def chain_of(target) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """(files, formats) of the version a target boots, base first."""
+    return tuple(Path(p) for p in target.chain), tuple(target.chain_formats)
+
+
+def is_writable(target) -> bool:
+    """Private vDisks and maintenance boots write to the vDisk itself."""
+    return target.access_mode == "private" or bool(target.writable)
 
 
 class FencedLayer(Layer):
@@ -79,7 +97,7 @@ class DeviceSession:
     target: Any  # vdfarm.service ExportTarget
     stack: CheckedStack
     overlay: WriteCacheOverlay | None = None
-    private_file: RawFile | None = None
+    private_file: Layer | None = None  # the writable top (private / maintenance)
     lock_token: int | None = None
     fenced: bool = False
     connections: int = 0
@@ -90,14 +108,6 @@ class DeviceSession:
     @property
     def device_name(self) -> str:
         return self.target.device_name
-
-
-class _SharedBase:
-    __slots__ = ("raw", "users")
-
-    def __init__(self, raw: RawFile) -> None:
-        self.raw = raw
-        self.users = 0
 
 
 class SessionRegistry:
@@ -112,7 +122,7 @@ class SessionRegistry:
         self.grace_seconds = grace_seconds
         self.lease_seconds = lease_seconds
         self.sessions: dict[int, DeviceSession] = {}
-        self._bases: dict[Path, _SharedBase] = {}
+        self.chains = ChainCache()
         self._opening: dict[int, asyncio.Future] = {}
 
     async def run_db(self, fn, *args):
@@ -128,12 +138,12 @@ class SessionRegistry:
         return await self.run_db(self.farm.resolve_vdisk_view, vdisk_name)
 
     def open_view(self, target) -> CheckedStack:
-        """A read-only stack over the vDisk's shared base (no session, no
+        """A read-only stack over the vDisk's shared chain (no session, no
         lock: the view never writes). Pair with `close_view`."""
-        return CheckedStack(ReadOnlyGuard(self._acquire_base(Path(target.path)).raw))
+        return CheckedStack(ReadOnlyGuard(self.chains.acquire(*chain_of(target))))
 
     def close_view(self, target) -> None:
-        self._release_base(Path(target.path))
+        self.chains.release(chain_of(target)[0])
 
     async def attach(self, target, connection) -> DeviceSession:
         """Join (or create) the session of `target`'s device for `connection`.
@@ -145,7 +155,8 @@ class SessionRegistry:
         while device_id in self._opening:  # another connection is opening it
             await asyncio.shield(self._opening[device_id])
         session = self.sessions.get(device_id)
-        if session is not None and session.target.vdisk_id != target.vdisk_id:
+        if session is not None and (session.target.vdisk_id, session.target.version) != (
+                target.vdisk_id, target.version):
             # The device was reassigned since: the old session is stale.
             if session.connections == 0:
                 await self._end(session)
@@ -160,6 +171,8 @@ class SessionRegistry:
             try:
                 session = await self._open(target)
                 self.sessions[device_id] = session
+                await self._record(self.farm.session_started, device_id,
+                                   target.vdisk_id, target.version)
             finally:
                 del self._opening[device_id]
                 fut.set_result(None)
@@ -194,40 +207,59 @@ class SessionRegistry:
             log.info("grace expired for device %s; session ended", session.device_name)
             asyncio.get_running_loop().create_task(self._end(session))
 
+    async def _record(self, fn, *args) -> None:
+        try:
+            await self.run_db(fn, *args)
+        except Exception as exc:  # the stream does not depend on the record
+            log.warning("could not record session in the farm database: %s", exc)
+
     async def _open(self, target) -> DeviceSession:
-        if target.access_mode == "private":
-            return await self._open_private(target)
+        if is_writable(target):
+            return await self._open_writable(target)
         return self._open_standard(target)
 
     def _open_standard(self, target) -> DeviceSession:
-        base = self._acquire_base(Path(target.path))
+        chain, formats = chain_of(target)
+        base = self.chains.acquire(chain, formats)
         try:
             cache_path = self.cache_dir / f"device-{target.device_id}.wcache"
-            overlay = WriteCacheOverlay(base.raw, cache_path,
+            overlay = WriteCacheOverlay(base, cache_path,
                                         limit_bytes=target.write_cache_limit_bytes)
         except BaseException:
-            self._release_base(Path(target.path))
+            self.chains.release(chain)
             raise
         log.info("device %s: standard mode on vDisk %s, write cache %s",
                  target.device_name, target.vdisk_name, cache_path)
         return DeviceSession(target=target, stack=CheckedStack(overlay), overlay=overlay)
 
-    async def _open_private(self, target) -> DeviceSession:
+    async def _open_writable(self, target) -> DeviceSession:
         grant = await self.run_db(self.farm.acquire_lock, target.vdisk_id,
                                   target.device_id, self.lease_seconds)
         try:
-            raw = RawFile(target.path, read_only=False)
+            top = self._open_writable_top(target)
         except BaseException:
             await self.run_db(self.farm.release_lock, target.vdisk_id,
                               target.device_id, grant.token)
             raise
-        session = DeviceSession(target=target, stack=None, private_file=raw,  # type: ignore[arg-type]
+        session = DeviceSession(target=target, stack=None, private_file=top,  # type: ignore[arg-type]
                                 lock_token=grant.token)
-        session.stack = CheckedStack(FencedLayer(raw, session))
+        session.stack = CheckedStack(FencedLayer(top, session))
         session.renew_task = asyncio.get_running_loop().create_task(self._renew_loop(session))
-        log.info("device %s: private mode on vDisk %s, lock token %d",
-                 target.device_name, target.vdisk_name, grant.token)
+        log.info("device %s: read/write (%s) on vDisk %s version %d, lock token %d",
+                 target.device_name, target.access_mode, target.vdisk_name, target.version,
+                 grant.token)
         return session
+
+    def _open_writable_top(self, target) -> Layer:
+        """The chain's top file read/write over its shared read-only lower part."""
+        chain, formats = chain_of(target)
+        lower = self.chains.acquire(chain[:-1], formats[:-1]) if len(chain) > 1 else None
+        try:
+            return open_file(chain[-1], formats[-1], lower, read_only=False)
+        except BaseException:
+            if lower is not None:
+                self.chains.release(chain[:-1])
+            raise
 
     async def _renew_loop(self, session: DeviceSession) -> None:
         target = session.target
@@ -253,9 +285,10 @@ class SessionRegistry:
         if session.grace_handle is not None:
             session.grace_handle.cancel()
             session.grace_handle = None
+        chain, _ = chain_of(target)
         if session.overlay is not None:
             session.overlay.close()
-            self._release_base(Path(target.path))
+            self.chains.release(chain)
         if session.private_file is not None:
             if session.renew_task is not None:
                 session.renew_task.cancel()
@@ -265,32 +298,18 @@ class SessionRegistry:
             except OSError as exc:
                 log.error("final flush of %s failed: %s", target.vdisk_name, exc)
             session.private_file.close()
+            if len(chain) > 1:
+                self.chains.release(chain[:-1])
             if not session.fenced:
                 try:
                     await self.run_db(self.farm.release_lock, target.vdisk_id,
                                       target.device_id, session.lock_token)
                 except Exception as exc:  # the lease will expire by itself
                     log.warning("lock release for %s failed: %s", target.vdisk_name, exc)
+        await self._record(self.farm.session_ended, target.device_id)
         log.info("device %s: session ended", target.device_name)
 
     async def close_all(self) -> None:
         """End every session (server shutdown)."""
         for session in list(self.sessions.values()):
             await self._end(session)
-
-    def _acquire_base(self, path: Path) -> _SharedBase:
-        base = self._bases.get(path)
-        if base is None:
-            base = _SharedBase(RawFile(path, read_only=True))
-            self._bases[path] = base
-        base.users += 1
-        return base
-
-    def _release_base(self, path: Path) -> None:
-        base = self._bases.get(path)
-        if base is None:
-            return
-        base.users -= 1
-        if base.users <= 0:
-            base.raw.close()
-            del self._bases[path]

@@ -1,0 +1,150 @@
+"""Version rows of a vDisk and their files in this server's store.
+
+Rules:
+- The database says which versions exist and what they are; the store must
+  hold every file of a chain, listed in its manifest, with the sealed hash
+  the database recorded, or that chain is not served here (Unavailable).
+- Helpers only read (and lock the vDisk row for the caller's transaction);
+  the services that change versions live in `versions.py` and `merges.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vdfarm.farm.models import Device, DeviceSession, Vdisk, VdiskVersion
+from vdfarm.service import version_rules as rules
+from vdfarm.service.errors import Conflict, NotFound, Unavailable
+from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
+from vdfarm.store.errors import StoreError, VdiskExists, VdiskMissing
+from vdfarm.store.manifest import Manifest
+from vdfarm.store.qemu_img import QemuImgError
+
+if TYPE_CHECKING:
+    from vdfarm.service.context import Farm
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The files of one version's chain in this store, base first."""
+
+    number: int
+    paths: tuple[Path, ...]
+    formats: tuple[str, ...]
+
+
+def locked_vdisk(session: Session, name: str) -> Vdisk:
+    """The vDisk row named NAME, locked for this transaction (PostgreSQL).
+
+    Raises NotFound.
+    """
+    query = select(Vdisk).where(Vdisk.name == name).with_for_update()
+    vdisk = session.scalars(query).one_or_none()
+    if vdisk is None:
+        raise NotFound(f"no vDisk named {name}")
+    return vdisk
+
+
+def store_failure(name: str, exc: Exception) -> Exception:
+    """The service error for a store or qemu-img failure on vDisk NAME."""
+    if isinstance(exc, VdiskMissing):
+        return Unavailable(f"vDisk {name} is not in this server's store")
+    if isinstance(exc, VdiskExists):
+        return Conflict(str(exc))
+    if isinstance(exc, QemuImgError):
+        return Unavailable(f"vDisk {name}: {exc}")
+    return Unavailable(f"vDisk {name} in this server's store: {exc}")
+
+
+def version_rows(session: Session, vdisk_id: int) -> list[VdiskVersion]:
+    """Every version row of a vDisk, oldest first."""
+    query = select(VdiskVersion).where(VdiskVersion.vdisk_id == vdisk_id)
+    return list(session.scalars(query.order_by(VdiskVersion.number)).all())
+
+
+def states_of(rows: list[VdiskVersion]) -> list[rules.VersionState]:
+    """The rules' view of version rows."""
+    return [rules.VersionState(number=r.number, parent=r.parent_number, access=r.access,
+                               production_at=r.production_at) for r in rows]
+
+
+def row_of(rows: list[VdiskVersion], number: int) -> VdiskVersion:
+    """The row of version NUMBER (the caller knows it exists)."""
+    return next(r for r in rows if r.number == number)
+
+
+def booted_devices(session: Session, vdisk_id: int) -> dict[int, tuple[str, ...]]:
+    """Version number → names of the devices with a session on it, by name."""
+    query = (select(DeviceSession.version, Device.name)
+             .join(Device, Device.id == DeviceSession.device_id)
+             .where(DeviceSession.vdisk_id == vdisk_id).order_by(Device.name))
+    booted: dict[int, list[str]] = {}
+    for number, name in session.execute(query).all():
+        booted.setdefault(number, []).append(name)
+    return {number: tuple(names) for number, names in booted.items()}
+
+
+def maintenance_in_use(session: Session, vdisk: Vdisk, number: int, now: datetime) -> str | None:
+    """Why version NUMBER (open for maintenance) is in use — its lock is held
+    or a device booted it — or None if it is not."""
+    lock = lock_of(session, vdisk.id)
+    if lock is not None and lock_state(lock, now) == HELD:
+        return held_message(lock)
+    devices = booted_devices(session, vdisk.id).get(number)
+    if devices:
+        return f"device(s) {', '.join(devices)} booted version {number} of vDisk {vdisk.name}"
+    return None
+
+
+def store_manifest(farm: Farm, vdisk_name: str) -> Manifest:
+    """This store's manifest of a vDisk. Raises Unavailable."""
+    try:
+        return farm.store.manifest(vdisk_name)
+    except VdiskMissing as exc:
+        raise Unavailable(f"vDisk {vdisk_name} is not in this server's store") from exc
+    except StoreError as exc:
+        raise Unavailable(f"vDisk {vdisk_name} in this server's store: {exc}") from exc
+
+
+def chain_in_store(
+    farm: Farm, vdisk_name: str, rows: list[VdiskVersion], number: int,
+    manifest: Manifest | None = None,
+) -> Chain:
+    """Version NUMBER's chain as files of this store.
+
+    Raises Unavailable (vDisk or one of the chain's files not here, or not
+    the file the database sealed).
+    """
+    manifest = manifest or store_manifest(farm, vdisk_name)
+    numbers = rules.chain_numbers(states_of(rows), number)
+    directory = farm.store.root / vdisk_name
+    paths, formats = [], []
+    for row in (row_of(rows, n) for n in numbers):
+        entry = manifest.file(row.file_name)
+        if (entry is None or entry.format != row.format
+                or (row.sha256 is not None and entry.sha256 != row.sha256)):
+            raise Unavailable(
+                f"version {row.number} of vDisk {vdisk_name} is not in this server's store")
+        paths.append(directory / row.file_name)
+        formats.append(row.format)
+    return Chain(number=number, paths=tuple(paths), formats=tuple(formats))
+
+
+def check_store_matches(farm: Farm, vdisk_name: str, rows: list[VdiskVersion]) -> Manifest:
+    """This store's manifest, if its chain is exactly the database's chain.
+
+    Raises Unavailable.
+    """
+    manifest = store_manifest(farm, vdisk_name)
+    top = rules.newest(states_of(rows)).number
+    chain = chain_in_store(farm, vdisk_name, rows, top, manifest)
+    if [p.name for p in chain.paths] != [f.name for f in manifest.files]:
+        raise Unavailable(
+            f"the store's manifest of vDisk {vdisk_name} does not match the farm database")
+    return manifest

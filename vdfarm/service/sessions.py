@@ -1,0 +1,179 @@
+"""Device sessions: which vDisk version each connected device booted, and where.
+
+Rules:
+- One row per device (`device_id` is unique): `started` replaces any older
+  row of that device (a reconnect), `ended` removes it — but only a row of
+  THIS server, so a late goodbye on an old server cannot erase the session a
+  device opened on a new one.
+- The stream service calls them (through `Farm.session_started` /
+  `Farm.session_ended`); they are not audited (no person changed anything).
+- Sessions are what `version list` counts and what merge, delete and revert
+  check. After a session ends, retired files of its vDisk that no remaining
+  session may read are deleted (`release_retired_files`).
+- A retired file (merged out of the chain at time T, from version R) may be
+  read by a session that connected at or before T on version R or above.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from vdfarm.farm.models import Device, DeviceSession, Server, Vdisk, VdiskVersion
+from vdfarm.service.errors import NotFound
+from vdfarm.store import versions as store_versions
+from vdfarm.store.errors import StoreError
+from vdfarm.store.manifest import RetiredFile
+
+if TYPE_CHECKING:
+    from vdfarm.service.context import Farm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A connected device as the front ends show it."""
+
+    device: str
+    server: str
+    vdisk: str
+    version: int
+    connected_at: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """What the retirement rule needs of one session."""
+
+    version: int
+    connected_at: datetime
+
+
+def _readers(session: Session, vdisk_id: int) -> list[_Reader]:
+    rows = session.execute(select(DeviceSession.version, DeviceSession.connected_at)
+                           .where(DeviceSession.vdisk_id == vdisk_id)).all()
+    return [_Reader(version, connected_at) for version, connected_at in rows]
+
+
+def may_read(retired: RetiredFile, reader: _Reader) -> bool:
+    """True if a session READER may still read the RETIRED file."""
+    above = retired.version is None or reader.version >= retired.version
+    return above and reader.connected_at <= retired.retired_at
+
+
+def release_retired_files(farm: Farm, vdisk_id: int) -> list[str]:
+    """Delete the retired files of vDisk VDISK_ID that no session may read;
+    return their names. Store trouble is logged, never raised (the files
+    stay for a later try).
+
+    Raises Unavailable (DB down).
+    """
+    with farm.session() as session:
+        vdisk = session.get(Vdisk, vdisk_id)
+        if vdisk is None:
+            return []
+        name, readers = vdisk.name, _readers(session, vdisk_id)
+    try:
+        if not farm.store.contains(name):
+            return []
+        return store_versions.purge_retired(
+            farm.store, name, lambda retired: any(may_read(retired, r) for r in readers))
+    except StoreError as exc:
+        log.warning("cannot delete retired files of vDisk %s: %s", name, exc)
+        return []
+
+
+class SessionService:
+    """Start, refresh, end and list device sessions."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+
+    def started(self, device_id: int, vdisk_id: int, version: int) -> None:
+        """Record that DEVICE_ID booted VERSION of VDISK_ID from this server
+        (replacing any older session of the device).
+
+        Raises NotFound (no such device, vDisk or version), Unavailable.
+        """
+        now = self.farm.now()
+        with self.farm.session() as session:
+            if session.get(Device, device_id) is None:
+                raise NotFound(f"no device with id {device_id}")
+            vdisk = session.get(Vdisk, vdisk_id)
+            if vdisk is None:
+                raise NotFound(f"no vDisk with id {vdisk_id}")
+            exists = session.scalar(select(VdiskVersion.id).where(
+                VdiskVersion.vdisk_id == vdisk_id, VdiskVersion.number == version))
+            if exists is None:
+                raise NotFound(f"vDisk {vdisk.name} has no version {version}")
+            session.execute(delete(DeviceSession).where(DeviceSession.device_id == device_id))
+            session.add(DeviceSession(
+                device_id=device_id, server_id=self.farm.server_id, vdisk_id=vdisk_id,
+                version=version, connected_at=now, last_seen=now,
+            ))
+
+    def seen(self, device_id: int) -> bool:
+        """Refresh `last_seen` of this server's session of DEVICE_ID; False if none.
+
+        Raises Unavailable.
+        """
+        with self.farm.session() as session:
+            result = session.execute(
+                update(DeviceSession)
+                .where(DeviceSession.device_id == device_id,
+                       DeviceSession.server_id == self.farm.server_id)
+                .values(last_seen=self.farm.now()),
+                execution_options={"synchronize_session": False},
+            )
+            return result.rowcount == 1
+
+    def ended(self, device_id: int) -> None:
+        """Forget this server's session of DEVICE_ID (no-op if none), then
+        delete retired files no session may still read.
+
+        Raises Unavailable.
+        """
+        with self.farm.session() as session:
+            vdisk_id = session.scalar(
+                select(DeviceSession.vdisk_id).where(
+                    DeviceSession.device_id == device_id,
+                    DeviceSession.server_id == self.farm.server_id))
+            if vdisk_id is None:
+                return
+            session.execute(delete(DeviceSession).where(DeviceSession.device_id == device_id))
+        release_retired_files(self.farm, vdisk_id)
+
+    def end_all(self) -> int:
+        """Forget every session of THIS server (call at server start: after a
+        crash none of them is connected any more), then delete retired files
+        no session may still read; return how many sessions ended.
+
+        Raises Unavailable.
+        """
+        with self.farm.session() as session:
+            mine = DeviceSession.server_id == self.farm.server_id
+            vdisk_ids = set(session.scalars(select(DeviceSession.vdisk_id).where(mine)).all())
+            ended = session.execute(delete(DeviceSession).where(mine)).rowcount
+        for vdisk_id in sorted(vdisk_ids):
+            release_retired_files(self.farm, vdisk_id)
+        return ended
+
+    def list(self) -> list[SessionInfo]:
+        """Every session of the farm, by device name. Raises Unavailable."""
+        query = (
+            select(Device.name, Server.name, Vdisk.name, DeviceSession.version,
+                   DeviceSession.connected_at, DeviceSession.last_seen)
+            .join(Device, Device.id == DeviceSession.device_id)
+            .join(Server, Server.id == DeviceSession.server_id)
+            .join(Vdisk, Vdisk.id == DeviceSession.vdisk_id)
+            .order_by(Device.name)
+        )
+        with self.farm.session() as session:
+            return [SessionInfo(*row) for row in session.execute(query).all()]

@@ -1,0 +1,370 @@
+"""vDisk versions: open (new), promote, revert, override, delete, list.
+
+Rules:
+- Which step is allowed is decided by `version_rules` (pure); this module
+  reads the rows, checks who is connected, then changes the database and
+  this server's store together.
+- Every check runs before anything is written: a call that raises has
+  changed neither the database nor the store. Store changes run inside the
+  database transaction, after the rows are flushed; the transaction commits
+  after them (a failed `new` removes its file again).
+- A version is sealed (qemu-img check, size and sha256 into the row and the
+  manifest) when it leaves maintenance, and never written again; revert to
+  maintenance opens it again and is refused while devices booted it.
+- A version in maintenance is in use while the vDisk's lock is held or a
+  device has a session on it: it cannot be promoted or deleted then.
+- Every change writes one audit row (target type "version") in its
+  transaction. After a promote, a chain longer than the vDisk's max-versions
+  is merged (`merges.auto_merge`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vdfarm.farm.models import Vdisk, VdiskVersion
+from vdfarm.service import audit
+from vdfarm.service import version_rules as rules
+from vdfarm.service.chains import (
+    booted_devices,
+    check_store_matches,
+    locked_vdisk,
+    maintenance_in_use,
+    row_of,
+    states_of,
+    store_failure,
+    version_rows,
+)
+from vdfarm.service.errors import Conflict, Invalid, NotFound
+from vdfarm.service.merges import ExportResult, MergeResult, auto_merge, export, merge
+from vdfarm.store import versions as store_versions
+from vdfarm.store.errors import StoreError
+from vdfarm.store.qemu_img import QemuImgError
+
+if TYPE_CHECKING:
+    from vdfarm.service.context import Farm
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version as the front ends show it.
+
+    `access` is maintenance / test / production / pending; `size` and
+    `sha256` are the sealed file's (size is the current file size while
+    open); `devices` booted it; `boots` are the device types that get it now.
+    """
+
+    vdisk: str
+    number: int
+    access: str
+    parent: int | None
+    file: str
+    format: str
+    size: int | None
+    sha256: str | None
+    created_at: datetime
+    sealed_at: datetime | None
+    production_at: datetime | None
+    devices: tuple[str, ...]
+    boots: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """A promoted version, and the automatic merge that followed (if any)."""
+
+    version: VersionInfo
+    merged: MergeResult | None
+    merge_skipped: str | None
+
+
+@dataclass(frozen=True)
+class OverrideInfo:
+    """The production pin of a vDisk before and after a change."""
+
+    vdisk: str
+    version: int | None
+    previous: int | None
+
+
+def version_infos(farm: Farm, session: Session, vdisk: Vdisk) -> list[VersionInfo]:
+    """Every version of VDISK as VersionInfo, oldest first."""
+    rows = version_rows(session, vdisk.id)
+    states, now = states_of(rows), farm.now()
+    booted = booted_devices(session, vdisk.id)
+    boots: dict[int, list[str]] = {}
+    for device_type in ("production", "test", "maintenance"):
+        choice = rules.boot_choice(states, device_type, vdisk.override_version, now)
+        boots.setdefault(choice.number, []).append(device_type)
+    return [
+        VersionInfo(
+            vdisk=vdisk.name, number=r.number, access=rules.shown_access(s, now),
+            parent=r.parent_number, file=r.file_name, format=r.format,
+            size=r.size if r.sha256 else _current_size(farm, vdisk.name, r.file_name),
+            sha256=r.sha256, created_at=r.created_at, sealed_at=r.sealed_at,
+            production_at=r.production_at, devices=booted.get(r.number, ()),
+            boots=tuple(boots.get(r.number, ())),
+        )
+        for r, s in zip(rows, states, strict=True)
+    ]
+
+
+def _current_size(farm: Farm, vdisk_name: str, file_name: str) -> int | None:
+    try:
+        return store_versions.file_path(farm.store, vdisk_name, file_name).stat().st_size
+    except OSError:
+        return None
+
+
+def _info_of(farm: Farm, session: Session, vdisk: Vdisk, number: int) -> VersionInfo:
+    session.flush()
+    return next(i for i in version_infos(farm, session, vdisk) if i.number == number)
+
+
+def _versioned(vdisk: Vdisk) -> None:
+    if vdisk.access_mode == "private":
+        raise Invalid(f"vDisk {vdisk.name} is in private mode: versions are for standard "
+                      f"mode (vdfarm vdisk set {vdisk.name} --mode standard)")
+
+
+def _target(vdisk: str, number: int) -> str:
+    return f"{vdisk} v{number}"
+
+
+class VersionService:
+    """Version management for every front end."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+
+    def _audit(self, session: Session, action: str, target: str, before: Any, after: Any,
+               actor: str | None) -> None:
+        audit.record(session, actor=actor or self.farm.actor, at=self.farm.now(),
+                     action=action, target_type="version", target_name=target,
+                     before=before, after=after)
+
+    def list(self, vdisk: str) -> list[VersionInfo]:
+        """Every version of VDISK, oldest first. Raises NotFound, Unavailable."""
+        with self.farm.session() as session:
+            row = session.scalars(select(Vdisk).where(Vdisk.name == vdisk)).one_or_none()
+            if row is None:
+                raise NotFound(f"no vDisk named {vdisk}")
+            return version_infos(self.farm, session, row)
+
+    def new(self, vdisk: str, actor: str | None = None) -> VersionInfo:
+        """Open a maintenance version of VDISK: an empty qcow2 delta on its newest version.
+
+        Raises NotFound, Invalid (private vDisk), Conflict (a version is
+        already open), Unavailable (store or DB trouble).
+        """
+        opened: str | None = None
+        try:
+            with self.farm.session() as session:
+                row = locked_vdisk(session, vdisk)
+                _versioned(row)
+                rows = version_rows(session, row.id)
+                if (open_one := rules.open_maintenance(states_of(rows))) is not None:
+                    raise Conflict(f"version {open_one.number} of vDisk {vdisk} is already "
+                                   f"open for maintenance; promote or delete it first")
+                check_store_matches(self.farm, vdisk, rows)
+                top = rows[-1]
+                number = top.number + 1
+                file_name = self._free_file_name(vdisk, number)
+                session.add(VdiskVersion(
+                    vdisk_id=row.id, number=number, parent_number=top.number,
+                    file_name=file_name, format="qcow2", access=rules.MAINTENANCE,
+                    created_at=self.farm.now(),
+                ))
+                session.flush()
+                try:
+                    store_versions.open_delta(self.farm.store, vdisk, file_name, number)
+                except (StoreError, QemuImgError) as exc:
+                    raise store_failure(vdisk, exc) from exc
+                opened = file_name
+                info = _info_of(self.farm, session, row, number)
+                self._audit(session, "version.new", _target(vdisk, number), None, info, actor)
+            return info
+        except BaseException:
+            if opened is not None:
+                self._undo_open(vdisk, opened)
+            raise
+
+    def _free_file_name(self, vdisk: str, number: int) -> str:
+        name = f"v{number}.qcow2"
+        suffix = 1
+        while store_versions.file_path(self.farm.store, vdisk, name).exists():
+            suffix += 1
+            name = f"v{number}-{suffix}.qcow2"
+        return name
+
+    def _undo_open(self, vdisk: str, file_name: str) -> None:
+        try:
+            if self.farm.store.manifest(vdisk).top.name == file_name:
+                store_versions.drop_top(self.farm.store, vdisk)
+        except StoreError:
+            pass
+
+    def promote(
+        self, vdisk: str, to: str, at: datetime | None = None, actor: str | None = None
+    ) -> PromoteResult:
+        """Promote VDISK's newest version to TO ("test" or "production"; for
+        production, in effect from AT, else now). Leaving maintenance seals it.
+        Then merges the chain if it is longer than the vDisk's max-versions.
+
+        Raises NotFound, Invalid (bad target or time, no version to promote),
+        Conflict (its maintenance device is still connected), Unavailable.
+        """
+        if at is not None and at.tzinfo is None:
+            raise Invalid("invalid --at: give a time with a zone, e.g. 2030-01-31T22:00:00Z")
+        if at is not None and to != rules.PRODUCTION:
+            raise Invalid("--at is only for a promotion to production")
+        now = self.farm.now()
+        with self.farm.session() as session:
+            row = locked_vdisk(session, vdisk)
+            _versioned(row)
+            rows = version_rows(session, row.id)
+            top, access, seal = rules.promotion(states_of(rows), to, now, vdisk)
+            if top.access == rules.MAINTENANCE and (
+                    busy := maintenance_in_use(session, row, top.number, now)):
+                raise Conflict(f"cannot promote version {top.number} while its maintenance "
+                               f"device is connected: {busy}")
+            check_store_matches(self.farm, vdisk, rows)
+            before = _info_of(self.farm, session, row, top.number)
+            version = row_of(rows, top.number)
+            version.access = access
+            version.production_at = (at or now) if access == rules.PRODUCTION else None
+            if seal:
+                self._seal(session, vdisk, version, now)
+            info = _info_of(self.farm, session, row, top.number)
+            self._audit(session, "version.promote", _target(vdisk, top.number), before, info,
+                        actor)
+            too_long = len(rows) > row.max_versions
+        merged, skipped = auto_merge(self.farm, vdisk, actor) if too_long else (None, None)
+        return PromoteResult(version=info, merged=merged, merge_skipped=skipped)
+
+    def _seal(self, session: Session, vdisk: str, version: VdiskVersion, now: datetime) -> None:
+        session.flush()
+        try:
+            entry = store_versions.seal_top(self.farm.store, vdisk)
+        except QemuImgError as exc:
+            raise Invalid(f"version {version.number} of vDisk {vdisk} cannot be sealed: "
+                          f"{exc}") from exc
+        except StoreError as exc:
+            raise store_failure(vdisk, exc) from exc
+        version.size, version.sha256, version.sealed_at = entry.size, entry.sha256, now
+
+    def revert(self, vdisk: str, actor: str | None = None) -> VersionInfo:
+        """Take VDISK's newest version back one step: production (or pending)
+        → test, test → maintenance (opened again).
+
+        Raises NotFound, Invalid (the base, already in maintenance, private
+        vDisk), Conflict (reopening a version devices booted or production is
+        pinned to), Unavailable.
+        """
+        now = self.farm.now()
+        with self.farm.session() as session:
+            row = locked_vdisk(session, vdisk)
+            _versioned(row)
+            rows = version_rows(session, row.id)
+            top, access = rules.reversion(states_of(rows), now, vdisk)
+            if access == rules.MAINTENANCE:
+                self._check_unused(session, row, top.number, "opened for maintenance")
+                check_store_matches(self.farm, vdisk, rows)
+            before = _info_of(self.farm, session, row, top.number)
+            version = row_of(rows, top.number)
+            version.access, version.production_at = access, None
+            if access == rules.MAINTENANCE:
+                version.size = version.sha256 = version.sealed_at = None
+                session.flush()
+                try:
+                    store_versions.unseal_top(self.farm.store, vdisk)
+                except StoreError as exc:
+                    raise store_failure(vdisk, exc) from exc
+            info = _info_of(self.farm, session, row, top.number)
+            self._audit(session, "version.revert", _target(vdisk, top.number), before, info,
+                        actor)
+            return info
+
+    def _check_unused(self, session: Session, vdisk: Vdisk, number: int, doing: str) -> None:
+        devices = booted_devices(session, vdisk.id).get(number)
+        if devices:
+            raise Conflict(f"device(s) {', '.join(devices)} booted version {number} of vDisk "
+                           f"{vdisk.name}; it cannot be {doing} until they disconnect")
+        if vdisk.override_version == number:
+            raise Conflict(f"production devices of vDisk {vdisk.name} are pinned to version "
+                           f"{number}; clear it first (vdfarm version override {vdisk.name} "
+                           f"--clear)")
+
+    def override(self, vdisk: str, number: int | None, actor: str | None = None
+                 ) -> OverrideInfo:
+        """Pin VDISK's production devices to version NUMBER (None: remove the pin).
+
+        Raises NotFound (vDisk or version), Invalid (version open for
+        maintenance, no pin to remove, bad number), Unavailable.
+        """
+        if number is not None and (
+                not isinstance(number, int) or isinstance(number, bool) or number < 0):
+            raise Invalid(f"invalid version {number!r}: give a version number >= 0")
+        with self.farm.session() as session:
+            row = locked_vdisk(session, vdisk)
+            _versioned(row)
+            states = states_of(version_rows(session, row.id))
+            if number is None and row.override_version is None:
+                raise Invalid(f"vDisk {vdisk} has no override to clear")
+            if number is not None and rules.find(states, number, vdisk).access == \
+                    rules.MAINTENANCE:
+                raise Invalid(f"version {number} of vDisk {vdisk} is open for maintenance; "
+                              f"only test or production versions can be pinned")
+            result = OverrideInfo(vdisk=vdisk, version=number, previous=row.override_version)
+            row.override_version = number
+            audit.record(session, actor=actor or self.farm.actor, at=self.farm.now(),
+                         action="version.override", target_type="vdisk", target_name=vdisk,
+                         before={"override_version": result.previous},
+                         after={"override_version": number})
+            return result
+
+    def delete(self, vdisk: str, actor: str | None = None) -> VersionInfo:
+        """Delete VDISK's newest version (never the base); returns it as it was.
+
+        Raises NotFound, Invalid (the base), Conflict (devices booted it, its
+        maintenance device is connected, production is pinned to it),
+        Unavailable.
+        """
+        now = self.farm.now()
+        with self.farm.session() as session:
+            row = locked_vdisk(session, vdisk)
+            rows = version_rows(session, row.id)
+            top = rules.newest(states_of(rows))
+            if top.parent is None:
+                raise Invalid(f"cannot delete the base of vDisk {vdisk} (version {top.number})")
+            if top.access == rules.MAINTENANCE and (
+                    busy := maintenance_in_use(session, row, top.number, now)):
+                raise Conflict(f"cannot delete version {top.number}: {busy}")
+            self._check_unused(session, row, top.number, "deleted")
+            check_store_matches(self.farm, vdisk, rows)
+            before = _info_of(self.farm, session, row, top.number)
+            session.delete(row_of(rows, top.number))
+            session.flush()
+            try:
+                store_versions.drop_top(self.farm.store, vdisk)
+            except StoreError as exc:
+                raise store_failure(vdisk, exc) from exc
+            self._audit(session, "version.delete", _target(vdisk, top.number), before, None,
+                        actor)
+            return before
+
+    def merge(self, vdisk: str, new_base: bool = False, actor: str | None = None
+              ) -> MergeResult:
+        """Fold VDISK's chain (see `merges.merge`)."""
+        return merge(self.farm, vdisk, new_base=new_base, actor=actor)
+
+    def export(self, vdisk: str, out: str | Path, fmt: str, version: int | None = None
+               ) -> ExportResult:
+        """Write a version flattened (see `merges.export`)."""
+        return export(self.farm, vdisk, Path(out), fmt, version)
