@@ -25,6 +25,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Device, DeviceSession, Server, Vdisk, VdiskVersion
+from vdfarm.service.audit import record
 from vdfarm.service.errors import NotFound
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
@@ -118,6 +119,19 @@ class SessionService:
                 device_id=device_id, server_id=self.farm.server_id, vdisk_id=vdisk_id,
                 version=version, connected_at=now, last_seen=now,
             ))
+
+    def cache_full(self, device_id: int, used_bytes: int, limit_bytes: int | None) -> None:
+        """Audit that DEVICE_ID's write cache refused a write (ENOSPC).
+
+        Raises NotFound (no such device), Unavailable.
+        """
+        with self.farm.session() as session:
+            device = session.get(Device, device_id)
+            if device is None:
+                raise NotFound(f"no device with id {device_id}")
+            record(session, actor=f"server:{self.farm.server_name}", at=self.farm.now(),
+                   action="write-cache-full", target_type="device", target_name=device.name,
+                   before=None, after={"used_bytes": used_bytes, "limit_bytes": limit_bytes})
 
     def seen(self, device_id: int) -> bool:
         """Refresh `last_seen` of this server's session of DEVICE_ID; False if none.

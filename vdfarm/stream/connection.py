@@ -282,6 +282,9 @@ class NBDConnection(asyncio.Protocol):
                                            f"unsupported command {cmd}"))
                 return
         except OSError as exc:
+            if (exc.errno == errno.ENOSPC and self.session is not None
+                    and req.offset + req.length <= stack.size):  # not "past the end"
+                self.registry.cache_full(self.session)
             out.append(nbd.reply_error(
                 req.cookie, errno_to_nbd(exc.errno or 0), exc.strerror or str(exc)))
             return

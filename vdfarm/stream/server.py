@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
 import signal
 import socket
 import sys
@@ -29,6 +30,16 @@ log = logging.getLogger("vdfarm.stream")
 
 
 
+def ram_cache_dir_for(server_uuid: str, fallback: Path) -> Path:
+    """A directory in RAM (tmpfs /dev/shm) for `server-ram` write caches of
+    this server, or `fallback` where the machine has no /dev/shm."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm / f"vdfarm-{server_uuid}"
+    log.warning("no writable /dev/shm: server-ram write caches go to %s", fallback)
+    return fallback
+
+
 class StreamServer:
     """NBD listener + device sessions over a farm."""
 
@@ -38,9 +49,11 @@ class StreamServer:
         self.cache_dir = Path(cache_dir)
         self.db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdfarm-db")
         self.io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vdfarm-io")
+        self.ram_cache_dir = ram_cache_dir_for(farm.server_uuid, self.cache_dir)
         self.registry = SessionRegistry(farm, self.cache_dir, self.db_executor,
                                         grace_seconds=grace_seconds,
-                                        lease_seconds=lease_seconds)
+                                        lease_seconds=lease_seconds,
+                                        ram_cache_dir=self.ram_cache_dir)
         self.connections: set[NBDConnection] = set()
         self._server: asyncio.base_events.Server | None = None
 
@@ -55,9 +68,10 @@ class StreamServer:
         return [(name, desc) for name, desc in self.farm.list_exports()]
 
     def _clear_stale_caches(self) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.cache_dir.glob("device-*.wcache"):
-            stale.unlink(missing_ok=True)
+        for where in {self.cache_dir, self.ram_cache_dir}:
+            where.mkdir(parents=True, exist_ok=True)
+            for stale in where.glob("device-*.wcache"):
+                stale.unlink(missing_ok=True)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0 = any free port); return the bound port."""
@@ -83,6 +97,11 @@ class StreamServer:
             await self._server.wait_closed()
         self.db_executor.shutdown(wait=True)
         self.io_executor.shutdown(wait=True)
+        if self.ram_cache_dir != self.cache_dir:
+            try:
+                self.ram_cache_dir.rmdir()
+            except OSError:
+                pass  # not empty or already gone: nothing to free
 
 
 async def serve(farm, host: str, port: int, grace_seconds: float,

@@ -100,6 +100,7 @@ class DeviceSession:
     private_file: Layer | None = None  # the writable top (private / maintenance)
     lock_token: int | None = None
     fenced: bool = False
+    cache_full_reported: bool = False
     connections: int = 0
     grace_handle: asyncio.TimerHandle | None = None
     renew_task: asyncio.Task | None = None
@@ -115,9 +116,11 @@ class SessionRegistry:
 
     def __init__(self, farm: FarmPort, cache_dir: Path, db_executor: Executor,
                  grace_seconds: float = 30.0,
-                 lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                 ram_cache_dir: Path | None = None) -> None:
         self.farm = farm
         self.cache_dir = Path(cache_dir)
+        self.ram_cache_dir = Path(ram_cache_dir) if ram_cache_dir else self.cache_dir
         self.db_executor = db_executor
         self.grace_seconds = grace_seconds
         self.lease_seconds = lease_seconds
@@ -201,6 +204,20 @@ class SessionRegistry:
             session.grace_handle = asyncio.get_running_loop().call_later(
                 self.grace_seconds, self._grace_expired, session)
 
+    def cache_full(self, session: DeviceSession) -> None:
+        """A write did not fit the device's write cache: log and audit it
+        (once per session; every such write still gets ENOSPC)."""
+        if session.cache_full_reported or session.overlay is None:
+            return
+        session.cache_full_reported = True
+        target = session.target
+        log.warning("device %s: write cache full (%d of %s bytes): writes get ENOSPC",
+                    target.device_name, session.overlay.used_bytes,
+                    target.write_cache_limit_bytes)
+        asyncio.get_running_loop().create_task(self._record(
+            self.farm.sessions.cache_full, target.device_id, session.overlay.used_bytes,
+            target.write_cache_limit_bytes))
+
     def _grace_expired(self, session: DeviceSession) -> None:
         session.grace_handle = None
         if session.connections == 0:
@@ -222,7 +239,7 @@ class SessionRegistry:
         chain, formats = chain_of(target)
         base = self.chains.acquire(chain, formats)
         try:
-            cache_path = self.cache_dir / f"device-{target.device_id}.wcache"
+            cache_path = self.cache_path(target)
             overlay = WriteCacheOverlay(base, cache_path,
                                         limit_bytes=target.write_cache_limit_bytes)
         except BaseException:
@@ -231,6 +248,15 @@ class SessionRegistry:
         log.info("device %s: standard mode on vDisk %s, write cache %s",
                  target.device_name, target.vdisk_name, cache_path)
         return DeviceSession(target=target, stack=CheckedStack(overlay), overlay=overlay)
+
+    def cache_path(self, target) -> Path:
+        """Where a standard-mode device's write cache lives: `server-ram` in
+        RAM (a tmpfs), every other type on the server's disk. The device-side
+        types (device-ram, device-disk, device-ram-overflow) are the agent's
+        job; until a device runs the agent its writes are cached here, on
+        the server's disk."""
+        where = self.ram_cache_dir if target.write_cache_type == "server-ram" else self.cache_dir
+        return where / f"device-{target.device_id}.wcache"
 
     async def _open_writable(self, target) -> DeviceSession:
         grant = await self.run_db(self.farm.acquire_lock, target.vdisk_id,
