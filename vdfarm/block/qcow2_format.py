@@ -29,6 +29,8 @@ MAGIC = b"QFI\xfb"
 MIN_CLUSTER_BITS = 9
 MAX_CLUSTER_BITS = 21
 MAX_L1_BYTES = 32 << 20
+MAX_REFTABLE_BYTES = 8 << 20
+MAX_OFFSET = 1 << 56
 MAX_BACKING_NAME = 1023
 V2_HEADER_LENGTH = 72
 V3_HEADER_LENGTH = 104
@@ -142,11 +144,11 @@ def parse_header(buf: bytes) -> Qcow2Header:
         raise Qcow2FormatError("not a qcow2 image (bad magic)")
     if version not in (2, 3):
         raise Qcow2UnsupportedError(f"qcow2 version {version} is not supported (only 2 and 3)")
-    fields = dict(version=version, backing_file_offset=backing_off,
-                  backing_file_size=backing_len, cluster_bits=cluster_bits, size=size,
-                  l1_size=l1_size, l1_table_offset=l1_off, refcount_table_offset=rt_off,
-                  refcount_table_clusters=rt_clusters, nb_snapshots=nb_snapshots,
-                  snapshots_offset=snap_off)
+    fields = {"version": version, "backing_file_offset": backing_off,
+              "backing_file_size": backing_len, "cluster_bits": cluster_bits, "size": size,
+              "l1_size": l1_size, "l1_table_offset": l1_off, "refcount_table_offset": rt_off,
+              "refcount_table_clusters": rt_clusters, "nb_snapshots": nb_snapshots,
+              "snapshots_offset": snap_off}
     if version == 3:
         fields.update(_parse_v3_fields(buf))
     if crypt != 0:
@@ -154,7 +156,8 @@ def parse_header(buf: bytes) -> Qcow2Header:
     _check_features(fields.get("incompatible_features", 0))
     _check_geometry(fields)
     extensions_end = min(len(buf), 1 << cluster_bits)
-    fields["backing_format"] = _parse_extensions(buf, fields["header_length"], extensions_end)
+    header_length = fields.get("header_length", V2_HEADER_LENGTH)
+    fields["backing_format"] = _parse_extensions(buf, header_length, extensions_end)
     return Qcow2Header(**fields)
 
 
@@ -170,9 +173,9 @@ def _parse_v3_fields(buf: bytes) -> dict:
         raise Qcow2FormatError(f"refcount order {refcount_order} is over 6")
     if header_length > 104 and buf[104] != 0 and not incompat & INCOMPAT_COMPRESSION:
         raise Qcow2FormatError("compression type set without its feature bit")
-    return dict(incompatible_features=incompat, compatible_features=compat,
-                autoclear_features=autoclear, refcount_order=refcount_order,
-                header_length=header_length)
+    return {"incompatible_features": incompat, "compatible_features": compat,
+            "autoclear_features": autoclear, "refcount_order": refcount_order,
+            "header_length": header_length}
 
 
 def _check_features(incompat: int) -> None:
@@ -199,9 +202,16 @@ def _check_geometry(f: dict) -> None:
     if -(-clusters // (cluster // 8)) > f["l1_size"]:
         raise Qcow2FormatError(f"L1 table of {f['l1_size']} entries is too small "
                                f"for a {f['size']}-byte disk")
+    if f["refcount_table_clusters"] * cluster > MAX_REFTABLE_BYTES:
+        raise Qcow2FormatError(f"refcount table of {f['refcount_table_clusters']} clusters "
+                               "is too large")
     for name in ("l1_table_offset", "refcount_table_offset", "snapshots_offset"):
         if f[name] % cluster:
             raise Qcow2FormatError(f"{name} {f[name]} is not cluster aligned")
+    for name in ("l1_table_offset", "refcount_table_offset", "snapshots_offset",
+                 "backing_file_offset"):
+        if f[name] >= MAX_OFFSET:
+            raise Qcow2FormatError(f"{name} {f[name]} is past 2^56")
     if f["refcount_table_clusters"] == 0 or f["refcount_table_offset"] == 0:
         raise Qcow2FormatError("image has no refcount table")
     if f["l1_size"] and f["l1_table_offset"] == 0:
@@ -342,7 +352,8 @@ def refcount_set(block: bytearray, index: int, order: int, value: int) -> None:
 def reftable_block_offset(entry: int) -> int:
     """The refcount block offset in a refcount table entry (0 = none).
 
-    Raises Qcow2FormatError if reserved bits are set."""
-    if entry & REFTABLE_RESERVED_MASK:
-        raise Qcow2FormatError(f"refcount table entry 0x{entry:016x} has reserved bits set")
+    Raises Qcow2FormatError if reserved bits are set or the offset is past
+    the 64 PB (2^56) that every qcow2 offset stays below."""
+    if entry & REFTABLE_RESERVED_MASK or entry >> 56:
+        raise Qcow2FormatError(f"refcount table entry 0x{entry:016x} is not a block offset")
     return entry
