@@ -5,6 +5,7 @@ server-ram type (the cache lives in RAM, on tmpfs)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tests.stream import rawclient as rc
@@ -29,6 +30,16 @@ def test_the_write_that_overflows_the_cache_gets_enospc_and_nothing_is_lost(farm
     for i in (0, 1, fits // 2, fits - 1):
         err, data = c.call(rc.CMD_READ, i * BLOCK, BLOCK)
         assert err == 0 and data == bytes([i % 251 + 1]) * BLOCK
+    # the server reports the cache's use to the farm: `device show` says it
+    for _ in range(50):
+        live = json.loads(farm.cli("--json", "device", "show", "pc1").stdout)["session"]
+        if live and live["write_cache_used_bytes"] == 1 << 20:
+            break
+        time.sleep(0.2)
+    assert live["write_cache_used_bytes"] == 1 << 20, live
+    assert live["write_cache_limit_bytes"] == 1 << 20 and live["version"] == 0
+    shown = farm.cli("device", "show", "pc1").stdout
+    assert "1.0 MiB used of 1 MiB" in shown
     # the block that did not fit still reads the vDisk's own content
     err, data = c.call(rc.CMD_READ, fits * BLOCK, BLOCK)
     assert err == 0 and data == test_image.read_bytes()[fits * BLOCK:(fits + 1) * BLOCK]

@@ -17,11 +17,26 @@ from vdfarm.service.validation import UNCHANGED
 TYPE = click.Choice(DEVICE_TYPES)
 
 
+MIB = 1024 * 1024
+
+
 def _show(info: DeviceInfo) -> None:
-    print_fields([
+    fields = [
         ("name", info.name), ("mac", info.mac), ("type", info.device_type),
         ("vdisk", info.vdisk), ("description", info.description), ("created", info.created_at),
-    ])
+    ]
+    live = info.session
+    if live is None:
+        fields.append(("connected", "no"))
+    else:
+        used, limit = live["write_cache_used_bytes"], live["write_cache_limit_bytes"]
+        fields += [
+            ("connected", f"to {live['server']} since {live['connected_at']}"),
+            ("booted", f"{live['vdisk']} version {live['version']}"),
+            ("write cache", "-" if used is None else
+             f"{used / MIB:.1f} MiB used" + (f" of {limit / MIB:.0f} MiB" if limit else "")),
+        ]
+    print_fields(fields)
 
 
 @click.group()

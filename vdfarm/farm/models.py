@@ -240,6 +240,7 @@ class DeviceSession(Base):
     version: Mapped[int] = mapped_column(Integer)
     connected_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    cache_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     device: Mapped[Device] = relationship()
 

@@ -10,14 +10,14 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import DEVICE_TYPES, Device, Lock
+from vdfarm.farm.models import DEVICE_TYPES, Device, DeviceSession, Lock, Server, Vdisk
 from vdfarm.service import audit
 from vdfarm.service.errors import Conflict, Invalid, NotFound
 from vdfarm.service.exports import find_device
@@ -46,6 +46,10 @@ class DeviceInfo:
     vdisk: str | None
     description: str
     created_at: datetime
+    # Only in `show`: the device's live session ({server, version,
+    # connected_at, last_seen, write_cache_used_bytes, write_cache_limit_bytes})
+    # or None when it is not connected.
+    session: dict | None = None
 
 
 def device_info(device: Device) -> DeviceInfo:
@@ -54,6 +58,25 @@ def device_info(device: Device) -> DeviceInfo:
         vdisk=device.vdisk.name if device.vdisk else None,
         description=device.description, created_at=device.created_at,
     )
+
+
+def _live_session(session: Session, device: Device) -> dict | None:
+    row = session.execute(
+        select(DeviceSession, Server.name, Vdisk)
+        .join(Server, DeviceSession.server_id == Server.id)
+        .join(Vdisk, DeviceSession.vdisk_id == Vdisk.id)
+        .where(DeviceSession.device_id == device.id)
+    ).one_or_none()
+    if row is None:
+        return None
+    live, server_name, vdisk = row
+    limit = vdisk.write_cache_limit_mb
+    return {
+        "server": server_name, "vdisk": vdisk.name, "version": live.version,
+        "connected_at": live.connected_at, "last_seen": live.last_seen,
+        "write_cache_used_bytes": live.cache_used_bytes,
+        "write_cache_limit_bytes": None if not limit else limit * 1024 * 1024,
+    }
 
 
 def get_device(session: Session, name_or_mac: str) -> Device:
@@ -117,9 +140,11 @@ class DeviceService:
             return [device_info(d) for d in rows]
 
     def show(self, name_or_mac: str) -> DeviceInfo:
-        """The device called NAME_OR_MAC. Raises NotFound, Unavailable."""
+        """The device called NAME_OR_MAC, with its live session if it is
+        connected. Raises NotFound, Unavailable."""
         with self.farm.session() as session:
-            return device_info(get_device(session, name_or_mac))
+            device = get_device(session, name_or_mac)
+            return replace(device_info(device), session=_live_session(session, device))
 
     def assign(self, name_or_mac: str, vdisk: str | None, actor: str | None = None) -> DeviceInfo:
         """Assign vDisk VDISK to the device (None: no vDisk). Takes effect at its next connect.

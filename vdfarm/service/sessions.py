@@ -164,6 +164,22 @@ class SessionService:
             session.execute(delete(DeviceSession).where(DeviceSession.device_id == device_id))
         release_retired_files(self.farm, vdisk_id)
 
+    def report_cache_usage(self, used: dict[int, int]) -> None:
+        """Store the write-cache bytes used by this server's connected devices
+        ({device_id: bytes}); sessions of other servers are left alone.
+
+        Raises Unavailable.
+        """
+        if not used:
+            return
+        now = self.farm.now()
+        with self.farm.session() as session:
+            for device_id, used_bytes in used.items():
+                session.execute(update(DeviceSession).where(
+                    DeviceSession.device_id == device_id,
+                    DeviceSession.server_id == self.farm.server_id,
+                ).values(cache_used_bytes=used_bytes, last_seen=now))
+
     def end_all(self) -> int:
         """Forget every session of THIS server (call at server start: after a
         crash none of them is connected any more), then delete retired files

@@ -118,12 +118,14 @@ async def serve(farm, host: str, port: int, grace_seconds: float,
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reporter = loop.create_task(server.registry.report_cache_usage_forever())
     log.info("serving NBD on %s:%d", host, bound)
     print(f"vdfarm: serving NBD on {host}:{bound} (data dir {farm.data_dir})", flush=True)
     if ready is not None:
         ready(bound)
     await stop.wait()
     log.info("stopping")
+    reporter.cancel()
     await server.stop()
     print("vdfarm: stopped", flush=True)
 

@@ -218,6 +218,25 @@ class SessionRegistry:
             self.farm.sessions.cache_full, target.device_id, session.overlay.used_bytes,
             target.write_cache_limit_bytes))
 
+    async def report_cache_usage_forever(self, interval: float = 2.0) -> None:
+        """Every `interval` seconds, tell the farm how much write cache each
+        connected standard-mode device uses (only what changed), so
+        `vdfarm device show` can say it from any host."""
+        reported: dict[int, int] = {}
+        while True:
+            await asyncio.sleep(interval)
+            now = {s.target.device_id: s.overlay.used_bytes
+                   for s in self.sessions.values() if s.overlay is not None}
+            changed = {d: used for d, used in now.items() if reported.get(d) != used}
+            if not changed:
+                continue
+            try:
+                await self.run_db(self.farm.sessions.report_cache_usage, changed)
+            except Exception as exc:  # database away: try again next time
+                log.warning("could not report write-cache usage: %s", exc)
+                continue
+            reported = {d: now[d] for d in now}
+
     def _grace_expired(self, session: DeviceSession) -> None:
         session.grace_handle = None
         if session.connections == 0:
