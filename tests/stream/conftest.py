@@ -59,3 +59,39 @@ def serve_copy(tmp_path, served_template):
 def served(serve_copy):
     """A running server (2 s grace) over a copy of the served template."""
     return serve_copy(grace=2)
+
+
+# -- vDisk versions (tests/stream/test_versions*.py) ---------------------------
+
+def version_rows(farm, vdisk: str) -> list[dict]:
+    """`vdfarm version list VDISK --json`, oldest first."""
+    import json
+    return json.loads(farm.cli("--json", "version", "list", vdisk).stdout)
+
+
+def version_file(farm, vdisk: str, number: int):
+    """The store file of version NUMBER of VDISK (from `version list`)."""
+    [row] = [r for r in version_rows(farm, vdisk) if r["number"] == number]
+    return farm.data_dir / "store" / vdisk / row["file"]
+
+
+def flatten(image, out):
+    """qemu's own flattening of IMAGE and its backing chain into the raw file OUT."""
+    run("qemu-img", "convert", "-O", "raw", str(image), str(out))
+    return out
+
+
+def wait_until(condition, what: str, timeout: float = 30.0, step: float = 0.1):
+    """Poll CONDITION until it is true; AssertionError naming WHAT after TIMEOUT."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting: {what}")
+        time.sleep(step)
+
+
+def lock_is_free(farm, vdisk: str) -> bool:
+    import json
+    locks = json.loads(farm.cli("--json", "lock", "list").stdout)
+    return all(r["state"] != "held" for r in locks if r["vdisk"] == vdisk)
