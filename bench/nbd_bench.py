@@ -115,7 +115,7 @@ def setup_vdfarm(work: Path, image: Path, port: int) -> Server:
     run("vdisk", "import", "golden", str(image), "--mode", "standard")
     run("device", "add", "bench-plain", "--vdisk", "plain")
     run("device", "add", "bench-cow", "--vdisk", "golden")
-    argv = VDFARM + ["server", "run", "--nbd-port", str(port), "--grace", "0"]
+    argv = VDFARM + ["server", "run", "--nbd-port", str(port), "--grace", "0", "--no-api"]
     return Server("vdfarm", argv, port, "bench-plain", "bench-cow", env=env)
 
 

@@ -78,7 +78,7 @@ def main() -> int:
         vdfarm(env, "device", "add", "reader", "--vdisk", "chain")
         port = free_port()
         server = subprocess.Popen(VDFARM + ["server", "run", "--nbd-port", str(port),
-                                            "--grace", "0"], env=env,
+                                            "--grace", "0", "--no-api"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_port(port, server)

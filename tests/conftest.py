@@ -66,7 +66,7 @@ class Farm:
         extra = ["--lease", str(lease)] if lease is not None else []
         self.server = subprocess.Popen(
             self.base_args() + ["server", "run", "--nbd-port", str(self.port),
-                                "--grace", str(grace), *extra],
+                                "--api-port", "0", "--grace", str(grace), *extra],
             stdout=log, stderr=log)
         wait_port(self.port, self.server)
         return self.port

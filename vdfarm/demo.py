@@ -82,7 +82,8 @@ def _start_server(data_dir: Path, port: int) -> subprocess.Popen:
     console.print(f"[bold cyan]$ vdfarm --data-dir {data_dir} server run --nbd-port {port} &[/]")
     log = open(data_dir / "demo-server.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "vdfarm", "--data-dir", str(data_dir),
-                             "server", "run", "--nbd-port", str(port), "--grace", "10"],
+                             "server", "run", "--nbd-port", str(port), "--grace", "10",
+                             "--no-api"],
                             stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -138,7 +139,10 @@ then connect any NBD client with a device name (or MAC) as the export name:
   qemu-system-x86_64 -accel tcg -m 256 -nographic \\
       -drive file=nbd://127.0.0.1:{port}/pc2,format=raw,if=virtio
   nbd-client 127.0.0.1 {port} /dev/nbd0 -N pc1     (the Linux kernel's client)
-Manage the farm with: vdfarm --data-dir {data_dir} vdisk|device|lock|audit ... (--help)""")
+Manage the farm with: vdfarm --data-dir {data_dir} vdisk|device|version|lock|audit ... (--help)
+or through the REST API that `server run` also serves (port 8080 unless --api-port;
+OpenAPI at http://127.0.0.1:8080/openapi.json; changes need the bearer token in
+{data_dir}/api-token).""")
 
 
 def run(data_dir: str | os.PathLike) -> int:

@@ -15,17 +15,20 @@ from vdfarm.service.context import Farm
 def test_server_run_calls_run_server(icli, monkeypatch):
     calls = []
 
-    def fake_run_server(farm, host, nbd_port, grace_seconds, lease_seconds):
+    def fake_run_server(farm, host, nbd_port, grace_seconds, lease_seconds, *, api_host,
+                        api_port):
         calls.append((type(farm), farm.data_dir, farm.server_name, host, nbd_port,
-                      grace_seconds, lease_seconds))
+                      grace_seconds, lease_seconds, api_host, api_port))
 
     monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server)
     icli.ok("server", "run", "--nbd-port", "12345", "--host", "127.0.0.2", "--grace", "2.5",
-            "--lease", "4")
+            "--lease", "4", "--api-port", "0", "--api-host", "127.0.0.3")
     icli.ok("server", "run")
+    icli.ok("server", "run", "--no-api")
     assert calls == [
-        (Farm, icli.data_dir, "srv1", "127.0.0.2", 12345, 2.5, 4.0),
-        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0),
+        (Farm, icli.data_dir, "srv1", "127.0.0.2", 12345, 2.5, 4.0, "127.0.0.3", 0),
+        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, 8080),
+        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, None),
     ]
 
 

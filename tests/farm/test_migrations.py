@@ -18,7 +18,7 @@ from vdfarm.farm.models import Base, Vdisk, VdiskVersion
 
 CREATED = datetime(2030, 1, 1, tzinfo=UTC)
 TABLES = {"servers", "stores", "vdisks", "devices", "locks", "audit_events",
-          "vdisk_versions", "device_sessions"}
+          "vdisk_versions", "device_sessions", "store_versions"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -106,7 +106,8 @@ def test_0002_gives_every_existing_vdisk_its_base_version(url):
                 "VALUES ('w', 4096, 'raw', :sha, :at)"), {"sha": "a" * 64, "at": CREATED})
         db.upgrade(url, "0002")
         with Session(engine) as session:
-            vdisk = session.scalars(select(Vdisk)).one()
+            vdisk = session.execute(select(  # the 0002 columns only: later ones are missing
+                Vdisk.id, Vdisk.max_versions, Vdisk.override_version, Vdisk.created_at)).one()
             [base] = session.scalars(select(VdiskVersion)).all()
         assert (vdisk.max_versions, vdisk.override_version) == (5, None)
         assert (base.vdisk_id, base.number, base.parent_number, base.file_name) == (

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from vdfarm.cli import audit, device, image, lock, server, vdisk, version
+from vdfarm.cli import audit, device, image, lock, rebalance, server, vdisk, version
 from vdfarm.cli.common import DEFAULT_DATA_DIR, CliState, cli_actor, emit, json_option, state
 from vdfarm.cli.output import error_line
 from vdfarm.service.context import Farm
@@ -92,7 +92,7 @@ def demo_cmd() -> None:
 
 
 for group in (vdisk.vdisk, version.version, device.device, lock.lock, audit.audit,
-              server.server, image.image):
+              server.server, image.image, rebalance.rebalance):
     cli.add_command(group)
 
 

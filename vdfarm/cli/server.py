@@ -28,20 +28,28 @@ def server() -> None:
               show_default=True,
               help="Lease of a private-mode lock; renewed every third of it while the "
                    "device is connected, free by itself after a crash.")
-def run_cmd(nbd_port: int, host: str, grace_seconds: float, lease_seconds: float) -> None:
-    """Serve the vDisks of this store over NBD until SIGTERM/SIGINT."""
+@click.option("--api-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port of the REST API (0: any free port).")
+@click.option("--api-host", default=None, help="Address of the REST API [default: --host].")
+@click.option("--no-api", is_flag=True, help="Serve NBD only, no REST API.")
+def run_cmd(nbd_port: int, host: str, grace_seconds: float, lease_seconds: float,
+            api_port: int, api_host: str | None, no_api: bool) -> None:
+    """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.stream.server import run_server
 
-    run_server(open_farm(), host, nbd_port, grace_seconds, lease_seconds)
+    run_server(open_farm(), host, nbd_port, grace_seconds, lease_seconds,
+               api_host=api_host, api_port=None if no_api else api_port)
 
 
 @server.command("list")
 @json_option
 def list_cmd() -> None:
-    """List the servers of the farm."""
+    """List the servers of the farm: up/down, load, limits, store, vdfarm version."""
     infos = open_farm().servers.list()
     emit(infos, lambda: print_table(
-        ["NAME", "HOSTNAME", "NBD PORT", "API PORT", "VERSION", "LAST HEARTBEAT", "STORE"],
-        [(i.name, i.hostname, i.nbd_port, i.api_port, i.version, i.last_heartbeat,
-          i.store_path) for i in infos],
+        ["NAME", "STATE", "LAST HEARTBEAT", "CONNECTED", "BOOTING", "POWER", "MAX BOOTING",
+         "SUBNET", "HOST", "NBD PORT", "API PORT", "STORE", "VERSION"],
+        [(i.name, "up" if i.up else "down", i.last_heartbeat, i.connected, i.booting,
+          f"{i.power_rating:g}", i.max_booting, i.subnet, i.hostname, i.nbd_port,
+          i.api_port, i.store_path, i.version) for i in infos],
         empty="no servers"))

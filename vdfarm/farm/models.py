@@ -15,6 +15,10 @@ Rules:
   while it is open for maintenance. A production version takes effect at
   `production_at` (pending before).
 - A device has at most one session row (the version it booted, on which server).
+  `move_to_server_id` set on it is a rebalance order: the serving server asks
+  the device to reconnect there (the new session row replaces the old one).
+- `store_versions` says which server holds a complete, verified copy of which
+  vDisk version; placement and failover consider only those servers.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ WRITE_CACHE_TYPES = (
 DEVICE_TYPES = ("production", "test", "maintenance")
 VERSION_ACCESS = ("maintenance", "test", "production")
 FILE_FORMATS = ("raw", "qcow2")
+SUBNET_AFFINITIES = ("none", "best-effort", "fixed")
 DEFAULT_MAX_VERSIONS = 5
+DEFAULT_MAX_BOOTING = 500
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -117,6 +123,10 @@ class Server(Base):
     version: Mapped[str] = mapped_column(String(32))
     last_heartbeat: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    subnet: Mapped[str | None] = mapped_column(String(64))
+    max_booting: Mapped[int] = mapped_column(
+        Integer, default=DEFAULT_MAX_BOOTING, server_default=str(DEFAULT_MAX_BOOTING)
+    )
 
 
 class StoreLocation(Base):
@@ -137,6 +147,7 @@ class Vdisk(Base):
     __table_args__ = (
         CheckConstraint(_in("access_mode", ACCESS_MODES), name="access_mode"),
         CheckConstraint(_in("write_cache_type", WRITE_CACHE_TYPES), name="write_cache_type"),
+        CheckConstraint(_in("subnet_affinity", SUBNET_AFFINITIES), name="subnet_affinity"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -157,6 +168,9 @@ class Vdisk(Base):
         Integer, default=DEFAULT_MAX_VERSIONS, server_default=str(DEFAULT_MAX_VERSIONS)
     )
     override_version: Mapped[int | None] = mapped_column(Integer)
+    subnet_affinity: Mapped[str] = mapped_column(
+        String(16), default="none", server_default="none"
+    )
 
 
 class VdiskVersion(Base):
@@ -233,16 +247,42 @@ class DeviceSession(Base):
     device_id: Mapped[int] = mapped_column(
         ForeignKey("devices.id", ondelete="CASCADE"), unique=True
     )
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("servers.id", ondelete="CASCADE"), index=True
+    )
+    vdisk_id: Mapped[int] = mapped_column(
+        ForeignKey("vdisks.id", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    connected_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    cache_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+    move_to_server_id: Mapped[int | None] = mapped_column(
+        ForeignKey("servers.id", ondelete="SET NULL")
+    )
+    move_requested_at: Mapped[datetime | None]
+
+    device: Mapped[Device] = relationship()
+
+
+class StoreVersion(Base):
+    """A vDisk version a server holds complete and verified in its store."""
+
+    __tablename__ = "store_versions"
+    __table_args__ = (
+        UniqueConstraint("server_id", "vdisk_id", "version",
+                         name="uq_store_versions_server_id_vdisk_id_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
     vdisk_id: Mapped[int] = mapped_column(
         ForeignKey("vdisks.id", ondelete="CASCADE"), index=True
     )
     version: Mapped[int] = mapped_column(Integer)
-    connected_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
-    cache_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-
-    device: Mapped[Device] = relationship()
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    verified_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEvent(Base):

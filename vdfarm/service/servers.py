@@ -6,6 +6,13 @@ Rules:
   only. Its presence is what makes a data directory initialised.
 - A server's row is created by `init`; `register` (called by the stream
   server at start) and `heartbeat` only update it.
+- Liveness: a server is *up* when its last heartbeat is at most
+  `ServerService.heartbeat_timeout` seconds old (default 3; the stream beats
+  every second). A session counts as *booting* during its first
+  `ServerService.boot_phase` seconds (default 60) after it connected.
+- Inventory: `heartbeat` and `register` also record which vDisk versions
+  this server's store holds complete and verified (`store_versions`; the
+  rules are in `vdfarm.service.inventory`).
 """
 
 from __future__ import annotations
@@ -15,23 +22,34 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 import vdfarm
-from vdfarm.farm.models import Server, StoreLocation
+from vdfarm.farm.models import (
+    DeviceSession,
+    Server,
+    StoreLocation,
+    StoreVersion,
+    Vdisk,
+)
+from vdfarm.farm.placement import is_up, parse_subnet
 from vdfarm.service import audit
 from vdfarm.service.errors import Conflict, Invalid, NotFound
-from vdfarm.service.validation import check_name
+from vdfarm.service.inventory import store_inventory, verified_versions
+from vdfarm.service.validation import UNCHANGED, check_name
 
 if TYPE_CHECKING:
     from vdfarm.service.context import Farm
 
 IDENTITY_FILE = "server.json"
+HEARTBEAT_TIMEOUT_S = 3.0
+BOOT_PHASE_S = 60.0
+MAX_MAX_BOOTING = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -105,15 +123,62 @@ class ServerInfo:
     version: str
     last_heartbeat: datetime | None
     created_at: datetime
+    subnet: str | None = None
+    max_booting: int = 500
+    up: bool = False
+    connected: int = 0
+    booting: int = 0
 
 
-def server_info(row: Server) -> ServerInfo:
+@dataclass(frozen=True)
+class LoadCounts:
+    """Connected and booting sessions of one server."""
+
+    connected: int = 0
+    booting: int = 0
+
+
+def server_info(row: Server, *, up: bool = False, counts: LoadCounts = LoadCounts()) -> ServerInfo:
     return ServerInfo(
         id=row.id, uuid=row.uuid, name=row.name, hostname=row.hostname,
         nbd_port=row.nbd_port, api_port=row.api_port, power_rating=row.power_rating,
         store_path=row.store_path, version=row.version,
         last_heartbeat=row.last_heartbeat, created_at=row.created_at,
+        subnet=row.subnet, max_booting=row.max_booting, up=up,
+        connected=counts.connected, booting=counts.booting,
     )
+
+
+def load_counts(
+    session: Session, boot_cutoff: datetime, exclude_device_id: int | None = None
+) -> dict[int, LoadCounts]:
+    """Server id -> its connected and booting sessions (those connected after
+    BOOT_CUTOFF boot), leaving out EXCLUDE_DEVICE_ID's own session.
+
+    Two indexed counts (by server, and of recent sessions by server), so a
+    login stays cheap on a farm of thousands of devices.
+    """
+    per_server = select(DeviceSession.server_id, func.count()).group_by(DeviceSession.server_id)
+    connected = dict(session.execute(per_server).all())
+    booting = dict(session.execute(
+        per_server.where(DeviceSession.connected_at > boot_cutoff)).all())
+    if exclude_device_id is not None:
+        own = session.execute(select(DeviceSession.server_id, DeviceSession.connected_at)
+                              .where(DeviceSession.device_id == exclude_device_id)).first()
+        if own is not None:
+            connected[own[0]] -= 1
+            if own[1] > boot_cutoff:
+                booting[own[0]] -= 1
+    return {server_id: LoadCounts(int(count), int(booting.get(server_id, 0)))
+            for server_id, count in connected.items()}
+
+
+def check_subnet(subnet: str) -> str:
+    """SUBNET as normalised CIDR text. Raises Invalid."""
+    network = parse_subnet(subnet) if isinstance(subnet, str) and "/" in subnet else None
+    if network is None:
+        raise Invalid(f"invalid subnet {subnet!r}: give CIDR like 10.1.0.0/16")
+    return str(network)
 
 
 def ensure_registered(
@@ -155,10 +220,20 @@ def _ensure_store_row(session: Session, server_id: int, path: str) -> None:
 
 
 class ServerService:
-    """Servers of the farm: registration at start, heartbeats, listing."""
+    """Servers of the farm: registration at start, heartbeats, inventory, listing."""
 
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
+        self.heartbeat_timeout = HEARTBEAT_TIMEOUT_S
+        self.boot_phase = BOOT_PHASE_S
+
+    def timeout(self) -> timedelta:
+        """How old a heartbeat may be for its server to count as up."""
+        return timedelta(seconds=self.heartbeat_timeout)
+
+    def boot_cutoff(self, now: datetime) -> datetime:
+        """Sessions connected after this moment are booting."""
+        return now - timedelta(seconds=self.boot_phase)
 
     def register(self, nbd_port: int, api_port: int | None = None) -> ServerInfo:
         """Record this server's host name, ports, version and a heartbeat.
@@ -176,24 +251,108 @@ class ServerService:
             row.version = vdfarm.__version__
             row.last_heartbeat = now
             session.flush()
-            return server_info(row)
+            self._record_inventory(session, now)
+            return server_info(row, up=True)
 
-    def heartbeat(self) -> None:
-        """Set this server's last_heartbeat to now. Raises Unavailable (DB down)."""
+    def heartbeat(self, inventory: bool = True) -> None:
+        """Set this server's last_heartbeat to now and (unless INVENTORY is
+        False) refresh the versions its store holds. The stream server calls
+        it every second.
+
+        Raises Unavailable (DB down).
+        """
+        now = self.farm.now()
         with self.farm.session() as session:
+            held = verified_versions(self.farm, session) if inventory else None
             session.execute(
                 update(Server).where(Server.id == self.farm.server_id)
-                .values(last_heartbeat=self.farm.now())
+                .values(last_heartbeat=now)
             )
+            if held is not None:
+                store_inventory(session, self.farm.server_id, held, now)
+
+    def record_inventory(self) -> list[tuple[str, int]]:
+        """Record which vDisk versions this store holds verified; return them
+        as sorted (vDisk name, version). Raises Unavailable (DB down)."""
+        with self.farm.session() as session:
+            return self._record_inventory(session, self.farm.now())
+
+    def inventory(self) -> dict[str, list[tuple[str, int]]]:
+        """Server name -> sorted (vDisk name, version) it holds verified, for
+        every server of the farm. Raises Unavailable (DB down)."""
+        query = (select(Server.name, Vdisk.name, StoreVersion.version)
+                 .join(Server, Server.id == StoreVersion.server_id)
+                 .join(Vdisk, Vdisk.id == StoreVersion.vdisk_id))
+        with self.farm.session() as session:
+            names = session.scalars(select(Server.name).order_by(Server.name)).all()
+            held: dict[str, list[tuple[str, int]]] = {name: [] for name in names}
+            for server, vdisk, version in session.execute(query).all():
+                held[server].append((vdisk, version))
+        return {name: sorted(pairs) for name, pairs in held.items()}
 
     def list(self) -> list[ServerInfo]:
-        """Every server of the farm, by name. Raises Unavailable (DB down)."""
+        """Every server of the farm, by name, with liveness and load.
+
+        Raises Unavailable (DB down).
+        """
+        now = self.farm.now()
         with self.farm.session() as session:
             rows = session.scalars(select(Server).order_by(Server.name)).all()
-            return [server_info(r) for r in rows]
+            counts = load_counts(session, self.boot_cutoff(now))
+            return [server_info(r, up=is_up(r.last_heartbeat, now, self.timeout()),
+                                counts=counts.get(r.id, LoadCounts())) for r in rows]
+
+    def configure(
+        self, name: str, *, power_rating: float | None = None, subnet: Any = UNCHANGED,
+        max_booting: int | None = None, actor: str | None = None,
+    ) -> ServerInfo:
+        """Change a server's power rating (> 0), subnet (CIDR text; None
+        clears it) or max-booting limit (>= 1). Audited as `server.set`.
+
+        Raises Invalid (bad value, nothing to change), NotFound, Unavailable.
+        """
+        changes = _checked_server_changes(power_rating, subnet, max_booting)
+        now = self.farm.now()
+        with self.farm.session() as session:
+            row = session.scalars(select(Server).where(Server.name == name)).one_or_none()
+            if row is None:
+                raise NotFound(f"no server named {name}")
+            before = server_info(row)
+            for column, value in changes.items():
+                setattr(row, column, value)
+            session.flush()
+            after = server_info(row)
+            audit.record(session, actor=actor or self.farm.actor, at=now, action="server.set",
+                         target_type="server", target_name=name, before=before, after=after)
+            return after
+
+    def _record_inventory(self, session: Session, now: datetime) -> list[tuple[str, int]]:
+        held = verified_versions(self.farm, session)
+        return store_inventory(session, self.farm.server_id, held, now)
 
     def _this_row(self, session: Session) -> Server:
         row = session.get(Server, self.farm.server_id)
         if row is None:
             raise NotFound(f"server {self.farm.server_name} is no longer in the farm database")
         return row
+
+
+def _checked_server_changes(
+    power_rating: float | None, subnet: Any, max_booting: int | None
+) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if power_rating is not None:
+        if (not isinstance(power_rating, int | float) or isinstance(power_rating, bool)
+                or not 0 < power_rating < 1e6):
+            raise Invalid(f"invalid power rating {power_rating!r}: give a number > 0")
+        changes["power_rating"] = float(power_rating)
+    if subnet is not UNCHANGED:
+        changes["subnet"] = None if subnet in (None, "") else check_subnet(subnet)
+    if max_booting is not None:
+        if (not isinstance(max_booting, int) or isinstance(max_booting, bool)
+                or not 1 <= max_booting <= MAX_MAX_BOOTING):
+            raise Invalid(f"invalid max-booting {max_booting!r}: give 1-{MAX_MAX_BOOTING}")
+        changes["max_booting"] = max_booting
+    if not changes:
+        raise Invalid("nothing to change: give a power rating, subnet or max-booting")
+    return changes

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vdfarm.block.layer import FULL_CAPABILITIES, Capabilities
 from vdfarm.stream.connection import NBDConnection
+from vdfarm.stream.farm_link import heartbeat_forever
 from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
 
 log = logging.getLogger("vdfarm.stream")
@@ -106,26 +107,45 @@ class StreamServer:
 
 async def serve(farm, host: str, port: int, grace_seconds: float,
                 lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                api_host: str | None = None, api_port: int | None = None,
                 ready=None) -> None:
-    """Serve until SIGTERM/SIGINT."""
+    """Serve NBD (and the REST API unless `api_port` is None) until
+    SIGTERM/SIGINT."""
     server = StreamServer(farm, farm.cache_dir, grace_seconds=grace_seconds,
                           lease_seconds=lease_seconds)
     bound = await server.start(host, port)
     loop = asyncio.get_running_loop()
+    api = None
+    api_bound = None
+    if api_port is not None:
+        from vdfarm.api.server import ApiServer
+
+        api = ApiServer(farm, api_host or host, api_port)
+        try:
+            api_bound = await api.start()
+        except OSError:
+            await server.stop()
+            raise
     # Sessions this server recorded before it last stopped are over.
     await loop.run_in_executor(server.db_executor, farm.sessions.end_all)
-    await loop.run_in_executor(server.db_executor, farm.register_server, bound)
+    await loop.run_in_executor(server.db_executor, farm.register_server, bound, api_bound)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reporter = loop.create_task(server.registry.report_cache_usage_forever())
+    tasks = [loop.create_task(server.registry.report_cache_usage_forever()),
+             loop.create_task(heartbeat_forever(farm, server.registry.run_db))]
     log.info("serving NBD on %s:%d", host, bound)
-    print(f"vdfarm: serving NBD on {host}:{bound} (data dir {farm.data_dir})", flush=True)
+    api_text = f", REST API on {api_host or host}:{api_bound}" if api is not None else ""
+    print(f"vdfarm: serving NBD on {host}:{bound}{api_text} (data dir {farm.data_dir})",
+          flush=True)
     if ready is not None:
         ready(bound)
     await stop.wait()
     log.info("stopping")
-    reporter.cancel()
+    for task in tasks:
+        task.cancel()
+    if api is not None:
+        await api.stop()
     await server.stop()
     print("vdfarm: stopped", flush=True)
 
@@ -145,7 +165,8 @@ def _tune_malloc() -> None:
 
 def run_server(farm, host: str = "127.0.0.1", nbd_port: int = 10809,
                grace_seconds: float = 30.0,
-               lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+               lease_seconds: float = DEFAULT_LEASE_SECONDS,
+               api_host: str | None = None, api_port: int | None = None) -> None:
     """Foreground entry point used by `vdfarm server run`."""
     _tune_malloc()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -155,4 +176,4 @@ def run_server(farm, host: str = "127.0.0.1", nbd_port: int = 10809,
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    runner(serve(farm, host, nbd_port, grace_seconds, lease_seconds))
+    runner(serve(farm, host, nbd_port, grace_seconds, lease_seconds, api_host, api_port))

@@ -1,0 +1,88 @@
+"""API-test fixtures: an initialised farm on a tmp data dir, its app, and
+TestClients that come from loopback, from another host, or with the token;
+`unchanged(farm)` checks a refused request changed no row and no file."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.helpers import FakeClock, dump, make_raw
+from vdfarm.api.app import create_app
+from vdfarm.api.auth import read_token
+from vdfarm.service.context import Farm
+
+LOOPBACK = ("127.0.0.1", 40001)
+OTHER_HOST = ("192.0.2.7", 40002)
+OTHER_ACTOR = "api:192.0.2.7"
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def farm(tmp_path, clock):
+    farm = Farm.init(tmp_path / "data", actor="test:me", clock=clock)
+    yield farm
+    farm.close()
+
+
+@pytest.fixture
+def app(farm):
+    return create_app(farm)
+
+
+@pytest.fixture
+def token(app, farm):
+    return read_token(farm.data_dir)
+
+
+@pytest.fixture
+def admin(app, token):
+    """A client on another host that sends the right token."""
+    return TestClient(app, client=OTHER_HOST, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def local(app):
+    """A client on loopback without a token."""
+    return TestClient(app, client=LOOPBACK)
+
+
+@pytest.fixture
+def remote(app):
+    """A client on another host without a token."""
+    return TestClient(app, client=OTHER_HOST)
+
+
+@pytest.fixture
+def raw_image(tmp_path):
+    return make_raw(tmp_path / "src.raw")
+
+
+@pytest.fixture
+def populated(farm, raw_image):
+    """vDisk w (standard) and device pc1 (aa:bb:cc:00:00:01) that boots it."""
+    farm.vdisks.import_image("w", raw_image)
+    farm.devices.add("pc1", mac="aa:bb:cc:00:00:01", vdisk="w")
+    return farm
+
+
+@contextlib.contextmanager
+def unchanged(farm):
+    """Assert the block changes no database row and no data-dir file."""
+    before = dump(farm)
+    yield
+    assert dump(farm) == before
+
+
+def error_of(response, status):
+    """The one-line `detail` of an error answer, after checking its status."""
+    assert response.status_code == status, (response.status_code, response.text)
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and detail
+    return detail

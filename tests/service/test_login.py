@@ -1,0 +1,137 @@
+"""Login: the server a device should stream from, on a farm of two servers
+sharing SQLite or PostgreSQL — load, power, liveness, verified copies,
+affinity, max-booting, and the errors a person sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.service.helpers import dump_db
+from tests.service.multi import (
+    add_devices,
+    beat,
+    duo_fixture,  # noqa: F401  (the fixture)
+    vdisk_id,
+)
+from vdfarm.service.errors import Invalid, NotFound, Unavailable
+from vdfarm.service.login import login, set_subnet_affinity
+
+
+def connect(farm, device_ids, version=0):
+    vid = vdisk_id(farm)
+    for device_id in device_ids:
+        farm.session_started(device_id, vid, version)
+
+
+def chosen(result):
+    return [result.server.name] + [s.name for s in result.alternatives]
+
+
+def test_least_busy_server_first(duo, clock):
+    a, b = duo["a"], duo["b"]
+    ids = add_devices(a, 4)
+    connect(a, ids[:2])
+    result = login(a, "pc003")
+    assert chosen(result) == ["b", "a"]
+    assert (result.device, result.vdisk, result.version) == ("pc003", "w", 0)
+    assert result.server.host and "least busy" in result.reason
+    connect(b, ids[2:])
+    connect(b, [add_devices(a, 1, prefix="x")[0]])
+    assert chosen(login(b, "pc000")) == ["a", "b"]  # its own session is left out
+
+
+def test_power_rating_weighs_the_load(duo):
+    a = duo["a"]
+    ids = add_devices(a, 5)
+    connect(a, ids[:3])
+    connect(duo["b"], ids[3:4])
+    assert chosen(login(a, "pc004")) == ["b", "a"]
+    a.servers.configure("a", power_rating=4)
+    assert chosen(login(a, "pc004")) == ["a", "b"]
+
+
+def test_login_by_mac(duo):
+    duo["a"].devices.add("m1", mac="52:54:00:12:34:56", vdisk="w")
+    assert login(duo["b"], "52-54-00-12-34-56").device == "m1"
+
+
+def test_down_servers_are_left_out(duo, clock):
+    a = duo["a"]
+    add_devices(a, 1)
+    clock.advance(4)
+    with pytest.raises(Unavailable, match="^no server is up$"):
+        login(a, "pc000")
+    beat(a)
+    assert chosen(login(a, "pc000")) == ["a"]
+
+
+def test_only_servers_holding_the_version(duo, clock):
+    a, b = duo["a"], duo["b"]
+    add_devices(a, 1)
+    (b.store.root / "w" / "base.raw").unlink()
+    beat(b)
+    assert chosen(login(a, "pc000")) == ["a"]
+    clock.advance(4)
+    beat(b)
+    with pytest.raises(Unavailable, match="vDisk w version 0 is held by no up server"):
+        login(a, "pc000")
+
+
+def test_the_version_the_device_boots_decides(duo):
+    a, b = duo["a"], duo["b"]
+    a.devices.add("t1", vdisk="w", device_type="test")
+    a.devices.add("p1", vdisk="w")
+    a.versions.new("w")
+    a.versions.promote("w", "test")
+    beat(a, b)  # b has no copy of version 1
+    result = login(b, "t1")
+    assert (result.version, chosen(result)) == (1, ["a"])
+    assert chosen(login(b, "p1")) == ["a", "b"]
+
+
+def test_max_booting(duo, clock):
+    a, b = duo["a"], duo["b"]
+    a.servers.configure("b", max_booting=1)
+    ids = add_devices(a, 3)
+    connect(b, ids[:1])
+    assert chosen(login(a, "pc002")) == ["a"]
+    clock.advance(61)  # the session on b has booted
+    beat(a, b)
+    assert chosen(login(a, "pc002")) == ["a", "b"]
+    connect(a, ids[1:2])  # equal load; a has a booting device, b none
+    assert chosen(login(a, "pc002")) == ["b", "a"]
+
+
+def test_subnet_affinity(duo):
+    a, b = duo["a"], duo["b"]
+    a.servers.configure("a", subnet="10.1.0.0/16")
+    a.servers.configure("b", subnet="10.2.0.0/16")
+    ids = add_devices(a, 2)
+    connect(b, ids[:1])
+    assert chosen(login(a, "pc001", "10.2.0.9")) == ["a", "b"]
+    set_subnet_affinity(a, "w", "best-effort")
+    assert chosen(login(a, "pc001", "10.2.0.9")) == ["b", "a"]
+    set_subnet_affinity(a, "w", "fixed")
+    assert chosen(login(a, "pc001", "10.2.0.9")) == ["b"]
+    with pytest.raises(Unavailable, match="fixed subnet affinity.*10.3.0.1"):
+        login(a, "pc001", "10.3.0.1")
+    with pytest.raises(Unavailable, match="unknown address"):
+        login(a, "pc001")
+
+
+def test_bad_input_changes_nothing(duo):
+    a = duo["a"]
+    a.devices.add("bare")
+    add_devices(a, 1)
+    before = dump_db(a.engine)
+    with pytest.raises(NotFound, match="no device named nobody"):
+        login(a, "nobody")
+    with pytest.raises(Invalid, match="device bare has no vDisk assigned"):
+        login(a, "bare")
+    with pytest.raises(Invalid, match="invalid client address"):
+        login(a, "pc000", "10.0.0.300")
+    with pytest.raises(Invalid, match="invalid subnet affinity"):
+        set_subnet_affinity(a, "w", "sometimes")
+    with pytest.raises(NotFound, match="no vDisk named zz"):
+        set_subnet_affinity(a, "zz", "fixed")
+    assert dump_db(a.engine) == before

@@ -1,0 +1,103 @@
+"""Rebalance runs and move orders on a farm of two servers (SQLite and
+PostgreSQL): dry runs change nothing, applied runs order and audit moves,
+the stream's view of its orders, the auto mode's guards and runner."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.service.helpers import audit_actions, dump_db
+from tests.service.multi import (
+    add_devices,
+    beat,
+    duo_fixture,  # noqa: F401  (the fixture)
+    vdisk_id,
+)
+from vdfarm.service.errors import Invalid
+from vdfarm.service.moves import auto_rebalance, cancel_move, pending_moves, rebalance
+
+
+@pytest.fixture
+def lopsided(duo, clock):
+    """12 devices connected to server a, none to b, all past their boot phase."""
+    a, b = duo["a"], duo["b"]
+    ids = add_devices(a, 12)
+    vid = vdisk_id(a)
+    for device_id in ids:
+        a.session_started(device_id, vid, 0)
+    clock.advance(61)
+    beat(a, b)
+    return a, b, ids
+
+
+def test_dry_run_plans_and_changes_nothing(lopsided):
+    a, _, _ = lopsided
+    before = dump_db(a.engine)
+    result = rebalance(a, apply=False)
+    assert len(result.moves) == 5 and not result.applied and result.skipped is None  # a 7, b 5
+    assert {(m.from_server, m.to_server) for m in result.moves} == {("a", "b")}
+    assert result.average == 6.0 and result.trigger_pct == 25.0
+    assert dump_db(a.engine) == before
+    assert pending_moves(a) == []
+
+
+def test_applied_run_orders_moves_the_stream_carries_out(lopsided, clock):
+    a, b, _ = lopsided
+    result = rebalance(a, apply=True, actor="test:rb")
+    moved = sorted(m.device_name for m in result.moves)
+    assert len(moved) == 5 and result.applied
+    orders = pending_moves(a)
+    assert sorted(o.device_name for o in orders) == moved
+    assert {o.to_server.name for o in orders} == {"b"}
+    assert all(o.requested_at == clock.now for o in orders)
+    assert pending_moves(b) == []
+    assert audit_actions(a).count("device.move") == 5
+    assert rebalance(a, apply=True).moves == ()  # ordered moves count on their target
+    first = orders[0]
+    b.session_started(first.device_id, vdisk_id(b), 0)  # the device reconnected to b
+    assert first.device_id not in [o.device_id for o in pending_moves(a)]
+    second = orders[1]
+    assert cancel_move(a, second.device_id) is True
+    assert cancel_move(a, second.device_id) is False
+    assert len(pending_moves(a)) == 3
+
+
+def test_down_servers_take_no_devices(lopsided, clock):
+    a, _, _ = lopsided
+    clock.advance(4)
+    beat(a)
+    assert rebalance(a, apply=False).moves == ()
+
+
+def test_auto_mode_guards(lopsided, clock):
+    a, _, ids = lopsided
+    assert rebalance(a, apply=False, auto=True).moves != ()
+    vid = vdisk_id(a)
+    for device_id in ids[:3]:  # 3 of 12 devices on a (re)booting: more than 20 %
+        a.session_started(device_id, vid, 0)
+    result = rebalance(a, apply=True, auto=True)
+    assert result.moves == () and "of server a are booting" in result.skipped
+    assert pending_moves(a) == []
+
+
+def test_auto_mode_skips_small_farms(duo):
+    a = duo["a"]
+    result = rebalance(a, apply=False, auto=True)
+    assert "fewer than 5 devices per up server" in result.skipped
+
+
+def test_auto_rebalance_runs_on_the_lowest_id_up_server_only(lopsided, clock):
+    a, b, _ = lopsided
+    assert auto_rebalance(b) is None
+    result = auto_rebalance(a)
+    assert result is not None and result.applied and len(result.moves) == 5
+    clock.advance(4)
+    beat(b)  # a is down: b runs it now
+    assert auto_rebalance(a) is None
+    assert auto_rebalance(b) is not None
+
+
+@pytest.mark.parametrize("trigger", [-1, 5000, "x"])
+def test_bad_trigger(duo, trigger):
+    with pytest.raises(Invalid, match="invalid trigger"):
+        rebalance(duo["a"], apply=True, trigger_pct=trigger)

@@ -1,0 +1,63 @@
+"""/vdisks: import, list, show, change, delete, verify, export (like `vdfarm vdisk …`).
+
+Rules: paths, bodies and status codes only; every decision is the
+service's. Import and export name files ON THE SERVER (absolute paths).
+A failed verification is an answer (`ok: false`), not an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vdfarm.api.deps import ActorDep, FarmDep, make_router
+from vdfarm.api.schemas import VdiskExport, VdiskImport, VdiskPatch, VerifyReport
+from vdfarm.service.merges import ExportResult
+from vdfarm.service.vdisks import VdiskInfo
+
+router = make_router("vdisks")
+
+
+@router.get("/vdisks", response_model=list[VdiskInfo])
+def list_vdisks(farm: FarmDep) -> list[VdiskInfo]:
+    """Every vDisk of the farm, by name."""
+    return farm.vdisks.list()
+
+
+@router.post("/vdisks", response_model=VdiskInfo, status_code=201)
+def import_vdisk(body: VdiskImport, farm: FarmDep, actor: ActorDep) -> VdiskInfo:
+    """Import the image file SOURCE_PATH (raw, qcow2, vpc, vhdx, vmdk) as a new vDisk."""
+    return farm.vdisks.import_image(
+        body.name, Path(body.source_path), mode=body.mode, write_cache=body.write_cache,
+        cache_limit_mb=body.cache_limit_mb, description=body.description, actor=actor)
+
+
+@router.get("/vdisks/{name}", response_model=VdiskInfo)
+def show_vdisk(name: str, farm: FarmDep) -> VdiskInfo:
+    """The vDisk NAME."""
+    return farm.vdisks.show(name)
+
+
+@router.patch("/vdisks/{name}", response_model=VdiskInfo)
+def change_vdisk(name: str, body: VdiskPatch, farm: FarmDep, actor: ActorDep) -> VdiskInfo:
+    """Change the mode, write cache, cache limit, description or max-versions of NAME."""
+    return farm.vdisks.set(name, **body.changes(), actor=actor)
+
+
+@router.delete("/vdisks/{name}", response_model=VdiskInfo)
+def delete_vdisk(name: str, farm: FarmDep, actor: ActorDep) -> VdiskInfo:
+    """Delete NAME from the farm and this store (refused while used or locked);
+    answers the vDisk as it was."""
+    return farm.vdisks.delete(name, actor=actor)
+
+
+@router.post("/vdisks/{name}/verify", response_model=VerifyReport)
+def verify_vdisk(name: str, farm: FarmDep) -> VerifyReport:
+    """Check NAME's files in this server's store (sizes, sha256, qemu-img check)."""
+    result = farm.vdisks.verify(name)
+    return VerifyReport(vdisk=result.vdisk, ok=result.ok, problems=list(result.problems))
+
+
+@router.post("/vdisks/{name}/export", response_model=ExportResult, status_code=201)
+def export_vdisk(name: str, body: VdiskExport, farm: FarmDep) -> ExportResult:
+    """Write a version of NAME, flattened, as a new image file on the server."""
+    return farm.versions.export(name, Path(body.path), body.format, body.version)

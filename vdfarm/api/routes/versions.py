@@ -1,0 +1,67 @@
+"""/vdisks/{name}/versions: list, open, promote, revert, override, merge,
+delete the newest (like `vdfarm version …`).
+
+Rules: paths, bodies and status codes only; every decision (which step is
+allowed, who is connected) is the service's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Body as BodyParam
+
+from vdfarm.api.deps import ActorDep, FarmDep, make_router
+from vdfarm.api.schemas import MergeBody, OverrideBody, PromoteBody
+from vdfarm.service.merges import MergeResult
+from vdfarm.service.versions import OverrideInfo, PromoteResult, VersionInfo
+
+router = make_router("versions")
+
+PREFIX = "/vdisks/{name}/versions"
+
+
+@router.get(PREFIX, response_model=list[VersionInfo])
+def list_versions(name: str, farm: FarmDep) -> list[VersionInfo]:
+    """Every version of vDisk NAME, oldest first."""
+    return farm.versions.list(name)
+
+
+@router.post(PREFIX, response_model=VersionInfo, status_code=201)
+def open_version(name: str, farm: FarmDep, actor: ActorDep) -> VersionInfo:
+    """Open a maintenance version of NAME on its newest version."""
+    return farm.versions.new(name, actor=actor)
+
+
+@router.post(f"{PREFIX}/promote", response_model=PromoteResult)
+def promote_version(name: str, body: PromoteBody, farm: FarmDep,
+                    actor: ActorDep) -> PromoteResult:
+    """Promote the newest version of NAME to test or production (from `at`)."""
+    return farm.versions.promote(name, body.to, at=body.at, actor=actor)
+
+
+@router.post(f"{PREFIX}/revert", response_model=VersionInfo)
+def revert_version(name: str, farm: FarmDep, actor: ActorDep) -> VersionInfo:
+    """Take the newest version of NAME back one step (production → test → maintenance)."""
+    return farm.versions.revert(name, actor=actor)
+
+
+@router.post(f"{PREFIX}/override", response_model=OverrideInfo)
+def override_version(name: str, body: OverrideBody, farm: FarmDep,
+                     actor: ActorDep) -> OverrideInfo:
+    """Pin the production devices of NAME to a version (`null`: remove the pin)."""
+    return farm.versions.override(name, body.version, actor=actor)
+
+
+@router.post(f"{PREFIX}/merge", response_model=MergeResult)
+def merge_versions(name: str, farm: FarmDep, actor: ActorDep,
+                   body: Annotated[MergeBody | None, BodyParam()] = None) -> MergeResult:
+    """Fold the versions of NAME into one delta on its base (or a new base)."""
+    new_base = body.new_base if body is not None else False
+    return farm.versions.merge(name, new_base=new_base, actor=actor)
+
+
+@router.delete(f"{PREFIX}/newest", response_model=VersionInfo)
+def delete_newest_version(name: str, farm: FarmDep, actor: ActorDep) -> VersionInfo:
+    """Delete the newest version of NAME (never the base); answers it as it was."""
+    return farm.versions.delete(name, actor=actor)

@@ -1,0 +1,174 @@
+"""Request bodies (pydantic) and the few responses that are not a service dataclass.
+
+Rules:
+- Bodies forbid unknown fields, so a misspelt field is a 422, never a
+  silent no-op. Choices are the service's own tuples (Literal), so OpenAPI
+  lists them.
+- PATCH bodies tell "absent" (unchanged) from `null` (clear) by
+  `model_fields_set`; `changes()` turns them into service keyword arguments.
+- Responses are the service's frozen dataclasses (FastAPI turns them into
+  JSON schemas), except where the service returns something else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from vdfarm.farm.models import ACCESS_MODES, DEVICE_TYPES, WRITE_CACHE_TYPES
+from vdfarm.service.merges import EXPORT_FORMATS
+from vdfarm.service.validation import UNCHANGED
+from vdfarm.service.version_rules import PROMOTE_TARGETS
+
+AccessMode = Literal[ACCESS_MODES]  # type: ignore[valid-type]
+WriteCacheType = Literal[WRITE_CACHE_TYPES]  # type: ignore[valid-type]
+DeviceType = Literal[DEVICE_TYPES]  # type: ignore[valid-type]
+PromoteTarget = Literal[PROMOTE_TARGETS]  # type: ignore[valid-type]
+ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]
+
+
+class ErrorDetail(BaseModel):
+    """Every error answer: one line that says what went wrong."""
+
+    detail: str
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def absolute_path(value: str) -> str:
+    """VALUE if it is an absolute path. Raises ValueError (a 422)."""
+    if not value.startswith("/"):
+        raise ValueError("give an absolute path on the server")
+    return value
+
+
+class VdiskImport(Body):
+    """Import an image file that is on the server as a new vDisk."""
+
+    name: str
+    source_path: str = Field(description="Path of the image file on the server.")
+    mode: AccessMode = "standard"
+    write_cache: WriteCacheType = "server-disk"
+    cache_limit_mb: int | None = Field(default=None, ge=1)
+    description: str = ""
+
+    @field_validator("source_path")
+    @classmethod
+    def check_source_path(cls, value: str) -> str:
+        return absolute_path(value)
+
+
+class VdiskPatch(Body):
+    """Fields of a vDisk to change; `cache_limit_mb: null` removes the limit."""
+
+    mode: AccessMode | None = None
+    write_cache: WriteCacheType | None = None
+    cache_limit_mb: int | None = Field(default=None, ge=1)
+    description: str | None = None
+    max_versions: int | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """Keyword arguments for VdiskService.set (absent fields unchanged)."""
+        sent = self.model_fields_set
+        return {
+            "mode": self.mode, "write_cache": self.write_cache,
+            "cache_limit_mb": self.cache_limit_mb if "cache_limit_mb" in sent else UNCHANGED,
+            "description": self.description, "max_versions": self.max_versions,
+        }
+
+
+class VdiskExport(Body):
+    """Write one version, flattened, to a new file on the server."""
+
+    path: str = Field(description="Path of the new image file on the server.")
+    format: ExportFormat
+    version: int | None = Field(default=None, ge=0,
+                                description="Default: what production devices boot.")
+
+    @field_validator("path")
+    @classmethod
+    def check_path(cls, value: str) -> str:
+        return absolute_path(value)
+
+
+class VerifyReport(BaseModel):
+    """The outcome of checking a vDisk's files in this server's store."""
+
+    vdisk: str
+    ok: bool
+    problems: list[str]
+
+
+class ServerPatch(Body):
+    """Placement settings of a server to change; `subnet: null` removes it."""
+
+    power_rating: float | None = Field(default=None, description="Relative capacity (> 0).")
+    subnet: str | None = Field(default=None, description="CIDR its devices prefer.")
+    max_booting: int | None = Field(default=None, description="Devices booting at once (>= 1).")
+
+    def changes(self) -> dict[str, Any]:
+        """Keyword arguments for ServerService.configure (absent fields unchanged)."""
+        return {
+            "power_rating": self.power_rating, "max_booting": self.max_booting,
+            "subnet": self.subnet if "subnet" in self.model_fields_set else UNCHANGED,
+        }
+
+
+class DeviceCreate(Body):
+    """A new target device."""
+
+    name: str
+    mac: str | None = None
+    vdisk: str | None = None
+    device_type: DeviceType = "production"
+    description: str = ""
+
+
+class DevicePatch(Body):
+    """Fields of a device to change. `mac: null` removes the MAC. `vdisk`
+    (a name, or null for none) assigns a vDisk and must come alone."""
+
+    device_type: DeviceType | None = None
+    mac: str | None = None
+    description: str | None = None
+    vdisk: str | None = None
+
+    def assigns(self) -> bool:
+        """True if this patch (re)assigns the vDisk."""
+        return "vdisk" in self.model_fields_set
+
+    def other_fields(self) -> set[str]:
+        """The fields sent besides `vdisk`."""
+        return set(self.model_fields_set) - {"vdisk"}
+
+    def changes(self) -> dict[str, Any]:
+        """Keyword arguments for DeviceService.set (absent fields unchanged)."""
+        return {
+            "device_type": self.device_type,
+            "mac": self.mac if "mac" in self.model_fields_set else UNCHANGED,
+            "description": self.description,
+        }
+
+
+class PromoteBody(Body):
+    """Promote the newest version to test or production (from `at`, else now)."""
+
+    to: PromoteTarget
+    at: AwareDatetime | None = None
+
+
+class OverrideBody(Body):
+    """Pin production devices to a version; `version: null` removes the pin."""
+
+    version: int | None = Field(ge=0)
+
+
+class MergeBody(Body):
+    """Fold the chain into one delta on the base, or into a new full base."""
+
+    new_base: bool = False

@@ -1,0 +1,141 @@
+"""Running the API inside an asyncio loop that is already running (the NBD server's).
+
+Rules:
+- uvicorn serves the app on a socket we bind ourselves (so a bind failure is
+  an OSError, never uvicorn's `sys.exit`, and port 0 works). No event-loop
+  setup, no signal handlers, no logging config: the owner of the loop (the
+  `vdfarm server run` process) keeps those. uvicorn >= 0.36 `Server.serve`
+  makes no loop of its own; `capture_signals` is switched off here.
+- Stop by `ApiServer.stop()` (or by cancelling `serve_api`): stop accepting,
+  finish the requests in flight (up to GRACEFUL_SHUTDOWN_S), close.
+- The client address is the TCP peer (proxy headers are ignored), so only a
+  real loopback peer gets the open reads. Put no reverse proxy on the same
+  host in front of it, or every request looks local.
+
+In `vdfarm.stream.server.serve`, after the NBD server has started:
+
+    api = ApiServer(farm, host, api_port)
+    api_bound = await api.start()
+    await loop.run_in_executor(server.db_executor, farm.register_server, bound, api_bound)
+    ...
+    await stop.wait()
+    await api.stop()          # before server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from vdfarm.api.app import create_app
+from vdfarm.service.context import Farm
+
+DEFAULT_API_PORT = 8080
+GRACEFUL_SHUTDOWN_S = 5
+START_POLL_S = 0.01
+BACKLOG = 128
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn's server without its signal handlers (the loop's owner has its own)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to HOST:PORT (IPv4 or IPv6; port 0: any free one).
+
+    Raises OSError (address in use, unknown host, no permission).
+    """
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ApiServer:
+    """The API of FARM on HOST:PORT, served in the running asyncio loop."""
+
+    def __init__(self, farm: Farm, host: str = "127.0.0.1", port: int = DEFAULT_API_PORT, *,
+                 app: FastAPI | None = None, log_level: str = "info") -> None:
+        self.host, self.requested_port = host, port
+        self.app = app if app is not None else create_app(farm)
+        self.config = uvicorn.Config(
+            self.app, http="h11", ws="none", lifespan="off", log_config=None,
+            log_level=log_level, proxy_headers=False, server_header=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=BACKLOG,
+        )
+        self.server = _EmbeddedServer(self.config)
+        self.port: int | None = None
+        self._sock: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Listen and serve in the background; return the bound port.
+
+        Raises OSError (cannot bind), RuntimeError (uvicorn stopped at start).
+        """
+        if self._task is not None:
+            raise RuntimeError("the API server is already started")
+        self._sock = bind_socket(self.host, self.requested_port)
+        self.port = self._sock.getsockname()[1]
+        self._task = asyncio.get_running_loop().create_task(
+            self.server.serve(sockets=[self._sock]), name="vdfarm-api")
+        while not self.server.started:
+            if self._task.done():
+                self._close_socket()
+                error = None if self._task.cancelled() else self._task.exception()
+                raise RuntimeError(f"the API server did not start: {error!r}") from error
+            await asyncio.sleep(START_POLL_S)
+        return self.port
+
+    async def wait(self) -> None:
+        """Until the server stops (a cancel of the waiter does not stop it)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish, close. Safe to call twice."""
+        if self._task is None:
+            return
+        self.server.should_exit = True
+        try:
+            await asyncio.shield(self._task)
+        finally:
+            self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+async def serve_api(farm: Farm, host: str = "127.0.0.1", port: int = DEFAULT_API_PORT, *,
+                    ready: Callable[[int], None] | None = None, log_level: str = "info") -> None:
+    """Serve the API of FARM on HOST:PORT until cancelled; READY(port) is
+    called once it listens. Cancel the task to stop it cleanly.
+
+    Raises OSError (cannot bind), RuntimeError (uvicorn stopped at start),
+    auth.TokenFileError (unusable api-token file).
+    """
+    api = ApiServer(farm, host, port, log_level=log_level)
+    bound = await api.start()
+    try:
+        if ready is not None:
+            ready(bound)
+        await api.wait()
+    finally:
+        await api.stop()
