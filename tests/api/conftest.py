@@ -9,26 +9,18 @@ import contextlib
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.helpers import FakeClock, dump, make_raw
+from tests.service import conftest as service_fixtures
+from tests.service.helpers import dump, make_raw
 from vdfarm.api.app import create_app
 from vdfarm.api.auth import read_token
-from vdfarm.service.context import Farm
 
 LOOPBACK = ("127.0.0.1", 40001)
 OTHER_HOST = ("192.0.2.7", 40002)
 OTHER_ACTOR = "api:192.0.2.7"
 
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def farm(tmp_path, clock):
-    farm = Farm.init(tmp_path / "data", actor="test:me", clock=clock)
-    yield farm
-    farm.close()
+# The same farm (and clock) the service tests use.
+clock = service_fixtures.clock
+farm = service_fixtures.farm
 
 
 @pytest.fixture

@@ -78,6 +78,20 @@ def find_device(session: Session, name_or_mac: str) -> Device | None:
     return device
 
 
+def device_and_vdisk(session: Session, name_or_mac: str) -> tuple[Device, Vdisk]:
+    """The device called NAME_OR_MAC and its assigned vDisk.
+
+    Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
+    assigned").
+    """
+    device = find_device(session, name_or_mac)
+    if device is None:
+        raise NotFound(f"no device named {name_or_mac}")
+    if device.vdisk is None:
+        raise Invalid(f"device {device.name} has no vDisk assigned")
+    return device, device.vdisk
+
+
 def resolve_export(farm: Farm, name_or_mac: str) -> ExportTarget:
     """The ExportTarget of the device called NAME_OR_MAC.
 
@@ -86,12 +100,7 @@ def resolve_export(farm: Farm, name_or_mac: str) -> ExportTarget:
     N of vDisk X is not in this server's store", or DB down).
     """
     with farm.session() as session:
-        device = find_device(session, name_or_mac)
-        if device is None:
-            raise NotFound(f"no device named {name_or_mac}")
-        vdisk = device.vdisk
-        if vdisk is None:
-            raise Invalid(f"device {device.name} has no vDisk assigned")
+        device, vdisk = device_and_vdisk(session, name_or_mac)
         chain, writable = _device_chain(farm, session, vdisk, device.device_type)
         limit = vdisk.write_cache_limit_mb
         return ExportTarget(

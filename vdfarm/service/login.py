@@ -28,7 +28,7 @@ from vdfarm.service import audit
 from vdfarm.service import version_rules as rules
 from vdfarm.service.chains import states_of, version_rows
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
-from vdfarm.service.exports import find_device
+from vdfarm.service.exports import device_and_vdisk
 from vdfarm.service.servers import LoadCounts, load_counts
 
 if TYPE_CHECKING:
@@ -110,12 +110,7 @@ def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginRe
     """
     address = parse_address(client_ip)
     with farm.session() as session:
-        device = find_device(session, name_or_mac)
-        if device is None:
-            raise NotFound(f"no device named {name_or_mac}")
-        vdisk = device.vdisk
-        if vdisk is None:
-            raise Invalid(f"device {device.name} has no vDisk assigned")
+        device, vdisk = device_and_vdisk(session, name_or_mac)
         version = boot_version(session, vdisk, device.device_type, farm)
         candidates, endpoints = _candidates(session, farm, vdisk, version, device.id)
         need = DeviceNeed(name=device.name, vdisk=vdisk.name, version=version,
