@@ -77,12 +77,22 @@ def test_moves_only_where_the_version_is_held_and_to_up_servers():
     assert plan(servers, sessions_on([20, 0, 0])) == []
 
 
-def test_booting_and_moving_devices_stay():
+def test_moving_and_pinned_devices_stay():
     servers = [server(1), server(2)]
-    sessions = sessions_on([10, 0], booting=10)
-    assert plan(servers, sessions) == []
-    moving = sessions_on([10, 0], moving=True)
-    assert plan(servers, moving) == []
+    assert plan(servers, sessions_on([10, 0], moving=True)) == []
+    assert plan(servers, sessions_on([10, 0], pinned=True)) == []
+
+
+def test_booting_devices_move_only_in_a_manual_run():
+    servers = [server(1), server(2)]
+    # 4 of s1's 24 devices boot: the auto guard (over 20 %) lets it run
+    booting = sessions_on([24], booting=4) + sessions_on([0, 6], start=24)
+    booting_ids = {s.device_id for s in booting if s.booting and s.server_id == 1}
+    manual = plan(servers, booting)
+    assert booting_ids <= {m.device_id for m in manual}  # pc0001.. sort first
+    auto_moves = plan(servers, booting, auto=True)
+    assert len(auto_moves) == len(manual)
+    assert booting_ids.isdisjoint(m.device_id for m in auto_moves)
 
 
 def test_max_booting_on_the_target_is_respected():
@@ -143,6 +153,7 @@ def farms(draw, constrained=True):
             server_id=draw(st.integers(1, count)), vdisk="w",
             version=draw(st.sampled_from([0, 1])),
             booting=draw(st.booleans()) if constrained else False,
+            pinned=draw(st.booleans()) if constrained else False,
             affinity=draw(st.sampled_from(["none", "best-effort", "fixed"]))
             if constrained else "none",
             address=None if address is None else ipaddress.ip_address(address)))
@@ -165,7 +176,7 @@ def test_every_move_is_legal_and_helps(farm, trigger):
     arrivals = Counter(m.to_server_id for m in moves)
     for move in moves:
         session = session_of[move.device_id]
-        assert not session.booting and not session.moving
+        assert not session.moving and not session.pinned
         assert by_id[move.from_server_id].up
         assert may_serve(session, by_id[move.from_server_id], by_id[move.to_server_id])
     for server_id, count in arrivals.items():

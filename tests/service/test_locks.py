@@ -10,6 +10,7 @@ import pytest
 
 from tests.farm.postgres import fresh_postgres_url
 from tests.service.helpers import audit_actions
+from tests.service.multi import duo_fixture  # noqa: F401 (fixture)
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import Conflict, Invalid, NotFound
 
@@ -170,3 +171,17 @@ def test_racing_acquires_have_exactly_one_winner(setup, tmp_path, db_url, raw_im
     assert len(winners) == 1, outcomes
     assert winners[0].token == 1
     assert farm.locks.list()[0].fencing_token == 1
+
+
+def test_the_same_device_on_another_server_waits_for_the_lease(duo, clock):
+    a, b = duo["a"], duo["b"]
+    a.devices.add("solo", vdisk="w")
+    target = a.resolve_export("solo")
+    grant = a.acquire_lock(target.vdisk_id, target.device_id, 30)
+    with pytest.raises(Conflict, match="locked by device solo on server a"):
+        b.acquire_lock(target.vdisk_id, target.device_id, 30)
+    assert a.acquire_lock(target.vdisk_id, target.device_id, 30).token == grant.token + 1
+    clock.advance(31)  # a went quiet: its lease ran out
+    taken = b.acquire_lock(target.vdisk_id, target.device_id, 30)
+    assert taken.token == grant.token + 2
+    assert a.renew_lock(target.vdisk_id, target.device_id, grant.token + 1, 30) is False

@@ -4,12 +4,12 @@ they hold on to."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from tests.service.helpers import dump, make_raw
 from vdfarm.farm.models import DeviceSession, Server
 from vdfarm.service.errors import NotFound
-from vdfarm.service.sessions import _Reader, may_read
+from vdfarm.service.sessions import LiveSession, _Reader, may_read
 from vdfarm.store.manifest import RetiredFile
 
 
@@ -112,3 +112,50 @@ def test_end_all_forgets_this_servers_sessions(sfarm):
     assert sfarm.sessions.end_all() == 2
     assert sfarm.sessions.list() == []
     assert sfarm.sessions.end_all() == 0
+
+
+def test_start_records_the_client_address(sfarm):
+    device_id, vdisk_id = ids(sfarm)
+    sfarm.session_started(device_id, vdisk_id, 0, "10.1.2.3")
+    with sfarm.session() as session:
+        assert session.get(DeviceSession, 1).client_ip == "10.1.2.3"
+
+
+def other_server(sfarm, clock, name="srv2"):
+    with sfarm.session() as session:
+        other = Server(uuid=f"{len(name):036}", name=name, hostname="h2", store_path="/s",
+                       version="0", created_at=clock.now)
+        session.add(other)
+        session.flush()
+        return other.id
+
+
+def rows(sfarm):
+    with sfarm.session() as session:
+        return sorted((r.device_id, r.server_id, r.version, r.client_ip)
+                      for r in session.scalars(select(DeviceSession)))
+
+
+def test_reconcile_makes_this_servers_rows_match_what_it_serves(sfarm, clock):
+    pc1, w = ids(sfarm, "pc1")
+    pc2, _ = ids(sfarm, "pc2")
+    sfarm.devices.add("pc3", vdisk="w")
+    pc3, _ = ids(sfarm, "pc3")
+    me = sfarm.server_id
+    sfarm.session_started(pc1, w, 0)  # recorded, then dropped while the DB was away
+    elsewhere = other_server(sfarm, clock)
+    with sfarm.session() as session:  # pc3 connected to srv2 later
+        session.add(DeviceSession(device_id=pc3, server_id=elsewhere, vdisk_id=w, version=0,
+                                  connected_at=clock.now, last_seen=clock.now))
+    live = {pc2: LiveSession(w, 0, "10.0.0.2"), pc3: LiveSession(w, 0),
+            999: LiveSession(w, 0)}  # 999: deleted meanwhile
+    assert sfarm.sessions.reconcile(live) == (1, 1)
+    assert rows(sfarm) == [(pc2, me, 0, "10.0.0.2"), (pc3, elsewhere, 0, None)]
+    assert sfarm.sessions.reconcile(live) == (0, 0)  # converged: nothing more to do
+
+
+def test_reconcile_with_nothing_live_ends_this_servers_sessions(sfarm, clock):
+    for device in ("pc1", "pc2"):
+        sfarm.session_started(*ids(sfarm, device), 0)
+    assert sfarm.sessions.reconcile({}) == (0, 2)
+    assert rows(sfarm) == []

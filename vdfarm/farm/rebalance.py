@@ -15,7 +15,12 @@ Rules (pure: no database, no I/O, no clock):
   non-null subnet as S; `best-effort`: never out of the device's subnet
   when S is in it) and stays below its max-booting limit (a moved device
   boots again there).
-- Devices booting, already being moved, or on down servers never move.
+- Devices already being moved, pinned (their state would not survive a
+  reconnect elsewhere: private mode, maintenance, or a write cache on their
+  server that holds data) or on down servers never move. Booting devices
+  move only in a manual run (the admin asked; a pinned-free device loses
+  nothing by reading the rest of its boot from another server); auto mode
+  leaves them alone.
 - Planning stops when every up server is within the trigger, or when no
   allowed move helps (then the plan is the best it can do).
 - Auto mode (`auto=True`) plans nothing for farms of fewer than 5 devices per
@@ -64,6 +69,7 @@ class SessionState:
     version: int
     booting: bool = False
     moving: bool = False
+    pinned: bool = False
     affinity: str = "none"
     address: IpAddress | None = None
 
@@ -139,7 +145,7 @@ class _Planner:
     """The mutable state of one planning run."""
 
     def __init__(self, servers: Sequence[ServerState], sessions: Sequence[SessionState],
-                 trigger_pct: float) -> None:
+                 trigger_pct: float, move_booting: bool) -> None:
         self.trigger_pct = trigger_pct
         self.up = {s.id: s for s in sorted(servers, key=lambda s: (s.name, s.id)) if s.up}
         average = weighted_average(servers, sessions)
@@ -152,7 +158,7 @@ class _Planner:
                 continue
             self.count[session.server_id] += 1
             self.booting[session.server_id] += session.booting
-            if not (session.booting or session.moving):
+            if not (session.moving or session.pinned or (session.booting and not move_booting)):
                 self.movable[session.server_id].append(session)
 
     def excess(self, server_id: int) -> float:
@@ -207,7 +213,7 @@ def plan(
         raise ValueError(f"trigger percentage must be >= 0, not {trigger_pct}")
     if auto and auto_guard(servers, sessions) is not None:
         return []
-    planner = _Planner(servers, sessions, trigger_pct)
+    planner = _Planner(servers, sessions, trigger_pct, move_booting=not auto)
     moves: list[Move] = []
     while not planner.balanced():
         move = planner.next_move()

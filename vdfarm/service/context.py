@@ -299,10 +299,11 @@ class Farm:
         """True if TOKEN still holds the vDisk's lock (fencing). Raises Unavailable."""
         return self.locks.is_current(vdisk_id, token)
 
-    def session_started(self, device_id: int, vdisk_id: int, version: int) -> None:
-        """Record that a device booted VERSION of a vDisk from this server
-        (replaces its older session). Raises NotFound, Unavailable."""
-        self.sessions.started(device_id, vdisk_id, version)
+    def session_started(self, device_id: int, vdisk_id: int, version: int,
+                        client_ip: str | None = None) -> None:
+        """Record that a device booted VERSION of a vDisk from this server,
+        from CLIENT_IP (replaces its older session). Raises NotFound, Unavailable."""
+        self.sessions.started(device_id, vdisk_id, version, client_ip)
 
     def session_seen(self, device_id: int) -> bool:
         """Refresh a session's `last_seen`; False if this server has none for

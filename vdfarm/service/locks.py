@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Device, Lock, Vdisk
@@ -97,8 +97,10 @@ class LockService:
     def acquire(self, vdisk_id: int, device_id: int, lease_seconds: float) -> LockGrant:
         """Take the lock of VDISK_ID for DEVICE_ID for LEASE_SECONDS.
 
-        Succeeds if the lock is free, expired, or already this device's
-        (the token grows in every case).
+        Succeeds if the lock is free, expired, or already this device's on
+        THIS server (a restarted server taking back its own device; the
+        token grows in every case). The same device on another server waits
+        for the lease: the first server may still be writing.
         Raises Invalid (bad lease), NotFound (no such vDisk or device),
         Conflict (held by another device), Unavailable (DB down).
         """
@@ -113,7 +115,8 @@ class LockService:
                 .where(or_(
                     Lock.holder_device_id.is_(None),
                     Lock.lease_expires_at < now,
-                    Lock.holder_device_id == device_id,
+                    and_(Lock.holder_device_id == device_id,
+                         Lock.server_id == self.farm.server_id),
                 ))
                 .values(
                     holder_device_id=device_id, server_id=self.farm.server_id,

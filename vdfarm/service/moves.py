@@ -7,7 +7,9 @@ Rules:
   `move_requested_at`) plus one `device.move` audit row — in one transaction,
   and only if the session is still where the plan saw it.
 - A session with a pending order counts on its destination and is not
-  planned again. The order is carried out by the stream server the device
+  planned again. A pinned session (`is_pinned`: it would lose state by
+  moving) is never planned; the stream server checks again, against its
+  live write cache, before it carries an order out. The order is carried out by the stream server the device
   is connected to: it polls `pending_moves`, asks the device to reconnect to
   the new server, and the device's new session replaces the old row (order
   and all). `cancel_move` drops an order that cannot be carried out.
@@ -86,18 +88,29 @@ def farm_state(
     up = {s.id for s in servers if s.up}
     cutoff = farm.servers.boot_cutoff(now)
     rows = session.execute(
-        select(DeviceSession, Device.name, Vdisk.name, Vdisk.subnet_affinity)
+        select(DeviceSession, Device.name, Device.device_type, Vdisk.name, Vdisk.access_mode,
+               Vdisk.subnet_affinity)
         .join(Device, Device.id == DeviceSession.device_id)
         .join(Vdisk, Vdisk.id == DeviceSession.vdisk_id)).all()
     sessions = []
-    for row, device_name, vdisk_name, affinity in rows:
+    for row, device_name, device_type, vdisk_name, access_mode, affinity in rows:
         moving = row.move_to_server_id is not None and row.move_to_server_id in up
         sessions.append(planner.SessionState(
             device_id=row.device_id, device_name=device_name,
             server_id=row.move_to_server_id if moving else row.server_id,
             vdisk=vdisk_name, version=row.version, booting=row.connected_at > cutoff,
-            moving=moving, affinity=affinity, address=_address(row.client_ip)))
+            moving=moving, pinned=is_pinned(access_mode, device_type, row.cache_used_bytes),
+            affinity=affinity, address=_address(row.client_ip)))
     return servers, sessions
+
+
+def is_pinned(access_mode: str, device_type: str, cache_used_bytes: int | None) -> bool:
+    """True if a device would lose state by reconnecting to another server:
+    a private vDisk or a maintenance boot (one writer, on this server's
+    copy), or a write cache on its server that holds data. (Write caches on
+    the device itself travel with it: that is the agent's job.)"""
+    return (access_mode == "private" or device_type == "maintenance"
+            or bool(cache_used_bytes))
 
 
 def check_trigger(trigger_pct: float) -> float:

@@ -5,6 +5,9 @@ Rules:
   row of that device (a reconnect), `ended` removes it — but only a row of
   THIS server, so a late goodbye on an old server cannot erase the session a
   device opened on a new one.
+- Records lost while the database was away are repaired by `reconcile`:
+  the stream server hands over what it serves, and this server's rows are
+  made to match it (never another server's rows).
 - The stream service calls them (through `Farm.session_started` /
   `Farm.session_ended`); they are not audited (no person changed anything).
 - Sessions are what `version list` counts and what merge, delete and revert
@@ -17,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -47,6 +51,20 @@ class SessionInfo:
     version: int
     connected_at: datetime
     last_seen: datetime
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    """What a stream server knows of one of its connected devices."""
+
+    vdisk_id: int
+    version: int
+    client_ip: str | None = None
+
+
+def _short_address(text: str | None) -> str | None:
+    """An address as stored (at most 45 characters: an IPv6 text), or None."""
+    return text[:45] if text else None
 
 
 @dataclass(frozen=True)
@@ -97,9 +115,10 @@ class SessionService:
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
 
-    def started(self, device_id: int, vdisk_id: int, version: int) -> None:
-        """Record that DEVICE_ID booted VERSION of VDISK_ID from this server
-        (replacing any older session of the device).
+    def started(self, device_id: int, vdisk_id: int, version: int,
+                client_ip: str | None = None) -> None:
+        """Record that DEVICE_ID booted VERSION of VDISK_ID from this server,
+        connecting from CLIENT_IP (replacing any older session of the device).
 
         Raises NotFound (no such device, vDisk or version), Unavailable.
         """
@@ -118,6 +137,7 @@ class SessionService:
             session.add(DeviceSession(
                 device_id=device_id, server_id=self.farm.server_id, vdisk_id=vdisk_id,
                 version=version, connected_at=now, last_seen=now,
+                client_ip=_short_address(client_ip),
             ))
 
     def cache_full(self, device_id: int, used_bytes: int, limit_bytes: int | None) -> None:
@@ -179,6 +199,51 @@ class SessionService:
                     DeviceSession.device_id == device_id,
                     DeviceSession.server_id == self.farm.server_id,
                 ).values(cache_used_bytes=used_bytes, last_seen=now))
+
+    def reconcile(self, live: Mapping[int, LiveSession]) -> tuple[int, int]:
+        """Make this server's session rows match LIVE ({device_id: what it
+        streams}), after records were lost to a database outage: rows of
+        devices no longer connected here are deleted, missing rows added,
+        rows of a changed version replaced. A device's row on ANOTHER server
+        is left alone (it connected there later), and so is a row with a move
+        order (the device is on its way to another server). Returns (added,
+        removed).
+
+        Raises Unavailable.
+        """
+        now = self.farm.now()
+        added = removed = 0
+        with self.farm.session() as session:
+            rows = {r.device_id: r for r in session.scalars(
+                select(DeviceSession).where(DeviceSession.device_id.in_(list(live))
+                                            | (DeviceSession.server_id == self.farm.server_id)))}
+            known_devices = set(session.scalars(
+                select(Device.id).where(Device.id.in_(list(live)))).all())
+            freed: set[int] = set()
+            for device_id, row in rows.items():
+                if row.server_id != self.farm.server_id or row.move_to_server_id is not None:
+                    continue
+                want = live.get(device_id)
+                if want is None or (want.vdisk_id, want.version) != (row.vdisk_id, row.version):
+                    freed.add(row.vdisk_id)
+                    session.delete(row)
+                    removed += 1
+            session.flush()
+            for device_id, want in live.items():
+                row = rows.get(device_id)
+                keep = row is not None and (
+                    row.server_id != self.farm.server_id or row.move_to_server_id is not None
+                    or (row.vdisk_id, row.version) == (want.vdisk_id, want.version))
+                if keep or device_id not in known_devices:
+                    continue
+                session.add(DeviceSession(
+                    device_id=device_id, server_id=self.farm.server_id,
+                    vdisk_id=want.vdisk_id, version=want.version, connected_at=now,
+                    last_seen=now, client_ip=_short_address(want.client_ip)))
+                added += 1
+        for vdisk_id in sorted(freed):
+            release_retired_files(self.farm, vdisk_id)
+        return added, removed
 
     def end_all(self) -> int:
         """Forget every session of THIS server (call at server start: after a

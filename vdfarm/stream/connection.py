@@ -10,6 +10,9 @@ Rules:
   a protocol violation (RemoteProtocolError) closes the connection.
 - Flushes run in a thread (fsync can be slow); other requests go on meanwhile,
   which NBD allows: a flush covers the writes answered before it was sent.
+- `leave` (a move order) closes the connection once the requests already
+  received are answered; a request that arrives meanwhile gets ESHUTDOWN
+  (the NBD spec's "server is shutting down, reconnect").
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class NBDConnection(asyncio.Protocol):
         self.view = None  # target of a read-only vDisk view, if that is what we serve
         self.stack = None
         self.peer = "?"
+        self.client_ip: str | None = None
+        self._leaving: str | None = None  # why the connection is being closed
         self._busy = False  # a handshake task is running
         self._clean = False
         self._closed = False
@@ -65,6 +70,7 @@ class NBDConnection(asyncio.Protocol):
         self._sock_fd = sock.fileno() if sock is not None else -1
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.client_ip = peer[0] if peer else None
         self.server.connections.add(self)
         transport.write(self.nbd.start())
 
@@ -164,6 +170,16 @@ class NBDConnection(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self.transport.close()
 
+    def leave(self, reason: str) -> None:
+        """Close this connection after the requests already received are
+        answered (pending flushes included); later ones get ESHUTDOWN."""
+        if self._closed:
+            return
+        self._leaving = reason
+        log.info("%s: closing: %s", self.peer, reason)
+        if not self._flushes_pending:
+            self._close()
+
     # -- handshake ---------------------------------------------------------
     async def _export_request(self, ev: ExportRequest) -> None:
         if ev.name.startswith(VIEW_PREFIX):
@@ -243,6 +259,9 @@ class NBDConnection(asyncio.Protocol):
         cmd = req.command
         nbd = self.nbd
         stack = self.stack
+        if self._leaving is not None:
+            out.append(nbd.reply_error(req.cookie, c.NBD_ESHUTDOWN, self._leaving))
+            return
         try:
             if cmd == c.CMD_READ:
                 if req.length >= _SENDFILE_MIN and self._sock_fd >= 0:
@@ -337,7 +356,7 @@ class NBDConnection(asyncio.Protocol):
             else:
                 err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
                 self.transport.write(self.nbd.reply_error(cookie, errno_to_nbd(err), str(exc)))
-            if self._clean and not self._flushes_pending:
+            if (self._clean or self._leaving) and not self._flushes_pending:
                 self._close()
 
         fut.add_done_callback(done)

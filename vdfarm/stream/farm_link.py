@@ -4,7 +4,9 @@ Rules: a heartbeat every `interval` seconds marks this server alive (other
 servers and every console compute up/down from it); the store inventory
 (which verified versions this server holds) rides on every
 `inventory_every`-th beat, since it reads manifests. A database outage
-never stops streaming: the beat is logged once and tried again.
+never stops streaming: the beat is logged once and tried again. After each
+beat that reached the database, `after_beat` (if given) runs: the stream
+server repairs its session records there once the database is back.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ log = logging.getLogger("vdfarm.stream")
 
 
 async def heartbeat_forever(farm, run_db, interval: float = 1.0,
-                            inventory_every: int = 10) -> None:
+                            inventory_every: int = 10, after_beat=None) -> None:
     """Beat until cancelled. `run_db(fn, *args)` runs a blocking farm call
-    off the event loop."""
+    off the event loop; `after_beat()` is awaited after each beat that
+    reached the database."""
     beat = 0
     failing = False
     while True:
@@ -31,5 +34,7 @@ async def heartbeat_forever(farm, run_db, interval: float = 1.0,
             if not failing:
                 log.warning("heartbeat failed (streaming goes on): %s", exc)
             failing = True
+        if not failing and after_beat is not None:
+            await after_beat()
         beat += 1
         await asyncio.sleep(interval)

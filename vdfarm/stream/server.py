@@ -25,6 +25,7 @@ from pathlib import Path
 from vdfarm.block.layer import FULL_CAPABILITIES, Capabilities
 from vdfarm.stream.connection import NBDConnection
 from vdfarm.stream.farm_link import heartbeat_forever
+from vdfarm.stream.moves import auto_rebalance_forever, moves_forever
 from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
 
 log = logging.getLogger("vdfarm.stream")
@@ -108,9 +109,10 @@ class StreamServer:
 async def serve(farm, host: str, port: int, grace_seconds: float,
                 lease_seconds: float = DEFAULT_LEASE_SECONDS,
                 api_host: str | None = None, api_port: int | None = None,
-                ready=None) -> None:
+                ready=None, auto_rebalance_every: float = 0) -> None:
     """Serve NBD (and the REST API unless `api_port` is None) until
-    SIGTERM/SIGINT."""
+    SIGTERM/SIGINT; carry out move orders; run the automatic rebalance every
+    `auto_rebalance_every` seconds (0: never)."""
     server = StreamServer(farm, farm.cache_dir, grace_seconds=grace_seconds,
                           lease_seconds=lease_seconds)
     bound = await server.start(host, port)
@@ -132,8 +134,19 @@ async def serve(farm, host: str, port: int, grace_seconds: float,
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [loop.create_task(server.registry.report_cache_usage_forever()),
-             loop.create_task(heartbeat_forever(farm, server.registry.run_db))]
+    registry = server.registry
+
+    async def repair_records() -> None:
+        if registry.dirty:
+            await registry.reconcile()
+
+    tasks = [loop.create_task(registry.report_cache_usage_forever()),
+             loop.create_task(heartbeat_forever(farm, registry.run_db,
+                                                after_beat=repair_records)),
+             loop.create_task(moves_forever(farm, registry))]
+    if auto_rebalance_every > 0:
+        tasks.append(loop.create_task(
+            auto_rebalance_forever(farm, registry, auto_rebalance_every)))
     log.info("serving NBD on %s:%d", host, bound)
     api_text = f", REST API on {api_host or host}:{api_bound}" if api is not None else ""
     print(f"vdfarm: serving NBD on {host}:{bound}{api_text} (data dir {farm.data_dir})",
@@ -166,7 +179,8 @@ def _tune_malloc() -> None:
 def run_server(farm, host: str = "127.0.0.1", nbd_port: int = 10809,
                grace_seconds: float = 30.0,
                lease_seconds: float = DEFAULT_LEASE_SECONDS,
-               api_host: str | None = None, api_port: int | None = None) -> None:
+               api_host: str | None = None, api_port: int | None = None,
+               auto_rebalance_every: float = 0) -> None:
     """Foreground entry point used by `vdfarm server run`."""
     _tune_malloc()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -176,4 +190,5 @@ def run_server(farm, host: str = "127.0.0.1", nbd_port: int = 10809,
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    runner(serve(farm, host, nbd_port, grace_seconds, lease_seconds, api_host, api_port))
+    runner(serve(farm, host, nbd_port, grace_seconds, lease_seconds, api_host, api_port,
+                 auto_rebalance_every=auto_rebalance_every))

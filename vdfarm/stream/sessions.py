@@ -21,6 +21,16 @@ Rules:
   only costs the record, never the stream.
 - Database calls are blocking; they run on the `db_executor` thread, never on
   the event loop.
+- Streaming survives the database: every export a device resolved is
+  remembered, so while the database is away a known device can still
+  connect (a standard-mode device from what was cached; a private or
+  maintenance device only by rejoining its live session, since a lock cannot
+  be taken without the database). Session records that failed mark the
+  registry *dirty*; `reconcile` repairs them once the database is back.
+- A move order (rebalance) ends a session at once, without grace: its
+  connections are closed after their in-flight requests are answered, and
+  its farm record stays (with the order) until the device connects to its
+  new server, so the device's next login finds the order.
 """
 
 from __future__ import annotations
@@ -52,7 +62,8 @@ class FarmPort(Protocol):
     def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> Any: ...
     def renew_lock(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool: ...
     def release_lock(self, vdisk_id: int, device_id: int, token: int) -> None: ...
-    def session_started(self, device_id: int, vdisk_id: int, version: int) -> None: ...
+    def session_started(self, device_id: int, vdisk_id: int, version: int,
+                        client_ip: str | None = None) -> None: ...
     def session_ended(self, device_id: int) -> None: ...
 
 
@@ -101,6 +112,8 @@ class DeviceSession:
     lock_token: int | None = None
     fenced: bool = False
     cache_full_reported: bool = False
+    client_ip: str | None = None
+    moving_to: str | None = None  # name of the server a move order sends it to
     connections: int = 0
     grace_handle: asyncio.TimerHandle | None = None
     renew_task: asyncio.Task | None = None
@@ -109,6 +122,15 @@ class DeviceSession:
     @property
     def device_name(self) -> str:
         return self.target.device_name
+
+    def pinned_because(self) -> str | None:
+        """Why this session cannot move to another server without losing
+        state, or None if it can."""
+        if self.private_file is not None:
+            return f"it writes to vDisk {self.target.vdisk_name} itself ({self.target.access_mode})"
+        if self.overlay is not None and self.overlay.used_bytes:
+            return f"its write cache on this server holds {self.overlay.used_bytes} bytes"
+        return None
 
 
 class SessionRegistry:
@@ -127,14 +149,30 @@ class SessionRegistry:
         self.sessions: dict[int, DeviceSession] = {}
         self.chains = ChainCache()
         self._opening: dict[int, asyncio.Future] = {}
+        self.known: dict[str, Any] = {}  # export name -> last resolved target
+        self.dirty = False  # a session record failed: reconcile when the DB is back
 
     async def run_db(self, fn, *args):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.db_executor, fn, *args)
 
     async def resolve(self, export_name: str):
-        """The device's export target; raises vdfarm.service errors."""
-        return await self.run_db(self.farm.resolve_export, export_name)
+        """The device's export target; raises vdfarm.service errors. While
+        the database is unreachable, the target last resolved for this
+        export name (if any) stands in."""
+        try:
+            target = await self.run_db(self.farm.resolve_export, export_name)
+        except Exception as exc:
+            cached = self.known.get(export_name)
+            if type(exc).__name__ != "Unavailable" or cached is None:
+                if type(exc).__name__ == "NotFound":
+                    self.known.pop(export_name, None)
+                raise
+            log.warning("farm database unreachable (%s): device %s served from cache",
+                        exc, cached.device_name)
+            return cached
+        self.known[export_name] = target
+        return target
 
     async def resolve_view(self, vdisk_name: str):
         """The target of the read-only view of a vDisk; raises service errors."""
@@ -173,9 +211,10 @@ class SessionRegistry:
             self._opening[device_id] = fut
             try:
                 session = await self._open(target)
+                session.client_ip = getattr(connection, "client_ip", None)
                 self.sessions[device_id] = session
                 await self._record(self.farm.session_started, device_id,
-                                   target.vdisk_id, target.version)
+                                   target.vdisk_id, target.version, session.client_ip)
             finally:
                 del self._opening[device_id]
                 fut.set_result(None)
@@ -196,7 +235,7 @@ class SessionRegistry:
         session.connections -= 1
         if session.connections > 0:
             return
-        if clean or self.grace_seconds <= 0:
+        if clean or self.grace_seconds <= 0 or session.moving_to is not None:
             asyncio.get_running_loop().create_task(self._end(session))
         else:
             log.info("device %s dropped uncleanly; keeping its session %.0fs",
@@ -237,6 +276,47 @@ class SessionRegistry:
                 continue
             reported = {d: now[d] for d in now}
 
+    def move_out(self, device_id: int, to_server: str) -> str | None:
+        """Carry out a move order: close the device's connections (each after
+        its in-flight requests are answered) and end its session. Returns
+        None when done, else why the device stays (it has no session here,
+        or moving would lose its state)."""
+        session = self.sessions.get(device_id)
+        if session is None:
+            return "it has no session on this server"
+        why = session.pinned_because()
+        if why is not None:
+            return why
+        session.moving_to = to_server
+        log.info("device %s: moving to server %s; closing its connections",
+                 session.device_name, to_server)
+        for connection in list(session.connections_set):
+            connection.leave(f"device moved to server {to_server}")
+        if session.connections == 0:  # waiting out a grace period: end it now
+            asyncio.get_running_loop().create_task(self._end(session))
+        return None
+
+    def live_sessions(self) -> dict[int, Any]:
+        """{device_id: LiveSession} of every session this server serves
+        (moving ones excluded: their record belongs to the move)."""
+        from vdfarm.service.sessions import LiveSession
+
+        return {s.target.device_id: LiveSession(s.target.vdisk_id, s.target.version, s.client_ip)
+                for s in self.sessions.values() if s.moving_to is None}
+
+    async def reconcile(self) -> None:
+        """Repair the farm's session records of this server after an outage."""
+        self.dirty = False
+        try:
+            added, removed = await self.run_db(self.farm.sessions.reconcile,
+                                               self.live_sessions())
+        except Exception as exc:
+            self.dirty = True
+            log.warning("could not reconcile session records: %s", exc)
+            return
+        if added or removed:
+            log.info("session records reconciled: %d added, %d removed", added, removed)
+
     def _grace_expired(self, session: DeviceSession) -> None:
         session.grace_handle = None
         if session.connections == 0:
@@ -247,6 +327,7 @@ class SessionRegistry:
         try:
             await self.run_db(fn, *args)
         except Exception as exc:  # the stream does not depend on the record
+            self.dirty = True
             log.warning("could not record session in the farm database: %s", exc)
 
     async def _open(self, target) -> DeviceSession:
@@ -351,7 +432,8 @@ class SessionRegistry:
                                       target.device_id, session.lock_token)
                 except Exception as exc:  # the lease will expire by itself
                     log.warning("lock release for %s failed: %s", target.vdisk_name, exc)
-        await self._record(self.farm.session_ended, target.device_id)
+        if session.moving_to is None:
+            await self._record(self.farm.session_ended, target.device_id)
         log.info("device %s: session ended", target.device_name)
 
     async def close_all(self) -> None:

@@ -1,0 +1,162 @@
+"""A farm of several real `vdfarm server run` processes on loopback, sharing
+one database, for the multi-server tests.
+
+Rules: every server has its own data directory (its own store) and its own
+NBD and API ports, fixed for its life so a restarted server is reachable
+where it was; vDisks are imported on the first server and copied into the
+others' stores by hand (replication is not what these tests test); servers
+are stopped (SIGTERM, then SIGKILL) at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import VDFARM, free_port, wait_port
+from tests.stream.rawclient import RawClient
+
+
+class ClusterServer:
+    """One server process of the farm."""
+
+    def __init__(self, root: Path, name: str, db_url: str) -> None:
+        self.name = name
+        self.db_url = db_url
+        self.data_dir = root / name
+        self.nbd_port = free_port()
+        self.api_port = free_port()
+        self.log_path = root / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        argv = VDFARM + ["--data-dir", str(self.data_dir), "--db", self.db_url, *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"vdfarm {' '.join(args)} on {self.name} failed "
+                                 f"({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def cli_json(self, *args: str):
+        return json.loads(self.cli("--json", *args).stdout)
+
+    def start(self, *extra: str) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            VDFARM + ["--data-dir", str(self.data_dir), "--db", self.db_url, "server", "run",
+                      "--nbd-port", str(self.nbd_port), "--api-port", str(self.api_port),
+                      *extra],
+            stdout=log, stderr=log)
+        wait_port(self.nbd_port, self.proc)
+        wait_port(self.api_port, self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without a word to anyone."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+        return httpx.request(method, f"http://127.0.0.1:{self.api_port}/api/v1{path}",
+                             timeout=10, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Cluster:
+    """Servers by name; `init` them, `start` them, log devices in."""
+
+    def __init__(self, root: Path, db_url: str, names: list[str]) -> None:
+        self.root = root
+        self.servers = {name: ClusterServer(root, name, db_url) for name in names}
+        self.first = self.servers[names[0]]
+
+    def init(self) -> None:
+        for server in self.servers.values():
+            server.cli("init", "--name", server.name)
+
+    def copy_store(self, vdisk: str) -> None:
+        """Put the first server's copy of VDISK into every other store."""
+        source = self.first.data_dir / "store" / vdisk
+        for server in self.servers.values():
+            if server is not self.first:
+                target = server.data_dir / "store" / vdisk
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(source, target)
+
+    def start(self, *extra: str) -> None:
+        for server in self.servers.values():
+            server.start(*extra)
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+    def by_port(self, nbd_port: int) -> ClusterServer:
+        [server] = [s for s in self.servers.values() if s.nbd_port == nbd_port]
+        return server
+
+    def login(self, device: str, via: ClusterServer | None = None) -> dict:
+        """POST /login on VIA (default: the first server up) for DEVICE."""
+        candidates = [via] if via else [s for s in self.servers.values() if s.proc]
+        response = candidates[0].api("POST", "/login", json={"device": device})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def connect(self, device: str, via: ClusterServer | None = None
+                ) -> tuple[ClusterServer, RawClient]:
+        """Log DEVICE in, then open its NBD export on the server login chose."""
+        answer = self.login(device, via)
+        server = self.by_port(answer["server"]["nbd_port"])
+        client = RawClient(server.nbd_port)
+        client.connect(device)
+        return server, client
+
+    def connected_counts(self) -> dict[str, int]:
+        """Server name -> connected devices, as the first server up reports."""
+        up = [s for s in self.servers.values() if s.proc]
+        rows = up[0].api("GET", "/servers").json()
+        return {row["name"]: row["connected"] for row in rows}
+
+    def server_rows(self, via: ClusterServer) -> dict[str, dict]:
+        return {row["name"]: row for row in via.api("GET", "/servers").json()}
+
+
+def wait_until(condition, what: str, timeout: float = 60.0, step: float = 0.2):
+    """Poll CONDITION until true (and return its value); AssertionError naming WHAT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting: {what}")
+        time.sleep(step)

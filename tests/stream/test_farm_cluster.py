@@ -1,0 +1,172 @@
+"""Three real servers on one real PostgreSQL: 30 devices log in and stream,
+a server is killed and comes back, a rebalance evens the load, private-mode
+locks survive a dead server without anyone acting.
+
+Devices are raw NBD clients (tests/stream/rawclient.py) that log in through
+the REST API (POST /login) and then open their export on the server the
+answer names, as the device agent will.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from tests.conftest import make_test_image
+from tests.farm.postgres import fresh_postgres_url
+from tests.stream.cluster import Cluster, wait_until
+from tests.stream.rawclient import CMD_READ, CMD_WRITE, EPERM, NBDOptionError, RawClient
+
+DEVICES = [f"pc{n:02}" for n in range(30)]
+TRIGGER_PCT = 25
+HEARTBEAT_TIMEOUT = timedelta(seconds=3)
+
+
+@pytest.fixture(scope="session")
+def db_kind() -> str:
+    """These tests run on PostgreSQL only (the farm of several servers is
+    what PostgreSQL is for): overrides the stream tests' two-database dimension."""
+    return "postgresql"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with fresh_postgres_url() as url:
+        farm = Cluster(tmp_path, url, ["s1", "s2", "s3"])
+        try:
+            farm.init()
+            image = make_test_image(tmp_path / "golden.raw", size=16 << 20)
+            farm.first.cli("vdisk", "import", "golden", str(image), "--mode", "standard")
+            farm.first.cli("vdisk", "import", "mine", str(image), "--mode", "private")
+            farm.first.cli("device", "add", "solo", "--vdisk", "mine")
+            farm.copy_store("golden")
+            farm.copy_store("mine")
+            yield farm
+        finally:
+            farm.stop()
+
+
+def add_devices(cluster: Cluster) -> None:
+    """The 30 devices, through the API (one process, not 30 CLI runs)."""
+    token = (cluster.first.data_dir / "api-token").read_text().strip()
+    for name in DEVICES:
+        response = cluster.first.api("POST", "/devices", json={"name": name, "vdisk": "golden"},
+                                     headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 201, response.text
+
+
+def within_trigger(counts: dict[str, int]) -> bool:
+    average = sum(counts.values()) / len(counts)
+    return all(abs(n - average) <= max(1, average * TRIGGER_PCT / 100) for n in counts.values())
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_logins_spread_a_dead_server_is_avoided_and_rebalance_evens_the_load(cluster):
+    cluster.start()
+    add_devices(cluster)
+    s1, s2, s3 = cluster.servers.values()
+    clients = {}
+    for n, device in enumerate(DEVICES):  # log in through every server's API in turn
+        server, client = cluster.connect(device, via=[s1, s2, s3][n % 3])
+        clients[device] = (server, client)
+    counts = cluster.connected_counts()
+    assert sum(counts.values()) == 30 and within_trigger(counts), counts
+    for via in (s2, s3):  # every server's API tells the same
+        assert {k: v["connected"] for k, v in cluster.server_rows(via).items()} == counts
+
+    # SIGKILL s3: it is down once its heartbeat is older than the timeout.
+    cluster.servers["s3"].kill()
+    rows = wait_until(lambda: (r := cluster.server_rows(s1)) and not r["s3"]["up"] and r,
+                      "s3 marked down")
+    assert rows["s1"]["up"] and rows["s2"]["up"]
+    beat = parse_time(rows["s3"]["last_heartbeat"])
+    assert parse_time(rows["s1"]["last_heartbeat"]) - beat >= HEARTBEAT_TIMEOUT - timedelta(
+        seconds=1)  # s1 kept beating while s3 went quiet
+
+    # Its devices lost their connection; their next logins land on survivors.
+    orphans = [d for d, (server, _) in clients.items() if server.name == "s3"]
+    assert len(orphans) == counts["s3"]
+    for device in orphans:
+        assert clients[device][1].is_closed_by_server(timeout=5)
+        answer = cluster.login(device)
+        assert answer["server"]["name"] in ("s1", "s2")
+        assert "s3" not in [alt["name"] for alt in answer["alternatives"]]
+        clients[device] = cluster.connect(device)
+    counts = cluster.connected_counts()
+    assert counts["s1"] + counts["s2"] == 30, counts
+
+    # s3 returns; `vdfarm rebalance` orders moves, the servers carry them out,
+    # the moved devices log in again and land on s3.
+    s3.start()
+    wait_until(lambda: cluster.server_rows(s1)["s3"]["up"], "s3 up again")
+    plan = s1.cli_json("rebalance")
+    assert plan["moves"], plan
+    assert {m["to_server"] for m in plan["moves"]} == {"s3"}
+    moved = {m["device"] if "device" in m else m["device_name"] for m in plan["moves"]}
+    for device in moved:
+        server, client = clients[device]
+        assert client.is_closed_by_server(timeout=15), f"{device} was not asked to move"
+        new_server, new_client = cluster.connect(device)
+        assert new_server.name == "s3"
+        clients[device] = (new_server, new_client)
+    counts = wait_until(lambda: (c := cluster.connected_counts()) and c["s3"] == len(moved)
+                        and c, "moved devices recorded on s3")
+    assert sum(counts.values()) == 30 and within_trigger(counts), counts
+    for device, (server, client) in clients.items():  # everyone still streams
+        assert client.call(CMD_READ, 0, 4096)[0] == 0, device
+    audit = s2.cli_json("audit", "list")
+    assert sum(1 for row in audit if row["action"] == "device.move") == len(moved)
+
+
+def lock_row(server, vdisk="mine"):
+    [row] = [r for r in server.cli_json("lock", "list") if r["vdisk"] == vdisk]
+    return row
+
+
+def test_a_dead_servers_lock_frees_itself_and_a_stale_holder_is_fenced(cluster):
+    cluster.start("--lease", "3")
+    s1, s2, s3 = cluster.servers.values()
+    first = RawClient(s1.nbd_port)
+    first.connect("solo")
+    assert first.call(CMD_WRITE, 0, 512, data=b"1" * 512)[0] == 0
+    held = lock_row(s2)
+    assert (held["state"], held["holder"], held["server"]) == ("held", "solo", "s1")
+
+    # The serving server dies; nobody releases anything.
+    s1.kill()
+    with pytest.raises(NBDOptionError, match="locked by device solo on server s1"):
+        RawClient(s2.nbd_port).connect("solo")
+    wait_until(lambda: lock_row(s3)["state"] != "held", "the lease ran out", timeout=30)
+    second = RawClient(s2.nbd_port)
+    second.connect("solo")
+    assert second.call(CMD_WRITE, 0, 512, data=b"2" * 512)[0] == 0
+    now = lock_row(s3)
+    assert (now["state"], now["server"]) == ("held", "s2")
+    assert now["fencing_token"] > held["fencing_token"]
+    second.close()
+
+    # A stale holder: s2 pauses (as if hung) while serving solo; the lease
+    # runs out, s3 takes the device; when s2 wakes up, its old token is
+    # refused and so is every write it is asked to make.
+    wait_until(lambda: lock_row(s3)["state"] != "held", "s2's clean goodbye freed the lock")
+    stale = RawClient(s2.nbd_port)
+    stale.connect("solo")
+    old_token = lock_row(s3)["fencing_token"]
+    s2.pause()
+    try:
+        wait_until(lambda: lock_row(s3)["state"] != "held", "the paused holder's lease ran out",
+                   timeout=30)
+        third = RawClient(s3.nbd_port)
+        third.connect("solo")
+        assert lock_row(s3)["fencing_token"] > old_token
+    finally:
+        s2.resume()
+    wait_until(lambda: "lost the lock" in s2.log(), "s2 noticed it lost the lock", timeout=30)
+    error, _ = stale.call(CMD_WRITE, 0, 512, data=b"X" * 512)
+    assert error == EPERM
+    assert third.call(CMD_WRITE, 0, 512, data=b"3" * 512)[0] == 0
+    assert lock_row(s3)["server"] == "s3"
