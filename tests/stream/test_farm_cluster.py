@@ -12,11 +12,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import select, update
 
 from tests.conftest import make_test_image
 from tests.farm.postgres import fresh_postgres_url
 from tests.stream.cluster import Cluster, wait_until
 from tests.stream.rawclient import CMD_READ, CMD_WRITE, EPERM, NBDOptionError, RawClient
+from vdfarm.farm.models import DeviceSession, Server
+from vdfarm.service.context import Farm
 
 DEVICES = [f"pc{n:02}" for n in range(30)]
 TRIGGER_PCT = 25
@@ -106,7 +109,7 @@ def test_logins_spread_a_dead_server_is_avoided_and_rebalance_evens_the_load(clu
     plan = s1.cli_json("rebalance")
     assert plan["moves"], plan
     assert {m["to_server"] for m in plan["moves"]} == {"s3"}
-    moved = {m["device"] if "device" in m else m["device_name"] for m in plan["moves"]}
+    moved = {m["device_name"] for m in plan["moves"]}
     for device in moved:
         server, client = clients[device]
         assert client.is_closed_by_server(timeout=15), f"{device} was not asked to move"
@@ -170,3 +173,40 @@ def test_a_dead_servers_lock_frees_itself_and_a_stale_holder_is_fenced(cluster):
     assert error == EPERM
     assert third.call(CMD_WRITE, 0, 512, data=b"3" * 512)[0] == 0
     assert lock_row(s3)["server"] == "s3"
+
+
+def test_a_device_with_data_in_its_write_cache_is_never_moved(cluster):
+    s1, s2, s3 = cluster.servers.values()
+    s1.start()
+    s2.start()
+    add_devices(cluster)
+    clients = {}
+    for device in DEVICES[:4]:  # all on s1, none on s2
+        clients[device] = RawClient(s1.nbd_port)
+        clients[device].connect(device)
+    assert clients["pc00"].call(CMD_WRITE, 0, 512, data=b"w" * 512)[0] == 0
+    wait_until(lambda: (s1.cli_json("device", "show", "pc00")["session"]
+                        ["write_cache_used_bytes"] or 0) > 0, "pc00's cache use reported")
+
+    plan = s1.cli_json("rebalance")
+    moved = {m["device_name"] for m in plan["moves"]}
+    assert len(moved) == 2 and "pc00" not in moved, plan
+    for device in moved:
+        assert clients[device].is_closed_by_server(timeout=15)
+
+    # The server checks again before it carries an order out: a device that
+    # wrote since the plan was made stays, and its order is cancelled.
+    [stays] = sorted(set(DEVICES[1:4]) - moved)
+    assert clients[stays].call(CMD_WRITE, 0, 512, data=b"x" * 512)[0] == 0
+    with Farm.open(s1.data_dir, s1.db_url) as farm, farm.session() as session:
+        device_id = farm.resolve_export(stays).device_id
+        s2_id = session.scalar(select(Server.id).where(Server.name == "s2"))
+        session.execute(update(DeviceSession).where(DeviceSession.device_id == device_id)
+                        .values(move_to_server_id=s2_id, move_requested_at=farm.now()))
+    wait_until(lambda: f"device {stays} stays on this server" in s1.log(), "order refused")
+    assert "its write cache on this server holds 4096 bytes" in s1.log()  # one 4 KiB block
+    assert not clients[stays].is_closed_by_server(timeout=2)
+    assert clients[stays].call(CMD_READ, 0, 512) == (0, b"x" * 512)
+    with Farm.open(s1.data_dir, s1.db_url) as farm, farm.session() as session:
+        assert session.scalar(select(DeviceSession.move_to_server_id)
+                              .where(DeviceSession.device_id == device_id)) is None
