@@ -136,13 +136,14 @@ async def serve(farm, host: str, port: int, grace_seconds: float,
         loop.add_signal_handler(sig, stop.set)
     registry = server.registry
 
-    async def repair_records() -> None:
-        if registry.dirty:
+    async def after_beat(reached: bool) -> None:
+        registry.database_reachable = reached
+        if reached and registry.dirty:
             await registry.reconcile()
 
     tasks = [loop.create_task(registry.report_cache_usage_forever()),
              loop.create_task(heartbeat_forever(farm, registry.run_db,
-                                                after_beat=repair_records)),
+                                                after_beat=after_beat)),
              loop.create_task(moves_forever(farm, registry))]
     if auto_rebalance_every > 0:
         tasks.append(loop.create_task(

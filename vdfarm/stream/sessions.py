@@ -25,8 +25,10 @@ Rules:
   remembered, so while the database is away a known device can still
   connect (a standard-mode device from what was cached; a private or
   maintenance device only by rejoining its live session, since a lock cannot
-  be taken without the database). Session records that failed mark the
-  registry *dirty*; `reconcile` repairs them once the database is back.
+  be taken without the database). While the heartbeat says the database is
+  away (`database_reachable`), known devices do not wait on it at all and
+  session records are not tried. Records that failed or were skipped mark
+  the registry *dirty*; `reconcile` repairs them once the database is back.
 - A move order (rebalance) ends a session at once, without grace: its
   connections are closed after their in-flight requests are answered, and
   its farm record stays (with the order) until the device connects to its
@@ -151,6 +153,7 @@ class SessionRegistry:
         self._opening: dict[int, asyncio.Future] = {}
         self.known: dict[str, Any] = {}  # export name -> last resolved target
         self.dirty = False  # a session record failed: reconcile when the DB is back
+        self.database_reachable = True  # as the last heartbeat found it
 
     async def run_db(self, fn, *args):
         loop = asyncio.get_running_loop()
@@ -160,6 +163,10 @@ class SessionRegistry:
         """The device's export target; raises vdfarm.service errors. While
         the database is unreachable, the target last resolved for this
         export name (if any) stands in."""
+        cached = self.known.get(export_name)
+        if cached is not None and not self.database_reachable:
+            log.warning("farm database away: device %s served from cache", cached.device_name)
+            return cached
         try:
             target = await self.run_db(self.farm.resolve_export, export_name)
         except Exception as exc:
@@ -324,6 +331,9 @@ class SessionRegistry:
             asyncio.get_running_loop().create_task(self._end(session))
 
     async def _record(self, fn, *args) -> None:
+        if not self.database_reachable:
+            self.dirty = True
+            return
         try:
             await self.run_db(fn, *args)
         except Exception as exc:  # the stream does not depend on the record
