@@ -20,6 +20,8 @@ from vdfarm.block.layer import EXTENT_ZERO
 from vdfarm.block.memory import MemoryDisk
 from vdfarm.block.raw import RawFile
 
+from .model_ranges import ranges_near_edges
+
 
 class OverlayMachine(RuleBasedStateMachine):
     disk_size = 64 * 1024
@@ -52,14 +54,7 @@ class OverlayMachine(RuleBasedStateMachine):
 
     def ranges(self):
         """(offset, length) inside the disk, often on or next to block edges."""
-        size, bs = self.disk_size, self.block_size
-        near_edge = st.builds(lambda block, nudge: block * bs + nudge,
-                              st.integers(0, size // bs), st.sampled_from([0, 0, 1, -1, bs // 2]))
-        offsets = st.one_of(st.integers(0, size - 1), near_edge).map(
-            lambda o: min(max(o, 0), size - 1))
-        lengths = st.one_of(st.integers(1, size), st.integers(1, 2 * bs), near_edge)
-        return st.tuples(offsets, lengths).map(
-            lambda ol: (ol[0], min(max(ol[1], 1), size - ol[0])))
+        return ranges_near_edges(self.disk_size, self.block_size, 2)
 
     @rule(data=st.data(), fill=st.integers(1, 255))
     def write(self, data, fill):

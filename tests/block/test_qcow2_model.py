@@ -28,6 +28,7 @@ from vdfarm.block.memory import MemoryDisk
 from vdfarm.block.qcow2 import Qcow2File
 from vdfarm.block.raw import RawFile
 
+from .model_ranges import ranges_near_edges
 from .qcow2_tools import check, compare_with_raw, create
 
 
@@ -92,14 +93,7 @@ class Qcow2Machine(RuleBasedStateMachine):
 
     def ranges(self):
         """(offset, length) inside the disk, often on or next to cluster edges."""
-        size, cs = self.disk_size, self.cluster
-        near_edge = st.builds(lambda c, nudge: c * cs + nudge,
-                              st.integers(0, size // cs), st.sampled_from([0, 0, 1, -1, cs // 2]))
-        offsets = st.one_of(st.integers(0, size - 1), near_edge).map(
-            lambda o: min(max(o, 0), size - 1))
-        lengths = st.one_of(st.integers(1, size), st.integers(1, 3 * cs), near_edge)
-        return st.tuples(offsets, lengths).map(
-            lambda ol: (ol[0], min(max(ol[1], 1), size - ol[0])))
+        return ranges_near_edges(self.disk_size, self.cluster, 3)
 
     @rule(data=st.data(), fill=st.integers(1, 255))
     def write(self, data, fill):
