@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 
 from tests.cli.conftest import Cli, assert_one_line_error
+from vdfarm.api.auth import read_token
 
 VERBS_NEEDING_A_DATA_DIR = [
     ["vdisk", "list"], ["vdisk", "show", "w"], ["vdisk", "import", "w", "x.raw"],
@@ -15,19 +17,39 @@ VERBS_NEEDING_A_DATA_DIR = [
     ["device", "show", "pc1"], ["device", "assign", "pc1", "w"],
     ["device", "set", "pc1", "--type", "test"], ["device", "delete", "pc1"],
     ["lock", "list"], ["lock", "release", "w"], ["audit", "list"], ["server", "list"],
-    ["server", "run"],
+    ["server", "run"], ["server", "set", "srv1", "--max-booting", "5"], ["store", "list"],
+    ["device", "login", "pc1"], ["vdisk", "set", "w", "--subnet-affinity", "fixed"],
+    ["rebalance"],
 ]
 
 
 def test_init(cli):
     result = cli.ok("init", "--name", "pvs1")
     assert result.stdout.startswith(f"initialised {cli.data_dir}: server pvs1 (")
-    for sub in ("store", "cache", "server.json", "farm.db"):
+    for sub in ("store", "cache", "server.json", "farm.db", "api-token"):
         assert (cli.data_dir / sub).exists()
     again = cli.json("init")
     assert again["server_name"] == "pvs1"
     assert again["server_uuid"] == json.loads((cli.data_dir / "server.json").read_text())["uuid"]
     assert again["store"] == str(cli.data_dir / "store")
+
+
+def test_init_makes_the_api_token_once(cli):
+    out = cli.ok("init").stdout.splitlines()
+    token_file = cli.data_dir / "api-token"
+    assert out[1] == f"API token (for changes through the REST API and --farm): {token_file}"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = read_token(cli.data_dir)
+    assert token and len(token) >= 40
+    assert cli.json("init")["api_token_file"] == str(token_file)
+    assert read_token(cli.data_dir) == token  # never rewritten
+
+
+def test_init_refuses_an_unusable_token_file(cli):
+    cli.data_dir.mkdir()
+    (cli.data_dir / "api-token").write_text("")
+    assert_one_line_error(cli("init"), 1, "is empty")
+    assert sorted(p.name for p in cli.data_dir.iterdir()) == ["api-token"]
 
 
 @pytest.mark.parametrize("verb", VERBS_NEEDING_A_DATA_DIR, ids=" ".join)

@@ -16,19 +16,20 @@ def test_server_run_calls_run_server(icli, monkeypatch):
     calls = []
 
     def fake_run_server(farm, host, nbd_port, grace_seconds, lease_seconds, *, api_host,
-                        api_port):
+                        api_port, auto_rebalance_every):
         calls.append((type(farm), farm.data_dir, farm.server_name, host, nbd_port,
-                      grace_seconds, lease_seconds, api_host, api_port))
+                      grace_seconds, lease_seconds, api_host, api_port, auto_rebalance_every))
 
     monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server)
     icli.ok("server", "run", "--nbd-port", "12345", "--host", "127.0.0.2", "--grace", "2.5",
-            "--lease", "4", "--api-port", "0", "--api-host", "127.0.0.3")
+            "--lease", "4", "--api-port", "0", "--api-host", "127.0.0.3",
+            "--auto-rebalance", "60")
     icli.ok("server", "run")
     icli.ok("server", "run", "--no-api")
     assert calls == [
-        (Farm, icli.data_dir, "srv1", "127.0.0.2", 12345, 2.5, 4.0, "127.0.0.3", 0),
-        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, 8080),
-        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, None),
+        (Farm, icli.data_dir, "srv1", "127.0.0.2", 12345, 2.5, 4.0, "127.0.0.3", 0, 60.0),
+        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, 8080, 0.0),
+        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, None, 0.0),
     ]
 
 

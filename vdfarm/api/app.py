@@ -18,7 +18,17 @@ from fastapi import FastAPI
 import vdfarm
 from vdfarm.api import auth
 from vdfarm.api.errors import install_error_handlers
-from vdfarm.api.routes import audit, devices, locks, login, servers, vdisks, versions
+from vdfarm.api.routes import (
+    audit,
+    devices,
+    locks,
+    login,
+    rebalance,
+    servers,
+    stores,
+    vdisks,
+    versions,
+)
 from vdfarm.service.context import Farm
 
 API_PREFIX = "/api/v1"
@@ -42,7 +52,7 @@ def create_app(farm: Farm, *, token: str | None = None) -> FastAPI:
     app.state.farm = farm
     app.state.api_token = token if token is not None else auth.ensure_token(farm.data_dir)
     install_error_handlers(app)
-    for module in (servers, vdisks, versions, devices, locks, audit):
+    for module in (servers, stores, vdisks, versions, devices, locks, audit, rebalance):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(login.router, prefix=API_PREFIX)  # open to devices: no token
     return app

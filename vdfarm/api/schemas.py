@@ -17,7 +17,10 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from vdfarm.farm.models import ACCESS_MODES, DEVICE_TYPES, WRITE_CACHE_TYPES
+from vdfarm.farm.placement import AFFINITIES
+from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT
 from vdfarm.service.merges import EXPORT_FORMATS
+from vdfarm.service.moves import MAX_TRIGGER_PCT
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.version_rules import PROMOTE_TARGETS
 
@@ -26,6 +29,7 @@ WriteCacheType = Literal[WRITE_CACHE_TYPES]  # type: ignore[valid-type]
 DeviceType = Literal[DEVICE_TYPES]  # type: ignore[valid-type]
 PromoteTarget = Literal[PROMOTE_TARGETS]  # type: ignore[valid-type]
 ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]
+SubnetAffinity = Literal[AFFINITIES]  # type: ignore[valid-type]
 
 
 class ErrorDetail(BaseModel):
@@ -64,13 +68,24 @@ class VdiskImport(Body):
 
 
 class VdiskPatch(Body):
-    """Fields of a vDisk to change; `cache_limit_mb: null` removes the limit."""
+    """Fields of a vDisk to change; `cache_limit_mb: null` removes the limit.
+    `subnet_affinity` (placement: same subnet first, or only) must come alone."""
 
     mode: AccessMode | None = None
     write_cache: WriteCacheType | None = None
     cache_limit_mb: int | None = Field(default=None, ge=1)
     description: str | None = None
     max_versions: int | None = None
+    subnet_affinity: SubnetAffinity = Field(
+        default="none", description="none, best-effort (same subnet first) or fixed (only).")
+
+    def sets_affinity(self) -> bool:
+        """True if this patch changes the subnet affinity."""
+        return "subnet_affinity" in self.model_fields_set
+
+    def other_fields(self) -> set[str]:
+        """The fields sent besides `subnet_affinity`."""
+        return set(self.model_fields_set) - {"subnet_affinity"}
 
     def changes(self) -> dict[str, Any]:
         """Keyword arguments for VdiskService.set (absent fields unchanged)."""
@@ -117,6 +132,38 @@ class ServerPatch(Body):
             "power_rating": self.power_rating, "max_booting": self.max_booting,
             "subnet": self.subnet if "subnet" in self.model_fields_set else UNCHANGED,
         }
+
+
+class RebalanceBody(Body):
+    """A rebalance run: plan only (`dry_run`), or order the moves."""
+
+    dry_run: bool = Field(default=False, description="Show the moves, order none.")
+    trigger_pct: float = Field(
+        default=DEFAULT_TRIGGER_PCT, ge=0, le=MAX_TRIGGER_PCT,
+        description="Move devices until every up server is within this percentage of the "
+                    "weighted average.")
+    auto: bool = Field(default=False, description="Apply the automatic mode's guards.")
+
+
+class HeldVersion(BaseModel):
+    """A vDisk version a store holds complete and verified."""
+
+    vdisk: str
+    version: int
+
+
+class StoreHoldings(BaseModel):
+    """What one server's store holds, sorted by vDisk and version."""
+
+    server: str
+    versions: list[HeldVersion]
+
+
+def store_holdings(inventory: dict[str, list[tuple[str, int]]]) -> list[StoreHoldings]:
+    """`ServerService.inventory()` as the API answers it, by server name."""
+    return [StoreHoldings(server=server,
+                          versions=[HeldVersion(vdisk=v, version=n) for v, n in held])
+            for server, held in sorted(inventory.items())]
 
 
 class DeviceCreate(Body):

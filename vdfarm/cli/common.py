@@ -2,7 +2,11 @@
 
 Rules: commands are thin — parse flags, call ONE service method, print. The
 farm is opened lazily (commands that need no data directory never touch
-it) and closed when the command ends.
+it) and closed when the command ends. `open_farm` is the one place that
+decides local or remote: with --farm URL it is a `FarmClient` over that
+farm's REST API, else a `LocalFarm` over the data directory; both have the
+same methods and answer the same records. Commands that only work on this
+host's data directory call `open_local_farm` / `refuse_remote`.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 import getpass
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from vdfarm.cli.output import print_json
+from vdfarm.client.local import LocalFarm
 from vdfarm.service.context import Farm
+
+if TYPE_CHECKING:
+    from vdfarm.client.farm import FarmClient
 
 DEFAULT_DATA_DIR = "/var/lib/vdfarm"
 
@@ -27,6 +35,8 @@ class CliState:
     data_dir: str = DEFAULT_DATA_DIR
     db_url: str | None = None
     json: bool = False
+    farm_url: str | None = None
+    token: str | None = None
 
 
 def cli_actor() -> str:
@@ -41,11 +51,38 @@ def state() -> CliState:
     return click.get_current_context().find_object(CliState) or CliState()
 
 
-def open_farm() -> Farm:
-    """Open the farm of the global --data-dir/--db; closed when the command ends.
+def open_farm() -> LocalFarm | FarmClient:
+    """The farm of the global options, closed when the command ends: the
+    remote farm of --farm URL (with --token), else the local one of
+    --data-dir/--db.
 
     Raises NotInitialised, Invalid, Unavailable (shown as one error line).
     """
+    current = state()
+    if current.farm_url is not None:
+        from vdfarm.client.farm import FarmClient
+
+        client = FarmClient(current.farm_url, current.token)
+        click.get_current_context().call_on_close(client.close)
+        return client
+    return LocalFarm(open_local_farm())
+
+
+def refuse_remote(what: str) -> None:
+    """Stop here (usage error) if --farm was given: WHAT works on this host only."""
+    if state().farm_url is not None:
+        raise click.UsageError(
+            f"{what} works on this host's data directory only; run it without --farm")
+
+
+def open_local_farm(what: str | None = None) -> Farm:
+    """Open the farm of the global --data-dir/--db; closed when the command
+    ends. WHAT (a verb that needs this host) is refused with --farm.
+
+    Raises click.UsageError, NotInitialised, Invalid, Unavailable.
+    """
+    if what is not None:
+        refuse_remote(what)
     current = state()
     farm = Farm.open(current.data_dir, current.db_url, actor=cli_actor())
     click.get_current_context().call_on_close(farm.close)

@@ -1,4 +1,5 @@
-"""`vdfarm device …`: add, list, show, assign, set, delete target devices.
+"""`vdfarm device …`: add, list, show, assign, set, delete target devices;
+`login` shows where one should stream from.
 
 Rules: flags, help and output only; every decision is the service's.
 A device may be named by its name or its MAC wherever NAME is asked.
@@ -12,6 +13,7 @@ from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import print_fields, print_table
 from vdfarm.farm.models import DEVICE_TYPES
 from vdfarm.service.devices import DeviceInfo
+from vdfarm.service.login import LoginResult, ServerEndpoint
 from vdfarm.service.validation import UNCHANGED
 
 TYPE = click.Choice(DEVICE_TYPES)
@@ -37,6 +39,19 @@ def _show(info: DeviceInfo) -> None:
              f"{used / MIB:.1f} MiB used" + (f" of {limit / MIB:.0f} MiB" if limit else "")),
         ]
     print_fields(fields)
+
+
+def _endpoint(server: ServerEndpoint) -> str:
+    return f"{server.name} ({server.host}:{server.nbd_port if server.nbd_port else '-'})"
+
+
+def _show_login(result: LoginResult) -> None:
+    print_fields([
+        ("device", result.device), ("vdisk", f"{result.vdisk} version {result.version}"),
+        ("server", _endpoint(result.server)),
+        ("alternatives", [_endpoint(s) for s in result.alternatives]),
+        ("reason", result.reason),
+    ])
 
 
 @click.group()
@@ -120,3 +135,15 @@ def delete_cmd(name: str) -> None:
     """Delete device NAME (refused while it holds a vDisk lock)."""
     info = open_farm().devices.delete(name)
     emit(info, lambda: click.echo(f"deleted device {info.name}"))
+
+
+@device.command("login")
+@click.argument("name")
+@click.option("--client-ip", default=None,
+              help="The device's IP address (decides subnet affinity; default: none).")
+@json_option
+def login_cmd(name: str, client_ip: str | None) -> None:
+    """Show which server device NAME (a name or a MAC) should stream from now,
+    and the alternatives, best first (what its login would answer; records nothing)."""
+    result = open_farm().login(name, client_ip)
+    emit(result, lambda: _show_login(result))

@@ -1,7 +1,7 @@
 """`vdfarm image sample OUT`: build the small bootable sample image.
 
-Rules: needs no data directory; the builder is imported lazily and its
-failures become one error line.
+Rules: needs no data directory; builds on this host, so it refuses --farm;
+the builder is imported lazily and its failures become one error line.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from vdfarm.cli.common import emit, json_option
+from vdfarm.cli.common import emit, json_option, refuse_remote
 
 
 @click.group()
@@ -24,6 +24,7 @@ def image() -> None:
 @json_option
 def sample_cmd(out: Path, size_mib: int) -> None:
     """Build a small bootable Linux image (raw) at OUT."""
+    refuse_remote("image sample")
     from vdfarm.image.errors import ImageBuildError
     from vdfarm.image.sample import build
 

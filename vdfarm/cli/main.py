@@ -1,8 +1,10 @@
 """The `vdfarm` command line: global options, the noun groups, error handling.
 
 Rules:
-- Global options (--data-dir, --db, --json) go before the verb; --json is
-  also accepted after it.
+- Global options (--data-dir, --db, --farm, --token, --json) go before the
+  verb; --json is also accepted after it. With --farm URL the verbs drive
+  that farm through its REST API (`common.open_farm`); verbs that need this
+  host's data directory (init, server run, db upgrade, demo, image) refuse.
 - Any ServiceError or usage error becomes ONE stderr line
   `vdfarm: error: <message>` with exit 1 (service) or 2 (usage); no
   traceback. Commands hold flags, help and output only — the logic is in
@@ -12,15 +14,26 @@ Rules:
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from vdfarm.cli import audit, device, image, lock, rebalance, server, vdisk, version
-from vdfarm.cli.common import DEFAULT_DATA_DIR, CliState, cli_actor, emit, json_option, state
+from vdfarm.api.auth import TokenFileError, ensure_token, read_token, token_path
+from vdfarm.cli import audit, db, device, image, lock, rebalance, server, store, vdisk, version
+from vdfarm.cli.common import (
+    DEFAULT_DATA_DIR,
+    CliState,
+    cli_actor,
+    emit,
+    json_option,
+    refuse_remote,
+    state,
+)
 from vdfarm.cli.output import error_line
 from vdfarm.service.context import Farm
-from vdfarm.service.errors import ServiceError
+from vdfarm.service.errors import Invalid, ServiceError
 
 EXIT_SERVICE_ERROR = 1
 EXIT_USAGE = 2
@@ -57,42 +70,85 @@ class VdfarmGroup(click.Group):
               show_default=True, help="Data directory (env VDFARM_DATA_DIR).")
 @click.option("--db", "db_url", envvar="VDFARM_DB", default=None,
               help="Farm database URL (env VDFARM_DB; default sqlite:///DATA_DIR/farm.db).")
+@click.option("--farm", "farm_url", envvar="VDFARM_FARM", default=None, metavar="URL",
+              help="Drive the farm whose REST API is at URL (http://HOST:API_PORT) instead "
+                   "of opening the database (env VDFARM_FARM).")
+@click.option("--token", envvar="VDFARM_TOKEN", default=None,
+              help="API token for --farm: DATA_DIR/api-token of that server (env VDFARM_TOKEN).")
 @click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON.")
 @click.version_option(package_name="vdfarm", prog_name="vdfarm")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str, db_url: str | None, json_output: bool) -> None:
+def cli(ctx: click.Context, data_dir: str, db_url: str | None, farm_url: str | None,
+        token: str | None, json_output: bool) -> None:
     """vdfarm: stream vDisks over NBD from a farm of provisioning servers."""
-    ctx.obj = CliState(data_dir=data_dir, db_url=db_url or None, json=json_output)
+    if farm_url and db_url and ctx.get_parameter_source("db_url") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --farm (a farm's REST API) or --db, not both")
+    ctx.obj = CliState(data_dir=data_dir, db_url=db_url or None, json=json_output,
+                       farm_url=farm_url or None, token=token or None)
 
 
 @cli.command("init")
 @click.option("--name", default=None, help="This server's name (default: the host name).")
 @json_option
 def init_cmd(name: str | None) -> None:
-    """Create the data directory, migrate the farm database, register this server."""
+    """Create the data directory, migrate the farm database, register this
+    server, make the REST API's token (kept if there is one)."""
+    refuse_remote("init")
     current = state()
+    _check_token(Path(current.data_dir))
     farm = Farm.init(current.data_dir, current.db_url, server_name=name, actor=cli_actor())
     try:
+        token_file = _make_token(farm.data_dir)
         result = {
             "data_dir": str(farm.data_dir), "server_name": farm.server_name,
             "server_uuid": farm.server_uuid, "store": str(farm.store.root),
+            "api_token_file": str(token_file),
         }
-        emit(result, lambda: click.echo(
-            f"initialised {farm.data_dir}: server {farm.server_name} ({farm.server_uuid})"))
+
+        def human() -> None:
+            click.echo(f"initialised {farm.data_dir}: server {farm.server_name} "
+                       f"({farm.server_uuid})")
+            click.echo(f"API token (for changes through the REST API and --farm): {token_file}")
+
+        emit(result, human)
     finally:
         farm.close()
+
+
+def _check_token(data_dir: Path) -> None:
+    """Refuse (before init makes anything) an existing but unusable token file.
+
+    Raises Invalid.
+    """
+    try:
+        read_token(data_dir)
+    except TokenFileError as exc:
+        raise Invalid(str(exc)) from exc
+
+
+def _make_token(data_dir: Path) -> Path:
+    """DATA_DIR's API token file, made (mode 0600) if it has none.
+
+    Raises Invalid (unusable token file, directory not writable).
+    """
+    try:
+        ensure_token(data_dir)
+    except (TokenFileError, OSError) as exc:
+        raise Invalid(str(exc)) from exc
+    return token_path(data_dir)
 
 
 @cli.command("demo")
 def demo_cmd() -> None:
     """Run the end-to-end demo in the data directory."""
+    refuse_remote("demo")
     from vdfarm import demo
 
     demo.run(state().data_dir)
 
 
 for group in (vdisk.vdisk, version.version, device.device, lock.lock, audit.audit,
-              server.server, image.image, rebalance.rebalance):
+              server.server, store.store, image.image, rebalance.rebalance, db.db):
     cli.add_command(group)
 
 

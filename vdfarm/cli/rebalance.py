@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import click
 
-from vdfarm.cli.common import cli_actor, emit, json_option, open_farm
+from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import print_table
 from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT
 from vdfarm.service.moves import MAX_TRIGGER_PCT, RebalanceResult
-from vdfarm.service.moves import rebalance as run_rebalance
 
 
 def _print_result(result: RebalanceResult) -> None:
@@ -42,6 +41,5 @@ def _print_result(result: RebalanceResult) -> None:
 @json_option
 def rebalance(dry_run: bool, trigger_pct: float, auto: bool) -> None:
     """Move connected devices between up servers to even out their load."""
-    result = run_rebalance(open_farm(), apply=not dry_run, trigger_pct=trigger_pct,
-                           auto=auto, actor=cli_actor())
+    result = open_farm().rebalance(apply=not dry_run, trigger_pct=trigger_pct, auto=auto)
     emit(result, lambda: _print_result(result))

@@ -1,20 +1,23 @@
-"""`vdfarm server …`: run this server (the stream service), list the farm's servers.
+"""`vdfarm server …`: run this server (the stream service), list the farm's
+servers, change a server's placement settings.
 
 Rules: flags, help and output only. `server run` imports the stream service
-lazily, so the other verbs never load asyncio machinery.
+lazily, so the other verbs never load asyncio machinery; it serves this
+host's data directory, so it refuses --farm.
 """
 
 from __future__ import annotations
 
 import click
 
-from vdfarm.cli.common import emit, json_option, open_farm
+from vdfarm.cli.common import emit, json_option, open_farm, open_local_farm
 from vdfarm.cli.output import print_table
+from vdfarm.service.validation import UNCHANGED
 
 
 @click.group()
 def server() -> None:
-    """Run this provisioning server; list the farm's servers."""
+    """Run this provisioning server; list and configure the farm's servers."""
 
 
 @server.command("run")
@@ -32,13 +35,19 @@ def server() -> None:
               help="Port of the REST API (0: any free port).")
 @click.option("--api-host", default=None, help="Address of the REST API [default: --host].")
 @click.option("--no-api", is_flag=True, help="Serve NBD only, no REST API.")
+@click.option("--auto-rebalance", "auto_rebalance_every", type=click.FloatRange(min=0),
+              default=0.0, show_default=True, metavar="SECONDS",
+              help="Run the automatic rebalance every SECONDS (one server of the farm "
+                   "runs it at a time; 0: never).")
 def run_cmd(nbd_port: int, host: str, grace_seconds: float, lease_seconds: float,
-            api_port: int, api_host: str | None, no_api: bool) -> None:
+            api_port: int, api_host: str | None, no_api: bool,
+            auto_rebalance_every: float) -> None:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.stream.server import run_server
 
-    run_server(open_farm(), host, nbd_port, grace_seconds, lease_seconds,
-               api_host=api_host, api_port=None if no_api else api_port)
+    run_server(open_local_farm("server run"), host, nbd_port, grace_seconds, lease_seconds,
+               api_host=api_host, api_port=None if no_api else api_port,
+               auto_rebalance_every=auto_rebalance_every)
 
 
 @server.command("list")
@@ -53,3 +62,26 @@ def list_cmd() -> None:
           f"{i.power_rating:g}", i.max_booting, i.subnet, i.hostname, i.nbd_port,
           i.api_port, i.store_path, i.version) for i in infos],
         empty="no servers"))
+
+
+@server.command("set")
+@click.argument("name")
+@click.option("--power-rating", type=float, default=None,
+              help="Relative capacity (> 0): placement divides its load by it.")
+@click.option("--subnet", default=None, metavar="CIDR",
+              help="The subnet its devices are on (for subnet affinity).")
+@click.option("--no-subnet", is_flag=True, help="Remove the subnet.")
+@click.option("--max-booting", type=int, default=None,
+              help="Devices booting from it at once before others go elsewhere (>= 1).")
+@json_option
+def set_cmd(name: str, power_rating: float | None, subnet: str | None, no_subnet: bool,
+            max_booting: int | None) -> None:
+    """Change the power rating, subnet or max-booting limit of server NAME."""
+    if subnet is not None and no_subnet:
+        raise click.UsageError("give --subnet or --no-subnet, not both")
+    new_subnet = None if no_subnet else (UNCHANGED if subnet is None else subnet)
+    info = open_farm().servers.configure(name, power_rating=power_rating, subnet=new_subnet,
+                                         max_booting=max_booting)
+    emit(info, lambda: click.echo(
+        f"updated server {info.name}: power rating {info.power_rating:g}, "
+        f"subnet {info.subnet or '-'}, max booting {info.max_booting}"))

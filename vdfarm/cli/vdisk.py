@@ -1,6 +1,9 @@
 """`vdfarm vdisk …`: import, list, show, set, delete, verify, export vDisks.
 
 Rules: flags, help and output only; every decision is the service's.
+`set --subnet-affinity` is the login service's setting and comes alone (two
+service calls could half-succeed). With --farm, import and export name
+files on the server.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import click
 from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import fmt_size, print_fields, print_table
 from vdfarm.farm.models import ACCESS_MODES, WRITE_CACHE_TYPES
+from vdfarm.farm.placement import AFFINITIES
 from vdfarm.service.errors import Invalid
 from vdfarm.service.merges import EXPORT_FORMATS
 from vdfarm.service.validation import UNCHANGED
@@ -19,6 +23,7 @@ from vdfarm.service.vdisks import VdiskInfo
 
 MODE = click.Choice(ACCESS_MODES)
 CACHE = click.Choice(WRITE_CACHE_TYPES)
+AFFINITY = click.Choice(AFFINITIES)
 
 
 def _show(info: VdiskInfo) -> None:
@@ -52,7 +57,8 @@ def vdisk() -> None:
 @json_option
 def import_cmd(name: str, file: Path, mode: str, write_cache: str,
                cache_limit_mb: int | None, description: str) -> None:
-    """Import image FILE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME."""
+    """Import image FILE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME
+    (with --farm: the absolute path of a file on the server)."""
     info = open_farm().vdisks.import_image(
         name, file, mode=mode, write_cache=write_cache, cache_limit_mb=cache_limit_mb,
         description=description)
@@ -91,11 +97,26 @@ def show_cmd(name: str) -> None:
 @click.option("--description", default=None)
 @click.option("--max-versions", type=int, default=None,
               help="Merge the chain by itself after a promote once it is longer (2-1000).")
+@click.option("--subnet-affinity", type=AFFINITY, default=None,
+              help="Placement: any server (none), a server on the device's subnet first "
+                   "(best-effort) or only (fixed). Give it alone.")
 @json_option
 def set_cmd(name: str, mode: str | None, write_cache: str | None,
             cache_limit_mb: int | None, description: str | None,
-            max_versions: int | None) -> None:
-    """Change the mode, write cache, description or max-versions of vDisk NAME."""
+            max_versions: int | None, subnet_affinity: str | None) -> None:
+    """Change the mode, write cache, description, max-versions or subnet affinity
+    of vDisk NAME."""
+    if subnet_affinity is not None:
+        others = [flag for flag, value in (
+            ("--mode", mode), ("--write-cache", write_cache), ("--cache-limit-mb", cache_limit_mb),
+            ("--description", description), ("--max-versions", max_versions)) if value is not None]
+        if others:
+            raise click.UsageError(
+                f"give --subnet-affinity alone (not with {', '.join(others)})")
+        info = open_farm().set_subnet_affinity(name, subnet_affinity)
+        emit(info, lambda: click.echo(
+            f"updated vDisk {info.name}: subnet affinity {subnet_affinity}"))
+        return
     limit = UNCHANGED if cache_limit_mb is None else (cache_limit_mb or None)
     info = open_farm().vdisks.set(name, mode=mode, write_cache=write_cache,
                                   cache_limit_mb=limit, description=description,
@@ -133,7 +154,8 @@ def verify_cmd(name: str) -> None:
               help="Version to export (default: what production devices boot).")
 @json_option
 def export_cmd(name: str, out: Path, fmt: str, number: int | None) -> None:
-    """Write a version of vDisk NAME, flattened, as a new image file OUT."""
+    """Write a version of vDisk NAME, flattened, as a new image file OUT
+    (with --farm: an absolute path on the server)."""
     result = open_farm().versions.export(name, out, fmt, number)
     emit(result, lambda: click.echo(
         f"exported version {result.version} of vDisk {name} to {result.path} "

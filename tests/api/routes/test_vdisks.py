@@ -137,3 +137,32 @@ def test_export(admin, farm, populated, tmp_path):
                  422)
         error_of(admin.post("/api/v1/vdisks/w/export", json={
             "path": str(tmp_path / "y.vhd"), "format": "vhd"}), 422)
+
+
+def affinity_of(farm, name="w"):
+    from sqlalchemy import select
+
+    from vdfarm.farm.models import Vdisk
+    with farm.session() as session:
+        return session.scalar(select(Vdisk.subnet_affinity).where(Vdisk.name == name))
+
+
+def test_subnet_affinity(admin, populated):
+    assert affinity_of(populated) == "none"
+    response = admin.patch("/api/v1/vdisks/w", json={"subnet_affinity": "fixed"})
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == "w" and affinity_of(populated) == "fixed"
+    entry = populated.audit.list(limit=1)[0]
+    assert (entry.action, entry.actor, entry.after) == \
+        ("vdisk.set", OTHER_ACTOR, {"subnet_affinity": "fixed"})
+
+
+@pytest.mark.parametrize("name, body, status, says", [
+    ("w", {"subnet_affinity": "nearby"}, 422, "body field subnet_affinity"),
+    ("w", {"subnet_affinity": None}, 422, "body field subnet_affinity"),
+    ("w", {"subnet_affinity": "fixed", "mode": "private"}, 422, "cannot also change mode"),
+    ("nope", {"subnet_affinity": "fixed"}, 404, "no vDisk named nope"),
+])
+def test_subnet_affinity_refusals_change_nothing(admin, populated, name, body, status, says):
+    with unchanged(populated):
+        assert says in error_of(admin.patch(f"/api/v1/vdisks/{name}", json=body), status)

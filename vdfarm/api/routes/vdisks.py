@@ -2,19 +2,27 @@
 
 Rules: paths, bodies and status codes only; every decision is the
 service's. Import and export name files ON THE SERVER (absolute paths).
-A failed verification is an answer (`ok: false`), not an error.
+A failed verification is an answer (`ok: false`), not an error. PATCH with
+`subnet_affinity` (the login service's setting) is refused (422) together
+with other fields, because two service calls could half-succeed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from fastapi import HTTPException
+
 from vdfarm.api.deps import ActorDep, FarmDep, make_router
 from vdfarm.api.schemas import VdiskExport, VdiskImport, VdiskPatch, VerifyReport
+from vdfarm.service.login import set_subnet_affinity
 from vdfarm.service.merges import ExportResult
 from vdfarm.service.vdisks import VdiskInfo
 
 router = make_router("vdisks")
+
+MIXED_PATCH = ("change the subnet affinity in a request of its own: a PATCH with "
+               "'subnet_affinity' cannot also change {fields}")
 
 
 @router.get("/vdisks", response_model=list[VdiskInfo])
@@ -39,7 +47,15 @@ def show_vdisk(name: str, farm: FarmDep) -> VdiskInfo:
 
 @router.patch("/vdisks/{name}", response_model=VdiskInfo)
 def change_vdisk(name: str, body: VdiskPatch, farm: FarmDep, actor: ActorDep) -> VdiskInfo:
-    """Change the mode, write cache, cache limit, description or max-versions of NAME."""
+    """Change the mode, write cache, cache limit, description or max-versions of
+    NAME, or (alone) its subnet affinity."""
+    if body.sets_affinity():
+        others = body.other_fields()
+        if others:
+            raise HTTPException(status_code=422,
+                                detail=MIXED_PATCH.format(fields=", ".join(sorted(others))))
+        set_subnet_affinity(farm, name, body.subnet_affinity, actor=actor)
+        return farm.vdisks.show(name)
     return farm.vdisks.set(name, **body.changes(), actor=actor)
 
 

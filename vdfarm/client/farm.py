@@ -1,0 +1,295 @@
+"""`FarmClient`: a farm driven through its REST API, with the interface of
+a local one (`vdfarm.client.local.LocalFarm`).
+
+Rules:
+- The nouns (`vdisks`, `versions`, `devices`, `locks`, `audit`, `servers`)
+  have the methods of the services of the same name, with the same
+  arguments, and return the same records (rebuilt from the JSON by
+  `records.from_plain`), so the CLI prints a remote answer with the code
+  that prints a local one. `rebalance`, `login` and `set_subnet_affinity`
+  are methods of the farm itself, as on LocalFarm.
+- One request per call (one service call on the server), so a failure has
+  changed nothing. Errors are the service's (see `client.http`).
+- Files named in `vdisks.import_image` and `versions.export` are files ON
+  THE SERVER: a relative path is refused here, before any request.
+- No audit actor is sent: the server records `api:<client address>`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from vdfarm.client.http import FarmHttp, RemoteError
+from vdfarm.client.records import from_plain
+from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT
+from vdfarm.service.audit import AuditEntry
+from vdfarm.service.devices import DeviceInfo
+from vdfarm.service.errors import Invalid
+from vdfarm.service.locks import LockInfo
+from vdfarm.service.login import LoginResult
+from vdfarm.service.merges import ExportResult, MergeResult
+from vdfarm.service.moves import RebalanceResult
+from vdfarm.service.servers import ServerInfo
+from vdfarm.service.validation import UNCHANGED
+from vdfarm.service.vdisks import VdiskInfo
+from vdfarm.service.versions import OverrideInfo, PromoteResult, VersionInfo
+from vdfarm.store.store import VerifyResult
+
+SESSION_TIMES = ("connected_at", "last_seen")
+T = TypeVar("T")
+NO_ADDRESS = ""  # login: "no client address" (absent would mean the caller's)
+
+
+def segment(name: str) -> str:
+    """NAME quoted as one path segment."""
+    return quote(name, safe="")
+
+
+def server_path(path: str | Path, what: str) -> str:
+    """PATH as text if it is absolute (a path on the server). Raises Invalid."""
+    text = str(path)
+    if not PurePosixPath(text).is_absolute():
+        raise Invalid(f"{what} {text} is relative: with --farm it names a file on the server "
+                      f"(nothing is uploaded); give its absolute path there")
+    return text
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """The fields that are not None (absent = unchanged in a PATCH)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _device(data: Any) -> DeviceInfo:
+    info = from_plain(DeviceInfo, data)
+    if info.session is None:
+        return info
+    live = dict(info.session)
+    for key in SESSION_TIMES:
+        if isinstance(live.get(key), str):
+            live[key] = datetime.fromisoformat(live[key])
+    return DeviceInfo(**{**info.__dict__, "session": live})
+
+
+def _as(kind: type) -> Callable[[Any], Any]:
+    return functools.partial(from_plain, kind)
+
+
+def _answer(convert: Callable[[Any], T], data: Any, what: str) -> T:
+    try:
+        return convert(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RemoteError(f"the farm answered {what} with something this client does not "
+                          f"understand ({exc})") from exc
+
+
+def _verify_result(data: Any) -> VerifyResult:
+    return VerifyResult(vdisk=data["vdisk"], problems=tuple(data["problems"]))
+
+
+def _holding(data: Any) -> tuple[str, list[tuple[str, int]]]:
+    return data["server"], sorted((v["vdisk"], v["version"]) for v in data["versions"])
+
+
+class _Noun:
+    def __init__(self, http: FarmHttp) -> None:
+        self.http = http
+
+    def one(self, convert: Callable[[Any], T], method: str, path: str, **kw: Any) -> T:
+        """One record from METHOD PATH, made by CONVERT."""
+        return _answer(convert, self.http.request(method, path, **kw), f"{method} {path}")
+
+    def many(self, convert: Callable[[Any], T], method: str, path: str, **kw: Any) -> list[T]:
+        """A list of records from METHOD PATH, each made by CONVERT."""
+        data = self.http.request(method, path, **kw)
+        if not isinstance(data, list):
+            raise RemoteError(f"the farm answered {method} {path} with no list")
+        return [_answer(convert, item, f"{method} {path}") for item in data]
+
+
+class RemoteVdisks(_Noun):
+    """`VdiskService` over the API."""
+
+    def list(self) -> list[VdiskInfo]:
+        return self.many(_as(VdiskInfo), "GET", "/vdisks")
+
+    def show(self, name: str) -> VdiskInfo:
+        return self.one(_as(VdiskInfo), "GET", f"/vdisks/{segment(name)}")
+
+    def import_image(self, name: str, source: str | Path, *, mode: str = "standard",
+                     write_cache: str = "server-disk", cache_limit_mb: int | None = None,
+                     description: str = "") -> VdiskInfo:
+        body = {"name": name, "source_path": server_path(source, "image file"), "mode": mode,
+                "write_cache": write_cache, "cache_limit_mb": cache_limit_mb,
+                "description": description}
+        return self.one(_as(VdiskInfo), "POST", "/vdisks", body=body)
+
+    def set(self, name: str, *, mode: str | None = None, write_cache: str | None = None,
+            cache_limit_mb: Any = UNCHANGED, description: str | None = None,
+            max_versions: int | None = None) -> VdiskInfo:
+        body = _present(mode=mode, write_cache=write_cache, description=description,
+                        max_versions=max_versions)
+        if cache_limit_mb is not UNCHANGED:
+            body["cache_limit_mb"] = cache_limit_mb
+        return self.one(
+            _as(VdiskInfo), "PATCH", f"/vdisks/{segment(name)}", body=body)
+
+    def delete(self, name: str) -> VdiskInfo:
+        return self.one(_as(VdiskInfo), "DELETE", f"/vdisks/{segment(name)}")
+
+    def verify(self, name: str) -> VerifyResult:
+        return self.one(_verify_result, "POST", f"/vdisks/{segment(name)}/verify")
+
+
+class RemoteVersions(_Noun):
+    """`VersionService` over the API."""
+
+    def _path(self, vdisk: str, tail: str = "") -> str:
+        return f"/vdisks/{segment(vdisk)}/versions{tail}"
+
+    def list(self, vdisk: str) -> list[VersionInfo]:
+        return self.many(_as(VersionInfo), "GET", self._path(vdisk))
+
+    def new(self, vdisk: str) -> VersionInfo:
+        return self.one(_as(VersionInfo), "POST", self._path(vdisk))
+
+    def promote(self, vdisk: str, to: str, at: datetime | None = None) -> PromoteResult:
+        body = {"to": to, "at": at.isoformat() if at is not None else None}
+        return self.one(
+            _as(PromoteResult), "POST", self._path(vdisk, "/promote"), body=body)
+
+    def revert(self, vdisk: str) -> VersionInfo:
+        return self.one(_as(VersionInfo), "POST", self._path(vdisk, "/revert"))
+
+    def override(self, vdisk: str, number: int | None) -> OverrideInfo:
+        return self.one(
+            _as(OverrideInfo), "POST", self._path(vdisk, "/override"), body={"version": number})
+
+    def merge(self, vdisk: str, new_base: bool = False) -> MergeResult:
+        return self.one(
+            _as(MergeResult), "POST", self._path(vdisk, "/merge"), body={"new_base": new_base})
+
+    def delete(self, vdisk: str) -> VersionInfo:
+        return self.one(_as(VersionInfo), "DELETE", self._path(vdisk, "/newest"))
+
+    def export(self, vdisk: str, out: str | Path, fmt: str,
+               version: int | None = None) -> ExportResult:
+        body = {"path": server_path(out, "output file"), "format": fmt, "version": version}
+        return self.one(
+            _as(ExportResult), "POST", f"/vdisks/{segment(vdisk)}/export", body=body)
+
+
+class RemoteDevices(_Noun):
+    """`DeviceService` over the API."""
+
+    def add(self, name: str, *, mac: str | None = None, vdisk: str | None = None,
+            device_type: str = "production", description: str = "") -> DeviceInfo:
+        body = {"name": name, "mac": mac, "vdisk": vdisk, "device_type": device_type,
+                "description": description}
+        return self.one(_device, "POST", "/devices", body=body)
+
+    def list(self) -> list[DeviceInfo]:
+        return self.many(_device, "GET", "/devices")
+
+    def show(self, name_or_mac: str) -> DeviceInfo:
+        return self.one(_device, "GET", f"/devices/{segment(name_or_mac)}")
+
+    def assign(self, name_or_mac: str, vdisk: str | None) -> DeviceInfo:
+        return self.one(
+            _device, "PATCH", f"/devices/{segment(name_or_mac)}", body={"vdisk": vdisk})
+
+    def set(self, name_or_mac: str, *, device_type: str | None = None, mac: Any = UNCHANGED,
+            description: str | None = None) -> DeviceInfo:
+        body = _present(device_type=device_type, description=description)
+        if mac is not UNCHANGED:
+            body["mac"] = mac
+        return self.one(
+            _device, "PATCH", f"/devices/{segment(name_or_mac)}", body=body)
+
+    def delete(self, name_or_mac: str) -> DeviceInfo:
+        return self.one(_device, "DELETE", f"/devices/{segment(name_or_mac)}")
+
+
+class RemoteLocks(_Noun):
+    """`LockService` (its admin half) over the API."""
+
+    def list(self) -> list[LockInfo]:
+        return self.many(_as(LockInfo), "GET", "/locks")
+
+    def release_by_admin(self, vdisk_name: str) -> LockInfo:
+        return self.one(
+            _as(LockInfo), "POST", f"/locks/{segment(vdisk_name)}/release")
+
+
+class RemoteAudit(_Noun):
+    """`AuditService` over the API."""
+
+    def list(self, since: datetime | None = None, limit: int | None = None) -> list[AuditEntry]:
+        params = _present(since=since.isoformat() if since else None, limit=limit)
+        return self.many(_as(AuditEntry), "GET", "/audit", params=params)
+
+
+class RemoteServers(_Noun):
+    """`ServerService` (its admin half) over the API."""
+
+    def list(self) -> list[ServerInfo]:
+        return self.many(_as(ServerInfo), "GET", "/servers")
+
+    def configure(self, name: str, *, power_rating: float | None = None,
+                  subnet: Any = UNCHANGED, max_booting: int | None = None) -> ServerInfo:
+        body = _present(power_rating=power_rating, max_booting=max_booting)
+        if subnet is not UNCHANGED:
+            body["subnet"] = subnet
+        return self.one(
+            _as(ServerInfo), "PATCH", f"/servers/{segment(name)}", body=body)
+
+    def inventory(self) -> dict[str, list[tuple[str, int]]]:
+        return dict(self.many(_holding, "GET", "/stores"))
+
+
+class FarmClient:
+    """The farm whose REST API is at URL (a server's http://HOST:API_PORT).
+
+    Raises (from every call) the service errors of `client.http`.
+    """
+
+    def __init__(self, url: str, token: str | None = None, *,
+                 http: httpx.Client | None = None) -> None:
+        self.http = FarmHttp(url, token, http=http)
+        self.url = self.http.url
+        self.vdisks = RemoteVdisks(self.http)
+        self.versions = RemoteVersions(self.http)
+        self.devices = RemoteDevices(self.http)
+        self.locks = RemoteLocks(self.http)
+        self.audit = RemoteAudit(self.http)
+        self.servers = RemoteServers(self.http)
+        self._calls = _Noun(self.http)
+
+    def rebalance(self, *, apply: bool, trigger_pct: float = DEFAULT_TRIGGER_PCT,
+                  auto: bool = False) -> RebalanceResult:
+        body = {"dry_run": not apply, "trigger_pct": trigger_pct, "auto": auto}
+        return self._calls.one(_as(RebalanceResult), "POST", "/rebalance", body=body)
+
+    def login(self, name_or_mac: str, client_ip: str | None = None) -> LoginResult:
+        body = {"device": name_or_mac, "client_ip": client_ip or NO_ADDRESS}
+        return self._calls.one(_as(LoginResult), "POST", "/login", body=body)
+
+    def set_subnet_affinity(self, vdisk_name: str, affinity: str) -> VdiskInfo:
+        return self._calls.one(
+            _as(VdiskInfo), "PATCH", f"/vdisks/{segment(vdisk_name)}",
+            body={"subnet_affinity": affinity})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> FarmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

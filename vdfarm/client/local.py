@@ -1,0 +1,56 @@
+"""`LocalFarm`: an open Farm with the interface of `FarmClient`.
+
+Rules:
+- The nouns are the Farm's own services (`vdisks`, `versions`, `devices`,
+  `locks`, `audit`, `servers`); the service calls that are module functions
+  (rebalance, login, subnet affinity) are methods here, so a front end calls
+  `farm.rebalance(...)` whether the farm is local or remote.
+- No logic of its own: each method is one service call (plus, for the
+  subnet affinity, a read of the vDisk it answers with). The audit actor is
+  the Farm's own (`Farm.open(actor=...)`).
+"""
+
+from __future__ import annotations
+
+from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT
+from vdfarm.service import login as login_service
+from vdfarm.service import moves
+from vdfarm.service.context import Farm
+from vdfarm.service.login import LoginResult
+from vdfarm.service.moves import RebalanceResult
+from vdfarm.service.vdisks import VdiskInfo
+
+
+class LocalFarm:
+    """FARM (open; its owner closes it) behind the client interface."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+        self.vdisks = farm.vdisks
+        self.versions = farm.versions
+        self.devices = farm.devices
+        self.locks = farm.locks
+        self.audit = farm.audit
+        self.servers = farm.servers
+
+    def rebalance(self, *, apply: bool, trigger_pct: float = DEFAULT_TRIGGER_PCT,
+                  auto: bool = False) -> RebalanceResult:
+        """See `vdfarm.service.moves.rebalance`. Raises Invalid, Unavailable."""
+        return moves.rebalance(self.farm, apply=apply, trigger_pct=trigger_pct, auto=auto,
+                               actor=self.farm.actor)
+
+    def login(self, name_or_mac: str, client_ip: str | None = None) -> LoginResult:
+        """See `vdfarm.service.login.login`. Raises NotFound, Invalid, Unavailable."""
+        return login_service.login(self.farm, name_or_mac, client_ip)
+
+    def set_subnet_affinity(self, vdisk_name: str, affinity: str) -> VdiskInfo:
+        """Set the subnet affinity of a vDisk; answer the vDisk.
+
+        Raises Invalid, NotFound, Unavailable.
+        """
+        login_service.set_subnet_affinity(self.farm, vdisk_name, affinity,
+                                          actor=self.farm.actor)
+        return self.farm.vdisks.show(vdisk_name)
+
+    def close(self) -> None:
+        self.farm.close()
