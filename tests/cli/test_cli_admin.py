@@ -57,6 +57,8 @@ def test_vdisk_subnet_affinity(icli, image):
     assert icli.json("vdisk", "set", "w", "--subnet-affinity", "fixed")["name"] == "w"
     assert affinity(icli) == "fixed"
     assert last_audit(icli)["after"] == {"subnet_affinity": "fixed"}
+    assert icli.json("vdisk", "show", "w")["subnet_affinity"] == "fixed"
+    assert "subnet affinity  fixed" in icli.ok("vdisk", "show", "w").stdout
 
 
 @pytest.mark.parametrize("args, code, says", [

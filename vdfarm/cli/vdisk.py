@@ -35,7 +35,7 @@ def _show(info: VdiskInfo) -> None:
         ("description", info.description), ("sha256", info.sha256),
         ("devices", info.devices), ("in this store", "yes" if info.in_store else "no"),
         ("max versions", info.max_versions), ("override", info.override_version),
-        ("created", info.created_at),
+        ("subnet affinity", info.subnet_affinity), ("created", info.created_at),
     ])
 
 

@@ -74,6 +74,7 @@ class VdiskInfo:
     in_store: bool
     max_versions: int
     override_version: int | None
+    subnet_affinity: str
 
 
 def find_vdisk(session: Session, name: str) -> Vdisk:
@@ -115,6 +116,7 @@ class VdiskService:
             devices=_device_names(session, vdisk.id),
             in_store=self.farm.store.contains(vdisk.name),
             max_versions=vdisk.max_versions, override_version=vdisk.override_version,
+            subnet_affinity=vdisk.subnet_affinity,
         )
 
     def import_image(
