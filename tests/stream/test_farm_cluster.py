@@ -210,3 +210,31 @@ def test_a_device_with_data_in_its_write_cache_is_never_moved(cluster):
     with Farm.open(s1.data_dir, s1.db_url) as farm, farm.session() as session:
         assert session.scalar(select(DeviceSession.move_to_server_id)
                               .where(DeviceSession.device_id == device_id)) is None
+
+
+def test_automatic_rebalance_runs_by_itself_on_one_server(cluster):
+    s1, s2, s3 = cluster.servers.values()
+    s1.start("--auto-rebalance", "1")
+    add_devices(cluster)
+    clients = {}
+    for device in DEVICES[:12]:  # all on s1: 12 devices, 6 per server on average
+        clients[device] = RawClient(s1.nbd_port)
+        clients[device].connect(device)
+    with Farm.open(s1.data_dir, s1.db_url) as farm, farm.session() as session:
+        # They booted long ago (the auto mode never moves booting devices).
+        session.execute(update(DeviceSession).values(
+            connected_at=farm.now() - timedelta(minutes=10)))
+    s2.start("--auto-rebalance", "1")
+    moves = wait_until(lambda: [row for row in s2.cli_json("audit", "list")
+                                if row["action"] == "device.move"],
+                       "the automatic rebalance ordered moves", timeout=30)
+    assert {row["actor"] for row in moves} == {"server:s1"}  # one runner: the lowest-id server
+    assert all(row["after"] == {"server": "s2"} for row in moves)
+    moved = {row["target_name"] for row in moves}
+    counts_before = {"s1": 12 - len(moved), "s2": len(moved)}
+    assert within_trigger(counts_before), counts_before
+    for device in clients:
+        assert clients[device].is_closed_by_server(timeout=10 if device in moved else 0.1) == (
+            device in moved), device
+    for device in moved:
+        assert cluster.connect(device)[0].name == "s2"
