@@ -1,5 +1,6 @@
 """Placement (pure): liveness, verified copies, subnet affinity, max-booting,
-weighted least-busy order, deterministic ties — by example and by invariant."""
+weighted least-busy order, deterministic ties, a rebalance's preferred server
+— by example and by invariant."""
 
 from __future__ import annotations
 
@@ -100,6 +101,31 @@ def test_subnet_affinity():
     assert "unknown address" in place(unknown, farm, NOW).reason
 
 
+def test_preferred_server_first_then_the_usual_order():
+    farm = [server("a", connected=1), server("b", connected=9), server("c", connected=5)]
+    placement = place(DEVICE, farm, NOW, preferred=ord("b"))
+    assert names(placement) == ["b", "a", "c"]
+    assert placement.reason.startswith("moved by a rebalance to b, one of 3 up server(s)")
+    assert names(place(DEVICE, farm, NOW, preferred=ord("a"))) == ["a", "c", "b"]
+    assert place(DEVICE, farm, NOW, preferred=None) == place(DEVICE, farm, NOW)
+
+
+def test_preferred_server_that_may_not_serve_is_ignored():
+    here = ipaddress.ip_address("10.1.2.3")
+    fixed = DeviceNeed(name="pc", vdisk="w", version=0, affinity="fixed", address=here)
+    farm = [server("a", connected=3, subnet="10.1.0.0/16"),
+            server("d", last_heartbeat=STALE, subnet="10.1.0.0/16"),
+            server("e", versions=frozenset(), subnet="10.1.0.0/16"),
+            server("f", booting=2, max_booting=2, subnet="10.1.0.0/16"),
+            server("g", subnet="10.2.0.0/16")]
+    usual = place(fixed, farm, NOW)
+    assert names(usual) == ["a"] and usual.reason.startswith("least busy")
+    for name in ("d", "e", "f", "g", "z"):  # down, no copy, full, wrong subnet, unknown
+        assert place(fixed, farm, NOW, preferred=ord(name)) == usual
+    nowhere = place(DEVICE, [server("d", last_heartbeat=STALE)], NOW, preferred=ord("d"))
+    assert nowhere.primary is None and nowhere.reason == "no server is up"
+
+
 def test_helpers():
     assert load(3, 0) == float("inf") and load(3, 2.0) == 1.5
     assert in_subnet(ipaddress.ip_address("10.0.0.1"), "10.0.0.0/8")
@@ -162,3 +188,19 @@ def test_invariants(device, farm):
                 and (device.affinity != "fixed" or in_subnet(device.address, c.subnet))]
     assert {c.id for c in chosen} == {c.id for c in eligible}
     assert place(device, list(reversed(farm)), NOW) == placement
+
+
+@settings(max_examples=400, deadline=None)
+@given(devices(), candidates(), st.integers(-1, 8))
+def test_preferred_invariants(device, farm, preferred):
+    usual = place(device, farm, NOW)
+    placement = place(device, farm, NOW, preferred=preferred)
+    usual_order = [] if usual.primary is None else [usual.primary, *usual.alternatives]
+    order = [] if placement.primary is None else [placement.primary, *placement.alternatives]
+    if preferred not in {c.id for c in usual_order}:
+        assert placement == usual
+    else:
+        assert placement.primary.id == preferred
+        assert order[1:] == [c for c in usual_order if c.id != preferred]
+        assert "moved by a rebalance" in placement.reason
+    assert sorted(c.id for c in order) == sorted(c.id for c in usual_order)

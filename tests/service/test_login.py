@@ -1,6 +1,7 @@
 """Login: the server a device should stream from, on a farm of two servers
 sharing SQLite or PostgreSQL — load, power, liveness, verified copies,
-affinity, max-booting, and the errors a person sees."""
+affinity, max-booting, pending rebalance moves, and the errors a person
+sees."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.service.multi import (
 )
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
 from vdfarm.service.login import login, set_subnet_affinity
+from vdfarm.service.moves import pending_moves, rebalance
 
 
 def connect(farm, device_ids, version=0):
@@ -53,6 +55,15 @@ def test_power_rating_weighs_the_load(duo):
 def test_login_by_mac(duo):
     duo["a"].devices.add("m1", mac="52:54:00:12:34:56", vdisk="w")
     assert login(duo["b"], "52-54-00-12-34-56").device == "m1"
+
+
+def test_a_name_match_wins_over_a_mac_match(duo):
+    a = duo["a"]
+    a.devices.add("m1", mac="52:54:00:12:34:56", vdisk="w")
+    a.devices.add("525400123456")  # named like m1's MAC, no vDisk
+    with pytest.raises(Invalid, match="device 525400123456 has no vDisk"):
+        login(a, "525400123456")
+    assert login(a, "52:54:00:12:34:56").device == "m1"
 
 
 def test_down_servers_are_left_out(duo, clock):
@@ -135,3 +146,54 @@ def test_bad_input_changes_nothing(duo):
     with pytest.raises(NotFound, match="no vDisk named zz"):
         set_subnet_affinity(a, "zz", "fixed")
     assert dump_db(a.engine) == before
+
+
+@pytest.fixture
+def moving(duo, clock):
+    """Six devices on a, past their boot phase; a rebalance has ordered three
+    of them to b; then eight more devices booted on b, so b is now busier
+    than a. Returns (a, b, a moved device's name, an unmoved one's)."""
+    a, b = duo["a"], duo["b"]
+    connect(a, add_devices(a, 6))
+    clock.advance(61)
+    beat(a, b)
+    moved = sorted(m.device_name for m in rebalance(a, apply=True).moves)
+    assert len(moved) == 3 and {o.to_server.name for o in pending_moves(a)} == {"b"}
+    connect(b, add_devices(a, 8, prefix="x"))
+    staying = sorted({f"pc{n:03}" for n in range(6)} - set(moved))
+    return a, b, moved[0], staying[0]
+
+
+def test_a_pending_move_sends_the_device_to_its_new_server(moving):
+    a, b, moved, staying = moving
+    before = dump_db(a.engine)
+    for farm in (a, b):
+        result = login(farm, moved)
+        assert chosen(result) == ["b", "a"]
+        assert result.reason.startswith("moved by a rebalance to b")
+        assert chosen(login(farm, staying)) == ["a", "b"]  # 5 others on a, 8 on b
+    assert dump_db(a.engine) == before  # login only reads
+    b.session_started(a.resolve_export(moved).device_id, vdisk_id(b), 0)  # it reconnected
+    assert chosen(login(a, moved)) == ["a", "b"]  # no order left: the least busy again
+
+
+def test_a_move_to_a_server_that_cannot_serve_is_ignored(moving, clock):
+    a, b, moved, _ = moving
+    a.servers.configure("b", max_booting=8)  # b's eight new devices are booting
+    assert chosen(login(a, moved)) == ["a"]
+    a.servers.configure("b", max_booting=9)
+    assert chosen(login(a, moved)) == ["b", "a"]
+    a.servers.configure("a", subnet="10.1.0.0/16")
+    a.servers.configure("b", subnet="10.2.0.0/16")
+    set_subnet_affinity(a, "w", "fixed")
+    assert chosen(login(a, moved, "10.1.0.9")) == ["a"]
+    assert chosen(login(a, moved, "10.2.0.9")) == ["b"]
+    set_subnet_affinity(a, "w", "none")
+    clock.advance(4)
+    beat(a)  # b is down
+    assert chosen(login(a, moved)) == ["a"]
+    beat(b)
+    assert chosen(login(a, moved)) == ["b", "a"]
+    (b.store.root / "w" / "base.raw").unlink()
+    beat(b)  # b no longer holds version 0
+    assert chosen(login(a, moved)) == ["a"]

@@ -12,6 +12,10 @@ Rules (pure: no database, no I/O, no clock — `now` is an argument):
 - Order: affinity group, then load = connected / power_rating (a rating of
   0 or less means "last resort"), then booting / power_rating, then name and
   id, so equal inputs always give the same answer.
+- A `preferred` server (the destination of the device's pending rebalance
+  move) comes first if it passes every rule above (up, holds the version,
+  affinity, below max-booting); the others follow in the order above. A
+  preferred server that fails a rule is ignored: the order is as without it.
 - When nothing fits, `primary` is None and `reason` says why in one line.
 """
 
@@ -116,9 +120,10 @@ def _version_text(device: DeviceNeed) -> str:
 
 def place(
     device: DeviceNeed, candidates: Sequence[Candidate], now: datetime,
-    timeout: timedelta = DEFAULT_TIMEOUT,
+    timeout: timedelta = DEFAULT_TIMEOUT, preferred: int | None = None,
 ) -> Placement:
-    """Where DEVICE should stream from at NOW, among CANDIDATES.
+    """Where DEVICE should stream from at NOW, among CANDIDATES; the
+    candidate with id PREFERRED first if it may serve DEVICE.
 
     Never raises for farm states: an impossible placement is a Placement
     with `primary` None and the reason.
@@ -140,6 +145,13 @@ def place(
         return _nowhere(f"every up server holding {_version_text(device)} already has its "
                         "maximum of booting devices; retry shortly")
     ordered = sorted(free, key=lambda c: order_key(c, device))
+    moved_to = next((c for c in ordered if c.id == preferred), None)
+    if moved_to is not None:
+        reason = (f"moved by a rebalance to {moved_to.name}, one of {len(ordered)} up "
+                  f"server(s) holding {_version_text(device)}: {moved_to.connected} "
+                  f"connected, power {moved_to.power_rating:g}")
+        return Placement(primary=moved_to, reason=reason,
+                         alternatives=tuple(c for c in ordered if c is not moved_to))
     primary = ordered[0]
     reason = (f"least busy of {len(ordered)} up server(s) holding {_version_text(device)}: "
               f"{primary.connected} connected, power {primary.power_rating:g}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Device, Vdisk
@@ -79,17 +79,25 @@ def find_device(session: Session, name_or_mac: str) -> Device | None:
 
 
 def device_and_vdisk(session: Session, name_or_mac: str) -> tuple[Device, Vdisk]:
-    """The device called NAME_OR_MAC and its assigned vDisk.
+    """The device called NAME_OR_MAC and its assigned vDisk (one query; a
+    name match wins over a MAC match, as in `find_device`).
 
     Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
     assigned").
     """
-    device = find_device(session, name_or_mac)
-    if device is None:
+    mac = parse_mac(name_or_mac)
+    match = Device.name == name_or_mac
+    if mac is not None:
+        match = or_(match, Device.mac == mac)
+    rows = session.execute(
+        select(Device, Vdisk).outerjoin(Vdisk, Vdisk.id == Device.vdisk_id).where(match)).all()
+    found = next((r for r in rows if r[0].name == name_or_mac), rows[0] if rows else None)
+    if found is None:
         raise NotFound(f"no device named {name_or_mac}")
-    if device.vdisk is None:
+    device, vdisk = found
+    if vdisk is None:
         raise Invalid(f"device {device.name} has no vDisk assigned")
-    return device, device.vdisk
+    return device, vdisk
 
 
 def resolve_export(farm: Farm, name_or_mac: str) -> ExportTarget:

@@ -9,27 +9,39 @@ Rules:
   booting counts from device sessions (the device's own session left out, so
   a reconnect does not count against its old server), verified copies from
   `store_versions`, subnet affinity from the vDisk.
+- A pending rebalance move of the device (`move_to_server_id` on its
+  session) names the preferred server: it comes first if placement would
+  accept it, so the device's next login lands where the rebalance sent it.
 - Login only reads: it records nothing (the session is recorded when the
   device connects to the chosen server).
+- Cheap, as every boot pays for it: two prepared Core queries on one
+  connection (device + vDisk + versions + own session; servers + load
+  counts + verified copy), no ORM objects. Each statement reads a
+  consistent snapshot, and PostgreSQL's READ COMMITTED gives no more inside
+  a transaction, so there the reads run in autocommit (no BEGIN/COMMIT round
+  trips). SQLite's driver opens no transaction for reads anyway (and
+  switching its isolation level costs more than it saves).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Row, bindparam, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Server, StoreVersion, Vdisk
+from vdfarm.farm.models import Device, DeviceSession, Server, StoreVersion, Vdisk, VdiskVersion
 from vdfarm.farm.placement import AFFINITIES, Candidate, DeviceNeed, IpAddress, place
 from vdfarm.service import audit
 from vdfarm.service import version_rules as rules
 from vdfarm.service.chains import states_of, version_rows
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
-from vdfarm.service.exports import device_and_vdisk
-from vdfarm.service.servers import LoadCounts, load_counts
+from vdfarm.service.servers import load_subquery
+from vdfarm.service.validation import parse_mac
 
 if TYPE_CHECKING:
     from vdfarm.service.context import Farm
@@ -57,8 +69,9 @@ class LoginResult:
     reason: str
 
 
-def endpoint_of(row: Server) -> ServerEndpoint:
-    """Where devices reach the server of ROW."""
+def endpoint_of(row: Any) -> ServerEndpoint:
+    """Where devices reach the server of ROW (a `Server`, or a row with its
+    name, hostname, nbd_port and api_port)."""
     return ServerEndpoint(row.name, row.hostname, row.nbd_port, row.api_port)
 
 
@@ -72,36 +85,92 @@ def parse_address(text: str | None) -> IpAddress | None:
         raise Invalid(f"invalid client address {text!r}: give an IPv4 or IPv6 address") from exc
 
 
+def boot_number(states: Sequence[rules.VersionState], access_mode: str, device_type: str,
+                pin: int | None, now: datetime) -> int:
+    """The version number a device of DEVICE_TYPE boots at NOW from a vDisk
+    of ACCESS_MODE whose versions are STATES (production pinned to PIN)."""
+    if access_mode == "private":
+        return rules.newest(states).number
+    return rules.boot_choice(states, device_type, pin, now).number
+
+
 def boot_version(session: Session, vdisk: Vdisk, device_type: str, farm: Farm) -> int:
     """The version number a device of DEVICE_TYPE boots from VDISK now."""
-    states = states_of(version_rows(session, vdisk.id))
-    if vdisk.access_mode == "private":
-        return rules.newest(states).number
-    return rules.boot_choice(states, device_type, vdisk.override_version, farm.now()).number
+    return boot_number(states_of(version_rows(session, vdisk.id)), vdisk.access_mode,
+                       device_type, vdisk.override_version, farm.now())
 
 
-def _candidates(
-    session: Session, farm: Farm, vdisk: Vdisk, version: int, device_id: int
-) -> tuple[list[Candidate], dict[int, ServerEndpoint]]:
-    key = (vdisk.name, version)
-    holders = set(session.scalars(select(StoreVersion.server_id).where(
-        StoreVersion.vdisk_id == vdisk.id, StoreVersion.version == version)).all())
-    counts = load_counts(session, farm.servers.boot_cutoff(farm.now()), device_id)
-    candidates, endpoints = [], {}
-    for row in session.scalars(select(Server)).all():
-        load = counts.get(row.id, LoadCounts())
-        candidates.append(Candidate(
-            id=row.id, name=row.name, last_heartbeat=row.last_heartbeat,
-            power_rating=row.power_rating, connected=load.connected, booting=load.booting,
-            max_booting=row.max_booting, subnet=row.subnet,
-            versions=frozenset({key}) if row.id in holders else frozenset()))
-        endpoints[row.id] = endpoint_of(row)
-    return candidates, endpoints
+def _device_query(by_mac: bool):  # noqa: ANN202
+    """The device by :name (or :mac), its vDisk, one row per version, and its
+    own session's move order (outer joins: a missing part is NULL)."""
+    match = Device.name == bindparam("name")
+    if by_mac:
+        match = or_(match, Device.mac == bindparam("mac"))
+    return (
+        select(Device.id, Device.name, Device.device_type, Device.vdisk_id,
+               Vdisk.name.label("vdisk_name"), Vdisk.access_mode, Vdisk.override_version,
+               Vdisk.subnet_affinity, VdiskVersion.number, VdiskVersion.parent_number,
+               VdiskVersion.access, VdiskVersion.production_at,
+               DeviceSession.move_to_server_id)
+        .outerjoin(Vdisk, Vdisk.id == Device.vdisk_id)
+        .outerjoin(VdiskVersion, VdiskVersion.vdisk_id == Device.vdisk_id)
+        .outerjoin(DeviceSession, DeviceSession.device_id == Device.id)
+        .where(match))
+
+
+_BY_NAME = _device_query(by_mac=False)
+_BY_NAME_OR_MAC = _device_query(by_mac=True)
+
+_LOAD = load_subquery(bindparam("cutoff", type_=DeviceSession.connected_at.type),
+                      bindparam("device_id", type_=DeviceSession.device_id.type))
+_HOLDS = (select(literal(1)).where(StoreVersion.server_id == Server.id,
+                                   StoreVersion.vdisk_id == bindparam("vdisk_id"),
+                                   StoreVersion.version == bindparam("version"))
+          .exists())
+_SERVERS = (
+    select(Server.id, Server.name, Server.hostname, Server.nbd_port, Server.api_port,
+           Server.power_rating, Server.last_heartbeat, Server.max_booting, Server.subnet,
+           func.coalesce(_LOAD.c.connected, 0).label("connected"),
+           func.coalesce(_LOAD.c.booting, 0).label("booting"), _HOLDS.label("holds"))
+    .outerjoin(_LOAD, _LOAD.c.server_id == Server.id))
+
+
+def _device_rows(connection: Connection, name_or_mac: str) -> list[Row]:
+    """The rows of the device NAME_OR_MAC names (a name match wins over a
+    MAC match). Raises NotFound, Invalid (no vDisk assigned)."""
+    mac = parse_mac(name_or_mac)
+    if mac is None:
+        rows = connection.execute(_BY_NAME, {"name": name_or_mac}).all()
+    else:
+        rows = connection.execute(_BY_NAME_OR_MAC, {"name": name_or_mac, "mac": mac}).all()
+        named = [r for r in rows if r.name == name_or_mac]
+        rows = named or rows
+    if not rows:
+        raise NotFound(f"no device named {name_or_mac}")
+    if rows[0].vdisk_id is None:
+        raise Invalid(f"device {rows[0].name} has no vDisk assigned")
+    return rows
+
+
+def _candidates(rows: list[Row], key: tuple[str, int]) -> list[Candidate]:
+    return [Candidate(id=r.id, name=r.name, last_heartbeat=r.last_heartbeat,
+                      power_rating=r.power_rating, connected=int(r.connected),
+                      booting=int(r.booting), max_booting=r.max_booting, subnet=r.subnet,
+                      versions=frozenset({key}) if r.holds else frozenset())
+            for r in rows]
+
+
+def _read_connection(session: Session) -> Connection:
+    """SESSION's connection, in autocommit on PostgreSQL (see the rules)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    return session.connection()
 
 
 def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginResult:
     """Where the device NAME_OR_MAC (logging in from CLIENT_IP, if known)
-    should stream from.
+    should stream from: the destination of its pending rebalance move if
+    that server may serve it, else the least busy.
 
     Raises NotFound ("no device named X"), Invalid (no vDisk assigned, bad
     CLIENT_IP), Unavailable (no server is up; the vDisk version is held by
@@ -109,15 +178,26 @@ def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginRe
     max-booting limit; DB down).
     """
     address = parse_address(client_ip)
+    now = farm.now()
     with farm.session() as session:
-        device, vdisk = device_and_vdisk(session, name_or_mac)
-        version = boot_version(session, vdisk, device.device_type, farm)
-        candidates, endpoints = _candidates(session, farm, vdisk, version, device.id)
-        need = DeviceNeed(name=device.name, vdisk=vdisk.name, version=version,
-                          affinity=vdisk.subnet_affinity, address=address)
-    placement = place(need, candidates, farm.now(), farm.servers.timeout())
+        connection = _read_connection(session)
+        rows = _device_rows(connection, name_or_mac)
+        device = rows[0]
+        states = sorted((rules.VersionState(number=r.number, parent=r.parent_number,
+                                            access=r.access, production_at=r.production_at)
+                         for r in rows if r.number is not None), key=lambda v: v.number)
+        version = boot_number(states, device.access_mode, device.device_type,
+                              device.override_version, now)
+        servers = connection.execute(_SERVERS, {
+            "cutoff": farm.servers.boot_cutoff(now), "device_id": device.id,
+            "vdisk_id": device.vdisk_id, "version": version}).all()
+    need = DeviceNeed(name=device.name, vdisk=device.vdisk_name, version=version,
+                      affinity=device.subnet_affinity, address=address)
+    placement = place(need, _candidates(servers, need.key), now, farm.servers.timeout(),
+                      preferred=device.move_to_server_id)
     if placement.primary is None:
         raise Unavailable(placement.reason)
+    endpoints = {r.id: endpoint_of(r) for r in servers}
     return LoginResult(
         device=need.name, vdisk=need.vdisk, version=version,
         server=endpoints[placement.primary.id],

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import BindParameter, Subquery, case, func, select, update
 from sqlalchemy.orm import Session
 
 import vdfarm
@@ -149,28 +149,38 @@ def server_info(row: Server, *, up: bool = False, counts: LoadCounts = LoadCount
     )
 
 
+def load_subquery(
+    boot_cutoff: datetime | BindParameter[datetime],
+    exclude_device_id: int | BindParameter[int] | None = None,
+) -> Subquery:
+    """Per server with sessions: `server_id`, `connected` and `booting` (the
+    sessions connected after BOOT_CUTOFF), leaving out EXCLUDE_DEVICE_ID's
+    own session: one grouped scan of the sessions, to join to `servers`
+    (outer: a server without sessions has no row). BOOT_CUTOFF and
+    EXCLUDE_DEVICE_ID may be bind parameters (prepared statements)."""
+    booting = func.sum(case((DeviceSession.connected_at > boot_cutoff, 1), else_=0))
+    query = (select(DeviceSession.server_id, func.count().label("connected"),
+                    booting.label("booting"))
+             .group_by(DeviceSession.server_id))
+    if exclude_device_id is not None:
+        query = query.where(DeviceSession.device_id != exclude_device_id)
+    return query.subquery("load")
+
+
 def load_counts(
     session: Session, boot_cutoff: datetime, exclude_device_id: int | None = None
 ) -> dict[int, LoadCounts]:
     """Server id -> its connected and booting sessions (those connected after
-    BOOT_CUTOFF boot), leaving out EXCLUDE_DEVICE_ID's own session.
+    BOOT_CUTOFF boot), leaving out EXCLUDE_DEVICE_ID's own session. A server
+    without sessions is absent (its counts are `LoadCounts()`).
 
-    Two indexed counts (by server, and of recent sessions by server), so a
-    login stays cheap on a farm of thousands of devices.
+    One grouped query (`load_subquery`), so a listing stays cheap on a farm
+    of thousands of devices.
     """
-    per_server = select(DeviceSession.server_id, func.count()).group_by(DeviceSession.server_id)
-    connected = dict(session.execute(per_server).all())
-    booting = dict(session.execute(
-        per_server.where(DeviceSession.connected_at > boot_cutoff)).all())
-    if exclude_device_id is not None:
-        own = session.execute(select(DeviceSession.server_id, DeviceSession.connected_at)
-                              .where(DeviceSession.device_id == exclude_device_id)).first()
-        if own is not None:
-            connected[own[0]] -= 1
-            if own[1] > boot_cutoff:
-                booting[own[0]] -= 1
-    return {server_id: LoadCounts(int(count), int(booting.get(server_id, 0)))
-            for server_id, count in connected.items()}
+    load = load_subquery(boot_cutoff, exclude_device_id)
+    rows = session.execute(select(load.c.server_id, load.c.connected, load.c.booting)).all()
+    return {server_id: LoadCounts(int(connected), int(booting or 0))
+            for server_id, connected, booting in rows}
 
 
 def check_subnet(subnet: str) -> str:
