@@ -94,6 +94,39 @@ def test_check_url():
         db.check_url("not a url")
     with pytest.raises(db.BadDatabaseURL, match="unsupported database"):
         db.check_url("mysql://u@h/db")
+    # PostgreSQL without a driver: the one vdfarm installs (psycopg 3).
+    assert db.check_url("postgresql://u:pw@h:5433/farm") == "postgresql+psycopg://u:pw@h:5433/farm"
+    assert db.check_url("postgresql+psycopg://u@h/farm") == "postgresql+psycopg://u@h/farm"
+
+
+def test_a_silent_database_host_fails_a_connect_instead_of_hanging_it():
+    """A host that accepts TCP but never answers (a hung server): the
+    connect gives up (after POSTGRES_CONNECT_ARGS' timeout) with an error."""
+    import socket
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        engine = db.make_engine(f"postgresql://root@127.0.0.1:{port}/farm")
+        outcome = []
+
+        def connect():
+            try:
+                engine.connect().close()
+                outcome.append("connected")
+            except OperationalError as exc:
+                outcome.append(exc)
+        worker = threading.Thread(target=connect, daemon=True)
+        worker.start()
+        worker.join(60)
+        engine.dispose()
+    assert not worker.is_alive(), "the connect hung"
+    assert isinstance(outcome[0], OperationalError), outcome
+    assert "timeout" in str(outcome[0]).lower()
 
 
 def test_0002_gives_every_existing_vdisk_its_base_version(url):

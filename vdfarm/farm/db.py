@@ -9,6 +9,10 @@ Rules:
 - `HEAD_REVISION` names the newest migration; a test checks it is the head.
 - Alembic is imported only when migrating (it is slow to import and every
   CLI command would pay for it).
+- `postgresql://` means psycopg 3 (the driver vdfarm installs); connects
+  time out and dead connections are found by keepalives
+  (`POSTGRES_CONNECT_ARGS`), so an unanswering database host costs seconds,
+  not a hung server.
 - PostgreSQL keeps psycopg's defaults, measured on the login path: a pooled
   connection prepares a statement server-side from its 5th use
   (`prepare_threshold`; turning that off costs a login ~0.4 ms), and
@@ -31,6 +35,12 @@ if TYPE_CHECKING:
 HEAD_REVISION = "0004"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30
+# A database host that stops answering (rather than refusing) must not hang
+# a server's database thread: give up connecting after 5 s, and find a dead
+# peer of an open connection within about 25 s (TCP keepalive). A URL's own
+# query parameters (?connect_timeout=...) win.
+POSTGRES_CONNECT_ARGS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                         "keepalives_interval": 5, "keepalives_count": 3}
 
 
 class BadDatabaseURL(ValueError):
@@ -43,7 +53,8 @@ def sqlite_url(path: Path) -> str:
 
 
 def check_url(url: str) -> str:
-    """Return URL if SQLAlchemy can parse it. Raises BadDatabaseURL."""
+    """URL as the farm uses it: a `postgresql://` URL without a driver gets
+    the one vdfarm installs (psycopg 3). Raises BadDatabaseURL."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -52,6 +63,8 @@ def check_url(url: str) -> str:
         raise BadDatabaseURL(
             f"unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)"
         )
+    if parsed.drivername in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return url
 
 
@@ -67,9 +80,14 @@ def make_engine(url: str) -> Engine:
 
     Raises BadDatabaseURL (unparsable URL, unknown backend, missing driver).
     """
-    check_url(url)
+    url = check_url(url)
     is_sqlite = make_url(url).get_backend_name() == "sqlite"
-    kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if is_sqlite else {}
+    if is_sqlite:
+        kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    else:
+        given = make_url(url).query
+        kwargs = {"connect_args": {k: v for k, v in POSTGRES_CONNECT_ARGS.items()
+                                   if k not in given}}
     try:
         engine = create_engine(url, pool_pre_ping=not is_sqlite, **kwargs)
     except (ArgumentError, ImportError) as exc:
