@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
 # Quick start, command 2: install what the tests need, then run them all.
-# Extra arguments go to pytest.
+# Starts the installed PostgreSQL cluster if it is not running (tests that
+# need PostgreSQL skip, saying why, when there is none). Extra arguments go
+# to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
+if command -v pg_ctlcluster >/dev/null 2>&1; then
+  for conf in /etc/postgresql/*/main; do
+    [ -d "$conf" ] || continue
+    version=$(basename "$(dirname "$conf")")
+    if ! pg_ctlcluster "$version" main status >/dev/null 2>&1; then
+      echo "starting PostgreSQL $version/main"
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    fi
+  done
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

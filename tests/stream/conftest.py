@@ -1,12 +1,27 @@
-"""Fixtures for stream tests: a farm serving a standard and a private vDisk."""
+"""Fixtures for stream tests: a farm serving a standard and a private vDisk,
+on each database kind.
+
+Rules: every stream test runs once per database kind (`db_kind`: sqlite,
+postgresql; ids say which). A template farm (a data dir and its database) is
+built once through the CLI; each test gets a copy: `cp -a` of the data dir,
+and for PostgreSQL `CREATE DATABASE ... TEMPLATE`, passed to every command
+with `--db`. Copies are dropped at teardown, templates when their scope
+ends. Without a reachable PostgreSQL the postgresql variants skip.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Farm, copy_data_dir
+from tests.farm.postgres import fresh_postgres_url, unreachable_reason
+
+DB_KINDS = ("sqlite", "postgresql")
 
 
 def run(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -23,36 +38,85 @@ def store_file(farm, vdisk: str):
     return farm.data_dir / "store" / vdisk / "base.raw"
 
 
+# -- database kinds and template farms -----------------------------------------
+
+@pytest.fixture(scope="session", params=DB_KINDS, autouse=True)
+def db_kind(request) -> str:
+    """The database of every farm of this test: 'sqlite' (a file in the data
+    dir) or 'postgresql' (skips if unreachable)."""
+    if request.param == "postgresql":
+        reason = unreachable_reason()
+        if reason:
+            pytest.skip(reason)
+    return request.param
+
+
+@contextlib.contextmanager
+def new_farm(kind: str, data_dir: Path) -> Iterator[Farm]:
+    """An uninitialised farm at DATA_DIR on a new, empty database of KIND
+    (the caller runs `init`); its database is dropped on exit."""
+    if kind == "sqlite":
+        yield Farm(data_dir)
+    else:
+        with fresh_postgres_url() as url:
+            yield Farm(data_dir, url)
+
+
+@contextlib.contextmanager
+def farm_copy(template: Farm, data_dir: Path) -> Iterator[Farm]:
+    """A private copy of TEMPLATE (stopped, no connections to its database) at
+    DATA_DIR; its server is stopped and its database dropped on exit."""
+    copy_data_dir(template.data_dir, data_dir)
+    with contextlib.ExitStack() as stack:
+        url = None
+        if template.db_url is not None:
+            url = stack.enter_context(fresh_postgres_url(template=template.db_url))
+        farm = Farm(data_dir, url)
+        stack.callback(farm.stop)
+        yield farm
+
+
 @pytest.fixture(scope="session")
-def served_template(tmp_path_factory, test_image):
-    """golden (standard) for pc1 (with a MAC) and pc2; mine (private) for
-    solo. Made once; each test serves its own copy."""
-    farm = Farm(tmp_path_factory.mktemp("served") / "data")
-    farm.cli("init")
-    farm.cli("vdisk", "import", "golden", str(test_image), "--mode", "standard")
-    farm.cli("vdisk", "import", "mine", str(test_image), "--mode", "private")
-    farm.cli("device", "add", "pc1", "--vdisk", "golden", "--mac", "52:54:00:12:34:01")
-    farm.cli("device", "add", "pc2", "--vdisk", "golden")
-    farm.cli("device", "add", "solo", "--vdisk", "mine")
-    return farm.data_dir
+def empty_template(db_kind, tmp_path_factory) -> Iterator[Farm]:
+    """An initialised, empty farm on DB_KIND, made once per kind."""
+    with new_farm(db_kind, tmp_path_factory.mktemp(f"empty-{db_kind}") / "data") as farm:
+        farm.cli("init")
+        yield farm
 
 
 @pytest.fixture
-def serve_copy(tmp_path, served_template):
+def farm(tmp_path, empty_template) -> Iterator[Farm]:
+    """A fresh initialised farm on this test's database kind (a copy of the
+    empty template), stopped at teardown. Overrides tests/conftest.py's."""
+    with farm_copy(empty_template, tmp_path / "data") as copy:
+        yield copy
+
+
+@pytest.fixture(scope="session")
+def served_template(db_kind, tmp_path_factory, test_image) -> Iterator[Farm]:
+    """golden (standard) for pc1 (with a MAC) and pc2; mine (private) for
+    solo. Made once per database kind; each test serves its own copy."""
+    with new_farm(db_kind, tmp_path_factory.mktemp(f"served-{db_kind}") / "data") as farm:
+        farm.cli("init")
+        farm.cli("vdisk", "import", "golden", str(test_image), "--mode", "standard")
+        farm.cli("vdisk", "import", "mine", str(test_image), "--mode", "private")
+        farm.cli("device", "add", "pc1", "--vdisk", "golden", "--mac", "52:54:00:12:34:01")
+        farm.cli("device", "add", "pc2", "--vdisk", "golden")
+        farm.cli("device", "add", "solo", "--vdisk", "mine")
+        yield farm
+
+
+@pytest.fixture
+def serve_copy(tmp_path, served_template) -> Iterator:
     """Start a server over a private copy of the served template:
-    `serve_copy(grace=..., lease=...)`; stopped at teardown."""
-    started: list[Farm] = []
+    `serve_copy(grace=..., lease=...)`; stopped and dropped at teardown."""
+    with contextlib.ExitStack() as stack:
+        def start(grace: float = 2, lease: float | None = None) -> Farm:
+            farm = stack.enter_context(farm_copy(served_template, tmp_path / "data"))
+            farm.start(grace=grace, lease=lease)
+            return farm
 
-    def start(grace: float = 2, lease: float | None = None) -> Farm:
-        copy_data_dir(served_template, tmp_path / "data")
-        farm = Farm(tmp_path / "data")
-        started.append(farm)
-        farm.start(grace=grace, lease=lease)
-        return farm
-
-    yield start
-    for farm in started:
-        farm.stop()
+        yield start
 
 
 @pytest.fixture

@@ -19,13 +19,15 @@ import threading
 
 import pytest
 
-from tests.conftest import Farm, copy_data_dir
+from tests.conftest import Farm
 from tests.service.helpers import assert_qemu_clean
 from tests.stream import rawclient as rc
 from tests.stream.crashwriter import REGION, CrashWriter
 from tests.stream.conftest import (
+    farm_copy,
     flatten,
     lock_is_free,
+    new_farm,
     run,
     version_file,
     version_rows,
@@ -89,14 +91,14 @@ class Checker:
 
 
 @pytest.fixture(scope="module")
-def versions_template(tmp_path_factory, test_image):
+def versions_template(db_kind, tmp_path_factory, test_image):
     """vDisk gold (standard, the test image) for prod, tst, mnt and mnt2."""
-    farm = Farm(tmp_path_factory.mktemp("versions") / "data")
-    farm.cli("init")
-    farm.cli("vdisk", "import", VDISK, str(test_image), "--mode", "standard")
-    for device, device_type in DEVICE_TYPES.items():
-        farm.cli("device", "add", device, "--vdisk", VDISK, "--type", device_type)
-    return farm.data_dir
+    with new_farm(db_kind, tmp_path_factory.mktemp("versions") / "data") as farm:
+        farm.cli("init")
+        farm.cli("vdisk", "import", VDISK, str(test_image), "--mode", "standard")
+        for device, device_type in DEVICE_TYPES.items():
+            farm.cli("device", "add", device, "--vdisk", VDISK, "--type", device_type)
+        yield farm
 
 
 # What each version of the chain template writes (qemu-io commands through mnt):
@@ -120,37 +122,26 @@ def cycle(farm: Farm, commands: tuple[str, ...], to: str = "production") -> None
 @pytest.fixture(scope="module")
 def chain_template(tmp_path_factory, versions_template):
     """gold with versions 1, 2, 3 (all production) written by a real server."""
-    data = tmp_path_factory.mktemp("chain") / "data"
-    copy_data_dir(versions_template, data)
-    farm = Farm(data)
-    farm.start(grace=2)
-    try:
+    with farm_copy(versions_template, tmp_path_factory.mktemp("chain") / "data") as farm:
+        farm.start(grace=2)
         for number in sorted(CHAIN_WRITES):
             cycle(farm, CHAIN_WRITES[number])
-    finally:
         farm.stop()
-    return data
-
-
-def serve(template, tmp_path) -> Farm:
-    copy_data_dir(template, tmp_path / "data")
-    farm = Farm(tmp_path / "data")
-    farm.start(grace=2)
-    return farm
+        yield farm
 
 
 @pytest.fixture
 def vfarm(tmp_path, versions_template):
-    farm = serve(versions_template, tmp_path)
-    yield farm
-    farm.stop()
+    with farm_copy(versions_template, tmp_path / "data") as farm:
+        farm.start(grace=2)
+        yield farm
 
 
 @pytest.fixture
 def cfarm(tmp_path, chain_template):
-    farm = serve(chain_template, tmp_path)
-    yield farm
-    farm.stop()
+    with farm_copy(chain_template, tmp_path / "data") as farm:
+        farm.start(grace=2)
+        yield farm
 
 
 # -- the maintenance → test → production cycle ---------------------------------
