@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from tests.store.leaks import leak_one_cluster
 from vdfarm.store import qemu_img
 from vdfarm.store.qemu_img import QemuImgError
 
@@ -84,3 +85,15 @@ def test_check_reports_corruption(tmp_path):
         fh.write(b"\xff" * 8)
     with pytest.raises(QemuImgError, match="check failed on x.qcow2"):
         qemu_img.check(image, "qcow2")
+
+
+def test_check_accepts_leaks_and_repairs_them_when_asked(tmp_path):
+    image = tmp_path / "x.qcow2"
+    qemu_img.create(image, "qcow2", 1 << 20)
+    leak_one_cluster(image)
+    plain = ["qemu-img", "check", "-f", "qcow2", str(image)]
+    assert subprocess.run(plain, capture_output=True).returncode == 3  # leaks only
+    qemu_img.check(image, "qcow2")  # a leak is not corruption
+    assert subprocess.run(plain, capture_output=True).returncode == 3  # and nothing changed
+    qemu_img.check(image, "qcow2", repair_leaks=True)
+    assert subprocess.run(plain, capture_output=True).returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from datetime import UTC, datetime
 
 import pytest
@@ -16,6 +17,7 @@ from tests.service.helpers import (
     make_raw,
     qemu_io_write,
 )
+from tests.store.leaks import leak_one_cluster
 from vdfarm.store import qemu_img
 from vdfarm.store import versions as sv
 from vdfarm.store.errors import StoreError, VdiskExists
@@ -101,6 +103,18 @@ def test_seal_refuses_a_corrupt_file(store):
     with pytest.raises(qemu_img.QemuImgError):
         sv.seal_top(store, "w")
     assert manifest_text(store) == before
+
+
+def test_seal_frees_clusters_a_crash_leaked(store):
+    entry = sv.open_delta(store, "w", "v1.qcow2", 1)
+    path = store.root / "w" / entry.name
+    qemu_io_write(path, 0x61, 0, 65536)
+    leak_one_cluster(path)
+    check = ["qemu-img", "check", "-f", "qcow2", str(path)]
+    assert subprocess.run(check, capture_output=True).returncode == 3  # leaks only
+    sealed = sv.seal_top(store, "w")
+    assert subprocess.run(check, capture_output=True).returncode == 0
+    assert sealed.sha256 == sha256_of(path)  # the hash is of the repaired file
 
 
 def test_unseal_and_drop_never_touch_the_base(store):

@@ -119,15 +119,17 @@ CHECK_UNSUPPORTED = 63
 CHECK_LEAKS_ONLY = 3
 
 
-def check(path: str | os.PathLike[str], fmt: str) -> None:
-    """Run `qemu-img check` on PATH (of FMT). Leaked clusters are not an error;
-    formats without checks (raw) pass.
+def check(path: str | os.PathLike[str], fmt: str, repair_leaks: bool = False) -> None:
+    """Run `qemu-img check` on PATH (of FMT). Leaked clusters (space a crash
+    left allocated but unused) are not an error; with REPAIR_LEAKS they are
+    freed (the file must have no writer). Formats without checks (raw) pass.
 
     Raises QemuImgError if the image is corrupt or cannot be checked.
     """
+    repair = ["-r", "leaks"] if repair_leaks else []
     try:
         proc = subprocess.run(
-            [QEMU_IMG, "check", "-q", "-f", fmt, _absolute(path)],
+            [QEMU_IMG, "check", "-q", *repair, "-f", fmt, _absolute(path)],
             capture_output=True, text=True, check=False,
         )
     except FileNotFoundError as exc:

@@ -117,7 +117,8 @@ def _retired_names(manifest: Manifest) -> list[str]:
 
 
 def seal_top(store: Store, name: str) -> ManifestFile:
-    """Check, fsync and hash vDisk NAME's unsealed top file; record it sealed.
+    """Check (freeing clusters a crash leaked), fsync and hash vDisk NAME's
+    unsealed top file; record it sealed.
     A top already sealed with the file's current hash is returned as it is
     (a repeat after a failed database commit).
 
@@ -133,7 +134,7 @@ def seal_top(store: Store, name: str) -> ManifestFile:
         if _sealed_entry(path, top) == top:
             return top
         raise StoreError(f"the sealed file {top.name} of vDisk {name} has changed")
-    qemu_img.check(path, top.format)
+    qemu_img.check(path, top.format, repair_leaks=True)  # sealed files stay clean forever
     sealed = _sealed_entry(path, top)
     _write(store, name, replace(manifest, files=(*manifest.files[:-1], sealed)))
     return sealed
