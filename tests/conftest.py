@@ -6,6 +6,7 @@ then SIGKILL) at teardown; every fixture cleans up what it started.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +16,11 @@ from pathlib import Path
 import pytest
 
 VDFARM = [sys.executable, "-m", "vdfarm"]
+
+# The CLI reads these from the environment; a test run must not inherit a
+# real farm from the shell that started it.
+for _variable in ("VDFARM_DB", "VDFARM_FARM", "VDFARM_TOKEN", "VDFARM_DATA_DIR"):
+    os.environ.pop(_variable, None)
 
 
 def free_port() -> int:
