@@ -33,7 +33,7 @@ def test_reads_answer_the_local_records(client, local, populated, clock):
         lambda f: f.locks.list(), lambda f: f.audit.list(), lambda f: f.audit.list(limit=2),
         lambda f: f.audit.list(since=clock() - timedelta(seconds=1)),
         lambda f: f.servers.list(), lambda f: f.servers.inventory(),
-        lambda f: f.vdisks.verify("w"),
+        lambda f: f.vdisks.verify("w"), lambda f: f.settings.show(),
     ):
         assert call(client) == call(local)
     assert client.devices.show("pc1").session["connected_at"] == clock() - timedelta(seconds=1)
@@ -93,6 +93,9 @@ def test_server_lock_rebalance_login(client, local, populated):
     assert client.locks.release_by_admin("w").state == "free"
     result = client.rebalance(apply=False, trigger_pct=10)
     assert (result.applied, result.trigger_pct, result.moves) == (False, 10.0, ())
+    changed = client.settings.change(rebalance_trigger_pct=40)
+    assert changed == local.settings.show() and changed.rebalance_trigger_pct == 40
+    assert client.rebalance(apply=False).trigger_pct == 40.0  # the farm's setting
     populated.register_server(10809, 8080)
     answer = client.login("pc1")
     assert answer.server.name == name and answer.server.nbd_port == 10809
@@ -116,6 +119,7 @@ def test_server_lock_rebalance_login(client, local, populated):
     (lambda c: c.servers.configure("x", max_booting=0), Invalid, "invalid max-booting"),
     (lambda c: c.rebalance(apply=True, trigger_pct=-1), Invalid, "trigger_pct"),
     (lambda c: c.login("ghost"), NotFound, "ghost"),
+    (lambda c: c.settings.change(boot_phase_s=-1), Invalid, "invalid boot phase"),
     (lambda c: c.versions.merge("w"), Invalid, "nothing to merge"),
     (lambda c: c.devices.delete("ghost"), NotFound, "ghost"),
 ])

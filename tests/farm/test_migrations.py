@@ -18,7 +18,7 @@ from vdfarm.farm.models import Base, Vdisk, VdiskVersion
 
 CREATED = datetime(2030, 1, 1, tzinfo=UTC)
 TABLES = {"servers", "stores", "vdisks", "devices", "locks", "audit_events",
-          "vdisk_versions", "device_sessions", "store_versions"}
+          "vdisk_versions", "device_sessions", "store_versions", "farm_settings"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

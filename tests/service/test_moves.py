@@ -101,3 +101,30 @@ def test_auto_rebalance_runs_on_the_lowest_id_up_server_only(lopsided, clock):
 def test_bad_trigger(duo, trigger):
     with pytest.raises(Invalid, match="invalid trigger"):
         rebalance(duo["a"], apply=True, trigger_pct=trigger)
+
+
+def test_booting_devices_move_in_a_manual_run_only(lopsided):
+    a, _, ids = lopsided
+    vid = vdisk_id(a)
+    rebooted = set(ids[:2])  # 2 of 12 on a (re)booting: the auto guard lets it run
+    for device_id in rebooted:
+        a.session_started(device_id, vid, 0)
+    auto = rebalance(a, apply=False, auto=True)
+    assert auto.moves and rebooted.isdisjoint(m.device_id for m in auto.moves)
+    manual = rebalance(a, apply=False)
+    assert rebooted <= {m.device_id for m in manual.moves}  # pc000, pc001 sort first
+
+
+def test_the_trigger_defaults_to_the_farms_setting(lopsided):
+    a, _, _ = lopsided
+    assert rebalance(a, apply=False).trigger_pct == 25
+    a.settings.change(rebalance_trigger_pct=100)
+    result = rebalance(a, apply=False)
+    assert result.trigger_pct == 100
+    assert len(result.moves) < len(rebalance(a, apply=False, trigger_pct=25).moves)
+
+
+def test_pinned_sessions_are_never_planned(lopsided):
+    a, _, ids = lopsided
+    a.sessions.report_cache_usage({device_id: 4096 for device_id in ids})
+    assert rebalance(a, apply=False).moves == ()

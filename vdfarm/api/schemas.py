@@ -18,7 +18,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from vdfarm.farm.models import ACCESS_MODES, DEVICE_TYPES, WRITE_CACHE_TYPES
 from vdfarm.farm.placement import AFFINITIES
-from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT
 from vdfarm.service.merges import EXPORT_FORMATS
 from vdfarm.service.moves import MAX_TRIGGER_PCT
 from vdfarm.service.validation import UNCHANGED
@@ -134,14 +133,26 @@ class ServerPatch(Body):
         }
 
 
+class SettingsPatch(Body):
+    """Changes to the farm's settings; absent fields stay as they are."""
+
+    heartbeat_timeout_s: float | None = Field(
+        default=None, description="Seconds after which a silent server is down.")
+    boot_phase_s: float | None = Field(
+        default=None, description="Seconds a device counts as booting after it connected.")
+    rebalance_trigger_pct: float | None = Field(
+        default=None, description="Rebalance until every up server is within this "
+                                  "percentage of the weighted average.")
+
+
 class RebalanceBody(Body):
     """A rebalance run: plan only (`dry_run`), or order the moves."""
 
     dry_run: bool = Field(default=False, description="Show the moves, order none.")
-    trigger_pct: float = Field(
-        default=DEFAULT_TRIGGER_PCT, ge=0, le=MAX_TRIGGER_PCT,
+    trigger_pct: float | None = Field(
+        default=None, ge=0, le=MAX_TRIGGER_PCT,
         description="Move devices until every up server is within this percentage of the "
-                    "weighted average.")
+                    "weighted average (default: the farm's setting).")
     auto: bool = Field(default=False, description="Apply the automatic mode's guards.")
 
 

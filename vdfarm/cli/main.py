@@ -21,7 +21,19 @@ import click
 from click.core import ParameterSource
 
 from vdfarm.api.auth import TokenFileError, ensure_token, read_token, token_path
-from vdfarm.cli import audit, db, device, image, lock, rebalance, server, store, vdisk, version
+from vdfarm.cli import (
+    audit,
+    db,
+    device,
+    farm,
+    image,
+    lock,
+    rebalance,
+    server,
+    store,
+    vdisk,
+    version,
+)
 from vdfarm.cli.common import (
     DEFAULT_DATA_DIR,
     CliState,
@@ -148,7 +160,8 @@ def demo_cmd() -> None:
 
 
 for group in (vdisk.vdisk, version.version, device.device, lock.lock, audit.audit,
-              server.server, store.store, image.image, rebalance.rebalance, db.db):
+              server.server, store.store, image.image, rebalance.rebalance, db.db,
+              farm.farm):
     cli.add_command(group)
 
 

@@ -12,7 +12,6 @@ import click
 
 from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import print_table
-from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT
 from vdfarm.service.moves import MAX_TRIGGER_PCT, RebalanceResult
 
 
@@ -32,14 +31,15 @@ def _print_result(result: RebalanceResult) -> None:
 @click.command("rebalance")
 @click.option("--dry-run", is_flag=True, help="Show the moves, order none.")
 @click.option("--trigger", "trigger_pct", type=click.FloatRange(0, MAX_TRIGGER_PCT),
-              default=DEFAULT_TRIGGER_PCT, show_default=True,
+              default=None,
               help="Move devices until every up server is within this percentage of "
-                   "the weighted average.")
+                   "the weighted average [default: the farm's setting, 25 unless changed "
+                   "with `vdfarm farm set --rebalance-trigger`].")
 @click.option("--auto", is_flag=True,
               help="Apply the automatic mode's guards (nothing while more than 20% of a "
                    "server's devices boot, nor below 5 devices per server).")
 @json_option
-def rebalance(dry_run: bool, trigger_pct: float, auto: bool) -> None:
+def rebalance(dry_run: bool, trigger_pct: float | None, auto: bool) -> None:
     """Move connected devices between up servers to even out their load."""
     result = open_farm().rebalance(apply=not dry_run, trigger_pct=trigger_pct, auto=auto)
     emit(result, lambda: _print_result(result))

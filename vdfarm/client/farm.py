@@ -2,7 +2,8 @@
 a local one (`vdfarm.client.local.LocalFarm`).
 
 Rules:
-- The nouns (`vdisks`, `versions`, `devices`, `locks`, `audit`, `servers`)
+- The nouns (`vdisks`, `versions`, `devices`, `locks`, `audit`, `servers`,
+  `settings`)
   have the methods of the services of the same name, with the same
   arguments, and return the same records (rebuilt from the JSON by
   `records.from_plain`), so the CLI prints a remote answer with the code
@@ -28,7 +29,6 @@ import httpx
 
 from vdfarm.client.http import FarmHttp, RemoteError
 from vdfarm.client.records import from_plain
-from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT
 from vdfarm.service.audit import AuditEntry
 from vdfarm.service.devices import DeviceInfo
 from vdfarm.service.errors import Invalid
@@ -37,6 +37,7 @@ from vdfarm.service.login import LoginResult
 from vdfarm.service.merges import ExportResult, MergeResult
 from vdfarm.service.moves import RebalanceResult
 from vdfarm.service.servers import ServerInfo
+from vdfarm.service.settings import Settings
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.vdisks import VdiskInfo
 from vdfarm.service.versions import OverrideInfo, PromoteResult, VersionInfo
@@ -111,6 +112,20 @@ class _Noun:
         if not isinstance(data, list):
             raise RemoteError(f"the farm answered {method} {path} with no list")
         return [_answer(convert, item, f"{method} {path}") for item in data]
+
+
+class RemoteSettings(_Noun):
+    """`SettingsService` over the API."""
+
+    def show(self) -> Settings:
+        return self.one(_as(Settings), "GET", "/settings")
+
+    def change(self, *, heartbeat_timeout_s: float | None = None,
+               boot_phase_s: float | None = None,
+               rebalance_trigger_pct: float | None = None) -> Settings:
+        body = _present(heartbeat_timeout_s=heartbeat_timeout_s, boot_phase_s=boot_phase_s,
+                        rebalance_trigger_pct=rebalance_trigger_pct)
+        return self.one(_as(Settings), "PATCH", "/settings", body=body)
 
 
 class RemoteVdisks(_Noun):
@@ -269,11 +284,12 @@ class FarmClient:
         self.locks = RemoteLocks(self.http)
         self.audit = RemoteAudit(self.http)
         self.servers = RemoteServers(self.http)
+        self.settings = RemoteSettings(self.http)
         self._calls = _Noun(self.http)
 
-    def rebalance(self, *, apply: bool, trigger_pct: float = DEFAULT_TRIGGER_PCT,
+    def rebalance(self, *, apply: bool, trigger_pct: float | None = None,
                   auto: bool = False) -> RebalanceResult:
-        body = {"dry_run": not apply, "trigger_pct": trigger_pct, "auto": auto}
+        body = _present(dry_run=not apply, trigger_pct=trigger_pct, auto=auto)
         return self._calls.one(_as(RebalanceResult), "POST", "/rebalance", body=body)
 
     def login(self, name_or_mac: str, client_ip: str | None = None) -> LoginResult:

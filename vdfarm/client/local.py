@@ -2,7 +2,7 @@
 
 Rules:
 - The nouns are the Farm's own services (`vdisks`, `versions`, `devices`,
-  `locks`, `audit`, `servers`); the service calls that are module functions
+  `locks`, `audit`, `servers`, `settings`); the service calls that are module functions
   (rebalance, login, subnet affinity) are methods here, so a front end calls
   `farm.rebalance(...)` whether the farm is local or remote.
 - No logic of its own: each method is one service call (plus, for the
@@ -12,7 +12,6 @@ Rules:
 
 from __future__ import annotations
 
-from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT
 from vdfarm.service import login as login_service
 from vdfarm.service import moves
 from vdfarm.service.context import Farm
@@ -32,8 +31,9 @@ class LocalFarm:
         self.locks = farm.locks
         self.audit = farm.audit
         self.servers = farm.servers
+        self.settings = farm.settings
 
-    def rebalance(self, *, apply: bool, trigger_pct: float = DEFAULT_TRIGGER_PCT,
+    def rebalance(self, *, apply: bool, trigger_pct: float | None = None,
                   auto: bool = False) -> RebalanceResult:
         """See `vdfarm.service.moves.rebalance`. Raises Invalid, Unavailable."""
         return moves.rebalance(self.farm, apply=apply, trigger_pct=trigger_pct, auto=auto,

@@ -129,6 +129,20 @@ class Server(Base):
     )
 
 
+class FarmSettings(Base):
+    """Settings of the whole farm: one row (id 1), read by every server, so
+    every console computes up/down and booting the same way."""
+
+    __tablename__ = "farm_settings"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    heartbeat_timeout_s: Mapped[float] = mapped_column(Float, default=3.0, server_default="3.0")
+    boot_phase_s: Mapped[float] = mapped_column(Float, default=60.0, server_default="60.0")
+    rebalance_trigger_pct: Mapped[float] = mapped_column(
+        Float, default=25.0, server_default="25.0")
+
+
 class StoreLocation(Base):
     """A store directory on a server (the path may differ on every server)."""
 

@@ -47,6 +47,7 @@ from vdfarm.service.servers import (
     write_identity,
 )
 from vdfarm.service.sessions import SessionService
+from vdfarm.service.settings import SettingsService
 from vdfarm.service.vdisks import VdiskService
 from vdfarm.service.versions import VersionService
 from vdfarm.store.store import Store
@@ -114,6 +115,7 @@ class Farm:
         self.servers = ServerService(self)
         self.versions = VersionService(self)
         self.sessions = SessionService(self)
+        self.settings = SettingsService(self)
 
     # -- opening -----------------------------------------------------------
 

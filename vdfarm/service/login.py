@@ -5,7 +5,7 @@ Rules:
   name. The version it must boot is the one the stream would serve it
   (`version_rules.boot_choice`; a private vDisk: its newest version).
 - The decision is `vdfarm.farm.placement.place` over every server of the
-  farm: liveness from heartbeats (`farm.servers.heartbeat_timeout`), load and
+  farm: liveness from heartbeats (the farm's heartbeat timeout), load and
   booting counts from device sessions (the device's own session left out, so
   a reconnect does not count against its old server), verified copies from
   `store_versions`, subnet affinity from the vDisk.

@@ -121,20 +121,23 @@ def check_trigger(trigger_pct: float) -> float:
 
 
 def rebalance(
-    farm: Farm, *, apply: bool, trigger_pct: float = planner.DEFAULT_TRIGGER_PCT,
+    farm: Farm, *, apply: bool, trigger_pct: float | None = None,
     auto: bool = False, actor: str | None = None,
 ) -> RebalanceResult:
     """Plan (and if APPLY, order) the moves that bring every up server within
-    TRIGGER_PCT % of the weighted average. AUTO applies the auto-mode guards.
+    TRIGGER_PCT % (default: the farm's setting) of the weighted average.
+    AUTO applies the auto-mode guards and leaves booting devices alone.
 
     Raises Invalid (bad trigger), Unavailable (DB down).
     """
+    if trigger_pct is None:
+        trigger_pct = farm.settings.current().rebalance_trigger_pct
     trigger = check_trigger(trigger_pct)
     with farm.session() as session:
         servers, sessions = farm_state(session, farm)
         average = planner.weighted_average(servers, sessions)
         skipped = planner.auto_guard(servers, sessions) if auto else None
-        moves = [] if skipped else planner.plan(servers, sessions, trigger, auto=False)
+        moves = [] if skipped else planner.plan(servers, sessions, trigger, auto=auto)
         if apply and moves:
             moves = _order_moves(session, farm, moves, actor or farm.actor)
     return RebalanceResult(moves=tuple(moves), average=average, trigger_pct=trigger,
@@ -166,8 +169,7 @@ def _order_moves(
     return ordered
 
 
-def auto_rebalance(farm: Farm, trigger_pct: float = planner.DEFAULT_TRIGGER_PCT
-                   ) -> RebalanceResult | None:
+def auto_rebalance(farm: Farm, trigger_pct: float | None = None) -> RebalanceResult | None:
     """The periodic automatic rebalance: None unless this server is the
     lowest-id up server (one runner per farm); else an applied auto run.
 

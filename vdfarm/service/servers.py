@@ -6,10 +6,10 @@ Rules:
   only. Its presence is what makes a data directory initialised.
 - A server's row is created by `init`; `register` (called by the stream
   server at start) and `heartbeat` only update it.
-- Liveness: a server is *up* when its last heartbeat is at most
-  `ServerService.heartbeat_timeout` seconds old (default 3; the stream beats
-  every second). A session counts as *booting* during its first
-  `ServerService.boot_phase` seconds (default 60) after it connected.
+- Liveness: a server is *up* when its last heartbeat is at most the farm's
+  heartbeat timeout old (`vdfarm.service.settings`, default 3 s; the stream
+  beats every second). A session counts as *booting* during the farm's boot
+  phase (default 60 s) after it connected.
 - Inventory: `heartbeat` and `register` also record which vDisk versions
   this server's store holds complete and verified (`store_versions`; the
   rules are in `vdfarm.service.inventory`).
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from vdfarm.service.context import Farm
 
 IDENTITY_FILE = "server.json"
-HEARTBEAT_TIMEOUT_S = 3.0
-BOOT_PHASE_S = 60.0
 MAX_MAX_BOOTING = 1_000_000
 
 
@@ -234,16 +232,16 @@ class ServerService:
 
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
-        self.heartbeat_timeout = HEARTBEAT_TIMEOUT_S
-        self.boot_phase = BOOT_PHASE_S
 
     def timeout(self) -> timedelta:
-        """How old a heartbeat may be for its server to count as up."""
-        return timedelta(seconds=self.heartbeat_timeout)
+        """How old a heartbeat may be for its server to count as up (the
+        farm's setting)."""
+        return timedelta(seconds=self.farm.settings.current().heartbeat_timeout_s)
 
     def boot_cutoff(self, now: datetime) -> datetime:
-        """Sessions connected after this moment are booting."""
-        return now - timedelta(seconds=self.boot_phase)
+        """Sessions connected after this moment are booting (the farm's
+        boot phase before NOW)."""
+        return now - timedelta(seconds=self.farm.settings.current().boot_phase_s)
 
     def register(self, nbd_port: int, api_port: int | None = None) -> ServerInfo:
         """Record this server's host name, ports, version and a heartbeat.

@@ -3,7 +3,7 @@
 
 Rules: one call of `vdfarm.service.moves.rebalance`; `dry_run` plans and
 orders nothing, but is still a POST that needs the token. The body may be
-left out (defaults: apply, trigger 25 %, no auto guards).
+left out (defaults: apply, the farm's trigger setting, no auto guards).
 """
 
 from __future__ import annotations

@@ -1,0 +1,118 @@
+"""Farm settings: what every server must agree on, in one database row.
+
+Rules:
+- The heartbeat timeout (a server is down when its heartbeat is older), the
+  boot phase (a device counts as booting that long after it connected) and
+  the rebalance trigger percentage live in `farm_settings` (one row), so
+  every server and console computes up/down, booting and balance alike.
+- `current()` is read on hot paths (every login, list, rebalance), so each
+  process keeps what it read for `CACHE_SECONDS`: a change reaches every
+  server within that time. While the database is away the last value read
+  (or the defaults) stands.
+- `change()` validates every value first, then writes and audits
+  (`farm.set`, before/after) in one transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
+
+from vdfarm.farm.models import FarmSettings
+from vdfarm.service import audit
+from vdfarm.service.errors import Invalid, Unavailable
+
+if TYPE_CHECKING:
+    from vdfarm.service.context import Farm
+
+CACHE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The farm's settings (defaults: PVS-like, heartbeat timeout shorter)."""
+
+    heartbeat_timeout_s: float = 3.0
+    boot_phase_s: float = 60.0
+    rebalance_trigger_pct: float = 25.0
+
+
+LIMITS = {  # name: (lowest, highest, what it is)
+    "heartbeat_timeout_s": (1.0, 600.0, "heartbeat timeout (seconds)"),
+    "boot_phase_s": (0.0, 3600.0, "boot phase (seconds)"),
+    "rebalance_trigger_pct": (0.0, 1000.0, "rebalance trigger (percent)"),
+}
+
+
+def checked(name: str, value: object) -> float:
+    """VALUE as the setting NAME takes it. Raises Invalid."""
+    low, high, what = LIMITS[name]
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or not low <= value <= high):
+        raise Invalid(f"invalid {what} {value!r}: give {low:g}-{high:g}")
+    return float(value)
+
+
+def _from_row(row: FarmSettings | None) -> Settings:
+    if row is None:
+        return Settings()
+    return Settings(row.heartbeat_timeout_s, row.boot_phase_s, row.rebalance_trigger_pct)
+
+
+class SettingsService:
+    """Read (cached) and change the farm's settings."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+        self._cached: Settings | None = None
+        self._read_at = -math.inf
+
+    def current(self) -> Settings:
+        """The settings as of at most CACHE_SECONDS ago (never raises)."""
+        if self._cached is not None and time.monotonic() - self._read_at < CACHE_SECONDS:
+            return self._cached
+        try:
+            with self.farm.session() as session:
+                settings = _from_row(session.get(FarmSettings, 1))
+        except Unavailable:
+            return self._cached or Settings()
+        self._cached, self._read_at = settings, time.monotonic()
+        return settings
+
+    def show(self) -> Settings:
+        """The settings, read now. Raises Unavailable."""
+        with self.farm.session() as session:
+            settings = _from_row(session.get(FarmSettings, 1))
+        self._cached, self._read_at = settings, time.monotonic()
+        return settings
+
+    def change(self, *, heartbeat_timeout_s: float | None = None,
+               boot_phase_s: float | None = None, rebalance_trigger_pct: float | None = None,
+               actor: str | None = None) -> Settings:
+        """Change the given settings; return them all. Audited as `farm.set`.
+
+        Raises Invalid (a bad value, or nothing to change), Unavailable.
+        """
+        given = {"heartbeat_timeout_s": heartbeat_timeout_s, "boot_phase_s": boot_phase_s,
+                 "rebalance_trigger_pct": rebalance_trigger_pct}
+        changes = {name: checked(name, value) for name, value in given.items()
+                   if value is not None}
+        if not changes:
+            raise Invalid("nothing to change: give a heartbeat timeout, boot phase or "
+                          "rebalance trigger")
+        with self.farm.session() as session:
+            row = session.get(FarmSettings, 1)
+            if row is None:  # a database whose row was deleted by hand
+                row = FarmSettings(id=1, **asdict(Settings()))
+                session.add(row)
+            before = _from_row(row)
+            after = replace(before, **changes)
+            for name, value in changes.items():
+                setattr(row, name, value)
+            audit.record(session, actor=actor or self.farm.actor, at=self.farm.now(),
+                         action="farm.set", target_type="farm", target_name="settings",
+                         before=asdict(before), after=asdict(after))
+        self._cached, self._read_at = after, time.monotonic()
+        return after
