@@ -17,13 +17,19 @@ from sqlalchemy import select, update
 from tests.conftest import make_test_image
 from tests.farm.postgres import fresh_postgres_url
 from tests.stream.cluster import Cluster, wait_until
-from tests.stream.rawclient import CMD_READ, CMD_WRITE, EPERM, NBDOptionError, RawClient
+from tests.stream.rawclient import (
+    CMD_DISC,
+    CMD_READ,
+    CMD_WRITE,
+    EPERM,
+    NBDOptionError,
+    RawClient,
+)
 from vdfarm.farm.models import DeviceSession, Server
 from vdfarm.service.context import Farm
 
 DEVICES = [f"pc{n:02}" for n in range(30)]
 TRIGGER_PCT = 25
-HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +93,7 @@ def test_logins_spread_a_dead_server_is_avoided_and_rebalance_evens_the_load(clu
                       "s3 marked down")
     assert rows["s1"]["up"] and rows["s2"]["up"]
     beat = parse_time(rows["s3"]["last_heartbeat"])
-    assert parse_time(rows["s1"]["last_heartbeat"]) - beat >= HEARTBEAT_TIMEOUT - timedelta(
-        seconds=1)  # s1 kept beating while s3 went quiet
+    assert parse_time(rows["s1"]["last_heartbeat"]) > beat  # s1 kept beating; s3 went quiet
 
     # Its devices lost their connection; their next logins land on survivors.
     orphans = [d for d, (server, _) in clients.items() if server.name == "s3"]
@@ -150,6 +155,7 @@ def test_a_dead_servers_lock_frees_itself_and_a_stale_holder_is_fenced(cluster):
     now = lock_row(s3)
     assert (now["state"], now["server"]) == ("held", "s2")
     assert now["fencing_token"] > held["fencing_token"]
+    second.request(CMD_DISC, 0, 0)  # a clean goodbye: the session ends, the lock is freed
     second.close()
 
     # A stale holder: s2 pauses (as if hung) while serving solo; the lease
