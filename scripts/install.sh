@@ -13,7 +13,7 @@ want_test=0
 
 debs=(python3-venv qemu-utils qemu-system-x86 libnbd-bin syslinux syslinux-common
       mtools dosfstools fdisk busybox-static kmod)
-[ $want_test = 1 ] && debs+=(fio nbdkit)
+[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || debs+=(linux-image-amd64)
 
 missing=()
