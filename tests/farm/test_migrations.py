@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Integer, MetaData, Table, inspect, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tests.farm.postgres import fresh_postgres_url
@@ -105,7 +106,7 @@ def test_a_silent_database_host_fails_a_connect_instead_of_hanging_it():
     import socket
     import threading
 
-    from sqlalchemy.exc import OperationalError
+
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -151,5 +152,18 @@ def test_0002_gives_every_existing_vdisk_its_base_version(url):
         db.downgrade(url, "0001")
         with engine.connect() as conn:
             assert conn.execute(text("SELECT name FROM vdisks")).scalars().all() == ["w"]
+    finally:
+        engine.dispose()
+
+
+def test_postgres_statements_and_lock_waits_are_bounded():
+    engine = db.make_engine("postgresql://root@127.0.0.1:5432/test")
+    try:
+        with engine.connect() as connection:
+            show = connection.exec_driver_sql
+            assert (show("SHOW statement_timeout").scalar(),
+                    show("SHOW lock_timeout").scalar()) == ("30s", "10s")
+    except OperationalError as exc:  # pragma: no cover - no PostgreSQL here
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
     finally:
         engine.dispose()

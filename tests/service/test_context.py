@@ -161,3 +161,22 @@ def test_init_with_unreachable_database(tmp_path):
     with pytest.raises(Unavailable, match="cannot migrate the farm database"):
         Farm.init(tmp_path / "d", f"postgresql+psycopg://nobody@127.0.0.1:{port}/x")
     assert not (tmp_path / "d" / "server.json").exists()
+
+
+def test_an_exhausted_connection_pool_is_unavailable_not_a_crash(tmp_path):
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import QueuePool
+
+    farm = Farm.init(tmp_path / "d")
+    url = farm.engine.url
+    farm.engine.dispose()
+    farm.engine = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0,
+                                pool_timeout=0.1)
+    farm._sessions.configure(bind=farm.engine)
+    held = farm.engine.connect()  # the only connection
+    try:
+        with pytest.raises(Unavailable, match="no free connection"):
+            farm.vdisks.list()
+    finally:
+        held.close()
+        farm.close()

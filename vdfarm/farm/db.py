@@ -36,11 +36,15 @@ HEAD_REVISION = "0005"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30
 # A database host that stops answering (rather than refusing) must not hang
-# a server's database thread: give up connecting after 5 s, and find a dead
-# peer of an open connection within about 25 s (TCP keepalive). A URL's own
-# query parameters (?connect_timeout=...) win.
+# a server's database thread: give up connecting after 5 s; find a dead peer
+# of an idle connection within about 25 s (TCP keepalive) and of a busy one
+# within 15 s (unacknowledged data: tcp_user_timeout); no statement runs
+# longer than 30 s nor waits for a row lock longer than 10 s (migrations
+# lift both). A URL's own query parameters (?connect_timeout=...) win.
 POSTGRES_CONNECT_ARGS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
-                         "keepalives_interval": 5, "keepalives_count": 3}
+                         "keepalives_interval": 5, "keepalives_count": 3,
+                         "tcp_user_timeout": 15000,
+                         "options": "-c statement_timeout=30000 -c lock_timeout=10000"}
 
 
 class BadDatabaseURL(ValueError):
@@ -110,6 +114,9 @@ def _run(url: str, action, revision: str) -> None:  # noqa: ANN001
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":  # a migration may take long
+                connection.exec_driver_sql("SET statement_timeout = 0")
+                connection.exec_driver_sql("SET lock_timeout = 0")
             config = alembic_config()
             config.attributes["connection"] = connection
             action(config, revision)

@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from vdfarm.farm import db
@@ -253,6 +254,9 @@ class Farm:
         except OperationalError as exc:
             _rollback(session)
             raise Unavailable(f"farm database error: {first_line(exc.orig)}") from exc
+        except PoolTimeout as exc:
+            _rollback(session)
+            raise Unavailable("farm database busy: no free connection (try again)") from exc
         except IntegrityError as exc:
             _rollback(session)
             raise Conflict(f"the change conflicts with the farm: {first_line(exc.orig)}") from exc
@@ -317,9 +321,11 @@ class Farm:
         retired files no one reads any more. Raises Unavailable."""
         self.sessions.ended(device_id)
 
-    def register_server(self, nbd_port: int, api_port: int | None = None) -> ServerInfo:
-        """Record this server's host, ports, version and heartbeat. Raises Invalid, Unavailable."""
-        return self.servers.register(nbd_port, api_port)
+    def register_server(self, nbd_port: int, api_port: int | None = None,
+                        advertise: str | None = None) -> ServerInfo:
+        """Record this server's advertised address (None: the host name),
+        ports, version and heartbeat. Raises Invalid, NotFound, Unavailable."""
+        return self.servers.register(nbd_port, api_port, advertise)
 
 
 def _rollback(session: Session) -> None:

@@ -5,7 +5,9 @@ Rules:
   pure planner (`vdfarm.farm.rebalance.plan`) and, when applied, records
   each move as an order on the device's session (`move_to_server_id`,
   `move_requested_at`) plus one `device.move` audit row — in one transaction,
-  and only if the session is still where the plan saw it.
+  and only if the session is still where the plan saw it. Applied runs take
+  the farm settings row FOR UPDATE first, so two (an admin's and the auto
+  runner's) never plan from the same snapshot.
 - A session with a pending order counts on its destination and is not
   planned again. A pinned session (`is_pinned`: it would lose state by
   moving) is never planned; the stream server checks again, against its
@@ -27,7 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vdfarm.farm import rebalance as planner
-from vdfarm.farm.models import Device, DeviceSession, Server, StoreVersion, Vdisk
+from vdfarm.farm.models import Device, DeviceSession, FarmSettings, Server, StoreVersion, Vdisk
 from vdfarm.farm.placement import IpAddress, is_up
 from vdfarm.service import audit
 from vdfarm.service.errors import Invalid
@@ -134,6 +136,9 @@ def rebalance(
         trigger_pct = farm.settings.current().rebalance_trigger_pct
     trigger = check_trigger(trigger_pct)
     with farm.session() as session:
+        if apply:  # one applied run at a time (PostgreSQL; SQLite has one writer anyway)
+            session.execute(select(FarmSettings.id).where(FarmSettings.id == 1)
+                            .with_for_update())
         servers, sessions = farm_state(session, farm)
         average = planner.weighted_average(servers, sessions)
         skipped = planner.auto_guard(servers, sessions) if auto else None
