@@ -106,8 +106,6 @@ def test_a_silent_database_host_fails_a_connect_instead_of_hanging_it():
     import socket
     import threading
 
-
-
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
