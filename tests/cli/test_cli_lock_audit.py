@@ -18,13 +18,27 @@ def test_lock_list_states(icli, image):
     grant = held_lock(icli, image)
     icli.ok("vdisk", "import", "free-one", str(image))
     [held, free] = sorted(icli.json("lock", "list"), key=lambda x: x["vdisk"] != "w")
-    assert (held["vdisk"], held["holder"], held["server"]) == ("w", "pc1", "srv1")
+    assert (held["vdisk"], held["holder"], held["server"], held["home"]) == (
+        "w", "pc1", "srv1", "srv1")
     assert (held["state"], held["fencing_token"]) == ("held", grant.token)
     assert (free["vdisk"], free["holder"], free["state"]) == ("free-one", None, "free")
     table = icli.ok("lock", "list").stdout.splitlines()
-    assert table[0].split() == ["VDISK", "HOLDER", "SERVER", "LEASE", "EXPIRES", "TOKEN", "STATE"]
-    assert table[1].split()[:3] == ["free-one", "-", "-"]
-    assert table[2].split()[:3] == ["w", "pc1", "srv1"] and table[2].split()[-1] == "held"
+    assert table[0].split() == ["VDISK", "HOLDER", "SERVER", "HOME", "LEASE", "EXPIRES",
+                                "TOKEN", "STATE"]
+    assert table[1].split()[:4] == ["free-one", "-", "-", "-"]
+    assert table[2].split()[:4] == ["w", "pc1", "srv1", "srv1"]
+    assert table[2].split()[-1] == "held"
+
+
+def test_lock_home_moves_the_current_copy(icli, image):
+    held_lock(icli, image)
+    refused = icli("lock", "home", "w", "srv1")  # held by srv1 itself: allowed
+    assert refused.exit_code == 0 and refused.stdout == "vDisk w now lives on server srv1\n"
+    assert icli.json("audit", "list")[-1]["action"] == "lock.home"
+    before = icli.dump()
+    assert_one_line_error(icli("lock", "home", "w", "nobody"), 1, "no server named nobody")
+    assert_one_line_error(icli("lock", "home", "nope", "srv1"), 1, "no vDisk named nope")
+    assert icli.dump() == before
 
 
 def test_lock_release_is_audited_and_fences(icli, image):

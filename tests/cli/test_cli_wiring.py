@@ -7,30 +7,56 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 import vdfarm.image.sample
 import vdfarm.stream.server
+from tests.cli.conftest import assert_one_line_error
 from vdfarm.service.context import Farm
+
+
+def fake_run_server(calls):
+    """A run_server that records its arguments."""
+
+    def run_server(farm, host, nbd_port, grace_seconds, lease_seconds, *, api_host,
+                   api_port, auto_rebalance_every, advertise):
+        calls.append((type(farm), farm.data_dir, farm.server_name, host, nbd_port,
+                      grace_seconds, lease_seconds, api_host, api_port, auto_rebalance_every,
+                      advertise))
+
+    return run_server
 
 
 def test_server_run_calls_run_server(icli, monkeypatch):
     calls = []
-
-    def fake_run_server(farm, host, nbd_port, grace_seconds, lease_seconds, *, api_host,
-                        api_port, auto_rebalance_every):
-        calls.append((type(farm), farm.data_dir, farm.server_name, host, nbd_port,
-                      grace_seconds, lease_seconds, api_host, api_port, auto_rebalance_every))
-
-    monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server)
+    monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server(calls))
     icli.ok("server", "run", "--nbd-port", "12345", "--host", "127.0.0.2", "--grace", "2.5",
             "--lease", "4", "--api-port", "0", "--api-host", "127.0.0.3",
-            "--auto-rebalance", "60")
+            "--auto-rebalance", "60", "--advertise", "10.0.0.5")
     icli.ok("server", "run")
-    icli.ok("server", "run", "--no-api")
+    icli.ok("server", "run", "--no-api", "--host", "0.0.0.0", "--advertise", "pxe1.lan")
     assert calls == [
-        (Farm, icli.data_dir, "srv1", "127.0.0.2", 12345, 2.5, 4.0, "127.0.0.3", 0, 60.0),
-        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, 8080, 0.0),
-        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, None, 0.0),
+        (Farm, icli.data_dir, "srv1", "127.0.0.2", 12345, 2.5, 4.0, "127.0.0.3", 0, 60.0,
+         "10.0.0.5"),
+        (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, 8080, 0.0, None),
+        (Farm, icli.data_dir, "srv1", "0.0.0.0", 10809, 30.0, 30.0, None, None, 0.0,
+         "pxe1.lan"),
     ]
+
+
+@pytest.mark.parametrize("advertise", ["", "two words", "x" * 256])
+def test_server_run_refuses_a_bad_advertise_before_starting(icli, monkeypatch, advertise):
+    calls = []
+    monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server(calls))
+    before = icli.dump()
+    assert_one_line_error(icli("server", "run", "--advertise", advertise), 1,
+                          "invalid advertised address")
+    assert calls == [] and icli.dump() == before
+
+
+def test_server_run_help_shows_advertise(cli):
+    out = cli.ok("server", "run", "--help", data_dir=False).stdout
+    assert "--advertise ADDR" in out and "0.0.0.0" in out
 
 
 def test_image_sample_calls_build_without_a_data_dir(cli, tmp_path, monkeypatch):

@@ -91,6 +91,7 @@ def test_server_lock_rebalance_login(client, local, populated):
     assert (info.power_rating, info.subnet, info.max_booting) == (2.0, "10.0.0.0/8", 9)
     assert client.servers.configure(name, subnet=None).subnet is None
     assert client.locks.release_by_admin("w").state == "free"
+    assert client.locks.move_home("w", name).home == name == local.locks.list()[0].home
     result = client.rebalance(apply=False, trigger_pct=10)
     assert (result.applied, result.trigger_pct, result.moves) == (False, 10.0, ())
     changed = client.settings.change(rebalance_trigger_pct=40)
@@ -120,6 +121,7 @@ def test_server_lock_rebalance_login(client, local, populated):
     (lambda c: c.rebalance(apply=True, trigger_pct=-1), Invalid, "trigger_pct"),
     (lambda c: c.login("ghost"), NotFound, "ghost"),
     (lambda c: c.settings.change(boot_phase_s=-1), Invalid, "invalid boot phase"),
+    (lambda c: c.locks.move_home("w", "zz"), NotFound, "no server named zz"),
     (lambda c: c.versions.merge("w"), Invalid, "nothing to merge"),
     (lambda c: c.devices.delete("ghost"), NotFound, "ghost"),
 ])

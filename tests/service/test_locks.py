@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from tests.farm.postgres import fresh_postgres_url
-from tests.service.helpers import audit_actions
+from tests.service.helpers import audit_actions, dump
 from tests.service.multi import duo_fixture  # noqa: F401 (fixture)
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import Conflict, Invalid, NotFound
@@ -181,7 +181,35 @@ def test_the_same_device_on_another_server_waits_for_the_lease(duo, clock):
     with pytest.raises(Conflict, match="locked by device solo on server a"):
         b.acquire_lock(target.vdisk_id, target.device_id, 30)
     assert a.acquire_lock(target.vdisk_id, target.device_id, 30).token == grant.token + 1
-    clock.advance(31)  # a went quiet: its lease ran out
+    clock.advance(31)  # a went quiet: its lease ran out, the lock is free...
+    assert [i.state for i in b.locks.list()] == ["expired"]
+    # ... but a's copy holds the writes: b may not take it on its own.
+    before = dump(a)
+    with pytest.raises(Conflict, match="written on server a .down.*vdfarm lock home w b"):
+        b.acquire_lock(target.vdisk_id, target.device_id, 30)
+    assert dump(a) == before
+    moved = b.locks.move_home("w", "b")  # the admin accepts b's copy
+    assert (moved.home, moved.state) == ("b", "expired")
+    assert audit_actions(a)[-1] == "lock.home"
     taken = b.acquire_lock(target.vdisk_id, target.device_id, 30)
     assert taken.token == grant.token + 2
     assert a.renew_lock(target.vdisk_id, target.device_id, grant.token + 1, 30) is False
+    clock.advance(31)
+    with pytest.raises(Conflict, match="written on server b"):
+        a.acquire_lock(target.vdisk_id, target.device_id, 30)  # the old home came back
+
+
+def test_moving_the_home_refusals(duo, clock):
+    a, b = duo["a"], duo["b"]
+    a.devices.add("solo", vdisk="w")
+    target = a.resolve_export("solo")
+    a.acquire_lock(target.vdisk_id, target.device_id, 30)
+    before = dump(a)
+    with pytest.raises(Conflict, match="locked by device solo on server a.*release it first"):
+        b.locks.move_home("w", "b")
+    with pytest.raises(NotFound, match="no server named zz"):
+        b.locks.move_home("w", "zz")
+    with pytest.raises(NotFound, match="no vDisk named nope"):
+        b.locks.move_home("nope", "b")
+    assert dump(a) == before
+    assert a.locks.move_home("w", "a").home == "a"  # the holder's own server: allowed

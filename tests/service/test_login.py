@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service.helpers import dump_db
+from tests.service.helpers import dump_db, make_raw
 from tests.service.multi import (
     add_devices,
     beat,
+    copy_vdisk,
     duo_fixture,  # noqa: F401  (the fixture)
     vdisk_id,
 )
@@ -197,3 +198,26 @@ def test_a_move_to_a_server_that_cannot_serve_is_ignored(moving, clock):
     (b.store.root / "w" / "base.raw").unlink()
     beat(b)  # b no longer holds version 0
     assert chosen(login(a, moved)) == ["a"]
+
+
+def test_a_private_vdisk_streams_only_from_its_home(duo, clock, tmp_path):
+    a, b = duo["a"], duo["b"]
+    a.vdisks.import_image("p", make_raw(tmp_path / "p.raw"), mode="private")
+    copy_vdisk(a, b, "p")
+    beat(a, b)
+    a.devices.add("solo", vdisk="p")
+    connect(a, add_devices(a, 3))  # a is the busier server
+    assert chosen(login(a, "solo"))[0] == "b"  # no home yet: least busy
+    target = a.resolve_export("solo")
+    grant = b.acquire_lock(target.vdisk_id, target.device_id, 30)  # b wrote it: its home
+    assert a.locks.list()[0].home == "b"
+    b.release_lock(target.vdisk_id, target.device_id, grant.token)
+    a.locks.move_home("p", "a")  # the admin: a's copy is the current one
+    assert chosen(login(b, "solo")) == ["a"]  # only the home; no alternatives
+    clock.advance(10)
+    beat(b)  # a is down
+    with pytest.raises(Unavailable, match="written on server a .down.*lock home p SERVER"):
+        login(b, "solo")
+    b.locks.move_home("p", "b")
+    assert chosen(login(b, "solo")) == ["b"]
+    assert chosen(login(b, "pc000")) == ["b"]  # standard devices: every up server

@@ -4,6 +4,7 @@ the verified-copy inventory, and settings — on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -16,6 +17,8 @@ from tests.service.multi import (
     vdisk_id,
 )
 from vdfarm.service.errors import Invalid, NotFound
+from vdfarm.service.login import login
+from vdfarm.service.servers import is_wildcard
 
 
 def by_name(farm):
@@ -44,6 +47,42 @@ def test_register_makes_a_server_up_with_its_ports(duo, clock):
     listed = by_name(duo["b"])
     assert listed["a"].up and (listed["a"].nbd_port, listed["a"].api_port) == (10809, 8080)
     assert not listed["b"].up
+
+
+def test_register_stores_the_advertised_address(duo):
+    a, b = duo["a"], duo["b"]
+    assert a.register_server(10809, 8080, "10.1.2.3").hostname == "10.1.2.3"
+    assert by_name(b)["a"].hostname == "10.1.2.3"
+    b.register_server(10810, None, "pxe-b.example")
+    add_devices(a, 1)
+    answer = login(a, "pc000")
+    hosts = {s.name: s.host for s in [answer.server, *answer.alternatives]}
+    assert hosts == {"a": "10.1.2.3", "b": "pxe-b.example"}
+    a.register_server(10809, 8080)  # no address given: the host name, as before
+    assert by_name(b)["a"].hostname == socket.gethostname()
+
+
+@pytest.mark.parametrize("advertise", [
+    "", " ", "a b", "host\n", "tab\there", "x" * 256, 42,
+])
+def test_register_refuses_a_bad_address_and_changes_nothing(duo, clock, advertise):
+    a = duo["a"]
+    a.register_server(10809, 8080, "10.1.2.3")
+    clock.advance(1)
+    before = dump_db(a.engine)
+    with pytest.raises(Invalid, match="invalid advertised address") as caught:
+        a.register_server(10811, 8081, advertise)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+    assert dump_db(a.engine) == before
+    assert a.register_server(10809, 8080, "x" * 255).hostname == "x" * 255
+
+
+@pytest.mark.parametrize(("host", "wildcard"), [
+    ("0.0.0.0", True), ("::", True), ("0:0::0", True), ("", True),
+    ("127.0.0.1", False), ("::1", False), ("10.1.2.3", False), ("pxe1.lan", False),
+])
+def test_is_wildcard(host, wildcard):
+    assert is_wildcard(host) is wildcard
 
 
 def test_connected_and_booting_counts(duo, clock):

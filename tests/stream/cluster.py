@@ -133,10 +133,12 @@ class Cluster:
 
     def connect(self, device: str, via: ClusterServer | None = None
                 ) -> tuple[ClusterServer, RawClient]:
-        """Log DEVICE in, then open its NBD export on the server login chose."""
+        """Log DEVICE in, then open its NBD export where the login answer
+        says: the chosen server's advertised host and NBD port."""
         answer = self.login(device, via)
-        server = self.by_port(answer["server"]["nbd_port"])
-        client = RawClient(server.nbd_port)
+        chosen = answer["server"]
+        server = self.by_port(chosen["nbd_port"])
+        client = RawClient(chosen["nbd_port"], host=chosen["host"])
         client.connect(device)
         return server, client
 

@@ -142,25 +142,36 @@ def test_a_dead_servers_lock_frees_itself_and_a_stale_holder_is_fenced(cluster):
     first.connect("solo")
     assert first.call(CMD_WRITE, 0, 512, data=b"1" * 512)[0] == 0
     held = lock_row(s2)
-    assert (held["state"], held["holder"], held["server"]) == ("held", "solo", "s1")
+    assert (held["state"], held["holder"], held["server"], held["home"]) == (
+        "held", "solo", "s1", "s1")
 
     # The serving server dies; nobody releases anything.
     s1.kill()
     with pytest.raises(NBDOptionError, match="locked by device solo on server s1"):
         RawClient(s2.nbd_port).connect("solo")
     wait_until(lambda: lock_row(s3)["state"] != "held", "the lease ran out", timeout=30)
+    # The lock is free, but s1's copy holds solo's writes: no other server
+    # serves it from a stale copy on its own, and login says why.
+    with pytest.raises(NBDOptionError, match="written on server s1"):  # (up or down yet)
+        RawClient(s2.nbd_port).connect("solo")
+    refused = s2.api("POST", "/login", json={"device": "solo"})
+    assert refused.status_code == 503 and "written on server s1" in refused.json()["detail"]
+    # The admin accepts s2's copy (s1 is gone for good): s2 serves it.
+    s3.cli("lock", "home", "mine", "s2")
+    assert cluster.login("solo")["server"]["name"] == "s2"
     second = RawClient(s2.nbd_port)
     second.connect("solo")
     assert second.call(CMD_WRITE, 0, 512, data=b"2" * 512)[0] == 0
     now = lock_row(s3)
-    assert (now["state"], now["server"]) == ("held", "s2")
+    assert (now["state"], now["server"], now["home"]) == ("held", "s2", "s2")
     assert now["fencing_token"] > held["fencing_token"]
     second.request(CMD_DISC, 0, 0)  # a clean goodbye: the session ends, the lock is freed
     second.close()
 
-    # A stale holder: s2 pauses (as if hung) while serving solo; the lease
-    # runs out, s3 takes the device; when s2 wakes up, its old token is
-    # refused and so is every write it is asked to make.
+    # A stale holder: s2 pauses (as if hung) while serving solo; its lease
+    # runs out, the admin moves solo's home to s3, which serves it; when s2
+    # wakes up, its old token is refused and so is every write it is asked
+    # to make from then on.
     wait_until(lambda: lock_row(s3)["state"] != "held", "s2's clean goodbye freed the lock")
     stale = RawClient(s2.nbd_port)
     stale.connect("solo")
@@ -169,6 +180,7 @@ def test_a_dead_servers_lock_frees_itself_and_a_stale_holder_is_fenced(cluster):
     try:
         wait_until(lambda: lock_row(s3)["state"] != "held", "the paused holder's lease ran out",
                    timeout=30)
+        s3.cli("lock", "home", "mine", "s3")
         third = RawClient(s3.nbd_port)
         third.connect("solo")
         assert lock_row(s3)["fencing_token"] > old_token
@@ -179,6 +191,8 @@ def test_a_dead_servers_lock_frees_itself_and_a_stale_holder_is_fenced(cluster):
     assert error == EPERM
     assert third.call(CMD_WRITE, 0, 512, data=b"3" * 512)[0] == 0
     assert lock_row(s3)["server"] == "s3"
+    audit = [row["action"] for row in s3.cli_json("audit", "list")]
+    assert audit.count("lock.home") == 2
 
 
 def test_a_device_with_data_in_its_write_cache_is_never_moved(cluster):

@@ -133,6 +133,12 @@ class ServerPatch(Body):
         }
 
 
+class HomeBody(Body):
+    """The server whose copy of a vDisk becomes the current one."""
+
+    server: str = Field(min_length=1, max_length=64)
+
+
 class SettingsPatch(Body):
     """Changes to the farm's settings; absent fields stay as they are."""
 

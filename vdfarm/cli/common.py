@@ -30,7 +30,8 @@ DEFAULT_DATA_DIR = "/var/lib/vdfarm"
 
 @dataclass
 class CliState:
-    """The global options given before the verb (and --json after it)."""
+    """The global options given before the verb (and --json, --data-dir and
+    --db after it, which win)."""
 
     data_dir: str = DEFAULT_DATA_DIR
     db_url: str | None = None
@@ -101,6 +102,37 @@ def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--json", "json_output", is_flag=True, expose_value=False, callback=_set_json,
         is_eager=True, help="Print machine-readable JSON.",
+    )(command)
+
+
+def _set_data_dir(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        found = ctx.find_object(CliState)
+        if found is not None:
+            found.data_dir = value
+
+
+def _set_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        found = ctx.find_object(CliState)
+        if found is not None:
+            if found.farm_url is not None:
+                raise click.UsageError("give --farm (a farm's REST API) or --db, not both")
+            found.db_url = value or None
+
+
+def farm_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept --data-dir and --db after the verb too (they win over the ones
+    before it). Works on a function or an existing click.Command."""
+    command = click.option(
+        "--db", "after_verb_db", default=None, expose_value=False, callback=_set_db,
+        is_eager=True, metavar="URL",
+        help="Farm database URL (as before the verb; default sqlite:///DATA_DIR/farm.db).",
+    )(command)
+    return click.option(
+        "--data-dir", "after_verb_data_dir", default=None, expose_value=False,
+        callback=_set_data_dir, is_eager=True, metavar="PATH",
+        help="Data directory (as before the verb).",
     )(command)
 
 

@@ -2,9 +2,12 @@
 
 Rules:
 - Global options (--data-dir, --db, --farm, --token, --json) go before the
-  verb; --json is also accepted after it. With --farm URL the verbs drive
-  that farm through its REST API (`common.open_farm`); verbs that need this
-  host's data directory (init, server run, db upgrade, demo, image) refuse.
+  verb; --json, --data-dir and --db are also accepted after it (every verb
+  that opens a data directory gets them, `common.farm_options`; the value
+  after the verb wins; --db still refuses --farm). With --farm URL the
+  verbs drive that farm through its REST API (`common.open_farm`); verbs
+  that need this host's data directory (init, server run, db upgrade, demo,
+  image) refuse.
 - Any ServiceError or usage error becomes ONE stderr line
   `vdfarm: error: <message>` with exit 1 (service) or 2 (usage); no
   traceback. Commands hold flags, help and output only — the logic is in
@@ -39,6 +42,7 @@ from vdfarm.cli.common import (
     CliState,
     cli_actor,
     emit,
+    farm_options,
     json_option,
     refuse_remote,
     state,
@@ -163,6 +167,24 @@ for group in (vdisk.vdisk, version.version, device.device, lock.lock, audit.audi
               server.server, store.store, image.image, rebalance.rebalance, db.db,
               farm.farm):
     cli.add_command(group)
+
+# Verbs that open no data directory: no --data-dir/--db after them.
+NO_DATA_DIR = {("image", "sample")}
+
+
+def accept_farm_options_after_verbs(group: click.Group, path: tuple[str, ...] = ()) -> None:
+    """Give every verb under GROUP (but those in NO_DATA_DIR) --data-dir and
+    --db after the verb, so `vdfarm server run --db URL` works."""
+    for name, command in group.commands.items():
+        where = (*path, name)
+        if isinstance(command, click.Group):
+            accept_farm_options_after_verbs(command, where)
+        elif where not in NO_DATA_DIR and not any(
+                p.name == "after_verb_db" for p in command.params):
+            farm_options(command)
+
+
+accept_farm_options_after_verbs(cli)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ servers, change a server's placement settings.
 
 Rules: flags, help and output only. `server run` imports the stream service
 lazily, so the other verbs never load asyncio machinery; it serves this
-host's data directory, so it refuses --farm.
+host's data directory, so it refuses --farm. `--advertise` is checked
+before anything starts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import click
 
 from vdfarm.cli.common import emit, json_option, open_farm, open_local_farm
 from vdfarm.cli.output import print_table
+from vdfarm.service.servers import check_advertise
 from vdfarm.service.validation import UNCHANGED
 
 
@@ -23,6 +25,10 @@ def server() -> None:
 @server.command("run")
 @click.option("--nbd-port", type=click.IntRange(0, 65535), default=10809, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--advertise", default=None, metavar="ADDR",
+              help="The address or name devices and other servers reach this server at "
+                   "(login answers tell devices to stream from it) [default: --host, or "
+                   "the host name when --host is 0.0.0.0 or ::].")
 @click.option("--grace", "grace_seconds", type=click.FloatRange(min=0), default=30.0,
               show_default=True,
               help="Seconds a device's write cache and lock outlive an unclean drop, "
@@ -39,15 +45,18 @@ def server() -> None:
               default=0.0, show_default=True, metavar="SECONDS",
               help="Run the automatic rebalance every SECONDS (one server of the farm "
                    "runs it at a time; 0: never).")
-def run_cmd(nbd_port: int, host: str, grace_seconds: float, lease_seconds: float,
-            api_port: int, api_host: str | None, no_api: bool,
+def run_cmd(nbd_port: int, host: str, advertise: str | None, grace_seconds: float,
+            lease_seconds: float, api_port: int, api_host: str | None, no_api: bool,
             auto_rebalance_every: float) -> None:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.stream.server import run_server
 
-    run_server(open_local_farm("server run"), host, nbd_port, grace_seconds, lease_seconds,
+    farm = open_local_farm("server run")
+    if advertise is not None:
+        check_advertise(advertise)
+    run_server(farm, host, nbd_port, grace_seconds, lease_seconds,
                api_host=api_host, api_port=None if no_api else api_port,
-               auto_rebalance_every=auto_rebalance_every)
+               auto_rebalance_every=auto_rebalance_every, advertise=advertise)
 
 
 @server.command("list")

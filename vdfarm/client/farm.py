@@ -241,6 +241,10 @@ class RemoteLocks(_Noun):
         return self.one(
             _as(LockInfo), "POST", f"/locks/{segment(vdisk_name)}/release")
 
+    def move_home(self, vdisk_name: str, server_name: str) -> LockInfo:
+        return self.one(_as(LockInfo), "POST", f"/locks/{segment(vdisk_name)}/home",
+                        body={"server": server_name})
+
 
 class RemoteAudit(_Noun):
     """`AuditService` over the API."""

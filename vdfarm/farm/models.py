@@ -246,10 +246,15 @@ class Lock(Base):
     lease_expires_at: Mapped[datetime | None]
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     acquired_at: Mapped[datetime | None]
+    # The server whose store holds the vDisk's writes (set by the first lock
+    # taken; only the admin moves it): its copy is the only current one.
+    home_server_id: Mapped[int | None] = mapped_column(
+        ForeignKey("servers.id", ondelete="SET NULL"))
 
     vdisk: Mapped[Vdisk] = relationship()
     holder: Mapped[Device | None] = relationship()
-    server: Mapped[Server | None] = relationship()
+    server: Mapped[Server | None] = relationship(foreign_keys=[server_id])
+    home: Mapped[Server | None] = relationship(foreign_keys=[home_server_id])
 
 
 class DeviceSession(Base):

@@ -8,7 +8,12 @@ Rules (the database is the only lock; there are no lock files):
   whose token is no longer the row's token has lost the lock (`is_current`).
 - An expired lease is free for anyone; until someone takes it, its holder's
   token stays current (streaming survives a slow database).
-- Only the admin release (`release_by_admin`) is audited; the stream
+- Every server writes its own copy of a private vDisk (and of an open
+  version in maintenance), so the lock also names the vDisk's *home*: the
+  server that first took it. No other server may take the lock until the
+  admin moves the home (`move_home`, audited), knowing that the writes made
+  on the old home are not in the new home's copy.
+- Only the admin's release and home moves are audited; the stream
   service's acquire/renew/release are not changes made by a person.
 """
 
@@ -21,7 +26,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Device, Lock, Vdisk
+from vdfarm.farm.models import Device, Lock, Server, Vdisk
+from vdfarm.farm.placement import is_up
 from vdfarm.service import audit
 from vdfarm.service.errors import Conflict, NotFound
 from vdfarm.service.validation import check_lease
@@ -48,6 +54,7 @@ class LockInfo:
     vdisk: str
     holder: str | None
     server: str | None
+    home: str | None  # the server whose copy holds the vDisk's writes
     lease_expires_at: datetime | None
     fencing_token: int
     acquired_at: datetime | None
@@ -68,6 +75,7 @@ def lock_info(lock: Lock, now: datetime) -> LockInfo:
         vdisk=lock.vdisk.name,
         holder=lock.holder.name if lock.holder else None,
         server=lock.server.name if lock.server else None,
+        home=lock.home.name if lock.home else None,
         lease_expires_at=lock.lease_expires_at,
         fencing_token=lock.fencing_token,
         acquired_at=lock.acquired_at,
@@ -81,6 +89,16 @@ def held_message(lock: Lock) -> str:
     server = lock.server.name if lock.server else "?"
     until = lock.lease_expires_at.isoformat() if lock.lease_expires_at else "?"
     return f"vDisk {lock.vdisk.name} is locked by device {holder} on server {server} until {until}"
+
+
+def home_message(lock: Lock, here: str, up: bool) -> str:
+    """Why server HERE may not take LOCK: another server's copy is the current one."""
+    home = lock.home.name if lock.home else "?"
+    name = lock.vdisk.name
+    return (f"vDisk {name} is written on server {home} ({'up' if up else 'down'}), whose "
+            f"store holds its only current copy: serve it there, or make this server its "
+            f"home (the writes made on {home} are then not here): "
+            f"vdfarm lock home {name} {here}")
 
 
 def lock_of(session: Session, vdisk_id: int) -> Lock | None:
@@ -100,7 +118,9 @@ class LockService:
         Succeeds if the lock is free, expired, or already this device's on
         THIS server (a restarted server taking back its own device; the
         token grows in every case). The same device on another server waits
-        for the lease: the first server may still be writing.
+        for the lease: the first server may still be writing. And only the
+        vDisk's home server (the first to take it; the admin moves it with
+        `move_home`) may take it: each server writes its own copy.
         Raises Invalid (bad lease), NotFound (no such vDisk or device),
         Conflict (held by another device), Unavailable (DB down).
         """
@@ -118,8 +138,11 @@ class LockService:
                     and_(Lock.holder_device_id == device_id,
                          Lock.server_id == self.farm.server_id),
                 ))
+                .where(or_(Lock.home_server_id.is_(None),
+                           Lock.home_server_id == self.farm.server_id))
                 .values(
                     holder_device_id=device_id, server_id=self.farm.server_id,
+                    home_server_id=self.farm.server_id,
                     lease_expires_at=expires, fencing_token=Lock.fencing_token + 1,
                     acquired_at=now,
                 ),
@@ -129,7 +152,11 @@ class LockService:
             if result.rowcount != 1:
                 if lock is None:
                     raise NotFound(f"vDisk with id {vdisk_id} has no lock row")
-                raise Conflict(held_message(lock))
+                if lock_state(lock, now) == HELD:
+                    raise Conflict(held_message(lock))
+                up = lock.home is not None and is_up(lock.home.last_heartbeat, now,
+                                                     self.farm.servers.timeout())
+                raise Conflict(home_message(lock, self.farm.server_name, up))
             return LockGrant(token=lock.fencing_token, expires_at=expires)
 
     def _check_exists(self, session: Session, vdisk_id: int, device_id: int) -> None:
@@ -192,6 +219,38 @@ class LockService:
         with self.farm.session() as session:
             locks = session.scalars(select(Lock).join(Lock.vdisk).order_by(Vdisk.name)).all()
             return [lock_info(lock, now) for lock in locks]
+
+    def move_home(self, vdisk_name: str, server_name: str, actor: str | None = None
+                  ) -> LockInfo:
+        """Make SERVER_NAME the home of vDisk VDISK_NAME's writes (its copy
+        becomes the current one; writes made on the old home are not in it).
+        Audited as `lock.home`; returns the lock after.
+
+        Raises NotFound (no such vDisk or server), Conflict (the lock is held:
+        release it first), Unavailable (DB down).
+        """
+        now = self.farm.now()
+        with self.farm.session() as session:
+            vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
+            lock = lock_of(session, vdisk.id) if vdisk else None
+            if lock is None:
+                raise NotFound(f"no vDisk named {vdisk_name}")
+            server = session.scalars(
+                select(Server).where(Server.name == server_name)).one_or_none()
+            if server is None:
+                raise NotFound(f"no server named {server_name}")
+            before = lock_info(lock, now)
+            if before.state == HELD and lock.server_id != server.id:
+                raise Conflict(f"{held_message(lock)}: release it first "
+                               f"(vdfarm lock release {vdisk_name})")
+            lock.home_server_id = server.id
+            session.flush()
+            session.refresh(lock)
+            after = lock_info(lock, now)
+            audit.record(session, actor=actor or self.farm.actor, at=now, action="lock.home",
+                         target_type="lock", target_name=vdisk_name, before=before,
+                         after=after)
+            return after
 
     def release_by_admin(self, vdisk_name: str, actor: str | None = None) -> LockInfo:
         """Free the lock of vDisk VDISK_NAME whoever holds it (audited if it had

@@ -12,6 +12,10 @@ Rules:
 - A pending rebalance move of the device (`move_to_server_id` on its
   session) names the preferred server: it comes first if placement would
   accept it, so the device's next login lands where the rebalance sent it.
+- A device that writes to its vDisk (private mode, or a maintenance boot of
+  the open version) may only stream from the vDisk's home server (the lock
+  row's `home_server_id`): every server writes its own copy, so only the
+  home's is current.
 - Login only reads: it records nothing (the session is recorded when the
   device connects to the chosen server).
 - Cheap, as every boot pays for it: two prepared Core queries on one
@@ -34,8 +38,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row, bindparam, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Device, DeviceSession, Server, StoreVersion, Vdisk, VdiskVersion
-from vdfarm.farm.placement import AFFINITIES, Candidate, DeviceNeed, IpAddress, place
+from vdfarm.farm.models import (
+    Device,
+    DeviceSession,
+    Lock,
+    Server,
+    StoreVersion,
+    Vdisk,
+    VdiskVersion,
+)
+from vdfarm.farm.placement import AFFINITIES, Candidate, DeviceNeed, IpAddress, is_up, place
 from vdfarm.service import audit
 from vdfarm.service import version_rules as rules
 from vdfarm.service.chains import states_of, version_rows
@@ -111,8 +123,9 @@ def _device_query(by_mac: bool):  # noqa: ANN202
                Vdisk.name.label("vdisk_name"), Vdisk.access_mode, Vdisk.override_version,
                Vdisk.subnet_affinity, VdiskVersion.number, VdiskVersion.parent_number,
                VdiskVersion.access, VdiskVersion.production_at,
-               DeviceSession.move_to_server_id)
+               DeviceSession.move_to_server_id, Lock.home_server_id)
         .outerjoin(Vdisk, Vdisk.id == Device.vdisk_id)
+        .outerjoin(Lock, Lock.vdisk_id == Device.vdisk_id)
         .outerjoin(VdiskVersion, VdiskVersion.vdisk_id == Device.vdisk_id)
         .outerjoin(DeviceSession, DeviceSession.device_id == Device.id)
         .where(match))
@@ -160,6 +173,26 @@ def _candidates(rows: list[Row], key: tuple[str, int]) -> list[Candidate]:
             for r in rows]
 
 
+def writes_its_vdisk(device: Row, states: Sequence[rules.VersionState], version: int) -> bool:
+    """True if the device writes to the vDisk itself when it boots VERSION: a
+    private vDisk, or a maintenance device on the open (maintenance) version."""
+    if device.access_mode == "private":
+        return True
+    return device.device_type == rules.MAINTENANCE and any(
+        s.number == version and s.access == rules.MAINTENANCE for s in states)
+
+
+def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, farm: Farm) -> str:
+    """Why a device whose vDisk lives on one server cannot stream from it."""
+    if not home:
+        return f"vDisk {need.vdisk} is written on a server that is no longer in the farm"
+    server = home[0]
+    state = "up" if is_up(server.last_heartbeat, now, farm.servers.timeout()) else "down"
+    return (f"vDisk {need.vdisk} is written on server {server.name} ({state}), whose store "
+            f"holds its only current copy; it cannot take device {need.name} now "
+            f"(`vdfarm lock home {need.vdisk} SERVER` makes another server's copy current)")
+
+
 def _read_connection(session: Session) -> Connection:
     """SESSION's connection, in autocommit on PostgreSQL (see the rules)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -193,10 +226,15 @@ def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginRe
             "vdisk_id": device.vdisk_id, "version": version}).all()
     need = DeviceNeed(name=device.name, vdisk=device.vdisk_name, version=version,
                       affinity=device.subnet_affinity, address=address)
-    placement = place(need, _candidates(servers, need.key), now, farm.servers.timeout(),
+    candidates = _candidates(servers, need.key)
+    home = device.home_server_id if writes_its_vdisk(device, states, version) else None
+    if home is not None:  # only the home's copy holds the writes
+        candidates = [c for c in candidates if c.id == home]
+    placement = place(need, candidates, now, farm.servers.timeout(),
                       preferred=device.move_to_server_id)
     if placement.primary is None:
-        raise Unavailable(placement.reason)
+        raise Unavailable(_home_reason(need, candidates, now, farm) if home is not None
+                          else placement.reason)
     endpoints = {r.id: endpoint_of(r) for r in servers}
     return LoginResult(
         device=need.name, vdisk=need.vdisk, version=version,

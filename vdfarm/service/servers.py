@@ -6,6 +6,9 @@ Rules:
   only. Its presence is what makes a data directory initialised.
 - A server's row is created by `init`; `register` (called by the stream
   server at start) and `heartbeat` only update it.
+- `hostname` is the address devices and other servers reach this server at
+  (`server run --advertise`; by default the listening address, or the host
+  name when that is a wildcard): the login answer tells devices to use it.
 - Liveness: a server is *up* when its last heartbeat is at most the farm's
   heartbeat timeout old (`vdfarm.service.settings`, default 3 s; the stream
   beats every second). A session counts as *booting* during the farm's boot
@@ -17,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
 
 IDENTITY_FILE = "server.json"
 MAX_MAX_BOOTING = 1_000_000
+MAX_ADVERTISE_LEN = 255  # the width of servers.hostname
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,30 @@ def check_subnet(subnet: str) -> str:
     return str(network)
 
 
+def check_advertise(advertise: str) -> str:
+    """ADVERTISE (an address or name devices reach this server at) if valid:
+    non-empty, no spaces or control characters, at most 255 characters.
+
+    Raises Invalid.
+    """
+    if (not isinstance(advertise, str) or not advertise
+            or len(advertise) > MAX_ADVERTISE_LEN
+            or any(c.isspace() or not c.isprintable() for c in advertise)):
+        shown = repr(advertise) if len(repr(advertise)) <= 60 else repr(advertise)[:57] + "..."
+        raise Invalid(f"invalid advertised address {shown}: give the host name or "
+                      f"IP address devices reach this server at (no spaces, at most "
+                      f"{MAX_ADVERTISE_LEN} characters)")
+    return advertise
+
+
+def is_wildcard(host: str) -> bool:
+    """True if listening on HOST means every address (0.0.0.0, ::, empty)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
+
+
 def ensure_registered(
     session: Session, identity: ServerIdentity, store_path: Path, *, now: datetime, actor: str
 ) -> int:
@@ -243,18 +272,22 @@ class ServerService:
         boot phase before NOW)."""
         return now - timedelta(seconds=self.farm.settings.current().boot_phase_s)
 
-    def register(self, nbd_port: int, api_port: int | None = None) -> ServerInfo:
-        """Record this server's host name, ports, version and a heartbeat.
+    def register(self, nbd_port: int, api_port: int | None = None,
+                 advertise: str | None = None) -> ServerInfo:
+        """Record this server's advertised address (ADVERTISE; None: the
+        host name), ports, version and a heartbeat.
 
-        Raises Invalid (bad port), NotFound (row gone), Unavailable (DB down).
+        Raises Invalid (bad port or address; nothing changed), NotFound (row
+        gone), Unavailable (DB down).
         """
         for port in (nbd_port, api_port):
             if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
                 raise Invalid(f"invalid port {port!r}: give 1-65535")
+        hostname = socket.gethostname() if advertise is None else check_advertise(advertise)
         now = self.farm.now()
         with self.farm.session() as session:
             row = self._this_row(session)
-            row.hostname = socket.gethostname()
+            row.hostname = hostname
             row.nbd_port, row.api_port = nbd_port, api_port
             row.version = vdfarm.__version__
             row.last_heartbeat = now

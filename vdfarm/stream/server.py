@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vdfarm.block.layer import FULL_CAPABILITIES, Capabilities
+from vdfarm.service.servers import is_wildcard
 from vdfarm.stream.connection import NBDConnection
 from vdfarm.stream.farm_link import heartbeat_forever
 from vdfarm.stream.moves import auto_rebalance_forever, moves_forever
@@ -109,10 +110,13 @@ class StreamServer:
 async def serve(farm, host: str, port: int, grace_seconds: float,
                 lease_seconds: float = DEFAULT_LEASE_SECONDS,
                 api_host: str | None = None, api_port: int | None = None,
-                ready=None, auto_rebalance_every: float = 0) -> None:
+                ready=None, auto_rebalance_every: float = 0,
+                advertise: str | None = None) -> None:
     """Serve NBD (and the REST API unless `api_port` is None) until
     SIGTERM/SIGINT; carry out move orders; run the automatic rebalance every
-    `auto_rebalance_every` seconds (0: never)."""
+    `auto_rebalance_every` seconds (0: never). `advertise` is the address
+    devices and other servers reach this server at (default: `host`, or the
+    host name, with a warning, when `host` is a wildcard)."""
     server = StreamServer(farm, farm.cache_dir, grace_seconds=grace_seconds,
                           lease_seconds=lease_seconds)
     bound = await server.start(host, port)
@@ -130,7 +134,15 @@ async def serve(farm, host: str, port: int, grace_seconds: float,
             raise
     # Sessions this server recorded before it last stopped are over.
     await loop.run_in_executor(server.db_executor, farm.sessions.end_all)
-    await loop.run_in_executor(server.db_executor, farm.register_server, bound, api_bound)
+    if advertise is None:
+        advertise = host
+        if is_wildcard(host):
+            advertise = socket.gethostname()
+            log.warning("listening on %s: telling devices to reach this server at its host "
+                        "name %s; give --advertise ADDR if they cannot resolve it",
+                        host, advertise)
+    await loop.run_in_executor(server.db_executor, farm.register_server, bound, api_bound,
+                               advertise)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -181,7 +193,7 @@ def run_server(farm, host: str = "127.0.0.1", nbd_port: int = 10809,
                grace_seconds: float = 30.0,
                lease_seconds: float = DEFAULT_LEASE_SECONDS,
                api_host: str | None = None, api_port: int | None = None,
-               auto_rebalance_every: float = 0) -> None:
+               auto_rebalance_every: float = 0, advertise: str | None = None) -> None:
     """Foreground entry point used by `vdfarm server run`."""
     _tune_malloc()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -192,4 +204,4 @@ def run_server(farm, host: str = "127.0.0.1", nbd_port: int = 10809,
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     runner(serve(farm, host, nbd_port, grace_seconds, lease_seconds, api_host, api_port,
-                 auto_rebalance_every=auto_rebalance_every))
+                 auto_rebalance_every=auto_rebalance_every, advertise=advertise))

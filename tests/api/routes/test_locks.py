@@ -43,3 +43,17 @@ def test_held_lock_blocks_deleting_its_device_and_mode_change(admin, farm, popul
         assert "holds the lock of vDisk w" in error_of(admin.delete("/api/v1/devices/pc1"), 409)
         assert "cannot change the mode now" in error_of(
             admin.patch("/api/v1/vdisks/w", json={"mode": "private"}), 409)
+
+
+def test_move_the_home(admin, local, farm, populated):
+    hold(farm)
+    assert local.get("/api/v1/locks").json()[0]["home"] == farm.server_name
+    with unchanged(farm):
+        assert "no server named zz" in error_of(
+            admin.post("/api/v1/locks/w/home", json={"server": "zz"}), 404)
+        error_of(admin.post("/api/v1/locks/w/home", json={}), 422)
+        error_of(local.post("/api/v1/locks/w/home", json={"server": farm.server_name}), 401)
+    answer = admin.post("/api/v1/locks/w/home", json={"server": farm.server_name})
+    assert answer.status_code == 200 and answer.json()["home"] == farm.server_name
+    entry = farm.audit.list(limit=1)[0]
+    assert (entry.action, entry.actor) == ("lock.home", OTHER_ACTOR)
