@@ -19,7 +19,8 @@ from vdfarm.farm.models import Base, Vdisk, VdiskVersion
 
 CREATED = datetime(2030, 1, 1, tzinfo=UTC)
 TABLES = {"servers", "stores", "vdisks", "devices", "locks", "audit_events",
-          "vdisk_versions", "device_sessions", "store_versions", "farm_settings"}
+          "vdisk_versions", "device_sessions", "store_versions", "farm_settings",
+          "login_reservations"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

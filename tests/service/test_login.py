@@ -6,6 +6,7 @@ sees."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from tests.service.helpers import dump_db, make_raw
 from tests.service.multi import (
@@ -15,6 +16,7 @@ from tests.service.multi import (
     duo_fixture,  # noqa: F401  (the fixture)
     vdisk_id,
 )
+from vdfarm.farm.models import Device, LoginReservation, Server
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
 from vdfarm.service.login import login, set_subnet_affinity
 from vdfarm.service.moves import pending_moves, rebalance
@@ -98,7 +100,7 @@ def test_the_version_the_device_boots_decides(duo):
     beat(a, b)  # b has no copy of version 1
     result = login(b, "t1")
     assert (result.version, chosen(result)) == (1, ["a"])
-    assert chosen(login(b, "p1")) == ["a", "b"]
+    assert chosen(login(b, "p1")) == ["b", "a"]  # t1 is on its way to a: b is less busy
 
 
 def test_max_booting(duo, clock):
@@ -129,6 +131,38 @@ def test_subnet_affinity(duo):
         login(a, "pc001", "10.3.0.1")
     with pytest.raises(Unavailable, match="unknown address"):
         login(a, "pc001")
+
+
+def without_reservations(rows):
+    return {table: content for table, content in rows.items()
+            if table != "login_reservations"}
+
+
+def reservations(farm):
+    with farm.session() as session:
+        return {device: server for device, server in session.execute(
+            select(Device.name, Server.name)
+            .join(LoginReservation, LoginReservation.device_id == Device.id)
+            .join(Server, Server.id == LoginReservation.server_id))}
+
+
+def test_logins_at_once_spread_and_respect_max_booting(duo, clock):
+    """A boot storm: ten devices log in before any of them connects."""
+    a, b = duo["a"], duo["b"]
+    add_devices(a, 10)
+    a.servers.configure("a", max_booting=4)
+    b.servers.configure("b", max_booting=4)
+    sent = [chosen(login(a, f"pc{n:03}"))[0] for n in range(8)]
+    assert sorted(sent) == ["a"] * 4 + ["b"] * 4  # alternately the less busy one
+    with pytest.raises(Unavailable, match="maximum of booting devices"):
+        login(b, "pc008")  # both at their limit with devices on their way
+    connect(a, [a.resolve_export("pc000").device_id])  # one arrives: no double count
+    assert reservations(a)["pc001"] in ("a", "b") and "pc000" not in reservations(a)
+    with pytest.raises(Unavailable, match="maximum of booting devices"):
+        login(b, "pc008")
+    clock.advance(31)  # the other reservations ran out (those devices never came)
+    beat(a, b)
+    assert chosen(login(a, "pc008"))[0] == "b"  # a has pc000 booting, b nothing
 
 
 def test_bad_input_changes_nothing(duo):
@@ -167,13 +201,14 @@ def moving(duo, clock):
 
 def test_a_pending_move_sends_the_device_to_its_new_server(moving):
     a, b, moved, staying = moving
-    before = dump_db(a.engine)
+    before = without_reservations(dump_db(a.engine))
     for farm in (a, b):
         result = login(farm, moved)
         assert chosen(result) == ["b", "a"]
         assert result.reason.startswith("moved by a rebalance to b")
-        assert chosen(login(farm, staying)) == ["a", "b"]  # 5 others on a, 8 on b
-    assert dump_db(a.engine) == before  # login only reads
+        assert chosen(login(farm, staying)) == ["a", "b"]  # 5 others on a, 8 on b (+1)
+    assert without_reservations(dump_db(a.engine)) == before  # login wrote reservations only
+    assert reservations(a) == {moved: "b", staying: "a"}
     b.session_started(a.resolve_export(moved).device_id, vdisk_id(b), 0)  # it reconnected
     assert chosen(login(a, moved)) == ["a", "b"]  # no order left: the least busy again
 

@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError
 if TYPE_CHECKING:
     from alembic.config import Config
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30
 # A database host that stops answering (rather than refusing) must not hang

@@ -285,6 +285,20 @@ class DeviceSession(Base):
     device: Mapped[Device] = relationship()
 
 
+class LoginReservation(Base):
+    """A device sent to a server by login that has not connected yet: it
+    counts on that server's load (and booting) until its session is
+    recorded or the reservation runs out, so devices logging in at once
+    spread instead of all going to the same least-busy server."""
+
+    __tablename__ = "login_reservations"
+
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    reserved_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class StoreVersion(Base):
     """A vDisk version a server holds complete and verified in its store."""
 

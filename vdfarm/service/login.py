@@ -16,15 +16,16 @@ Rules:
   the open version) may only stream from the vDisk's home server (the lock
   row's `home_server_id`): every server writes its own copy, so only the
   home's is current.
-- Login only reads: it records nothing (the session is recorded when the
-  device connects to the chosen server).
-- Cheap, as every boot pays for it: two prepared Core queries on one
-  connection (device + vDisk + versions + own session; servers + load
-  counts + verified copy), no ORM objects. Each statement reads a
-  consistent snapshot, and PostgreSQL's READ COMMITTED gives no more inside
-  a transaction, so there the reads run in autocommit (no BEGIN/COMMIT round
-  trips). SQLite's driver opens no transaction for reads anyway (and
-  switching its isolation level costs more than it saves).
+- Login records one thing: a short reservation (`login_reservations`) of
+  the chosen server, which counts on its load and booting until the
+  device's session is recorded (when it connects) or `RESERVATION_LIFETIME`
+  passes, so devices logging in at once (a boot storm) spread out and
+  max-booting holds. Everything else it only reads.
+- Cheap, as every boot pays for it: one transaction of three Core
+  statements (device + vDisk + versions + own session; servers + load
+  counts + verified copy; the reservation, an upsert), no ORM objects. On
+  PostgreSQL its commit does not wait for the disk (`synchronous_commit`
+  off: a reservation lost in a database crash costs nothing).
 """
 
 from __future__ import annotations
@@ -32,16 +33,19 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row, bindparam, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import (
     Device,
     DeviceSession,
     Lock,
+    LoginReservation,
     Server,
     StoreVersion,
     Vdisk,
@@ -57,6 +61,8 @@ from vdfarm.service.validation import parse_mac
 
 if TYPE_CHECKING:
     from vdfarm.service.context import Farm
+
+RESERVATION_LIFETIME = timedelta(seconds=30)  # login to connect: seconds at most
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,8 @@ _BY_NAME = _device_query(by_mac=False)
 _BY_NAME_OR_MAC = _device_query(by_mac=True)
 
 _LOAD = load_subquery(bindparam("cutoff", type_=DeviceSession.connected_at.type),
-                      bindparam("device_id", type_=DeviceSession.device_id.type))
+                      bindparam("device_id", type_=DeviceSession.device_id.type),
+                      bindparam("reserved_after", type_=DeviceSession.connected_at.type))
 _HOLDS = (select(literal(1)).where(StoreVersion.server_id == Server.id,
                                    StoreVersion.vdisk_id == bindparam("vdisk_id"),
                                    StoreVersion.version == bindparam("version"))
@@ -193,11 +200,19 @@ def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, farm: F
             f"(`vdfarm lock home {need.vdisk} SERVER` makes another server's copy current)")
 
 
-def _read_connection(session: Session) -> Connection:
-    """SESSION's connection, in autocommit on PostgreSQL (see the rules)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    return session.connection()
+def _reservation_upsert(dialect: str):  # noqa: ANN202
+    """INSERT … ON CONFLICT (device) DO UPDATE of a device's reservation."""
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(LoginReservation).values(
+        device_id=bindparam("device_id"), server_id=bindparam("server_id"),
+        reserved_at=bindparam("at"))
+    return statement.on_conflict_do_update(
+        index_elements=[LoginReservation.device_id],
+        set_={"server_id": statement.excluded.server_id,
+              "reserved_at": statement.excluded.reserved_at})
+
+
+_RESERVE = {dialect: _reservation_upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginResult:
@@ -213,7 +228,10 @@ def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginRe
     address = parse_address(client_ip)
     now = farm.now()
     with farm.session() as session:
-        connection = _read_connection(session)
+        connection = session.connection()
+        dialect = connection.dialect.name
+        if dialect == "postgresql":  # the reservation is soft state: no wait for the disk
+            connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         rows = _device_rows(connection, name_or_mac)
         device = rows[0]
         states = sorted((rules.VersionState(number=r.number, parent=r.parent_number,
@@ -223,18 +241,21 @@ def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginRe
                               device.override_version, now)
         servers = connection.execute(_SERVERS, {
             "cutoff": farm.servers.boot_cutoff(now), "device_id": device.id,
+            "reserved_after": now - RESERVATION_LIFETIME,
             "vdisk_id": device.vdisk_id, "version": version}).all()
-    need = DeviceNeed(name=device.name, vdisk=device.vdisk_name, version=version,
-                      affinity=device.subnet_affinity, address=address)
-    candidates = _candidates(servers, need.key)
-    home = device.home_server_id if writes_its_vdisk(device, states, version) else None
-    if home is not None:  # only the home's copy holds the writes
-        candidates = [c for c in candidates if c.id == home]
-    placement = place(need, candidates, now, farm.servers.timeout(),
-                      preferred=device.move_to_server_id)
-    if placement.primary is None:
-        raise Unavailable(_home_reason(need, candidates, now, farm) if home is not None
-                          else placement.reason)
+        need = DeviceNeed(name=device.name, vdisk=device.vdisk_name, version=version,
+                          affinity=device.subnet_affinity, address=address)
+        candidates = _candidates(servers, need.key)
+        home = device.home_server_id if writes_its_vdisk(device, states, version) else None
+        if home is not None:  # only the home's copy holds the writes
+            candidates = [c for c in candidates if c.id == home]
+        placement = place(need, candidates, now, farm.servers.timeout(),
+                          preferred=device.move_to_server_id)
+        if placement.primary is None:  # (the transaction rolls back: nothing written)
+            raise Unavailable(_home_reason(need, candidates, now, farm) if home is not None
+                              else placement.reason)
+        connection.execute(_RESERVE[dialect], {
+            "device_id": device.id, "server_id": placement.primary.id, "at": now})
     endpoints = {r.id: endpoint_of(r) for r in servers}
     return LoginResult(
         device=need.name, vdisk=need.vdisk, version=version,

@@ -30,12 +30,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BindParameter, Subquery, case, func, select, update
+from sqlalchemy import BindParameter, Subquery, case, func, select, union_all, update
 from sqlalchemy.orm import Session
 
 import vdfarm
 from vdfarm.farm.models import (
     DeviceSession,
+    LoginReservation,
     Server,
     StoreLocation,
     StoreVersion,
@@ -155,18 +156,29 @@ def server_info(row: Server, *, up: bool = False, counts: LoadCounts = LoadCount
 def load_subquery(
     boot_cutoff: datetime | BindParameter[datetime],
     exclude_device_id: int | BindParameter[int] | None = None,
+    reserved_after: datetime | BindParameter[datetime] | None = None,
 ) -> Subquery:
     """Per server with sessions: `server_id`, `connected` and `booting` (the
     sessions connected after BOOT_CUTOFF), leaving out EXCLUDE_DEVICE_ID's
     own session: one grouped scan of the sessions, to join to `servers`
-    (outer: a server without sessions has no row). BOOT_CUTOFF and
-    EXCLUDE_DEVICE_ID may be bind parameters (prepared statements)."""
-    booting = func.sum(case((DeviceSession.connected_at > boot_cutoff, 1), else_=0))
-    query = (select(DeviceSession.server_id, func.count().label("connected"),
+    (outer: a server without sessions has no row). With RESERVED_AFTER, the
+    login reservations made after it count too, as connected and booting
+    devices (login's view: devices on their way). Every argument may be a
+    bind parameter (prepared statements)."""
+    rows = select(DeviceSession.server_id.label("server_id"),
+                  DeviceSession.device_id.label("device_id"),
+                  DeviceSession.connected_at.label("since"))
+    if reserved_after is not None:
+        rows = union_all(rows, select(
+            LoginReservation.server_id, LoginReservation.device_id,
+            LoginReservation.reserved_at).where(LoginReservation.reserved_at > reserved_after))
+    load = rows.subquery("devices")
+    booting = func.sum(case((load.c.since > boot_cutoff, 1), else_=0))
+    query = (select(load.c.server_id, func.count().label("connected"),
                     booting.label("booting"))
-             .group_by(DeviceSession.server_id))
+             .group_by(load.c.server_id))
     if exclude_device_id is not None:
-        query = query.where(DeviceSession.device_id != exclude_device_id)
+        query = query.where(load.c.device_id != exclude_device_id)
     return query.subquery("load")
 
 

@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Device, DeviceSession, Server, Vdisk, VdiskVersion
+from vdfarm.farm.models import (
+    Device,
+    DeviceSession,
+    LoginReservation,
+    Server,
+    Vdisk,
+    VdiskVersion,
+)
 from vdfarm.service.audit import record
 from vdfarm.service.errors import NotFound
 from vdfarm.store import versions as store_versions
@@ -134,6 +141,8 @@ class SessionService:
             if exists is None:
                 raise NotFound(f"vDisk {vdisk.name} has no version {version}")
             session.execute(delete(DeviceSession).where(DeviceSession.device_id == device_id))
+            session.execute(delete(LoginReservation)  # it arrived: now its session counts
+                            .where(LoginReservation.device_id == device_id))
             session.add(DeviceSession(
                 device_id=device_id, server_id=self.farm.server_id, vdisk_id=vdisk_id,
                 version=version, connected_at=now, last_seen=now,
