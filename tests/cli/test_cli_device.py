@@ -43,3 +43,18 @@ def test_assign_needs_exactly_one_target(icli, image):
     assert_one_line_error(icli("device", "assign", "pc1"), 2, "give either a VDISK or --none")
     assert_one_line_error(icli("device", "assign", "pc1", "w", "--none"), 2, "either")
     assert icli.dump() == before
+
+
+def test_device_login_asks_without_reserving(icli, image):
+    from sqlalchemy import func, select
+
+    from vdfarm.farm.models import LoginReservation
+    from vdfarm.service.context import Farm
+
+    icli.ok("vdisk", "import", "w", str(image))
+    icli.ok("device", "add", "pc1", "--vdisk", "w")
+    with Farm.open(icli.data_dir) as farm:
+        farm.register_server(10809, 8080)
+    assert icli.json("device", "login", "pc1")["server"]["name"] == "srv1"
+    with Farm.open(icli.data_dir) as farm, farm.session() as session:
+        assert session.scalar(select(func.count()).select_from(LoginReservation)) == 0

@@ -256,3 +256,14 @@ def test_a_private_vdisk_streams_only_from_its_home(duo, clock, tmp_path):
     b.locks.move_home("p", "b")
     assert chosen(login(b, "solo")) == ["b"]
     assert chosen(login(b, "pc000")) == ["b"]  # standard devices: every up server
+
+
+def test_an_admins_question_reserves_nothing(duo):
+    a, b = duo["a"], duo["b"]
+    add_devices(a, 2)
+    assert chosen(login(a, "pc000", reserve=False))[0] == chosen(login(a, "pc001",
+                                                                        reserve=False))[0]
+    assert reservations(a) == {}
+    first = chosen(login(a, "pc000"))[0]
+    assert reservations(a) == {"pc000": first}
+    assert chosen(login(a, "pc001"))[0] != first  # the reservation counted

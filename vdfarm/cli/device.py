@@ -144,6 +144,7 @@ def delete_cmd(name: str) -> None:
 @json_option
 def login_cmd(name: str, client_ip: str | None) -> None:
     """Show which server device NAME (a name or a MAC) should stream from now,
-    and the alternatives, best first (what its login would answer; records nothing)."""
-    result = open_farm().login(name, client_ip)
+    and the alternatives, best first (what its login would answer; reserves
+    nothing)."""
+    result = open_farm().login(name, client_ip, reserve=False)
     emit(result, lambda: _show_login(result))

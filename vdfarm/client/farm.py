@@ -296,8 +296,10 @@ class FarmClient:
         body = _present(dry_run=not apply, trigger_pct=trigger_pct, auto=auto)
         return self._calls.one(_as(RebalanceResult), "POST", "/rebalance", body=body)
 
-    def login(self, name_or_mac: str, client_ip: str | None = None) -> LoginResult:
-        body = {"device": name_or_mac, "client_ip": client_ip or NO_ADDRESS}
+    def login(self, name_or_mac: str, client_ip: str | None = None,
+              reserve: bool = True) -> LoginResult:
+        body = {"device": name_or_mac, "client_ip": client_ip or NO_ADDRESS,
+                "reserve": reserve}
         return self._calls.one(_as(LoginResult), "POST", "/login", body=body)
 
     def set_subnet_affinity(self, vdisk_name: str, affinity: str) -> VdiskInfo:

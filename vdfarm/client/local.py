@@ -39,9 +39,10 @@ class LocalFarm:
         return moves.rebalance(self.farm, apply=apply, trigger_pct=trigger_pct, auto=auto,
                                actor=self.farm.actor)
 
-    def login(self, name_or_mac: str, client_ip: str | None = None) -> LoginResult:
+    def login(self, name_or_mac: str, client_ip: str | None = None,
+              reserve: bool = True) -> LoginResult:
         """See `vdfarm.service.login.login`. Raises NotFound, Invalid, Unavailable."""
-        return login_service.login(self.farm, name_or_mac, client_ip)
+        return login_service.login(self.farm, name_or_mac, client_ip, reserve)
 
     def set_subnet_affinity(self, vdisk_name: str, affinity: str) -> VdiskInfo:
         """Set the subnet affinity of a vDisk; answer the vDisk.

@@ -215,10 +215,12 @@ def _reservation_upsert(dialect: str):  # noqa: ANN202
 _RESERVE = {dialect: _reservation_upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginResult:
+def login(farm: Farm, name_or_mac: str, client_ip: str | None = None,
+          reserve: bool = True) -> LoginResult:
     """Where the device NAME_OR_MAC (logging in from CLIENT_IP, if known)
     should stream from: the destination of its pending rebalance move if
-    that server may serve it, else the least busy.
+    that server may serve it, else the least busy. RESERVE=False answers
+    without reserving (an admin's question, not a device on its way).
 
     Raises NotFound ("no device named X"), Invalid (no vDisk assigned, bad
     CLIENT_IP), Unavailable (no server is up; the vDisk version is held by
@@ -254,8 +256,9 @@ def login(farm: Farm, name_or_mac: str, client_ip: str | None = None) -> LoginRe
         if placement.primary is None:  # (the transaction rolls back: nothing written)
             raise Unavailable(_home_reason(need, candidates, now, farm) if home is not None
                               else placement.reason)
-        connection.execute(_RESERVE[dialect], {
-            "device_id": device.id, "server_id": placement.primary.id, "at": now})
+        if reserve:
+            connection.execute(_RESERVE[dialect], {
+                "device_id": device.id, "server_id": placement.primary.id, "at": now})
     endpoints = {r.id: endpoint_of(r) for r in servers}
     return LoginResult(
         device=need.name, vdisk=need.vdisk, version=version,

@@ -70,3 +70,17 @@ def test_router_alone_with_an_overridden_farm(served):
     app.dependency_overrides[get_farm] = lambda: served
     answer = TestClient(app).post(URL, json={"device": "pc1"})
     assert answer.status_code == 200 and answer.json()["version"] == 0
+
+
+def test_a_login_reserves_its_server_unless_asked_not_to(served, remote):
+    from sqlalchemy import select
+
+    from vdfarm.farm.models import LoginReservation
+
+    def reserved():
+        with served.session() as session:
+            return session.scalars(select(LoginReservation.server_id)).all()
+    assert remote.post(URL, json={"device": "pc1", "reserve": False}).status_code == 200
+    assert reserved() == []
+    assert remote.post(URL, json={"device": "pc1"}).status_code == 200
+    assert reserved() == [served.server_id]

@@ -2,7 +2,8 @@
 
 Rules:
 - Open to every device: no token (a device's agent holds none, and login
-  only reads the farm). The app mounts this router under /api/v1.
+  changes nothing but a short reservation of the server it chose;
+  `"reserve": false` asks without one). The app mounts this router under /api/v1.
 - `client_ip` in the body wins; otherwise the peer address is used when it is
   an IP address (it decides subnet affinity).
 - Answers 200 {device, vdisk, version, server, alternatives, reason}; errors
@@ -35,6 +36,9 @@ class LoginRequest(BaseModel):
     device: str = Field(min_length=1, max_length=255, description="Device name or MAC.")
     client_ip: str | None = Field(
         default=None, description="The device's IP address (default: the caller's).")
+    reserve: bool = Field(
+        default=True, description="Count the device on the chosen server until it "
+                                  "connects (false: only ask, as an admin).")
 
 
 class ServerOut(BaseModel):
@@ -91,6 +95,6 @@ def login_device(
     """The server the device should stream from, and the ordered alternatives."""
     client_ip = body.client_ip if body.client_ip is not None else _peer_address(request)
     try:
-        return _response(login(farm, body.device, client_ip))
+        return _response(login(farm, body.device, client_ip, reserve=body.reserve))
     except ServiceError as exc:
         raise HTTPException(status_code=exc.http_status, detail=exc.message) from exc
