@@ -51,9 +51,11 @@ class StreamServer:
         self.farm = farm
         self.cache_dir = Path(cache_dir)
         self.db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdfarm-db")
+        self.link_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdfarm-link")
         self.io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vdfarm-io")
         self.ram_cache_dir = ram_cache_dir_for(farm.server_uuid, self.cache_dir)
         self.registry = SessionRegistry(farm, self.cache_dir, self.db_executor,
+                                        link_executor=self.link_executor,
                                         grace_seconds=grace_seconds,
                                         lease_seconds=lease_seconds,
                                         ram_cache_dir=self.ram_cache_dir)
@@ -99,6 +101,7 @@ class StreamServer:
         if self._server is not None:
             await self._server.wait_closed()
         self.db_executor.shutdown(wait=True)
+        self.link_executor.shutdown(wait=True)
         self.io_executor.shutdown(wait=True)
         if self.ram_cache_dir != self.cache_dir:
             try:
@@ -154,7 +157,7 @@ async def serve(farm, host: str, port: int, grace_seconds: float,
             await registry.reconcile()
 
     tasks = [loop.create_task(registry.report_cache_usage_forever()),
-             loop.create_task(heartbeat_forever(farm, registry.run_db,
+             loop.create_task(heartbeat_forever(farm, registry.run_link,
                                                 after_beat=after_beat)),
              loop.create_task(moves_forever(farm, registry))]
     if auto_rebalance_every > 0:

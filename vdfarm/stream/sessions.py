@@ -20,7 +20,9 @@ Rules:
   so merges never delete a file a device still reads; a database outage
   only costs the record, never the stream.
 - Database calls are blocking; they run on the `db_executor` thread, never on
-  the event loop.
+  the event loop. Lease renewals (and the server's heartbeat) run on their
+  own `link_executor` thread, so a slow session record or export lookup
+  never lets a lease run out.
 - Streaming survives the database: every export a device resolved is
   remembered, so while the database is away a known device can still
   connect (a standard-mode device from what was cached; a private or
@@ -139,6 +141,7 @@ class SessionRegistry:
     """Creates, shares and ends device sessions for one server process."""
 
     def __init__(self, farm: FarmPort, cache_dir: Path, db_executor: Executor,
+                 link_executor: Executor | None = None,
                  grace_seconds: float = 30.0,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS,
                  ram_cache_dir: Path | None = None) -> None:
@@ -146,6 +149,7 @@ class SessionRegistry:
         self.cache_dir = Path(cache_dir)
         self.ram_cache_dir = Path(ram_cache_dir) if ram_cache_dir else self.cache_dir
         self.db_executor = db_executor
+        self.link_executor = link_executor or db_executor
         self.grace_seconds = grace_seconds
         self.lease_seconds = lease_seconds
         self.sessions: dict[int, DeviceSession] = {}
@@ -158,6 +162,12 @@ class SessionRegistry:
     async def run_db(self, fn, *args):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.db_executor, fn, *args)
+
+    async def run_link(self, fn, *args):
+        """Run a liveness call (lease renewal, heartbeat) off the event loop,
+        on a thread no other database work queues on."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.link_executor, fn, *args)
 
     async def resolve(self, export_name: str):
         """The device's export target; raises vdfarm.service errors. While
@@ -402,9 +412,9 @@ class SessionRegistry:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                ok = await self.run_db(self.farm.renew_lock, target.vdisk_id,
-                                       target.device_id, session.lock_token,
-                                       self.lease_seconds)
+                ok = await self.run_link(self.farm.renew_lock, target.vdisk_id,
+                                         target.device_id, session.lock_token,
+                                         self.lease_seconds)
             except Exception as exc:  # database away: keep streaming, retry
                 log.warning("lock renewal for %s failed: %s", target.vdisk_name, exc)
                 continue
