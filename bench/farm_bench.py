@@ -51,7 +51,7 @@ import httpx
 from sqlalchemy import create_engine, select, text
 
 from vdfarm.farm import db
-from vdfarm.farm.models import Device
+from vdfarm.farm.models import Device, utcnow
 from vdfarm.service.context import Farm
 from vdfarm.service.login import login
 from vdfarm.service.moves import rebalance
@@ -91,8 +91,11 @@ def database(kind: str, work: Path):
         admin.dispose()
 
 
-def run(kind: str, n_servers: int, n_devices: int) -> dict:
-    clock = Clock()
+@contextlib.contextmanager
+def servers_holding_w(kind: str, n_servers: int, clock=utcnow):
+    """(work dir, farms): N_SERVERS servers s0.. on one fresh database of
+    KIND, each store holding vDisk w (imported on s0, copied to the others);
+    all closed and removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="vdfarm-fbench-", dir="/var/tmp") as tmp, \
             database(kind, Path(tmp)) as url:
         work = Path(tmp)
@@ -105,46 +108,52 @@ def run(kind: str, n_servers: int, n_devices: int) -> dict:
             farms[0].vdisks.import_image("w", image)
             for farm in farms[1:]:
                 shutil.copytree(farms[0].store.root / "w", farm.store.root / "w")
-            for farm in farms:
-                farm.register_server(10809, 8080)
-            clock.now += timedelta(seconds=10)  # the late ones are down now
-            for farm in farms[:-2]:
-                farm.servers.heartbeat()
-            by_name = {f.server_name: f for f in farms}
-            for n in range(n_devices):
-                farms[0].devices.add(f"pc{n:04}", vdisk="w")
-            vdisk_id = farms[0].resolve_vdisk_view("w").vdisk_id
-            times = []
-            for n in range(n_devices):
-                name = f"pc{n:04}"
-                t0 = time.perf_counter()
-                result = login(farms[0], name)
-                times.append(time.perf_counter() - t0)
-                device_id = farms[0].resolve_export(name).device_id
-                by_name[result.server.name].session_started(device_id, vdisk_id, result.version)
-            # the late servers come up; the boot phase passes
-            clock.now += timedelta(seconds=120)
-            for farm in farms:
-                farm.servers.heartbeat()
-            t0 = time.perf_counter()
-            plan = rebalance(farms[0], apply=False)
-            plan_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            applied = rebalance(farms[0], apply=True)
-            apply_s = time.perf_counter() - t0
-            load = {f.server_name: i.connected for f in farms for i in farms[0].servers.list()
-                    if i.name == f.server_name}
-            assert len(applied.moves) == len(plan.moves) > 0, "the late servers got nothing"
-            assert applied.applied and not plan.applied
-            moved_times = []
-            for move in applied.moves:  # their next login lands where the rebalance sent them
-                t0 = time.perf_counter()
-                result = login(farms[0], move.device_name)
-                moved_times.append(time.perf_counter() - t0)
-                assert result.server.name == move.to_server, (move, result)
+            yield work, farms
         finally:
             for farm in farms:
                 farm.close()
+
+
+def run(kind: str, n_servers: int, n_devices: int) -> dict:
+    clock = Clock()
+    with servers_holding_w(kind, n_servers, clock) as (_, farms):
+        for farm in farms:
+            farm.register_server(10809, 8080)
+        clock.now += timedelta(seconds=10)  # the late ones are down now
+        for farm in farms[:-2]:
+            farm.servers.heartbeat()
+        by_name = {f.server_name: f for f in farms}
+        for n in range(n_devices):
+            farms[0].devices.add(f"pc{n:04}", vdisk="w")
+        vdisk_id = farms[0].resolve_vdisk_view("w").vdisk_id
+        times = []
+        for n in range(n_devices):
+            name = f"pc{n:04}"
+            t0 = time.perf_counter()
+            result = login(farms[0], name)
+            times.append(time.perf_counter() - t0)
+            device_id = farms[0].resolve_export(name).device_id
+            by_name[result.server.name].session_started(device_id, vdisk_id, result.version)
+        # the late servers come up; the boot phase passes
+        clock.now += timedelta(seconds=120)
+        for farm in farms:
+            farm.servers.heartbeat()
+        t0 = time.perf_counter()
+        plan = rebalance(farms[0], apply=False)
+        plan_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        applied = rebalance(farms[0], apply=True)
+        apply_s = time.perf_counter() - t0
+        load = {f.server_name: i.connected for f in farms for i in farms[0].servers.list()
+                if i.name == f.server_name}
+        assert len(applied.moves) == len(plan.moves) > 0, "the late servers got nothing"
+        assert applied.applied and not plan.applied
+        moved_times = []
+        for move in applied.moves:  # their next login lands where the rebalance sent them
+            t0 = time.perf_counter()
+            result = login(farms[0], move.device_name)
+            moved_times.append(time.perf_counter() - t0)
+            assert result.server.name == move.to_server, (move, result)
     times.sort()
     return {
         "login_median_ms": statistics.median(times) * 1e3,
@@ -224,20 +233,11 @@ def client(url: str, names: list[str], ids: dict[str, int], by_name: dict[str, F
 def run_http(kind: str, n_servers: int, n_devices: int, n_processes: int,
              n_clients: int) -> dict:
     """N_DEVICES logins through HTTP: N_CLIENTS threads spread over N_PROCESSES servers."""
-    with tempfile.TemporaryDirectory(prefix="vdfarm-fbench-", dir="/var/tmp") as tmp, \
-            database(kind, Path(tmp)) as url:
-        work = Path(tmp)
-        image = work / "w.raw"
-        with open(image, "wb") as f:
-            f.write(os.urandom(1 << 20))
-        farms = [Farm.init(work / f"s{i}", url, server_name=f"s{i}") for i in range(n_servers)]
+    with servers_holding_w(kind, n_servers) as (work, farms):
         processes: list[subprocess.Popen] = []
         stop = threading.Event()
         beater = threading.Thread(target=keep_beating, args=(farms[n_processes:], stop))
         try:
-            farms[0].vdisks.import_image("w", image)
-            for farm in farms[1:]:
-                shutil.copytree(farms[0].store.root / "w", farm.store.root / "w")
             for farm in farms[n_processes:]:
                 farm.register_server(10809, 8080)
             beater.start()
@@ -270,8 +270,6 @@ def run_http(kind: str, n_servers: int, n_devices: int, n_processes: int,
             if beater.is_alive():
                 beater.join()
             stop_servers(processes)
-            for farm in farms:
-                farm.close()
     return summary(times) | {"rate": n_devices / wall, "chosen": dict(sorted(chosen.items()))}
 
 

@@ -106,6 +106,15 @@ def lock_of(session: Session, vdisk_id: int) -> Lock | None:
     return session.scalars(query.execution_options(populate_existing=True)).one_or_none()
 
 
+def lock_named(session: Session, vdisk_name: str) -> Lock:
+    """The lock of the vDisk called VDISK_NAME. Raises NotFound."""
+    vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
+    lock = lock_of(session, vdisk.id) if vdisk else None
+    if lock is None:
+        raise NotFound(f"no vDisk named {vdisk_name}")
+    return lock
+
+
 class LockService:
     """Acquire, renew, release and check vDisk locks."""
 
@@ -231,10 +240,7 @@ class LockService:
         """
         now = self.farm.now()
         with self.farm.session() as session:
-            vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
-            lock = lock_of(session, vdisk.id) if vdisk else None
-            if lock is None:
-                raise NotFound(f"no vDisk named {vdisk_name}")
+            lock = lock_named(session, vdisk_name)
             server = session.scalars(
                 select(Server).where(Server.name == server_name)).one_or_none()
             if server is None:
@@ -261,10 +267,7 @@ class LockService:
         """
         now = self.farm.now()
         with self.farm.session() as session:
-            vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
-            lock = lock_of(session, vdisk.id) if vdisk else None
-            if lock is None:
-                raise NotFound(f"no vDisk named {vdisk_name}")
+            lock = lock_named(session, vdisk_name)
             before = lock_info(lock, now)
             if before.state == FREE:
                 return before
