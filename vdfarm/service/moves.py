@@ -38,7 +38,7 @@ from vdfarm.service.login import ServerEndpoint, endpoint_of, parse_address
 if TYPE_CHECKING:
     from vdfarm.service.context import Farm
 
-MAX_TRIGGER_PCT = 1000.0
+MAX_TRIGGER_PCT = planner.MAX_TRIGGER_PCT
 
 
 @dataclass(frozen=True)

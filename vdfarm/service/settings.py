@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from vdfarm.farm.models import FarmSettings
+from vdfarm.farm.placement import DEFAULT_TIMEOUT
+from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT, MAX_TRIGGER_PCT
 from vdfarm.service import audit
 from vdfarm.service.errors import Invalid, Unavailable
 
@@ -34,15 +36,15 @@ CACHE_SECONDS = 2.0
 class Settings:
     """The farm's settings (defaults: PVS-like, heartbeat timeout shorter)."""
 
-    heartbeat_timeout_s: float = 3.0
+    heartbeat_timeout_s: float = DEFAULT_TIMEOUT.total_seconds()
     boot_phase_s: float = 60.0
-    rebalance_trigger_pct: float = 25.0
+    rebalance_trigger_pct: float = DEFAULT_TRIGGER_PCT
 
 
 LIMITS = {  # name: (lowest, highest, what it is)
     "heartbeat_timeout_s": (1.0, 600.0, "heartbeat timeout (seconds)"),
     "boot_phase_s": (0.0, 3600.0, "boot phase (seconds)"),
-    "rebalance_trigger_pct": (0.0, 1000.0, "rebalance trigger (percent)"),
+    "rebalance_trigger_pct": (0.0, MAX_TRIGGER_PCT, "rebalance trigger (percent)"),
 }
 
 
@@ -74,12 +76,9 @@ class SettingsService:
         if self._cached is not None and time.monotonic() - self._read_at < CACHE_SECONDS:
             return self._cached
         try:
-            with self.farm.session() as session:
-                settings = _from_row(session.get(FarmSettings, 1))
+            return self.show()
         except Unavailable:
             return self._cached or Settings()
-        self._cached, self._read_at = settings, time.monotonic()
-        return settings
 
     def show(self) -> Settings:
         """The settings, read now. Raises Unavailable."""
