@@ -10,16 +10,17 @@ are stopped (SIGTERM, then SIGKILL) at teardown.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import VDFARM, free_port, wait_port
+from tests.stream import conftest as stream_fixtures
 from tests.stream.rawclient import RawClient
 
 
@@ -152,13 +153,5 @@ class Cluster:
         return {row["name"]: row for row in via.api("GET", "/servers").json()}
 
 
-def wait_until(condition, what: str, timeout: float = 60.0, step: float = 0.2):
-    """Poll CONDITION until true (and return its value); AssertionError naming WHAT."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting: {what}")
-        time.sleep(step)
+# Several server processes are slower to settle: wait longer, poll less often.
+wait_until = functools.partial(stream_fixtures.wait_until, timeout=60.0, step=0.2)

@@ -146,10 +146,14 @@ def flatten(image, out):
 
 
 def wait_until(condition, what: str, timeout: float = 30.0, step: float = 0.1):
-    """Poll CONDITION until it is true; AssertionError naming WHAT after TIMEOUT."""
+    """Poll CONDITION until it is true (and return its value); AssertionError
+    naming WHAT after TIMEOUT."""
     import time
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting: {what}")
         time.sleep(step)
