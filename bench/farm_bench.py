@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -68,7 +68,7 @@ class Clock:
     """A clock the benchmark moves forward (heartbeats, boot phase)."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc)
+        self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -96,14 +96,18 @@ def servers_holding_w(kind: str, n_servers: int, clock=utcnow):
     """(work dir, farms): N_SERVERS servers s0.. on one fresh database of
     KIND, each store holding vDisk w (imported on s0, copied to the others);
     all closed and removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="vdfarm-fbench-", dir="/var/tmp") as tmp, \
-            database(kind, Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="vdfarm-fbench-", dir="/var/tmp") as tmp,
+        database(kind, Path(tmp)) as url,
+    ):
         work = Path(tmp)
         image = work / "w.raw"
         with open(image, "wb") as f:
             f.write(os.urandom(1 << 20))
-        farms = [Farm.init(work / f"s{i}", url, server_name=f"s{i}", clock=clock)
-                 for i in range(n_servers)]
+        farms = [
+            Farm.init(work / f"s{i}", url, server_name=f"s{i}", clock=clock)
+            for i in range(n_servers)
+        ]
         try:
             farms[0].vdisks.import_image("w", image)
             for farm in farms[1:]:
@@ -144,8 +148,12 @@ def run(kind: str, n_servers: int, n_devices: int) -> dict:
         t0 = time.perf_counter()
         applied = rebalance(farms[0], apply=True)
         apply_s = time.perf_counter() - t0
-        load = {f.server_name: i.connected for f in farms for i in farms[0].servers.list()
-                if i.name == f.server_name}
+        load = {
+            f.server_name: i.connected
+            for f in farms
+            for i in farms[0].servers.list()
+            if i.name == f.server_name
+        }
         assert len(applied.moves) == len(plan.moves) > 0, "the late servers got nothing"
         assert applied.applied and not plan.applied
         moved_times = []
@@ -158,7 +166,10 @@ def run(kind: str, n_servers: int, n_devices: int) -> dict:
     return {
         "login_median_ms": statistics.median(times) * 1e3,
         "login_p95_ms": times[int(len(times) * 0.95)] * 1e3,
-        "moves": len(plan.moves), "plan_s": plan_s, "apply_s": apply_s, "load": load,
+        "moves": len(plan.moves),
+        "plan_s": plan_s,
+        "apply_s": apply_s,
+        "load": load,
         "moved_login_median_ms": statistics.median(moved_times) * 1e3,
     }
 
@@ -170,17 +181,31 @@ def loadavg() -> str:
 
 def summary(times: list[float]) -> dict:
     times = sorted(times)
-    return {"median_ms": statistics.median(times) * 1e3,
-            "p95_ms": times[int(len(times) * 0.95)] * 1e3}
+    return {
+        "median_ms": statistics.median(times) * 1e3,
+        "p95_ms": times[int(len(times) * 0.95)] * 1e3,
+    }
 
 
 def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen, int]:
     """A `vdfarm server run` process on DATA_DIR (any free ports) and its API port."""
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
-            [str(VDFARM), "--data-dir", str(data_dir), "server", "run", "--nbd-port", "0",
-             "--api-port", "0"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True)
+            [
+                str(VDFARM),
+                "--data-dir",
+                str(data_dir),
+                "server",
+                "run",
+                "--nbd-port",
+                "0",
+                "--api-port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         ready, _, _ = fd_select.select([process.stdout], [], [], 0.5)
@@ -212,8 +237,15 @@ def keep_beating(farms: list[Farm], stop: threading.Event) -> None:
             farm.servers.heartbeat(inventory=False)
 
 
-def client(url: str, names: list[str], ids: dict[str, int], by_name: dict[str, Farm],
-           vdisk_id: int, times: list[float], chosen: Counter) -> None:
+def client(
+    url: str,
+    names: list[str],
+    ids: dict[str, int],
+    by_name: dict[str, Farm],
+    vdisk_id: int,
+    times: list[float],
+    chosen: Counter,
+) -> None:
     """Log NAMES in through URL one by one; record each session where it was sent
     (IDS: device name -> id)."""
     with httpx.Client(base_url=url, timeout=30) as http:
@@ -230,8 +262,7 @@ def client(url: str, names: list[str], ids: dict[str, int], by_name: dict[str, F
             by_name[body["server"]["name"]].session_started(ids[name], vdisk_id, body["version"])
 
 
-def run_http(kind: str, n_servers: int, n_devices: int, n_processes: int,
-             n_clients: int) -> dict:
+def run_http(kind: str, n_servers: int, n_devices: int, n_processes: int, n_clients: int) -> dict:
     """N_DEVICES logins through HTTP: N_CLIENTS threads spread over N_PROCESSES servers."""
     with servers_holding_w(kind, n_servers) as (work, farms):
         processes: list[subprocess.Popen] = []
@@ -255,9 +286,21 @@ def run_http(kind: str, n_servers: int, n_devices: int, n_processes: int,
             by_name = {f.server_name: f for f in farms}
             times: list[float] = []
             chosen: Counter = Counter()
-            threads = [threading.Thread(target=client, args=(
-                f"http://127.0.0.1:{ports[c % n_processes]}", names[c::n_clients], ids,
-                by_name, vdisk_id, times, chosen)) for c in range(n_clients)]
+            threads = [
+                threading.Thread(
+                    target=client,
+                    args=(
+                        f"http://127.0.0.1:{ports[c % n_processes]}",
+                        names[c::n_clients],
+                        ids,
+                        by_name,
+                        vdisk_id,
+                        times,
+                        chosen,
+                    ),
+                )
+                for c in range(n_clients)
+            ]
             t0 = time.perf_counter()
             for thread in threads:
                 thread.start()
@@ -278,23 +321,33 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--servers", type=int, default=10)
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
-    ap.add_argument("--processes", type=int, default=3,
-                    help="server processes sharing PostgreSQL in the concurrent HTTP run")
-    ap.add_argument("--clients", type=int, default=6,
-                    help="client threads in the concurrent HTTP run")
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        help="server processes sharing PostgreSQL in the concurrent HTTP run",
+    )
+    ap.add_argument(
+        "--clients", type=int, default=6, help="client threads in the concurrent HTTP run"
+    )
     ap.add_argument("--no-http", action="store_true", help="only the in-process runs")
     args = ap.parse_args()
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     print(f"{os.cpu_count()} CPUs; load average before: {loadavg()}", flush=True)
     for kind in kinds:
         r = run(kind, args.servers, args.devices)
-        print(f"{kind:10} {args.devices} devices / {args.servers} servers: login median "
-              f"{r['login_median_ms']:.2f} ms, p95 {r['login_p95_ms']:.2f} ms; rebalance "
-              f"{r['moves']} moves: plan {r['plan_s'] * 1e3:.0f} ms, plan+apply "
-              f"{r['apply_s'] * 1e3:.0f} ms", flush=True)
+        print(
+            f"{kind:10} {args.devices} devices / {args.servers} servers: login median "
+            f"{r['login_median_ms']:.2f} ms, p95 {r['login_p95_ms']:.2f} ms; rebalance "
+            f"{r['moves']} moves: plan {r['plan_s'] * 1e3:.0f} ms, plan+apply "
+            f"{r['apply_s'] * 1e3:.0f} ms",
+            flush=True,
+        )
         print(f"{'':10} connected before the moves take effect: {r['load']}")
-        print(f"{'':10} logins of the {r['moves']} moved devices: each on its new server, "
-              f"median {r['moved_login_median_ms']:.2f} ms")
+        print(
+            f"{'':10} logins of the {r['moves']} moved devices: each on its new server, "
+            f"median {r['moved_login_median_ms']:.2f} ms"
+        )
         print(f"{'':10} load average after: {loadavg()}", flush=True)
     if args.no_http:
         return 0
@@ -303,9 +356,12 @@ def main() -> int:
         runs.append(("postgresql", args.processes, args.clients))
     for kind, processes, clients in runs:
         r = run_http(kind, args.servers, args.devices, processes, clients)
-        print(f"{kind:10} HTTP, {processes} server process(es), {clients} client(s): "
-              f"{args.devices} logins: median {r['median_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms; "
-              f"{r['rate']:.0f} logins/s (each followed by its session write)", flush=True)
+        print(
+            f"{kind:10} HTTP, {processes} server process(es), {clients} client(s): "
+            f"{args.devices} logins: median {r['median_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms; "
+            f"{r['rate']:.0f} logins/s (each followed by its session write)",
+            flush=True,
+        )
         print(f"{'':10} sent to: {r['chosen']}; load average after: {loadavg()}", flush=True)
     return 0
 

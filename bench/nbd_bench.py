@@ -58,14 +58,15 @@ def make_image(path: Path, size_mib: int) -> None:
     with open(path, "wb") as f:
         chunk = os.urandom(1 << 20)
         for i in range(size_mib):
-            f.write(chunk[i % 7:] + chunk[: i % 7])
+            f.write(chunk[i % 7 :] + chunk[: i % 7])
 
 
 class Server:
     """One server under test: a command line and the URIs it serves."""
 
-    def __init__(self, name: str, argv: list[str], port: int, plain: str, cow: str,
-                 env=None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], port: int, plain: str, cow: str, env=None
+    ) -> None:
         self.name, self.argv, self.port = name, argv, port
         self.plain_uri = f"nbd://127.0.0.1:{port}/{plain}"
         self.cow_uri = f"nbd://127.0.0.1:{port}/{cow}"
@@ -73,8 +74,9 @@ class Server:
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=self.env)
+        proc = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env
+        )
         self.procs.append(proc)
         wait_port(self.port, proc)
 
@@ -89,12 +91,23 @@ class Server:
 
 
 def fio(uri: str, rw: str, bs: str, depth: int, runtime: int, size: int) -> dict:
-    host_port, export = uri[len("nbd://"):].split("/", 1)
-    cmd = ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}",
-           f"--bs={bs}", f"--iodepth={depth}", f"--runtime={runtime}", "--time_based",
-           f"--size={size}", "--output-format=json", "--numjobs=1"]
+    host_port, export = uri[len("nbd://") :].split("/", 1)
+    cmd = [
+        "fio",
+        "--name=bench",
+        "--ioengine=nbd",
+        f"--uri={uri}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--iodepth={depth}",
+        f"--runtime={runtime}",
+        "--time_based",
+        f"--size={size}",
+        "--output-format=json",
+        "--numjobs=1",
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    job = json.loads(out[out.index("{"):])["jobs"][0]["read"]
+    job = json.loads(out[out.index("{") :])["jobs"][0]["read"]
     return {"iops": job["iops"], "mibps": job["bw_bytes"] / (1 << 20)}
 
 
@@ -108,8 +121,15 @@ def nbdcopy(uri: str, size: int) -> dict:
 def setup_vdfarm(work: Path, image: Path, port: int) -> Server:
     data = work / "vdfarm-data"
     env = dict(os.environ, VDFARM_DATA_DIR=str(data))
-    run = lambda *a: subprocess.run(VDFARM + list(a), check=True, env=env,  # noqa: E731
-                                    stdout=subprocess.DEVNULL)
+
+    def run(*a):
+        return subprocess.run(
+            VDFARM + list(a),
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+
     run("init")
     run("vdisk", "import", "plain", str(image), "--mode", "private")
     run("vdisk", "import", "golden", str(image), "--mode", "standard")
@@ -122,16 +142,53 @@ def setup_vdfarm(work: Path, image: Path, port: int) -> Server:
 def servers(work: Path, image: Path) -> list[Server]:
     out = [setup_vdfarm(work, image, free_port())]
     p1, p2 = free_port(), free_port()
-    out.append(_Pair("nbdkit",
-                     ["nbdkit", "-f", "-r", "-i", "127.0.0.1", "-p", str(p1), "file", str(image)],
-                     ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(p2), "--filter=cow",
-                      "file", str(image)], p1, p2))
+    out.append(
+        _Pair(
+            "nbdkit",
+            ["nbdkit", "-f", "-r", "-i", "127.0.0.1", "-p", str(p1), "file", str(image)],
+            ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(p2), "--filter=cow", "file", str(image)],
+            p1,
+            p2,
+        )
+    )
     p3, p4 = free_port(), free_port()
-    out.append(_Pair("qemu-nbd",
-                     ["qemu-nbd", "-r", "-f", "raw", "-b", "127.0.0.1", "-p", str(p3),
-                      "--persistent", "--shared=16", "-x", "", str(image)],
-                     ["qemu-nbd", "-s", "-f", "raw", "-b", "127.0.0.1", "-p", str(p4),
-                      "--persistent", "--shared=16", "-x", "", str(image)], p3, p4))
+    out.append(
+        _Pair(
+            "qemu-nbd",
+            [
+                "qemu-nbd",
+                "-r",
+                "-f",
+                "raw",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(p3),
+                "--persistent",
+                "--shared=16",
+                "-x",
+                "",
+                str(image),
+            ],
+            [
+                "qemu-nbd",
+                "-s",
+                "-f",
+                "raw",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(p4),
+                "--persistent",
+                "--shared=16",
+                "-x",
+                "",
+                str(image),
+            ],
+            p3,
+            p4,
+        )
+    )
     return out
 
 
@@ -187,8 +244,11 @@ def main() -> int:
                             uri = srv.plain_uri if kind == "plain" else srv.cow_uri
                             value = run(uri)[metric]
                             results.setdefault((srv.name, kind, name), []).append(value)
-                            print(f"round {rnd + 1} {srv.name:8} {kind:5} {name:18} "
-                                  f"{value:12.1f} {metric}", flush=True)
+                            print(
+                                f"round {rnd + 1} {srv.name:8} {kind:5} {name:18} "
+                                f"{value:12.1f} {metric}",
+                                flush=True,
+                            )
         finally:
             for srv in peers:
                 srv.stop()
@@ -198,17 +258,21 @@ def main() -> int:
 
 def ratio(results, a: tuple, b: tuple) -> float:
     """Median over rounds of a/b measured in the same round."""
-    return statistics.median(x / y for x, y in zip(results[a], results[b]))
+    return statistics.median(x / y for x, y in zip(results[a], results[b], strict=True))
 
 
 def report(results, args) -> None:
     med = {k: statistics.median(v) for k, v in results.items()}
     names = [n for n, _, _ in jobs(0, 0)]
     print()
-    print(f"{args.rounds} rounds, image {args.size_mib} MiB, fio runtime {args.runtime}s; "
-          f"figures are medians, ratios are medians of same-round ratios")
-    print(f"{'job':18} {'kind':5} {'vdfarm':>10} {'nbdkit':>10} {'qemu-nbd':>10} "
-          f"{'vs nbdkit':>9} {'vs qemu':>8}")
+    print(
+        f"{args.rounds} rounds, image {args.size_mib} MiB, fio runtime {args.runtime}s; "
+        f"figures are medians, ratios are medians of same-round ratios"
+    )
+    print(
+        f"{'job':18} {'kind':5} {'vdfarm':>10} {'nbdkit':>10} {'qemu-nbd':>10} "
+        f"{'vs nbdkit':>9} {'vs qemu':>8}"
+    )
     for kind in ("plain", "cow"):
         for name in names:
             v, k, q = (med[(s, kind, name)] for s in ("vdfarm", "nbdkit", "qemu-nbd"))
@@ -220,8 +284,7 @@ def report(results, args) -> None:
         r = ratio(results, ("vdfarm", "cow", name), ("vdfarm", "plain", name))
         print(f"vdfarm write-cache path / plain path, {name}: {r:.2f}")
     if args.json:
-        args.json.write_text(json.dumps(
-            {"|".join(k): v for k, v in results.items()}, indent=1))
+        args.json.write_text(json.dumps({"|".join(k): v for k, v in results.items()}, indent=1))
 
 
 if __name__ == "__main__":

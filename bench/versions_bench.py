@@ -34,8 +34,9 @@ VDFARM = [sys.executable, "-m", "vdfarm"]
 
 
 def vdfarm(env, *args: str) -> str:
-    return subprocess.run(VDFARM + list(args), check=True, env=env, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        VDFARM + list(args), check=True, env=env, capture_output=True, text=True
+    ).stdout
 
 
 def write_version(uri: str, size: int, seed: int, writes: int = 48) -> None:
@@ -48,8 +49,9 @@ def write_version(uri: str, size: int, seed: int, writes: int = 48) -> None:
     for _ in range(256):
         off = rng.randrange(0, size // 4096) * 4096
         cmds += ["-c", f"write -P {rng.randrange(1, 255)} {off} 4k"]
-    subprocess.run(["qemu-io", "-f", "raw", *cmds, "-c", "flush", uri], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["qemu-io", "-f", "raw", *cmds, "-c", "flush", uri], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def timed(argv, **kw) -> float:
@@ -77,9 +79,12 @@ def main() -> int:
         vdfarm(env, "device", "add", "maint", "--vdisk", "chain", "--type", "maintenance")
         vdfarm(env, "device", "add", "reader", "--vdisk", "chain")
         port = free_port()
-        server = subprocess.Popen(VDFARM + ["server", "run", "--nbd-port", str(port),
-                                            "--grace", "0", "--no-api"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            VDFARM + ["server", "run", "--nbd-port", str(port), "--grace", "0", "--no-api"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_port(port, server)
             print("building a 5-deep chain through the maintenance path ...", flush=True)
@@ -94,19 +99,34 @@ def main() -> int:
             flatten_s = timed(["qemu-img", "convert", "-O", "raw", str(top), str(flat)])
             vdfarm(env, "vdisk", "import", "flat", str(flat), "--mode", "standard")
             vdfarm(env, "device", "add", "flatreader", "--vdisk", "flat")
-            subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw",
-                            f"nbd://127.0.0.1:{port}/reader", str(flat)], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    "qemu-img",
+                    "compare",
+                    "-f",
+                    "raw",
+                    "-F",
+                    "raw",
+                    f"nbd://127.0.0.1:{port}/reader",
+                    str(flat),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             results: dict[tuple[str, str], list[float]] = {}
             for rnd in range(args.rounds):
-                for job, rw, bs, depth, metric in (("randread-4k-qd32", "randread", "4k", 32, "iops"),
-                                                   ("seqread-1m-qd8", "read", "1m", 8, "mibps")):
+                for job, rw, bs, depth, metric in (
+                    ("randread-4k-qd32", "randread", "4k", 32, "iops"),
+                    ("seqread-1m-qd8", "read", "1m", 8, "mibps"),
+                ):
                     for dev in ("reader", "flatreader"):
-                        value = fio(f"nbd://127.0.0.1:{port}/{dev}", rw, bs, depth,
-                                    args.runtime, size)[metric]
+                        value = fio(
+                            f"nbd://127.0.0.1:{port}/{dev}", rw, bs, depth, args.runtime, size
+                        )[metric]
                         results.setdefault((dev, job), []).append(value)
-                        print(f"round {rnd + 1} {dev:10} {job:18} {value:10.1f} {metric}",
-                              flush=True)
+                        print(
+                            f"round {rnd + 1} {dev:10} {job:18} {value:10.1f} {metric}", flush=True
+                        )
             # merge: by hand with qemu-img on a copy, then vdfarm
             manual = work / "manual"
             manual.mkdir()
@@ -114,25 +134,35 @@ def main() -> int:
                 if f.suffix in (".raw", ".qcow2"):
                     shutil.copy(f, manual / f.name)  # not timed
             mtop = manual / top.name
-            rebase_s = timed(["qemu-img", "rebase", "-f", "qcow2", "-b", "base.raw", "-F", "raw",
-                              mtop.name], cwd=manual)
+            rebase_s = timed(
+                ["qemu-img", "rebase", "-f", "qcow2", "-b", "base.raw", "-F", "raw", mtop.name],
+                cwd=manual,
+            )
         finally:
             server.terminate()
             server.wait(30)
         merge_s = timed(VDFARM + ["version", "merge", "chain"], env=env)
         versions = json.loads(vdfarm(env, "--json", "version", "list", "chain"))
     print()
-    print(f"image {args.size_mib} MiB, 5 versions; {args.rounds} rounds; "
-          f"ratios are medians of same-round ratios")
+    print(
+        f"image {args.size_mib} MiB, 5 versions; {args.rounds} rounds; "
+        f"ratios are medians of same-round ratios"
+    )
     for job in ("randread-4k-qd32", "seqread-1m-qd8"):
-        r = statistics.median(a / b for a, b in zip(results[("reader", job)],
-                                                    results[("flatreader", job)]))
-        print(f"{job:18} chain {statistics.median(results[('reader', job)]):10.0f}  "
-              f"flat {statistics.median(results[('flatreader', job)]):10.0f}  "
-              f"chain/flat {r:.2f}")
-    print(f"merge: vdfarm version merge {merge_s:.2f} s; qemu-img rebase (same fold) "
-          f"{rebase_s:.2f} s -> {merge_s / rebase_s:.2f}x; qemu-img convert to raw "
-          f"{flatten_s:.2f} s -> {merge_s / flatten_s:.2f}x")
+        r = statistics.median(
+            a / b
+            for a, b in zip(results[("reader", job)], results[("flatreader", job)], strict=True)
+        )
+        print(
+            f"{job:18} chain {statistics.median(results[('reader', job)]):10.0f}  "
+            f"flat {statistics.median(results[('flatreader', job)]):10.0f}  "
+            f"chain/flat {r:.2f}"
+        )
+    print(
+        f"merge: vdfarm version merge {merge_s:.2f} s; qemu-img rebase (same fold) "
+        f"{rebase_s:.2f} s -> {merge_s / rebase_s:.2f}x; qemu-img convert to raw "
+        f"{flatten_s:.2f} s -> {merge_s / flatten_s:.2f}x"
+    )
     print(f"versions after merge: {[v.get('number') for v in versions]}")
     return 0
 

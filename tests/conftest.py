@@ -61,19 +61,31 @@ class Farm:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(self.base_args() + list(args), capture_output=True, text=True)
         if check and proc.returncode != 0:
-            raise AssertionError(f"vdfarm {' '.join(args)} failed ({proc.returncode}): "
-                                 f"{proc.stderr.strip()}")
+            raise AssertionError(
+                f"vdfarm {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}"
+            )
         return proc
 
-    def start(self, grace: float = 5.0, port: int | None = None,
-              lease: float | None = None) -> int:
+    def start(self, grace: float = 5.0, port: int | None = None, lease: float | None = None) -> int:
         self.port = port or free_port()
-        log = open(self.log_path, "ab")
         extra = ["--lease", str(lease)] if lease is not None else []
-        self.server = subprocess.Popen(
-            self.base_args() + ["server", "run", "--nbd-port", str(self.port),
-                                "--api-port", "0", "--grace", str(grace), *extra],
-            stdout=log, stderr=log)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy
+            self.server = subprocess.Popen(
+                self.base_args()
+                + [
+                    "server",
+                    "run",
+                    "--nbd-port",
+                    str(self.port),
+                    "--api-port",
+                    "0",
+                    "--grace",
+                    str(grace),
+                    *extra,
+                ],
+                stdout=log,
+                stderr=log,
+            )
         wait_port(self.port, self.server)
         return self.port
 
@@ -141,6 +153,7 @@ def test_image(tmp_path_factory):
 
 def sha256(path: Path) -> str:
     import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -80,16 +80,31 @@ def _prepare(data_dir: Path) -> None:
 
 def _start_server(data_dir: Path, port: int) -> subprocess.Popen:
     console.print(f"[bold cyan]$ vdfarm --data-dir {data_dir} server run --nbd-port {port} &[/]")
-    log = open(data_dir / "demo-server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "vdfarm", "--data-dir", str(data_dir),
-                             "server", "run", "--nbd-port", str(port), "--grace", "10",
-                             "--no-api"],
-                            stdout=log, stderr=log)
+    with open(data_dir / "demo-server.log", "ab") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vdfarm",
+                "--data-dir",
+                str(data_dir),
+                "server",
+                "run",
+                "--nbd-port",
+                str(port),
+                "--grace",
+                "10",
+                "--no-api",
+            ],
+            stdout=log,
+            stderr=log,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoError(f"the server exited ({proc.returncode}); see "
-                            f"{data_dir / 'demo-server.log'}")
+            raise DemoError(
+                f"the server exited ({proc.returncode}); see {data_dir / 'demo-server.log'}"
+            )
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return proc
@@ -125,8 +140,10 @@ def _check_write_cache(data_dir: Path, device: str) -> None:
         block = f.read(sample.PATTERN_BLOCK_SIZE)
     if block != sample.expected_pattern(device):
         raise DemoError(f"the guest's write is not in its write cache {cache}")
-    console.print(f"\n[green]The guest booted from vdfarm; its write landed in its own "
-                  f"write cache ({cache}); the vDisk itself is untouched.[/]")
+    console.print(
+        f"\n[green]The guest booted from vdfarm; its write landed in its own "
+        f"write cache ({cache}); the vDisk itself is untouched.[/]"
+    )
 
 
 def _how_to_connect(data_dir: Path, port: int) -> None:

@@ -50,20 +50,41 @@ def test_missing_data_dir_is_an_os_error(tmp_path):
         auth.ensure_token(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("header, token", [
-    ("Bearer abc", "abc"), ("bearer abc", "abc"), ("BEARER  abc ", "abc"),
-    (None, None), ("", None), ("Basic abc", None), ("Bearer", None), ("Bearer   ", None),
-    ("abc", None),
-])
+@pytest.mark.parametrize(
+    "header, token",
+    [
+        ("Bearer abc", "abc"),
+        ("bearer abc", "abc"),
+        ("BEARER  abc ", "abc"),
+        (None, None),
+        ("", None),
+        ("Basic abc", None),
+        ("Bearer", None),
+        ("Bearer   ", None),
+        ("abc", None),
+    ],
+)
 def test_bearer_token(header, token):
     assert auth.bearer_token(header) == token
 
 
-@pytest.mark.parametrize("host, loopback", [
-    ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
-    ("10.0.0.1", False), ("192.0.2.7", False), ("::ffff:10.0.0.1", False), ("fe80::1%eth0", False),
-    ("testclient", False), ("", False), (None, False), ("localhost", False),
-])
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.1", False),
+        ("192.0.2.7", False),
+        ("::ffff:10.0.0.1", False),
+        ("fe80::1%eth0", False),
+        ("testclient", False),
+        ("", False),
+        (None, False),
+        ("localhost", False),
+    ],
+)
 def test_is_loopback(host, loopback):
     assert auth.is_loopback(host) is loopback
 
@@ -72,19 +93,22 @@ TOKEN = "s3cret"
 BEARER = f"Bearer {TOKEN}"
 
 
-@pytest.mark.parametrize("method, host, header, allowed, says", [
-    ("GET", "127.0.0.1", None, True, None),
-    ("HEAD", "::1", None, True, None),
-    ("GET", "192.0.2.7", None, False, "required for reads from other hosts"),
-    ("GET", "192.0.2.7", BEARER, True, None),
-    ("POST", "127.0.0.1", None, False, "required for every change"),
-    ("DELETE", "127.0.0.1", None, False, "required for every change"),
-    ("PATCH", "192.0.2.7", BEARER, True, None),
-    ("POST", "127.0.0.1", "Bearer wrong", False, "wrong API token"),
-    ("GET", "127.0.0.1", "Bearer wrong", False, "wrong API token"),
-    ("POST", "127.0.0.1", f"Basic {TOKEN}", False, "malformed Authorization header"),
-    ("POST", "127.0.0.1", f"Bearer {TOKEN}x", False, "wrong API token"),
-])
+@pytest.mark.parametrize(
+    "method, host, header, allowed, says",
+    [
+        ("GET", "127.0.0.1", None, True, None),
+        ("HEAD", "::1", None, True, None),
+        ("GET", "192.0.2.7", None, False, "required for reads from other hosts"),
+        ("GET", "192.0.2.7", BEARER, True, None),
+        ("POST", "127.0.0.1", None, False, "required for every change"),
+        ("DELETE", "127.0.0.1", None, False, "required for every change"),
+        ("PATCH", "192.0.2.7", BEARER, True, None),
+        ("POST", "127.0.0.1", "Bearer wrong", False, "wrong API token"),
+        ("GET", "127.0.0.1", "Bearer wrong", False, "wrong API token"),
+        ("POST", "127.0.0.1", f"Basic {TOKEN}", False, "malformed Authorization header"),
+        ("POST", "127.0.0.1", f"Bearer {TOKEN}x", False, "wrong API token"),
+    ],
+)
 def test_access_refusal(method, host, header, allowed, says):
     refusal = auth.access_refusal(method, host, header, TOKEN)
     assert (refusal is None) is allowed

@@ -43,8 +43,9 @@ def test_wrong_or_malformed_token_is_refused(app, farm, token, populated):
 
 def test_token_is_checked_before_the_body(local, farm):
     with unchanged(farm):
-        response = local.post("/api/v1/devices", content=b"{not json",
-                              headers={"Content-Type": "application/json"})
+        response = local.post(
+            "/api/v1/devices", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
         assert "required for every change" in error_of(response, 401)
 
 
@@ -53,7 +54,9 @@ def test_changes_are_audited_as_the_api_client(admin, farm, populated):
     admin.patch("/api/v1/vdisks/w", json={"description": "golden"})
     entries = farm.audit.list(limit=2)
     assert [(e.action, e.actor) for e in entries] == [
-        ("device.add", OTHER_ACTOR), ("vdisk.set", OTHER_ACTOR)]
+        ("device.add", OTHER_ACTOR),
+        ("vdisk.set", OTHER_ACTOR),
+    ]
 
 
 def test_loopback_client_with_token_is_audited_by_its_address(app, token, farm):

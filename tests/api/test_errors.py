@@ -46,8 +46,9 @@ def as_garbage(path):
 
 
 @pytest.mark.parametrize("make_broken", [as_directory, as_garbage])
-def test_database_down_is_503_and_changes_nothing(admin, local, farm, populated, tmp_path,
-                                                  make_broken):
+def test_database_down_is_503_and_changes_nothing(
+    admin, local, farm, populated, tmp_path, make_broken
+):
     with unchanged(farm), database_replaced(farm, tmp_path, make_broken):
         for response in (
             local.get("/api/v1/vdisks"),
@@ -61,20 +62,26 @@ def test_database_down_is_503_and_changes_nothing(admin, local, farm, populated,
 
 def test_malformed_json_is_422_with_a_message(admin, farm):
     with unchanged(farm):
-        response = admin.post("/api/v1/devices", content=b'{"name": "pc2",',
-                              headers={"Content-Type": "application/json"})
+        response = admin.post(
+            "/api/v1/devices",
+            content=b'{"name": "pc2",',
+            headers={"Content-Type": "application/json"},
+        )
         detail = error_of(response, 422)
     assert detail.startswith("invalid request: malformed JSON in the request body")
     assert response.json()["errors"][0]["type"] == "json_invalid"
 
 
-@pytest.mark.parametrize("body, says", [
-    ({}, "body field name: Field required"),
-    ({"name": "pc2", "colour": "red"}, "body field colour: Extra inputs are not permitted"),
-    ({"name": "pc2", "device_type": "boss"}, "body field device_type: Input should be"),
-    ({"name": ["pc2"]}, "body field name: Input should be a valid string"),
-    ([1, 2], "Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ({}, "body field name: Field required"),
+        ({"name": "pc2", "colour": "red"}, "body field colour: Extra inputs are not permitted"),
+        ({"name": "pc2", "device_type": "boss"}, "body field device_type: Input should be"),
+        ({"name": ["pc2"]}, "body field name: Input should be a valid string"),
+        ([1, 2], "Input should be a valid dictionary"),
+    ],
+)
 def test_bad_fields_are_422_one_line_each(admin, farm, body, says):
     with unchanged(farm):
         detail = error_of(admin.post("/api/v1/devices", json=body), 422)
@@ -86,12 +93,19 @@ def test_bad_query_is_422(local):
 
 
 def test_problem_lines():
-    assert problem_line({"type": "json_invalid", "loc": ("body", 3),
-                         "ctx": {"error": "Expecting value"}}) == \
-        "malformed JSON in the request body: Expecting value"
-    assert problem_line({"type": "missing", "loc": ("path", "name"), "msg": "Field required"}) \
+    assert (
+        problem_line(
+            {"type": "json_invalid", "loc": ("body", 3), "ctx": {"error": "Expecting value"}}
+        )
+        == "malformed JSON in the request body: Expecting value"
+    )
+    assert (
+        problem_line({"type": "missing", "loc": ("path", "name"), "msg": "Field required"})
         == "path field name: Field required"
+    )
     assert problem_line({"loc": ("x",), "msg": "bad"}) == "x: bad"
     assert validation_message([]) == "invalid request"
-    assert validation_message([{"loc": ("a",), "msg": "m"}, {"loc": ("b",), "msg": "n"}]) == \
-        "invalid request: a: m; b: n"
+    assert (
+        validation_message([{"loc": ("a",), "msg": "m"}, {"loc": ("b",), "msg": "n"}])
+        == "invalid request: a: m; b: n"
+    )

@@ -72,8 +72,11 @@ def test_real_server_on_loopback(farm):
             assert server["name"] == farm.server_name
             refused = client.post("/api/v1/devices", json={"name": "pc1"})
             assert refused.status_code == 401 and farm.devices.list() == []
-            added = client.post("/api/v1/devices", json={"name": "pc1"},
-                                headers={"Authorization": f"Bearer {token}"})
+            added = client.post(
+                "/api/v1/devices",
+                json={"name": "pc1"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
             assert added.status_code == 201, added.text
             assert client.get("/api/v1/devices/pc1").json()["name"] == "pc1"
             assert client.get("/api/v1/devices/nope").json() == {"detail": "no device named nope"}

@@ -27,9 +27,11 @@ MIB = 1 << 20
 
 def per_call_us(read, offsets, length: int, number: int) -> float:
     """Best of 5 runs, µs per read of `length` at the given offsets."""
+
     def run():
         for offset in offsets[:number]:
             read(offset, length)
+
     return min(timeit.repeat(run, number=1, repeat=5)) / number * 1e6
 
 
@@ -58,15 +60,19 @@ def main(size_mib: int = 256) -> None:
             ("os.pread", lambda o, n: os.pread(fd, n, o)),
             ("RawFile", raw.pread),
             ("CheckedStack(RawFile)", CheckedStack(raw).pread),
-            ("stack+overlay, nothing cached",
-             CheckedStack(WriteCacheOverlay(raw, os.path.join(workdir, "c0"))).pread),
+            (
+                "stack+overlay, nothing cached",
+                CheckedStack(WriteCacheOverlay(raw, os.path.join(workdir, "c0"))).pread,
+            ),
             ("stack+overlay, every other 4K cached", CheckedStack(every_other_block).pread),
             ("stack+overlay, every other 1M cached", CheckedStack(every_other_mib).pread),
         ]
         for name, read in cases:
             read(0, MIB)
-            print(f"{name:40s} 4 KiB {per_call_us(read, small, 4096, 20000):7.2f} µs"
-                  f"   1 MiB {per_call_us(read, large, MIB, 300):8.1f} µs")
+            print(
+                f"{name:40s} 4 KiB {per_call_us(read, small, 4096, 20000):7.2f} µs"
+                f"   1 MiB {per_call_us(read, large, MIB, 300):8.1f} µs"
+            )
         os.close(fd)
     finally:
         shutil.rmtree(workdir)

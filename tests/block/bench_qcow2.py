@@ -39,9 +39,11 @@ CLUSTER = 64 * 1024
 
 def per_call_us(read, offsets, length: int, repeat: int = 7) -> float:
     """Best of `repeat` runs, CPU µs per read of `length` at the given offsets."""
+
     def run():
         for offset in offsets:
             read(offset, length)
+
     timer = timeit.Timer(run, timer=time.process_time)
     return min(timer.repeat(number=1, repeat=repeat)) / len(offsets) * 1e6
 
@@ -49,12 +51,13 @@ def per_call_us(read, offsets, length: int, repeat: int = 7) -> float:
 def tune_malloc() -> None:
     """What vdfarm.stream.server does: big buffers from the heap, not fresh mmaps."""
     libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 64 * MIB)      # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 256 * MIB)     # M_TRIM_THRESHOLD
+    libc.mallopt(-3, 64 * MIB)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 256 * MIB)  # M_TRIM_THRESHOLD
 
 
 def sender(layer, sink: int):
     """A read as the stream server does it for big requests."""
+
     def send(offset: int, length: int) -> None:
         ranges = layer.file_ranges(offset, length)
         if ranges is None:
@@ -65,6 +68,7 @@ def sender(layer, sink: int):
                 sent = os.sendfile(sink, fd, pos, n)
                 pos += sent
                 n -= sent
+
     return send
 
 
@@ -95,10 +99,30 @@ def build_chain(workdir: str, size: int, depth: int) -> list[str]:
     for level in range(1, depth + 1):
         path = os.path.join(workdir, f"v{level}.qcow2")
         parent_fmt = "raw" if level == 1 else "qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.basename(paths[-1]),
-                        "-F", parent_fmt, path, str(size)], check=True, cwd=workdir)
-        subprocess.run(["qemu-io", "-f", "qcow2", path], input=delta_commands(rnd, size, level),
-                       text=True, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                os.path.basename(paths[-1]),
+                "-F",
+                parent_fmt,
+                path,
+                str(size),
+            ],
+            check=True,
+            cwd=workdir,
+        )
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", path],
+            input=delta_commands(rnd, size, level),
+            text=True,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         paths.append(path)
     return paths
 
@@ -125,15 +149,17 @@ def main(size_mib: int = 256, depth: int = 5) -> None:
         small = [rnd.randrange(size // 4096) * 4096 for _ in range(20000)]
         big = [rnd.randrange(size // MIB) * MIB for _ in range(300)]
         assert all(top.pread(o, MIB) == flat.pread(o, MIB) for o in big[:50])
-        for offset in range(0, size, MIB):          # warm the page cache and the map cache
+        for offset in range(0, size, MIB):  # warm the page cache and the map cache
             top.pread(offset, MIB)
             flat.pread(offset, MIB)
         print(f"{depth}-deep chain of {size_mib} MiB, 64 KiB clusters, page cache warm")
         sink = os.open(os.devnull, os.O_WRONLY)
-        cases = (("4 KiB pread", 4096, small, lambda layer: layer.pread),
-                 ("4 KiB stacked", 4096, small, lambda layer: CheckedStack(layer).pread),
-                 ("1 MiB pread", MIB, big, lambda layer: layer.pread),
-                 ("1 MiB sendfile", MIB, big, lambda layer: sender(layer, sink)))
+        cases = (
+            ("4 KiB pread", 4096, small, lambda layer: layer.pread),
+            ("4 KiB stacked", 4096, small, lambda layer: CheckedStack(layer).pread),
+            ("1 MiB pread", MIB, big, lambda layer: layer.pread),
+            ("1 MiB sendfile", MIB, big, lambda layer: sender(layer, sink)),
+        )
         for name, length, offsets, how in cases:
             raw_us = per_call_us(how(flat), offsets, length)
             warm_us = per_call_us(how(top), offsets, length)
@@ -143,8 +169,10 @@ def main(size_mib: int = 256, depth: int = 5) -> None:
                 cold.append(per_call_us(how(fresh[-1]), offsets, length, repeat=1))
                 for layer in fresh:
                     layer.close()
-            print(f"{name:15} raw {raw_us:7.2f} µs   chain warm {warm_us:7.2f} µs "
-                  f"(raw/chain {raw_us / warm_us:4.2f})   chain cold {min(cold):7.2f} µs")
+            print(
+                f"{name:15} raw {raw_us:7.2f} µs   chain warm {warm_us:7.2f} µs "
+                f"(raw/chain {raw_us / warm_us:4.2f})   chain cold {min(cold):7.2f} µs"
+            )
         os.close(sink)
         for layer in layers:
             layer.close()

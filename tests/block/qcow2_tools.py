@@ -14,15 +14,21 @@ from vdfarm.block.raw import RawFile
 
 def run(*args, cwd=None, input=None) -> str:
     """Run a qemu tool; raise with its stderr if it fails."""
-    result = subprocess.run(args, capture_output=True, text=True, cwd=cwd, input=input,
-                            check=False)
+    result = subprocess.run(args, capture_output=True, text=True, cwd=cwd, input=input, check=False)
     if result.returncode:
         raise AssertionError(f"{' '.join(map(str, args))} failed: {result.stderr or result.stdout}")
     return result.stdout
 
 
-def create(path, size: int, cluster_size: int = 65536, compat: str = "1.1",
-           backing=None, backing_fmt: str = "raw", refcount_bits: int = 16) -> None:
+def create(
+    path,
+    size: int,
+    cluster_size: int = 65536,
+    compat: str = "1.1",
+    backing=None,
+    backing_fmt: str = "raw",
+    refcount_bits: int = 16,
+) -> None:
     """qemu-img create -f qcow2; `backing` is stored as given (relative to
     the image's directory when relative)."""
     options = f"cluster_size={cluster_size},compat={compat},refcount_bits={refcount_bits}"
@@ -52,13 +58,18 @@ def flatten(path) -> bytes:
 
 def check(path) -> subprocess.CompletedProcess:
     """qemu-img check (0 clean, 2 corrupt, 3 leaks only)."""
-    return subprocess.run(["qemu-img", "check", str(path)], capture_output=True, text=True,
-                          check=False)
+    return subprocess.run(
+        ["qemu-img", "check", str(path)], capture_output=True, text=True, check=False
+    )
 
 
 def compare_with_raw(path, raw_path) -> subprocess.CompletedProcess:
-    return subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(path),
-                           str(raw_path)], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        ["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(path), str(raw_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def qemu_map(path) -> list[dict]:
@@ -98,7 +109,9 @@ def open_chain(paths, writable_top: bool = False) -> list:
     """Open base (raw) + qcow2 deltas bottom-up; the last one writable if asked."""
     layers = [RawFile(paths[0], read_only=True)]
     for i, path in enumerate(paths[1:], start=1):
-        layers.append(Qcow2File(path, layers[-1], read_only=not (writable_top and i == len(paths) - 1)))
+        layers.append(
+            Qcow2File(path, layers[-1], read_only=not (writable_top and i == len(paths) - 1))
+        )
     return layers
 
 

@@ -89,12 +89,12 @@ def test_aligned_and_unaligned_writes(lower, tmp_path):
     model = bytearray(data)
     overlay = WriteCacheOverlay(disk, tmp_path / "cache")
     for offset, payload in [
-        (0, b"A" * 4096),                  # one whole block
-        (8192 + 100, b"B" * 50),           # inside one block
-        (16384 - 10, b"C" * 20),           # across a block boundary
-        (20480 + 1, b"D" * 3 * 4096),      # head, whole blocks, tail
-        (8192 + 120, b"E" * 10),           # again into a CACHED block
-        (256 * K - 7, b"F" * 7),           # the very end
+        (0, b"A" * 4096),  # one whole block
+        (8192 + 100, b"B" * 50),  # inside one block
+        (16384 - 10, b"C" * 20),  # across a block boundary
+        (20480 + 1, b"D" * 3 * 4096),  # head, whole blocks, tail
+        (8192 + 120, b"E" * 10),  # again into a CACHED block
+        (256 * K - 7, b"F" * 7),  # the very end
     ]:
         overlay.pwrite(offset, payload)
         model[offset : offset + len(payload)] = payload
@@ -110,8 +110,8 @@ def test_partial_write_reads_the_lower_block_once(tmp_path):
     overlay.pwrite(4096 + 10, b"xy")
     assert below.calls == [("pread", 4096, 4096)]
     below.calls.clear()
-    overlay.pwrite(4096 + 20, b"z")       # now CACHED: patched in place
-    overlay.pwrite(8192, b"w" * 4096)     # whole block: no read
+    overlay.pwrite(4096 + 20, b"z")  # now CACHED: patched in place
+    overlay.pwrite(8192, b"w" * 4096)  # whole block: no read
     assert below.calls == []
 
 
@@ -120,7 +120,7 @@ def test_short_last_block(tmp_path):
     lower_disk = MemoryDisk(size, initial=b"\x05" * size)
     overlay = WriteCacheOverlay(lower_disk, tmp_path / "cache")
     overlay.pwrite(3 * 4096 + 10, b"tail")
-    overlay.zero(3 * 4096, 1000)          # the short last block, whole
+    overlay.zero(3 * 4096, 1000)  # the short last block, whole
     assert overlay.pread(3 * 4096, 1000) == bytes(1000)
     assert overlay.extents(3 * 4096, 1000) == [Extent(1000, HOLE)]
     overlay.pwrite(size - 1, b"!")
@@ -135,11 +135,11 @@ def test_zero_and_trim_then_read(lower, tmp_path):
     overlay.pwrite(0, b"\x09" * 32 * K)
     model[0 : 32 * K] = b"\x09" * 32 * K
     for call, offset, length in [
-        ("zero", 4 * K, 8 * K),           # whole blocks, CACHED → ZERO
-        ("zero", 40 * K + 5, 100),        # partial, BELOW block
-        ("trim", 64 * K - 100, 12 * K),   # partial head, whole blocks, partial tail
-        ("zero", 20 * K + 1, 2),          # partial, CACHED block
-        ("trim", 4 * K + 7, 9),           # partial, already ZERO block
+        ("zero", 4 * K, 8 * K),  # whole blocks, CACHED → ZERO
+        ("zero", 40 * K + 5, 100),  # partial, BELOW block
+        ("trim", 64 * K - 100, 12 * K),  # partial head, whole blocks, partial tail
+        ("zero", 20 * K + 1, 2),  # partial, CACHED block
+        ("trim", 4 * K + 7, 9),  # partial, already ZERO block
     ]:
         getattr(overlay, call)(offset, length)
         model[offset : offset + length] = bytes(length)
@@ -149,6 +149,7 @@ def test_zero_and_trim_then_read(lower, tmp_path):
 
 def test_write_into_a_zero_block_does_not_resurrect_old_data(lower, tmp_path, monkeypatch):
     disk, data, _ = lower
+
     # even where the cache file cannot punch holes
     def unsupported(*args):
         raise OSError(errno.EOPNOTSUPP, "no holes here")
@@ -176,12 +177,18 @@ def test_extents_merge_overlay_and_lower(sparse_file, tmp_path):
     disk = RawFile(sparse_file, read_only=True)
     overlay = WriteCacheOverlay(disk, tmp_path / "cache")
     # lower: hole [0,64K) data [64K,128K) hole [128K,512K) data [512K,576K) hole [576K,1M)
-    overlay.pwrite(32 * K, b"x" * 32 * K)       # data right before lower data → merges
-    overlay.zero(544 * K, 64 * K)                # zero over the end of lower data and hole
+    overlay.pwrite(32 * K, b"x" * 32 * K)  # data right before lower data → merges
+    overlay.zero(544 * K, 64 * K)  # zero over the end of lower data and hole
     overlay.pwrite(800 * K, b"y" * 4 * K)
     assert overlay.extents(0, MIB) == [
-        Extent(32 * K, HOLE), Extent(96 * K, 0), Extent(384 * K, HOLE),
-        Extent(32 * K, 0), Extent(256 * K, HOLE), Extent(4 * K, 0), Extent(220 * K, HOLE)]
+        Extent(32 * K, HOLE),
+        Extent(96 * K, 0),
+        Extent(384 * K, HOLE),
+        Extent(32 * K, 0),
+        Extent(256 * K, HOLE),
+        Extent(4 * K, 0),
+        Extent(220 * K, HOLE),
+    ]
     assert overlay.extents(40 * K, 10) == [Extent(10, 0)]
     assert overlay.extents(545 * K, 2 * K) == [Extent(2 * K, HOLE)]
 
@@ -211,34 +218,38 @@ def test_cache_goes_below_only_for_below_runs(tmp_path):
     overlay.zero(32 * K, 4 * K)
     overlay.cache(0, 64 * K)
     assert [c for c in below.calls if c[0] == "cache"] == [
-        ("cache", 0, 8 * K), ("cache", 16 * K, 16 * K), ("cache", 36 * K, 28 * K)]
+        ("cache", 0, 8 * K),
+        ("cache", 16 * K, 16 * K),
+        ("cache", 36 * K, 28 * K),
+    ]
 
 
 def test_limit_refuses_the_write_that_overflows(lower, tmp_path):
     disk, data, _ = lower
     overlay = WriteCacheOverlay(disk, tmp_path / "cache", limit_bytes=16 * K)
     overlay.pwrite(0, b"\x01" * 8 * K)
-    overlay.pwrite(100 * K + 1, b"\x02" * 10)          # one partial block
+    overlay.pwrite(100 * K + 1, b"\x02" * 10)  # one partial block
     assert overlay.used_bytes == 12 * K
     with pytest.raises(OSError) as exc:
-        overlay.pwrite(200 * K - 1, b"\x03" * 2)        # two blocks: 20K > 16K
+        overlay.pwrite(200 * K - 1, b"\x03" * 2)  # two blocks: 20K > 16K
     assert exc.value.errno == errno.ENOSPC
     assert overlay.used_bytes == 12 * K
     assert overlay.pread(200 * K - 4, 8) == data[200 * K - 4 : 200 * K + 4]
     assert overlay.pread(0, 8 * K) == b"\x01" * 8 * K
     assert overlay.pread(100 * K, 12) == (
-        data[100 * K : 100 * K + 1] + b"\x02" * 10 + data[100 * K + 11 : 100 * K + 12])
-    overlay.pwrite(0, b"\x04" * 8 * K)                  # rewriting cached blocks is free
-    overlay.pwrite(52 * K, b"\x05" * 4 * K)             # exactly up to the limit
+        data[100 * K : 100 * K + 1] + b"\x02" * 10 + data[100 * K + 11 : 100 * K + 12]
+    )
+    overlay.pwrite(0, b"\x04" * 8 * K)  # rewriting cached blocks is free
+    overlay.pwrite(52 * K, b"\x05" * 4 * K)  # exactly up to the limit
     assert overlay.used_bytes == 16 * K
     with pytest.raises(OSError):
         overlay.pwrite(60 * K, b"\x06")
     with pytest.raises(OSError) as exc:
-        overlay.zero(70 * K + 1, 5)                     # zeroing a partial block needs space
+        overlay.zero(70 * K + 1, 5)  # zeroing a partial block needs space
     assert exc.value.errno == errno.ENOSPC
-    overlay.trim(70 * K + 1, 5)                         # trim is advisory: no error, no change
+    overlay.trim(70 * K + 1, 5)  # trim is advisory: no error, no change
     assert overlay.pread(70 * K, 8) == data[70 * K : 70 * K + 8]
-    overlay.zero(0, 8 * K)                              # frees two blocks
+    overlay.zero(0, 8 * K)  # frees two blocks
     assert overlay.used_bytes == 8 * K
     overlay.pwrite(60 * K, b"\x06")
     assert overlay.pread(60 * K, 1) == b"\x06"
@@ -255,7 +266,7 @@ def test_reset_forgets_every_write(lower, tmp_path):
     assert overlay.pread(0, overlay.size) == data
     assert overlay.extents(0, overlay.size) == disk.extents(0, disk.size)
     assert os.stat(cache).st_size == disk.size and os.stat(cache).st_blocks == 0
-    overlay.pwrite(0, b"\x02" * 64 * K)                 # the whole limit is available again
+    overlay.pwrite(0, b"\x02" * 64 * K)  # the whole limit is available again
     assert overlay.pread(0, 4) == b"\x02" * 4
 
 
@@ -277,8 +288,18 @@ def test_capabilities_and_bad_arguments(lower, tmp_path):
     disk, _, _ = lower
     caps = WriteCacheOverlay(ReadOnlyGuard(disk), tmp_path / "cache").capabilities()
     assert not caps.read_only
-    assert all([caps.can_flush, caps.can_fua, caps.can_trim, caps.can_zero, caps.can_fast_zero,
-                caps.can_cache, caps.can_extents, caps.can_multi_conn])
+    assert all(
+        [
+            caps.can_flush,
+            caps.can_fua,
+            caps.can_trim,
+            caps.can_zero,
+            caps.can_fast_zero,
+            caps.can_cache,
+            caps.can_extents,
+            caps.can_multi_conn,
+        ]
+    )
     with pytest.raises(ValueError):
         WriteCacheOverlay(disk, tmp_path / "c2", block_size=3000)
     with pytest.raises(ValueError):

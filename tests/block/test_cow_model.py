@@ -6,6 +6,7 @@ overlay returns what the bytearray says, the layer below is unchanged, and
 the extents cover the range and are zero wherever they claim so.
 """
 
+import itertools
 import os
 import random
 import shutil
@@ -39,8 +40,9 @@ class OverlayMachine(RuleBasedStateMachine):
             with open(path, "wb") as f:
                 f.write(self.base)
             self.lower = RawFile(path, read_only=True)
-        self.overlay = WriteCacheOverlay(self.lower, os.path.join(self.dir, "cache"),
-                                         block_size=self.block_size)
+        self.overlay = WriteCacheOverlay(
+            self.lower, os.path.join(self.dir, "cache"), block_size=self.block_size
+        )
         self.model = bytearray(self.base)
 
     def teardown(self):
@@ -66,8 +68,9 @@ class OverlayMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def zero(self, data):
         offset, length = data.draw(self.ranges())
-        self.overlay.zero(offset, length, may_trim=data.draw(st.booleans()),
-                          fast=data.draw(st.booleans()))
+        self.overlay.zero(
+            offset, length, may_trim=data.draw(st.booleans()), fast=data.draw(st.booleans())
+        )
         self.model[offset : offset + length] = bytes(length)
 
     @rule(data=st.data())
@@ -96,7 +99,7 @@ class OverlayMachine(RuleBasedStateMachine):
         extents = self.overlay.extents(offset, length)
         assert extents and all(e.length > 0 for e in extents)
         assert sum(e.length for e in extents) == length
-        assert all(a.flags != b.flags for a, b in zip(extents, extents[1:]))
+        assert all(a.flags != b.flags for a, b in itertools.pairwise(extents))
         pos = offset
         for extent in extents:
             if extent.flags & EXTENT_ZERO:

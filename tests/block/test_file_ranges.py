@@ -5,12 +5,12 @@ import os
 
 import pytest
 
+from tests.block.conftest import write_pattern
 from vdfarm.block.cow import WriteCacheOverlay
 from vdfarm.block.memory import MemoryDisk
 from vdfarm.block.raw import RawFile
 from vdfarm.block.readonly import ReadOnlyGuard
 from vdfarm.block.stack import CheckedStack
-from tests.block.conftest import write_pattern
 
 SIZE = 256 * 1024
 

@@ -39,8 +39,13 @@ def test_extents_report_zero_granules():
     disk.pwrite(3 * 4096, b"y" * 4096)
     disk.pwrite(5 * 4096 + 99, b"z")
     assert disk.extents(0, disk.size) == [
-        Extent(4096, EXTENT_ZERO), Extent(4096, 0), Extent(4096, EXTENT_ZERO),
-        Extent(4096, 0), Extent(4096, EXTENT_ZERO), Extent(100, 0)]
+        Extent(4096, EXTENT_ZERO),
+        Extent(4096, 0),
+        Extent(4096, EXTENT_ZERO),
+        Extent(4096, 0),
+        Extent(4096, EXTENT_ZERO),
+        Extent(100, 0),
+    ]
     assert disk.extents(4000, 200) == [Extent(96, EXTENT_ZERO), Extent(104, 0)]
 
 

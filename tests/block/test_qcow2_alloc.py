@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from vdfarm.block import qcow2_format as fmt
 from vdfarm.block.qcow2_alloc import RefcountAllocator
 
-BITS = 9                     # 512-byte clusters
+BITS = 9  # 512-byte clusters
 CS = 1 << BITS
 
 
@@ -97,23 +97,23 @@ def test_allocations_are_counted_once(order):
     for count in (1, 3, 1, 8):
         first = alloc.allocate(count) // CS
         data += range(first, first + count)
-    assert data == list(range(4, 17))              # contiguous, at the end
+    assert data == list(range(4, 17))  # contiguous, at the end
     fake.write_back(alloc)
     assert_counts_exact(fake, data, 40)
 
 
 def test_a_new_block_counts_itself():
-    fake = FakeFile(6)                             # 64 refcounts per block
+    fake = FakeFile(6)  # 64 refcounts per block
     alloc = fake.open()
     data = [alloc.allocate(1) // CS for _ in range(70)]
     fake.write_back(alloc)
-    assert fmt.decode_table(fake.clusters[CS])[1] == 64 * CS     # placed at cluster 64
+    assert fmt.decode_table(fake.clusters[CS])[1] == 64 * CS  # placed at cluster 64
     assert 64 not in data
     assert_counts_exact(fake, data, 200)
 
 
 def test_the_table_grows_moves_and_frees_the_old_one():
-    fake = FakeFile(6)                             # one table cluster: 64 blocks = 4096 clusters
+    fake = FakeFile(6)  # one table cluster: 64 blocks = 4096 clusters
     alloc = fake.open()
     data = []
     for _ in range(100):
@@ -124,7 +124,7 @@ def test_the_table_grows_moves_and_frees_the_old_one():
     offset, count = fake.table
     assert offset != CS and count > 1
     assert_counts_exact(fake, data, alloc.free_index + 10)
-    assert fake.open().refcount(1) == 0            # the old table is free again
+    assert fake.open().refcount(1) == 0  # the old table is free again
 
 
 def test_the_table_grows_several_times_before_one_write_back():
@@ -138,7 +138,7 @@ def test_the_table_grows_several_times_before_one_write_back():
 def test_leaked_clusters_past_the_end_are_stepped_over():
     fake = FakeFile(4)
     block = bytearray(fake.clusters[2 * CS])
-    fmt.refcount_set(block, 5, 4, 1)              # leaked by a crash: past the end, counted
+    fmt.refcount_set(block, 5, 4, 1)  # leaked by a crash: past the end, counted
     fake.clusters[2 * CS] = bytes(block)
     alloc = fake.open()
     assert alloc.allocate(1) == 4 * CS
@@ -150,8 +150,8 @@ def test_deferred_frees_wait_and_report_free_clusters():
     fake = FakeFile(4)
     alloc = fake.open()
     offset = alloc.allocate(3)
-    alloc.defer_free(offset + 10, CS)              # touches two clusters
-    assert alloc.refcount(offset // CS) == 1       # nothing yet
+    alloc.defer_free(offset + 10, CS)  # touches two clusters
+    assert alloc.refcount(offset // CS) == 1  # nothing yet
     assert alloc.apply_deferred_frees() == [offset, offset + CS]
     assert alloc.refcount(offset // CS) == 0
     alloc.defer_free(offset, CS)
@@ -163,7 +163,7 @@ def test_deferred_frees_wait_and_report_free_clusters():
 def test_table_entries_are_written_alone_when_the_table_stays():
     fake = FakeFile(6)
     alloc = fake.open()
-    assert alloc.allocate(70) == 5 * CS              # block 1 went first, at cluster 4
+    assert alloc.allocate(70) == 5 * CS  # block 1 went first, at cluster 4
     blocks = alloc.take_block_writes()
     assert {offset for offset, _ in blocks} == {2 * CS, 4 * CS}
     writes, switch = alloc.take_table_writes()
@@ -178,13 +178,15 @@ def test_a_block_past_the_end_of_the_file_is_eio():
     fake.clusters[CS] = bytes(table)
     alloc = fake.open()
     with pytest.raises(OSError) as exc:
-        alloc.refcount(256 + 5)                       # 256 refcounts a block: block 1
+        alloc.refcount(256 + 5)  # 256 refcounts a block: block 1
     assert exc.value.errno == errno.EIO
 
 
 @settings(max_examples=60, deadline=None)
-@given(order=st.sampled_from([0, 3, 4, 6]),
-       steps=st.lists(st.tuples(st.integers(1, 300), st.booleans()), min_size=1, max_size=25))
+@given(
+    order=st.sampled_from([0, 3, 4, 6]),
+    steps=st.lists(st.tuples(st.integers(1, 300), st.booleans()), min_size=1, max_size=25),
+)
 def test_random_allocations_keep_counts_exact(order, steps):
     fake = FakeFile(order)
     alloc = fake.open()
@@ -194,7 +196,7 @@ def test_random_allocations_keep_counts_exact(order, steps):
         data += range(first, first + count)
         if write_back:
             fake.write_back(alloc)
-            alloc = fake.open()            # what a reopen would see
+            alloc = fake.open()  # what a reopen would see
             alloc.free_index = max(alloc.free_index, first + count)
     fake.write_back(alloc)
     assert len(set(data)) == len(data)

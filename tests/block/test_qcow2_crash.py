@@ -64,8 +64,19 @@ def run_and_kill(image: Path, base: Path, side: Path, seed: int, delay: float) -
     """Start the child, let it flush at least once, kill it after `delay`
     more seconds; return the flushed operation count it recorded."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.block.qcow2_crash_child", str(image), str(base),
-         str(side), str(seed), str(FLUSH_EVERY)], cwd=REPO, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "tests.block.qcow2_crash_child",
+            str(image),
+            str(base),
+            str(side),
+            str(seed),
+            str(FLUSH_EVERY),
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 20
         while not (side.exists() and side.stat().st_size == 8):
@@ -81,11 +92,17 @@ def run_and_kill(image: Path, base: Path, side: Path, seed: int, delay: float) -
     return struct.unpack("<Q", side.read_bytes())[0]
 
 
-@pytest.mark.parametrize("iteration,cluster,refcount_bits", [
-    (0, 512, 64), (1, 512, 16), (2, 4096, 64), (3, 4096, 16), (4, 65536, 16),
-])
-def test_kill_at_a_random_moment_loses_nothing_flushed(tmp_path, iteration, cluster,
-                                                      refcount_bits):
+@pytest.mark.parametrize(
+    "iteration,cluster,refcount_bits",
+    [
+        (0, 512, 64),
+        (1, 512, 16),
+        (2, 4096, 64),
+        (3, 4096, 16),
+        (4, 65536, 16),
+    ],
+)
+def test_kill_at_a_random_moment_loses_nothing_flushed(tmp_path, iteration, cluster, refcount_bits):
     rnd = random.Random(iteration)
     size = 4 * MIB + 512
     base, image, side = tmp_path / "base.raw", tmp_path / "top.qcow2", tmp_path / "flushed"

@@ -54,8 +54,7 @@ def l2_offset_of(path) -> int:
         return struct.unpack(">Q", f.read(8))[0] & fmt.OFFSET_MASK
 
 
-@pytest.mark.parametrize("content", [b"", b"QFI", b"QFI\xfb" + bytes(20), b"x" * 5000,
-                                     bytes(4096)])
+@pytest.mark.parametrize("content", [b"", b"QFI", b"QFI\xfb" + bytes(20), b"x" * 5000, bytes(4096)])
 def test_garbage_and_truncated_files(tmp_path, content):
     path = tmp_path / "bad.qcow2"
     path.write_bytes(content)
@@ -84,23 +83,31 @@ def test_unknown_incompatible_feature_bit(image):
         Qcow2File(image, None, read_only=True)
 
 
-@pytest.mark.parametrize("option,words", [
-    ("extended_l2=on", "extended L2"),
-    ("data_file=data.raw", "external data file"),
-])
+@pytest.mark.parametrize(
+    "option,words",
+    [
+        ("extended_l2=on", "extended L2"),
+        ("data_file=data.raw", "external data file"),
+    ],
+)
 def test_unsupported_features_made_by_qemu_img(tmp_path, option, words):
     path = tmp_path / "feature.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", option, str(path), "1M"],
-                   check=True, cwd=tmp_path)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", option, str(path), "1M"],
+        check=True,
+        cwd=tmp_path,
+    )
     with pytest.raises(Qcow2UnsupportedError, match=words):
         Qcow2File(path, None, read_only=True)
 
 
 def test_zstd_compression_if_qemu_has_it(tmp_path):
     path = tmp_path / "zstd.qcow2"
-    made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                           "compression_type=zstd", str(path), "1M"], capture_output=True,
-                          check=False)
+    made = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", str(path), "1M"],
+        capture_output=True,
+        check=False,
+    )
     if made.returncode:
         pytest.skip("this qemu-img has no zstd")
     with pytest.raises(Qcow2UnsupportedError, match="compression"):
@@ -135,7 +142,7 @@ def test_data_cluster_past_the_end_of_the_file(image):
     with pytest.raises(OSError) as exc:
         disk.pread(0, 4096)
     assert exc.value.errno == errno.EIO
-    assert disk.pread(4096, 4096) == b"\x42" * 4096       # the rest still reads
+    assert disk.pread(4096, 4096) == b"\x42" * 4096  # the rest still reads
     disk.close()
 
 
@@ -189,8 +196,11 @@ def test_image_with_internal_snapshot_reads_but_is_not_writable(image):
 def test_writes_to_a_read_only_image_are_refused(image):
     before = image.read_bytes()
     disk = Qcow2File(image, None, read_only=True)
-    for call in (lambda: disk.pwrite(0, b"x"), lambda: disk.zero(0, 512),
-                 lambda: disk.trim(0, 4096)):
+    for call in (
+        lambda: disk.pwrite(0, b"x"),
+        lambda: disk.zero(0, 512),
+        lambda: disk.trim(0, 4096),
+    ):
         with pytest.raises(OSError) as exc:
             call()
         assert exc.value.errno == errno.EPERM
@@ -209,8 +219,13 @@ def small_image() -> bytes:
     with tempfile.TemporaryDirectory() as workdir:
         path = os.path.join(workdir, "small.qcow2")
         create(path, 64 * 1024, 512)
-        qemu_io(path, "write -P 1 0 4096", "write -c 8192 512", "write -z 16384 1024",
-                "write -P 2 30000 3000")
+        qemu_io(
+            path,
+            "write -P 1 0 4096",
+            "write -c 8192 512",
+            "write -z 16384 1024",
+            "write -P 2 30000 3000",
+        )
         with open(path, "rb") as f:
             return f.read()
 
@@ -236,8 +251,9 @@ def _calls_answer_or_raise_oserror(calls) -> None:
 MUTATIONS = st.lists(st.tuples(st.integers(0, 8191), st.integers(0, 255)), min_size=1, max_size=6)
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(mutations=MUTATIONS)
 def test_fuzz_corrupted_metadata_reads(tmp_path, mutations):
     path = _fuzzed(tmp_path, mutations)
@@ -246,13 +262,19 @@ def test_fuzz_corrupted_metadata_reads(tmp_path, mutations):
     except Qcow2FormatError:
         return
     length = min(disk.size, MIB)
-    _calls_answer_or_raise_oserror([lambda: disk.pread(0, length), lambda: disk.extents(0, length),
-                                    lambda: disk.pread(8192, min(512, disk.size - 8192))])
+    _calls_answer_or_raise_oserror(
+        [
+            lambda: disk.pread(0, length),
+            lambda: disk.extents(0, length),
+            lambda: disk.pread(8192, min(512, disk.size - 8192)),
+        ]
+    )
     disk.close()
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(mutations=MUTATIONS)
 def test_fuzz_corrupted_metadata_writes(tmp_path, mutations):
     path = _fuzzed(tmp_path, mutations)
@@ -261,10 +283,13 @@ def test_fuzz_corrupted_metadata_writes(tmp_path, mutations):
     except Qcow2FormatError:
         return
     length = min(disk.size, MIB)
-    _calls_answer_or_raise_oserror([
-        lambda: disk.pwrite(100, b"\x07" * min(length - 100, 20000)),
-        lambda: disk.zero(0, length, may_trim=True),
-        lambda: disk.pwrite(8000, b"\x08" * 700),
-        disk.flush,
-        disk.close])
+    _calls_answer_or_raise_oserror(
+        [
+            lambda: disk.pwrite(100, b"\x07" * min(length - 100, 20000)),
+            lambda: disk.zero(0, length, may_trim=True),
+            lambda: disk.pwrite(8000, b"\x08" * 700),
+            disk.flush,
+            disk.close,
+        ]
+    )
     disk.close()

@@ -51,22 +51,25 @@ def test_version2_header_and_backing_format(tmp_path):
     assert fmt.decode_backing_name(name) == "b.raw"
 
 
-@pytest.mark.parametrize("offset,pack,value,error,words", [
-    (0, ">I", 0x51464900, Qcow2FormatError, "magic"),
-    (4, ">I", 4, Qcow2UnsupportedError, "version 4"),
-    (4, ">I", 1, Qcow2UnsupportedError, "version 1"),
-    (20, ">I", 8, Qcow2FormatError, "cluster size"),
-    (20, ">I", 22, Qcow2UnsupportedError, "over 2 MiB"),
-    (32, ">I", 1, Qcow2UnsupportedError, "encrypted"),
-    (36, ">I", 0, Qcow2FormatError, "too small"),
-    (40, ">Q", 4097, Qcow2FormatError, "not cluster aligned"),
-    (72, ">Q", 1 << 2, Qcow2UnsupportedError, "external data file"),
-    (72, ">Q", 1 << 3, Qcow2UnsupportedError, "compression"),
-    (72, ">Q", 1 << 4, Qcow2UnsupportedError, "extended L2"),
-    (72, ">Q", 1 << 40, Qcow2UnsupportedError, "unknown incompatible"),
-    (96, ">I", 7, Qcow2FormatError, "refcount order"),
-    (100, ">I", 100, Qcow2FormatError, "header length"),
-])
+@pytest.mark.parametrize(
+    "offset,pack,value,error,words",
+    [
+        (0, ">I", 0x51464900, Qcow2FormatError, "magic"),
+        (4, ">I", 4, Qcow2UnsupportedError, "version 4"),
+        (4, ">I", 1, Qcow2UnsupportedError, "version 1"),
+        (20, ">I", 8, Qcow2FormatError, "cluster size"),
+        (20, ">I", 22, Qcow2UnsupportedError, "over 2 MiB"),
+        (32, ">I", 1, Qcow2UnsupportedError, "encrypted"),
+        (36, ">I", 0, Qcow2FormatError, "too small"),
+        (40, ">Q", 4097, Qcow2FormatError, "not cluster aligned"),
+        (72, ">Q", 1 << 2, Qcow2UnsupportedError, "external data file"),
+        (72, ">Q", 1 << 3, Qcow2UnsupportedError, "compression"),
+        (72, ">Q", 1 << 4, Qcow2UnsupportedError, "extended L2"),
+        (72, ">Q", 1 << 40, Qcow2UnsupportedError, "unknown incompatible"),
+        (96, ">I", 7, Qcow2FormatError, "refcount order"),
+        (100, ">I", 100, Qcow2FormatError, "header length"),
+    ],
+)
 def test_bad_header_fields(tmp_path, offset, pack, value, error, words):
     raw = header_bytes(tmp_path, cluster_size=4096)
     with pytest.raises(error, match=words):
@@ -120,7 +123,8 @@ def test_fuzz_mutated_header_parses_or_raises_format_error(mutations):
 _QEMU_HEADER = bytes.fromhex(
     "514649fb000000030000000000000000000000000000000c000000000030000000000000"
     "000000020000000000003000000000000000100000000001000000000000000000000000"
-    "000000000000000000000000000000000000000000000000000000040000007000") + bytes(4096 - 105)
+    "000000000000000000000000000000000000000000000000000000040000007000"
+) + bytes(4096 - 105)
 
 
 def test_embedded_qemu_header_is_valid():
@@ -130,23 +134,30 @@ def test_embedded_qemu_header_is_valid():
 
 # -- entries -----------------------------------------------------------------
 
-@pytest.mark.parametrize("entry,version,kind", [
-    (0, 3, fmt.UNALLOCATED),
-    (fmt.OFLAG_COPIED | 0x10000, 3, fmt.NORMAL),
-    (0x10000, 2, fmt.NORMAL),
-    (fmt.OFLAG_ZERO, 3, fmt.ZERO_PLAIN),
-    (fmt.OFLAG_COPIED | 0x10000 | fmt.OFLAG_ZERO, 3, fmt.ZERO_ALLOC),
-    (fmt.OFLAG_COMPRESSED | 12345, 3, fmt.COMPRESSED),
-])
+
+@pytest.mark.parametrize(
+    "entry,version,kind",
+    [
+        (0, 3, fmt.UNALLOCATED),
+        (fmt.OFLAG_COPIED | 0x10000, 3, fmt.NORMAL),
+        (0x10000, 2, fmt.NORMAL),
+        (fmt.OFLAG_ZERO, 3, fmt.ZERO_PLAIN),
+        (fmt.OFLAG_COPIED | 0x10000 | fmt.OFLAG_ZERO, 3, fmt.ZERO_ALLOC),
+        (fmt.OFLAG_COMPRESSED | 12345, 3, fmt.COMPRESSED),
+    ],
+)
 def test_l2_kinds(entry, version, kind):
     assert fmt.l2_kind(entry, version) == kind
 
 
-@pytest.mark.parametrize("entry,version", [
-    (0x10000 | 2, 3),              # reserved bit 1
-    (0x10000 | (1 << 56), 3),      # reserved bit 56
-    (fmt.OFLAG_ZERO, 2),           # no zero clusters in version 2
-])
+@pytest.mark.parametrize(
+    "entry,version",
+    [
+        (0x10000 | 2, 3),  # reserved bit 1
+        (0x10000 | (1 << 56), 3),  # reserved bit 56
+        (fmt.OFLAG_ZERO, 2),  # no zero clusters in version 2
+    ],
+)
 def test_l2_corrupt_entries(entry, version):
     with pytest.raises(Qcow2FormatError):
         fmt.l2_kind(entry, version)
@@ -162,7 +173,7 @@ def test_l1_and_reftable_entries():
 
 
 def test_compressed_descriptor():
-    bits = 16                               # 64 KiB clusters: x = 62 - 8 = 54
+    bits = 16  # 64 KiB clusters: x = 62 - 8 = 54
     entry = fmt.OFLAG_COMPRESSED | (2 << 54) | 0x12345
     assert fmt.compressed_location(entry, bits) == (0x12345, 3 * 512 - 0x145)
     start, length = fmt.compressed_host_range(entry, bits)
@@ -177,6 +188,7 @@ def test_table_round_trip():
 
 
 # -- refcounts ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("order", range(7))
 def test_refcount_packing_round_trip(order):
@@ -194,11 +206,11 @@ def test_refcount_packing_round_trip(order):
 
 def test_refcount_layout_matches_the_spec():
     block = bytearray(16)
-    fmt.refcount_set(block, 9, 0, 1)         # 1 bit: byte 1, bit 1 (LSB first)
+    fmt.refcount_set(block, 9, 0, 1)  # 1 bit: byte 1, bit 1 (LSB first)
     assert block[1] == 0b10
     block = bytearray(16)
-    fmt.refcount_set(block, 3, 2, 0xA)       # 4 bits: byte 1, high nibble
+    fmt.refcount_set(block, 3, 2, 0xA)  # 4 bits: byte 1, high nibble
     assert block[1] == 0xA0
     block = bytearray(16)
-    fmt.refcount_set(block, 1, 4, 0x0102)    # 16 bits big-endian
+    fmt.refcount_set(block, 1, 4, 0x0102)  # 16 bits big-endian
     assert block[2:4] == b"\x01\x02"

@@ -38,8 +38,14 @@ def template(cluster: int, compat: str, size: int, backing_raw: bool) -> bytes:
     with tempfile.TemporaryDirectory() as workdir:
         path = os.path.join(workdir, "t.qcow2")
         open(os.path.join(workdir, "base.raw"), "wb").close()
-        create(path, size, cluster, compat, backing="base.raw" if backing_raw else None,
-               refcount_bits=64 if cluster == 512 and compat == "1.1" else 16)
+        create(
+            path,
+            size,
+            cluster,
+            compat,
+            backing="base.raw" if backing_raw else None,
+            refcount_bits=64 if cluster == 512 and compat == "1.1" else 16,
+        )
         with open(path, "rb") as f:
             return f.read()
 
@@ -48,14 +54,14 @@ class Qcow2Machine(RuleBasedStateMachine):
     cluster = 4096
     compat = "1.1"
     disk_size = 96 * 1024 + 512
-    backing_kind = "memory"          # "memory", "raw" (a file qemu can see) or "none"
+    backing_kind = "memory"  # "memory", "raw" (a file qemu can see) or "none"
 
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="vdfarm-qcow2-model-")
         self.path = os.path.join(self.dir, "top.qcow2")
         rnd = random.Random(self.disk_size)
-        self.base = rnd.randbytes(self.disk_size - self.cluster - 512)   # shorter than the disk
+        self.base = rnd.randbytes(self.disk_size - self.cluster - 512)  # shorter than the disk
         with open(self.path, "wb") as f:
             f.write(template(self.cluster, self.compat, self.disk_size, self.backing_kind == "raw"))
         self.lower = self._open_lower()
@@ -148,16 +154,18 @@ class Qcow2Machine(RuleBasedStateMachine):
 
 def _case(name, **attributes):
     machine = type(name, (Qcow2Machine,), attributes)
-    machine.TestCase.settings = settings(max_examples=25, stateful_step_count=25,
-                                         deadline=None)
+    machine.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
     return machine.TestCase
 
 
 TestQcow2V3OverMemory = _case("V3OverMemory")
-TestQcow2V3SmallClustersOverRaw = _case("V3SmallOverRaw", cluster=512, backing_kind="raw",
-                                        disk_size=40 * 1024 + 512)
+TestQcow2V3SmallClustersOverRaw = _case(
+    "V3SmallOverRaw", cluster=512, backing_kind="raw", disk_size=40 * 1024 + 512
+)
 TestQcow2V2OverRaw = _case("V2OverRaw", compat="0.10", backing_kind="raw")
-TestQcow2V2NoBacking = _case("V2NoBacking", compat="0.10", backing_kind="none", cluster=512,
-                             disk_size=32 * 1024 + 512)
-TestQcow2V3NoBacking64K = _case("V3NoBacking64K", cluster=65536, backing_kind="none",
-                                disk_size=5 * 65536 + 1024)
+TestQcow2V2NoBacking = _case(
+    "V2NoBacking", compat="0.10", backing_kind="none", cluster=512, disk_size=32 * 1024 + 512
+)
+TestQcow2V3NoBacking64K = _case(
+    "V3NoBacking64K", cluster=65536, backing_kind="none", disk_size=5 * 65536 + 1024
+)

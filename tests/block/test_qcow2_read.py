@@ -63,20 +63,28 @@ def build_chain(tmp_path, cluster: int, compat: str) -> list:
     with open(base, "wb") as f:
         f.write(rnd.randbytes(base_size))
         f.seek(MIB)
-        f.write(bytes(256 * KIB))           # a run of zeroes (data)
+        f.write(bytes(256 * KIB))  # a run of zeroes (data)
     with open(base, "r+b") as f:
         f.truncate(base_size)
     mid, top = tmp_path / "mid.qcow2", tmp_path / "top.qcow2"
     create(mid, size, cluster, compat, backing="base.raw", backing_fmt="raw")
     compressed = [f"write -c {at(i)} {cluster}" for i in sorted({0, 3, 7} - {count - 1})]
     compressed.append(f"write -c {(count - 1) * cluster} {cluster}")
-    zeroes = [f"write -z {at(5) + 512} {cluster}", f"write -z {at(11)} {cluster}",
-              f"write -z -u {at(13)} {cluster}"]
-    qemu_io(mid, *compressed, *_random_writes(rnd, size, 20, 1), *zeroes,
-            f"discard {at(20)} {cluster}")
+    zeroes = [
+        f"write -z {at(5) + 512} {cluster}",
+        f"write -z {at(11)} {cluster}",
+        f"write -z -u {at(13)} {cluster}",
+    ]
+    qemu_io(
+        mid, *compressed, *_random_writes(rnd, size, 20, 1), *zeroes, f"discard {at(20)} {cluster}"
+    )
     create(top, size, cluster, compat, backing="mid.qcow2", backing_fmt="qcow2")
-    qemu_io(top, *_random_writes(rnd, size, 15, 100), f"write -z {at(8)} {cluster * 2}",
-            f"write -z {size - 3 * 512} {3 * 512}")
+    qemu_io(
+        top,
+        *_random_writes(rnd, size, 15, 100),
+        f"write -z {at(8)} {cluster * 2}",
+        f"write -z {size - 3 * 512} {3 * 512}",
+    )
     return [base, mid, top]
 
 
@@ -97,7 +105,7 @@ def chain(chain_paths):
 
 def test_every_layer_reads_what_qemu_img_convert_gives(chain):
     paths, layers = chain
-    for path, layer in zip(paths[1:], layers[1:]):
+    for path, layer in zip(paths[1:], layers[1:], strict=True):
         expected = flatten(path)
         assert layer.size == len(expected)
         assert layer.pread(0, layer.size) == expected
@@ -119,7 +127,7 @@ def test_random_reads_match(chain):
 
 def test_extents_agree_with_qemu_img_map(chain):
     paths, layers = chain
-    for path, layer in zip(paths[1:], layers[1:]):
+    for path, layer in zip(paths[1:], layers[1:], strict=True):
         assert_extents_match_qemu(layer, path, step=layer.size)
         assert_extents_match_qemu(layer, path, step=layer.cluster_size * 3 + 512)
 
@@ -145,14 +153,18 @@ def test_no_backing_unallocated_reads_zeroes_and_is_a_hole(tmp_path):
     assert disk.backing_file_name is None and disk.backing_format is None
     assert disk.pread(0, 65536) == bytes(65536)
     assert disk.pread(65536, 8192) == b"\x5a" * 4096 + bytes(4096)
-    assert disk.extents(0, 2 * MIB) == [Extent(65536, HOLE), Extent(65536, 0),
-                                        Extent(2 * MIB - 131072, HOLE)]
+    assert disk.extents(0, 2 * MIB) == [
+        Extent(65536, HOLE),
+        Extent(65536, 0),
+        Extent(2 * MIB - 131072, HOLE),
+    ]
     disk.close()
 
 
 def test_backing_layer_without_file_and_shorter(tmp_path):
     """Any Layer can be the backing; past its end the image reads zeroes."""
     from vdfarm.block.memory import MemoryDisk
+
     path = tmp_path / "over-memory.qcow2"
     create(path, MIB, 4096)
     qemu_io(path, "write -P 7 8192 4096")
@@ -173,7 +185,7 @@ def test_backing_layer_without_file_and_shorter(tmp_path):
 def test_zero_cluster_keeping_its_host_cluster_is_zero_not_hole(tmp_path):
     path = tmp_path / "za.qcow2"
     create(path, MIB, 65536)
-    qemu_io(path, "write -P 1 0 131072", "write -z 0 65536")     # no -u: keeps the cluster
+    qemu_io(path, "write -P 1 0 131072", "write -z 0 65536")  # no -u: keeps the cluster
     disk = Qcow2File(path, None, read_only=True)
     assert disk.pread(0, 131072) == bytes(65536) + b"\x01" * 65536
     assert disk.extents(0, 131072) == [Extent(65536, EXTENT_ZERO), Extent(65536, 0)]
@@ -190,7 +202,7 @@ def test_a_long_read_of_host_contiguous_clusters_is_one_piece(tmp_path):
     fd, host, length = pieces[0]
     assert isinstance(fd, int) and host % 65536 == 4096 and length == MIB
     assert disk.resolve(3 * MIB, 4096) == [(None, 0, 4096)]
-    disk.cache(0, 4 * MIB)          # a hint; must not fail
+    disk.cache(0, 4 * MIB)  # a hint; must not fail
     disk.close()
 
 
@@ -233,6 +245,7 @@ def test_file_ranges_are_what_pread_returns_or_none(chain):
 
 def test_backing_without_file_ranges_is_read_through_its_pread(tmp_path):
     from vdfarm.block.memory import MemoryDisk
+
     path = tmp_path / "over-memory.qcow2"
     create(path, MIB, 65536)
     below = MemoryDisk(MIB, initial=b"\x09" * MIB)
@@ -252,8 +265,18 @@ def test_capabilities(tmp_path):
     assert not (ro.can_trim or ro.can_zero or ro.can_fast_zero or ro.can_fua)
     rw = Qcow2File(v3, None, read_only=False).capabilities()
     assert not rw.read_only
-    assert all([rw.can_flush, rw.can_fua, rw.can_trim, rw.can_zero, rw.can_fast_zero,
-                rw.can_cache, rw.can_extents, rw.can_multi_conn])
+    assert all(
+        [
+            rw.can_flush,
+            rw.can_fua,
+            rw.can_trim,
+            rw.can_zero,
+            rw.can_fast_zero,
+            rw.can_cache,
+            rw.can_extents,
+            rw.can_multi_conn,
+        ]
+    )
     rw2 = Qcow2File(v2, None, read_only=False).capabilities()
     assert rw2.can_zero and not rw2.can_fast_zero
 

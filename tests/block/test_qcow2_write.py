@@ -42,8 +42,9 @@ def assert_qemu_agrees(path, model: bytes | bytearray, leaks_ok: bool = False) -
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def random_ops(disk, model: bytearray, rnd: random.Random, count: int, cluster: int,
-               trim_zeroes: bool = True) -> None:
+def random_ops(
+    disk, model: bytearray, rnd: random.Random, count: int, cluster: int, trim_zeroes: bool = True
+) -> None:
     """Writes (mostly), zeroes, trims and flushes at awkward offsets. A
     trim zeroes the whole clusters it covers when `trim_zeroes` (v3, or
     no backing file), else changes nothing."""
@@ -73,7 +74,7 @@ def random_ops(disk, model: bytearray, rnd: random.Random, count: int, cluster: 
 VARIANTS = [
     # cluster size, compat, refcount bits
     (512, "0.10", 16),
-    (512, "1.1", 64),       # 64 refcounts a block: blocks and the table grow often
+    (512, "1.1", 64),  # 64 refcounts a block: blocks and the table grow often
     (4096, "1.1", 1),
     (4096, "1.1", 8),
     (65536, "1.1", 16),
@@ -81,8 +82,9 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("cluster,compat,refcount_bits", VARIANTS,
-                         ids=[f"{c}-{v}-r{r}" for c, v, r in VARIANTS])
+@pytest.mark.parametrize(
+    "cluster,compat,refcount_bits", VARIANTS, ids=[f"{c}-{v}-r{r}" for c, v, r in VARIANTS]
+)
 def test_random_writes_without_backing(tmp_path, cluster, compat, refcount_bits):
     path = tmp_path / "w.qcow2"
     size = 4 * MIB + 3 * 512
@@ -104,18 +106,31 @@ def test_random_writes_over_a_qemu_made_chain(tmp_path, cluster, compat):
     rnd = random.Random(cluster)
     size = 2 * MIB + 512
     base, mid, top = tmp_path / "base.raw", tmp_path / "mid.qcow2", tmp_path / "top.qcow2"
-    base.write_bytes(rnd.randbytes(size - 3 * cluster - 512))     # shorter than the disk
+    base.write_bytes(rnd.randbytes(size - 3 * cluster - 512))  # shorter than the disk
     create(mid, size, cluster, compat, backing="base.raw", backing_fmt="raw")
-    qemu_io(mid, f"write -c 0 {cluster}", f"write -c {4 * cluster} {cluster}",
-            f"write -P 9 {cluster * 7 + 100} {cluster * 3}", f"write -z {cluster * 20} {cluster}")
+    qemu_io(
+        mid,
+        f"write -c 0 {cluster}",
+        f"write -c {4 * cluster} {cluster}",
+        f"write -P 9 {cluster * 7 + 100} {cluster * 3}",
+        f"write -z {cluster * 20} {cluster}",
+    )
     create(top, size, cluster, compat, backing="mid.qcow2", backing_fmt="qcow2")
     qemu_io(top, f"write -c {8 * cluster} {cluster}", f"write -P 3 {cluster * 30} 5000")
     model = bytearray(flatten(top))
     below = Qcow2File(mid, RawFile(base, read_only=True), read_only=True)
     disk = Qcow2File(top, below, read_only=False)
     # Partial writes into every kind of cluster first, then random ones.
-    for at in (0, 4 * cluster, 8 * cluster, 7 * cluster, 20 * cluster, 30 * cluster,
-               size - 700, (size - 3 * cluster - 512) // cluster * cluster):
+    for at in (
+        0,
+        4 * cluster,
+        8 * cluster,
+        7 * cluster,
+        20 * cluster,
+        30 * cluster,
+        size - 700,
+        (size - 3 * cluster - 512) // cluster * cluster,
+    ):
         data = rnd.randbytes(300)
         disk.pwrite(at + 5, data)
         model[at + 5 : at + 305] = data
@@ -149,7 +164,7 @@ def test_refcount_table_grows_and_counts_itself(tmp_path):
 
 def test_refcount_blocks_are_added_past_the_first(tmp_path):
     path = tmp_path / "blocks.qcow2"
-    create(path, 8 * MIB, 4096, refcount_bits=64)     # one block counts 2 MiB of file
+    create(path, 8 * MIB, 4096, refcount_bits=64)  # one block counts 2 MiB of file
     disk = Qcow2File(path, None, read_only=False)
     data = random.Random(1).randbytes(6 * MIB)
     disk.pwrite(0, data)
@@ -158,7 +173,7 @@ def test_refcount_blocks_are_added_past_the_first(tmp_path):
     with open(path, "rb") as f:
         f.seek(h.refcount_table_offset)
         table = struct.unpack(">4Q", f.read(32))
-    assert all(table[:3])                # at least three blocks now
+    assert all(table[:3])  # at least three blocks now
     assert_qemu_agrees(path, data + bytes(2 * MIB))
 
 
@@ -171,7 +186,7 @@ def test_writes_are_visible_at_once_and_after_flush_to_qemu(tmp_path):
     disk.flush()
     model = bytearray(MIB)
     model[10000:30000] = b"A" * 20000
-    assert_qemu_agrees(path, model)          # while still open
+    assert_qemu_agrees(path, model)  # while still open
     disk.pwrite(500000, b"B" * 3, fua=True)
     model[500000:500003] = b"BBB"
     assert_qemu_agrees(path, model)
@@ -184,7 +199,7 @@ def test_close_writes_the_metadata_back(tmp_path):
     disk = Qcow2File(path, None, read_only=False)
     disk.pwrite(65536 * 3 + 7, b"z" * 100000)
     disk.close()
-    disk.close()                              # twice is harmless
+    disk.close()  # twice is harmless
     model = bytearray(MIB)
     model[65536 * 3 + 7 : 65536 * 3 + 100007] = b"z" * 100000
     assert_qemu_agrees(path, model)
@@ -195,14 +210,14 @@ def test_zero_v3_marks_clusters_and_frees_them_when_allowed(tmp_path):
     create(path, MIB, 65536)
     disk = Qcow2File(path, None, read_only=False)
     disk.pwrite(0, b"\x01" * (4 * 65536))
-    disk.zero(0, 65536, may_trim=True)                     # freed
-    disk.zero(65536, 65536, may_trim=False)                # kept: zero flag + host cluster
-    disk.zero(2 * 65536 + 100, 65536, fast=True)           # partial: zero bytes written
+    disk.zero(0, 65536, may_trim=True)  # freed
+    disk.zero(65536, 65536, may_trim=False)  # kept: zero flag + host cluster
+    disk.zero(2 * 65536 + 100, 65536, fast=True)  # partial: zero bytes written
     expected = bytes(2 * 65536) + b"\x01" * 100 + bytes(65536) + b"\x01" * (65536 - 100)
     assert disk.pread(0, 4 * 65536) == expected
     assert disk.extents(0, 2 * 65536) == [Extent(65536, HOLE), Extent(65536, EXTENT_ZERO)]
     size_before = os.path.getsize(path)
-    disk.pwrite(65536 + 10, b"\x02")                        # reuses the kept host cluster
+    disk.pwrite(65536 + 10, b"\x02")  # reuses the kept host cluster
     assert disk.pread(65536, 20) == bytes(10) + b"\x02" + bytes(9)
     disk.close()
     assert os.path.getsize(path) == size_before
@@ -218,7 +233,7 @@ def test_zero_over_a_backing_file_hides_it(tmp_path):
     create(top, MIB, 4096, backing="base.raw")
     below = RawFile(base, read_only=True)
     disk = Qcow2File(top, below, read_only=False)
-    assert disk.pread(8192, 4) == b"\xbb" * 4                # fills the granule cache
+    assert disk.pread(8192, 4) == b"\xbb" * 4  # fills the granule cache
     disk.zero(8192, 3 * 4096 + 10, may_trim=True)
     disk.trim(65536, 8192)
     expected = bytearray(b"\xbb" * MIB)
@@ -240,8 +255,8 @@ def test_version2_zero_and_trim(tmp_path):
     with pytest.raises(OSError) as exc:
         disk.zero(0, 8192, fast=True)
     assert exc.value.errno == errno.ENOTSUP
-    disk.zero(4096, 8192)                        # written as zero bytes
-    disk.trim(65536, 65536)                      # advisory: nothing to do with a backing file
+    disk.zero(4096, 8192)  # written as zero bytes
+    disk.trim(65536, 65536)  # advisory: nothing to do with a backing file
     expected = bytearray(b"\xcc" * MIB)
     expected[4096:12288] = bytes(8192)
     assert disk.pread(0, MIB) == expected
@@ -256,7 +271,7 @@ def test_version2_without_backing_drops_clusters(tmp_path):
     disk = Qcow2File(path, None, read_only=False)
     disk.pwrite(0, b"\x05" * 65536)
     disk.zero(0, 8192, may_trim=True)
-    disk.zero(8192, 8192)                        # kept allocated: zero bytes written
+    disk.zero(8192, 8192)  # kept allocated: zero bytes written
     disk.trim(16384, 4096)
     assert disk.extents(0, 20480) == [Extent(8192, HOLE), Extent(8192, 0), Extent(4096, HOLE)]
     disk.close()
@@ -271,7 +286,7 @@ def test_overwriting_compressed_clusters_frees_them(tmp_path):
     qemu_io(path, *[f"write -c {i * 4096} 4096" for i in range(8)])
     model = bytearray(flatten(path))
     disk = Qcow2File(path, None, read_only=False)
-    disk.pwrite(4096 + 1, b"q" * 4096)            # clusters 1 and 2: copy-on-write
+    disk.pwrite(4096 + 1, b"q" * 4096)  # clusters 1 and 2: copy-on-write
     model[4097 : 4097 + 4096] = b"q" * 4096
     disk.zero(5 * 4096, 3 * 4096, may_trim=True)
     model[5 * 4096 : 8 * 4096] = bytes(3 * 4096)
@@ -289,7 +304,7 @@ def test_last_partial_cluster(tmp_path):
     assert disk.size == size
     disk.pwrite(size - 1000, b"t" * 1000)
     disk.zero(size - 100, 100)
-    disk.trim(3 * 65536, 1536)                   # the whole last (partial) cluster
+    disk.trim(3 * 65536, 1536)  # the whole last (partial) cluster
     disk.pwrite(size - 10, b"e" * 10)
     model = bytearray(size)
     model[size - 10 :] = b"e" * 10
@@ -334,7 +349,7 @@ def test_autoclear_bits_are_cleared_by_a_writer(tmp_path):
     assert header_of(path).autoclear_features == 0
     model = bytearray(MIB)
     model[:5000] = b"x" * 5000
-    assert_qemu_agrees(path, model, leaks_ok=True)   # the bitmap's clusters are now leaks
+    assert_qemu_agrees(path, model, leaks_ok=True)  # the bitmap's clusters are now leaks
 
 
 def test_a_full_l2_cache_writes_dirty_tables_back(tmp_path):
@@ -388,5 +403,5 @@ def test_flush_in_a_worker_thread_while_writing(tmp_path):
         worker.join()
     assert not errors
     disk.flush()
-    assert_qemu_agrees(path, model)          # before close: flush alone made it durable
+    assert_qemu_agrees(path, model)  # before close: flush alone made it durable
     disk.close()

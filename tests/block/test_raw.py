@@ -57,8 +57,18 @@ def test_read_only_capabilities_and_refusal(image):
 def test_writable_capabilities(image):
     caps = RawFile(image[0], read_only=False).capabilities()
     assert not caps.read_only
-    assert all([caps.can_flush, caps.can_fua, caps.can_trim, caps.can_zero,
-                caps.can_fast_zero, caps.can_cache, caps.can_extents, caps.can_multi_conn])
+    assert all(
+        [
+            caps.can_flush,
+            caps.can_fua,
+            caps.can_trim,
+            caps.can_zero,
+            caps.can_fast_zero,
+            caps.can_cache,
+            caps.can_extents,
+            caps.can_multi_conn,
+        ]
+    )
 
 
 def test_short_read_past_end_of_file_is_eio(image):
@@ -88,7 +98,10 @@ def test_trim_punches_a_hole(image):
     disk.trim(64 * 1024, 64 * 1024)
     assert disk.pread(64 * 1024, 64 * 1024) == bytes(64 * 1024)
     assert disk.extents(0, disk.size) == [
-        Extent(64 * 1024, 0), Extent(64 * 1024, HOLE), Extent(128 * 1024, 0)]
+        Extent(64 * 1024, 0),
+        Extent(64 * 1024, HOLE),
+        Extent(128 * 1024, 0),
+    ]
     assert disk.pread(0, 64 * 1024) == data[: 64 * 1024]
 
 
@@ -155,11 +168,18 @@ def test_extents_of_a_sparse_file(sparse_file):
     disk = RawFile(sparse_file, read_only=True)
     k = 1024
     assert disk.extents(0, MIB) == [
-        Extent(64 * k, HOLE), Extent(64 * k, 0), Extent(384 * k, HOLE),
-        Extent(64 * k, 0), Extent(448 * k, HOLE)]
+        Extent(64 * k, HOLE),
+        Extent(64 * k, 0),
+        Extent(384 * k, HOLE),
+        Extent(64 * k, 0),
+        Extent(448 * k, HOLE),
+    ]
     # clipped to the asked range, starting inside extents
     assert disk.extents(100 * k, 450 * k) == [
-        Extent(28 * k, 0), Extent(384 * k, HOLE), Extent(38 * k, 0)]
+        Extent(28 * k, 0),
+        Extent(384 * k, HOLE),
+        Extent(38 * k, 0),
+    ]
     assert disk.extents(600 * k, 10 * k) == [Extent(10 * k, HOLE)]
 
 
@@ -170,8 +190,12 @@ def test_extents_agree_with_qemu_img_map(sparse_file):
         f.write(b"\x01" * 4096)
     disk = RawFile(sparse_file, read_only=True)
     ours = [(e.length, e.flags == 0) for e in disk.extents(0, disk.size)]
-    out = subprocess.run(["qemu-img", "map", "--output=json", "-f", "raw", str(sparse_file)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["qemu-img", "map", "--output=json", "-f", "raw", str(sparse_file)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     theirs: list[tuple[int, bool]] = []
     for entry in json.loads(out):
         assert entry["data"] or entry["zero"]

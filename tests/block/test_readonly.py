@@ -14,12 +14,15 @@ def guarded():
     return disk, ReadOnlyGuard(disk)
 
 
-@pytest.mark.parametrize("call", [
-    lambda g: g.pwrite(0, b"x"),
-    lambda g: g.trim(0, 4096),
-    lambda g: g.zero(0, 4096),
-    lambda g: g.zero(0, 4096, may_trim=True, fast=True),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda g: g.pwrite(0, b"x"),
+        lambda g: g.trim(0, 4096),
+        lambda g: g.zero(0, 4096),
+        lambda g: g.zero(0, 4096, may_trim=True, fast=True),
+    ],
+)
 def test_changes_are_refused(guarded, call):
     disk, guard = guarded
     with pytest.raises(OSError) as exc:

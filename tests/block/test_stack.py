@@ -10,12 +10,21 @@ from vdfarm.block.memory import MemoryDisk
 from vdfarm.block.stack import CheckedStack
 
 SIZE = 8192
-ALL = Capabilities(read_only=False, can_flush=True, can_fua=True, can_trim=True,
-                   can_zero=True, can_fast_zero=True, can_cache=True, can_extents=True,
-                   can_multi_conn=True)
+ALL = Capabilities(
+    read_only=False,
+    can_flush=True,
+    can_fua=True,
+    can_trim=True,
+    can_zero=True,
+    can_fast_zero=True,
+    can_cache=True,
+    can_extents=True,
+    can_multi_conn=True,
+)
 NONE = Capabilities()
-READ_ONLY = dataclasses.replace(ALL, read_only=True, can_fua=False, can_trim=False,
-                                can_zero=False, can_fast_zero=False)
+READ_ONLY = dataclasses.replace(
+    ALL, read_only=True, can_fua=False, can_trim=False, can_zero=False, can_fast_zero=False
+)
 
 
 class Spy(Layer):
@@ -36,6 +45,7 @@ class Spy(Layer):
             def record(*args):
                 self.calls.append((name, *args))
                 return method(*args)
+
             return record
         return super().__getattribute__(name)
 
@@ -65,7 +75,7 @@ ERRORS = [
     (ALL, lambda s: s.extents(0, 0), errno.EINVAL),
     (ALL, lambda s: s.extents(-1, 1), errno.EINVAL),
     (READ_ONLY, lambda s: s.pwrite(0, b"x"), errno.EPERM),
-    (READ_ONLY, lambda s: s.pwrite(SIZE, b"x"), errno.EPERM),   # EPERM wins over range
+    (READ_ONLY, lambda s: s.pwrite(SIZE, b"x"), errno.EPERM),  # EPERM wins over range
     (READ_ONLY, lambda s: s.trim(0, 10), errno.EPERM),
     (READ_ONLY, lambda s: s.zero(0, 10), errno.EPERM),
     (READ_ONLY, lambda s: s.zero(0, 10, fast=True), errno.EPERM),
@@ -76,8 +86,11 @@ ERRORS = [
     (NONE, lambda s: s.extents(0, 1), errno.EINVAL),
     (NONE, lambda s: s.pwrite(0, b"x", fua=True), errno.EINVAL),
     (NONE, lambda s: s.trim(0, 1, fua=True), errno.EINVAL),
-    (dataclasses.replace(ALL, can_fast_zero=False), lambda s: s.zero(0, 1, fast=True),
-     errno.ENOTSUP),
+    (
+        dataclasses.replace(ALL, can_fast_zero=False),
+        lambda s: s.zero(0, 1, fast=True),
+        errno.ENOTSUP,
+    ),
     (dataclasses.replace(ALL, can_fua=False), lambda s: s.zero(0, 1, fua=True), errno.EINVAL),
 ]
 
@@ -102,9 +115,14 @@ def test_valid_calls_pass_through_unchanged():
     checked.cache(0, SIZE)
     assert checked.extents(0, SIZE) == [Extent(SIZE, 0)]
     assert spy.calls == [
-        ("pread", SIZE - 4, 4), ("pwrite", SIZE - 2, b"ab", True),
-        ("zero", 0, 10, True, True, True), ("trim", 100, 10, True), ("flush",),
-        ("cache", 0, SIZE), ("extents", 0, SIZE)]
+        ("pread", SIZE - 4, 4),
+        ("pwrite", SIZE - 2, b"ab", True),
+        ("zero", 0, 10, True, True, True),
+        ("trim", 100, 10, True),
+        ("flush",),
+        ("cache", 0, SIZE),
+        ("extents", 0, SIZE),
+    ]
 
 
 def test_zero_length_does_nothing_but_is_not_an_error():

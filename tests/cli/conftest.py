@@ -24,8 +24,9 @@ class Cli:
 
     def __call__(self, *args: str, data_dir: bool = True, env: dict | None = None) -> Result:
         argv = (["--data-dir", str(self.data_dir)] if data_dir else []) + list(args)
-        return self.runner.invoke(vdfarm_cli, argv, env=CLEAN_ENV | (env or {}),
-                                  catch_exceptions=False)
+        return self.runner.invoke(
+            vdfarm_cli, argv, env=CLEAN_ENV | (env or {}), catch_exceptions=False
+        )
 
     def ok(self, *args: str, **kw) -> Result:
         result = self(*args, **kw)

@@ -9,10 +9,23 @@ def test_add_list_show(icli, image):
     icli.ok("vdisk", "import", "w", str(image))
     added = icli.ok("device", "add", "pc1", "--vdisk", "w")
     assert added.stdout == "added device pc1 with vDisk w\n"
-    data = icli.json("device", "add", "pc2", "--mac", "AA-BB-CC-DD-EE-02", "--type", "test",
-                     "--description", "bench")
+    data = icli.json(
+        "device",
+        "add",
+        "pc2",
+        "--mac",
+        "AA-BB-CC-DD-EE-02",
+        "--type",
+        "test",
+        "--description",
+        "bench",
+    )
     assert (data["mac"], data["device_type"], data["vdisk"], data["description"]) == (
-        "aa:bb:cc:dd:ee:02", "test", None, "bench")
+        "aa:bb:cc:dd:ee:02",
+        "test",
+        None,
+        "bench",
+    )
     table = icli.ok("device", "list").stdout.splitlines()
     assert table[0].split() == ["NAME", "MAC", "TYPE", "VDISK", "DESCRIPTION"]
     assert table[1].split()[:4] == ["pc1", "-", "production", "w"]

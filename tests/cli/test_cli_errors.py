@@ -95,8 +95,10 @@ def template(tmp_path_factory):
 def populated(template, tmp_path):
     shutil.copytree(template, tmp_path, dirs_exist_ok=True)
     return Cli(tmp_path / "data"), {
-        "image": str(tmp_path / "disk.raw"), "tmp": str(tmp_path),
-        "vdi": str(tmp_path / "x.vdi"), "text": str(tmp_path / "notes.txt"),
+        "image": str(tmp_path / "disk.raw"),
+        "tmp": str(tmp_path),
+        "vdi": str(tmp_path / "x.vdi"),
+        "text": str(tmp_path / "notes.txt"),
     }
 
 

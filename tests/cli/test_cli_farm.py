@@ -7,7 +7,10 @@ import pytest
 
 def test_show_and_set(icli):
     assert icli.json("farm", "show") == {
-        "heartbeat_timeout_s": 3.0, "boot_phase_s": 60.0, "rebalance_trigger_pct": 25.0}
+        "heartbeat_timeout_s": 3.0,
+        "boot_phase_s": 60.0,
+        "rebalance_trigger_pct": 25.0,
+    }
     out = icli.ok("farm", "set", "--heartbeat-timeout", "8", "--rebalance-trigger", "10").stdout
     assert out.startswith("updated the farm's settings\n") and "8 s" in out
     shown = icli.ok("farm", "show").stdout
@@ -16,11 +19,14 @@ def test_show_and_set(icli):
     assert "trigger 10%" in icli.ok("rebalance", "--dry-run").stdout  # its default
 
 
-@pytest.mark.parametrize("args, code, says", [
-    ([], 1, "nothing to change"),
-    (["--heartbeat-timeout", "0.1"], 1, "invalid heartbeat timeout"),
-    (["--boot-phase", "soon"], 2, "--boot-phase"),
-])
+@pytest.mark.parametrize(
+    "args, code, says",
+    [
+        ([], 1, "nothing to change"),
+        (["--heartbeat-timeout", "0.1"], 1, "invalid heartbeat timeout"),
+        (["--boot-phase", "soon"], 2, "--boot-phase"),
+    ],
+)
 def test_refusals(icli, args, code, says):
     before = icli.json("farm", "show")
     result = icli("farm", "set", *args)

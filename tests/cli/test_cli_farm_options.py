@@ -40,8 +40,14 @@ def test_server_run_db_after_the_verb_reaches_run_server(icli, tmp_path, runs):
 def test_data_dir_after_the_verb_wins(icli, tmp_path, runs):
     elsewhere = Cli(tmp_path / "nowhere")
     elsewhere.ok("server", "run", "--data-dir", str(icli.data_dir))
-    elsewhere.ok("server", "run", "--data-dir", str(icli.data_dir), data_dir=False,
-                 env={"VDFARM_DATA_DIR": str(tmp_path / "nowhere")})
+    elsewhere.ok(
+        "server",
+        "run",
+        "--data-dir",
+        str(icli.data_dir),
+        data_dir=False,
+        env={"VDFARM_DATA_DIR": str(tmp_path / "nowhere")},
+    )
     assert runs == [(icli.data_dir, db.sqlite_url(icli.data_dir / "farm.db"))] * 2
     assert not (tmp_path / "nowhere").exists()
 
@@ -64,15 +70,23 @@ def test_db_after_the_verb_is_used_and_checked(icli):
 
 
 def test_farm_still_refuses_db_after_the_verb(cli):
-    assert_one_line_error(cli("--farm", "http://127.0.0.1:9", "vdisk", "list", "--db",
-                              "sqlite:///x.db"), 2, "give --farm (a farm's REST API) or --db")
-    assert_one_line_error(cli("--farm", "http://127.0.0.1:9", "server", "run", "--db",
-                              "sqlite:///x.db"), 2, "or --db, not both")
+    assert_one_line_error(
+        cli("--farm", "http://127.0.0.1:9", "vdisk", "list", "--db", "sqlite:///x.db"),
+        2,
+        "give --farm (a farm's REST API) or --db",
+    )
+    assert_one_line_error(
+        cli("--farm", "http://127.0.0.1:9", "server", "run", "--db", "sqlite:///x.db"),
+        2,
+        "or --db, not both",
+    )
     assert not cli.data_dir.exists()
 
 
-@pytest.mark.parametrize("verb", [["server", "run"], ["init"], ["vdisk", "list"],
-                                  ["db", "upgrade"], ["demo"], ["farm", "set"]])
+@pytest.mark.parametrize(
+    "verb",
+    [["server", "run"], ["init"], ["vdisk", "list"], ["db", "upgrade"], ["demo"], ["farm", "set"]],
+)
 def test_help_shows_them(cli, verb):
     out = cli.ok(*verb, "--help", data_dir=False).stdout
     assert "--db URL" in out and "--data-dir PATH" in out

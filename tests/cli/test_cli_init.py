@@ -11,14 +11,27 @@ from tests.cli.conftest import Cli, assert_one_line_error
 from vdfarm.api.auth import read_token
 
 VERBS_NEEDING_A_DATA_DIR = [
-    ["vdisk", "list"], ["vdisk", "show", "w"], ["vdisk", "import", "w", "x.raw"],
-    ["vdisk", "set", "w", "--mode", "private"], ["vdisk", "delete", "w"],
-    ["vdisk", "verify", "w"], ["device", "add", "pc1"], ["device", "list"],
-    ["device", "show", "pc1"], ["device", "assign", "pc1", "w"],
-    ["device", "set", "pc1", "--type", "test"], ["device", "delete", "pc1"],
-    ["lock", "list"], ["lock", "release", "w"], ["audit", "list"], ["server", "list"],
-    ["server", "run"], ["server", "set", "srv1", "--max-booting", "5"], ["store", "list"],
-    ["device", "login", "pc1"], ["vdisk", "set", "w", "--subnet-affinity", "fixed"],
+    ["vdisk", "list"],
+    ["vdisk", "show", "w"],
+    ["vdisk", "import", "w", "x.raw"],
+    ["vdisk", "set", "w", "--mode", "private"],
+    ["vdisk", "delete", "w"],
+    ["vdisk", "verify", "w"],
+    ["device", "add", "pc1"],
+    ["device", "list"],
+    ["device", "show", "pc1"],
+    ["device", "assign", "pc1", "w"],
+    ["device", "set", "pc1", "--type", "test"],
+    ["device", "delete", "pc1"],
+    ["lock", "list"],
+    ["lock", "release", "w"],
+    ["audit", "list"],
+    ["server", "list"],
+    ["server", "run"],
+    ["server", "set", "srv1", "--max-booting", "5"],
+    ["store", "list"],
+    ["device", "login", "pc1"],
+    ["vdisk", "set", "w", "--subnet-affinity", "fixed"],
     ["rebalance"],
 ]
 
@@ -57,9 +70,11 @@ def test_uninitialised_data_dir(cli, verb):
     result = cli(*verb)
     d = cli.data_dir
     assert_one_line_error(
-        result, 1, f"data directory {d} is not initialised; run vdfarm --data-dir {d} init")
+        result, 1, f"data directory {d} is not initialised; run vdfarm --data-dir {d} init"
+    )
     assert result.stderr == (
-        f"vdfarm: error: data directory {d} is not initialised; run vdfarm --data-dir {d} init\n")
+        f"vdfarm: error: data directory {d} is not initialised; run vdfarm --data-dir {d} init\n"
+    )
     assert not d.exists()
 
 

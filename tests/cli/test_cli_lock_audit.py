@@ -19,12 +19,24 @@ def test_lock_list_states(icli, image):
     icli.ok("vdisk", "import", "free-one", str(image))
     [held, free] = sorted(icli.json("lock", "list"), key=lambda x: x["vdisk"] != "w")
     assert (held["vdisk"], held["holder"], held["server"], held["home"]) == (
-        "w", "pc1", "srv1", "srv1")
+        "w",
+        "pc1",
+        "srv1",
+        "srv1",
+    )
     assert (held["state"], held["fencing_token"]) == ("held", grant.token)
     assert (free["vdisk"], free["holder"], free["state"]) == ("free-one", None, "free")
     table = icli.ok("lock", "list").stdout.splitlines()
-    assert table[0].split() == ["VDISK", "HOLDER", "SERVER", "HOME", "LEASE", "EXPIRES",
-                                "TOKEN", "STATE"]
+    assert table[0].split() == [
+        "VDISK",
+        "HOLDER",
+        "SERVER",
+        "HOME",
+        "LEASE",
+        "EXPIRES",
+        "TOKEN",
+        "STATE",
+    ]
     assert table[1].split()[:4] == ["free-one", "-", "-", "-"]
     assert table[2].split()[:4] == ["w", "pc1", "srv1", "srv1"]
     assert table[2].split()[-1] == "held"

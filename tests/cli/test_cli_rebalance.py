@@ -20,14 +20,18 @@ def two_servers(icli, image, tmp_path, devices=12):
     ahead, so they stay up for the whole test however slow the machine."""
     icli.ok("vdisk", "import", "w", str(image))
     url = db.sqlite_url(icli.data_dir / "farm.db")
-    with Farm.open(icli.data_dir, clock=FakeClock(LONG_AGO)) as one, \
-            Farm.init(tmp_path / "srv2", url, server_name="srv2") as two:
+    with (
+        Farm.open(icli.data_dir, clock=FakeClock(LONG_AGO)) as one,
+        Farm.init(tmp_path / "srv2", url, server_name="srv2") as two,
+    ):
         copy_vdisk(one, two)
         for device_id in add_devices(one, devices):
             one.session_started(device_id, vdisk_id(one), 0)
     ahead = FakeClock(datetime.now(UTC) + timedelta(days=1))
-    with Farm.open(icli.data_dir, clock=ahead) as one, \
-            Farm.open(tmp_path / "srv2", clock=ahead) as two:
+    with (
+        Farm.open(icli.data_dir, clock=ahead) as one,
+        Farm.open(tmp_path / "srv2", clock=ahead) as two,
+    ):
         one.servers.heartbeat()
         two.servers.heartbeat()
 

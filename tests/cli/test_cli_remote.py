@@ -70,9 +70,16 @@ def served(farm, test_image):
 
 
 READS = [
-    ["vdisk", "list"], ["vdisk", "show", "w"], ["device", "list"], ["device", "show", "pc1"],
-    ["device", "show", "52:54:00:00:00:01"], ["version", "list", "w"], ["lock", "list"],
-    ["audit", "list"], ["store", "list"], ["vdisk", "verify", "w"],
+    ["vdisk", "list"],
+    ["vdisk", "show", "w"],
+    ["device", "list"],
+    ["device", "show", "pc1"],
+    ["device", "show", "52:54:00:00:00:01"],
+    ["version", "list", "w"],
+    ["lock", "list"],
+    ["audit", "list"],
+    ["store", "list"],
+    ["vdisk", "verify", "w"],
 ]
 
 
@@ -95,14 +102,17 @@ def test_changes_go_through_the_api_and_are_audited(served, tmp_path, test_image
     served.ok("device", "set", "pc3", "--description", "lab")
     served.ok("device", "assign", "pc3", "--none")
     assert served.ok("device", "delete", "pc3").stdout == "deleted device pc3\n"
-    assert served.ok("vdisk", "set", "w", "--subnet-affinity", "best-effort").stdout == \
-        "updated vDisk w: subnet affinity best-effort\n"
-    assert served.ok("vdisk", "set", "w", "--description", "golden").stdout == \
-        "updated vDisk w\n"
+    assert (
+        served.ok("vdisk", "set", "w", "--subnet-affinity", "best-effort").stdout
+        == "updated vDisk w: subnet affinity best-effort\n"
+    )
+    assert served.ok("vdisk", "set", "w", "--description", "golden").stdout == "updated vDisk w\n"
     name = served.cli.json("server", "list")[0]["name"]
     assert served.json("server", "set", name, "--max-booting", "7")["max_booting"] == 7
-    assert served.ok("version", "promote", "w", "--to", "test").stdout == \
-        "version 1 of vDisk w is now test\n"
+    assert (
+        served.ok("version", "promote", "w", "--to", "test").stdout
+        == "version 1 of vDisk w is now test\n"
+    )
     served.ok("version", "revert", "w")
     served.ok("version", "override", "w", "0")
     served.ok("version", "override", "w", "--clear")
@@ -115,48 +125,73 @@ def test_changes_go_through_the_api_and_are_audited(served, tmp_path, test_image
     entries = served.cli.json("audit", "list")[before:]
     assert {e["actor"] for e in entries} == {API_ACTOR}
     assert [e["action"] for e in entries][:5] == [
-        "device.add", "device.set", "device.assign", "device.delete", "vdisk.set"]
+        "device.add",
+        "device.set",
+        "device.assign",
+        "device.delete",
+        "vdisk.set",
+    ]
     assert served.cli.json("server", "list")[0]["max_booting"] == 7
 
 
 def test_token_and_refusals_fail_in_one_line(served):
     before = served.cli.dump()
-    assert_one_line_error(served.remote("device", "delete", "pc1", token="wrong"), 1,
-                          "refused the API token (wrong API token)")
-    assert_one_line_error(served.remote("device", "delete", "pc1", token=None), 1,
-                          "needs the API token for this; give --token TOKEN or set VDFARM_TOKEN")
+    assert_one_line_error(
+        served.remote("device", "delete", "pc1", token="wrong"),
+        1,
+        "refused the API token (wrong API token)",
+    )
+    assert_one_line_error(
+        served.remote("device", "delete", "pc1", token=None),
+        1,
+        "needs the API token for this; give --token TOKEN or set VDFARM_TOKEN",
+    )
     assert_one_line_error(served.remote("device", "add", "pc1"), 1, "pc1")
     assert_one_line_error(served.remote("vdisk", "show", "nope"), 1, "no vDisk named nope")
-    assert_one_line_error(served.remote("vdisk", "import", "w3", "relative.raw"), 1,
-                          "relative.raw is relative: with --farm it names a file on the server")
-    assert_one_line_error(served.remote("device", "set", "pc1", "--mac", "nonsense"), 1,
-                          "nonsense")
+    assert_one_line_error(
+        served.remote("vdisk", "import", "w3", "relative.raw"),
+        1,
+        "relative.raw is relative: with --farm it names a file on the server",
+    )
+    assert_one_line_error(served.remote("device", "set", "pc1", "--mac", "nonsense"), 1, "nonsense")
     assert served.cli.dump() == before
     env = {"VDFARM_FARM": served.url, "VDFARM_TOKEN": served.token}
-    assert Cli(served.cli.data_dir)("--json", "vdisk", "list", data_dir=False, env=env) \
-        .exit_code == 0
+    assert (
+        Cli(served.cli.data_dir)("--json", "vdisk", "list", data_dir=False, env=env).exit_code == 0
+    )
 
 
 def test_unreachable_farm(cli):
     port_of_nothing = f"http://127.0.0.1:{free_port()}"  # closed again: nothing listens
-    assert_one_line_error(cli("--farm", port_of_nothing, "vdisk", "list"), 1,
-                          f"cannot reach farm {port_of_nothing}: ")
-    assert_one_line_error(cli("--farm", "localhost:8080", "vdisk", "list"), 1,
-                          "bad farm URL")
+    assert_one_line_error(
+        cli("--farm", port_of_nothing, "vdisk", "list"), 1, f"cannot reach farm {port_of_nothing}: "
+    )
+    assert_one_line_error(cli("--farm", "localhost:8080", "vdisk", "list"), 1, "bad farm URL")
     assert not cli.data_dir.exists()
 
 
-@pytest.mark.parametrize("verb, what", [
-    (["init"], "init"), (["server", "run"], "server run"), (["db", "upgrade"], "db upgrade"),
-    (["demo"], "demo"), (["image", "sample", "x.raw"], "image sample"),
-])
+@pytest.mark.parametrize(
+    "verb, what",
+    [
+        (["init"], "init"),
+        (["server", "run"], "server run"),
+        (["db", "upgrade"], "db upgrade"),
+        (["demo"], "demo"),
+        (["image", "sample", "x.raw"], "image sample"),
+    ],
+)
 def test_local_only_verbs_refuse_farm(cli, verb, what):
-    assert_one_line_error(cli("--farm", "http://127.0.0.1:9", *verb), 2,
-                          f"{what} works on this host's data directory only; run it without "
-                          f"--farm")
+    assert_one_line_error(
+        cli("--farm", "http://127.0.0.1:9", *verb),
+        2,
+        f"{what} works on this host's data directory only; run it without --farm",
+    )
     assert not cli.data_dir.exists()
 
 
 def test_farm_and_db_together_are_refused(cli):
-    assert_one_line_error(cli("--farm", "http://127.0.0.1:9", "--db", "sqlite:///x.db",
-                              "vdisk", "list"), 2, "give --farm (a farm's REST API) or --db")
+    assert_one_line_error(
+        cli("--farm", "http://127.0.0.1:9", "--db", "sqlite:///x.db", "vdisk", "list"),
+        2,
+        "give --farm (a farm's REST API) or --db",
+    )

@@ -20,7 +20,11 @@ def test_import_then_list_show(icli, image, tmp_path):
     assert hashlib.sha256(stored.read_bytes()).hexdigest() in shown
     data = icli.json("vdisk", "show", "win10")
     assert (data["name"], data["size"], data["access_mode"], data["in_store"]) == (
-        "win10", 1 << 20, "standard", True)
+        "win10",
+        1 << 20,
+        "standard",
+        True,
+    )
     assert data["created_at"].endswith("+00:00")
 
 
@@ -35,12 +39,27 @@ def test_json_after_the_verb(icli, image):
 def test_import_options(icli, tmp_path):
     source = tmp_path / "d.vhdx"
     qemu_img.create(source, "vhdx", 4 << 20)
-    data = icli.json("vdisk", "import", "p", str(source), "--mode", "private",
-                     "--write-cache", "device-ram-overflow", "--cache-limit-mb", "128",
-                     "--description", "a private disk")
-    assert (data["access_mode"], data["write_cache_type"], data["write_cache_limit_mb"],
-            data["description"], data["size"]) == (
-        "private", "device-ram-overflow", 128, "a private disk", 4 << 20)
+    data = icli.json(
+        "vdisk",
+        "import",
+        "p",
+        str(source),
+        "--mode",
+        "private",
+        "--write-cache",
+        "device-ram-overflow",
+        "--cache-limit-mb",
+        "128",
+        "--description",
+        "a private disk",
+    )
+    assert (
+        data["access_mode"],
+        data["write_cache_type"],
+        data["write_cache_limit_mb"],
+        data["description"],
+        data["size"],
+    ) == ("private", "device-ram-overflow", 128, "a private disk", 4 << 20)
 
 
 def test_set(icli, image):
@@ -48,7 +67,10 @@ def test_set(icli, image):
     assert icli.ok("vdisk", "set", "w", "--mode", "private").stdout == "updated vDisk w\n"
     data = icli.json("vdisk", "set", "w", "--cache-limit-mb", "10", "--write-cache", "server-ram")
     assert (data["access_mode"], data["write_cache_limit_mb"], data["write_cache_type"]) == (
-        "private", 10, "server-ram")
+        "private",
+        10,
+        "server-ram",
+    )
     assert icli.json("vdisk", "set", "w", "--cache-limit-mb", "0")["write_cache_limit_mb"] is None
 
 

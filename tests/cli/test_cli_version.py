@@ -33,7 +33,8 @@ def test_version_cycle(icli, tmp_path):
     icli.ok("device", "add", "pc1", "--vdisk", "w")
     icli.ok("device", "add", "pm", "--vdisk", "w")
     assert icli.json("device", "set", "pm", "--type", "maintenance")["device_type"] == (
-        "maintenance")
+        "maintenance"
+    )
     store = icli.data_dir / "store" / "w"
 
     opened = icli.json("version", "new", "w")
@@ -42,19 +43,25 @@ def test_version_cycle(icli, tmp_path):
     out = icli.ok("version", "promote", "w", "--to", "test").stdout
     assert out.strip() == "version 1 of vDisk w is now test"
     assert_qemu_clean(store)
-    promoted = icli.json("version", "promote", "w", "--to", "production",
-                         "--at", "2000-01-01T00:00:00Z")
+    promoted = icli.json(
+        "version", "promote", "w", "--to", "production", "--at", "2000-01-01T00:00:00Z"
+    )
     assert promoted["version"]["access"] == "production" and promoted["merged"] is None
 
     assert icli.ok("version", "new", "w").stdout.strip() == (
-        "opened version 2 of vDisk w for maintenance (on version 1)")
+        "opened version 2 of vDisk w for maintenance (on version 1)"
+    )
     qemu_io_write(store / "v2.qcow2", 0x22, 0, 65536)
-    later = icli.ok("version", "promote", "w", "--to", "production",
-                    "--at", "2999-01-01T00:00:00Z").stdout
+    later = icli.ok(
+        "version", "promote", "w", "--to", "production", "--at", "2999-01-01T00:00:00Z"
+    ).stdout
     assert "is now pending from 2999-01-01T00:00:00+00:00" in later
     listed = icli.json("version", "list", "w")
     assert [(v["number"], v["access"], v["parent"]) for v in listed] == [
-        (0, "production", None), (1, "production", 0), (2, "pending", 1)]
+        (0, "production", None),
+        (1, "production", 0),
+        (2, "pending", 1),
+    ]
     assert all(len(v["sha256"]) == 64 for v in listed)
     table = icli.ok("version", "list", "w").stdout
     assert "pending" in table and listed[1]["sha256"][:12] in table
@@ -67,30 +74,38 @@ def test_version_cycle(icli, tmp_path):
     assert icli.json("vdisk", "show", "w")["override_version"] is None
 
     exported = tmp_path / "w1.vhdx"
-    result = icli.json("vdisk", "export", "w", str(exported), "--format", "vhdx",
-                       "--version", "1")
+    result = icli.json("vdisk", "export", "w", str(exported), "--format", "vhdx", "--version", "1")
     assert (result["version"], result["format"]) == (1, "vhdx")
     reference = tmp_path / "ref.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(store / "v1.qcow2"),
-                    str(reference)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(store / "v1.qcow2"), str(reference)], check=True
+    )
     assert qemu_img.compare(exported, reference)
 
-    assert_one_line_error(icli("version", "merge", "w"), SERVICE,
-                          "nothing to merge in vDisk w: version 1 already sits on the base")
+    assert_one_line_error(
+        icli("version", "merge", "w"),
+        SERVICE,
+        "nothing to merge in vDisk w: version 1 already sits on the base",
+    )
     icli.ok("version", "promote", "w", "--to", "production")
     merged = icli.ok("version", "merge", "w").stdout.strip()
     assert merged == "merged version(s) 1 of vDisk w into version 2 (now on version 0)"
     assert [v["number"] for v in icli.json("version", "list", "w")] == [0, 2]
-    assert sorted(p.name for p in store.iterdir()) == [
-        "base.raw", "manifest.json", "v2.qcow2"]
+    assert sorted(p.name for p in store.iterdir()) == ["base.raw", "manifest.json", "v2.qcow2"]
     assert_qemu_clean(store)
     assert qemu_img.compare(store / "v2.qcow2", tmp_path / "w.raw") is False
 
     assert "deleted version 2 of vDisk w" in icli.ok("version", "delete", "w").stdout
     assert icli.ok("vdisk", "verify", "w").stdout.strip() == "vDisk w is intact"
     actions = [e["action"] for e in icli.json("audit", "list")]
-    for action in ("version.new", "version.promote", "version.revert", "version.override",
-                   "version.merge", "version.delete"):
+    for action in (
+        "version.new",
+        "version.promote",
+        "version.revert",
+        "version.override",
+        "version.merge",
+        "version.delete",
+    ):
         assert action in actions
 
 
@@ -102,12 +117,15 @@ def test_merge_new_base_and_max_versions(icli, tmp_path):
         icli.ok("version", "promote", "w", "--to", "production")
     new_written(icli, 3)
     out = icli.ok("version", "promote", "w", "--to", "production").stdout.splitlines()
-    assert out == ["version 3 of vDisk w is now production",
-                   "merged version(s) 1, 2 of vDisk w into version 3 (now on version 0)"]
+    assert out == [
+        "version 3 of vDisk w is now production",
+        "merged version(s) 1, 2 of vDisk w into version 3 (now on version 0)",
+    ]
     flat = tmp_path / "flat.raw"
     store = icli.data_dir / "store" / "w"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(store / "v3.qcow2"), str(flat)],
-                   check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(store / "v3.qcow2"), str(flat)], check=True
+    )
     result = icli.json("version", "merge", "w", "--new-base")
     assert (result["kept"], result["removed"], result["new_base"]) == (3, [0], True)
     assert sorted(p.name for p in store.iterdir()) == ["manifest.json", "v3.qcow2"]
@@ -118,11 +136,17 @@ def test_merge_new_base_and_max_versions(icli, tmp_path):
 
 BAD_INPUT = [
     (["version", "promote", "b", "--to", "test"], SERVICE, "no version open to promote"),
-    (["version", "promote", "w", "--to", "test"], SERVICE,
-     "cannot promote version 2 while its maintenance device is connected"),
+    (
+        ["version", "promote", "w", "--to", "test"],
+        SERVICE,
+        "cannot promote version 2 while its maintenance device is connected",
+    ),
     (["version", "revert", "b"], SERVICE, "cannot revert the base of vDisk b"),
-    (["version", "merge", "m"], SERVICE,
-     "device(s) po booted version 1 of vDisk m, which the merge would delete"),
+    (
+        ["version", "merge", "m"],
+        SERVICE,
+        "device(s) po booted version 1 of vDisk m, which the merge would delete",
+    ),
     (["version", "merge", "m", "--new-base"], SERVICE, "which the merge would delete"),
     (["version", "merge", "b"], SERVICE, "nothing to merge in vDisk b"),
     (["version", "override", "w", "9"], SERVICE, "vDisk w has no version 9"),
@@ -131,26 +155,35 @@ BAD_INPUT = [
     (["version", "override", "w", "1", "--clear"], USAGE, "give either"),
     (["version", "override", "w", "--clear"], SERVICE, "has no override to clear"),
     (["version", "override", "w", "--", "-1"], USAGE, "-1 is not in the range"),
-    (["vdisk", "export", "w", "{tmp}/out.vhd", "--format", "vhd"], USAGE,
-     "'vhd' is not one of"),
+    (["vdisk", "export", "w", "{tmp}/out.vhd", "--format", "vhd"], USAGE, "'vhd' is not one of"),
     (["vdisk", "export", "w", "{tmp}/out.raw"], USAGE, "Missing option '--format'"),
-    (["vdisk", "export", "w", "{tmp}/taken.raw", "--format", "raw"], SERVICE,
-     "already exists"),
-    (["vdisk", "export", "w", "{tmp}/nodir/x.raw", "--format", "raw"], SERVICE,
-     "does not exist"),
-    (["vdisk", "export", "w", "{tmp}/out.raw", "--format", "raw", "--version", "9"],
-     SERVICE, "vDisk w has no version 9"),
-    (["vdisk", "export", "nope", "{tmp}/out.raw", "--format", "raw"], SERVICE,
-     "no vDisk named nope"),
+    (["vdisk", "export", "w", "{tmp}/taken.raw", "--format", "raw"], SERVICE, "already exists"),
+    (["vdisk", "export", "w", "{tmp}/nodir/x.raw", "--format", "raw"], SERVICE, "does not exist"),
+    (
+        ["vdisk", "export", "w", "{tmp}/out.raw", "--format", "raw", "--version", "9"],
+        SERVICE,
+        "vDisk w has no version 9",
+    ),
+    (
+        ["vdisk", "export", "nope", "{tmp}/out.raw", "--format", "raw"],
+        SERVICE,
+        "no vDisk named nope",
+    ),
     (["version", "new", "p"], SERVICE, "vDisk p is in private mode"),
     (["version", "new", "w"], SERVICE, "version 2 of vDisk w is already open"),
     (["version", "new", "nope"], SERVICE, "no vDisk named nope"),
     (["version", "promote", "w", "--to", "staging"], USAGE, "'staging' is not one of"),
     (["version", "promote", "w"], USAGE, "Missing option '--to'"),
-    (["version", "promote", "m", "--to", "production", "--at", "soon"], USAGE,
-     "not an ISO 8601 time"),
-    (["version", "promote", "w", "--to", "test", "--at", "2031-01-01T00:00:00Z"], SERVICE,
-     "--at is only for a promotion to production"),
+    (
+        ["version", "promote", "m", "--to", "production", "--at", "soon"],
+        USAGE,
+        "not an ISO 8601 time",
+    ),
+    (
+        ["version", "promote", "w", "--to", "test", "--at", "2031-01-01T00:00:00Z"],
+        SERVICE,
+        "--at is only for a promotion to production",
+    ),
     (["version", "revert", "w"], SERVICE, "already in maintenance"),
     (["version", "delete", "b"], SERVICE, "cannot delete the base of vDisk b"),
     (["version", "delete", "w"], SERVICE, "cannot delete version 2"),

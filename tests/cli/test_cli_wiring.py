@@ -18,11 +18,33 @@ from vdfarm.service.context import Farm
 def fake_run_server(calls):
     """A run_server that records its arguments."""
 
-    def run_server(farm, host, nbd_port, grace_seconds, lease_seconds, *, api_host,
-                   api_port, auto_rebalance_every, advertise):
-        calls.append((type(farm), farm.data_dir, farm.server_name, host, nbd_port,
-                      grace_seconds, lease_seconds, api_host, api_port, auto_rebalance_every,
-                      advertise))
+    def run_server(
+        farm,
+        host,
+        nbd_port,
+        grace_seconds,
+        lease_seconds,
+        *,
+        api_host,
+        api_port,
+        auto_rebalance_every,
+        advertise,
+    ):
+        calls.append(
+            (
+                type(farm),
+                farm.data_dir,
+                farm.server_name,
+                host,
+                nbd_port,
+                grace_seconds,
+                lease_seconds,
+                api_host,
+                api_port,
+                auto_rebalance_every,
+                advertise,
+            )
+        )
 
     return run_server
 
@@ -30,17 +52,44 @@ def fake_run_server(calls):
 def test_server_run_calls_run_server(icli, monkeypatch):
     calls = []
     monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server(calls))
-    icli.ok("server", "run", "--nbd-port", "12345", "--host", "127.0.0.2", "--grace", "2.5",
-            "--lease", "4", "--api-port", "0", "--api-host", "127.0.0.3",
-            "--auto-rebalance", "60", "--advertise", "10.0.0.5")
+    icli.ok(
+        "server",
+        "run",
+        "--nbd-port",
+        "12345",
+        "--host",
+        "127.0.0.2",
+        "--grace",
+        "2.5",
+        "--lease",
+        "4",
+        "--api-port",
+        "0",
+        "--api-host",
+        "127.0.0.3",
+        "--auto-rebalance",
+        "60",
+        "--advertise",
+        "10.0.0.5",
+    )
     icli.ok("server", "run")
     icli.ok("server", "run", "--no-api", "--host", "0.0.0.0", "--advertise", "pxe1.lan")
     assert calls == [
-        (Farm, icli.data_dir, "srv1", "127.0.0.2", 12345, 2.5, 4.0, "127.0.0.3", 0, 60.0,
-         "10.0.0.5"),
+        (
+            Farm,
+            icli.data_dir,
+            "srv1",
+            "127.0.0.2",
+            12345,
+            2.5,
+            4.0,
+            "127.0.0.3",
+            0,
+            60.0,
+            "10.0.0.5",
+        ),
         (Farm, icli.data_dir, "srv1", "127.0.0.1", 10809, 30.0, 30.0, None, 8080, 0.0, None),
-        (Farm, icli.data_dir, "srv1", "0.0.0.0", 10809, 30.0, 30.0, None, None, 0.0,
-         "pxe1.lan"),
+        (Farm, icli.data_dir, "srv1", "0.0.0.0", 10809, 30.0, 30.0, None, None, 0.0, "pxe1.lan"),
     ]
 
 
@@ -49,8 +98,9 @@ def test_server_run_refuses_a_bad_advertise_before_starting(icli, monkeypatch, a
     calls = []
     monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server(calls))
     before = icli.dump()
-    assert_one_line_error(icli("server", "run", "--advertise", advertise), 1,
-                          "invalid advertised address")
+    assert_one_line_error(
+        icli("server", "run", "--advertise", advertise), 1, "invalid advertised address"
+    )
     assert calls == [] and icli.dump() == before
 
 
@@ -85,8 +135,10 @@ def test_demo_calls_demo_run(cli, monkeypatch):
 
 
 def test_cli_import_loads_no_stream_image_or_demo_code():
-    code = ("import sys, vdfarm.cli.main; "
-            "print(sorted(m for m in sys.modules if m.startswith("
-            "('vdfarm.stream', 'vdfarm.image', 'vdfarm.demo'))))")
+    code = (
+        "import sys, vdfarm.cli.main; "
+        "print(sorted(m for m in sys.modules if m.startswith("
+        "('vdfarm.stream', 'vdfarm.image', 'vdfarm.demo'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -18,8 +18,9 @@ VDFARM = Path(sys.executable).with_name("vdfarm")
 
 def run(*args, env=None):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VDFARM_")}
-    return subprocess.run([str(VDFARM), *map(str, args)], capture_output=True, text=True,
-                          env=clean | (env or {}))
+    return subprocess.run(
+        [str(VDFARM), *map(str, args)], capture_output=True, text=True, env=clean | (env or {})
+    )
 
 
 @pytest.fixture
@@ -30,8 +31,9 @@ def data(tmp_path):
 
 def test_the_documented_forms(data, tmp_path):
     source = tmp_path / "src.qcow2"
-    qemu_img.convert(make_raw(tmp_path / "src.raw", 2 << 20), source, src_format="raw",
-                     dst_format="qcow2")
+    qemu_img.convert(
+        make_raw(tmp_path / "src.raw", 2 << 20), source, src_format="raw", dst_format="qcow2"
+    )
     init = run("--data-dir", data, "init")
     assert init.returncode == 0 and init.stderr == ""
     imported = run("--data-dir", data, "vdisk", "import", "win10", source, "--mode", "standard")
@@ -48,7 +50,8 @@ def test_errors_are_one_line_with_exit_codes(data):
     assert uninit.returncode == 1
     assert uninit.stderr == (
         f"vdfarm: error: data directory {data} is not initialised; "
-        f"run vdfarm --data-dir {data} init\n")
+        f"run vdfarm --data-dir {data} init\n"
+    )
     assert run("--data-dir", data, "init").returncode == 0
     missing = run("--data-dir", data, "vdisk", "show", "nope")
     assert (missing.returncode, missing.stderr) == (1, "vdfarm: error: no vDisk named nope\n")

@@ -27,21 +27,29 @@ def test_reads_answer_the_local_records(client, local, populated, clock):
     populated.servers.record_inventory()
     clock.advance(1)
     for call in (
-        lambda f: f.vdisks.list(), lambda f: f.vdisks.show("w"),
-        lambda f: f.devices.list(), lambda f: f.devices.show("pc1"),
-        lambda f: f.devices.show("aa:bb:cc:00:00:01"), lambda f: f.versions.list("w"),
-        lambda f: f.locks.list(), lambda f: f.audit.list(), lambda f: f.audit.list(limit=2),
+        lambda f: f.vdisks.list(),
+        lambda f: f.vdisks.show("w"),
+        lambda f: f.devices.list(),
+        lambda f: f.devices.show("pc1"),
+        lambda f: f.devices.show("aa:bb:cc:00:00:01"),
+        lambda f: f.versions.list("w"),
+        lambda f: f.locks.list(),
+        lambda f: f.audit.list(),
+        lambda f: f.audit.list(limit=2),
         lambda f: f.audit.list(since=clock() - timedelta(seconds=1)),
-        lambda f: f.servers.list(), lambda f: f.servers.inventory(),
-        lambda f: f.vdisks.verify("w"), lambda f: f.settings.show(),
+        lambda f: f.servers.list(),
+        lambda f: f.servers.inventory(),
+        lambda f: f.vdisks.verify("w"),
+        lambda f: f.settings.show(),
     ):
         assert call(client) == call(local)
     assert client.devices.show("pc1").session["connected_at"] == clock() - timedelta(seconds=1)
 
 
 def test_vdisk_changes(client, farm, raw_image, tmp_path):
-    info = client.vdisks.import_image("w", raw_image, mode="private", cache_limit_mb=8,
-                                      description="golden")
+    info = client.vdisks.import_image(
+        "w", raw_image, mode="private", cache_limit_mb=8, description="golden"
+    )
     assert info == farm.vdisks.show("w") and info.access_mode == "private"
     assert last_actor(farm) == OTHER_ACTOR
     assert client.vdisks.set("w", description="new").description == "new"
@@ -79,8 +87,10 @@ def test_device_changes(client, populated):
     assert client.devices.assign("pc2", None).vdisk is None
     assert client.devices.set("pc2", description="lab").description == "lab"
     assert client.devices.set("pc2", mac=None).mac is None
-    assert client.devices.set("pc2", mac=UNCHANGED, device_type="production").device_type == \
-        "production"
+    assert (
+        client.devices.set("pc2", mac=UNCHANGED, device_type="production").device_type
+        == "production"
+    )
     assert client.devices.delete("pc2").name == "pc2"
     assert last_actor(populated) == OTHER_ACTOR
 
@@ -110,21 +120,28 @@ def test_server_lock_rebalance_login(client, local, populated):
             farm.login("pc1")
 
 
-@pytest.mark.parametrize("call, kind, says", [
-    (lambda c: c.vdisks.show("nope"), NotFound, "no vDisk named nope"),
-    (lambda c: c.devices.add("pc1"), Conflict, "pc1"),
-    (lambda c: c.devices.add("bad name!"), Invalid, "bad name!"),
-    (lambda c: c.vdisks.set("w", mode="shared"), Invalid, "body field mode"),
-    (lambda c: c.vdisks.import_image("w2", "relative.raw"), Invalid, "relative.raw is relative"),
-    (lambda c: c.versions.export("w", "out.qcow2", "qcow2"), Invalid, "is relative"),
-    (lambda c: c.servers.configure("x", max_booting=0), Invalid, "invalid max-booting"),
-    (lambda c: c.rebalance(apply=True, trigger_pct=-1), Invalid, "trigger_pct"),
-    (lambda c: c.login("ghost"), NotFound, "ghost"),
-    (lambda c: c.settings.change(boot_phase_s=-1), Invalid, "invalid boot phase"),
-    (lambda c: c.locks.move_home("w", "zz"), NotFound, "no server named zz"),
-    (lambda c: c.versions.merge("w"), Invalid, "nothing to merge"),
-    (lambda c: c.devices.delete("ghost"), NotFound, "ghost"),
-])
+@pytest.mark.parametrize(
+    "call, kind, says",
+    [
+        (lambda c: c.vdisks.show("nope"), NotFound, "no vDisk named nope"),
+        (lambda c: c.devices.add("pc1"), Conflict, "pc1"),
+        (lambda c: c.devices.add("bad name!"), Invalid, "bad name!"),
+        (lambda c: c.vdisks.set("w", mode="shared"), Invalid, "body field mode"),
+        (
+            lambda c: c.vdisks.import_image("w2", "relative.raw"),
+            Invalid,
+            "relative.raw is relative",
+        ),
+        (lambda c: c.versions.export("w", "out.qcow2", "qcow2"), Invalid, "is relative"),
+        (lambda c: c.servers.configure("x", max_booting=0), Invalid, "invalid max-booting"),
+        (lambda c: c.rebalance(apply=True, trigger_pct=-1), Invalid, "trigger_pct"),
+        (lambda c: c.login("ghost"), NotFound, "ghost"),
+        (lambda c: c.settings.change(boot_phase_s=-1), Invalid, "invalid boot phase"),
+        (lambda c: c.locks.move_home("w", "zz"), NotFound, "no server named zz"),
+        (lambda c: c.versions.merge("w"), Invalid, "nothing to merge"),
+        (lambda c: c.devices.delete("ghost"), NotFound, "ghost"),
+    ],
+)
 def test_refusals_are_service_errors_and_change_nothing(client, populated, call, kind, says):
     with unchanged(populated), pytest.raises(kind) as caught:
         call(client)

@@ -20,10 +20,13 @@ from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 URL = "http://127.0.0.1:8080"
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
-    ("https://farm.example:443/", "https://farm.example:443"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("https://farm.example:443/", "https://farm.example:443"),
+    ],
+)
 def test_good_urls(url, expected):
     assert check_url(url) == expected
 
@@ -34,9 +37,16 @@ def test_bad_urls(url):
         check_url(url)
 
 
-@pytest.mark.parametrize("status, kind", [
-    (400, Invalid), (404, NotFound), (409, Conflict), (422, Invalid), (503, Unavailable),
-])
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        (400, Invalid),
+        (404, NotFound),
+        (409, Conflict),
+        (422, Invalid),
+        (503, Unavailable),
+    ],
+)
 def test_statuses_map_to_service_errors(status, kind):
     error = error_for(status, '{"detail": "no vDisk named w"}', URL, token_given=True)
     assert type(error) is kind and error.message == "no vDisk named w"

@@ -20,8 +20,11 @@ def test_subnet_affinity_answers_the_vdisk_and_audits(populated):
     info = LocalFarm(populated).set_subnet_affinity("w", "fixed")
     assert info == populated.vdisks.show("w")
     entry = populated.audit.list(limit=1)[0]
-    assert (entry.action, entry.actor, entry.after) == \
-        ("vdisk.set", "test:me", {"subnet_affinity": "fixed"})
+    assert (entry.action, entry.actor, entry.after) == (
+        "vdisk.set",
+        "test:me",
+        {"subnet_affinity": "fixed"},
+    )
     with pytest.raises(Invalid, match="nearby"):
         LocalFarm(populated).set_subnet_affinity("w", "nearby")
     with pytest.raises(NotFound):

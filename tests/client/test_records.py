@@ -23,21 +23,53 @@ def round_trip(value):
     return from_plain(type(value), json.loads(json.dumps(to_plain(value))))
 
 
-VERSION = VersionInfo(vdisk="w", number=1, access="pending", parent=0, file="w.1.qcow2",
-                      format="qcow2", size=None, sha256=None, created_at=AT, sealed_at=None,
-                      production_at=AT, devices=("pc1", "pc2"), boots=("test",))
+VERSION = VersionInfo(
+    vdisk="w",
+    number=1,
+    access="pending",
+    parent=0,
+    file="w.1.qcow2",
+    format="qcow2",
+    size=None,
+    sha256=None,
+    created_at=AT,
+    sealed_at=None,
+    production_at=AT,
+    devices=("pc1", "pc2"),
+    boots=("test",),
+)
 
 
-@pytest.mark.parametrize("value", [
-    VERSION,
-    PromoteResult(version=VERSION, merge_skipped="no", merged=MergeResult(
-        vdisk="w", kept=2, base=0, new_base=False, removed=(1,), deleted=("a",),
-        retained=(), automatic=True)),
-    PromoteResult(version=VERSION, merged=None, merge_skipped=None),
-    ExportResult(vdisk="w", version=0, format="qcow2", path=Path("/x/out.qcow2"), size=5),
-    RebalanceResult(moves=(Move(1, "pc1", "a", "b", 1, 2),), average=1.5, trigger_pct=25.0,
-                    auto=False, applied=True),
-], ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize(
+    "value",
+    [
+        VERSION,
+        PromoteResult(
+            version=VERSION,
+            merge_skipped="no",
+            merged=MergeResult(
+                vdisk="w",
+                kept=2,
+                base=0,
+                new_base=False,
+                removed=(1,),
+                deleted=("a",),
+                retained=(),
+                automatic=True,
+            ),
+        ),
+        PromoteResult(version=VERSION, merged=None, merge_skipped=None),
+        ExportResult(vdisk="w", version=0, format="qcow2", path=Path("/x/out.qcow2"), size=5),
+        RebalanceResult(
+            moves=(Move(1, "pc1", "a", "b", 1, 2),),
+            average=1.5,
+            trigger_pct=25.0,
+            auto=False,
+            applied=True,
+        ),
+    ],
+    ids=lambda v: type(v).__name__,
+)
 def test_round_trip_gives_the_same_record(value):
     assert round_trip(value) == value
 
@@ -59,10 +91,15 @@ def test_missing_keys_take_the_default_or_fail():
         from_plain(WithDefault, {"count": 1})
 
 
-@pytest.mark.parametrize("data", [
-    [], "text", to_plain(VERSION) | {"created_at": "yesterday"},
-    to_plain(VERSION) | {"devices": "pc1"},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        [],
+        "text",
+        to_plain(VERSION) | {"created_at": "yesterday"},
+        to_plain(VERSION) | {"devices": "pc1"},
+    ],
+)
 def test_wrong_shapes_raise_value_error(data):
     with pytest.raises(ValueError):
         from_plain(VersionInfo, data)

@@ -21,8 +21,9 @@ SERVER_URL = "postgresql+psycopg://root@127.0.0.1:5432"
 
 
 def _admin_engine():
-    return create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT",
-                         connect_args={"connect_timeout": 3})
+    return create_engine(
+        ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
 
 
 def unreachable_reason() -> str | None:

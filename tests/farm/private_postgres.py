@@ -50,33 +50,85 @@ class PrivatePostgres:
         self.data = self.dir / "data"
         self.port = _free_port()
         self.url = f"postgresql+psycopg://root@127.0.0.1:{self.port}/farm"
-        self._as_postgres(str(self._bin / "initdb"), "-D", str(self.data), "-U", "root",
-                          "-A", "trust", "--no-sync", "-E", "UTF8")
+        self._as_postgres(
+            str(self._bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "root",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         self.start()
-        self._as_postgres(str(self._bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                          "-U", "root", "farm")
+        self._as_postgres(
+            str(self._bin / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "root",
+            "farm",
+        )
 
     def _as_postgres(self, *argv: str) -> None:
-        proc = subprocess.run(["runuser", "-u", "postgres", "--", *argv],
-                              capture_output=True, text=True, cwd=self.dir, timeout=120)
+        proc = subprocess.run(
+            ["runuser", "-u", "postgres", "--", *argv],
+            capture_output=True,
+            text=True,
+            cwd=self.dir,
+            timeout=120,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {proc.stdout}{proc.stderr}")
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
-                   f"-c unix_socket_directories={self.dir} -c fsync=off")
-        self._as_postgres(str(self._bin / "pg_ctl"), "-D", str(self.data), "-o", options,
-                          "-l", str(self.dir / "server.log"), "-w", "-t", "60", "start")
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.dir} -c fsync=off"
+        )
+        self._as_postgres(
+            str(self._bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.dir / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         """Stop the server now (fast mode: open connections are cut)."""
-        self._as_postgres(str(self._bin / "pg_ctl"), "-D", str(self.data), "-m", "fast",
-                          "-w", "-t", "60", "stop")
+        self._as_postgres(
+            str(self._bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"
+        )
 
     def close(self) -> None:
         """Stop (if running) and delete everything."""
-        subprocess.run(["runuser", "-u", "postgres", "--", str(self._bin / "pg_ctl"), "-D",
-                        str(self.data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, cwd=self.dir, timeout=60)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(self._bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+            cwd=self.dir,
+            timeout=60,
+        )
         shutil.rmtree(self.dir, ignore_errors=True)

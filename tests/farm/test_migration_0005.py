@@ -16,9 +16,12 @@ def test_0005_inserts_the_default_row_and_allows_no_second(url):  # noqa: F811
     engine = db.make_engine(url)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(text(
-                "SELECT id, heartbeat_timeout_s, boot_phase_s, rebalance_trigger_pct "
-                "FROM farm_settings")).all()
+            rows = connection.execute(
+                text(
+                    "SELECT id, heartbeat_timeout_s, boot_phase_s, rebalance_trigger_pct "
+                    "FROM farm_settings"
+                )
+            ).all()
             assert [tuple(r) for r in rows] == [(1, 3.0, 60.0, 25.0)]
         with pytest.raises(IntegrityError), engine.begin() as connection:
             connection.execute(text("INSERT INTO farm_settings (id) VALUES (2)"))

@@ -18,9 +18,19 @@ from vdfarm.farm import db
 from vdfarm.farm.models import Base, Vdisk, VdiskVersion
 
 CREATED = datetime(2030, 1, 1, tzinfo=UTC)
-TABLES = {"servers", "stores", "vdisks", "devices", "locks", "audit_events",
-          "vdisk_versions", "device_sessions", "store_versions", "farm_settings",
-          "login_reservations"}
+TABLES = {
+    "servers",
+    "stores",
+    "vdisks",
+    "devices",
+    "locks",
+    "audit_events",
+    "vdisk_versions",
+    "device_sessions",
+    "store_versions",
+    "farm_settings",
+    "login_reservations",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -120,6 +130,7 @@ def test_a_silent_database_host_fails_a_connect_instead_of_hanging_it():
                 outcome.append("connected")
             except OperationalError as exc:
                 outcome.append(exc)
+
         worker = threading.Thread(target=connect, daemon=True)
         worker.start()
         worker.join(60)
@@ -134,19 +145,34 @@ def test_0002_gives_every_existing_vdisk_its_base_version(url):
     try:
         db.upgrade(url, "0001")
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO vdisks (name, size, format, sha256, created_at) "
-                "VALUES ('w', 4096, 'raw', :sha, :at)"), {"sha": "a" * 64, "at": CREATED})
+            conn.execute(
+                text(
+                    "INSERT INTO vdisks (name, size, format, sha256, created_at) "
+                    "VALUES ('w', 4096, 'raw', :sha, :at)"
+                ),
+                {"sha": "a" * 64, "at": CREATED},
+            )
         db.upgrade(url, "0002")
         with Session(engine) as session:
-            vdisk = session.execute(select(  # the 0002 columns only: later ones are missing
-                Vdisk.id, Vdisk.max_versions, Vdisk.override_version, Vdisk.created_at)).one()
+            vdisk = session.execute(
+                select(  # the 0002 columns only: later ones are missing
+                    Vdisk.id, Vdisk.max_versions, Vdisk.override_version, Vdisk.created_at
+                )
+            ).one()
             [base] = session.scalars(select(VdiskVersion)).all()
         assert (vdisk.max_versions, vdisk.override_version) == (5, None)
         assert (base.vdisk_id, base.number, base.parent_number, base.file_name) == (
-            vdisk.id, 0, None, "base.raw")
+            vdisk.id,
+            0,
+            None,
+            "base.raw",
+        )
         assert (base.format, base.access, base.size, base.sha256) == (
-            "raw", "production", 4096, "a" * 64)
+            "raw",
+            "production",
+            4096,
+            "a" * 64,
+        )
         assert base.created_at == base.sealed_at == base.production_at == vdisk.created_at
         db.downgrade(url, "0001")
         with engine.connect() as conn:
@@ -160,8 +186,10 @@ def test_postgres_statements_and_lock_waits_are_bounded():
     try:
         with engine.connect() as connection:
             show = connection.exec_driver_sql
-            assert (show("SHOW statement_timeout").scalar(),
-                    show("SHOW lock_timeout").scalar()) == ("30s", "10s")
+            assert (
+                show("SHOW statement_timeout").scalar(),
+                show("SHOW lock_timeout").scalar(),
+            ) == ("30s", "10s")
     except OperationalError as exc:  # pragma: no cover - no PostgreSQL here
         pytest.skip(f"PostgreSQL not reachable: {exc}")
     finally:

@@ -79,11 +79,14 @@ def test_defaults(engine):
         assert s.scalars(select(Device)).one().device_type == "production"
 
 
-@pytest.mark.parametrize("row", [
-    lambda: vdisk(access_mode="shared"),
-    lambda: vdisk(write_cache_type="tmpfs"),
-    lambda: Device(name="d", device_type="lab"),
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        lambda: vdisk(access_mode="shared"),
+        lambda: vdisk(write_cache_type="tmpfs"),
+        lambda: Device(name="d", device_type="lab"),
+    ],
+)
 def test_check_constraints(engine, row):
     with Session(engine) as s, pytest.raises(IntegrityError):
         s.add(row())
@@ -114,13 +117,17 @@ def version(vdisk_id, number=0, **kw):
     return VdiskVersion(vdisk_id=vdisk_id, number=number, **(fields | kw))
 
 
-@pytest.mark.parametrize("make", [
-    lambda vid, sid, did: version(vid, access="staging"),
-    lambda vid, sid, did: version(vid, format="vhd"),
-    lambda vid, sid, did: version(vid, number=1),  # (vdisk_id, number) is unique
-    lambda vid, sid, did: DeviceSession(device_id=did, server_id=sid, vdisk_id=vid,
-                                        version=0),  # one session per device
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda vid, sid, did: version(vid, access="staging"),
+        lambda vid, sid, did: version(vid, format="vhd"),
+        lambda vid, sid, did: version(vid, number=1),  # (vdisk_id, number) is unique
+        lambda vid, sid, did: DeviceSession(
+            device_id=did, server_id=sid, vdisk_id=vid, version=0
+        ),  # one session per device
+    ],
+)
 def test_version_and_session_constraints(engine, make):
     with Session(engine) as s, s.begin():
         v, device = vdisk(), Device(name="d")
@@ -128,8 +135,7 @@ def test_version_and_session_constraints(engine, make):
         s.add_all([v, device, server])
         s.flush()
         s.add(version(v.id, number=1))
-        s.add(DeviceSession(device_id=device.id, server_id=server.id, vdisk_id=v.id,
-                            version=1))
+        s.add(DeviceSession(device_id=device.id, server_id=server.id, vdisk_id=v.id, version=1))
         ids = (v.id, server.id, device.id)
     with Session(engine) as s, pytest.raises(IntegrityError):
         s.add(make(*ids))

@@ -37,27 +37,31 @@ def names(placement):
 
 
 def test_least_busy_by_connected_per_power_first():
-    farm = [server("a", connected=4), server("b", connected=3), server("c", connected=6,
-                                                                         power_rating=3.0)]
+    farm = [
+        server("a", connected=4),
+        server("b", connected=3),
+        server("c", connected=6, power_rating=3.0),
+    ]
     placement = place(DEVICE, farm, NOW)
     assert names(placement) == ["c", "b", "a"]
     assert "least busy of 3" in placement.reason
 
 
 def test_ties_break_by_booting_then_name():
-    farm = [server("b", connected=2), server("a", connected=2), server("c", connected=2,
-                                                                         booting=1)]
+    farm = [server("b", connected=2), server("a", connected=2), server("c", connected=2, booting=1)]
     assert names(place(DEVICE, farm, NOW)) == ["a", "b", "c"]
     assert names(place(DEVICE, list(reversed(farm)), NOW)) == ["a", "b", "c"]
 
 
 def test_down_servers_are_never_chosen():
-    farm = [server("a", last_heartbeat=STALE), server("b", connected=9),
-            server("c", last_heartbeat=None)]
+    farm = [
+        server("a", last_heartbeat=STALE),
+        server("b", connected=9),
+        server("c", last_heartbeat=None),
+    ]
     assert names(place(DEVICE, farm, NOW)) == ["b"]
     nowhere = place(DEVICE, [server("a", last_heartbeat=STALE)], NOW)
-    assert (nowhere.primary, nowhere.alternatives, nowhere.reason) == (
-        None, (), "no server is up")
+    assert (nowhere.primary, nowhere.alternatives, nowhere.reason) == (None, (), "no server is up")
 
 
 def test_timeout_is_inclusive_and_configurable():
@@ -86,8 +90,11 @@ def test_max_booting_sends_booting_devices_elsewhere():
 
 def test_subnet_affinity():
     here = ipaddress.ip_address("10.1.2.3")
-    farm = [server("a", subnet="10.1.0.0/16", connected=9), server("b", subnet="10.2.0.0/16"),
-            server("c")]
+    farm = [
+        server("a", subnet="10.1.0.0/16", connected=9),
+        server("b", subnet="10.2.0.0/16"),
+        server("c"),
+    ]
     none = DeviceNeed(name="pc", vdisk="w", version=0, affinity="none", address=here)
     best = DeviceNeed(name="pc", vdisk="w", version=0, affinity="best-effort", address=here)
     fixed = DeviceNeed(name="pc", vdisk="w", version=0, affinity="fixed", address=here)
@@ -113,11 +120,13 @@ def test_preferred_server_first_then_the_usual_order():
 def test_preferred_server_that_may_not_serve_is_ignored():
     here = ipaddress.ip_address("10.1.2.3")
     fixed = DeviceNeed(name="pc", vdisk="w", version=0, affinity="fixed", address=here)
-    farm = [server("a", connected=3, subnet="10.1.0.0/16"),
-            server("d", last_heartbeat=STALE, subnet="10.1.0.0/16"),
-            server("e", versions=frozenset(), subnet="10.1.0.0/16"),
-            server("f", booting=2, max_booting=2, subnet="10.1.0.0/16"),
-            server("g", subnet="10.2.0.0/16")]
+    farm = [
+        server("a", connected=3, subnet="10.1.0.0/16"),
+        server("d", last_heartbeat=STALE, subnet="10.1.0.0/16"),
+        server("e", versions=frozenset(), subnet="10.1.0.0/16"),
+        server("f", booting=2, max_booting=2, subnet="10.1.0.0/16"),
+        server("g", subnet="10.2.0.0/16"),
+    ]
     usual = place(fixed, farm, NOW)
     assert names(usual) == ["a"] and usual.reason.startswith("least busy")
     for name in ("d", "e", "f", "g", "z"):  # down, no copy, full, wrong subnet, unknown
@@ -147,13 +156,19 @@ def candidates(draw):
     result = []
     for index in range(count):
         age = draw(st.one_of(st.none(), st.floats(0, 10)))
-        result.append(Candidate(
-            id=index, name=draw(st.sampled_from(["s1", "s2", "s3", "s4"])) + f"-{index}",
-            last_heartbeat=None if age is None else NOW - timedelta(seconds=age),
-            power_rating=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0])),
-            connected=draw(st.integers(0, 50)), booting=draw(st.integers(0, 10)),
-            max_booting=draw(st.integers(1, 12)), subnet=draw(SUBNETS),
-            versions=frozenset(draw(st.sets(KEYS)))))
+        result.append(
+            Candidate(
+                id=index,
+                name=draw(st.sampled_from(["s1", "s2", "s3", "s4"])) + f"-{index}",
+                last_heartbeat=None if age is None else NOW - timedelta(seconds=age),
+                power_rating=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0])),
+                connected=draw(st.integers(0, 50)),
+                booting=draw(st.integers(0, 10)),
+                max_booting=draw(st.integers(1, 12)),
+                subnet=draw(SUBNETS),
+                versions=frozenset(draw(st.sets(KEYS))),
+            )
+        )
     return result
 
 
@@ -161,17 +176,20 @@ def candidates(draw):
 def devices(draw):
     vdisk, version = draw(KEYS)
     address = draw(ADDRESSES)
-    return DeviceNeed(name="pc", vdisk=vdisk, version=version,
-                      affinity=draw(st.sampled_from(["none", "best-effort", "fixed"])),
-                      address=None if address is None else ipaddress.ip_address(address))
+    return DeviceNeed(
+        name="pc",
+        vdisk=vdisk,
+        version=version,
+        affinity=draw(st.sampled_from(["none", "best-effort", "fixed"])),
+        address=None if address is None else ipaddress.ip_address(address),
+    )
 
 
 @settings(max_examples=400, deadline=None)
 @given(devices(), candidates())
 def test_invariants(device, farm):
     placement = place(device, farm, NOW)
-    chosen = [] if placement.primary is None else [placement.primary,
-                                                   *placement.alternatives]
+    chosen = [] if placement.primary is None else [placement.primary, *placement.alternatives]
     assert placement.reason
     for candidate in chosen:
         assert is_up(candidate.last_heartbeat, NOW, timedelta(seconds=3))
@@ -182,10 +200,14 @@ def test_invariants(device, farm):
     keys = [order_key(c, device) for c in chosen]
     assert keys == sorted(keys)
     assert len({c.id for c in chosen}) == len(chosen)
-    eligible = [c for c in farm
-                if is_up(c.last_heartbeat, NOW, timedelta(seconds=3))
-                and device.key in c.versions and c.booting < c.max_booting
-                and (device.affinity != "fixed" or in_subnet(device.address, c.subnet))]
+    eligible = [
+        c
+        for c in farm
+        if is_up(c.last_heartbeat, NOW, timedelta(seconds=3))
+        and device.key in c.versions
+        and c.booting < c.max_booting
+        and (device.affinity != "fixed" or in_subnet(device.address, c.subnet))
+    ]
     assert {c.id for c in chosen} == {c.id for c in eligible}
     assert place(device, list(reversed(farm)), NOW) == placement
 

@@ -34,9 +34,17 @@ def sessions_on(counts, booting=0, start=0, **kw):
     for index, count in enumerate(counts):
         for n in range(count):
             device += 1
-            result.append(SessionState(device_id=device, device_name=f"pc{device:04}",
-                                       server_id=index + 1, vdisk="w", version=0,
-                                       booting=n < booting, **kw))
+            result.append(
+                SessionState(
+                    device_id=device,
+                    device_name=f"pc{device:04}",
+                    server_id=index + 1,
+                    vdisk="w",
+                    version=0,
+                    booting=n < booting,
+                    **kw,
+                )
+            )
     return result
 
 
@@ -103,8 +111,11 @@ def test_max_booting_on_the_target_is_respected():
 
 def test_fixed_affinity_never_leaves_the_subnet():
     here = ipaddress.ip_address("10.1.0.7")
-    servers = [server(1, subnet="10.1.0.0/16"), server(2, subnet="10.2.0.0/16"),
-               server(3, subnet="10.1.0.0/16")]
+    servers = [
+        server(1, subnet="10.1.0.0/16"),
+        server(2, subnet="10.2.0.0/16"),
+        server(3, subnet="10.1.0.0/16"),
+    ]
     sessions = sessions_on([12, 0, 0], affinity="fixed", address=here)
     after = apply(sessions, plan(servers, sessions))
     assert after[2] == 0 and after[1] == after[3] == 6
@@ -138,25 +149,36 @@ ADDRESS = st.sampled_from([None, "10.1.0.5", "10.2.0.5"])
 def farms(draw, constrained=True):
     count = draw(st.integers(1, 6))
     keys = [("w", 0), ("w", 1)]
-    servers = [ServerState(
-        id=i + 1, name=f"s{i + 1}", up=draw(st.booleans()) if constrained else True,
-        power_rating=draw(st.sampled_from([0.5, 1.0, 2.0, 4.0])),
-        max_booting=draw(st.integers(1, 40)) if constrained else 500,
-        subnet=draw(st.sampled_from([None, "10.1.0.0/16", "10.2.0.0/16"])),
-        versions=frozenset(draw(st.sets(st.sampled_from(keys))) if constrained else keys))
-        for i in range(count)]
+    servers = [
+        ServerState(
+            id=i + 1,
+            name=f"s{i + 1}",
+            up=draw(st.booleans()) if constrained else True,
+            power_rating=draw(st.sampled_from([0.5, 1.0, 2.0, 4.0])),
+            max_booting=draw(st.integers(1, 40)) if constrained else 500,
+            subnet=draw(st.sampled_from([None, "10.1.0.0/16", "10.2.0.0/16"])),
+            versions=frozenset(draw(st.sets(st.sampled_from(keys))) if constrained else keys),
+        )
+        for i in range(count)
+    ]
     sessions = []
     for device in range(draw(st.integers(0, 80))):
         address = draw(ADDRESS) if constrained else None
-        sessions.append(SessionState(
-            device_id=device, device_name=f"pc{device:03}",
-            server_id=draw(st.integers(1, count)), vdisk="w",
-            version=draw(st.sampled_from([0, 1])),
-            booting=draw(st.booleans()) if constrained else False,
-            pinned=draw(st.booleans()) if constrained else False,
-            affinity=draw(st.sampled_from(["none", "best-effort", "fixed"]))
-            if constrained else "none",
-            address=None if address is None else ipaddress.ip_address(address)))
+        sessions.append(
+            SessionState(
+                device_id=device,
+                device_name=f"pc{device:03}",
+                server_id=draw(st.integers(1, count)),
+                vdisk="w",
+                version=draw(st.sampled_from([0, 1])),
+                booting=draw(st.booleans()) if constrained else False,
+                pinned=draw(st.booleans()) if constrained else False,
+                affinity=draw(st.sampled_from(["none", "best-effort", "fixed"]))
+                if constrained
+                else "none",
+                address=None if address is None else ipaddress.ip_address(address),
+            )
+        )
     return servers, sessions
 
 

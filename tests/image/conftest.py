@@ -37,9 +37,19 @@ class QemuNbd:
         self.image = image
         self.port = free_port()
         self.process = subprocess.Popen(
-            ["qemu-nbd", "--format=raw", "--persistent", "--shared=4", f"--export-name={EXPORT}",
-             "--bind=127.0.0.1", f"--port={self.port}", str(image)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                "qemu-nbd",
+                "--format=raw",
+                "--persistent",
+                "--shared=4",
+                f"--export-name={EXPORT}",
+                "--bind=127.0.0.1",
+                f"--port={self.port}",
+                str(image),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         wait_port(self.port, self.process)
 
     @property

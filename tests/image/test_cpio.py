@@ -45,11 +45,18 @@ def test_empty_or_repeated_names_are_refused(name):
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio tool not installed")
 def test_gnu_cpio_lists_and_extracts_our_archive(tmp_path):
     archive = cpio.write_newc([e for e in ENTRIES if not e.is_char_device])
-    listing = subprocess.run(["cpio", "-it", "--quiet"], input=archive, capture_output=True,
-                             check=True).stdout.decode().split()
+    listing = (
+        subprocess.run(["cpio", "-it", "--quiet"], input=archive, capture_output=True, check=True)
+        .stdout.decode()
+        .split()
+    )
     assert listing == [e.name for e in ENTRIES if not e.is_char_device]
-    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=archive,
-                   cwd=tmp_path, check=True)
+    subprocess.run(
+        ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
+        input=archive,
+        cwd=tmp_path,
+        check=True,
+    )
     assert (tmp_path / "bin/hello").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert (tmp_path / "bin/hello").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "bin/sh").readlink().as_posix() == "hello"

@@ -20,8 +20,9 @@ SETTINGS = {"PATTERN_OFFSET_FROM_END": 1048576, "PATTERN_BLOCK_SIZE": 4096}
 def host_initramfs():
     kernel = sample.find_newest_kernel()
     version = sample.kernel_version(kernel)
-    data = initramfs.build_initramfs(version, sample.MODULES_ROOT / version, sample.BUSYBOX,
-                                     SETTINGS)
+    data = initramfs.build_initramfs(
+        version, sample.MODULES_ROOT / version, sample.BUSYBOX, SETTINGS
+    )
     entries = cpio.read_newc(gzip.decompress(data))
     return version, {e.name: e for e in entries}, [e.name for e in entries]
 
@@ -77,8 +78,7 @@ def test_unsafe_settings_are_refused(value):
 
 
 def test_init_script_parses_in_busybox_sh():
-    subprocess.run([str(sample.BUSYBOX), "sh", "-n", str(initramfs.INIT_SCRIPT_PATH)],
-                   check=True)
+    subprocess.run([str(sample.BUSYBOX), "sh", "-n", str(initramfs.INIT_SCRIPT_PATH)], check=True)
 
 
 def test_static_busybox_is_recognised_and_a_dynamic_binary_is_not():

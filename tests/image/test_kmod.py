@@ -22,12 +22,15 @@ kernel/fs/fuse/fuse.ko.xz:
 """
 
 
-@pytest.mark.parametrize("path, name", [
-    ("kernel/drivers/virtio/virtio-pci.ko.xz", "virtio_pci"),
-    ("virtio_blk.ko", "virtio_blk"),
-    ("a/b/virtio_ring.ko.zst", "virtio_ring"),
-    ("a/b/c.ko.gz", "c"),
-])
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("kernel/drivers/virtio/virtio-pci.ko.xz", "virtio_pci"),
+        ("virtio_blk.ko", "virtio_blk"),
+        ("a/b/virtio_ring.ko.zst", "virtio_ring"),
+        ("a/b/c.ko.gz", "c"),
+    ],
+)
 def test_module_name_drops_directory_and_suffix(path, name):
     assert kmod.module_name(path) == name
 
@@ -40,8 +43,9 @@ def test_uncompressed_relpath_ends_in_plain_ko():
 def test_load_order_puts_every_module_after_its_dependencies():
     table = kmod.parse_modules_dep(DEP)
     order = [kmod.module_name(p) for p in kmod.load_order(table, kmod.VIRTIO_BLK_MODULES, set())]
-    assert sorted(order) == sorted(["virtio_ring", "virtio", "virtio_pci_modern_dev",
-                                    "virtio_pci", "virtio_blk"])
+    assert sorted(order) == sorted(
+        ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk"]
+    )
     for name in order:
         _, deps = table[name]
         for dep in deps:
@@ -52,7 +56,10 @@ def test_builtin_modules_are_not_loaded():
     table = kmod.parse_modules_dep(DEP)
     order = kmod.load_order(table, kmod.VIRTIO_BLK_MODULES, {"virtio", "virtio_ring"})
     assert [kmod.module_name(p) for p in order] == [
-        "virtio_pci_modern_dev", "virtio_pci", "virtio_blk"]
+        "virtio_pci_modern_dev",
+        "virtio_pci",
+        "virtio_blk",
+    ]
 
 
 def test_missing_module_is_named_in_the_error():

@@ -24,14 +24,16 @@ def fat_target(image: Path) -> str:
 
 def fat_file(image: Path, name: str, tmp_path: Path) -> bytes:
     out = tmp_path / name
-    subprocess.run(["mcopy", "-o", "-i", fat_target(image), f"::{name}", str(out)],
-                   check=True, env=MTOOLS_ENV)
+    subprocess.run(
+        ["mcopy", "-o", "-i", fat_target(image), f"::{name}", str(out)], check=True, env=MTOOLS_ENV
+    )
     return out.read_bytes()
 
 
 def test_one_bootable_fat_partition_leaving_the_last_mib_free(sample_image):
-    dump = subprocess.run(["sfdisk", "--json", str(sample_image)], capture_output=True,
-                          text=True, check=True).stdout
+    dump = subprocess.run(
+        ["sfdisk", "--json", str(sample_image)], capture_output=True, text=True, check=True
+    ).stdout
     table = json.loads(dump)["partitiontable"]
     assert table["label"] == "dos"
     [part] = table["partitions"]
@@ -54,20 +56,24 @@ def test_fat_boot_sector_counts_the_partition_offset_as_hidden(sample_image):
         f.seek(sample.PARTITION_START)
         boot = f.read(512)
     assert boot[0x36:0x3E] == b"FAT16   "
-    hidden, = struct.unpack_from("<I", boot, 0x1C)
+    (hidden,) = struct.unpack_from("<I", boot, 0x1C)
     assert hidden * 512 == sample.PARTITION_START
 
 
 def test_fat_holds_kernel_initramfs_and_syslinux(sample_image):
-    listing = subprocess.run(["mdir", "-a", "-b", "-i", fat_target(sample_image), "::"],
-                             capture_output=True, text=True, check=True, env=MTOOLS_ENV).stdout
+    listing = subprocess.run(
+        ["mdir", "-a", "-b", "-i", fat_target(sample_image), "::"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=MTOOLS_ENV,
+    ).stdout
     names = {line.strip().lstrip(":/").lower() for line in listing.splitlines()}
     assert {"vmlinuz", "initrd.gz", "syslinux.cfg", "ldlinux.sys", "ldlinux.c32"} <= names
 
 
 def test_kernel_is_the_hosts_newest(sample_image, tmp_path):
-    assert fat_file(sample_image, "vmlinuz", tmp_path) == (
-        sample.find_newest_kernel().read_bytes())
+    assert fat_file(sample_image, "vmlinuz", tmp_path) == (sample.find_newest_kernel().read_bytes())
 
 
 def test_syslinux_cfg_boots_kernel_with_serial_console(sample_image, tmp_path):

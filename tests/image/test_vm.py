@@ -29,10 +29,16 @@ GOOD_SERIAL = (
 
 def test_parse_serial_reads_every_marker():
     fields = vm.parse_serial(GOOD_SERIAL)
-    assert fields == vm.SerialFields(booted=True, reported_id="pc1", disk_size=67108864,
-                                     pattern_before="VDFARM-PATTERN pc0", write_mode="direct",
-                                     readback="ok",
-                                     error=None, done=True)
+    assert fields == vm.SerialFields(
+        booted=True,
+        reported_id="pc1",
+        disk_size=67108864,
+        pattern_before="VDFARM-PATTERN pc0",
+        write_mode="direct",
+        readback="ok",
+        error=None,
+        done=True,
+    )
 
 
 def test_parse_serial_of_a_failed_boot():

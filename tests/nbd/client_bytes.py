@@ -21,14 +21,20 @@ def client_flags(flags: int = c.FLAG_C_FIXED_NEWSTYLE | c.FLAG_C_NO_ZEROES) -> b
     return struct.pack(">I", flags)
 
 
-def option(opt: int, data: bytes = b"", magic: int = c.IHAVEOPT, length: int | None = None) -> bytes:
+def option(
+    opt: int, data: bytes = b"", magic: int = c.IHAVEOPT, length: int | None = None
+) -> bytes:
     return struct.pack(">QII", magic, opt, len(data) if length is None else length) + data
 
 
 def go_data(name: str = "", infos: tuple[int, ...] = ()) -> bytes:
     raw = name.encode()
-    return (struct.pack(">I", len(raw)) + raw + struct.pack(">H", len(infos))
-            + b"".join(struct.pack(">H", i) for i in infos))
+    return (
+        struct.pack(">I", len(raw))
+        + raw
+        + struct.pack(">H", len(infos))
+        + b"".join(struct.pack(">H", i) for i in infos)
+    )
 
 
 def meta_data(name: str = "", queries: tuple[str, ...] = ()) -> bytes:
@@ -39,8 +45,15 @@ def meta_data(name: str = "", queries: tuple[str, ...] = ()) -> bytes:
     return out
 
 
-def request(cmd: int, cookie: int = 1, offset: int = 0, length: int = 0, flags: int = 0,
-            data: bytes = b"", magic: int = c.REQUEST_MAGIC) -> bytes:
+def request(
+    cmd: int,
+    cookie: int = 1,
+    offset: int = 0,
+    length: int = 0,
+    flags: int = 0,
+    data: bytes = b"",
+    magic: int = c.REQUEST_MAGIC,
+) -> bytes:
     return struct.pack(">IHHQQI", magic, flags, cmd, cookie, offset, length) + data
 
 
@@ -69,7 +82,7 @@ def parse_option_replies(raw: bytes) -> list[OptionReply]:
         assert len(raw) - pos >= 20, "truncated option reply header"
         magic, opt, rtype, length = struct.unpack_from(">QIII", raw, pos)
         assert magic == c.REPLY_MAGIC_OPT, hex(magic)
-        data = raw[pos + 20:pos + 20 + length]
+        data = raw[pos + 20 : pos + 20 + length]
         assert len(data) == length, "truncated option reply data"
         out.append(OptionReply(opt, rtype, data))
         pos += 20 + length
@@ -92,7 +105,7 @@ def parse_info(data: bytes) -> tuple[int, object]:
 def parse_server_entry(data: bytes) -> tuple[str, str]:
     (n,) = struct.unpack_from(">I", data)
     assert n <= len(data) - 4
-    return data[4:4 + n].decode(), data[4 + n:].decode()
+    return data[4 : 4 + n].decode(), data[4 + n :].decode()
 
 
 def parse_meta_context(data: bytes) -> tuple[int, str]:
@@ -164,8 +177,10 @@ def events(conn: ServerConnection) -> list:
             return out
 
 
-def started(client_flag_bits: int = c.FLAG_C_FIXED_NEWSTYLE | c.FLAG_C_NO_ZEROES,
-            max_payload: int = c.MAX_PAYLOAD) -> ServerConnection:
+def started(
+    client_flag_bits: int = c.FLAG_C_FIXED_NEWSTYLE | c.FLAG_C_NO_ZEROES,
+    max_payload: int = c.MAX_PAYLOAD,
+) -> ServerConnection:
     """A machine in OPTIONS: greeting sent, client flags received."""
     conn = ServerConnection(max_payload=max_payload)
     conn.start()
@@ -174,10 +189,16 @@ def started(client_flag_bits: int = c.FLAG_C_FIXED_NEWSTYLE | c.FLAG_C_NO_ZEROES
     return conn
 
 
-def in_transmission(flags: int = 0, structured: bool = False, meta: bool = False,
-                    name: str = "disk", size: int = 1 << 30, min_block: int = 1,
-                    max_payload: int = c.MAX_PAYLOAD, max_block: int = c.MAX_PAYLOAD
-                    ) -> ServerConnection:
+def in_transmission(
+    flags: int = 0,
+    structured: bool = False,
+    meta: bool = False,
+    name: str = "disk",
+    size: int = 1 << 30,
+    min_block: int = 1,
+    max_payload: int = c.MAX_PAYLOAD,
+    max_block: int = c.MAX_PAYLOAD,
+) -> ServerConnection:
     """A machine in TRANSMISSION after STRUCTURED_REPLY / SET_META_CONTEXT
     (if asked) and a GO accepted with `flags`."""
     conn = started(max_payload=max_payload)
@@ -188,7 +209,14 @@ def in_transmission(flags: int = 0, structured: bool = False, meta: bool = False
     conn.receive_data(option(c.OPT_GO, go_data(name)))
     (ev,) = events(conn)
     conn.data_to_send()
-    conn.accept_export(ExportInfo(size=size, transmission_flags=flags, min_block=min_block,
-                                  preferred_block=max(4096, min_block), max_block=max_block))
+    conn.accept_export(
+        ExportInfo(
+            size=size,
+            transmission_flags=flags,
+            min_block=min_block,
+            preferred_block=max(4096, min_block),
+            max_block=max_block,
+        )
+    )
     assert conn.state.name == "TRANSMISSION"
     return conn

@@ -7,10 +7,16 @@ import pytest
 from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
 
 
-@pytest.mark.parametrize("event", [
-    ExportRequest("a", True), ListRequest(), Request(1, 0, 0, 0, 1), BadRequest(1, 22, "x"),
-    Disconnect(),
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        ExportRequest("a", True),
+        ListRequest(),
+        Request(1, 0, 0, 0, 1),
+        BadRequest(1, 22, "x"),
+        Disconnect(),
+    ],
+)
 def test_events_have_slots_only(event):
     assert not hasattr(event, "__dict__")
     with pytest.raises(AttributeError):

@@ -19,12 +19,19 @@ from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("nbdinfo", "nbdcopy", "qemu-io", "qemu-img")),
-    reason="real NBD clients not installed")
+    reason="real NBD clients not installed",
+)
 
 SIZE = 4 << 20
 BLOCK = 65536
-RW_FLAGS = (c.FLAG_SEND_FLUSH | c.FLAG_SEND_FUA | c.FLAG_SEND_TRIM | c.FLAG_SEND_WRITE_ZEROES
-            | c.FLAG_SEND_CACHE | c.FLAG_SEND_DF)
+RW_FLAGS = (
+    c.FLAG_SEND_FLUSH
+    | c.FLAG_SEND_FUA
+    | c.FLAG_SEND_TRIM
+    | c.FLAG_SEND_WRITE_ZEROES
+    | c.FLAG_SEND_CACHE
+    | c.FLAG_SEND_DF
+)
 
 
 class MemoryServer:
@@ -82,12 +89,12 @@ class MemoryServer:
         if end > SIZE:
             return conn.reply_error(req.cookie, c.NBD_EINVAL, "beyond the end of the disk")
         if req.command == c.CMD_READ:
-            data = bytes(self.disk[req.offset:end])
+            data = bytes(self.disk[req.offset : end])
             return conn.reply_read_header(req.cookie, req.offset, req.length) + data
         if req.command == c.CMD_WRITE:
-            self.disk[req.offset:end] = req.data
+            self.disk[req.offset : end] = req.data
         elif req.command in (c.CMD_TRIM, c.CMD_WRITE_ZEROES):
-            self.disk[req.offset:end] = bytes(req.length)
+            self.disk[req.offset : end] = bytes(req.length)
         elif req.command == c.CMD_BLOCK_STATUS:
             return conn.reply_block_status(req.cookie, self._extents(req.offset, end))
         return conn.reply_ok(req.cookie)
@@ -141,24 +148,40 @@ def test_unknown_export_is_refused_with_our_message(server):
 
 
 def test_qemu_io_writes_reads_zeroes_and_trims(server):
-    run("qemu-io", "-f", "raw", server.uri(),
-        "-c", "write -P 0x5a 1M 192k", "-c", "read -P 0x5a 1M 192k",
-        "-c", "write -z 1M 64k", "-c", "read -P 0 1M 64k",
-        "-c", "discard 1088k 64k", "-c", "write -f -P 0x11 3M 4k", "-c", "flush")
-    assert server.disk[1 << 20:(1 << 20) + BLOCK] == bytes(BLOCK)
-    assert server.disk[(1 << 20) + 2 * BLOCK:(1 << 20) + 3 * BLOCK] == b"\x5a" * BLOCK
-    assert server.disk[3 << 20:(3 << 20) + 4096] == b"\x11" * 4096
+    run(
+        "qemu-io",
+        "-f",
+        "raw",
+        server.uri(),
+        "-c",
+        "write -P 0x5a 1M 192k",
+        "-c",
+        "read -P 0x5a 1M 192k",
+        "-c",
+        "write -z 1M 64k",
+        "-c",
+        "read -P 0 1M 64k",
+        "-c",
+        "discard 1088k 64k",
+        "-c",
+        "write -f -P 0x11 3M 4k",
+        "-c",
+        "flush",
+    )
+    assert server.disk[1 << 20 : (1 << 20) + BLOCK] == bytes(BLOCK)
+    assert server.disk[(1 << 20) + 2 * BLOCK : (1 << 20) + 3 * BLOCK] == b"\x5a" * BLOCK
+    assert server.disk[3 << 20 : (3 << 20) + 4096] == b"\x11" * 4096
 
 
 def test_qemu_img_map_reads_block_status(server):
-    server.disk[2 << 20:(2 << 20) + BLOCK] = b"\x01" * BLOCK
+    server.disk[2 << 20 : (2 << 20) + BLOCK] = b"\x01" * BLOCK
     out = json.loads(run("qemu-img", "map", "--output=json", "-f", "raw", server.uri()).stdout)
     data = [(e["start"], e["length"]) for e in out if e["data"]]
     assert data == [(2 << 20, BLOCK)]
 
 
 def test_nbdcopy_reads_the_whole_disk(server, tmp_path):
-    server.disk[123456:123456 + 5000] = b"x" * 5000
+    server.disk[123456 : 123456 + 5000] = b"x" * 5000
     out = tmp_path / "copy.raw"
     run("nbdcopy", server.uri(), str(out))
     assert out.read_bytes() == bytes(server.disk)
@@ -167,8 +190,10 @@ def test_nbdcopy_reads_the_whole_disk(server, tmp_path):
 LIBNBD_PYTHON = "/usr/bin/python3"  # the system Python holds libnbd's binding
 
 
-@pytest.mark.skipif(subprocess.run([LIBNBD_PYTHON, "-c", "import nbd"], capture_output=True)
-                    .returncode != 0, reason="libnbd Python binding not installed")
+@pytest.mark.skipif(
+    subprocess.run([LIBNBD_PYTHON, "-c", "import nbd"], capture_output=True).returncode != 0,
+    reason="libnbd Python binding not installed",
+)
 def test_bad_requests_get_the_spec_errors(server):
     script = f"""
 import errno

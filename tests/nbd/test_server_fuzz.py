@@ -15,8 +15,15 @@ from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
 
 MAX_PAYLOAD = 4096  # small, so oversize requests are cheap to generate
-ALL = (c.FLAG_SEND_FLUSH | c.FLAG_SEND_FUA | c.FLAG_SEND_TRIM | c.FLAG_SEND_WRITE_ZEROES
-       | c.FLAG_SEND_FAST_ZERO | c.FLAG_SEND_CACHE | c.FLAG_SEND_DF)
+ALL = (
+    c.FLAG_SEND_FLUSH
+    | c.FLAG_SEND_FUA
+    | c.FLAG_SEND_TRIM
+    | c.FLAG_SEND_WRITE_ZEROES
+    | c.FLAG_SEND_FAST_ZERO
+    | c.FLAG_SEND_CACHE
+    | c.FLAG_SEND_DF
+)
 
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
@@ -26,13 +33,22 @@ small_length = st.integers(0, MAX_PAYLOAD + 600)
 
 options = st.one_of(
     st.builds(cb.option, st.one_of(st.integers(0, 12), u32), st.binary(max_size=48)),
-    st.builds(lambda opt, name, infos: cb.option(opt, cb.go_data(name, tuple(infos))),
-              st.sampled_from([c.OPT_GO, c.OPT_INFO]), names, st.lists(u16, max_size=4)),
-    st.builds(lambda opt, name, qs: cb.option(opt, cb.meta_data(name, tuple(qs))),
-              st.sampled_from([c.OPT_LIST_META_CONTEXT, c.OPT_SET_META_CONTEXT]), names,
-              st.lists(st.sampled_from(["base:", "base:allocation", "x-a:b", "zz"]), max_size=3)),
-    st.builds(lambda opt: cb.option(opt), st.sampled_from(
-        [c.OPT_STRUCTURED_REPLY, c.OPT_LIST, c.OPT_STARTTLS, c.OPT_ABORT])),
+    st.builds(
+        lambda opt, name, infos: cb.option(opt, cb.go_data(name, tuple(infos))),
+        st.sampled_from([c.OPT_GO, c.OPT_INFO]),
+        names,
+        st.lists(u16, max_size=4),
+    ),
+    st.builds(
+        lambda opt, name, qs: cb.option(opt, cb.meta_data(name, tuple(qs))),
+        st.sampled_from([c.OPT_LIST_META_CONTEXT, c.OPT_SET_META_CONTEXT]),
+        names,
+        st.lists(st.sampled_from(["base:", "base:allocation", "x-a:b", "zz"]), max_size=3),
+    ),
+    st.builds(
+        lambda opt: cb.option(opt),
+        st.sampled_from([c.OPT_STRUCTURED_REPLY, c.OPT_LIST, c.OPT_STARTTLS, c.OPT_ABORT]),
+    ),
     st.builds(lambda name: cb.option(c.OPT_EXPORT_NAME, name.encode()), names),
     st.builds(lambda opt, length: cb.option(opt, length=length), u32, u32),  # lying length
 )
@@ -61,8 +77,16 @@ def answer(conn: ServerConnection, ev, min_block: int) -> None:
         if len(ev.name) % 2:
             conn.reject_export(c.REP_ERR_UNKNOWN, "odd name")
         else:
-            conn.accept_export(ExportInfo(1 << 30, ALL, "fuzz", min_block=min_block,
-                                          preferred_block=4096, max_block=MAX_PAYLOAD))
+            conn.accept_export(
+                ExportInfo(
+                    1 << 30,
+                    ALL,
+                    "fuzz",
+                    min_block=min_block,
+                    preferred_block=4096,
+                    max_block=MAX_PAYLOAD,
+                )
+            )
     elif isinstance(ev, ListRequest):
         conn.send_export_list([("disk", "a disk")])
     elif isinstance(ev, BadRequest):
@@ -108,7 +132,7 @@ def compact(log: list) -> list:
 
 def check_both_ways(make_conn, stream: bytes, min_block: int) -> None:
     whole = drive(make_conn(), [stream], min_block)
-    bytewise = drive(make_conn(), [stream[i:i + 1] for i in range(len(stream))], min_block)
+    bytewise = drive(make_conn(), [stream[i : i + 1] for i in range(len(stream))], min_block)
     whole, bytewise = compact(whole), compact(bytewise)
     sent_whole = b"".join(i[1] for i in whole if isinstance(i, tuple) and i[0] == "sent")
     sent_bytewise = b"".join(i[1] for i in bytewise if isinstance(i, tuple) and i[0] == "sent")
@@ -127,8 +151,11 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 @FUZZ
-@given(flags=st.one_of(st.just(3), st.just(1), u32), stream=handshake_streams,
-       min_block=st.sampled_from([1, 512]))
+@given(
+    flags=st.one_of(st.just(3), st.just(1), u32),
+    stream=handshake_streams,
+    min_block=st.sampled_from([1, 512]),
+)
 def test_handshake_fuzz(flags, stream, min_block):
     check_both_ways(greeted, cb.client_flags(flags) + stream, min_block)
 
@@ -140,12 +167,23 @@ def test_raw_bytes_from_the_first_byte(stream):
 
 
 @FUZZ
-@given(structured=st.booleans(), meta=st.booleans(), read_only=st.booleans(),
-       min_block=st.sampled_from([1, 512]), stream=transmission_streams)
+@given(
+    structured=st.booleans(),
+    meta=st.booleans(),
+    read_only=st.booleans(),
+    min_block=st.sampled_from([1, 512]),
+    stream=transmission_streams,
+)
 def test_transmission_fuzz(structured, meta, read_only, min_block, stream):
     def make_conn():
         flags = ALL | (c.FLAG_READ_ONLY if read_only else 0)
-        return cb.in_transmission(flags, structured=structured, meta=meta and structured,
-                                  min_block=min_block, max_payload=MAX_PAYLOAD,
-                                  max_block=MAX_PAYLOAD)
+        return cb.in_transmission(
+            flags,
+            structured=structured,
+            meta=meta and structured,
+            min_block=min_block,
+            max_payload=MAX_PAYLOAD,
+            max_block=MAX_PAYLOAD,
+        )
+
     check_both_ways(make_conn, stream, min_block)

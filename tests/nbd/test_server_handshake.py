@@ -49,12 +49,15 @@ def test_next_event_before_start_is_local_error():
         ServerConnection().next_event()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (c.FLAG_C_FIXED_NEWSTYLE | 1 << 2, "unknown client flags 0x4"),
-    (c.FLAG_C_FIXED_NEWSTYLE | 1 << 31, "unknown client flags 0x80000000"),
-    (0, "fixed newstyle"),
-    (c.FLAG_C_NO_ZEROES, "fixed newstyle"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (c.FLAG_C_FIXED_NEWSTYLE | 1 << 2, "unknown client flags 0x4"),
+        (c.FLAG_C_FIXED_NEWSTYLE | 1 << 31, "unknown client flags 0x80000000"),
+        (0, "fixed newstyle"),
+        (c.FLAG_C_NO_ZEROES, "fixed newstyle"),
+    ],
+)
 def test_bad_client_flags_are_remote_errors(flags, message):
     conn = ServerConnection()
     conn.start()
@@ -197,26 +200,31 @@ def test_list_meta_context_without_queries_lists_base_allocation():
     assert ack.type == c.REP_ACK
 
 
-@pytest.mark.parametrize("queries, listed", [
-    (("base:",), True),
-    (("base:allocation",), True),
-    (("x-foo:bar", "base:allocation", "base:"), True),
-    (("base:other",), False),
-    (("qemu:dirty-bitmap:a",), False),
-    (("nocolon",), False),
-])
+@pytest.mark.parametrize(
+    "queries, listed",
+    [
+        (("base:",), True),
+        (("base:allocation",), True),
+        (("x-foo:bar", "base:allocation", "base:"), True),
+        (("base:other",), False),
+        (("qemu:dirty-bitmap:a",), False),
+        (("nocolon",), False),
+    ],
+)
 def test_list_meta_context_queries(queries, listed):
     conn = cb.started()
     replies = answer_alone(conn, cb.option(c.OPT_LIST_META_CONTEXT, cb.meta_data("", queries)))
     assert replies[-1].type == c.REP_ACK
     assert [cb.parse_meta_context(r.data) for r in replies[:-1]] == (
-        [(0, "base:allocation")] if listed else [])
+        [(0, "base:allocation")] if listed else []
+    )
 
 
 def test_set_meta_context_needs_structured_replies():
     conn = cb.started()
-    (reply,) = answer_alone(conn, cb.option(c.OPT_SET_META_CONTEXT,
-                                            cb.meta_data("disk", ("base:allocation",))))
+    (reply,) = answer_alone(
+        conn, cb.option(c.OPT_SET_META_CONTEXT, cb.meta_data("disk", ("base:allocation",)))
+    )
     assert reply.type == c.REP_ERR_INVALID
 
 
@@ -267,16 +275,19 @@ def test_failed_set_meta_context_clears_the_selection():
 
 
 @pytest.mark.parametrize("opt", [c.OPT_LIST_META_CONTEXT, c.OPT_SET_META_CONTEXT])
-@pytest.mark.parametrize("data", [
-    b"",                                            # no name length
-    b"\0\0\0\x05disk",                              # name past the option
-    b"\0\0\0\x04disk",                              # no query count
-    b"\0\0\0\x00\0\0\0\x01",                        # one query announced, none there
-    b"\0\0\0\x00\0\0\0\x01\0\0\0\x10base:",         # query past the option
-    b"\0\0\0\x00\0\0\0\x00extra",                   # trailing bytes
-    b"\0\0\0\x02\xff\xfe\0\0\0\x00",                # name not UTF-8
-    b"\0\0\0\x01\x00\0\0\0\x00",                    # name with a NUL
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",  # no name length
+        b"\0\0\0\x05disk",  # name past the option
+        b"\0\0\0\x04disk",  # no query count
+        b"\0\0\0\x00\0\0\0\x01",  # one query announced, none there
+        b"\0\0\0\x00\0\0\0\x01\0\0\0\x10base:",  # query past the option
+        b"\0\0\0\x00\0\0\0\x00extra",  # trailing bytes
+        b"\0\0\0\x02\xff\xfe\0\0\0\x00",  # name not UTF-8
+        b"\0\0\0\x01\x00\0\0\0\x00",  # name with a NUL
+    ],
+)
 def test_malformed_meta_context_is_invalid_and_haggling_goes_on(opt, data):
     conn = cb.started()
     answer_alone(conn, cb.option(c.OPT_STRUCTURED_REPLY))
@@ -321,7 +332,10 @@ def test_info_then_go_with_every_info_request():
     conn.receive_data(cb.option(c.OPT_INFO, cb.go_data("disk")))
     assert conn.next_event() == ExportRequest("disk", go=False, legacy=False, info_requests=())
     export, block, ack = cb.parse_option_replies(conn.accept_export(INFO))
-    assert cb.parse_info(export.data) == (c.INFO_EXPORT, (1 << 20, c.FLAG_HAS_FLAGS | c.FLAG_SEND_FLUSH))
+    assert cb.parse_info(export.data) == (
+        c.INFO_EXPORT,
+        (1 << 20, c.FLAG_HAS_FLAGS | c.FLAG_SEND_FLUSH),
+    )
     assert cb.parse_info(block.data) == (c.INFO_BLOCK_SIZE, (1, 4096, c.MAX_PAYLOAD))
     assert (ack.option, ack.type) == (c.OPT_INFO, c.REP_ACK)
     assert conn.state is State.OPTIONS and conn.transmission_flags is None
@@ -333,9 +347,12 @@ def test_info_then_go_with_every_info_request():
     assert replies[-1].type == c.REP_ACK
     assert all(r.option == c.OPT_GO for r in replies)
     infos = dict(cb.parse_info(r.data) for r in replies[:-1])
-    assert infos == {c.INFO_EXPORT: (1 << 20, c.FLAG_HAS_FLAGS | c.FLAG_SEND_FLUSH),
-                     c.INFO_NAME: "disk", c.INFO_DESCRIPTION: "a disk",
-                     c.INFO_BLOCK_SIZE: (1, 4096, c.MAX_PAYLOAD)}
+    assert infos == {
+        c.INFO_EXPORT: (1 << 20, c.FLAG_HAS_FLAGS | c.FLAG_SEND_FLUSH),
+        c.INFO_NAME: "disk",
+        c.INFO_DESCRIPTION: "a disk",
+        c.INFO_BLOCK_SIZE: (1, 4096, c.MAX_PAYLOAD),
+    }
     assert conn.state is State.TRANSMISSION
     assert conn.export_name == "disk"
     assert conn.transmission_flags == c.FLAG_HAS_FLAGS | c.FLAG_SEND_FLUSH
@@ -363,15 +380,18 @@ def test_reject_with_a_non_error_code_is_local_error():
 
 
 @pytest.mark.parametrize("opt", [c.OPT_INFO, c.OPT_GO])
-@pytest.mark.parametrize("data", [
-    b"",
-    b"\0\0\0\x00\0",                        # 5 bytes: too short
-    b"\0\0\0\x09disk\0\0",                  # name length past the option
-    b"\0\0\0\x04disk\0\x01",                # one info request announced, none there
-    b"\0\0\0\x04disk\0\x00\0\x01",          # trailing bytes
-    b"\0\0\0\x02\xc3\x28\0\x00",            # name not UTF-8
-    b"\0\0\0\x02a\0\0\x00",                 # name with a NUL
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\0\0\0\x00\0",  # 5 bytes: too short
+        b"\0\0\0\x09disk\0\0",  # name length past the option
+        b"\0\0\0\x04disk\0\x01",  # one info request announced, none there
+        b"\0\0\0\x04disk\0\x00\0\x01",  # trailing bytes
+        b"\0\0\0\x02\xc3\x28\0\x00",  # name not UTF-8
+        b"\0\0\0\x02a\0\0\x00",  # name with a NUL
+    ],
+)
 def test_malformed_info_or_go_is_invalid(opt, data):
     conn = cb.started()
     (reply,) = answer_alone(conn, cb.option(opt, data))
@@ -384,16 +404,24 @@ def test_export_name_longer_than_nbd_strings_allow_is_invalid():
     assert reply.type == c.REP_ERR_INVALID
 
 
-@pytest.mark.parametrize("client, tail", [
-    (c.FLAG_C_FIXED_NEWSTYLE | c.FLAG_C_NO_ZEROES, b""),
-    (c.FLAG_C_FIXED_NEWSTYLE, bytes(124)),
-])
+@pytest.mark.parametrize(
+    "client, tail",
+    [
+        (c.FLAG_C_FIXED_NEWSTYLE | c.FLAG_C_NO_ZEROES, b""),
+        (c.FLAG_C_FIXED_NEWSTYLE, bytes(124)),
+    ],
+)
 def test_export_name_accept(client, tail):
     conn = cb.started(client)
     conn.receive_data(cb.option(c.OPT_EXPORT_NAME, b"disk"))
     assert conn.next_event() == ExportRequest("disk", go=True, legacy=True, info_requests=())
     out = conn.accept_export(INFO)
-    assert out == (1 << 20).to_bytes(8, "big") + (c.FLAG_HAS_FLAGS | c.FLAG_SEND_FLUSH).to_bytes(2, "big") + tail
+    assert (
+        out
+        == (1 << 20).to_bytes(8, "big")
+        + (c.FLAG_HAS_FLAGS | c.FLAG_SEND_FLUSH).to_bytes(2, "big")
+        + tail
+    )
     assert conn.state is State.TRANSMISSION
 
 
@@ -438,8 +466,12 @@ def test_next_event_while_an_answer_is_owed_is_local_error():
 
 def test_answers_without_a_request_are_local_errors():
     conn = cb.started()
-    for call in (lambda: conn.accept_export(INFO), lambda: conn.reject_export(),
-                 lambda: conn.send_export_list([]), lambda: conn.reply_ok(1)):
+    for call in (
+        lambda: conn.accept_export(INFO),
+        lambda: conn.reject_export(),
+        lambda: conn.send_export_list([]),
+        lambda: conn.reply_ok(1),
+    ):
         with pytest.raises(LocalProtocolError):
             call()
     assert conn.state is State.OPTIONS
@@ -457,19 +489,22 @@ def pending_go(structured: bool = False) -> ServerConnection:
     return conn
 
 
-@pytest.mark.parametrize("info", [
-    ExportInfo(size=1 << 64, transmission_flags=0),
-    ExportInfo(size=-1, transmission_flags=0),
-    ExportInfo(size=1, transmission_flags=c.FLAG_SEND_RESIZE),
-    ExportInfo(size=1, transmission_flags=c.FLAG_BLOCK_STAT_PAYLOAD),
-    ExportInfo(size=1, transmission_flags=1 << 16),
-    ExportInfo(size=1, transmission_flags=c.FLAG_SEND_FAST_ZERO),
-    ExportInfo(size=1, transmission_flags=0, min_block=3),
-    ExportInfo(size=1, transmission_flags=0, min_block=1 << 17, preferred_block=1 << 17),
-    ExportInfo(size=1, transmission_flags=0, preferred_block=256),
-    ExportInfo(size=1, transmission_flags=0, min_block=8192, preferred_block=4096),
-    ExportInfo(size=1, transmission_flags=0, max_block=1024),
-])
+@pytest.mark.parametrize(
+    "info",
+    [
+        ExportInfo(size=1 << 64, transmission_flags=0),
+        ExportInfo(size=-1, transmission_flags=0),
+        ExportInfo(size=1, transmission_flags=c.FLAG_SEND_RESIZE),
+        ExportInfo(size=1, transmission_flags=c.FLAG_BLOCK_STAT_PAYLOAD),
+        ExportInfo(size=1, transmission_flags=1 << 16),
+        ExportInfo(size=1, transmission_flags=c.FLAG_SEND_FAST_ZERO),
+        ExportInfo(size=1, transmission_flags=0, min_block=3),
+        ExportInfo(size=1, transmission_flags=0, min_block=1 << 17, preferred_block=1 << 17),
+        ExportInfo(size=1, transmission_flags=0, preferred_block=256),
+        ExportInfo(size=1, transmission_flags=0, min_block=8192, preferred_block=4096),
+        ExportInfo(size=1, transmission_flags=0, max_block=1024),
+    ],
+)
 def test_unadvertisable_export_info_is_local_error_and_changes_nothing(info):
     conn = pending_go()
     with pytest.raises(LocalProtocolError):
@@ -479,8 +514,9 @@ def test_unadvertisable_export_info_is_local_error_and_changes_nothing(info):
     assert conn.state is State.TRANSMISSION
 
 
-@pytest.mark.parametrize("structured, sent", [(False, c.FLAG_HAS_FLAGS),
-                                              (True, c.FLAG_HAS_FLAGS | c.FLAG_SEND_DF)])
+@pytest.mark.parametrize(
+    "structured, sent", [(False, c.FLAG_HAS_FLAGS), (True, c.FLAG_HAS_FLAGS | c.FLAG_SEND_DF)]
+)
 def test_send_df_is_advertised_only_with_structured_replies(structured, sent):
     conn = pending_go(structured)
     replies = cb.parse_option_replies(conn.accept_export(ExportInfo(1, c.FLAG_SEND_DF)))

@@ -15,8 +15,14 @@ from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest
 from vdfarm.nbd.server import NEED_DATA, ServerConnection
 from vdfarm.nbd.states import State, can
 
-ALL = (c.FLAG_SEND_FLUSH | c.FLAG_SEND_FUA | c.FLAG_SEND_TRIM | c.FLAG_SEND_WRITE_ZEROES
-       | c.FLAG_SEND_CACHE | c.FLAG_SEND_DF)
+ALL = (
+    c.FLAG_SEND_FLUSH
+    | c.FLAG_SEND_FUA
+    | c.FLAG_SEND_TRIM
+    | c.FLAG_SEND_WRITE_ZEROES
+    | c.FLAG_SEND_CACHE
+    | c.FLAG_SEND_DF
+)
 
 
 def rep(opt: int, rtype: int, data: bytes = b"") -> bytes:
@@ -50,55 +56,162 @@ TABLE = [
     ("CLIENT_FLAGS", cb.client_flags(7), RP, b"", State.ERROR),
     ("CLIENT_FLAGS", cb.client_flags(2), RP, b"", State.ERROR),
     ("OPTIONS", o(c.OPT_STRUCTURED_REPLY), [], rep(8, c.REP_ACK), State.OPTIONS),
-    ("OPTIONS", o(c.OPT_STRUCTURED_REPLY, b"x"), [],
-     err(8, c.REP_ERR_INVALID, "option takes no data"), State.OPTIONS),
-    ("OPTIONS", o(c.OPT_STARTTLS), [], err(5, c.REP_ERR_POLICY, "TLS not available"), State.OPTIONS),
-    ("OPTIONS", o(c.OPT_EXTENDED_HEADERS), [],
-     err(11, c.REP_ERR_UNSUP, "option 11 not supported"), State.OPTIONS),
-    ("OPTIONS", o(c.OPT_PEEK_EXPORT), [], err(4, c.REP_ERR_UNSUP, "option 4 not supported"),
-     State.OPTIONS),
+    (
+        "OPTIONS",
+        o(c.OPT_STRUCTURED_REPLY, b"x"),
+        [],
+        err(8, c.REP_ERR_INVALID, "option takes no data"),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_STARTTLS),
+        [],
+        err(5, c.REP_ERR_POLICY, "TLS not available"),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_EXTENDED_HEADERS),
+        [],
+        err(11, c.REP_ERR_UNSUP, "option 11 not supported"),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_PEEK_EXPORT),
+        [],
+        err(4, c.REP_ERR_UNSUP, "option 4 not supported"),
+        State.OPTIONS,
+    ),
     ("OPTIONS", o(c.OPT_ABORT), [Disconnect()], rep(2, c.REP_ACK), State.CLOSED),
     ("OPTIONS", o(c.OPT_LIST), [ListRequest()], b"", State.LIST_ANSWER),
-    ("OPTIONS", o(c.OPT_LIST, b"x"), [], err(3, c.REP_ERR_INVALID, "NBD_OPT_LIST takes no data"),
-     State.OPTIONS),
-    ("OPTIONS", o(c.OPT_INFO, cb.go_data("a", (3,))), [ExportRequest("a", False, False, (3,))],
-     b"", State.EXPORT_ANSWER),
-    ("OPTIONS", o(c.OPT_GO, cb.go_data("")), [ExportRequest("", True, False, ())], b"",
-     State.EXPORT_ANSWER),
-    ("OPTIONS", o(c.OPT_GO, b"\0\0\0\x09disk\0\0"), [],
-     err(7, c.REP_ERR_INVALID, "export name longer than the option"), State.OPTIONS),
-    ("OPTIONS", o(c.OPT_EXPORT_NAME, b"d"), [ExportRequest("d", True, True, ())], b"",
-     State.EXPORT_ANSWER),
-    ("OPTIONS", o(c.OPT_LIST_META_CONTEXT, cb.meta_data("d")), [],
-     rep(9, c.REP_META_CONTEXT, b"\0\0\0\0base:allocation") + rep(9, c.REP_ACK), State.OPTIONS),
-    ("OPTIONS", o(c.OPT_SET_META_CONTEXT, cb.meta_data("d")), [],
-     err(10, c.REP_ERR_INVALID, "negotiate structured replies first"), State.OPTIONS),
-    ("OPTIONS", o(c.OPT_STRUCTURED_REPLY) + o(c.OPT_SET_META_CONTEXT, cb.meta_data("d", ("base:allocation",))),
-     [], rep(8, c.REP_ACK) + rep(10, c.REP_META_CONTEXT, b"\0\0\0\x01base:allocation") + rep(10, c.REP_ACK),
-     State.OPTIONS),
-    ("OPTIONS", o(c.OPT_STARTTLS) + o(c.OPT_GO, cb.go_data("x")), [ExportRequest("x", True, False, ())],
-     err(5, c.REP_ERR_POLICY, "TLS not available"), State.EXPORT_ANSWER),
+    (
+        "OPTIONS",
+        o(c.OPT_LIST, b"x"),
+        [],
+        err(3, c.REP_ERR_INVALID, "NBD_OPT_LIST takes no data"),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_INFO, cb.go_data("a", (3,))),
+        [ExportRequest("a", False, False, (3,))],
+        b"",
+        State.EXPORT_ANSWER,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_GO, cb.go_data("")),
+        [ExportRequest("", True, False, ())],
+        b"",
+        State.EXPORT_ANSWER,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_GO, b"\0\0\0\x09disk\0\0"),
+        [],
+        err(7, c.REP_ERR_INVALID, "export name longer than the option"),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_EXPORT_NAME, b"d"),
+        [ExportRequest("d", True, True, ())],
+        b"",
+        State.EXPORT_ANSWER,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_LIST_META_CONTEXT, cb.meta_data("d")),
+        [],
+        rep(9, c.REP_META_CONTEXT, b"\0\0\0\0base:allocation") + rep(9, c.REP_ACK),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_SET_META_CONTEXT, cb.meta_data("d")),
+        [],
+        err(10, c.REP_ERR_INVALID, "negotiate structured replies first"),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_STRUCTURED_REPLY)
+        + o(c.OPT_SET_META_CONTEXT, cb.meta_data("d", ("base:allocation",))),
+        [],
+        rep(8, c.REP_ACK)
+        + rep(10, c.REP_META_CONTEXT, b"\0\0\0\x01base:allocation")
+        + rep(10, c.REP_ACK),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS",
+        o(c.OPT_STARTTLS) + o(c.OPT_GO, cb.go_data("x")),
+        [ExportRequest("x", True, False, ())],
+        err(5, c.REP_ERR_POLICY, "TLS not available"),
+        State.EXPORT_ANSWER,
+    ),
     ("OPTIONS", o(c.OPT_LIST, magic=1), RP, b"", State.ERROR),
     ("OPTIONS", o(c.OPT_GO, length=c.MAX_OPTION_LENGTH + 1), RP, b"", State.ERROR),
-    ("TRANSMISSION", rq(c.CMD_READ, 1, 0, 512), [Request(1, 0, 0, 0, 512)], b"", State.TRANSMISSION),
-    ("TRANSMISSION", rq(c.CMD_WRITE, 2, 512, 3, c.CMD_FLAG_FUA, b"abc"),
-     [Request(2, 1, 1, 512, 3, b"abc")], b"", State.TRANSMISSION),
-    ("TRANSMISSION", rq(c.CMD_FLUSH, 3) + rq(c.CMD_TRIM, 4, 0, 9) + rq(c.CMD_CACHE, 5, 0, 9),
-     [Request(3, 3, 0, 0, 0), Request(4, 4, 0, 0, 9), Request(5, 5, 0, 0, 9)], b"", State.TRANSMISSION),
-    ("TRANSMISSION", rq(c.CMD_WRITE_ZEROES, 6, 0, 9, c.CMD_FLAG_NO_HOLE),
-     [Request(6, 6, 2, 0, 9)], b"", State.TRANSMISSION),
-    ("TRANSMISSION", rq(c.CMD_BLOCK_STATUS, 7, 0, 9, c.CMD_FLAG_REQ_ONE),
-     [Request(7, 7, 8, 0, 9)], b"", State.TRANSMISSION),
-    ("TRANSMISSION", rq(c.CMD_WRITE_ZEROES, 8, 0, 9, c.CMD_FLAG_FAST_ZERO),
-     [BadRequest(8, c.NBD_EINVAL, "command flags 0x10 not allowed on WRITE_ZEROES")], b"",
-     State.TRANSMISSION),
-    ("TRANSMISSION", rq(42, 9), [BadRequest(9, c.NBD_EINVAL, "unknown command 42")], b"",
-     State.TRANSMISSION),
+    (
+        "TRANSMISSION",
+        rq(c.CMD_READ, 1, 0, 512),
+        [Request(1, 0, 0, 0, 512)],
+        b"",
+        State.TRANSMISSION,
+    ),
+    (
+        "TRANSMISSION",
+        rq(c.CMD_WRITE, 2, 512, 3, c.CMD_FLAG_FUA, b"abc"),
+        [Request(2, 1, 1, 512, 3, b"abc")],
+        b"",
+        State.TRANSMISSION,
+    ),
+    (
+        "TRANSMISSION",
+        rq(c.CMD_FLUSH, 3) + rq(c.CMD_TRIM, 4, 0, 9) + rq(c.CMD_CACHE, 5, 0, 9),
+        [Request(3, 3, 0, 0, 0), Request(4, 4, 0, 0, 9), Request(5, 5, 0, 0, 9)],
+        b"",
+        State.TRANSMISSION,
+    ),
+    (
+        "TRANSMISSION",
+        rq(c.CMD_WRITE_ZEROES, 6, 0, 9, c.CMD_FLAG_NO_HOLE),
+        [Request(6, 6, 2, 0, 9)],
+        b"",
+        State.TRANSMISSION,
+    ),
+    (
+        "TRANSMISSION",
+        rq(c.CMD_BLOCK_STATUS, 7, 0, 9, c.CMD_FLAG_REQ_ONE),
+        [Request(7, 7, 8, 0, 9)],
+        b"",
+        State.TRANSMISSION,
+    ),
+    (
+        "TRANSMISSION",
+        rq(c.CMD_WRITE_ZEROES, 8, 0, 9, c.CMD_FLAG_FAST_ZERO),
+        [BadRequest(8, c.NBD_EINVAL, "command flags 0x10 not allowed on WRITE_ZEROES")],
+        b"",
+        State.TRANSMISSION,
+    ),
+    (
+        "TRANSMISSION",
+        rq(42, 9),
+        [BadRequest(9, c.NBD_EINVAL, "unknown command 42")],
+        b"",
+        State.TRANSMISSION,
+    ),
     ("TRANSMISSION", rq(c.CMD_DISC, 10) + b"ignored", [Disconnect()], b"", State.CLOSED),
     ("TRANSMISSION", rq(c.CMD_READ, 1, 0, 1, magic=c.SIMPLE_REPLY_MAGIC), RP, b"", State.ERROR),
-    ("TRANSMISSION-RO", rq(c.CMD_WRITE, 11, 0, 2, 0, b"xy") + rq(c.CMD_READ, 12, 0, 2),
-     [BadRequest(11, c.NBD_EPERM, "WRITE on a read-only export"), Request(12, 0, 0, 0, 2)], b"",
-     State.TRANSMISSION),
+    (
+        "TRANSMISSION-RO",
+        rq(c.CMD_WRITE, 11, 0, 2, 0, b"xy") + rq(c.CMD_READ, 12, 0, 2),
+        [BadRequest(11, c.NBD_EPERM, "WRITE on a read-only export"), Request(12, 0, 0, 0, 2)],
+        b"",
+        State.TRANSMISSION,
+    ),
 ]
 
 
@@ -115,7 +228,7 @@ def run(conn: ServerConnection, chunks) -> tuple[list, bytes]:
             if ev is NEED_DATA:
                 break
             if before is State.CLIENT_FLAGS:  # flags and options read in one call:
-                before = State.OPTIONS         # the event comes from OPTIONS
+                before = State.OPTIONS  # the event comes from OPTIONS
             assert can(before, type(ev)), f"{type(ev).__name__} emitted in {before}"
             seen.append(ev)
     return seen, out
@@ -125,7 +238,7 @@ def run(conn: ServerConnection, chunks) -> tuple[list, bytes]:
 @pytest.mark.parametrize("setup, raw, expected, answered, after", TABLE)
 def test_parser_table(feed, setup, raw, expected, answered, after):
     conn = SETUPS[setup]()
-    chunks = [raw] if feed == "whole" else [raw[i:i + 1] for i in range(len(raw))]
+    chunks = [raw] if feed == "whole" else [raw[i : i + 1] for i in range(len(raw))]
     if isinstance(expected, type):
         with pytest.raises(expected):
             run(conn, chunks)

@@ -39,10 +39,17 @@ def test_only_the_reading_states_can_fail():
     assert failing == {State.CLIENT_FLAGS, State.OPTIONS, State.TRANSMISSION}
 
 
-@pytest.mark.parametrize("state, trigger", [
-    (State.START, Request), (State.OPTIONS, "accept_go"), (State.TRANSMISSION, ExportRequest),
-    (State.EXPORT_ANSWER, Disconnect), (State.CLOSED, "start"), (State.ERROR, "reply"),
-])
+@pytest.mark.parametrize(
+    "state, trigger",
+    [
+        (State.START, Request),
+        (State.OPTIONS, "accept_go"),
+        (State.TRANSMISSION, ExportRequest),
+        (State.EXPORT_ANSWER, Disconnect),
+        (State.CLOSED, "start"),
+        (State.ERROR, "reply"),
+    ],
+)
 def test_illegal_transition_raises(state, trigger):
     assert not can(state, trigger)
     with pytest.raises(LocalProtocolError, match=state.name):
@@ -59,4 +66,3 @@ def test_illegal_call_on_the_machine_changes_nothing():
     assert conn.state is State.TRANSMISSION and conn.transmission_flags == flags
     conn.receive_data(cb.request(c.CMD_READ, 1, 0, 1))
     assert conn.next_event() == Request(1, c.CMD_READ, 0, 0, 1)
-

@@ -69,8 +69,11 @@ def audit_actions(farm):
 
 def qemu_io_write(path, pattern, offset, length, fmt="qcow2"):
     """Write LENGTH bytes of PATTERN at OFFSET into the image PATH with qemu-io."""
-    subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P {pattern} {offset} {length}",
-                    str(path)], check=True, capture_output=True)
+    subprocess.run(
+        ["qemu-io", "-f", fmt, "-c", f"write -P {pattern} {offset} {length}", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def assert_qemu_clean(directory):
@@ -80,29 +83,41 @@ def assert_qemu_clean(directory):
         if name == "manifest.json" or name.startswith("."):
             continue
         path = os.path.join(directory, name)
-        info = subprocess.run(["qemu-img", "info", "--backing-chain", "--output=json", path],
-                              capture_output=True, text=True, check=False)
+        info = subprocess.run(
+            ["qemu-img", "info", "--backing-chain", "--output=json", path],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert info.returncode == 0, (name, info.stderr)
         for layer in json.loads(info.stdout):
             backing = layer.get("backing-filename")
             assert backing is None or "/" not in backing, (name, backing)
             assert backing is None or layer.get("backing-filename-format"), (name, layer)
-        check = subprocess.run(["qemu-img", "check", path], capture_output=True, text=True,
-                               check=False)
+        check = subprocess.run(
+            ["qemu-img", "check", path], capture_output=True, text=True, check=False
+        )
         assert check.returncode in (0, CHECK_UNSUPPORTED), (name, check.stdout, check.stderr)
 
 
 def backing_of(path):
     """(backing file name, backing format) of an image, or (None, None)."""
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)],
-                                     check=True, capture_output=True, text=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     return info.get("backing-filename"), info.get("backing-filename-format")
 
 
 def flat_copy(path, out):
     """The content seen through image PATH (and its chain) as a raw file OUT."""
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(path), str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(path), str(out)], check=True, capture_output=True
+    )
     return out
 
 

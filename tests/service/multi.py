@@ -31,8 +31,9 @@ def servers(tmp_path, url: str, names, clock) -> Iterator[dict[str, Farm]]:
     farms: dict[str, Farm] = {}
     try:
         for name in names:
-            farms[name] = Farm.init(tmp_path / name, url, server_name=name, actor="test:me",
-                                    clock=clock)
+            farms[name] = Farm.init(
+                tmp_path / name, url, server_name=name, actor="test:me", clock=clock
+            )
         yield farms
     finally:
         for farm in farms.values():
@@ -68,8 +69,10 @@ def vdisk_id(farm: Farm, vdisk: str = "w") -> int:
 def duo_fixture(request, tmp_path, clock):
     """Servers a and b on one database; vDisk w imported on a and copied to b;
     both have just beaten."""
-    with database_url(request.param, tmp_path) as url, \
-            servers(tmp_path, url, ["a", "b"], clock) as farms:
+    with (
+        database_url(request.param, tmp_path) as url,
+        servers(tmp_path, url, ["a", "b"], clock) as farms,
+    ):
         farms["a"].vdisks.import_image("w", make_raw(tmp_path / "w.raw"))
         copy_vdisk(farms["a"], farms["b"])
         beat(farms["a"], farms["b"])

@@ -22,8 +22,14 @@ def test_every_change_is_recorded_in_order(farm, raw_image, clock):
     farm.devices.list()
     entries = farm.audit.list()
     assert [e.action for e in entries] == [
-        "server.init", "vdisk.import", "device.add", "device.assign", "device.set",
-        "vdisk.set", "device.delete", "vdisk.delete",
+        "server.init",
+        "vdisk.import",
+        "device.add",
+        "device.assign",
+        "device.set",
+        "vdisk.set",
+        "device.delete",
+        "vdisk.delete",
     ]
     assert {e.actor for e in entries} == {"test:me"}
     delete = entries[-1]

@@ -15,18 +15,33 @@ def vdisk(farm, raw_image):
     return farm.vdisks.import_image("w", raw_image)
 
 
-@pytest.mark.parametrize("text", [
-    "aa:bb:cc:dd:ee:0f", "AA:BB:CC:DD:EE:0F", "AA-BB-CC-DD-EE-0F", "aabbccddee0f",
-    "AABB.CCDD.EE0F", " aa:bb:cc:dd:ee:0f ",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "aa:bb:cc:dd:ee:0f",
+        "AA:BB:CC:DD:EE:0F",
+        "AA-BB-CC-DD-EE-0F",
+        "aabbccddee0f",
+        "AABB.CCDD.EE0F",
+        " aa:bb:cc:dd:ee:0f ",
+    ],
+)
 def test_mac_forms(text):
     assert normalise_mac(text) == "aa:bb:cc:dd:ee:0f"
 
 
-@pytest.mark.parametrize("text", [
-    "", "aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:ff:00", "aa:bb-cc:dd:ee:ff", "gg:bb:cc:dd:ee:ff",
-    "aabbccddeeff0", "pc1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "aa:bb:cc:dd:ee",
+        "aa:bb:cc:dd:ee:ff:00",
+        "aa:bb-cc:dd:ee:ff",
+        "gg:bb:cc:dd:ee:ff",
+        "aabbccddeeff0",
+        "pc1",
+    ],
+)
 def test_not_macs(text):
     assert parse_mac(text) is None
     with pytest.raises(Invalid, match="invalid MAC address"):
@@ -34,10 +49,16 @@ def test_not_macs(text):
 
 
 def test_add_and_show(farm, vdisk, clock):
-    info = farm.devices.add("pc1", mac="AA-BB-CC-DD-EE-01", vdisk="w", device_type="test",
-                            description="lab")
+    info = farm.devices.add(
+        "pc1", mac="AA-BB-CC-DD-EE-01", vdisk="w", device_type="test", description="lab"
+    )
     assert (info.name, info.mac, info.vdisk, info.device_type, info.description) == (
-        "pc1", "aa:bb:cc:dd:ee:01", "w", "test", "lab")
+        "pc1",
+        "aa:bb:cc:dd:ee:01",
+        "w",
+        "test",
+        "lab",
+    )
     assert info.created_at == clock.now
     assert farm.devices.show("pc1") == info
     assert farm.devices.show("aabbccddee01") == info
@@ -48,14 +69,17 @@ def test_add_and_show(farm, vdisk, clock):
     assert entry.action == "device.add" and entry.after["mac"] == "aa:bb:cc:dd:ee:01"
 
 
-@pytest.mark.parametrize("kwargs, error, text", [
-    ({"name": "bad name"}, Invalid, "invalid device name"),
-    ({"mac": "zz"}, Invalid, "invalid MAC"),
-    ({"mac": "AA:BB:CC:DD:EE:01"}, Conflict, "already used by device pc1"),
-    ({"name": "pc1"}, Conflict, "device pc1 already exists"),
-    ({"vdisk": "nope"}, NotFound, "no vDisk named nope"),
-    ({"device_type": "lab"}, Invalid, "invalid device type"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, text",
+    [
+        ({"name": "bad name"}, Invalid, "invalid device name"),
+        ({"mac": "zz"}, Invalid, "invalid MAC"),
+        ({"mac": "AA:BB:CC:DD:EE:01"}, Conflict, "already used by device pc1"),
+        ({"name": "pc1"}, Conflict, "device pc1 already exists"),
+        ({"vdisk": "nope"}, NotFound, "no vDisk named nope"),
+        ({"device_type": "lab"}, Invalid, "invalid device type"),
+    ],
+)
 def test_add_refusals_change_nothing(farm, vdisk, kwargs, error, text):
     farm.devices.add("pc1", mac="aa:bb:cc:dd:ee:01")
     before = dump(farm)
@@ -87,20 +111,24 @@ def test_assign_refusals_change_nothing(farm, vdisk):
 
 def test_set(farm, vdisk):
     farm.devices.add("pc1", mac="aa:bb:cc:dd:ee:01")
-    info = farm.devices.set("pc1", device_type="maintenance", mac="AABBCCDDEE02",
-                            description="moved")
+    info = farm.devices.set(
+        "pc1", device_type="maintenance", mac="AABBCCDDEE02", description="moved"
+    )
     assert (info.device_type, info.mac) == ("maintenance", "aa:bb:cc:dd:ee:02")
     assert info.description == "moved"
     assert farm.devices.set("pc1", mac=None).mac is None
     assert farm.devices.set("pc1", mac="aa:bb:cc:dd:ee:02").mac == "aa:bb:cc:dd:ee:02"
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({}, Invalid),
-    ({"device_type": "lab"}, Invalid),
-    ({"mac": "nope"}, Invalid),
-    ({"mac": "aa:bb:cc:dd:ee:09"}, Conflict),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({}, Invalid),
+        ({"device_type": "lab"}, Invalid),
+        ({"mac": "nope"}, Invalid),
+        ({"mac": "aa:bb:cc:dd:ee:09"}, Conflict),
+    ],
+)
 def test_set_refusals_change_nothing(farm, kwargs, error):
     farm.devices.add("pc1", mac="aa:bb:cc:dd:ee:01")
     farm.devices.add("pc9", mac="aa:bb:cc:dd:ee:09")

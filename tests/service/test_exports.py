@@ -11,15 +11,28 @@ from vdfarm.service.errors import Invalid, NotFound, Unavailable
 
 @pytest.fixture
 def setup(farm, raw_image):
-    farm.vdisks.import_image("w", raw_image, mode="private", write_cache="device-ram",
-                             cache_limit_mb=3, description="golden image")
+    farm.vdisks.import_image(
+        "w",
+        raw_image,
+        mode="private",
+        write_cache="device-ram",
+        cache_limit_mb=3,
+        description="golden image",
+    )
     farm.devices.add("pc1", mac="aa:bb:cc:dd:ee:01", vdisk="w", device_type="test")
     return farm
 
 
-@pytest.mark.parametrize("export", [
-    "pc1", "aa:bb:cc:dd:ee:01", "AA-BB-CC-DD-EE-01", "aabbccddee01", "AABBCCDDEE01",
-])
+@pytest.mark.parametrize(
+    "export",
+    [
+        "pc1",
+        "aa:bb:cc:dd:ee:01",
+        "AA-BB-CC-DD-EE-01",
+        "aabbccddee01",
+        "AABBCCDDEE01",
+    ],
+)
 def test_resolve_by_name_or_mac(setup, export):
     target = setup.resolve_export(export)
     vdisk = setup.vdisks.show("w")
@@ -34,7 +47,11 @@ def test_resolve_by_name_or_mac(setup, export):
     assert target.description == "golden image"
     assert target.device_id == setup.devices.show("pc1").id
     assert (target.version, target.chain, target.chain_formats, target.writable) == (
-        0, (target.path,), ("raw",), True)  # private mode: one file, read/write
+        0,
+        (target.path,),
+        ("raw",),
+        True,
+    )  # private mode: one file, read/write
     with pytest.raises(dataclasses.FrozenInstanceError):
         target.size = 0
 
@@ -90,7 +107,8 @@ def test_list_exports(setup, raw_image):
     setup.devices.add("b-pc", vdisk="std")
     setup.devices.add("a-none")
     assert setup.list_exports() == [
-        ("b-pc", "vDisk std (standard)"), ("pc1", "vDisk w (private)"),
+        ("b-pc", "vDisk std (standard)"),
+        ("pc1", "vDisk w (private)"),
     ]
 
 

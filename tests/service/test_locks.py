@@ -52,7 +52,8 @@ def test_held_lock_refuses_another_device(setup, clock):
     with pytest.raises(Conflict) as info:
         farm.acquire_lock(v, pc2, 30)
     assert str(info.value) == (
-        f"vDisk w is locked by device pc1 on server srv until {grant.expires_at.isoformat()}")
+        f"vDisk w is locked by device pc1 on server srv until {grant.expires_at.isoformat()}"
+    )
     assert farm.lock_is_current(v, grant.token)
     assert farm.locks.list()[0].fencing_token == 1
 

@@ -134,16 +134,19 @@ def test_subnet_affinity(duo):
 
 
 def without_reservations(rows):
-    return {table: content for table, content in rows.items()
-            if table != "login_reservations"}
+    return {table: content for table, content in rows.items() if table != "login_reservations"}
 
 
 def reservations(farm):
     with farm.session() as session:
-        return {device: server for device, server in session.execute(
-            select(Device.name, Server.name)
-            .join(LoginReservation, LoginReservation.device_id == Device.id)
-            .join(Server, Server.id == LoginReservation.server_id))}
+        return {
+            device: server
+            for device, server in session.execute(
+                select(Device.name, Server.name)
+                .join(LoginReservation, LoginReservation.device_id == Device.id)
+                .join(Server, Server.id == LoginReservation.server_id)
+            )
+        }
 
 
 def test_logins_at_once_spread_and_respect_max_booting(duo, clock):
@@ -259,10 +262,11 @@ def test_a_private_vdisk_streams_only_from_its_home(duo, clock, tmp_path):
 
 
 def test_an_admins_question_reserves_nothing(duo):
-    a, b = duo["a"], duo["b"]
+    a = duo["a"]
     add_devices(a, 2)
-    assert chosen(login(a, "pc000", reserve=False))[0] == chosen(login(a, "pc001",
-                                                                        reserve=False))[0]
+    assert (
+        chosen(login(a, "pc000", reserve=False))[0] == chosen(login(a, "pc001", reserve=False))[0]
+    )
     assert reservations(a) == {}
     first = chosen(login(a, "pc000"))[0]
     assert reservations(a) == {"pc000": first}

@@ -122,7 +122,11 @@ def test_merge_keeps_test_and_maintenance_versions_above(vfarm, tmp_path):
     result = vfarm.versions.merge("w")
     assert (result.kept, result.removed) == (3, (1, 2))
     assert [(v.number, v.access) for v in vfarm.versions.list("w")] == [
-        (0, "production"), (3, "production"), (4, "test"), (5, "maintenance")]
+        (0, "production"),
+        (3, "production"),
+        (4, "test"),
+        (5, "maintenance"),
+    ]
     assert qemu_img.compare(vfarm.resolve_export("pt").path, test_flat)
     assert vfarm.resolve_export("pm").writable
     assert_sound(vfarm)
@@ -134,8 +138,9 @@ def test_merge_refused_while_a_device_runs_a_version_it_would_delete(vfarm, new_
     connect(vfarm, "pp")
     vfarm.versions.override("w", None)
     before = dump(vfarm)
-    with pytest.raises(Conflict, match="device\\(s\\) pp booted version . of vDisk w, "
-                                       "which the merge would delete"):
+    with pytest.raises(
+        Conflict, match="device\\(s\\) pp booted version . of vDisk w, which the merge would delete"
+    ):
         vfarm.versions.merge("w", new_base=new_base)
     assert dump(vfarm) == before
 
@@ -177,9 +182,18 @@ def test_auto_merge_skipped_when_a_device_holds_an_old_version(vfarm):
 def exported_equals_chain(farm, out, fmt, number, tmp_path):
     rows = {v.number: v for v in farm.versions.list("w")}
     reference = tmp_path / f"ref{number}.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw",
-                    str(farm.store.root / "w" / rows[number].file), str(reference)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-O",
+            "raw",
+            str(farm.store.root / "w" / rows[number].file),
+            str(reference),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return qemu_img.info(out)["format"] == fmt and qemu_img.compare(out, reference)
 
 
@@ -189,7 +203,11 @@ def test_export_every_format(vfarm, tmp_path, fmt):
     before = dump(vfarm)
     result = vfarm.versions.export("w", out, fmt, version=2)
     assert (result.version, result.format, result.path, result.size) == (
-        2, fmt, out, out.stat().st_size)
+        2,
+        fmt,
+        out,
+        out.stat().st_size,
+    )
     assert exported_equals_chain(vfarm, out, fmt, 2, tmp_path)
     assert not exported_equals_chain(vfarm, out, fmt, 3, tmp_path)
     assert dump(vfarm) == before
@@ -203,14 +221,17 @@ def test_export_defaults_to_what_production_boots(vfarm, tmp_path):
     assert exported_equals_chain(vfarm, tmp_path / "out.raw", "raw", 2, tmp_path)
 
 
-@pytest.mark.parametrize("args, error, text", [
-    (("w", "out.vhd", "vhd"), Invalid, "unknown export format 'vhd'"),
-    (("w", "taken.raw", "raw"), Conflict, "already exists"),
-    (("w", "no/such/dir.raw", "raw"), Invalid, "does not exist"),
-    (("w", "out.raw", "raw", 9), NotFound, "vDisk w has no version 9"),
-    (("nope", "out.raw", "raw"), NotFound, "no vDisk named nope"),
-    (("w", "out.raw", "raw", 4), Conflict, "version 4 is open and in use"),
-])
+@pytest.mark.parametrize(
+    "args, error, text",
+    [
+        (("w", "out.vhd", "vhd"), Invalid, "unknown export format 'vhd'"),
+        (("w", "taken.raw", "raw"), Conflict, "already exists"),
+        (("w", "no/such/dir.raw", "raw"), Invalid, "does not exist"),
+        (("w", "out.raw", "raw", 9), NotFound, "vDisk w has no version 9"),
+        (("nope", "out.raw", "raw"), NotFound, "no vDisk named nope"),
+        (("w", "out.raw", "raw", 4), Conflict, "version 4 is open and in use"),
+    ],
+)
 def test_export_refusals_change_nothing(vfarm, tmp_path, args, error, text):
     vfarm.versions.new("w")
     target = vfarm.resolve_export("pm")

@@ -62,9 +62,18 @@ def test_register_stores_the_advertised_address(duo):
     assert by_name(b)["a"].hostname == socket.gethostname()
 
 
-@pytest.mark.parametrize("advertise", [
-    "", " ", "a b", "host\n", "tab\there", "x" * 256, 42,
-])
+@pytest.mark.parametrize(
+    "advertise",
+    [
+        "",
+        " ",
+        "a b",
+        "host\n",
+        "tab\there",
+        "x" * 256,
+        42,
+    ],
+)
 def test_register_refuses_a_bad_address_and_changes_nothing(duo, clock, advertise):
     a = duo["a"]
     a.register_server(10809, 8080, "10.1.2.3")
@@ -77,10 +86,19 @@ def test_register_refuses_a_bad_address_and_changes_nothing(duo, clock, advertis
     assert a.register_server(10809, 8080, "x" * 255).hostname == "x" * 255
 
 
-@pytest.mark.parametrize(("host", "wildcard"), [
-    ("0.0.0.0", True), ("::", True), ("0:0::0", True), ("", True),
-    ("127.0.0.1", False), ("::1", False), ("10.1.2.3", False), ("pxe1.lan", False),
-])
+@pytest.mark.parametrize(
+    ("host", "wildcard"),
+    [
+        ("0.0.0.0", True),
+        ("::", True),
+        ("0:0::0", True),
+        ("", True),
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("10.1.2.3", False),
+        ("pxe1.lan", False),
+    ],
+)
 def test_is_wildcard(host, wildcard):
     assert is_wildcard(host) is wildcard
 
@@ -156,15 +174,18 @@ def test_configure(duo):
     assert audit_actions(a)[-2:] == ["server.set", "server.set"]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({}, "nothing to change"),
-    ({"power_rating": 0}, "invalid power rating"),
-    ({"power_rating": -1.0}, "invalid power rating"),
-    ({"subnet": "10.1.2.3"}, "invalid subnet"),
-    ({"subnet": "not/a/net"}, "invalid subnet"),
-    ({"max_booting": 0}, "invalid max-booting"),
-    ({"max_booting": True}, "invalid max-booting"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "nothing to change"),
+        ({"power_rating": 0}, "invalid power rating"),
+        ({"power_rating": -1.0}, "invalid power rating"),
+        ({"subnet": "10.1.2.3"}, "invalid subnet"),
+        ({"subnet": "not/a/net"}, "invalid subnet"),
+        ({"max_booting": 0}, "invalid max-booting"),
+        ({"max_booting": True}, "invalid max-booting"),
+    ],
+)
 def test_configure_refuses_bad_values_and_changes_nothing(duo, kwargs, message):
     a = duo["a"]
     before = dump_db(a.engine)

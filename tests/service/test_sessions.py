@@ -31,7 +31,11 @@ def test_start_list_seen_end(sfarm, clock):
     sfarm.session_started(device_id, vdisk_id, 0)
     [info] = sfarm.sessions.list()
     assert (info.device, info.server, info.vdisk, info.version) == (
-        "pc1", sfarm.server_name, "w", 0)
+        "pc1",
+        sfarm.server_name,
+        "w",
+        0,
+    )
     assert info.connected_at == info.last_seen == clock.now
     clock.advance(5)
     assert sfarm.session_seen(device_id) is True
@@ -57,23 +61,35 @@ def test_end_leaves_another_servers_session_alone(sfarm, clock):
     device_id, vdisk_id = ids(sfarm)
     sfarm.session_started(device_id, vdisk_id, 0)
     with sfarm.session() as session:  # the device moved to server srv2 meanwhile
-        other = Server(uuid="0" * 36, name="srv2", hostname="h2", store_path="/s",
-                       version="0", created_at=clock.now)
+        other = Server(
+            uuid="0" * 36,
+            name="srv2",
+            hostname="h2",
+            store_path="/s",
+            version="0",
+            created_at=clock.now,
+        )
         session.add(other)
         session.flush()
-        session.execute(update(DeviceSession).values(server_id=other.id)
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(DeviceSession)
+            .values(server_id=other.id)
+            .execution_options(synchronize_session=False)
+        )
     before = dump(sfarm)
     sfarm.session_ended(device_id)
     assert sfarm.session_seen(device_id) is False
     assert dump(sfarm) == before
 
 
-@pytest.mark.parametrize("args, text", [
-    ((999, None, 0), "no device with id 999"),
-    ((None, 999, 0), "no vDisk with id 999"),
-    ((None, None, 7), "vDisk w has no version 7"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        ((999, None, 0), "no device with id 999"),
+        ((None, 999, 0), "no vDisk with id 999"),
+        ((None, None, 7), "vDisk w has no version 7"),
+    ],
+)
 def test_start_refusals_change_nothing(sfarm, args, text):
     device_id, vdisk_id = ids(sfarm)
     given = (args[0] or device_id, args[1] or vdisk_id, args[2])
@@ -93,13 +109,16 @@ def test_deleting_a_device_or_vdisk_drops_its_sessions(sfarm):
     assert sfarm.sessions.list() == []
 
 
-@pytest.mark.parametrize("retired_version, reader_version, reader_offset, expected", [
-    (1, 3, -1, True),    # booted before the merge, through the retired file
-    (1, 3, 0, True),     # same instant: kept (conservative)
-    (1, 3, +1, False),   # booted the merged chain
-    (2, 1, -1, False),   # its chain never included version 2's file
-    (None, 0, -1, True),  # unknown version: any earlier reader keeps it
-])
+@pytest.mark.parametrize(
+    "retired_version, reader_version, reader_offset, expected",
+    [
+        (1, 3, -1, True),  # booted before the merge, through the retired file
+        (1, 3, 0, True),  # same instant: kept (conservative)
+        (1, 3, +1, False),  # booted the merged chain
+        (2, 1, -1, False),  # its chain never included version 2's file
+        (None, 0, -1, True),  # unknown version: any earlier reader keeps it
+    ],
+)
 def test_may_read(clock, retired_version, reader_version, reader_offset, expected):
     retired = RetiredFile("vX.qcow2", retired_version, clock.now)
     clock.advance(reader_offset)
@@ -123,8 +142,14 @@ def test_start_records_the_client_address(sfarm):
 
 def other_server(sfarm, clock, name="srv2"):
     with sfarm.session() as session:
-        other = Server(uuid=f"{len(name):036}", name=name, hostname="h2", store_path="/s",
-                       version="0", created_at=clock.now)
+        other = Server(
+            uuid=f"{len(name):036}",
+            name=name,
+            hostname="h2",
+            store_path="/s",
+            version="0",
+            created_at=clock.now,
+        )
         session.add(other)
         session.flush()
         return other.id
@@ -132,8 +157,10 @@ def other_server(sfarm, clock, name="srv2"):
 
 def rows(sfarm):
     with sfarm.session() as session:
-        return sorted((r.device_id, r.server_id, r.version, r.client_ip)
-                      for r in session.scalars(select(DeviceSession)))
+        return sorted(
+            (r.device_id, r.server_id, r.version, r.client_ip)
+            for r in session.scalars(select(DeviceSession))
+        )
 
 
 def test_reconcile_makes_this_servers_rows_match_what_it_serves(sfarm, clock):
@@ -145,10 +172,21 @@ def test_reconcile_makes_this_servers_rows_match_what_it_serves(sfarm, clock):
     sfarm.session_started(pc1, w, 0)  # recorded, then dropped while the DB was away
     elsewhere = other_server(sfarm, clock)
     with sfarm.session() as session:  # pc3 connected to srv2 later
-        session.add(DeviceSession(device_id=pc3, server_id=elsewhere, vdisk_id=w, version=0,
-                                  connected_at=clock.now, last_seen=clock.now))
-    live = {pc2: LiveSession(w, 0, "10.0.0.2"), pc3: LiveSession(w, 0),
-            999: LiveSession(w, 0)}  # 999: deleted meanwhile
+        session.add(
+            DeviceSession(
+                device_id=pc3,
+                server_id=elsewhere,
+                vdisk_id=w,
+                version=0,
+                connected_at=clock.now,
+                last_seen=clock.now,
+            )
+        )
+    live = {
+        pc2: LiveSession(w, 0, "10.0.0.2"),
+        pc3: LiveSession(w, 0),
+        999: LiveSession(w, 0),
+    }  # 999: deleted meanwhile
     assert sfarm.sessions.reconcile(live) == (1, 1)
     assert rows(sfarm) == [(pc2, me, 0, "10.0.0.2"), (pc3, elsewhere, 0, None)]
     assert sfarm.sessions.reconcile(live) == (0, 0)  # converged: nothing more to do

@@ -21,14 +21,17 @@ def test_defaults_then_a_change_is_audited(farm):
     assert entry.before["heartbeat_timeout_s"] == 3.0 and entry.after["heartbeat_timeout_s"] == 8.0
 
 
-@pytest.mark.parametrize("changes, text", [
-    ({}, "nothing to change"),
-    ({"heartbeat_timeout_s": 0.5}, "invalid heartbeat timeout"),
-    ({"heartbeat_timeout_s": float("nan")}, "invalid heartbeat timeout"),
-    ({"boot_phase_s": -1}, "invalid boot phase"),
-    ({"rebalance_trigger_pct": True}, "invalid rebalance trigger"),
-    ({"boot_phase_s": 30, "rebalance_trigger_pct": 5000}, "invalid rebalance trigger"),
-])
+@pytest.mark.parametrize(
+    "changes, text",
+    [
+        ({}, "nothing to change"),
+        ({"heartbeat_timeout_s": 0.5}, "invalid heartbeat timeout"),
+        ({"heartbeat_timeout_s": float("nan")}, "invalid heartbeat timeout"),
+        ({"boot_phase_s": -1}, "invalid boot phase"),
+        ({"rebalance_trigger_pct": True}, "invalid rebalance trigger"),
+        ({"boot_phase_s": 30, "rebalance_trigger_pct": 5000}, "invalid rebalance trigger"),
+    ],
+)
 def test_bad_values_change_nothing(farm, changes, text):
     before = dump(farm)
     with pytest.raises(Invalid, match=text):
@@ -57,6 +60,7 @@ def test_the_last_value_stands_while_the_database_is_away(farm, monkeypatch):
 
     def away():
         raise Unavailable("farm database error: connection refused")
+
     monkeypatch.setattr(farm, "session", away)
     assert farm.settings.current().boot_phase_s == 120.0
     with pytest.raises(Unavailable):

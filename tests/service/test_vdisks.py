@@ -24,12 +24,20 @@ from vdfarm.store.store import sha256_of
 
 
 def test_import_creates_row_lock_store_and_audit(farm, raw_image, clock):
-    info = farm.vdisks.import_image("win10", raw_image, mode="private",
-                                    write_cache="device-ram", cache_limit_mb=256,
-                                    description="golden")
+    info = farm.vdisks.import_image(
+        "win10",
+        raw_image,
+        mode="private",
+        write_cache="device-ram",
+        cache_limit_mb=256,
+        description="golden",
+    )
     assert (info.name, info.size, info.format) == ("win10", 1 << 20, "raw")
     assert (info.access_mode, info.write_cache_type, info.write_cache_limit_mb) == (
-        "private", "device-ram", 256)
+        "private",
+        "device-ram",
+        256,
+    )
     assert info.description == "golden" and info.in_store and info.devices == ()
     assert info.created_at == clock.now
     assert info.sha256 == farm.store.manifest("win10").top.sha256
@@ -43,8 +51,9 @@ def test_import_creates_row_lock_store_and_audit(farm, raw_image, clock):
 def test_import_qcow2_matches_source(farm, tmp_path):
     source = tmp_path / "src.qcow2"
     qemu_img.create(source, "qcow2", 2 << 20)
-    subprocess.run(["qemu-io", "-c", "write -P 0x33 4096 8192", str(source)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 0x33 4096 8192", str(source)], check=True, capture_output=True
+    )
     info = farm.vdisks.import_image("q", source)
     assert info.size == 2 << 20
     assert qemu_img.compare(farm.store.path_of("q"), source)
@@ -56,14 +65,17 @@ def test_list_is_sorted(farm, raw_image):
     assert [v.name for v in farm.vdisks.list()] == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("kwargs, error, text", [
-    ({"name": "bad name"}, Invalid, "invalid vDisk name"),
-    ({"mode": "shared"}, Invalid, "invalid mode"),
-    ({"write_cache": "tmpfs"}, Invalid, "invalid write-cache type"),
-    ({"cache_limit_mb": 0}, Invalid, "invalid write-cache limit"),
-    ({"source": "missing.raw"}, Invalid, "does not exist"),
-    ({"name": "taken"}, Conflict, "vDisk taken already exists"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, text",
+    [
+        ({"name": "bad name"}, Invalid, "invalid vDisk name"),
+        ({"mode": "shared"}, Invalid, "invalid mode"),
+        ({"write_cache": "tmpfs"}, Invalid, "invalid write-cache type"),
+        ({"cache_limit_mb": 0}, Invalid, "invalid write-cache limit"),
+        ({"source": "missing.raw"}, Invalid, "does not exist"),
+        ({"name": "taken"}, Conflict, "vDisk taken already exists"),
+    ],
+)
 def test_import_refusals_change_nothing(farm, raw_image, tmp_path, kwargs, error, text):
     farm.vdisks.import_image("taken", raw_image)
     before = dump(farm)
@@ -106,10 +118,15 @@ def test_failed_db_insert_removes_the_store_entry(farm, raw_image, monkeypatch):
 
 def test_set_changes_and_audits(farm, raw_image):
     farm.vdisks.import_image("w", raw_image)
-    info = farm.vdisks.set("w", mode="private", write_cache="server-ram", cache_limit_mb=64,
-                           description="new")
-    assert (info.access_mode, info.write_cache_type, info.write_cache_limit_mb,
-            info.description) == ("private", "server-ram", 64, "new")
+    info = farm.vdisks.set(
+        "w", mode="private", write_cache="server-ram", cache_limit_mb=64, description="new"
+    )
+    assert (
+        info.access_mode,
+        info.write_cache_type,
+        info.write_cache_limit_mb,
+        info.description,
+    ) == ("private", "server-ram", 64, "new")
     cleared = farm.vdisks.set("w", cache_limit_mb=None)
     assert cleared.write_cache_limit_mb is None and cleared.access_mode == "private"
     entries = [e for e in farm.audit.list() if e.action == "vdisk.set"]
@@ -118,13 +135,16 @@ def test_set_changes_and_audits(farm, raw_image):
     assert entries[1].before["write_cache_limit_mb"] == 64
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({}, Invalid),
-    ({"mode": "x"}, Invalid),
-    ({"write_cache": "x"}, Invalid),
-    ({"cache_limit_mb": -5}, Invalid),
-    ({"description": "x" * 5000}, Invalid),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({}, Invalid),
+        ({"mode": "x"}, Invalid),
+        ({"write_cache": "x"}, Invalid),
+        ({"cache_limit_mb": -5}, Invalid),
+        ({"description": "x" * 5000}, Invalid),
+    ],
+)
 def test_set_refusals_change_nothing(farm, raw_image, kwargs, error):
     farm.vdisks.import_image("w", raw_image)
     before = dump(farm)
@@ -234,7 +254,8 @@ def test_verify_runs_qemu_img_check_on_sealed_deltas(farm, tmp_path):
     sealed = replace(manifest.top, sha256=sha256_of(path))
     write_manifest(farm.store.root / "w", replace(manifest, files=(manifest.files[0], sealed)))
     with farm.session() as session:
-        session.execute(update(VdiskVersion).where(VdiskVersion.number == 1)
-                        .values(sha256=sealed.sha256))
+        session.execute(
+            update(VdiskVersion).where(VdiskVersion.number == 1).values(sha256=sealed.sha256)
+        )
     [problem] = farm.vdisks.verify("w").problems
     assert problem.startswith("qemu-img check failed on v1.qcow2")

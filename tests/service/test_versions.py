@@ -36,8 +36,11 @@ def vfarm(farm, tmp_path):
 
 def booted(farm):
     """(version, writable) each device type gets now."""
-    return {name: (t.version, t.writable)
-            for name in ("pp", "pt", "pm") if (t := farm.resolve_export(name))}
+    return {
+        name: (t.version, t.writable)
+        for name in ("pp", "pt", "pm")
+        if (t := farm.resolve_export(name))
+    }
 
 
 def assert_store_sound(farm):
@@ -49,7 +52,12 @@ def assert_store_sound(farm):
 def test_import_makes_version_0_the_base(vfarm):
     [base] = vfarm.versions.list("w")
     assert (base.number, base.access, base.parent, base.file, base.format) == (
-        0, "production", None, "base.raw", "raw")
+        0,
+        "production",
+        None,
+        "base.raw",
+        "raw",
+    )
     assert base.sha256 == vfarm.vdisks.show("w").sha256
     assert base.boots == ("production", "test", "maintenance") and base.devices == ()
     target = vfarm.resolve_export("pp")
@@ -61,7 +69,12 @@ def test_import_makes_version_0_the_base(vfarm):
 def test_new_opens_a_writable_delta_for_maintenance_only(vfarm, clock):
     info = vfarm.versions.new("w")
     assert (info.number, info.access, info.parent, info.file, info.format) == (
-        1, "maintenance", 0, "v1.qcow2", "qcow2")
+        1,
+        "maintenance",
+        0,
+        "v1.qcow2",
+        "qcow2",
+    )
     assert info.sha256 is None and info.size > 0 and info.created_at == clock.now
     assert info.boots == ("maintenance",)
     assert booted(vfarm) == {"pp": (0, False), "pt": (0, False), "pm": (1, True)}
@@ -80,7 +93,11 @@ def test_promote_steps_and_what_devices_boot(vfarm, clock):
     result = vfarm.versions.promote("w", "test")
     info = result.version
     assert (info.number, info.access, result.merged, result.merge_skipped) == (
-        1, "test", None, None)
+        1,
+        "test",
+        None,
+        None,
+    )
     assert info.sha256 == sha256_of(target.path) and info.size == target.path.stat().st_size
     assert info.sealed_at == clock.now
     assert vfarm.store.manifest("w").top.sha256 == info.sha256
@@ -147,7 +164,10 @@ def test_override_pins_production_devices(vfarm):
     assert booted(vfarm)["pp"] == (2, False)
     entry = vfarm.audit.list()[-1]
     assert (entry.action, entry.before, entry.after) == (
-        "version.override", {"override_version": 0}, {"override_version": None})
+        "version.override",
+        {"override_version": 0},
+        {"override_version": None},
+    )
 
 
 def test_delete_removes_the_newest_version(vfarm):
@@ -183,19 +203,38 @@ def _lock(farm, device):
 REFUSALS = [
     # (setup, call, error, text)
     ("base", lambda f: f.versions.promote("w", "test"), Invalid, "no version open to promote"),
-    ("base", lambda f: f.versions.promote("w", "production"), Invalid,
-     "no version open to promote"),
-    ("prod", lambda f: f.versions.promote("w", "production"), Invalid,
-     "already in production"),
+    (
+        "base",
+        lambda f: f.versions.promote("w", "production"),
+        Invalid,
+        "no version open to promote",
+    ),
+    ("prod", lambda f: f.versions.promote("w", "production"), Invalid, "already in production"),
     ("test", lambda f: f.versions.promote("w", "test"), Invalid, "already in test"),
-    ("open+lock", lambda f: f.versions.promote("w", "test"), Conflict,
-     "while its maintenance device is connected: vDisk w is locked by device pm"),
-    ("open+session", lambda f: f.versions.promote("w", "production"), Conflict,
-     "device(s) pm booted version 1"),
-    ("open", lambda f: f.versions.promote("w", "test", at=datetime(2030, 2, 1)), Invalid,
-     "give a time with a zone"),
-    ("open", lambda f: f.versions.promote("w", "test", at=datetime.now().astimezone()),
-     Invalid, "--at is only for a promotion to production"),
+    (
+        "open+lock",
+        lambda f: f.versions.promote("w", "test"),
+        Conflict,
+        "while its maintenance device is connected: vDisk w is locked by device pm",
+    ),
+    (
+        "open+session",
+        lambda f: f.versions.promote("w", "production"),
+        Conflict,
+        "device(s) pm booted version 1",
+    ),
+    (
+        "open",
+        lambda f: f.versions.promote("w", "test", at=datetime(2030, 2, 1)),
+        Invalid,
+        "give a time with a zone",
+    ),
+    (
+        "open",
+        lambda f: f.versions.promote("w", "test", at=datetime.now().astimezone()),
+        Invalid,
+        "--at is only for a promotion to production",
+    ),
     ("open", lambda f: f.versions.promote("w", "staging"), Invalid, "invalid access"),
     ("base", lambda f: f.versions.revert("w"), Invalid, "cannot revert the base of vDisk w"),
     ("open", lambda f: f.versions.revert("w"), Invalid, "already in maintenance"),
@@ -242,8 +281,9 @@ def _setup(farm, kind, tmp_path):
         farm.versions.override("w", 1)
 
 
-@pytest.mark.parametrize("kind, call, error, text", REFUSALS,
-                         ids=[f"{r[0]}-{r[3][:30]}" for r in REFUSALS])
+@pytest.mark.parametrize(
+    "kind, call, error, text", REFUSALS, ids=[f"{r[0]}-{r[3][:30]}" for r in REFUSALS]
+)
 def test_refusals_change_nothing(vfarm, tmp_path, kind, call, error, text):
     _setup(vfarm, kind, tmp_path)
     before = dump(vfarm)

@@ -35,40 +35,54 @@ def test_round_trip_through_disk(tmp_path):
 
 
 def test_top_is_last_file_of_chain():
-    manifest = Manifest.from_dict({
-        "format_version": 1, "vdisk": "w",
-        "files": [
-            {"name": "base.raw", "format": "raw", "size": 10, "sha256": SHA, "parent": None},
-            {"name": "v1.qcow2", "format": "qcow2", "size": 10, "sha256": SHA,
-             "parent": "base.raw"},
-        ],
-    })
+    manifest = Manifest.from_dict(
+        {
+            "format_version": 1,
+            "vdisk": "w",
+            "files": [
+                {"name": "base.raw", "format": "raw", "size": 10, "sha256": SHA, "parent": None},
+                {
+                    "name": "v1.qcow2",
+                    "format": "qcow2",
+                    "size": 10,
+                    "sha256": SHA,
+                    "parent": "base.raw",
+                },
+            ],
+        }
+    )
     assert manifest.top.name == "v1.qcow2"
 
 
-@pytest.mark.parametrize("overrides", [
-    {"name": "/abs/base.raw"},
-    {"name": "../base.raw"},
-    {"name": "sub/base.raw"},
-    {"name": ".hidden"},
-    {"name": "manifest.json"},
-    {"format": "vmdk"},
-    {"size": -1},
-    {"size": "12"},
-    {"sha256": "xyz"},
-    {"parent": "other.raw"},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"name": "/abs/base.raw"},
+        {"name": "../base.raw"},
+        {"name": "sub/base.raw"},
+        {"name": ".hidden"},
+        {"name": "manifest.json"},
+        {"format": "vmdk"},
+        {"size": -1},
+        {"size": "12"},
+        {"sha256": "xyz"},
+        {"parent": "other.raw"},
+    ],
+)
 def test_bad_file_entries_are_refused(overrides):
     with pytest.raises(ManifestError):
         Manifest.from_dict(good_dict(**overrides))
 
 
-@pytest.mark.parametrize("data", [
-    [],
-    {"format_version": 2, "vdisk": "w", "files": []},
-    {"format_version": 1, "vdisk": "bad name", "files": good_dict()["files"]},
-    {"format_version": 1, "vdisk": "w", "files": []},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        [],
+        {"format_version": 2, "vdisk": "w", "files": []},
+        {"format_version": 1, "vdisk": "bad name", "files": good_dict()["files"]},
+        {"format_version": 1, "vdisk": "w", "files": []},
+    ],
+)
 def test_bad_manifests_are_refused(data):
     with pytest.raises(ManifestError):
         Manifest.from_dict(data)
@@ -95,8 +109,14 @@ def test_invalid_vdisk_names(name):
 
 def chain_dict(top_overrides=None, **extra):
     data = good_dict()
-    top = {"name": "v1.qcow2", "format": "qcow2", "size": None, "sha256": None,
-           "parent": "base.raw", "version": 1}
+    top = {
+        "name": "v1.qcow2",
+        "format": "qcow2",
+        "size": None,
+        "sha256": None,
+        "parent": "base.raw",
+        "version": 1,
+    }
     top.update(top_overrides or {})
     data["files"].append(top)
     data.update(extra)
@@ -114,25 +134,32 @@ def test_versions_unsealed_top_and_retired_round_trip(tmp_path):
     write_manifest(tmp_path, manifest)
     assert read_manifest(tmp_path) == manifest
     assert json.loads((tmp_path / "manifest.json").read_text()) == chain_dict(
-        retired=retired, virtual_size=4096)
+        retired=retired, virtual_size=4096
+    )
 
 
-@pytest.mark.parametrize("data", [
-    good_dict(sha256=None, size=None),  # the base is never unsealed
-    chain_dict({"sha256": SHA, "size": None}),
-    chain_dict({"sha256": None, "size": 10}),
-    chain_dict({"version": -1}),
-    chain_dict({"version": "1"}),
-    chain_dict(virtual_size=-1),
-    chain_dict(retired="v0.qcow2"),
-    chain_dict(retired=[{"name": "v1.qcow2", "version": 1,
-                         "retired_at": "2030-01-01T00:00:00+00:00"}]),  # still in the chain
-    chain_dict(retired=[{"name": "../x", "version": 1,
-                         "retired_at": "2030-01-01T00:00:00+00:00"}]),
-    chain_dict(retired=[{"name": "v0.qcow2", "version": 0, "retired_at": "yesterday"}]),
-    chain_dict(retired=[{"name": "v0.qcow2", "version": 0,
-                         "retired_at": "2030-01-01T00:00:00"}]),  # no zone
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        good_dict(sha256=None, size=None),  # the base is never unsealed
+        chain_dict({"sha256": SHA, "size": None}),
+        chain_dict({"sha256": None, "size": 10}),
+        chain_dict({"version": -1}),
+        chain_dict({"version": "1"}),
+        chain_dict(virtual_size=-1),
+        chain_dict(retired="v0.qcow2"),
+        chain_dict(
+            retired=[{"name": "v1.qcow2", "version": 1, "retired_at": "2030-01-01T00:00:00+00:00"}]
+        ),  # still in the chain
+        chain_dict(
+            retired=[{"name": "../x", "version": 1, "retired_at": "2030-01-01T00:00:00+00:00"}]
+        ),
+        chain_dict(retired=[{"name": "v0.qcow2", "version": 0, "retired_at": "yesterday"}]),
+        chain_dict(
+            retired=[{"name": "v0.qcow2", "version": 0, "retired_at": "2030-01-01T00:00:00"}]
+        ),  # no zone
+    ],
+)
 def test_bad_version_entries_are_refused(data):
     with pytest.raises(ManifestError):
         Manifest.from_dict(data)
@@ -140,7 +167,15 @@ def test_bad_version_entries_are_refused(data):
 
 def test_only_the_top_may_be_unsealed():
     data = chain_dict()
-    data["files"].append({"name": "v2.qcow2", "format": "qcow2", "size": 1, "sha256": SHA,
-                          "parent": "v1.qcow2", "version": 2})
+    data["files"].append(
+        {
+            "name": "v2.qcow2",
+            "format": "qcow2",
+            "size": 1,
+            "sha256": SHA,
+            "parent": "v1.qcow2",
+            "version": 2,
+        }
+    )
     with pytest.raises(ManifestError, match="only a top file"):
         Manifest.from_dict(data)

@@ -55,8 +55,9 @@ def test_overlay_rebase_and_check(tmp_path):
     qemu_img.create(base, "raw", 1 << 20)
     mid, top = tmp_path / "mid.qcow2", tmp_path / "top.qcow2"
     qemu_img.create_overlay(mid, "base.raw", "raw")
-    subprocess.run(["qemu-io", "-c", "write -P 7 0 4096", str(mid)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 7 0 4096", str(mid)], check=True, capture_output=True
+    )
     qemu_img.create_overlay(top, "mid.qcow2", "qcow2")
     info = qemu_img.info(top)
     assert (info["backing-filename"], info["backing-filename-format"]) == ("mid.qcow2", "qcow2")

@@ -34,8 +34,11 @@ def make_source(directory, fmt, size=SIZE):
     if fmt == "raw":
         return raw
     out = directory / f"source.{fmt}"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(out)],
+        check=True,
+        capture_output=True,
+    )
     raw.unlink()
     return out
 
@@ -92,8 +95,10 @@ def test_moved_store_still_serves(store, tmp_path):
 def test_refuses_backing_file_source(store, tmp_path):
     base = make_source(tmp_path, "qcow2")
     overlay = tmp_path / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
-                    str(overlay)], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(overlay)],
+        check=True,
+    )
     with pytest.raises(UnsupportedImage, match="backing file"):
         store.import_image("disk", overlay)
     assert listing(store) == []

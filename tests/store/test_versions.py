@@ -55,7 +55,11 @@ def test_open_delta_is_a_qcow2_on_the_relative_base(store):
     entry = sv.open_delta(store, "w", "v1.qcow2", 1)
     path = store.root / "w" / "v1.qcow2"
     assert (entry.name, entry.format, entry.parent, entry.version) == (
-        "v1.qcow2", "qcow2", "base.raw", 1)
+        "v1.qcow2",
+        "qcow2",
+        "base.raw",
+        1,
+    )
     assert not entry.sealed and entry.size is None
     assert backing_of(path) == ("base.raw", "raw")
     assert qemu_img.info(path)["virtual-size"] == SIZE
@@ -139,8 +143,10 @@ def chain(store, tmp_path):
     """base + v1..v4 sealed; flat copies of each version's content before merging."""
     for number in range(1, 5):
         add_sealed(store, number, 0x10 + number)
-    flats = {n: flat_copy(store.root / "w" / f"v{n}.qcow2", tmp_path / f"flat{n}.raw")
-             for n in range(1, 5)}
+    flats = {
+        n: flat_copy(store.root / "w" / f"v{n}.qcow2", tmp_path / f"flat{n}.raw")
+        for n in range(1, 5)
+    }
     return store, flats
 
 
@@ -158,7 +164,9 @@ def test_fold_updates_keeps_content_and_the_files_above(chain):
     assert [f.name for f in manifest.files] == ["base.raw", "v3.qcow2", "v4.qcow2"]
     assert manifest.files[2] == above  # untouched: same backing name, same hash
     assert [(r.name, r.version, r.retired_at) for r in retired] == [
-        ("v1.qcow2", 1, AT), ("v2.qcow2", 2, AT)]
+        ("v1.qcow2", 1, AT),
+        ("v2.qcow2", 2, AT),
+    ]
     assert manifest.retired == retired
     assert (directory / "v1.qcow2").exists() and (directory / "v2.qcow2").exists()
     assert store.verify("w").ok

@@ -40,20 +40,35 @@ class ClusterServer:
         argv = VDFARM + ["--data-dir", str(self.data_dir), "--db", self.db_url, *args]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if check and proc.returncode != 0:
-            raise AssertionError(f"vdfarm {' '.join(args)} on {self.name} failed "
-                                 f"({proc.returncode}): {proc.stderr.strip()}")
+            raise AssertionError(
+                f"vdfarm {' '.join(args)} on {self.name} failed "
+                f"({proc.returncode}): {proc.stderr.strip()}"
+            )
         return proc
 
     def cli_json(self, *args: str):
         return json.loads(self.cli("--json", *args).stdout)
 
     def start(self, *extra: str) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            VDFARM + ["--data-dir", str(self.data_dir), "--db", self.db_url, "server", "run",
-                      "--nbd-port", str(self.nbd_port), "--api-port", str(self.api_port),
-                      *extra],
-            stdout=log, stderr=log)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                VDFARM
+                + [
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--db",
+                    self.db_url,
+                    "server",
+                    "run",
+                    "--nbd-port",
+                    str(self.nbd_port),
+                    "--api-port",
+                    str(self.api_port),
+                    *extra,
+                ],
+                stdout=log,
+                stderr=log,
+            )
         wait_port(self.nbd_port, self.proc)
         wait_port(self.api_port, self.proc)
 
@@ -85,8 +100,9 @@ class ClusterServer:
         self.proc = None
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
-        return httpx.request(method, f"http://127.0.0.1:{self.api_port}/api/v1{path}",
-                             timeout=10, **kwargs)
+        return httpx.request(
+            method, f"http://127.0.0.1:{self.api_port}/api/v1{path}", timeout=10, **kwargs
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -132,8 +148,9 @@ class Cluster:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def connect(self, device: str, via: ClusterServer | None = None
-                ) -> tuple[ClusterServer, RawClient]:
+    def connect(
+        self, device: str, via: ClusterServer | None = None
+    ) -> tuple[ClusterServer, RawClient]:
         """Log DEVICE in, then open its NBD export where the login answer
         says: the chosen server's advertised host and NBD port."""
         answer = self.login(device, via)

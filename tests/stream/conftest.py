@@ -28,8 +28,9 @@ def run(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.Comp
     """Run a real client; on failure show everything it said."""
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}): "
-                             f"{proc.stdout}{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stdout}{proc.stderr}"
+        )
     return proc
 
 
@@ -39,6 +40,7 @@ def store_file(farm, vdisk: str):
 
 
 # -- database kinds and template farms -----------------------------------------
+
 
 @pytest.fixture(scope="session", params=DB_KINDS, autouse=True)
 def db_kind(request) -> str:
@@ -111,6 +113,7 @@ def serve_copy(tmp_path, served_template) -> Iterator:
     """Start a server over a private copy of the served template:
     `serve_copy(grace=..., lease=...)`; stopped and dropped at teardown."""
     with contextlib.ExitStack() as stack:
+
         def start(grace: float = 2, lease: float | None = None) -> Farm:
             farm = stack.enter_context(farm_copy(served_template, tmp_path / "data"))
             farm.start(grace=grace, lease=lease)
@@ -127,9 +130,11 @@ def served(serve_copy):
 
 # -- vDisk versions (tests/stream/test_versions*.py) ---------------------------
 
+
 def version_rows(farm, vdisk: str) -> list[dict]:
     """`vdfarm version list VDISK --json`, oldest first."""
     import json
+
     return json.loads(farm.cli("--json", "version", "list", vdisk).stdout)
 
 
@@ -149,6 +154,7 @@ def wait_until(condition, what: str, timeout: float = 30.0, step: float = 0.1):
     """Poll CONDITION until it is true (and return its value); AssertionError
     naming WHAT after TIMEOUT."""
     import time
+
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -161,5 +167,6 @@ def wait_until(condition, what: str, timeout: float = 30.0, step: float = 0.1):
 
 def lock_is_free(farm, vdisk: str) -> bool:
     import json
+
     locks = json.loads(farm.cli("--json", "lock", "list").stdout)
     return all(r["state"] != "held" for r in locks if r["vdisk"] == vdisk)

@@ -56,15 +56,17 @@ class DurableWrites:
         bad = []
         touched = sorted(set(self.durable) | set(self.pending))
         for sector in touched:
-            got = data[sector * SECTOR:(sector + 1) * SECTOR]
+            got = data[sector * SECTOR : (sector + 1) * SECTOR]
             allowed = {sector_bytes(s, sector) for s in self.pending.get(sector, ())}
             if sector in self.durable:
                 allowed.add(sector_bytes(self.durable[sector], sector))
             else:
-                allowed.add(original[sector * SECTOR:(sector + 1) * SECTOR])
+                allowed.add(original[sector * SECTOR : (sector + 1) * SECTOR])
             if got not in allowed:
-                bad.append(f"sector {sector} (durable: {self.durable.get(sector)}, "
-                           f"pending: {self.pending.get(sector)}) holds {got[:16]!r}")
+                bad.append(
+                    f"sector {sector} (durable: {self.durable.get(sector)}, "
+                    f"pending: {self.pending.get(sector)}) holds {got[:16]!r}"
+                )
         return bad
 
 
@@ -93,13 +95,23 @@ class CrashWriter(threading.Thread):
             self.seq += 1
             zeroes = self.rng.random() < 0.15
             flags = rc.FLAG_FUA if self.rng.random() < 0.15 else 0
-            out.append((rc.CMD_WRITE_ZEROES if zeroes else rc.CMD_WRITE, flags, first,
-                        end - first, ZEROED if zeroes else self.seq))
+            out.append(
+                (
+                    rc.CMD_WRITE_ZEROES if zeroes else rc.CMD_WRITE,
+                    flags,
+                    first,
+                    end - first,
+                    ZEROED if zeroes else self.seq,
+                )
+            )
         return out
 
     def send(self, command: int, flags: int, first: int, count: int, seq: int) -> int:
-        payload = b"" if seq == ZEROED else b"".join(
-            sector_bytes(seq, s) for s in range(first, first + count))
+        payload = (
+            b""
+            if seq == ZEROED
+            else b"".join(sector_bytes(seq, s) for s in range(first, first + count))
+        )
         self.model.sent(seq, first, count)
         return self.client.request(command, first * SECTOR, count * SECTOR, flags, payload)
 

@@ -57,7 +57,7 @@ class RawClient:
                     return True
         except ConnectionResetError:
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     # -- handshake ---------------------------------------------------------
@@ -69,8 +69,9 @@ class RawClient:
     def send_client_flags(self, flags: int = 3) -> None:
         self.sock.sendall(struct.pack(">I", flags))
 
-    def send_option(self, option: int, data: bytes = b"", magic: int = IHAVEOPT,
-                    length: int | None = None) -> None:
+    def send_option(
+        self, option: int, data: bytes = b"", magic: int = IHAVEOPT, length: int | None = None
+    ) -> None:
         n = len(data) if length is None else length
         self.sock.sendall(struct.pack(">QII", magic, option, n) + data)
 
@@ -102,11 +103,11 @@ class RawClient:
         return self.go(name, structured)
 
     # -- transmission (simple replies) --------------------------------------
-    def request(self, cmd: int, offset: int, length: int, flags: int = 0,
-                data: bytes = b"") -> int:
+    def request(self, cmd: int, offset: int, length: int, flags: int = 0, data: bytes = b"") -> int:
         self.cookie += 1
-        self.sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, self.cookie,
-                                      offset, length) + data)
+        self.sock.sendall(
+            struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, self.cookie, offset, length) + data
+        )
         return self.cookie
 
     def reply(self, read_length: int = 0) -> tuple[int, int, bytes]:
@@ -116,8 +117,9 @@ class RawClient:
         data = self.recv_exact(read_length) if error == 0 and read_length else b""
         return error, cookie, data
 
-    def call(self, cmd: int, offset: int, length: int, flags: int = 0,
-             data: bytes = b"") -> tuple[int, bytes]:
+    def call(
+        self, cmd: int, offset: int, length: int, flags: int = 0, data: bytes = b""
+    ) -> tuple[int, bytes]:
         cookie = self.request(cmd, offset, length, flags, data)
         error, got, payload = self.reply(length if cmd == CMD_READ else 0)
         assert got == cookie

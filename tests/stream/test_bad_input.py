@@ -86,17 +86,20 @@ def test_unknown_export_gets_err_unknown_with_a_message(guarded):
 
 
 @pytest.mark.parametrize("export", ["pc1", "solo"])
-@pytest.mark.parametrize("cmd,offset,length,expected", [
-    (rc.CMD_READ, SIZE - 4096, 8192, rc.EINVAL),
-    (rc.CMD_READ, SIZE, 1, rc.EINVAL),
-    (rc.CMD_WRITE, SIZE - 512, 1024, rc.ENOSPC),
-    (rc.CMD_TRIM, SIZE, 4096, rc.EINVAL),
-    (rc.CMD_WRITE_ZEROES, SIZE - 1, 2, rc.ENOSPC),
-    (rc.CMD_READ, 2**64 - 512, 1024, None),  # offset+length overflows 64 bits
-    (rc.CMD_READ, 0, 0, rc.EINVAL),
-    (rc.CMD_WRITE, 0, 0, rc.EINVAL),
-    (rc.CMD_READ, 0, (32 << 20) + 1, None),  # too big: EINVAL or EOVERFLOW
-])
+@pytest.mark.parametrize(
+    "cmd,offset,length,expected",
+    [
+        (rc.CMD_READ, SIZE - 4096, 8192, rc.EINVAL),
+        (rc.CMD_READ, SIZE, 1, rc.EINVAL),
+        (rc.CMD_WRITE, SIZE - 512, 1024, rc.ENOSPC),
+        (rc.CMD_TRIM, SIZE, 4096, rc.EINVAL),
+        (rc.CMD_WRITE_ZEROES, SIZE - 1, 2, rc.ENOSPC),
+        (rc.CMD_READ, 2**64 - 512, 1024, None),  # offset+length overflows 64 bits
+        (rc.CMD_READ, 0, 0, rc.EINVAL),
+        (rc.CMD_WRITE, 0, 0, rc.EINVAL),
+        (rc.CMD_READ, 0, (32 << 20) + 1, None),  # too big: EINVAL or EOVERFLOW
+    ],
+)
 def test_out_of_range_requests(guarded, export, cmd, offset, length, expected):
     c = client(guarded)
     c.connect(export)
@@ -128,13 +131,16 @@ def test_write_to_a_read_only_export_is_eperm(guarded):
     assert c.call(rc.CMD_READ, 0, 4096)[0] == 0
 
 
-@pytest.mark.parametrize("cmd,flags", [
-    (99, 0),                 # no such command
-    (8, 0),                  # NBD_CMD_RESIZE: never advertised
-    (rc.CMD_READ, 0x8000),   # unknown flag bit
-    (rc.CMD_READ, 1 << 1),   # NO_HOLE is for WRITE_ZEROES only
-    (rc.CMD_TRIM, 1 << 4),   # FAST_ZERO is for WRITE_ZEROES only
-])
+@pytest.mark.parametrize(
+    "cmd,flags",
+    [
+        (99, 0),  # no such command
+        (8, 0),  # NBD_CMD_RESIZE: never advertised
+        (rc.CMD_READ, 0x8000),  # unknown flag bit
+        (rc.CMD_READ, 1 << 1),  # NO_HOLE is for WRITE_ZEROES only
+        (rc.CMD_TRIM, 1 << 4),  # FAST_ZERO is for WRITE_ZEROES only
+    ],
+)
 def test_unknown_commands_and_flags_are_einval(guarded, cmd, flags):
     c = client(guarded)
     c.connect("solo")

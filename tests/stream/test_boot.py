@@ -24,6 +24,7 @@ def sample_image(tmp_path_factory):
 
 def cache_file(farm, device: str):
     import json
+
     dev = json.loads(farm.cli("--json", "device", "show", device).stdout)
     return farm.data_dir / "cache" / f"device-{dev['id']}.wcache"
 
@@ -48,7 +49,7 @@ def test_two_vms_boot_one_standard_vdisk_at_once(farm, sample_image):
     try:
         for handle in vms:
             assert handle.wait_for("VDFARM-DONE", timeout=180), handle.serial_text()
-        for handle, name in zip(vms, ("vm1", "vm2")):
+        for handle, name in zip(vms, ("vm1", "vm2"), strict=True):
             fields = vm.parse_serial(handle.serial_text())
             assert fields.booted and fields.reported_id == name
             assert fields.readback == "ok", handle.serial_text()

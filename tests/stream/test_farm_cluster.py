@@ -60,8 +60,12 @@ def add_devices(cluster: Cluster) -> None:
     """The 30 devices, through the API (one process, not 30 CLI runs)."""
     token = (cluster.first.data_dir / "api-token").read_text().strip()
     for name in DEVICES:
-        response = cluster.first.api("POST", "/devices", json={"name": name, "vdisk": "golden"},
-                                     headers={"Authorization": f"Bearer {token}"})
+        response = cluster.first.api(
+            "POST",
+            "/devices",
+            json={"name": name, "vdisk": "golden"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert response.status_code == 201, response.text
 
 
@@ -89,8 +93,9 @@ def test_logins_spread_a_dead_server_is_avoided_and_rebalance_evens_the_load(clu
 
     # SIGKILL s3: it is down once its heartbeat is older than the timeout.
     cluster.servers["s3"].kill()
-    rows = wait_until(lambda: (r := cluster.server_rows(s1)) and not r["s3"]["up"] and r,
-                      "s3 marked down")
+    rows = wait_until(
+        lambda: (r := cluster.server_rows(s1)) and not r["s3"]["up"] and r, "s3 marked down"
+    )
     assert rows["s1"]["up"] and rows["s2"]["up"]
     beat = parse_time(rows["s3"]["last_heartbeat"])
     assert parse_time(rows["s1"]["last_heartbeat"]) > beat  # s1 kept beating; s3 went quiet
@@ -121,10 +126,12 @@ def test_logins_spread_a_dead_server_is_avoided_and_rebalance_evens_the_load(clu
         new_server, new_client = cluster.connect(device)
         assert new_server.name == "s3"
         clients[device] = (new_server, new_client)
-    counts = wait_until(lambda: (c := cluster.connected_counts()) and c["s3"] == len(moved)
-                        and c, "moved devices recorded on s3")
+    counts = wait_until(
+        lambda: (c := cluster.connected_counts()) and c["s3"] == len(moved) and c,
+        "moved devices recorded on s3",
+    )
     assert sum(counts.values()) == 30 and within_trigger(counts), counts
-    for device, (server, client) in clients.items():  # everyone still streams
+    for device, (_server, client) in clients.items():  # everyone still streams
         assert client.call(CMD_READ, 0, 4096)[0] == 0, device
     audit = s2.cli_json("audit", "list")
     assert sum(1 for row in audit if row["action"] == "device.move") == len(moved)
@@ -143,7 +150,11 @@ def test_a_dead_servers_lock_frees_itself_and_a_stale_holder_is_fenced(cluster):
     assert first.call(CMD_WRITE, 0, 512, data=b"1" * 512)[0] == 0
     held = lock_row(s2)
     assert (held["state"], held["holder"], held["server"], held["home"]) == (
-        "held", "solo", "s1", "s1")
+        "held",
+        "solo",
+        "s1",
+        "s1",
+    )
 
     # The serving server dies; nobody releases anything.
     s1.kill()
@@ -178,8 +189,9 @@ def test_a_dead_servers_lock_frees_itself_and_a_stale_holder_is_fenced(cluster):
     old_token = lock_row(s3)["fencing_token"]
     s2.pause()
     try:
-        wait_until(lambda: lock_row(s3)["state"] != "held", "the paused holder's lease ran out",
-                   timeout=30)
+        wait_until(
+            lambda: lock_row(s3)["state"] != "held", "the paused holder's lease ran out", timeout=30
+        )
         s3.cli("lock", "home", "mine", "s3")
         third = RawClient(s3.nbd_port)
         third.connect("solo")
@@ -205,8 +217,12 @@ def test_a_device_with_data_in_its_write_cache_is_never_moved(cluster):
         clients[device] = RawClient(s1.nbd_port)
         clients[device].connect(device)
     assert clients["pc00"].call(CMD_WRITE, 0, 512, data=b"w" * 512)[0] == 0
-    wait_until(lambda: (s1.cli_json("device", "show", "pc00")["session"]
-                        ["write_cache_used_bytes"] or 0) > 0, "pc00's cache use reported")
+    wait_until(
+        lambda: (
+            (s1.cli_json("device", "show", "pc00")["session"]["write_cache_used_bytes"] or 0) > 0
+        ),
+        "pc00's cache use reported",
+    )
 
     plan = s1.cli_json("rebalance")
     moved = {m["device_name"] for m in plan["moves"]}
@@ -221,15 +237,22 @@ def test_a_device_with_data_in_its_write_cache_is_never_moved(cluster):
     with Farm.open(s1.data_dir, s1.db_url) as farm, farm.session() as session:
         device_id = farm.resolve_export(stays).device_id
         s2_id = session.scalar(select(Server.id).where(Server.name == "s2"))
-        session.execute(update(DeviceSession).where(DeviceSession.device_id == device_id)
-                        .values(move_to_server_id=s2_id, move_requested_at=farm.now()))
+        session.execute(
+            update(DeviceSession)
+            .where(DeviceSession.device_id == device_id)
+            .values(move_to_server_id=s2_id, move_requested_at=farm.now())
+        )
     wait_until(lambda: f"device {stays} stays on this server" in s1.log(), "order refused")
     assert "its write cache on this server holds 4096 bytes" in s1.log()  # one 4 KiB block
     assert not clients[stays].is_closed_by_server(timeout=2)
     assert clients[stays].call(CMD_READ, 0, 512) == (0, b"x" * 512)
     with Farm.open(s1.data_dir, s1.db_url) as farm, farm.session() as session:
-        assert session.scalar(select(DeviceSession.move_to_server_id)
-                              .where(DeviceSession.device_id == device_id)) is None
+        assert (
+            session.scalar(
+                select(DeviceSession.move_to_server_id).where(DeviceSession.device_id == device_id)
+            )
+            is None
+        )
 
 
 def test_automatic_rebalance_runs_by_itself_on_one_server(cluster):
@@ -242,12 +265,15 @@ def test_automatic_rebalance_runs_by_itself_on_one_server(cluster):
         clients[device].connect(device)
     with Farm.open(s1.data_dir, s1.db_url) as farm, farm.session() as session:
         # They booted long ago (the auto mode never moves booting devices).
-        session.execute(update(DeviceSession).values(
-            connected_at=farm.now() - timedelta(minutes=10)))
+        session.execute(
+            update(DeviceSession).values(connected_at=farm.now() - timedelta(minutes=10))
+        )
     s2.start("--auto-rebalance", "1")
-    moves = wait_until(lambda: [row for row in s2.cli_json("audit", "list")
-                                if row["action"] == "device.move"],
-                       "the automatic rebalance ordered moves", timeout=30)
+    moves = wait_until(
+        lambda: [row for row in s2.cli_json("audit", "list") if row["action"] == "device.move"],
+        "the automatic rebalance ordered moves",
+        timeout=30,
+    )
     assert {row["actor"] for row in moves} == {"server:s1"}  # one runner: the lowest-id server
     assert all(row["after"] == {"server": "s2"} for row in moves)
     moved = {row["target_name"] for row in moves}

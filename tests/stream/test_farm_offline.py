@@ -44,8 +44,14 @@ def offline_farm(tmp_path, postgres):
     server.cli("init", "--name", "s1")
     server.cli("vdisk", "import", "golden", str(image), "--mode", "standard")
     server.cli("device", "add", "vm1", "--vdisk", "golden")
-    server.cli("vdisk", "import", "mine", str(make_test_image(tmp_path / "m.raw", 8 << 20)),
-               "--mode", "private")
+    server.cli(
+        "vdisk",
+        "import",
+        "mine",
+        str(make_test_image(tmp_path / "m.raw", 8 << 20)),
+        "--mode",
+        "private",
+    )
     server.cli("device", "add", "solo", "--vdisk", "mine")
     server.start("--grace", "5", "--lease", "3")
     yield server
@@ -64,8 +70,9 @@ def test_streaming_survives_the_database_and_state_converges(offline_farm, postg
     size = (server.data_dir / "store" / "golden" / "base.raw").stat().st_size
 
     # A VM boots; once it streams, the database goes away.
-    first = vm.start(f"nbd://127.0.0.1:{server.nbd_port}/vm1", "boot1",
-                     extra_args=("-no-shutdown",))
+    first = vm.start(
+        f"nbd://127.0.0.1:{server.nbd_port}/vm1", "boot1", extra_args=("-no-shutdown",)
+    )
     try:
         wait_until(lambda: "device vm1 streaming" in server.log(), "vm1 connected")
         cache = cache_file(server, "vm1")

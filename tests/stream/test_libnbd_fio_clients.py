@@ -11,8 +11,20 @@ import pytest
 from tests.conftest import sha256
 from tests.stream.conftest import run, store_file
 
-ADVERTISED = ["connect", "read", "write", "flush", "fua", "trim", "zero", "fast-zero",
-              "cache", "multi-conn", "structured-reply", "df"]
+ADVERTISED = [
+    "connect",
+    "read",
+    "write",
+    "flush",
+    "fua",
+    "trim",
+    "zero",
+    "fast-zero",
+    "cache",
+    "multi-conn",
+    "structured-reply",
+    "df",
+]
 
 
 def test_nbdinfo_can_every_advertised_flag(served):
@@ -23,8 +35,9 @@ def test_nbdinfo_can_every_advertised_flag(served):
 
 
 def test_nbdinfo_sees_the_vdisk_view_read_only(served):
-    assert run("nbdinfo", "--is", "read-only", served.uri("vdisk/golden"),
-               check=False).returncode == 0
+    assert (
+        run("nbdinfo", "--is", "read-only", served.uri("vdisk/golden"), check=False).returncode == 0
+    )
     for flag in ("write", "trim", "zero", "fua"):
         proc = run("nbdinfo", "--can", flag, served.uri("vdisk/golden"), check=False)
         assert proc.returncode == 2, f"read-only view must not advertise {flag}"
@@ -47,12 +60,16 @@ def test_nbdinfo_list_shows_the_devices(served):
 
 def test_nbdinfo_map_agrees_with_the_file(served):
     nbd_map = json.loads(run("nbdinfo", "--map", "--json", served.uri("solo")).stdout)
-    qemu_map = json.loads(run("qemu-img", "map", "--output=json", "-f", "raw",
-                              str(store_file(served, "mine"))).stdout)
+    qemu_map = json.loads(
+        run("qemu-img", "map", "--output=json", "-f", "raw", str(store_file(served, "mine"))).stdout
+    )
+
     def data_ranges_nbd(entries):
         return _merge((e["offset"], e["length"], e["type"] & 1 == 0) for e in entries)
+
     def data_ranges_qemu(entries):
         return _merge((e["start"], e["length"], e["data"]) for e in entries)
+
     assert data_ranges_nbd(nbd_map) == data_ranges_qemu(qemu_map)
 
 
@@ -87,12 +104,21 @@ def test_nbdcopy_round_trip_into_a_private_vdisk(served, tmp_path):
 
 def fio(uri: str, *extra: str, cwd) -> dict:
     """Run fio's nbd engine in `cwd` (it leaves verify state files there)."""
-    argv = ["fio", "--name=t", "--ioengine=nbd", f"--uri={uri}", "--bs=4k",
-            "--size=16m", "--iodepth=16", "--randseed=42", "--output-format=json",
-            *extra]
+    argv = [
+        "fio",
+        "--name=t",
+        "--ioengine=nbd",
+        f"--uri={uri}",
+        "--bs=4k",
+        "--size=16m",
+        "--iodepth=16",
+        "--randseed=42",
+        "--output-format=json",
+        *extra,
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     job = result["jobs"][0]
     assert job["error"] == 0, job
     return job
@@ -100,8 +126,14 @@ def fio(uri: str, *extra: str, cwd) -> dict:
 
 @pytest.mark.parametrize("export", ["pc1", "solo"])
 def test_fio_random_write_with_verification(served, export, tmp_path):
-    job = fio(served.uri(export), "--rw=randwrite", "--verify=crc32c",
-              "--verify_fatal=1", "--do_verify=1", cwd=tmp_path)
+    job = fio(
+        served.uri(export),
+        "--rw=randwrite",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--do_verify=1",
+        cwd=tmp_path,
+    )
     assert job["write"]["io_bytes"] >= 16 << 20
     assert job["read"]["io_bytes"] >= 16 << 20  # the verify pass read it all back
 
@@ -110,8 +142,14 @@ def test_fio_random_read_verifies_what_an_earlier_run_wrote(served, tmp_path):
     """Private mode keeps data across connections: a second fio run reads
     the first run's blocks in random order and checks every checksum."""
     fio(served.uri("solo"), "--rw=randwrite", "--verify=crc32c", "--do_verify=0", cwd=tmp_path)
-    job = fio(served.uri("solo"), "--rw=randwrite", "--verify=crc32c",
-              "--verify_only=1", "--verify_fatal=1", cwd=tmp_path)
+    job = fio(
+        served.uri("solo"),
+        "--rw=randwrite",
+        "--verify=crc32c",
+        "--verify_only=1",
+        "--verify_fatal=1",
+        cwd=tmp_path,
+    )
     assert job["read"]["io_bytes"] >= 16 << 20
 
 
@@ -130,13 +168,19 @@ def test_big_pipelined_reads_to_a_slow_reader_arrive_intact(served, test_image):
     c = rc.RawClient(served.port, timeout=60)
     c.connect("pc1")
     offsets = [0, 32 << 20, 4096, (16 << 20) + 512]
-    cookies = [c.request(rc.CMD_READ, off, 32 << 20 if off < (32 << 20) else 16 << 20)
-               for off in offsets[:2]]
+    cookies = [
+        c.request(rc.CMD_READ, off, 32 << 20 if off < (32 << 20) else 16 << 20)
+        for off in offsets[:2]
+    ]
     cookies += [c.request(rc.CMD_READ, off, 8 << 20) for off in offsets[2:]]
     time.sleep(0.5)  # let the server fill the socket
     source = test_image.read_bytes()
-    lengths = {cookies[0]: (0, 32 << 20), cookies[1]: (32 << 20, 16 << 20),
-               cookies[2]: (4096, 8 << 20), cookies[3]: ((16 << 20) + 512, 8 << 20)}
+    lengths = {
+        cookies[0]: (0, 32 << 20),
+        cookies[1]: (32 << 20, 16 << 20),
+        cookies[2]: (4096, 8 << 20),
+        cookies[3]: ((16 << 20) + 512, 8 << 20),
+    }
     for _ in cookies:
         err, cookie, _ = c.reply()
         assert err == 0
@@ -146,5 +190,5 @@ def test_big_pipelined_reads_to_a_slow_reader_arrive_intact(served, test_image):
             data += c.sock.recv(min(65536, length - len(data)))
             if len(data) % (4 << 20) < 65536:
                 time.sleep(0.01)  # a slow reader
-        assert bytes(data) == source[offset:offset + length], f"read at {offset} corrupted"
+        assert bytes(data) == source[offset : offset + length], f"read at {offset} corrupted"
     c.close()

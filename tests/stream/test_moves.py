@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -28,7 +28,7 @@ def db_kind() -> str:
 
 
 def test_order_is_stale():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     order = MoveOrder(1, "pc1", ServerEndpoint("s2", "h", 1, 2), now - timedelta(seconds=31))
     assert order_is_stale(order, now, 30)
     assert not order_is_stale(order, now, 60)
@@ -54,6 +54,7 @@ def test_a_moved_device_is_closed_after_its_in_flight_flush(tmp_path):
             def slow_flush():
                 release_flush.wait(10)
                 real_flush()
+
             session.stack.flush = slow_flush
             flush_cookie = client.request(CMD_FLUSH, 0, 0)
             await asyncio.sleep(0.2)  # the flush is in flight
@@ -67,8 +68,7 @@ def test_a_moved_device_is_closed_after_its_in_flight_flush(tmp_path):
             assert await asyncio.to_thread(client.is_closed_by_server, 5)
             await asyncio.sleep(0.2)
             assert device_id not in server.registry.sessions  # ended at once, no grace
-            assert server.registry.move_out(device_id, "s2") == (
-                "it has no session on this server")
+            assert server.registry.move_out(device_id, "s2") == ("it has no session on this server")
         finally:
             release_flush.set()
             await server.stop()

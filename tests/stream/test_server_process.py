@@ -35,8 +35,7 @@ def test_one_process_serves_nbd_and_the_api_and_heartbeats(served):
     devices = httpx.get(f"http://127.0.0.1:{port}/api/v1/devices", timeout=10).json()
     assert {"pc1", "pc2", "solo"} <= {d["name"] for d in devices}
     # changes need the token even from loopback
-    refused = httpx.post(f"http://127.0.0.1:{port}/api/v1/devices",
-                         json={"name": "x"}, timeout=10)
+    refused = httpx.post(f"http://127.0.0.1:{port}/api/v1/devices", json={"name": "x"}, timeout=10)
     assert refused.status_code == 401
     # NBD keeps working beside it
     run("nbdinfo", served.uri("pc1"))

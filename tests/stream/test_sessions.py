@@ -75,10 +75,17 @@ def test_qemu_reconnect_delay_continues_with_its_write_cache(slow_grace):
     qemu reconnects and reads its own write back, from the cache the server
     kept for the grace period."""
     proxy = TcpProxy(slow_grace.port)
-    opts = (f"driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={proxy.port},"
-            f"export=pc1,reconnect-delay=5")
-    qemu = subprocess.Popen(["qemu-io", "--image-opts", opts], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    opts = (
+        f"driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={proxy.port},"
+        f"export=pc1,reconnect-delay=5"
+    )
+    qemu = subprocess.Popen(
+        ["qemu-io", "--image-opts", opts],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         qemu.stdin.write("write -P 0x77 64k 64k\n")
         qemu.stdin.flush()

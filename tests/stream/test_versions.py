@@ -22,7 +22,6 @@ import pytest
 from tests.conftest import Farm
 from tests.service.helpers import assert_qemu_clean
 from tests.stream import rawclient as rc
-from tests.stream.crashwriter import REGION, CrashWriter
 from tests.stream.conftest import (
     farm_copy,
     flatten,
@@ -33,14 +32,15 @@ from tests.stream.conftest import (
     version_rows,
     wait_until,
 )
+from tests.stream.crashwriter import REGION, CrashWriter
 
 VDISK = "gold"
-DEVICE_TYPES = {"prod": "production", "tst": "test", "mnt": "maintenance",
-                "mnt2": "maintenance"}
+DEVICE_TYPES = {"prod": "production", "tst": "test", "mnt": "maintenance", "mnt2": "maintenance"}
 K, M = 1024, 1024 * 1024
 
 
 # -- helpers -------------------------------------------------------------------
+
 
 def qemu_io(target: str, *commands: str, fmt: str = "raw", read_only: bool = False) -> str:
     """Run qemu-io COMMANDS on TARGET (an NBD URI or a file); every one must succeed."""
@@ -77,8 +77,16 @@ class Checker:
         for number in sorted(set(expected.values())):
             flat = flatten(files[number], self.tmp / f"flat-{next(self.count)}.raw")
             for device in (d for d, n in expected.items() if n == number):
-                run("qemu-img", "compare", "-f", "raw", "-F", "raw",
-                    self.farm.uri(device), str(flat))
+                run(
+                    "qemu-img",
+                    "compare",
+                    "-f",
+                    "raw",
+                    "-F",
+                    "raw",
+                    self.farm.uri(device),
+                    str(flat),
+                )
             flat.unlink()
         if any(DEVICE_TYPES[d] == "maintenance" for d in expected):
             # a maintenance device on the open version held the lock: let it go
@@ -86,8 +94,10 @@ class Checker:
 
     def flat(self, number: int):
         """qemu's flattening of version NUMBER now (kept for later comparisons)."""
-        return flatten(version_file(self.farm, VDISK, number),
-                       self.tmp / f"ref-{number}-{next(self.count)}.raw")
+        return flatten(
+            version_file(self.farm, VDISK, number),
+            self.tmp / f"ref-{number}-{next(self.count)}.raw",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +116,12 @@ def versions_template(db_kind, tmp_path_factory, test_image):
 CHAIN_WRITES = {
     1: ("write -P 0x11 0 192k", "write -P 0x12 4160k 64k", "write -P 0x13 20M 1M"),
     2: ("write -P 0x21 64k 64k", "write -P 0x22 5000 3000", "write -P 0x23 8M 2M"),
-    3: ("write -z 128k 64k", "discard 20M 512k", "write -P 0x31 12345 67890",
-        "write -P 0x32 63M 1M"),
+    3: (
+        "write -z 128k 64k",
+        "discard 20M 512k",
+        "write -P 0x31 12345 67890",
+        "write -P 0x32 63M 1M",
+    ),
 }
 
 
@@ -212,17 +226,28 @@ def test_the_maintenance_device_holds_the_vdisk_lock(vfarm):
     assert proc.returncode != 0 and "locked" in proc.stdout + proc.stderr, proc.stderr
 
     store = farm.data_dir / "store" / VDISK
-    before = (version_rows(farm, VDISK), sorted(os.listdir(store)),
-              (store / "manifest.json").read_bytes(), (store / "v1.qcow2").read_bytes())
-    for verb in (["promote", VDISK, "--to", "test"], ["promote", VDISK, "--to", "production"],
-                 ["delete", VDISK]):
+    before = (
+        version_rows(farm, VDISK),
+        sorted(os.listdir(store)),
+        (store / "manifest.json").read_bytes(),
+        (store / "v1.qcow2").read_bytes(),
+    )
+    for verb in (
+        ["promote", VDISK, "--to", "test"],
+        ["promote", VDISK, "--to", "production"],
+        ["delete", VDISK],
+    ):
         result = farm.cli("version", *verb, check=False)
         lines = result.stderr.splitlines()
         assert result.returncode != 0 and len(lines) == 1, (verb, result.stderr)
         assert lines[0].startswith("vdfarm: error: ") and "locked" in lines[0], lines[0]
         assert result.stdout == "" and "Traceback" not in result.stderr
-    after = (version_rows(farm, VDISK), sorted(os.listdir(store)),
-             (store / "manifest.json").read_bytes(), (store / "v1.qcow2").read_bytes())
+    after = (
+        version_rows(farm, VDISK),
+        sorted(os.listdir(store)),
+        (store / "manifest.json").read_bytes(),
+        (store / "v1.qcow2").read_bytes(),
+    )
     assert after == before
 
     disconnect(holder)
@@ -243,8 +268,9 @@ def test_revert_to_maintenance_reopens_the_version_once_no_device_reads_it(vfarm
     refused = farm.cli("version", "revert", VDISK, check=False)
     assert refused.returncode != 0 and "tst booted version 1" in refused.stderr
     disconnect(reader)
-    wait_until(lambda: not any(r["devices"] for r in version_rows(farm, VDISK)),
-               "tst's session ended")
+    wait_until(
+        lambda: not any(r["devices"] for r in version_rows(farm, VDISK)), "tst's session ended"
+    )
     assert "now maintenance" in farm.cli("version", "revert", VDISK).stdout
     qemu_io(farm.uri("mnt"), "read -P 0x11 0 64k", "write -P 0x22 32k 64k", "flush")
     wait_until(lambda: lock_is_free(farm, VDISK), "mnt's session ended")
@@ -255,12 +281,19 @@ def test_revert_to_maintenance_reopens_the_version_once_no_device_reads_it(vfarm
 
 # -- reads through a chain -----------------------------------------------------
 
+
 def test_every_export_of_a_chain_matches_qemus_flattening(cfarm, tmp_path):
     farm, check = cfarm, Checker(cfarm, tmp_path)
     farm.cli("version", "override", VDISK, "1")
     farm.cli("version", "new", VDISK)  # version 4, open, on 3
-    qemu_io(farm.uri("mnt"), "write -P 0x41 96k 8k", "discard 8M 1M", "write -z 4M 64k",
-            "write -P 0x42 4194000 1000", "flush")
+    qemu_io(
+        farm.uri("mnt"),
+        "write -P 0x41 96k 8k",
+        "discard 8M 1M",
+        "write -z 4M 64k",
+        "write -P 0x42 4194000 1000",
+        "flush",
+    )
     wait_until(lambda: lock_is_free(farm, VDISK), "mnt's session ended")
     expected = {"prod": 1, "tst": 3, "mnt": 4, "vdisk/" + VDISK: 1}
     for export, number in expected.items():
@@ -285,11 +318,13 @@ def reads_match(farm: Farm, export: str, flat, count: int) -> None:
             offset = rng.randrange(0, size - length)
             error, data = client.call(rc.CMD_READ, offset, length)
             assert error == 0 and data == os.pread(ref.fileno(), length, offset), (
-                f"{export}: read of {length} at {offset} differs")
+                f"{export}: read of {length} at {offset} differs"
+            )
     disconnect(client)
 
 
 # -- merges under connected devices ------------------------------------------
+
 
 class Reader(threading.Thread):
     """Reads EXPORT at random offsets until stopped, comparing with FLAT."""
@@ -325,6 +360,7 @@ class Reader(threading.Thread):
 
 def merge(farm: Farm, *flags: str) -> dict:
     import json
+
     return json.loads(farm.cli("--json", "version", "merge", VDISK, *flags).stdout)
 
 
@@ -347,29 +383,38 @@ def test_merges_under_connected_devices_keep_their_reads_and_files(cfarm, tmp_pa
     assert based["retained"] == ["base.raw"] and (store / "base.raw").exists()
     assert_qemu_clean(store)
     counts = {name: r.reads for name, r in readers.items()}
-    wait_until(lambda: all(r.reads > counts[n] + 10 for n, r in readers.items()),
-               "reads went on after the merges")
+    wait_until(
+        lambda: all(r.reads > counts[n] + 10 for n, r in readers.items()),
+        "reads went on after the merges",
+    )
 
     rows = version_rows(farm, VDISK)
     assert [(r["number"], r["parent"], r["file"]) for r in rows] == [
-        (2, None, "v2.qcow2"), (3, 2, "v3.qcow2")]
+        (2, None, "v2.qcow2"),
+        (3, 2, "v3.qcow2"),
+    ]
     for number, ref in refs.items():  # the merges kept every version's content
         assert filecmp.cmp(check.flat(number), ref, shallow=False), number
 
     readers["prod"].finish()
     disconnect(readers["prod"].client)
-    wait_until(lambda: not any("prod" in r["devices"] for r in version_rows(farm, VDISK)),
-               "prod's session ended")
+    wait_until(
+        lambda: not any("prod" in r["devices"] for r in version_rows(farm, VDISK)),
+        "prod's session ended",
+    )
     # tst (on version 3, connected before the merges) may still read them
     assert (store / "v1.qcow2").exists() and (store / "base.raw").exists()
     readers["tst"].finish()
     disconnect(readers["tst"].client)
-    wait_until(lambda: not (store / "v1.qcow2").exists() and not (store / "base.raw").exists(),
-               "retired files deleted once no device may read them")
+    wait_until(
+        lambda: not (store / "v1.qcow2").exists() and not (store / "base.raw").exists(),
+        "retired files deleted once no device may read them",
+    )
     check.step({"prod": 2, "tst": 3, "mnt": 3})
 
 
 # -- kill -9 during a write load on the maintenance version ------------------
+
 
 def test_kill_9_during_writes_keeps_every_flushed_write(vfarm, test_image, tmp_path):
     farm = vfarm
@@ -402,6 +447,14 @@ def test_kill_9_during_writes_keeps_every_flushed_write(vfarm, test_image, tmp_p
     disconnect(client)
     wait_until(lambda: lock_is_free(farm, VDISK), "mnt's session ended")
     farm.cli("version", "promote", VDISK, "--to", "test")  # seals: qemu-img check passes
-    run("qemu-img", "compare", "-f", "raw", "-F", "raw", farm.uri("tst"),
-        str(flatten(v1, tmp_path / "sealed.raw")))
+    run(
+        "qemu-img",
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        farm.uri("tst"),
+        str(flatten(v1, tmp_path / "sealed.raw")),
+    )
     assert_qemu_clean(farm.data_dir / "store" / VDISK)

@@ -58,8 +58,7 @@ def shown(boot_id: str) -> str:
 
 def test_maintenance_boot_reaches_test_then_production(farm, sample_image, tmp_path):
     farm.cli("vdisk", "import", VDISK, str(sample_image), "--mode", "standard")
-    for device, device_type in (("vmnt", "maintenance"), ("vtst", "test"),
-                                ("vprod", "production")):
+    for device, device_type in (("vmnt", "maintenance"), ("vtst", "test"), ("vprod", "production")):
         farm.cli("device", "add", device, "--vdisk", VDISK, "--type", device_type)
     farm.cli("version", "new", VDISK)
     store = farm.data_dir / "store" / VDISK

@@ -42,7 +42,7 @@ def test_the_write_that_overflows_the_cache_gets_enospc_and_nothing_is_lost(farm
     assert "1.0 MiB used of 1 MiB" in shown
     # the block that did not fit still reads the vDisk's own content
     err, data = c.call(rc.CMD_READ, fits * BLOCK, BLOCK)
-    assert err == 0 and data == test_image.read_bytes()[fits * BLOCK:(fits + 1) * BLOCK]
+    assert err == 0 and data == test_image.read_bytes()[fits * BLOCK : (fits + 1) * BLOCK]
     c.close()
     # the server keeps serving others, and the event is in the audit trail
     other = rc.RawClient(farm.port)
@@ -56,8 +56,16 @@ def test_the_write_that_overflows_the_cache_gets_enospc_and_nothing_is_lost(farm
 
 
 def test_server_ram_cache_lives_in_ram(farm, test_image):
-    farm.cli("vdisk", "import", "golden", str(test_image), "--mode", "standard",
-             "--write-cache", "server-ram")
+    farm.cli(
+        "vdisk",
+        "import",
+        "golden",
+        str(test_image),
+        "--mode",
+        "standard",
+        "--write-cache",
+        "server-ram",
+    )
     farm.cli("device", "add", "pc1", "--vdisk", "golden")
     farm.start(grace=5)
     c = rc.RawClient(farm.port)

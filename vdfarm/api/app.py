@@ -53,8 +53,7 @@ def create_app(farm: Farm, *, token: str | None = None) -> FastAPI:
     app.state.farm = farm
     app.state.api_token = token if token is not None else auth.ensure_token(farm.data_dir)
     install_error_handlers(app)
-    for module in (servers, stores, vdisks, versions, devices, locks, audit, rebalance,
-                   settings):
+    for module in (servers, stores, vdisks, versions, devices, locks, audit, rebalance, settings):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(login.router, prefix=API_PREFIX)  # open to devices: no token
     return app

@@ -115,8 +115,9 @@ def is_loopback(host: str | None) -> bool:
     return (mapped or address).is_loopback
 
 
-def access_refusal(method: str, client_host: str | None, authorization: str | None,
-                   expected: str) -> str | None:
+def access_refusal(
+    method: str, client_host: str | None, authorization: str | None, expected: str
+) -> str | None:
     """Why a request may not proceed (one line), or None if it may.
 
     METHOD is the HTTP method, CLIENT_HOST the peer address, AUTHORIZATION the
@@ -132,5 +133,7 @@ def access_refusal(method: str, client_host: str | None, authorization: str | No
     if method.upper() in READ_METHODS and is_loopback(client_host):
         return None
     needed = "reads from other hosts" if method.upper() in READ_METHODS else "every change"
-    return (f"the API token is required for {needed}: send 'Authorization: Bearer <token>' "
-            f"with the token from {TOKEN_FILE} in the server's data directory")
+    return (
+        f"the API token is required for {needed}: send 'Authorization: Bearer <token>' "
+        f"with the token from {TOKEN_FILE} in the server's data directory"
+    )

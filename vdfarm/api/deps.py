@@ -26,9 +26,10 @@ from vdfarm.service.context import Farm
 UNKNOWN_CLIENT = "unknown"
 
 bearer_scheme = HTTPBearer(
-    auto_error=False, scheme_name="apiToken",
+    auto_error=False,
+    scheme_name="apiToken",
     description="The token in DATA_DIR/api-token. Needed for every change, and for reads "
-                "from anywhere but loopback.",
+    "from anywhere but loopback.",
 )
 
 
@@ -53,11 +54,13 @@ def authorise(request: Request) -> None:
     Raises HTTPException 401 (token missing where needed, malformed or wrong).
     """
     refusal = auth.access_refusal(
-        request.method, request.client.host if request.client else None,
-        request.headers.get("authorization"), request.app.state.api_token)
+        request.method,
+        request.client.host if request.client else None,
+        request.headers.get("authorization"),
+        request.app.state.api_token,
+    )
     if refusal is not None:
-        raise HTTPException(status_code=401, detail=refusal,
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(status_code=401, detail=refusal, headers={"WWW-Authenticate": "Bearer"})
 
 
 class AuthorisedRoute(APIRoute):
@@ -91,5 +94,9 @@ ActorDep = Annotated[str, Depends(get_actor)]
 
 def make_router(tag: str) -> APIRouter:
     """A router whose routes check the token first and document the errors."""
-    return APIRouter(tags=[tag], route_class=AuthorisedRoute, responses=ERROR_RESPONSES,
-                     dependencies=[Security(bearer_scheme)])
+    return APIRouter(
+        tags=[tag],
+        route_class=AuthorisedRoute,
+        responses=ERROR_RESPONSES,
+        dependencies=[Security(bearer_scheme)],
+    )

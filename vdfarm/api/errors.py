@@ -67,8 +67,9 @@ async def validation_error_handler(_request: Request, exc: Exception) -> JSONRes
 async def database_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
     line = first_line(exc.orig) if exc.orig is not None else first_line(exc)
-    return JSONResponse(status_code=UNAVAILABLE_STATUS,
-                        content={"detail": f"farm database error: {line}"})
+    return JSONResponse(
+        status_code=UNAVAILABLE_STATUS, content={"detail": f"farm database error: {line}"}
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -76,7 +76,8 @@ class VdiskPatch(Body):
     description: str | None = None
     max_versions: int | None = None
     subnet_affinity: SubnetAffinity = Field(
-        default="none", description="none, best-effort (same subnet first) or fixed (only).")
+        default="none", description="none, best-effort (same subnet first) or fixed (only)."
+    )
 
     def sets_affinity(self) -> bool:
         """True if this patch changes the subnet affinity."""
@@ -90,9 +91,11 @@ class VdiskPatch(Body):
         """Keyword arguments for VdiskService.set (absent fields unchanged)."""
         sent = self.model_fields_set
         return {
-            "mode": self.mode, "write_cache": self.write_cache,
+            "mode": self.mode,
+            "write_cache": self.write_cache,
             "cache_limit_mb": self.cache_limit_mb if "cache_limit_mb" in sent else UNCHANGED,
-            "description": self.description, "max_versions": self.max_versions,
+            "description": self.description,
+            "max_versions": self.max_versions,
         }
 
 
@@ -101,8 +104,9 @@ class VdiskExport(Body):
 
     path: str = Field(description="Path of the new image file on the server.")
     format: ExportFormat
-    version: int | None = Field(default=None, ge=0,
-                                description="Default: what production devices boot.")
+    version: int | None = Field(
+        default=None, ge=0, description="Default: what production devices boot."
+    )
 
     @field_validator("path")
     @classmethod
@@ -128,7 +132,8 @@ class ServerPatch(Body):
     def changes(self) -> dict[str, Any]:
         """Keyword arguments for ServerService.configure (absent fields unchanged)."""
         return {
-            "power_rating": self.power_rating, "max_booting": self.max_booting,
+            "power_rating": self.power_rating,
+            "max_booting": self.max_booting,
             "subnet": self.subnet if "subnet" in self.model_fields_set else UNCHANGED,
         }
 
@@ -143,12 +148,16 @@ class SettingsPatch(Body):
     """Changes to the farm's settings; absent fields stay as they are."""
 
     heartbeat_timeout_s: float | None = Field(
-        default=None, description="Seconds after which a silent server is down.")
+        default=None, description="Seconds after which a silent server is down."
+    )
     boot_phase_s: float | None = Field(
-        default=None, description="Seconds a device counts as booting after it connected.")
+        default=None, description="Seconds a device counts as booting after it connected."
+    )
     rebalance_trigger_pct: float | None = Field(
-        default=None, description="Rebalance until every up server is within this "
-                                  "percentage of the weighted average.")
+        default=None,
+        description="Rebalance until every up server is within this "
+        "percentage of the weighted average.",
+    )
 
 
 class RebalanceBody(Body):
@@ -156,9 +165,12 @@ class RebalanceBody(Body):
 
     dry_run: bool = Field(default=False, description="Show the moves, order none.")
     trigger_pct: float | None = Field(
-        default=None, ge=0, le=MAX_TRIGGER_PCT,
+        default=None,
+        ge=0,
+        le=MAX_TRIGGER_PCT,
         description="Move devices until every up server is within this percentage of the "
-                    "weighted average (default: the farm's setting).")
+        "weighted average (default: the farm's setting).",
+    )
     auto: bool = Field(default=False, description="Apply the automatic mode's guards.")
 
 
@@ -178,9 +190,10 @@ class StoreHoldings(BaseModel):
 
 def store_holdings(inventory: dict[str, list[tuple[str, int]]]) -> list[StoreHoldings]:
     """`ServerService.inventory()` as the API answers it, by server name."""
-    return [StoreHoldings(server=server,
-                          versions=[HeldVersion(vdisk=v, version=n) for v, n in held])
-            for server, held in sorted(inventory.items())]
+    return [
+        StoreHoldings(server=server, versions=[HeldVersion(vdisk=v, version=n) for v, n in held])
+        for server, held in sorted(inventory.items())
+    ]
 
 
 class DeviceCreate(Body):

@@ -55,7 +55,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     Raises OSError (address in use, unknown host, no permission).
     """
     family, kind, proto, _name, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -69,14 +70,28 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class ApiServer:
     """The API of FARM on HOST:PORT, served in the running asyncio loop."""
 
-    def __init__(self, farm: Farm, host: str = "127.0.0.1", port: int = DEFAULT_API_PORT, *,
-                 app: FastAPI | None = None, log_level: str = "info") -> None:
+    def __init__(
+        self,
+        farm: Farm,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_API_PORT,
+        *,
+        app: FastAPI | None = None,
+        log_level: str = "info",
+    ) -> None:
         self.host, self.requested_port = host, port
         self.app = app if app is not None else create_app(farm)
         self.config = uvicorn.Config(
-            self.app, http="h11", ws="none", lifespan="off", log_config=None,
-            log_level=log_level, proxy_headers=False, server_header=False,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=BACKLOG,
+            self.app,
+            http="h11",
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            log_level=log_level,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            backlog=BACKLOG,
         )
         self.server = _EmbeddedServer(self.config)
         self.port: int | None = None
@@ -93,7 +108,8 @@ class ApiServer:
         self._sock = bind_socket(self.host, self.requested_port)
         self.port = self._sock.getsockname()[1]
         self._task = asyncio.get_running_loop().create_task(
-            self.server.serve(sockets=[self._sock]), name="vdfarm-api")
+            self.server.serve(sockets=[self._sock]), name="vdfarm-api"
+        )
         while not self.server.started:
             if self._task.done():
                 self._close_socket()
@@ -123,8 +139,14 @@ class ApiServer:
             self._sock = None
 
 
-async def serve_api(farm: Farm, host: str = "127.0.0.1", port: int = DEFAULT_API_PORT, *,
-                    ready: Callable[[int], None] | None = None, log_level: str = "info") -> None:
+async def serve_api(
+    farm: Farm,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_API_PORT,
+    *,
+    ready: Callable[[int], None] | None = None,
+    log_level: str = "info",
+) -> None:
     """Serve the API of FARM on HOST:PORT until cancelled; READY(port) is
     called once it listens. Cancel the task to stop it cleanly.
 

@@ -45,8 +45,9 @@ class BlockMap:
             raise ValueError(f"block_count must be >= 0, not {block_count}")
         self.block_count = block_count
         self.cached_count = 0
-        self._states = mmap.mmap(-1, max(block_count, 1),
-                                 flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._states = mmap.mmap(
+            -1, max(block_count, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        )
 
     def state(self, block: int) -> int:
         """State of one block."""

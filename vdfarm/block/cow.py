@@ -34,8 +34,14 @@ import threading
 
 from vdfarm.block import fallocate as fa
 from vdfarm.block.blockmap import BELOW, CACHED, ZERO, BlockMap, Piece, split_range
-from vdfarm.block.layer import (EXTENT_HOLE, EXTENT_ZERO, FULL_CAPABILITIES, Capabilities,
-                                 Extent, Layer)
+from vdfarm.block.layer import (
+    EXTENT_HOLE,
+    EXTENT_ZERO,
+    FULL_CAPABILITIES,
+    Capabilities,
+    Extent,
+    Layer,
+)
 from vdfarm.block.raw import pread_exact, pread_into, pwrite_all
 
 _CAPABILITIES = FULL_CAPABILITIES
@@ -44,8 +50,13 @@ _CAPABILITIES = FULL_CAPABILITIES
 class WriteCacheOverlay(Layer):
     """Copy-on-write over `next` into the sparse file `cache_path`."""
 
-    def __init__(self, next: Layer, cache_path: str | os.PathLike,
-                 block_size: int = 4096, limit_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        next: Layer,
+        cache_path: str | os.PathLike,
+        block_size: int = 4096,
+        limit_bytes: int | None = None,
+    ) -> None:
         """Create (or truncate) the cache file at the size of `next`.
 
         Raises ValueError for a block size that is not a power of two or a
@@ -229,8 +240,14 @@ class WriteCacheOverlay(Layer):
                 else:
                     self._patch_block(piece, part)
 
-    def zero(self, offset: int, length: int, may_trim: bool = False,
-             fua: bool = False, fast: bool = False) -> None:
+    def zero(
+        self,
+        offset: int,
+        length: int,
+        may_trim: bool = False,
+        fua: bool = False,
+        fast: bool = False,
+    ) -> None:
         """Always fast. Raises OSError(ENOSPC) if zeroing partial blocks
         would pass `limit_bytes` (nothing changed), or the OSError of the
         cache file / of reading the layer below."""
@@ -298,9 +315,11 @@ class WriteCacheOverlay(Layer):
 
     def _check_limit(self, new_blocks: int, what: str) -> None:
         if self._over_limit(new_blocks):
-            raise OSError(errno.ENOSPC,
-                          f"{what} needs {new_blocks * self.block_size} more bytes of write "
-                          f"cache; {self.used_bytes} of {self.limit_bytes} in use")
+            raise OSError(
+                errno.ENOSPC,
+                f"{what} needs {new_blocks * self.block_size} more bytes of write "
+                f"cache; {self.used_bytes} of {self.limit_bytes} in use",
+            )
 
     # -- life cycle ----------------------------------------------------------
 

@@ -48,8 +48,15 @@ class Capabilities:
 
 # What a writable layer that implements every call can do.
 FULL_CAPABILITIES = Capabilities(
-    read_only=False, can_flush=True, can_fua=True, can_trim=True, can_zero=True,
-    can_fast_zero=True, can_cache=True, can_extents=True, can_multi_conn=True,
+    read_only=False,
+    can_flush=True,
+    can_fua=True,
+    can_trim=True,
+    can_zero=True,
+    can_fast_zero=True,
+    can_cache=True,
+    can_extents=True,
+    can_multi_conn=True,
 )
 
 
@@ -86,8 +93,14 @@ class Layer:
     def trim(self, offset: int, length: int, fua: bool = False) -> None:
         self.next.trim(offset, length, fua)
 
-    def zero(self, offset: int, length: int, may_trim: bool = False,
-             fua: bool = False, fast: bool = False) -> None:
+    def zero(
+        self,
+        offset: int,
+        length: int,
+        may_trim: bool = False,
+        fua: bool = False,
+        fast: bool = False,
+    ) -> None:
         """Write zeroes. With `fast`, raise OSError(ENOTSUP) unless the
         zeroing is cheaper than writing zeroes (NBD_CMD_FLAG_FAST_ZERO)."""
         self.next.zero(offset, length, may_trim, fua, fast)

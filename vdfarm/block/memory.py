@@ -60,8 +60,14 @@ class MemoryDisk(Layer):
     def trim(self, offset: int, length: int, fua: bool = False) -> None:
         self._fill_zero(offset, length)
 
-    def zero(self, offset: int, length: int, may_trim: bool = False,
-             fua: bool = False, fast: bool = False) -> None:
+    def zero(
+        self,
+        offset: int,
+        length: int,
+        may_trim: bool = False,
+        fua: bool = False,
+        fast: bool = False,
+    ) -> None:
         self._fill_zero(offset, length)
 
     def extents(self, offset: int, length: int) -> list[Extent]:

@@ -107,8 +107,14 @@ def qcow2_info(path: str | os.PathLike) -> dict:
 class Qcow2File(Layer):
     """A qcow2 image file over the layer of its backing file (or None)."""
 
-    def __init__(self, path: str | os.PathLike, backing: Layer | None, read_only: bool,
-                 l2_cache_bytes: int = 32 << 20, map_cache_entries: int = 1 << 18) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        backing: Layer | None,
+        read_only: bool,
+        l2_cache_bytes: int = 32 << 20,
+        map_cache_entries: int = 1 << 18,
+    ) -> None:
         """Open `path`. The caller resolves and opens the backing file;
         compare it with `backing_file_name` / `backing_format`.
 
@@ -142,16 +148,22 @@ class Qcow2File(Layer):
         self._backing_size = backing.size if backing is not None else 0
         self._backing_resolve = getattr(backing, "resolve_below", None)
         self.granule_bits = min(self._bits, getattr(backing, "granule_bits", self._bits))
-        self._map: dict[int, tuple] = {}         # granule -> (fd | None, delta, end)
-        self._layer_map: dict[int, tuple] = {}   # granule -> (Layer, delta, end)
+        self._map: dict[int, tuple] = {}  # granule -> (fd | None, delta, end)
+        self._layer_map: dict[int, tuple] = {}  # granule -> (Layer, delta, end)
         self._map_max = map_cache_entries
         self._decompressed: dict[int, bytes] = {}
         self._lock = threading.Lock()
         self._caps = Capabilities(
-            read_only=read_only, can_flush=True, can_fua=not read_only,
-            can_trim=not read_only, can_zero=not read_only,
+            read_only=read_only,
+            can_flush=True,
+            can_fua=not read_only,
+            can_trim=not read_only,
+            can_zero=not read_only,
             can_fast_zero=not read_only and self.version >= 3,
-            can_cache=True, can_extents=True, can_multi_conn=True)
+            can_cache=True,
+            can_extents=True,
+            can_multi_conn=True,
+        )
         self.pread = self._make_fast_pread()
 
     @property
@@ -221,7 +233,7 @@ class Qcow2File(Layer):
             granule = pos >> bits
             end = min((granule + 1) << bits, stop)
             hit = lookup(granule)
-            if hit is not None:             # fd or zeroes: merged inline, the common case
+            if hit is not None:  # fd or zeroes: merged inline, the common case
                 fd, delta, _ = hit
                 at = pos + delta if fd is not None else 0
                 if pieces:
@@ -470,15 +482,18 @@ class Qcow2File(Layer):
         """Group the plan into (host offset, [buffers]) runs, contiguous on
         the host; clusters being (re)placed whole get their old content
         around the new bytes. Neighbouring slices of `view` become one."""
-        runs: list = []     # [host start, host end, buffers, view end of the last buffer]
+        runs: list = []  # [host start, host end, buffers, view end of the last buffer]
         stop = offset + len(view)
         cs = self.cluster_size
         for cluster, host, entry, fill in plan:
             start = cluster << self._bits
             ws, we = max(offset, start), min(stop, start + cs)
             if fill and (ws > start or we < start + cs):
-                buffers = [self._old_bytes(entry, start, ws), view[ws - offset : we - offset],
-                           self._old_bytes(entry, we, start + cs)]
+                buffers = [
+                    self._old_bytes(entry, start, ws),
+                    view[ws - offset : we - offset],
+                    self._old_bytes(entry, we, start + cs),
+                ]
                 at, end, view_end = host, host + cs, None
             else:
                 buffers = None
@@ -521,8 +536,14 @@ class Qcow2File(Layer):
         if changed:
             self._meta.mark_l2_dirty(l2_offset)
 
-    def zero(self, offset: int, length: int, may_trim: bool = False,
-             fua: bool = False, fast: bool = False) -> None:
+    def zero(
+        self,
+        offset: int,
+        length: int,
+        may_trim: bool = False,
+        fua: bool = False,
+        fast: bool = False,
+    ) -> None:
         """Raises OSError(EPERM) when read-only, OSError(ENOTSUP) with
         `fast` on a version 2 image, else like pwrite."""
         self._check_writable()
@@ -604,7 +625,7 @@ class Qcow2File(Layer):
         """The L2 entry that makes `cluster` read as zeroes; frees (deferred)
         what it no longer uses."""
         kind = self._kind(entry) if entry else UNALLOCATED
-        if kind == UNALLOCATED or kind == ZERO_PLAIN:
+        if kind in (UNALLOCATED, ZERO_PLAIN):
             return plain
         if kind == COMPRESSED:
             self._meta.alloc.defer_free(*compressed_host_range(entry, self._bits))
@@ -666,6 +687,7 @@ def _check_writable_header(header) -> None:
         raise Qcow2UnsupportedError("qcow2 images with internal snapshots are read-only here")
     if header.is_dirty:
         raise Qcow2UnsupportedError(
-            "qcow2 image is dirty (lazy refcounts); repair it with qemu-img check -r all")
+            "qcow2 image is dirty (lazy refcounts); repair it with qemu-img check -r all"
+        )
     if header.is_corrupt:
         raise Qcow2UnsupportedError("qcow2 image is marked corrupt; repair it with qemu-img check")

@@ -51,9 +51,16 @@ def _corrupt(message: str) -> OSError:
 class RefcountAllocator:
     """Refcounts and append-only allocation of one image's host clusters."""
 
-    def __init__(self, cluster_bits: int, refcount_order: int, table_raw: bytes,
-                 table_offset: int, table_clusters: int, end_offset: int,
-                 read_cluster: Callable[[int], bytes]) -> None:
+    def __init__(
+        self,
+        cluster_bits: int,
+        refcount_order: int,
+        table_raw: bytes,
+        table_offset: int,
+        table_clusters: int,
+        end_offset: int,
+        read_cluster: Callable[[int], bytes],
+    ) -> None:
         """`table_raw`: the refcount table as read from the file;
         `end_offset`: the file size (allocation starts at the cluster after).
 
@@ -79,8 +86,9 @@ class RefcountAllocator:
     @property
     def has_changes(self) -> bool:
         """True while something is waiting to be written or freed."""
-        return bool(self._dirty_blocks or self._dirty_entries or self._table_moved
-                    or self._deferred)
+        return bool(
+            self._dirty_blocks or self._dirty_entries or self._table_moved or self._deferred
+        )
 
     def refcount(self, cluster: int) -> int:
         """Refcount of host cluster number `cluster`. Raises OSError(EIO)."""
@@ -153,12 +161,17 @@ class RefcountAllocator:
         if self._table_moved:
             self._table_moved = False
             self._dirty_entries.clear()
-            padded = self._table + [0] * (self.table_clusters * self.cluster_size // 8
-                                          - len(self._table))
-            return ([(self.table_offset, encode_table(padded))],
-                    (self.table_offset, self.table_clusters))
-        writes = [(self.table_offset + 8 * i, encode_table([self._table[i]]))
-                  for i in sorted(self._dirty_entries)]
+            padded = self._table + [0] * (
+                self.table_clusters * self.cluster_size // 8 - len(self._table)
+            )
+            return (
+                [(self.table_offset, encode_table(padded))],
+                (self.table_offset, self.table_clusters),
+            )
+        writes = [
+            (self.table_offset + 8 * i, encode_table([self._table[i]]))
+            for i in sorted(self._dirty_entries)
+        ]
         self._dirty_entries.clear()
         return writes, None
 
@@ -265,8 +278,11 @@ class RefcountAllocator:
         while True:
             first = start // self.per_block
             last = (end - 1) // self.per_block
-            missing = [i for i in range(first, last + 1)
-                       if (i >= len(self._table) or not self._table[i]) and i not in needed]
+            missing = [
+                i
+                for i in range(first, last + 1)
+                if (i >= len(self._table) or not self._table[i]) and i not in needed
+            ]
             if not missing:
                 return needed
             needed += missing

@@ -54,7 +54,7 @@ EXT_BACKING_FORMAT = 0xE2792ACA
 EXT_DATA_FILE = 0x44415441
 
 # Header field offsets we rewrite in place.
-REFCOUNT_TABLE_FIELDS_AT = 48   # refcount_table_offset (u64), refcount_table_clusters (u32)
+REFCOUNT_TABLE_FIELDS_AT = 48  # refcount_table_offset (u64), refcount_table_clusters (u32)
 AUTOCLEAR_FIELD_AT = 88
 
 # L1/L2 entry bits.
@@ -67,14 +67,14 @@ L2_RESERVED_MASK = 0x3F00_0000_0000_01FE
 REFTABLE_RESERVED_MASK = 0x1FF
 
 # What an L2 entry says about its guest cluster.
-UNALLOCATED = 0   # read from the backing file (or zeroes)
-NORMAL = 1        # data at the host offset
-ZERO_PLAIN = 2    # reads as zeroes, no host cluster
-ZERO_ALLOC = 3    # reads as zeroes, a host cluster stays reserved
-COMPRESSED = 4    # deflate data somewhere in the file
+UNALLOCATED = 0  # read from the backing file (or zeroes)
+NORMAL = 1  # data at the host offset
+ZERO_PLAIN = 2  # reads as zeroes, no host cluster
+ZERO_ALLOC = 3  # reads as zeroes, a host cluster stays reserved
+COMPRESSED = 4  # deflate data somewhere in the file
 
-_HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")   # 72 bytes
-_HEADER_V3 = struct.Struct(">QQQII")            # bytes 72..103
+_HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")  # 72 bytes
+_HEADER_V3 = struct.Struct(">QQQII")  # bytes 72..103
 _EXTENSION = struct.Struct(">II")
 _REFTABLE_FIELDS = struct.Struct(">QI")
 
@@ -138,17 +138,38 @@ def parse_header(buf: bytes) -> Qcow2Header:
     """
     if len(buf) < V2_HEADER_LENGTH:
         raise Qcow2FormatError(f"file too short for a qcow2 header ({len(buf)} bytes)")
-    (magic, version, backing_off, backing_len, cluster_bits, size, crypt, l1_size,
-     l1_off, rt_off, rt_clusters, nb_snapshots, snap_off) = _HEADER_V2.unpack_from(buf)
+    (
+        magic,
+        version,
+        backing_off,
+        backing_len,
+        cluster_bits,
+        size,
+        crypt,
+        l1_size,
+        l1_off,
+        rt_off,
+        rt_clusters,
+        nb_snapshots,
+        snap_off,
+    ) = _HEADER_V2.unpack_from(buf)
     if magic != MAGIC:
         raise Qcow2FormatError("not a qcow2 image (bad magic)")
     if version not in (2, 3):
         raise Qcow2UnsupportedError(f"qcow2 version {version} is not supported (only 2 and 3)")
-    fields = {"version": version, "backing_file_offset": backing_off,
-              "backing_file_size": backing_len, "cluster_bits": cluster_bits, "size": size,
-              "l1_size": l1_size, "l1_table_offset": l1_off, "refcount_table_offset": rt_off,
-              "refcount_table_clusters": rt_clusters, "nb_snapshots": nb_snapshots,
-              "snapshots_offset": snap_off}
+    fields = {
+        "version": version,
+        "backing_file_offset": backing_off,
+        "backing_file_size": backing_len,
+        "cluster_bits": cluster_bits,
+        "size": size,
+        "l1_size": l1_size,
+        "l1_table_offset": l1_off,
+        "refcount_table_offset": rt_off,
+        "refcount_table_clusters": rt_clusters,
+        "nb_snapshots": nb_snapshots,
+        "snapshots_offset": snap_off,
+    }
     if version == 3:
         fields.update(_parse_v3_fields(buf))
     if crypt != 0:
@@ -173,9 +194,13 @@ def _parse_v3_fields(buf: bytes) -> dict:
         raise Qcow2FormatError(f"refcount order {refcount_order} is over 6")
     if header_length > 104 and buf[104] != 0 and not incompat & INCOMPAT_COMPRESSION:
         raise Qcow2FormatError("compression type set without its feature bit")
-    return {"incompatible_features": incompat, "compatible_features": compat,
-            "autoclear_features": autoclear, "refcount_order": refcount_order,
-            "header_length": header_length}
+    return {
+        "incompatible_features": incompat,
+        "compatible_features": compat,
+        "autoclear_features": autoclear,
+        "refcount_order": refcount_order,
+        "header_length": header_length,
+    }
 
 
 def _check_features(incompat: int) -> None:
@@ -200,16 +225,22 @@ def _check_geometry(f: dict) -> None:
         raise Qcow2FormatError(f"L1 table of {f['l1_size']} entries is too large")
     clusters = -(-f["size"] // cluster)
     if -(-clusters // (cluster // 8)) > f["l1_size"]:
-        raise Qcow2FormatError(f"L1 table of {f['l1_size']} entries is too small "
-                               f"for a {f['size']}-byte disk")
+        raise Qcow2FormatError(
+            f"L1 table of {f['l1_size']} entries is too small for a {f['size']}-byte disk"
+        )
     if f["refcount_table_clusters"] * cluster > MAX_REFTABLE_BYTES:
-        raise Qcow2FormatError(f"refcount table of {f['refcount_table_clusters']} clusters "
-                               "is too large")
+        raise Qcow2FormatError(
+            f"refcount table of {f['refcount_table_clusters']} clusters is too large"
+        )
     for name in ("l1_table_offset", "refcount_table_offset", "snapshots_offset"):
         if f[name] % cluster:
             raise Qcow2FormatError(f"{name} {f[name]} is not cluster aligned")
-    for name in ("l1_table_offset", "refcount_table_offset", "snapshots_offset",
-                 "backing_file_offset"):
+    for name in (
+        "l1_table_offset",
+        "refcount_table_offset",
+        "snapshots_offset",
+        "backing_file_offset",
+    ):
         if f[name] >= MAX_OFFSET:
             raise Qcow2FormatError(f"{name} {f[name]} is past 2^56")
     if f["refcount_table_clusters"] == 0 or f["refcount_table_offset"] == 0:
@@ -255,6 +286,7 @@ def encode_refcount_table_fields(offset: int, clusters: int) -> bytes:
 
 
 # -- tables ------------------------------------------------------------------
+
 
 def decode_table(raw: bytes) -> array:
     """Big-endian u64 table bytes → array('Q') of native ints."""
@@ -315,6 +347,7 @@ def compressed_host_range(entry: int, cluster_bits: int) -> tuple[int, int]:
 
 
 # -- refcounts ---------------------------------------------------------------
+
 
 def refcount_entries_per_block(cluster_bits: int, refcount_order: int) -> int:
     return (1 << (cluster_bits + 3)) >> refcount_order

@@ -82,8 +82,9 @@ def _read_exact(fd: int, offset: int, length: int, what: str) -> bytes:
 class Qcow2Metadata:
     """L1/L2 tables and refcounts of one image open on `fd`."""
 
-    def __init__(self, fd: int, header: Qcow2Header, writable: bool,
-                 l2_cache_bytes: int = 32 << 20) -> None:
+    def __init__(
+        self, fd: int, header: Qcow2Header, writable: bool, l2_cache_bytes: int = 32 << 20
+    ) -> None:
         """Load the L1 table (and, when writable, the refcount table).
 
         Raises Qcow2FormatError if they lie past the end of the file or
@@ -120,9 +121,14 @@ class Qcow2Metadata:
         if len(raw) != length:
             raise Qcow2FormatError("refcount table lies past the end of the file")
         return RefcountAllocator(
-            h.cluster_bits, h.refcount_order, raw, h.refcount_table_offset,
-            h.refcount_table_clusters, os.fstat(self.fd).st_size,
-            lambda offset: _read_exact(self.fd, offset, self.cluster_size, "refcount block"))
+            h.cluster_bits,
+            h.refcount_order,
+            raw,
+            h.refcount_table_offset,
+            h.refcount_table_clusters,
+            os.fstat(self.fd).st_size,
+            lambda offset: _read_exact(self.fd, offset, self.cluster_size, "refcount block"),
+        )
 
     # -- L2 tables -----------------------------------------------------------
 
@@ -191,8 +197,9 @@ class Qcow2Metadata:
 
     @property
     def is_dirty(self) -> bool:
-        return bool(self._l2_dirty or self._l1_dirty
-                    or (self.alloc is not None and self.alloc.has_changes))
+        return bool(
+            self._l2_dirty or self._l1_dirty or (self.alloc is not None and self.alloc.has_changes)
+        )
 
     def write_back(self) -> None:
         """Write every dirty structure, in crash-safe order (module rules).

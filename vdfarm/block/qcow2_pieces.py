@@ -26,7 +26,8 @@ def add_piece(pieces: list, src, pos: int, length: int) -> None:
     if pieces:
         last_src, last_pos, last_len = pieces[-1]
         if (last_src is src or (src.__class__ is int and last_src == src)) and (
-                src is None or last_pos + last_len == pos):
+            src is None or last_pos + last_len == pos
+        ):
             pieces[-1] = (last_src, last_pos, last_len + length)
             return
     pieces.append((src, pos, length))

@@ -148,12 +148,19 @@ class RawFile(Layer):
         if self._try_punch(offset, length) and fua:
             os.fdatasync(self._fd)
 
-    def zero(self, offset: int, length: int, may_trim: bool = False,
-             fua: bool = False, fast: bool = False) -> None:
+    def zero(
+        self,
+        offset: int,
+        length: int,
+        may_trim: bool = False,
+        fua: bool = False,
+        fast: bool = False,
+    ) -> None:
         """Raises OSError(ENOTSUP) with `fast` and no cheap method, or the
         OSError of the syscalls."""
-        if not ((may_trim and self._try_punch(offset, length))
-                or self._try_zero_range(offset, length)):
+        if not (
+            (may_trim and self._try_punch(offset, length)) or self._try_zero_range(offset, length)
+        ):
             if fast:
                 raise OSError(errno.ENOTSUP, "no fast way to write zeroes on this file")
             self._write_zeroes(offset, length)

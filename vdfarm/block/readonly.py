@@ -40,8 +40,14 @@ class ReadOnlyGuard(Layer):
         """Always raises OSError(EPERM)."""
         raise _refused("trim")
 
-    def zero(self, offset: int, length: int, may_trim: bool = False,
-             fua: bool = False, fast: bool = False) -> None:
+    def zero(
+        self,
+        offset: int,
+        length: int,
+        may_trim: bool = False,
+        fua: bool = False,
+        fast: bool = False,
+    ) -> None:
         """Always raises OSError(EPERM)."""
         raise _refused("write zeroes")
 

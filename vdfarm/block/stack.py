@@ -78,8 +78,14 @@ class CheckedStack(Layer):
         if length:
             self.next.trim(offset, length, fua)
 
-    def zero(self, offset: int, length: int, may_trim: bool = False,
-             fua: bool = False, fast: bool = False) -> None:
+    def zero(
+        self,
+        offset: int,
+        length: int,
+        may_trim: bool = False,
+        fua: bool = False,
+        fast: bool = False,
+    ) -> None:
         """Raises OSError: EPERM (read-only), EINVAL (no zero, bad flag or
         negative range), ENOTSUP (fast without can_fast_zero), ENOSPC (past
         the end), else what the stack raises."""
@@ -128,5 +134,7 @@ class CheckedStack(Layer):
             raise OSError(errno.EINVAL, f"{what} is not supported by this disk")
 
     def _range_error(self, what: str, offset: int, length: int, err: int) -> OSError:
-        return OSError(err, f"{what} of {length} bytes at offset {offset} is outside "
-                            f"the {self._size}-byte disk")
+        return OSError(
+            err,
+            f"{what} of {length} bytes at offset {offset} is outside the {self._size}-byte disk",
+        )

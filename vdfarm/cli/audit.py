@@ -19,15 +19,15 @@ class IsoTime(click.ParamType):
 
     name = "ISO-TIME"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> datetime:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
         if isinstance(value, datetime):
             return value
         try:
             parsed = datetime.fromisoformat(str(value))
         except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2024-01-31T12:00:00Z)",
-                      param, ctx)
+            self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2024-01-31T12:00:00Z)", param, ctx)
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -50,8 +50,20 @@ def audit() -> None:
 def list_cmd(since: datetime | None, limit: int | None) -> None:
     """List recorded changes, oldest first."""
     entries = open_farm().audit.list(since=since, limit=limit)
-    emit(entries, lambda: print_table(
-        ["AT", "ACTOR", "ACTION", "TARGET", "CHANGES"],
-        [(e.at, e.actor, e.action, f"{e.target_type} {e.target_name}",
-          _summary(e.before, e.after)) for e in entries],
-        empty="no audit entries"))
+    emit(
+        entries,
+        lambda: print_table(
+            ["AT", "ACTOR", "ACTION", "TARGET", "CHANGES"],
+            [
+                (
+                    e.at,
+                    e.actor,
+                    e.action,
+                    f"{e.target_type} {e.target_name}",
+                    _summary(e.before, e.after),
+                )
+                for e in entries
+            ],
+            empty="no audit entries",
+        ),
+    )

@@ -73,7 +73,8 @@ def refuse_remote(what: str) -> None:
     """Stop here (usage error) if --farm was given: WHAT works on this host only."""
     if state().farm_url is not None:
         raise click.UsageError(
-            f"{what} works on this host's data directory only; run it without --farm")
+            f"{what} works on this host's data directory only; run it without --farm"
+        )
 
 
 def open_local_farm(what: str | None = None) -> Farm:
@@ -100,8 +101,13 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """Accept --json after the verb too."""
     return click.option(
-        "--json", "json_output", is_flag=True, expose_value=False, callback=_set_json,
-        is_eager=True, help="Print machine-readable JSON.",
+        "--json",
+        "json_output",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_json,
+        is_eager=True,
+        help="Print machine-readable JSON.",
     )(command)
 
 
@@ -125,13 +131,23 @@ def farm_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Accept --data-dir and --db after the verb too (they win over the ones
     before it). Works on a function or an existing click.Command."""
     command = click.option(
-        "--db", "after_verb_db", default=None, expose_value=False, callback=_set_db,
-        is_eager=True, metavar="URL",
+        "--db",
+        "after_verb_db",
+        default=None,
+        expose_value=False,
+        callback=_set_db,
+        is_eager=True,
+        metavar="URL",
         help="Farm database URL (as before the verb; default sqlite:///DATA_DIR/farm.db).",
     )(command)
     return click.option(
-        "--data-dir", "after_verb_data_dir", default=None, expose_value=False,
-        callback=_set_data_dir, is_eager=True, metavar="PATH",
+        "--data-dir",
+        "after_verb_data_dir",
+        default=None,
+        expose_value=False,
+        callback=_set_data_dir,
+        is_eager=True,
+        metavar="PATH",
         help="Data directory (as before the verb).",
     )(command)
 

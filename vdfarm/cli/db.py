@@ -49,8 +49,9 @@ def revision_of(url: str) -> str | None:
     try:
         return farm_db.current_revision(engine)
     except DBAPIError as exc:
-        raise Unavailable(f"cannot reach the farm database {_shown(url)}: "
-                          f"{first_line(exc.orig or exc)}") from exc
+        raise Unavailable(
+            f"cannot reach the farm database {_shown(url)}: {first_line(exc.orig or exc)}"
+        ) from exc
     finally:
         engine.dispose()
 
@@ -75,11 +76,16 @@ def upgrade_cmd() -> None:
     try:
         farm_db.upgrade(url)
     except DBAPIError as exc:
-        raise Unavailable(f"cannot migrate the farm database {_shown(url)}: "
-                          f"{first_line(exc.orig or exc)}") from exc
+        raise Unavailable(
+            f"cannot migrate the farm database {_shown(url)}: {first_line(exc.orig or exc)}"
+        ) from exc
     after = revision_of(url)
     result = {"database": _shown(url), "from": before, "to": after}
-    emit(result, lambda: click.echo(
-        f"farm database {_shown(url)} is at revision {after} (already up to date)"
-        if before == after else
-        f"upgraded farm database {_shown(url)} from revision {before or 'none'} to {after}"))
+    emit(
+        result,
+        lambda: click.echo(
+            f"farm database {_shown(url)} is at revision {after} (already up to date)"
+            if before == after
+            else f"upgraded farm database {_shown(url)} from revision {before or 'none'} to {after}"
+        ),
+    )

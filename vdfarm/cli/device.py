@@ -24,8 +24,12 @@ MIB = 1024 * 1024
 
 def _show(info: DeviceInfo) -> None:
     fields = [
-        ("name", info.name), ("mac", info.mac), ("type", info.device_type),
-        ("vdisk", info.vdisk), ("description", info.description), ("created", info.created_at),
+        ("name", info.name),
+        ("mac", info.mac),
+        ("type", info.device_type),
+        ("vdisk", info.vdisk),
+        ("description", info.description),
+        ("created", info.created_at),
     ]
     live = info.session
     if live is None:
@@ -35,8 +39,12 @@ def _show(info: DeviceInfo) -> None:
         fields += [
             ("connected", f"to {live['server']} since {live['connected_at']}"),
             ("booted", f"{live['vdisk']} version {live['version']}"),
-            ("write cache", "-" if used is None else
-             f"{used / MIB:.1f} MiB used" + (f" of {limit / MIB:.0f} MiB" if limit else "")),
+            (
+                "write cache",
+                "-"
+                if used is None
+                else f"{used / MIB:.1f} MiB used" + (f" of {limit / MIB:.0f} MiB" if limit else ""),
+            ),
         ]
     print_fields(fields)
 
@@ -46,12 +54,15 @@ def _endpoint(server: ServerEndpoint) -> str:
 
 
 def _show_login(result: LoginResult) -> None:
-    print_fields([
-        ("device", result.device), ("vdisk", f"{result.vdisk} version {result.version}"),
-        ("server", _endpoint(result.server)),
-        ("alternatives", [_endpoint(s) for s in result.alternatives]),
-        ("reason", result.reason),
-    ])
+    print_fields(
+        [
+            ("device", result.device),
+            ("vdisk", f"{result.vdisk} version {result.version}"),
+            ("server", _endpoint(result.server)),
+            ("alternatives", [_endpoint(s) for s in result.alternatives]),
+            ("reason", result.reason),
+        ]
+    )
 
 
 @click.group()
@@ -66,13 +77,19 @@ def device() -> None:
 @click.option("--type", "device_type", type=TYPE, default="production", show_default=True)
 @click.option("--description", default="")
 @json_option
-def add_cmd(name: str, mac: str | None, vdisk: str | None, device_type: str,
-            description: str) -> None:
+def add_cmd(
+    name: str, mac: str | None, vdisk: str | None, device_type: str, description: str
+) -> None:
     """Add device NAME."""
-    info = open_farm().devices.add(name, mac=mac, vdisk=vdisk, device_type=device_type,
-                                   description=description)
-    emit(info, lambda: click.echo(
-        f"added device {info.name}" + (f" with vDisk {info.vdisk}" if info.vdisk else "")))
+    info = open_farm().devices.add(
+        name, mac=mac, vdisk=vdisk, device_type=device_type, description=description
+    )
+    emit(
+        info,
+        lambda: click.echo(
+            f"added device {info.name}" + (f" with vDisk {info.vdisk}" if info.vdisk else "")
+        ),
+    )
 
 
 @device.command("list")
@@ -80,10 +97,14 @@ def add_cmd(name: str, mac: str | None, vdisk: str | None, device_type: str,
 def list_cmd() -> None:
     """List the devices of the farm."""
     infos = open_farm().devices.list()
-    emit(infos, lambda: print_table(
-        ["NAME", "MAC", "TYPE", "VDISK", "DESCRIPTION"],
-        [(i.name, i.mac, i.device_type, i.vdisk, i.description) for i in infos],
-        empty="no devices"))
+    emit(
+        infos,
+        lambda: print_table(
+            ["NAME", "MAC", "TYPE", "VDISK", "DESCRIPTION"],
+            [(i.name, i.mac, i.device_type, i.vdisk, i.description) for i in infos],
+            empty="no devices",
+        ),
+    )
 
 
 @device.command("show")
@@ -105,9 +126,14 @@ def assign_cmd(name: str, vdisk: str | None, unassign: bool) -> None:
     if (vdisk is None) == (not unassign):
         raise click.UsageError("give either a VDISK or --none")
     info = open_farm().devices.assign(name, None if unassign else vdisk)
-    emit(info, lambda: click.echo(
-        f"device {info.name} now boots {info.vdisk}" if info.vdisk
-        else f"device {info.name} has no vDisk"))
+    emit(
+        info,
+        lambda: click.echo(
+            f"device {info.name} now boots {info.vdisk}"
+            if info.vdisk
+            else f"device {info.name} has no vDisk"
+        ),
+    )
 
 
 @device.command("set")
@@ -117,14 +143,16 @@ def assign_cmd(name: str, vdisk: str | None, unassign: bool) -> None:
 @click.option("--no-mac", is_flag=True, help="Remove the MAC address.")
 @click.option("--description", default=None)
 @json_option
-def set_cmd(name: str, device_type: str | None, mac: str | None, no_mac: bool,
-            description: str | None) -> None:
+def set_cmd(
+    name: str, device_type: str | None, mac: str | None, no_mac: bool, description: str | None
+) -> None:
     """Change the type, MAC or description of device NAME."""
     if mac is not None and no_mac:
         raise click.UsageError("give --mac or --no-mac, not both")
     new_mac = None if no_mac else (UNCHANGED if mac is None else mac)
-    info = open_farm().devices.set(name, device_type=device_type, mac=new_mac,
-                                   description=description)
+    info = open_farm().devices.set(
+        name, device_type=device_type, mac=new_mac, description=description
+    )
     emit(info, lambda: click.echo(f"updated device {info.name}"))
 
 
@@ -139,8 +167,11 @@ def delete_cmd(name: str) -> None:
 
 @device.command("login")
 @click.argument("name")
-@click.option("--client-ip", default=None,
-              help="The device's IP address (decides subnet affinity; default: none).")
+@click.option(
+    "--client-ip",
+    default=None,
+    help="The device's IP address (decides subnet affinity; default: none).",
+)
 @json_option
 def login_cmd(name: str, client_ip: str | None) -> None:
     """Show which server device NAME (a name or a MAC) should stream from now,

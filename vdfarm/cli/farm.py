@@ -15,11 +15,13 @@ from vdfarm.service.settings import Settings
 
 
 def _show(settings: Settings) -> None:
-    print_fields([
-        ("heartbeat timeout", f"{settings.heartbeat_timeout_s:g} s"),
-        ("boot phase", f"{settings.boot_phase_s:g} s"),
-        ("rebalance trigger", f"{settings.rebalance_trigger_pct:g} %"),
-    ])
+    print_fields(
+        [
+            ("heartbeat timeout", f"{settings.heartbeat_timeout_s:g} s"),
+            ("boot phase", f"{settings.boot_phase_s:g} s"),
+            ("rebalance trigger", f"{settings.rebalance_trigger_pct:g} %"),
+        ]
+    )
 
 
 @click.group()
@@ -36,20 +38,41 @@ def show_cmd() -> None:
 
 
 @farm.command("set")
-@click.option("--heartbeat-timeout", "heartbeat_timeout_s", type=float, default=None,
-              metavar="SECONDS",
-              help="A server is down when its heartbeat is older (1-600; PVS uses 8).")
-@click.option("--boot-phase", "boot_phase_s", type=float, default=None, metavar="SECONDS",
-              help="A device counts as booting this long after it connected (0-3600).")
-@click.option("--rebalance-trigger", "rebalance_trigger_pct", type=float, default=None,
-              metavar="PERCENT",
-              help="Rebalance until every up server is within this percentage of the "
-                   "weighted average (0-1000).")
+@click.option(
+    "--heartbeat-timeout",
+    "heartbeat_timeout_s",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="A server is down when its heartbeat is older (1-600; PVS uses 8).",
+)
+@click.option(
+    "--boot-phase",
+    "boot_phase_s",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="A device counts as booting this long after it connected (0-3600).",
+)
+@click.option(
+    "--rebalance-trigger",
+    "rebalance_trigger_pct",
+    type=float,
+    default=None,
+    metavar="PERCENT",
+    help="Rebalance until every up server is within this percentage of the "
+    "weighted average (0-1000).",
+)
 @json_option
-def set_cmd(heartbeat_timeout_s: float | None, boot_phase_s: float | None,
-            rebalance_trigger_pct: float | None) -> None:
+def set_cmd(
+    heartbeat_timeout_s: float | None,
+    boot_phase_s: float | None,
+    rebalance_trigger_pct: float | None,
+) -> None:
     """Change the farm's settings (the others stay as they are)."""
     settings = open_farm().settings.change(
-        heartbeat_timeout_s=heartbeat_timeout_s, boot_phase_s=boot_phase_s,
-        rebalance_trigger_pct=rebalance_trigger_pct)
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        boot_phase_s=boot_phase_s,
+        rebalance_trigger_pct=rebalance_trigger_pct,
+    )
     emit(settings, lambda: (click.echo("updated the farm's settings"), _show(settings)))

@@ -32,5 +32,7 @@ def sample_cmd(out: Path, size_mib: int) -> None:
         path = build(out, size_mib)
     except (ImageBuildError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    emit({"path": str(path), "size_mib": size_mib},
-         lambda: click.echo(f"built sample image {path} ({size_mib} MiB)"))
+    emit(
+        {"path": str(path), "size_mib": size_mib},
+        lambda: click.echo(f"built sample image {path} ({size_mib} MiB)"),
+    )

@@ -22,11 +22,17 @@ def lock() -> None:
 def list_cmd() -> None:
     """List every vDisk's lock: holder, server, home, lease, token, state."""
     infos = open_farm().locks.list()
-    emit(infos, lambda: print_table(
-        ["VDISK", "HOLDER", "SERVER", "HOME", "LEASE EXPIRES", "TOKEN", "STATE"],
-        [(i.vdisk, i.holder, i.server, i.home, i.lease_expires_at, i.fencing_token, i.state)
-         for i in infos],
-        empty="no vDisks, so no locks"))
+    emit(
+        infos,
+        lambda: print_table(
+            ["VDISK", "HOLDER", "SERVER", "HOME", "LEASE EXPIRES", "TOKEN", "STATE"],
+            [
+                (i.vdisk, i.holder, i.server, i.home, i.lease_expires_at, i.fencing_token, i.state)
+                for i in infos
+            ],
+            empty="no vDisks, so no locks",
+        ),
+    )
 
 
 @lock.command("release")
@@ -35,9 +41,14 @@ def list_cmd() -> None:
 def release_cmd(vdisk: str) -> None:
     """Free the lock of VDISK whoever holds it (its holder is fenced off)."""
     before = open_farm().locks.release_by_admin(vdisk)
-    emit(before, lambda: click.echo(
-        f"vDisk {vdisk} was not locked" if before.state == "free"
-        else f"released the lock of vDisk {vdisk} (was held by device {before.holder})"))
+    emit(
+        before,
+        lambda: click.echo(
+            f"vDisk {vdisk} was not locked"
+            if before.state == "free"
+            else f"released the lock of vDisk {vdisk} (was held by device {before.holder})"
+        ),
+    )
 
 
 @lock.command("home")

@@ -58,13 +58,20 @@ EXIT_USAGE = 2
 class VdfarmGroup(click.Group):
     """The root group: turns every expected failure into one error line."""
 
-    def main(self, args: Any = None, prog_name: str | None = None,
-             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            result = super().main(args, prog_name or "vdfarm", complete_var,
-                                  standalone_mode=False, **extra)
+            result = super().main(
+                args, prog_name or "vdfarm", complete_var, standalone_mode=False, **extra
+            )
         except ServiceError as exc:
             error_line(exc.message)
             sys.exit(EXIT_SERVICE_ERROR)
@@ -80,27 +87,59 @@ class VdfarmGroup(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-@click.group(cls=VdfarmGroup, no_args_is_help=True,
-             context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data-dir", envvar="VDFARM_DATA_DIR", default=DEFAULT_DATA_DIR,
-              show_default=True, help="Data directory (env VDFARM_DATA_DIR).")
-@click.option("--db", "db_url", envvar="VDFARM_DB", default=None,
-              help="Farm database URL (env VDFARM_DB; default sqlite:///DATA_DIR/farm.db).")
-@click.option("--farm", "farm_url", envvar="VDFARM_FARM", default=None, metavar="URL",
-              help="Drive the farm whose REST API is at URL (http://HOST:API_PORT) instead "
-                   "of opening the database (env VDFARM_FARM).")
-@click.option("--token", envvar="VDFARM_TOKEN", default=None,
-              help="API token for --farm: DATA_DIR/api-token of that server (env VDFARM_TOKEN).")
+@click.group(
+    cls=VdfarmGroup, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--data-dir",
+    envvar="VDFARM_DATA_DIR",
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    help="Data directory (env VDFARM_DATA_DIR).",
+)
+@click.option(
+    "--db",
+    "db_url",
+    envvar="VDFARM_DB",
+    default=None,
+    help="Farm database URL (env VDFARM_DB; default sqlite:///DATA_DIR/farm.db).",
+)
+@click.option(
+    "--farm",
+    "farm_url",
+    envvar="VDFARM_FARM",
+    default=None,
+    metavar="URL",
+    help="Drive the farm whose REST API is at URL (http://HOST:API_PORT) instead "
+    "of opening the database (env VDFARM_FARM).",
+)
+@click.option(
+    "--token",
+    envvar="VDFARM_TOKEN",
+    default=None,
+    help="API token for --farm: DATA_DIR/api-token of that server (env VDFARM_TOKEN).",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON.")
 @click.version_option(package_name="vdfarm", prog_name="vdfarm")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str, db_url: str | None, farm_url: str | None,
-        token: str | None, json_output: bool) -> None:
+def cli(
+    ctx: click.Context,
+    data_dir: str,
+    db_url: str | None,
+    farm_url: str | None,
+    token: str | None,
+    json_output: bool,
+) -> None:
     """vdfarm: stream vDisks over NBD from a farm of provisioning servers."""
     if farm_url and db_url and ctx.get_parameter_source("db_url") == ParameterSource.COMMANDLINE:
         raise click.UsageError("give --farm (a farm's REST API) or --db, not both")
-    ctx.obj = CliState(data_dir=data_dir, db_url=db_url or None, json=json_output,
-                       farm_url=farm_url or None, token=token or None)
+    ctx.obj = CliState(
+        data_dir=data_dir,
+        db_url=db_url or None,
+        json=json_output,
+        farm_url=farm_url or None,
+        token=token or None,
+    )
 
 
 @cli.command("init")
@@ -116,14 +155,17 @@ def init_cmd(name: str | None) -> None:
     try:
         token_file = _make_token(farm.data_dir)
         result = {
-            "data_dir": str(farm.data_dir), "server_name": farm.server_name,
-            "server_uuid": farm.server_uuid, "store": str(farm.store.root),
+            "data_dir": str(farm.data_dir),
+            "server_name": farm.server_name,
+            "server_uuid": farm.server_uuid,
+            "store": str(farm.store.root),
             "api_token_file": str(token_file),
         }
 
         def human() -> None:
-            click.echo(f"initialised {farm.data_dir}: server {farm.server_name} "
-                       f"({farm.server_uuid})")
+            click.echo(
+                f"initialised {farm.data_dir}: server {farm.server_name} ({farm.server_uuid})"
+            )
             click.echo(f"API token (for changes through the REST API and --farm): {token_file}")
 
         emit(result, human)
@@ -163,9 +205,19 @@ def demo_cmd() -> None:
     demo.run(state().data_dir)
 
 
-for group in (vdisk.vdisk, version.version, device.device, lock.lock, audit.audit,
-              server.server, store.store, image.image, rebalance.rebalance, db.db,
-              farm.farm):
+for group in (
+    vdisk.vdisk,
+    version.version,
+    device.device,
+    lock.lock,
+    audit.audit,
+    server.server,
+    store.store,
+    image.image,
+    rebalance.rebalance,
+    db.db,
+    farm.farm,
+):
     cli.add_command(group)
 
 # Verbs that open no data directory: no --data-dir/--db after them.
@@ -180,7 +232,8 @@ def accept_farm_options_after_verbs(group: click.Group, path: tuple[str, ...] = 
         if isinstance(command, click.Group):
             accept_farm_options_after_verbs(command, where)
         elif where not in NO_DATA_DIR and not any(
-                p.name == "after_verb_db" for p in command.params):
+            p.name == "after_verb_db" for p in command.params
+        ):
             farm_options(command)
 
 
@@ -194,4 +247,3 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-

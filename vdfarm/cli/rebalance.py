@@ -20,24 +20,35 @@ def _print_result(result: RebalanceResult) -> None:
         click.echo(f"no rebalance: {result.skipped}")
         return
     verb = "ordered" if result.applied else "would order"
-    click.echo(f"weighted average {result.average:.2f} devices per unit of power, "
-               f"trigger {result.trigger_pct:g}%: {verb} {len(result.moves)} move(s)")
+    click.echo(
+        f"weighted average {result.average:.2f} devices per unit of power, "
+        f"trigger {result.trigger_pct:g}%: {verb} {len(result.moves)} move(s)"
+    )
     if result.moves:
-        print_table(["DEVICE", "FROM", "TO"],
-                    [(m.device_name, m.from_server, m.to_server) for m in result.moves],
-                    empty="")
+        print_table(
+            ["DEVICE", "FROM", "TO"],
+            [(m.device_name, m.from_server, m.to_server) for m in result.moves],
+            empty="",
+        )
 
 
 @click.command("rebalance")
 @click.option("--dry-run", is_flag=True, help="Show the moves, order none.")
-@click.option("--trigger", "trigger_pct", type=click.FloatRange(0, MAX_TRIGGER_PCT),
-              default=None,
-              help="Move devices until every up server is within this percentage of "
-                   "the weighted average [default: the farm's setting, 25 unless changed "
-                   "with `vdfarm farm set --rebalance-trigger`].")
-@click.option("--auto", is_flag=True,
-              help="Apply the automatic mode's guards (nothing while more than 20% of a "
-                   "server's devices boot, nor below 5 devices per server).")
+@click.option(
+    "--trigger",
+    "trigger_pct",
+    type=click.FloatRange(0, MAX_TRIGGER_PCT),
+    default=None,
+    help="Move devices until every up server is within this percentage of "
+    "the weighted average [default: the farm's setting, 25 unless changed "
+    "with `vdfarm farm set --rebalance-trigger`].",
+)
+@click.option(
+    "--auto",
+    is_flag=True,
+    help="Apply the automatic mode's guards (nothing while more than 20% of a "
+    "server's devices boot, nor below 5 devices per server).",
+)
 @json_option
 def rebalance(dry_run: bool, trigger_pct: float | None, auto: bool) -> None:
     """Move connected devices between up servers to even out their load."""

@@ -25,38 +25,79 @@ def server() -> None:
 @server.command("run")
 @click.option("--nbd-port", type=click.IntRange(0, 65535), default=10809, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--advertise", default=None, metavar="ADDR",
-              help="The address or name devices and other servers reach this server at "
-                   "(login answers tell devices to stream from it) [default: --host, or "
-                   "the host name when --host is 0.0.0.0 or ::].")
-@click.option("--grace", "grace_seconds", type=click.FloatRange(min=0), default=30.0,
-              show_default=True,
-              help="Seconds a device's write cache and lock outlive an unclean drop, "
-                   "so a reconnect continues where it was.")
-@click.option("--lease", "lease_seconds", type=click.FloatRange(min=1), default=30.0,
-              show_default=True,
-              help="Lease of a private-mode lock; renewed every third of it while the "
-                   "device is connected, free by itself after a crash.")
-@click.option("--api-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
-              help="Port of the REST API (0: any free port).")
+@click.option(
+    "--advertise",
+    default=None,
+    metavar="ADDR",
+    help="The address or name devices and other servers reach this server at "
+    "(login answers tell devices to stream from it) [default: --host, or "
+    "the host name when --host is 0.0.0.0 or ::].",
+)
+@click.option(
+    "--grace",
+    "grace_seconds",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a device's write cache and lock outlive an unclean drop, "
+    "so a reconnect continues where it was.",
+)
+@click.option(
+    "--lease",
+    "lease_seconds",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Lease of a private-mode lock; renewed every third of it while the "
+    "device is connected, free by itself after a crash.",
+)
+@click.option(
+    "--api-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port of the REST API (0: any free port).",
+)
 @click.option("--api-host", default=None, help="Address of the REST API [default: --host].")
 @click.option("--no-api", is_flag=True, help="Serve NBD only, no REST API.")
-@click.option("--auto-rebalance", "auto_rebalance_every", type=click.FloatRange(min=0),
-              default=0.0, show_default=True, metavar="SECONDS",
-              help="Run the automatic rebalance every SECONDS (one server of the farm "
-                   "runs it at a time; 0: never).")
-def run_cmd(nbd_port: int, host: str, advertise: str | None, grace_seconds: float,
-            lease_seconds: float, api_port: int, api_host: str | None, no_api: bool,
-            auto_rebalance_every: float) -> None:
+@click.option(
+    "--auto-rebalance",
+    "auto_rebalance_every",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Run the automatic rebalance every SECONDS (one server of the farm "
+    "runs it at a time; 0: never).",
+)
+def run_cmd(
+    nbd_port: int,
+    host: str,
+    advertise: str | None,
+    grace_seconds: float,
+    lease_seconds: float,
+    api_port: int,
+    api_host: str | None,
+    no_api: bool,
+    auto_rebalance_every: float,
+) -> None:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.stream.server import run_server
 
     farm = open_local_farm("server run")
     if advertise is not None:
         check_advertise(advertise)
-    run_server(farm, host, nbd_port, grace_seconds, lease_seconds,
-               api_host=api_host, api_port=None if no_api else api_port,
-               auto_rebalance_every=auto_rebalance_every, advertise=advertise)
+    run_server(
+        farm,
+        host,
+        nbd_port,
+        grace_seconds,
+        lease_seconds,
+        api_host=api_host,
+        api_port=None if no_api else api_port,
+        auto_rebalance_every=auto_rebalance_every,
+        advertise=advertise,
+    )
 
 
 @server.command("list")
@@ -64,33 +105,87 @@ def run_cmd(nbd_port: int, host: str, advertise: str | None, grace_seconds: floa
 def list_cmd() -> None:
     """List the servers of the farm: up/down, load, limits, store, vdfarm version."""
     infos = open_farm().servers.list()
-    emit(infos, lambda: print_table(
-        ["NAME", "STATE", "LAST HEARTBEAT", "CONNECTED", "BOOTING", "POWER", "MAX BOOTING",
-         "SUBNET", "HOST", "NBD PORT", "API PORT", "STORE", "VERSION"],
-        [(i.name, "up" if i.up else "down", i.last_heartbeat, i.connected, i.booting,
-          f"{i.power_rating:g}", i.max_booting, i.subnet, i.hostname, i.nbd_port,
-          i.api_port, i.store_path, i.version) for i in infos],
-        empty="no servers"))
+    emit(
+        infos,
+        lambda: print_table(
+            [
+                "NAME",
+                "STATE",
+                "LAST HEARTBEAT",
+                "CONNECTED",
+                "BOOTING",
+                "POWER",
+                "MAX BOOTING",
+                "SUBNET",
+                "HOST",
+                "NBD PORT",
+                "API PORT",
+                "STORE",
+                "VERSION",
+            ],
+            [
+                (
+                    i.name,
+                    "up" if i.up else "down",
+                    i.last_heartbeat,
+                    i.connected,
+                    i.booting,
+                    f"{i.power_rating:g}",
+                    i.max_booting,
+                    i.subnet,
+                    i.hostname,
+                    i.nbd_port,
+                    i.api_port,
+                    i.store_path,
+                    i.version,
+                )
+                for i in infos
+            ],
+            empty="no servers",
+        ),
+    )
 
 
 @server.command("set")
 @click.argument("name")
-@click.option("--power-rating", type=float, default=None,
-              help="Relative capacity (> 0): placement divides its load by it.")
-@click.option("--subnet", default=None, metavar="CIDR",
-              help="The subnet its devices are on (for subnet affinity).")
+@click.option(
+    "--power-rating",
+    type=float,
+    default=None,
+    help="Relative capacity (> 0): placement divides its load by it.",
+)
+@click.option(
+    "--subnet",
+    default=None,
+    metavar="CIDR",
+    help="The subnet its devices are on (for subnet affinity).",
+)
 @click.option("--no-subnet", is_flag=True, help="Remove the subnet.")
-@click.option("--max-booting", type=int, default=None,
-              help="Devices booting from it at once before others go elsewhere (>= 1).")
+@click.option(
+    "--max-booting",
+    type=int,
+    default=None,
+    help="Devices booting from it at once before others go elsewhere (>= 1).",
+)
 @json_option
-def set_cmd(name: str, power_rating: float | None, subnet: str | None, no_subnet: bool,
-            max_booting: int | None) -> None:
+def set_cmd(
+    name: str,
+    power_rating: float | None,
+    subnet: str | None,
+    no_subnet: bool,
+    max_booting: int | None,
+) -> None:
     """Change the power rating, subnet or max-booting limit of server NAME."""
     if subnet is not None and no_subnet:
         raise click.UsageError("give --subnet or --no-subnet, not both")
     new_subnet = None if no_subnet else (UNCHANGED if subnet is None else subnet)
-    info = open_farm().servers.configure(name, power_rating=power_rating, subnet=new_subnet,
-                                         max_booting=max_booting)
-    emit(info, lambda: click.echo(
-        f"updated server {info.name}: power rating {info.power_rating:g}, "
-        f"subnet {info.subnet or '-'}, max booting {info.max_booting}"))
+    info = open_farm().servers.configure(
+        name, power_rating=power_rating, subnet=new_subnet, max_booting=max_booting
+    )
+    emit(
+        info,
+        lambda: click.echo(
+            f"updated server {info.name}: power rating {info.power_rating:g}, "
+            f"subnet {info.subnet or '-'}, max booting {info.max_booting}"
+        ),
+    )

@@ -17,8 +17,10 @@ Inventory = dict[str, list[tuple[str, int]]]
 
 def holdings(inventory: Inventory) -> list[dict]:
     """INVENTORY as [{server, versions: [{vdisk, version}]}], by server name."""
-    return [{"server": server, "versions": [{"vdisk": v, "version": n} for v, n in held]}
-            for server, held in sorted(inventory.items())]
+    return [
+        {"server": server, "versions": [{"vdisk": v, "version": n} for v, n in held]}
+        for server, held in sorted(inventory.items())
+    ]
 
 
 def rows(inventory: Inventory) -> list[tuple]:
@@ -29,7 +31,8 @@ def rows(inventory: Inventory) -> list[tuple]:
         for vdisk, number in held:
             vdisks.setdefault(vdisk, []).append(number)
         out += [(server, v, sorted(ns)) for v, ns in sorted(vdisks.items())] or [
-            (server, None, None)]
+            (server, None, None)
+        ]
     return out
 
 
@@ -43,5 +46,7 @@ def store() -> None:
 def list_cmd() -> None:
     """List the vDisk versions each server's store holds complete and verified."""
     inventory = open_farm().servers.inventory()
-    emit(holdings(inventory), lambda: print_table(
-        ["SERVER", "VDISK", "VERSIONS"], rows(inventory), empty="no servers"))
+    emit(
+        holdings(inventory),
+        lambda: print_table(["SERVER", "VDISK", "VERSIONS"], rows(inventory), empty="no servers"),
+    )

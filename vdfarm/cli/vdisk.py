@@ -27,16 +27,27 @@ AFFINITY = click.Choice(AFFINITIES)
 
 
 def _show(info: VdiskInfo) -> None:
-    print_fields([
-        ("name", info.name), ("size", f"{fmt_size(info.size)} ({info.size} bytes)"),
-        ("format", info.format), ("mode", info.access_mode),
-        ("write cache", info.write_cache_type),
-        ("cache limit", f"{info.write_cache_limit_mb} MiB" if info.write_cache_limit_mb else None),
-        ("description", info.description), ("sha256", info.sha256),
-        ("devices", info.devices), ("in this store", "yes" if info.in_store else "no"),
-        ("max versions", info.max_versions), ("override", info.override_version),
-        ("subnet affinity", info.subnet_affinity), ("created", info.created_at),
-    ])
+    print_fields(
+        [
+            ("name", info.name),
+            ("size", f"{fmt_size(info.size)} ({info.size} bytes)"),
+            ("format", info.format),
+            ("mode", info.access_mode),
+            ("write cache", info.write_cache_type),
+            (
+                "cache limit",
+                f"{info.write_cache_limit_mb} MiB" if info.write_cache_limit_mb else None,
+            ),
+            ("description", info.description),
+            ("sha256", info.sha256),
+            ("devices", info.devices),
+            ("in this store", "yes" if info.in_store else "no"),
+            ("max versions", info.max_versions),
+            ("override", info.override_version),
+            ("subnet affinity", info.subnet_affinity),
+            ("created", info.created_at),
+        ]
+    )
 
 
 @click.group()
@@ -47,24 +58,42 @@ def vdisk() -> None:
 @vdisk.command("import")
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--mode", type=MODE, default="standard", show_default=True,
-              help="standard: many devices, read-only + write cache; "
-                   "private: one device, read/write.")
+@click.option(
+    "--mode",
+    type=MODE,
+    default="standard",
+    show_default=True,
+    help="standard: many devices, read-only + write cache; private: one device, read/write.",
+)
 @click.option("--write-cache", type=CACHE, default="server-disk", show_default=True)
-@click.option("--cache-limit-mb", type=click.IntRange(min=1), default=None,
-              help="Write-cache size limit in MiB.")
+@click.option(
+    "--cache-limit-mb",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Write-cache size limit in MiB.",
+)
 @click.option("--description", default="")
 @json_option
-def import_cmd(name: str, file: Path, mode: str, write_cache: str,
-               cache_limit_mb: int | None, description: str) -> None:
+def import_cmd(
+    name: str, file: Path, mode: str, write_cache: str, cache_limit_mb: int | None, description: str
+) -> None:
     """Import image FILE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME
     (with --farm: the absolute path of a file on the server)."""
     info = open_farm().vdisks.import_image(
-        name, file, mode=mode, write_cache=write_cache, cache_limit_mb=cache_limit_mb,
-        description=description)
-    emit(info, lambda: click.echo(
-        f"imported vDisk {info.name} ({fmt_size(info.size)}, {info.access_mode}, "
-        f"write cache {info.write_cache_type})"))
+        name,
+        file,
+        mode=mode,
+        write_cache=write_cache,
+        cache_limit_mb=cache_limit_mb,
+        description=description,
+    )
+    emit(
+        info,
+        lambda: click.echo(
+            f"imported vDisk {info.name} ({fmt_size(info.size)}, {info.access_mode}, "
+            f"write cache {info.write_cache_type})"
+        ),
+    )
 
 
 @vdisk.command("list")
@@ -72,11 +101,25 @@ def import_cmd(name: str, file: Path, mode: str, write_cache: str,
 def list_cmd() -> None:
     """List the vDisks of the farm."""
     infos = open_farm().vdisks.list()
-    emit(infos, lambda: print_table(
-        ["NAME", "SIZE", "MODE", "WRITE CACHE", "DEVICES", "IN STORE", "DESCRIPTION"],
-        [(i.name, fmt_size(i.size), i.access_mode, i.write_cache_type, len(i.devices),
-          "yes" if i.in_store else "no", i.description) for i in infos],
-        empty="no vDisks"))
+    emit(
+        infos,
+        lambda: print_table(
+            ["NAME", "SIZE", "MODE", "WRITE CACHE", "DEVICES", "IN STORE", "DESCRIPTION"],
+            [
+                (
+                    i.name,
+                    fmt_size(i.size),
+                    i.access_mode,
+                    i.write_cache_type,
+                    len(i.devices),
+                    "yes" if i.in_store else "no",
+                    i.description,
+                )
+                for i in infos
+            ],
+            empty="no vDisks",
+        ),
+    )
 
 
 @vdisk.command("show")
@@ -92,35 +135,67 @@ def show_cmd(name: str) -> None:
 @click.argument("name")
 @click.option("--mode", type=MODE, default=None)
 @click.option("--write-cache", type=CACHE, default=None)
-@click.option("--cache-limit-mb", type=click.IntRange(min=0), default=None,
-              help="Write-cache size limit in MiB (0: no limit).")
+@click.option(
+    "--cache-limit-mb",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Write-cache size limit in MiB (0: no limit).",
+)
 @click.option("--description", default=None)
-@click.option("--max-versions", type=int, default=None,
-              help="Merge the chain by itself after a promote once it is longer (2-1000).")
-@click.option("--subnet-affinity", type=AFFINITY, default=None,
-              help="Placement: any server (none), a server on the device's subnet first "
-                   "(best-effort) or only (fixed). Give it alone.")
+@click.option(
+    "--max-versions",
+    type=int,
+    default=None,
+    help="Merge the chain by itself after a promote once it is longer (2-1000).",
+)
+@click.option(
+    "--subnet-affinity",
+    type=AFFINITY,
+    default=None,
+    help="Placement: any server (none), a server on the device's subnet first "
+    "(best-effort) or only (fixed). Give it alone.",
+)
 @json_option
-def set_cmd(name: str, mode: str | None, write_cache: str | None,
-            cache_limit_mb: int | None, description: str | None,
-            max_versions: int | None, subnet_affinity: str | None) -> None:
+def set_cmd(
+    name: str,
+    mode: str | None,
+    write_cache: str | None,
+    cache_limit_mb: int | None,
+    description: str | None,
+    max_versions: int | None,
+    subnet_affinity: str | None,
+) -> None:
     """Change the mode, write cache, description, max-versions or subnet affinity
     of vDisk NAME."""
     if subnet_affinity is not None:
-        others = [flag for flag, value in (
-            ("--mode", mode), ("--write-cache", write_cache), ("--cache-limit-mb", cache_limit_mb),
-            ("--description", description), ("--max-versions", max_versions)) if value is not None]
+        others = [
+            flag
+            for flag, value in (
+                ("--mode", mode),
+                ("--write-cache", write_cache),
+                ("--cache-limit-mb", cache_limit_mb),
+                ("--description", description),
+                ("--max-versions", max_versions),
+            )
+            if value is not None
+        ]
         if others:
-            raise click.UsageError(
-                f"give --subnet-affinity alone (not with {', '.join(others)})")
+            raise click.UsageError(f"give --subnet-affinity alone (not with {', '.join(others)})")
         info = open_farm().set_subnet_affinity(name, subnet_affinity)
-        emit(info, lambda: click.echo(
-            f"updated vDisk {info.name}: subnet affinity {subnet_affinity}"))
+        emit(
+            info,
+            lambda: click.echo(f"updated vDisk {info.name}: subnet affinity {subnet_affinity}"),
+        )
         return
     limit = UNCHANGED if cache_limit_mb is None else (cache_limit_mb or None)
-    info = open_farm().vdisks.set(name, mode=mode, write_cache=write_cache,
-                                  cache_limit_mb=limit, description=description,
-                                  max_versions=max_versions)
+    info = open_farm().vdisks.set(
+        name,
+        mode=mode,
+        write_cache=write_cache,
+        cache_limit_mb=limit,
+        description=description,
+        max_versions=max_versions,
+    )
     emit(info, lambda: click.echo(f"updated vDisk {info.name}"))
 
 
@@ -141,22 +216,31 @@ def verify_cmd(name: str) -> None:
     result = open_farm().vdisks.verify(name)
     if not result.ok:
         raise Invalid(f"vDisk {name} failed verification: {'; '.join(result.problems)}")
-    emit({"vdisk": name, "ok": True, "problems": []},
-         lambda: click.echo(f"vDisk {name} is intact"))
+    emit({"vdisk": name, "ok": True, "problems": []}, lambda: click.echo(f"vDisk {name} is intact"))
 
 
 @vdisk.command("export")
 @click.argument("name")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
-              help="Image format of OUT.")
-@click.option("--version", "number", type=click.IntRange(min=0), default=None,
-              help="Version to export (default: what production devices boot).")
+@click.option(
+    "--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True, help="Image format of OUT."
+)
+@click.option(
+    "--version",
+    "number",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Version to export (default: what production devices boot).",
+)
 @json_option
 def export_cmd(name: str, out: Path, fmt: str, number: int | None) -> None:
     """Write a version of vDisk NAME, flattened, as a new image file OUT
     (with --farm: an absolute path on the server)."""
     result = open_farm().versions.export(name, out, fmt, number)
-    emit(result, lambda: click.echo(
-        f"exported version {result.version} of vDisk {name} to {result.path} "
-        f"({result.format}, {fmt_size(result.size)})"))
+    emit(
+        result,
+        lambda: click.echo(
+            f"exported version {result.version} of vDisk {name} to {result.path} "
+            f"({result.format}, {fmt_size(result.size)})"
+        ),
+    )

@@ -21,17 +21,30 @@ SHA_SHOWN = 12
 
 def _merge_line(result: MergeResult) -> str:
     shape = "now a full base" if result.new_base else f"now on version {result.base}"
-    line = (f"merged version(s) {', '.join(map(str, result.removed))} of vDisk {result.vdisk} "
-            f"into version {result.kept} ({shape})")
+    line = (
+        f"merged version(s) {', '.join(map(str, result.removed))} of vDisk {result.vdisk} "
+        f"into version {result.kept} ({shape})"
+    )
     if result.retained:
         line += f"; kept {', '.join(result.retained)} until the devices using them disconnect"
     return line
 
 
 def _rows(infos: list[VersionInfo]) -> list[tuple]:
-    return [(i.number, i.access, i.parent, fmt_size(i.size),
-             i.sha256[:SHA_SHOWN] if i.sha256 else None, i.created_at, len(i.devices),
-             i.devices, i.boots) for i in infos]
+    return [
+        (
+            i.number,
+            i.access,
+            i.parent,
+            fmt_size(i.size),
+            i.sha256[:SHA_SHOWN] if i.sha256 else None,
+            i.created_at,
+            len(i.devices),
+            i.devices,
+            i.boots,
+        )
+        for i in infos
+    ]
 
 
 @click.group()
@@ -45,9 +58,24 @@ def version() -> None:
 def list_cmd(vdisk: str) -> None:
     """List the versions of VDISK, oldest first."""
     infos = open_farm().versions.list(vdisk)
-    emit(infos, lambda: print_table(
-        ["VERSION", "ACCESS", "PARENT", "SIZE", "SHA256", "CREATED", "BOOTED", "DEVICES",
-         "SERVES"], _rows(infos), empty=f"vDisk {vdisk} has no versions"))
+    emit(
+        infos,
+        lambda: print_table(
+            [
+                "VERSION",
+                "ACCESS",
+                "PARENT",
+                "SIZE",
+                "SHA256",
+                "CREATED",
+                "BOOTED",
+                "DEVICES",
+                "SERVES",
+            ],
+            _rows(infos),
+            empty=f"vDisk {vdisk} has no versions",
+        ),
+    )
 
 
 @version.command("new")
@@ -56,17 +84,31 @@ def list_cmd(vdisk: str) -> None:
 def new_cmd(vdisk: str) -> None:
     """Open a maintenance version of VDISK on its newest version."""
     info = open_farm().versions.new(vdisk)
-    emit(info, lambda: click.echo(
-        f"opened version {info.number} of vDisk {vdisk} for maintenance "
-        f"(on version {info.parent})"))
+    emit(
+        info,
+        lambda: click.echo(
+            f"opened version {info.number} of vDisk {vdisk} for maintenance "
+            f"(on version {info.parent})"
+        ),
+    )
 
 
 @version.command("promote")
 @click.argument("vdisk")
-@click.option("--to", "to", type=click.Choice(PROMOTE_TARGETS), required=True,
-              help="test: test devices boot it; production: every production device.")
-@click.option("--at", "at", type=IsoTime(), default=None,
-              help="Production from this time on (ISO 8601; default: now).")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(PROMOTE_TARGETS),
+    required=True,
+    help="test: test devices boot it; production: every production device.",
+)
+@click.option(
+    "--at",
+    "at",
+    type=IsoTime(),
+    default=None,
+    help="Production from this time on (ISO 8601; default: now).",
+)
 @json_option
 def promote_cmd(vdisk: str, to: str, at: datetime | None) -> None:
     """Promote the newest version of VDISK to test or production."""
@@ -90,8 +132,7 @@ def promote_cmd(vdisk: str, to: str, at: datetime | None) -> None:
 def revert_cmd(vdisk: str) -> None:
     """Take the newest version of VDISK back one step (production → test → maintenance)."""
     info = open_farm().versions.revert(vdisk)
-    emit(info, lambda: click.echo(
-        f"version {info.number} of vDisk {vdisk} is now {info.access}"))
+    emit(info, lambda: click.echo(f"version {info.number} of vDisk {vdisk} is now {info.access}"))
 
 
 @version.command("override")
@@ -104,10 +145,14 @@ def override_cmd(vdisk: str, number: int | None, clear: bool) -> None:
     if (number is None) == (not clear):
         raise click.UsageError("give either a version NUMBER or --clear")
     result = open_farm().versions.override(vdisk, None if clear else number)
-    emit(result, lambda: click.echo(
-        f"production devices of vDisk {vdisk} now boot version {result.version}"
-        if result.version is not None
-        else f"production devices of vDisk {vdisk} boot the newest production version"))
+    emit(
+        result,
+        lambda: click.echo(
+            f"production devices of vDisk {vdisk} now boot version {result.version}"
+            if result.version is not None
+            else f"production devices of vDisk {vdisk} boot the newest production version"
+        ),
+    )
 
 
 @version.command("merge")

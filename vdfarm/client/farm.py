@@ -57,8 +57,10 @@ def server_path(path: str | Path, what: str) -> str:
     """PATH as text if it is absolute (a path on the server). Raises Invalid."""
     text = str(path)
     if not PurePosixPath(text).is_absolute():
-        raise Invalid(f"{what} {text} is relative: with --farm it names a file on the server "
-                      f"(nothing is uploaded); give its absolute path there")
+        raise Invalid(
+            f"{what} {text} is relative: with --farm it names a file on the server "
+            f"(nothing is uploaded); give its absolute path there"
+        )
     return text
 
 
@@ -86,8 +88,9 @@ def _answer(convert: Callable[[Any], T], data: Any, what: str) -> T:
     try:
         return convert(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RemoteError(f"the farm answered {what} with something this client does not "
-                          f"understand ({exc})") from exc
+        raise RemoteError(
+            f"the farm answered {what} with something this client does not understand ({exc})"
+        ) from exc
 
 
 def _verify_result(data: Any) -> VerifyResult:
@@ -120,11 +123,18 @@ class RemoteSettings(_Noun):
     def show(self) -> Settings:
         return self.one(_as(Settings), "GET", "/settings")
 
-    def change(self, *, heartbeat_timeout_s: float | None = None,
-               boot_phase_s: float | None = None,
-               rebalance_trigger_pct: float | None = None) -> Settings:
-        body = _present(heartbeat_timeout_s=heartbeat_timeout_s, boot_phase_s=boot_phase_s,
-                        rebalance_trigger_pct=rebalance_trigger_pct)
+    def change(
+        self,
+        *,
+        heartbeat_timeout_s: float | None = None,
+        boot_phase_s: float | None = None,
+        rebalance_trigger_pct: float | None = None,
+    ) -> Settings:
+        body = _present(
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            boot_phase_s=boot_phase_s,
+            rebalance_trigger_pct=rebalance_trigger_pct,
+        )
         return self.one(_as(Settings), "PATCH", "/settings", body=body)
 
 
@@ -137,23 +147,42 @@ class RemoteVdisks(_Noun):
     def show(self, name: str) -> VdiskInfo:
         return self.one(_as(VdiskInfo), "GET", f"/vdisks/{segment(name)}")
 
-    def import_image(self, name: str, source: str | Path, *, mode: str = "standard",
-                     write_cache: str = "server-disk", cache_limit_mb: int | None = None,
-                     description: str = "") -> VdiskInfo:
-        body = {"name": name, "source_path": server_path(source, "image file"), "mode": mode,
-                "write_cache": write_cache, "cache_limit_mb": cache_limit_mb,
-                "description": description}
+    def import_image(
+        self,
+        name: str,
+        source: str | Path,
+        *,
+        mode: str = "standard",
+        write_cache: str = "server-disk",
+        cache_limit_mb: int | None = None,
+        description: str = "",
+    ) -> VdiskInfo:
+        body = {
+            "name": name,
+            "source_path": server_path(source, "image file"),
+            "mode": mode,
+            "write_cache": write_cache,
+            "cache_limit_mb": cache_limit_mb,
+            "description": description,
+        }
         return self.one(_as(VdiskInfo), "POST", "/vdisks", body=body)
 
-    def set(self, name: str, *, mode: str | None = None, write_cache: str | None = None,
-            cache_limit_mb: Any = UNCHANGED, description: str | None = None,
-            max_versions: int | None = None) -> VdiskInfo:
-        body = _present(mode=mode, write_cache=write_cache, description=description,
-                        max_versions=max_versions)
+    def set(
+        self,
+        name: str,
+        *,
+        mode: str | None = None,
+        write_cache: str | None = None,
+        cache_limit_mb: Any = UNCHANGED,
+        description: str | None = None,
+        max_versions: int | None = None,
+    ) -> VdiskInfo:
+        body = _present(
+            mode=mode, write_cache=write_cache, description=description, max_versions=max_versions
+        )
         if cache_limit_mb is not UNCHANGED:
             body["cache_limit_mb"] = cache_limit_mb
-        return self.one(
-            _as(VdiskInfo), "PATCH", f"/vdisks/{segment(name)}", body=body)
+        return self.one(_as(VdiskInfo), "PATCH", f"/vdisks/{segment(name)}", body=body)
 
     def delete(self, name: str) -> VdiskInfo:
         return self.one(_as(VdiskInfo), "DELETE", f"/vdisks/{segment(name)}")
@@ -176,37 +205,50 @@ class RemoteVersions(_Noun):
 
     def promote(self, vdisk: str, to: str, at: datetime | None = None) -> PromoteResult:
         body = {"to": to, "at": at.isoformat() if at is not None else None}
-        return self.one(
-            _as(PromoteResult), "POST", self._path(vdisk, "/promote"), body=body)
+        return self.one(_as(PromoteResult), "POST", self._path(vdisk, "/promote"), body=body)
 
     def revert(self, vdisk: str) -> VersionInfo:
         return self.one(_as(VersionInfo), "POST", self._path(vdisk, "/revert"))
 
     def override(self, vdisk: str, number: int | None) -> OverrideInfo:
         return self.one(
-            _as(OverrideInfo), "POST", self._path(vdisk, "/override"), body={"version": number})
+            _as(OverrideInfo), "POST", self._path(vdisk, "/override"), body={"version": number}
+        )
 
     def merge(self, vdisk: str, new_base: bool = False) -> MergeResult:
         return self.one(
-            _as(MergeResult), "POST", self._path(vdisk, "/merge"), body={"new_base": new_base})
+            _as(MergeResult), "POST", self._path(vdisk, "/merge"), body={"new_base": new_base}
+        )
 
     def delete(self, vdisk: str) -> VersionInfo:
         return self.one(_as(VersionInfo), "DELETE", self._path(vdisk, "/newest"))
 
-    def export(self, vdisk: str, out: str | Path, fmt: str,
-               version: int | None = None) -> ExportResult:
+    def export(
+        self, vdisk: str, out: str | Path, fmt: str, version: int | None = None
+    ) -> ExportResult:
         body = {"path": server_path(out, "output file"), "format": fmt, "version": version}
-        return self.one(
-            _as(ExportResult), "POST", f"/vdisks/{segment(vdisk)}/export", body=body)
+        return self.one(_as(ExportResult), "POST", f"/vdisks/{segment(vdisk)}/export", body=body)
 
 
 class RemoteDevices(_Noun):
     """`DeviceService` over the API."""
 
-    def add(self, name: str, *, mac: str | None = None, vdisk: str | None = None,
-            device_type: str = "production", description: str = "") -> DeviceInfo:
-        body = {"name": name, "mac": mac, "vdisk": vdisk, "device_type": device_type,
-                "description": description}
+    def add(
+        self,
+        name: str,
+        *,
+        mac: str | None = None,
+        vdisk: str | None = None,
+        device_type: str = "production",
+        description: str = "",
+    ) -> DeviceInfo:
+        body = {
+            "name": name,
+            "mac": mac,
+            "vdisk": vdisk,
+            "device_type": device_type,
+            "description": description,
+        }
         return self.one(_device, "POST", "/devices", body=body)
 
     def list(self) -> list[DeviceInfo]:
@@ -216,16 +258,20 @@ class RemoteDevices(_Noun):
         return self.one(_device, "GET", f"/devices/{segment(name_or_mac)}")
 
     def assign(self, name_or_mac: str, vdisk: str | None) -> DeviceInfo:
-        return self.one(
-            _device, "PATCH", f"/devices/{segment(name_or_mac)}", body={"vdisk": vdisk})
+        return self.one(_device, "PATCH", f"/devices/{segment(name_or_mac)}", body={"vdisk": vdisk})
 
-    def set(self, name_or_mac: str, *, device_type: str | None = None, mac: Any = UNCHANGED,
-            description: str | None = None) -> DeviceInfo:
+    def set(
+        self,
+        name_or_mac: str,
+        *,
+        device_type: str | None = None,
+        mac: Any = UNCHANGED,
+        description: str | None = None,
+    ) -> DeviceInfo:
         body = _present(device_type=device_type, description=description)
         if mac is not UNCHANGED:
             body["mac"] = mac
-        return self.one(
-            _device, "PATCH", f"/devices/{segment(name_or_mac)}", body=body)
+        return self.one(_device, "PATCH", f"/devices/{segment(name_or_mac)}", body=body)
 
     def delete(self, name_or_mac: str) -> DeviceInfo:
         return self.one(_device, "DELETE", f"/devices/{segment(name_or_mac)}")
@@ -238,12 +284,15 @@ class RemoteLocks(_Noun):
         return self.many(_as(LockInfo), "GET", "/locks")
 
     def release_by_admin(self, vdisk_name: str) -> LockInfo:
-        return self.one(
-            _as(LockInfo), "POST", f"/locks/{segment(vdisk_name)}/release")
+        return self.one(_as(LockInfo), "POST", f"/locks/{segment(vdisk_name)}/release")
 
     def move_home(self, vdisk_name: str, server_name: str) -> LockInfo:
-        return self.one(_as(LockInfo), "POST", f"/locks/{segment(vdisk_name)}/home",
-                        body={"server": server_name})
+        return self.one(
+            _as(LockInfo),
+            "POST",
+            f"/locks/{segment(vdisk_name)}/home",
+            body={"server": server_name},
+        )
 
 
 class RemoteAudit(_Noun):
@@ -260,13 +309,18 @@ class RemoteServers(_Noun):
     def list(self) -> list[ServerInfo]:
         return self.many(_as(ServerInfo), "GET", "/servers")
 
-    def configure(self, name: str, *, power_rating: float | None = None,
-                  subnet: Any = UNCHANGED, max_booting: int | None = None) -> ServerInfo:
+    def configure(
+        self,
+        name: str,
+        *,
+        power_rating: float | None = None,
+        subnet: Any = UNCHANGED,
+        max_booting: int | None = None,
+    ) -> ServerInfo:
         body = _present(power_rating=power_rating, max_booting=max_booting)
         if subnet is not UNCHANGED:
             body["subnet"] = subnet
-        return self.one(
-            _as(ServerInfo), "PATCH", f"/servers/{segment(name)}", body=body)
+        return self.one(_as(ServerInfo), "PATCH", f"/servers/{segment(name)}", body=body)
 
     def inventory(self) -> dict[str, list[tuple[str, int]]]:
         return dict(self.many(_holding, "GET", "/stores"))
@@ -278,8 +332,9 @@ class FarmClient:
     Raises (from every call) the service errors of `client.http`.
     """
 
-    def __init__(self, url: str, token: str | None = None, *,
-                 http: httpx.Client | None = None) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, *, http: httpx.Client | None = None
+    ) -> None:
         self.http = FarmHttp(url, token, http=http)
         self.url = self.http.url
         self.vdisks = RemoteVdisks(self.http)
@@ -291,21 +346,25 @@ class FarmClient:
         self.settings = RemoteSettings(self.http)
         self._calls = _Noun(self.http)
 
-    def rebalance(self, *, apply: bool, trigger_pct: float | None = None,
-                  auto: bool = False) -> RebalanceResult:
+    def rebalance(
+        self, *, apply: bool, trigger_pct: float | None = None, auto: bool = False
+    ) -> RebalanceResult:
         body = _present(dry_run=not apply, trigger_pct=trigger_pct, auto=auto)
         return self._calls.one(_as(RebalanceResult), "POST", "/rebalance", body=body)
 
-    def login(self, name_or_mac: str, client_ip: str | None = None,
-              reserve: bool = True) -> LoginResult:
-        body = {"device": name_or_mac, "client_ip": client_ip or NO_ADDRESS,
-                "reserve": reserve}
+    def login(
+        self, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+    ) -> LoginResult:
+        body = {"device": name_or_mac, "client_ip": client_ip or NO_ADDRESS, "reserve": reserve}
         return self._calls.one(_as(LoginResult), "POST", "/login", body=body)
 
     def set_subnet_affinity(self, vdisk_name: str, affinity: str) -> VdiskInfo:
         return self._calls.one(
-            _as(VdiskInfo), "PATCH", f"/vdisks/{segment(vdisk_name)}",
-            body={"subnet_affinity": affinity})
+            _as(VdiskInfo),
+            "PATCH",
+            f"/vdisks/{segment(vdisk_name)}",
+            body={"subnet_affinity": affinity},
+        )
 
     def close(self) -> None:
         self.http.close()

@@ -24,8 +24,9 @@ from vdfarm.service.errors import Conflict, Invalid, NotFound, ServiceError, Una
 
 API_PREFIX = "/api/v1"
 TIMEOUT_S = 60.0
-TOKEN_HINT = ("give --token TOKEN or set VDFARM_TOKEN, with the token in "
-              "DATA_DIR/api-token of that server")
+TOKEN_HINT = (
+    "give --token TOKEN or set VDFARM_TOKEN, with the token in DATA_DIR/api-token of that server"
+)
 
 
 class TokenRefused(ServiceError):
@@ -46,7 +47,11 @@ class RemoteError(ServiceError):
 
 
 STATUS_ERRORS: dict[int, type[ServiceError]] = {
-    400: Invalid, 404: NotFound, 409: Conflict, 422: Invalid, 503: Unavailable,
+    400: Invalid,
+    404: NotFound,
+    409: Conflict,
+    422: Invalid,
+    503: Unavailable,
 }
 
 
@@ -78,8 +83,7 @@ def error_for(status: int, body: str, url: str, token_given: bool) -> ServiceErr
     detail = detail_of(status, body)
     if status == 401:
         if token_given:
-            return TokenRefused(f"the farm at {url} refused the API token ({detail}); "
-                                f"{TOKEN_HINT}")
+            return TokenRefused(f"the farm at {url} refused the API token ({detail}); {TOKEN_HINT}")
         return TokenRefused(f"the farm at {url} needs the API token for this; {TOKEN_HINT}")
     kind = STATUS_ERRORS.get(status)
     if kind is not None:
@@ -94,18 +98,24 @@ class FarmHttp:
     FastAPI TestClient); it is closed by `close` only if this made it.
     """
 
-    def __init__(self, url: str, token: str | None = None, *,
-                 http: httpx.Client | None = None, timeout: float = TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = TIMEOUT_S,
+    ) -> None:
         self.url = check_url(url)
         self.token_given = bool(token)
         self._owned = http is None
-        self.http = http if http is not None else httpx.Client(base_url=self.url,
-                                                               timeout=timeout)
+        self.http = http if http is not None else httpx.Client(base_url=self.url, timeout=timeout)
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
-    def request(self, method: str, path: str, *, body: Any = None,
-                params: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         """The parsed JSON answer of METHOD PATH (under /api/v1).
 
         Raises TokenRefused, Unreachable, Invalid, NotFound, Conflict,
@@ -122,8 +132,9 @@ class FarmHttp:
         try:
             return response.json()
         except ValueError as exc:
-            raise RemoteError(f"the farm at {self.url} answered {method} {path} "
-                              f"with something that is not JSON") from exc
+            raise RemoteError(
+                f"the farm at {self.url} answered {method} {path} with something that is not JSON"
+            ) from exc
 
     def close(self) -> None:
         """Close the connections (only those this object opened)."""

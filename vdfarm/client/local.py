@@ -33,14 +33,17 @@ class LocalFarm:
         self.servers = farm.servers
         self.settings = farm.settings
 
-    def rebalance(self, *, apply: bool, trigger_pct: float | None = None,
-                  auto: bool = False) -> RebalanceResult:
+    def rebalance(
+        self, *, apply: bool, trigger_pct: float | None = None, auto: bool = False
+    ) -> RebalanceResult:
         """See `vdfarm.service.moves.rebalance`. Raises Invalid, Unavailable."""
-        return moves.rebalance(self.farm, apply=apply, trigger_pct=trigger_pct, auto=auto,
-                               actor=self.farm.actor)
+        return moves.rebalance(
+            self.farm, apply=apply, trigger_pct=trigger_pct, auto=auto, actor=self.farm.actor
+        )
 
-    def login(self, name_or_mac: str, client_ip: str | None = None,
-              reserve: bool = True) -> LoginResult:
+    def login(
+        self, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+    ) -> LoginResult:
         """See `vdfarm.service.login.login`. Raises NotFound, Invalid, Unavailable."""
         return login_service.login(self.farm, name_or_mac, client_ip, reserve)
 
@@ -49,8 +52,7 @@ class LocalFarm:
 
         Raises Invalid, NotFound, Unavailable.
         """
-        login_service.set_subnet_affinity(self.farm, vdisk_name, affinity,
-                                          actor=self.farm.actor)
+        login_service.set_subnet_affinity(self.farm, vdisk_name, affinity, actor=self.farm.actor)
         return self.farm.vdisks.show(vdisk_name)
 
     def close(self) -> None:

@@ -44,8 +44,7 @@ def _record(kind: type, data: Any) -> Any:
             continue
         if field.name in data:
             values[field.name] = _convert(hints[field.name], data[field.name])
-        elif (field.default is dataclasses.MISSING
-              and field.default_factory is dataclasses.MISSING):
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ValueError(f"{kind.__name__} without {field.name}")
     return kind(**values)
 

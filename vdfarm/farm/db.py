@@ -41,10 +41,15 @@ SQLITE_BUSY_TIMEOUT_S = 30
 # within 15 s (unacknowledged data: tcp_user_timeout); no statement runs
 # longer than 30 s nor waits for a row lock longer than 10 s (migrations
 # lift both). A URL's own query parameters (?connect_timeout=...) win.
-POSTGRES_CONNECT_ARGS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
-                         "keepalives_interval": 5, "keepalives_count": 3,
-                         "tcp_user_timeout": 15000,
-                         "options": "-c statement_timeout=30000 -c lock_timeout=10000"}
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+    "options": "-c statement_timeout=30000 -c lock_timeout=10000",
+}
 
 
 class BadDatabaseURL(ValueError):
@@ -90,8 +95,9 @@ def make_engine(url: str) -> Engine:
         kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
         given = make_url(url).query
-        kwargs = {"connect_args": {k: v for k, v in POSTGRES_CONNECT_ARGS.items()
-                                   if k not in given}}
+        kwargs = {
+            "connect_args": {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in given}
+        }
     try:
         engine = create_engine(url, pool_pre_ping=not is_sqlite, **kwargs)
     except (ArgumentError, ImportError) as exc:

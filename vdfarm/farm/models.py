@@ -139,8 +139,7 @@ class FarmSettings(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     heartbeat_timeout_s: Mapped[float] = mapped_column(Float, default=3.0, server_default="3.0")
     boot_phase_s: Mapped[float] = mapped_column(Float, default=60.0, server_default="60.0")
-    rebalance_trigger_pct: Mapped[float] = mapped_column(
-        Float, default=25.0, server_default="25.0")
+    rebalance_trigger_pct: Mapped[float] = mapped_column(Float, default=25.0, server_default="25.0")
 
 
 class StoreLocation(Base):
@@ -182,9 +181,7 @@ class Vdisk(Base):
         Integer, default=DEFAULT_MAX_VERSIONS, server_default=str(DEFAULT_MAX_VERSIONS)
     )
     override_version: Mapped[int | None] = mapped_column(Integer)
-    subnet_affinity: Mapped[str] = mapped_column(
-        String(16), default="none", server_default="none"
-    )
+    subnet_affinity: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
 
 
 class VdiskVersion(Base):
@@ -236,9 +233,7 @@ class Lock(Base):
     __tablename__ = "locks"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    vdisk_id: Mapped[int] = mapped_column(
-        ForeignKey("vdisks.id", ondelete="CASCADE"), unique=True
-    )
+    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"), unique=True)
     holder_device_id: Mapped[int | None] = mapped_column(
         ForeignKey("devices.id", ondelete="SET NULL")
     )
@@ -249,7 +244,8 @@ class Lock(Base):
     # The server whose store holds the vDisk's writes (set by the first lock
     # taken; only the admin moves it): its copy is the only current one.
     home_server_id: Mapped[int | None] = mapped_column(
-        ForeignKey("servers.id", ondelete="SET NULL"))
+        ForeignKey("servers.id", ondelete="SET NULL")
+    )
 
     vdisk: Mapped[Vdisk] = relationship()
     holder: Mapped[Device | None] = relationship()
@@ -266,12 +262,8 @@ class DeviceSession(Base):
     device_id: Mapped[int] = mapped_column(
         ForeignKey("devices.id", ondelete="CASCADE"), unique=True
     )
-    server_id: Mapped[int] = mapped_column(
-        ForeignKey("servers.id", ondelete="CASCADE"), index=True
-    )
-    vdisk_id: Mapped[int] = mapped_column(
-        ForeignKey("vdisks.id", ondelete="CASCADE"), index=True
-    )
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"), index=True)
+    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
     connected_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
@@ -294,7 +286,8 @@ class LoginReservation(Base):
     __tablename__ = "login_reservations"
 
     device_id: Mapped[int] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
     server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
     reserved_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -304,15 +297,14 @@ class StoreVersion(Base):
 
     __tablename__ = "store_versions"
     __table_args__ = (
-        UniqueConstraint("server_id", "vdisk_id", "version",
-                         name="uq_store_versions_server_id_vdisk_id_version"),
+        UniqueConstraint(
+            "server_id", "vdisk_id", "version", name="uq_store_versions_server_id_vdisk_id_version"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
-    vdisk_id: Mapped[int] = mapped_column(
-        ForeignKey("vdisks.id", ondelete="CASCADE"), index=True
-    )
+    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))
     verified_at: Mapped[datetime] = mapped_column(default=utcnow)

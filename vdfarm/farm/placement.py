@@ -104,10 +104,16 @@ def load(connected: int, power_rating: float) -> float:
 
 def order_key(candidate: Candidate, device: DeviceNeed) -> tuple:
     """The sort key of a candidate for DEVICE: affinity group, load, tie-breaks."""
-    away = (device.affinity == AFFINITY_BEST_EFFORT
-            and not in_subnet(device.address, candidate.subnet))
-    return (away, load(candidate.connected, candidate.power_rating),
-            load(candidate.booting, candidate.power_rating), candidate.name, candidate.id)
+    away = device.affinity == AFFINITY_BEST_EFFORT and not in_subnet(
+        device.address, candidate.subnet
+    )
+    return (
+        away,
+        load(candidate.connected, candidate.power_rating),
+        load(candidate.booting, candidate.power_rating),
+        candidate.name,
+        candidate.id,
+    )
 
 
 def _nowhere(reason: str) -> Placement:
@@ -119,8 +125,11 @@ def _version_text(device: DeviceNeed) -> str:
 
 
 def place(
-    device: DeviceNeed, candidates: Sequence[Candidate], now: datetime,
-    timeout: timedelta = DEFAULT_TIMEOUT, preferred: int | None = None,
+    device: DeviceNeed,
+    candidates: Sequence[Candidate],
+    now: datetime,
+    timeout: timedelta = DEFAULT_TIMEOUT,
+    preferred: int | None = None,
 ) -> Placement:
     """Where DEVICE should stream from at NOW, among CANDIDATES; the
     candidate with id PREFERRED first if it may serve DEVICE.
@@ -138,21 +147,32 @@ def place(
         holders = [c for c in holders if in_subnet(device.address, c.subnet)]
         if not holders:
             where = device.address if device.address is not None else "an unknown address"
-            return _nowhere(f"vDisk {device.vdisk} has fixed subnet affinity and no up server "
-                            f"holding version {device.version} is in the subnet of {where}")
+            return _nowhere(
+                f"vDisk {device.vdisk} has fixed subnet affinity and no up server "
+                f"holding version {device.version} is in the subnet of {where}"
+            )
     free = [c for c in holders if c.booting < c.max_booting]
     if not free:
-        return _nowhere(f"every up server holding {_version_text(device)} already has its "
-                        "maximum of booting devices; retry shortly")
+        return _nowhere(
+            f"every up server holding {_version_text(device)} already has its "
+            "maximum of booting devices; retry shortly"
+        )
     ordered = sorted(free, key=lambda c: order_key(c, device))
     moved_to = next((c for c in ordered if c.id == preferred), None)
     if moved_to is not None:
-        reason = (f"moved by a rebalance to {moved_to.name}, one of {len(ordered)} up "
-                  f"server(s) holding {_version_text(device)}: {moved_to.connected} "
-                  f"connected, power {moved_to.power_rating:g}")
-        return Placement(primary=moved_to, reason=reason,
-                         alternatives=tuple(c for c in ordered if c is not moved_to))
+        reason = (
+            f"moved by a rebalance to {moved_to.name}, one of {len(ordered)} up "
+            f"server(s) holding {_version_text(device)}: {moved_to.connected} "
+            f"connected, power {moved_to.power_rating:g}"
+        )
+        return Placement(
+            primary=moved_to,
+            reason=reason,
+            alternatives=tuple(c for c in ordered if c is not moved_to),
+        )
     primary = ordered[0]
-    reason = (f"least busy of {len(ordered)} up server(s) holding {_version_text(device)}: "
-              f"{primary.connected} connected, power {primary.power_rating:g}")
+    reason = (
+        f"least busy of {len(ordered)} up server(s) holding {_version_text(device)}: "
+        f"{primary.connected} connected, power {primary.power_rating:g}"
+    )
     return Placement(primary=primary, alternatives=tuple(ordered[1:]), reason=reason)

@@ -117,12 +117,13 @@ def auto_guard(servers: Sequence[ServerState], sessions: Sequence[SessionState])
             counts[session.server_id] += 1
             booting[session.server_id] += session.booting
     if sum(counts.values()) < AUTO_MIN_DEVICES_PER_SERVER * len(up):
-        return (f"fewer than {AUTO_MIN_DEVICES_PER_SERVER} devices per up server "
-                "on average")
+        return f"fewer than {AUTO_MIN_DEVICES_PER_SERVER} devices per up server on average"
     for server in sorted(up, key=lambda s: s.name):
         if booting[server.id] > AUTO_MAX_BOOTING_FRACTION * counts[server.id]:
-            return (f"more than {AUTO_MAX_BOOTING_FRACTION:.0%} of the devices of server "
-                    f"{server.name} are booting")
+            return (
+                f"more than {AUTO_MAX_BOOTING_FRACTION:.0%} of the devices of server "
+                f"{server.name} are booting"
+            )
     return None
 
 
@@ -137,16 +138,22 @@ def may_serve(session: SessionState, source: ServerState, target: ServerState) -
             return in_subnet(session.address, target.subnet)
         return target.subnet is not None and target.subnet == source.subnet
     if session.affinity == AFFINITY_BEST_EFFORT and session.address is not None:
-        return (in_subnet(session.address, target.subnet)
-                or not in_subnet(session.address, source.subnet))
+        return in_subnet(session.address, target.subnet) or not in_subnet(
+            session.address, source.subnet
+        )
     return True
 
 
 class _Planner:
     """The mutable state of one planning run."""
 
-    def __init__(self, servers: Sequence[ServerState], sessions: Sequence[SessionState],
-                 trigger_pct: float, move_booting: bool) -> None:
+    def __init__(
+        self,
+        servers: Sequence[ServerState],
+        sessions: Sequence[SessionState],
+        trigger_pct: float,
+        move_booting: bool,
+    ) -> None:
         self.trigger_pct = trigger_pct
         self.up = {s.id: s for s in sorted(servers, key=lambda s: (s.name, s.id)) if s.up}
         average = weighted_average(servers, sessions)
@@ -196,14 +203,22 @@ class _Planner:
                 self.count[source_id] -= 1
                 self.count[target_id] += 1
                 self.booting[target_id] += 1
-                return Move(session.device_id, session.device_name, source.name, target.name,
-                            source_id, target_id)
+                return Move(
+                    session.device_id,
+                    session.device_name,
+                    source.name,
+                    target.name,
+                    source_id,
+                    target_id,
+                )
         return None
 
 
 def plan(
-    servers: Sequence[ServerState], sessions: Sequence[SessionState],
-    trigger_pct: float = DEFAULT_TRIGGER_PCT, auto: bool = False,
+    servers: Sequence[ServerState],
+    sessions: Sequence[SessionState],
+    trigger_pct: float = DEFAULT_TRIGGER_PCT,
+    auto: bool = False,
 ) -> list[Move]:
     """The moves that bring every up server within TRIGGER_PCT % of the
     weighted average (as far as the rules allow), in the order to make them.

@@ -71,8 +71,21 @@ def _pad4(length: int) -> bytes:
 
 def _header(ino: int, entry: CpioEntry, name_size: int) -> bytes:
     nlink = 2 if entry.is_dir else 1
-    fields = (ino, entry.mode, 0, 0, nlink, 0, len(entry.data), 0, 0,
-              entry.rdev_major, entry.rdev_minor, name_size, 0)
+    fields = (
+        ino,
+        entry.mode,
+        0,
+        0,
+        nlink,
+        0,
+        len(entry.data),
+        0,
+        0,
+        entry.rdev_major,
+        entry.rdev_minor,
+        name_size,
+        0,
+    )
     return NEWC_MAGIC + b"".join(b"%08X" % field for field in fields)
 
 
@@ -100,13 +113,13 @@ def write_newc(entries: list[CpioEntry]) -> bytes:
 
 
 def _parse_header(raw: bytes, offset: int) -> tuple[int, ...]:
-    if raw[offset:offset + 6] != NEWC_MAGIC:
+    if raw[offset : offset + 6] != NEWC_MAGIC:
         raise CpioFormatError(f"no newc magic at offset {offset}")
-    fields_raw = raw[offset + 6:offset + _HEADER_SIZE]
+    fields_raw = raw[offset + 6 : offset + _HEADER_SIZE]
     if len(fields_raw) != 8 * _HEADER_FIELDS:
         raise CpioFormatError(f"truncated header at offset {offset}")
     try:
-        return tuple(int(fields_raw[i:i + 8], 16) for i in range(0, len(fields_raw), 8))
+        return tuple(int(fields_raw[i : i + 8], 16) for i in range(0, len(fields_raw), 8))
     except ValueError as exc:
         raise CpioFormatError(f"bad hex field in header at offset {offset}") from exc
 
@@ -121,12 +134,17 @@ def read_newc(raw: bytes) -> list[CpioEntry]:
     while True:
         fields = _parse_header(raw, offset)
         mode, file_size, rdev_major, rdev_minor, name_size = (
-            fields[1], fields[6], fields[9], fields[10], fields[11])
+            fields[1],
+            fields[6],
+            fields[9],
+            fields[10],
+            fields[11],
+        )
         name_start = offset + _HEADER_SIZE
         name_end = name_start + name_size
         if name_size == 0 or name_end > len(raw) or raw[name_end - 1] != 0:
             raise CpioFormatError(f"bad name at offset {name_start}")
-        name = raw[name_start:name_end - 1].decode()
+        name = raw[name_start : name_end - 1].decode()
         data_start = name_end + (-name_end % 4)
         data_end = data_start + file_size
         if data_end > len(raw):

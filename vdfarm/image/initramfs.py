@@ -32,10 +32,10 @@ def is_static_elf(binary: bytes) -> bool:
     """
     if binary[:4] != b"\x7fELF" or binary[4] != 2 or binary[5] != 1:
         raise ImageBuildError("busybox is not a 64-bit little-endian ELF binary")
-    phoff, = struct.unpack_from("<Q", binary, 0x20)
+    (phoff,) = struct.unpack_from("<Q", binary, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", binary, 0x36)
     for index in range(phnum):
-        p_type, = struct.unpack_from("<I", binary, phoff + index * phentsize)
+        (p_type,) = struct.unpack_from("<I", binary, phoff + index * phentsize)
         if p_type == _PT_INTERP:
             return False
     return True

@@ -86,7 +86,8 @@ def load_order(
         if name not in table:
             raise ImageBuildError(
                 f"kernel module {name!r} (needed by {needed_by}) is neither in modules.dep "
-                "nor built in")
+                "nor built in"
+            )
         visiting.add(name)
         path, deps = table[name]
         for dep in deps:
@@ -106,8 +107,9 @@ def _decompress(path: Path) -> bytes:
         return gzip.decompress(path.read_bytes())
     if path.name.endswith(".ko.zst"):
         if shutil.which("zstd") is None:
-            raise ImageBuildError(f"{path} is zstd-compressed and the `zstd` tool is missing "
-                                  "(apt-get install zstd)")
+            raise ImageBuildError(
+                f"{path} is zstd-compressed and the `zstd` tool is missing (apt-get install zstd)"
+            )
         done = subprocess.run(["zstd", "-dcq", str(path)], capture_output=True, check=False)
         if done.returncode != 0:
             raise ImageBuildError(f"zstd could not decompress {path}: {done.stderr.decode()}")
@@ -118,8 +120,10 @@ def _decompress(path: Path) -> bytes:
 def _read_text(path: Path) -> str:
     try:
         return path.read_text()
-    except FileNotFoundError:
-        raise ImageBuildError(f"missing {path}; is the kernel's modules package installed?")
+    except FileNotFoundError as exc:
+        raise ImageBuildError(
+            f"missing {path}; is the kernel's modules package installed?"
+        ) from exc
 
 
 def collect_modules(
@@ -137,7 +141,8 @@ def collect_modules(
     for relpath in load_order(table, wanted, builtin):
         source = modules_dir / relpath
         if not source.is_file():
-            raise ImageBuildError(f"kernel module file {source} is listed in modules.dep "
-                                  "but missing")
+            raise ImageBuildError(
+                f"kernel module file {source} is listed in modules.dep but missing"
+            )
         modules.append(KernelModule(uncompressed_relpath(relpath), _decompress(source)))
     return modules

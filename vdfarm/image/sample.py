@@ -26,8 +26,15 @@ from vdfarm.image.errors import ImageBuildError
 from vdfarm.image.initramfs import build_initramfs
 
 __all__ = [
-    "ImageBuildError", "PATTERN_OFFSET_FROM_END", "PATTERN_BLOCK_SIZE", "PARTITION_START",
-    "MBR_BIN", "build", "expected_pattern", "pattern_offset", "find_newest_kernel",
+    "ImageBuildError",
+    "PATTERN_OFFSET_FROM_END",
+    "PATTERN_BLOCK_SIZE",
+    "PARTITION_START",
+    "MBR_BIN",
+    "build",
+    "expected_pattern",
+    "pattern_offset",
+    "find_newest_kernel",
 ]
 
 SECTOR_SIZE = 512
@@ -51,8 +58,12 @@ SYSLINUX_CFG_FILE = "syslinux.cfg"
 KERNEL_CMDLINE = "console=ttyS0,115200 quiet loglevel=3 panic=1"
 
 # tool -> Debian package, for the error message
-REQUIRED_TOOLS = {"sfdisk": "fdisk", "mkfs.fat": "dosfstools", "mcopy": "mtools",
-                  "syslinux": "syslinux"}
+REQUIRED_TOOLS = {
+    "sfdisk": "fdisk",
+    "mkfs.fat": "dosfstools",
+    "mcopy": "mtools",
+    "syslinux": "syslinux",
+}
 
 
 def pattern_offset(disk_size: int) -> int:
@@ -73,14 +84,17 @@ def partition_sectors(size_mib: int) -> tuple[int, int]:
 
 
 def sfdisk_script(start: int, count: int) -> str:
-    return (f"label: dos\nunit: sectors\n"
-            f"start={start}, size={count}, type={FAT16_LBA_TYPE}, bootable\n")
+    return (
+        f"label: dos\nunit: sectors\nstart={start}, size={count}, type={FAT16_LBA_TYPE}, bootable\n"
+    )
 
 
 def syslinux_cfg() -> str:
-    return (f"SERIAL 0 115200\nDEFAULT vdfarm\nPROMPT 0\nTIMEOUT 0\n\n"
-            f"LABEL vdfarm\n  LINUX /{KERNEL_FILE}\n  INITRD /{INITRD_FILE}\n"
-            f"  APPEND {KERNEL_CMDLINE}\n")
+    return (
+        f"SERIAL 0 115200\nDEFAULT vdfarm\nPROMPT 0\nTIMEOUT 0\n\n"
+        f"LABEL vdfarm\n  LINUX /{KERNEL_FILE}\n  INITRD /{INITRD_FILE}\n"
+        f"  APPEND {KERNEL_CMDLINE}\n"
+    )
 
 
 def _version_key(path: Path) -> list[tuple[int, int | str]]:
@@ -100,9 +114,10 @@ def kernel_version(kernel: Path) -> str:
     """`/boot/vmlinuz-6.1.0-56-amd64` -> `6.1.0-56-amd64`. Raises ImageBuildError otherwise."""
     prefix = "vmlinuz-"
     if not kernel.name.startswith(prefix) or len(kernel.name) == len(prefix):
-        raise ImageBuildError(f"cannot tell the kernel version of {kernel}: "
-                              "expected a file named vmlinuz-<version>")
-    return kernel.name[len(prefix):]
+        raise ImageBuildError(
+            f"cannot tell the kernel version of {kernel}: expected a file named vmlinuz-<version>"
+        )
+    return kernel.name[len(prefix) :]
 
 
 def _require_tools() -> None:
@@ -118,11 +133,11 @@ def _require_file(path: Path, hint: str) -> None:
 
 def _run(args: list[str], stdin: str | None = None) -> None:
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
-    done = subprocess.run(args, input=stdin, capture_output=True, text=True, env=env,
-                          check=False)
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise ImageBuildError(f"{args[0]} failed (exit {done.returncode}): "
-                              f"{(done.stderr or done.stdout).strip()}")
+        raise ImageBuildError(
+            f"{args[0]} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()}"
+        )
 
 
 def _write_boot_code(image: Path) -> None:
@@ -132,8 +147,21 @@ def _write_boot_code(image: Path) -> None:
 
 
 def _make_fat_partition(image: Path, start: int, count: int) -> None:
-    _run(["mkfs.fat", "-F", "16", "-n", VOLUME_LABEL, "--invariant", "-h", str(start),
-          f"--offset={start}", str(image), str(count * SECTOR_SIZE // 1024)])
+    _run(
+        [
+            "mkfs.fat",
+            "-F",
+            "16",
+            "-n",
+            VOLUME_LABEL,
+            "--invariant",
+            "-h",
+            str(start),
+            f"--offset={start}",
+            str(image),
+            str(count * SECTOR_SIZE // 1024),
+        ]
+    )
 
 
 def _copy_files(image: Path, start: int, files: dict[str, bytes], workdir: Path) -> None:
@@ -152,8 +180,11 @@ def _assemble(image: Path, size_mib: int, kernel: Path, initrd: bytes, workdir: 
     _run(["sfdisk", "--no-reread", "--no-tell-kernel", str(image)], sfdisk_script(start, count))
     _write_boot_code(image)
     _make_fat_partition(image, start, count)
-    files = {KERNEL_FILE: kernel.read_bytes(), INITRD_FILE: initrd,
-             SYSLINUX_CFG_FILE: syslinux_cfg().encode()}
+    files = {
+        KERNEL_FILE: kernel.read_bytes(),
+        INITRD_FILE: initrd,
+        SYSLINUX_CFG_FILE: syslinux_cfg().encode(),
+    }
     _copy_files(image, start, files, workdir)
 
 
@@ -174,8 +205,10 @@ def build(out_path: str | Path, size_mib: int = 64, kernel: str | None = None) -
     kernel_path = Path(kernel) if kernel else find_newest_kernel()
     _require_file(kernel_path, "the kernel to boot")
     version = kernel_version(kernel_path)
-    settings = {"PATTERN_OFFSET_FROM_END": PATTERN_OFFSET_FROM_END,
-                "PATTERN_BLOCK_SIZE": PATTERN_BLOCK_SIZE}
+    settings = {
+        "PATTERN_OFFSET_FROM_END": PATTERN_OFFSET_FROM_END,
+        "PATTERN_BLOCK_SIZE": PATTERN_BLOCK_SIZE,
+    }
     initrd = build_initramfs(version, MODULES_ROOT / version, BUSYBOX, settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vdfarm-image-", dir=out_path.parent) as tmp:

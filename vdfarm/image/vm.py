@@ -73,8 +73,14 @@ class BootResult:
     @property
     def ok(self) -> bool:
         """Booted with our id, read its pattern back, powered off by itself."""
-        return (self.booted and self.fields.reported_id == self.serial_id and self.readback_ok
-                and self.fields.done and not self.timed_out and self.exit_code == 0)
+        return (
+            self.booted
+            and self.fields.reported_id == self.serial_id
+            and self.readback_ok
+            and self.fields.done
+            and not self.timed_out
+            and self.exit_code == 0
+        )
 
 
 _LINE_PATTERNS = {
@@ -116,8 +122,9 @@ def _qemu_value(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def nbd_drive_option(nbd_url: str, reconnect_delay: int | None = None,
-                     interface: str = "virtio") -> str:
+def nbd_drive_option(
+    nbd_url: str, reconnect_delay: int | None = None, interface: str = "virtio"
+) -> str:
     """The `-drive` value for a disk served at `nbd_url` (virtio unless `interface` says).
 
     Accepts nbd://host[:port][/export] and nbd+unix:///export?socket=PATH.
@@ -128,8 +135,10 @@ def nbd_drive_option(nbd_url: str, reconnect_delay: int | None = None,
     if url.scheme == "nbd":
         if not url.hostname:
             raise ValueError(f"NBD URL without a host: {nbd_url!r}")
-        server = (f"file.server.type=inet,file.server.host={_qemu_value(url.hostname)},"
-                  f"file.server.port={url.port or DEFAULT_NBD_PORT}")
+        server = (
+            f"file.server.type=inet,file.server.host={_qemu_value(url.hostname)},"
+            f"file.server.port={url.port or DEFAULT_NBD_PORT}"
+        )
     elif url.scheme == "nbd+unix":
         sockets = parse_qs(url.query).get("socket")
         if not sockets:
@@ -145,18 +154,38 @@ def nbd_drive_option(nbd_url: str, reconnect_delay: int | None = None,
     return ",".join(parts)
 
 
-def qemu_command(nbd_url: str, serial_id: str, serial_path: Path, memory_mib: int = 256,
-                 extra_args: tuple[str, ...] = (), reconnect_delay: int | None = None,
-                 qemu: str = QEMU, interface: str = "virtio") -> list[str]:
+def qemu_command(
+    nbd_url: str,
+    serial_id: str,
+    serial_path: Path,
+    memory_mib: int = 256,
+    extra_args: tuple[str, ...] = (),
+    reconnect_delay: int | None = None,
+    qemu: str = QEMU,
+    interface: str = "virtio",
+) -> list[str]:
     """The full qemu argv. Raises ValueError for a bad URL or an id outside [A-Za-z0-9._-]{1,64}."""
     if not _ID_RE.fullmatch(serial_id):
         raise ValueError(f"serial id must match [A-Za-z0-9._-]{{1,64}}: {serial_id!r}")
     return [
-        qemu, "-nodefaults", "-no-user-config", "-accel", "tcg", "-m", str(memory_mib),
-        "-display", "none", "-monitor", "none", "-no-reboot",
-        "-serial", f"file:{serial_path}",
-        "-smbios", f"type=1,serial={serial_id}",
-        "-drive", nbd_drive_option(nbd_url, reconnect_delay, interface),
+        qemu,
+        "-nodefaults",
+        "-no-user-config",
+        "-accel",
+        "tcg",
+        "-m",
+        str(memory_mib),
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{serial_path}",
+        "-smbios",
+        f"type=1,serial={serial_id}",
+        "-drive",
+        nbd_drive_option(nbd_url, reconnect_delay, interface),
         *extra_args,
     ]
 
@@ -164,8 +193,13 @@ def qemu_command(nbd_url: str, serial_id: str, serial_path: Path, memory_mib: in
 class VmHandle:
     """A running VM. Use as a context manager: leaving it kills qemu if still running."""
 
-    def __init__(self, argv: list[str], serial_id: str, serial_path: Path,
-                 workdir: tempfile.TemporaryDirectory[str]) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        serial_id: str,
+        serial_path: Path,
+        workdir: tempfile.TemporaryDirectory[str],
+    ) -> None:
         self.serial_id = serial_id
         self.serial_path = serial_path
         self._workdir = workdir
@@ -173,8 +207,9 @@ class VmHandle:
         self._started = time.monotonic()
         self._timed_out = False
         with open(self._stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=stderr)
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
 
     def __enter__(self) -> VmHandle:
         return self
@@ -219,17 +254,32 @@ class VmHandle:
     def result(self) -> BootResult:
         text = self.serial_text()
         stderr = self._stderr_path.read_bytes().decode(errors="replace")
-        return BootResult(self.serial_id, text, self.process.poll(), self._timed_out,
-                          time.monotonic() - self._started, parse_serial(text), stderr)
+        return BootResult(
+            self.serial_id,
+            text,
+            self.process.poll(),
+            self._timed_out,
+            time.monotonic() - self._started,
+            parse_serial(text),
+            stderr,
+        )
 
     def close(self) -> None:
         self.kill()
         self._workdir.cleanup()
 
 
-def start(nbd_url: str, serial_id: str, memory_mib: int = 256, extra_args: tuple[str, ...] = (),
-          *, reconnect_delay: int | None = None, serial_log: str | Path | None = None,
-          qemu: str = QEMU, interface: str = "virtio") -> VmHandle:
+def start(
+    nbd_url: str,
+    serial_id: str,
+    memory_mib: int = 256,
+    extra_args: tuple[str, ...] = (),
+    *,
+    reconnect_delay: int | None = None,
+    serial_log: str | Path | None = None,
+    qemu: str = QEMU,
+    interface: str = "virtio",
+) -> VmHandle:
     """Start a VM booting from `nbd_url` and return at once.
 
     `reconnect_delay` (seconds) lets qemu's NBD client reconnect after a lost
@@ -244,8 +294,16 @@ def start(nbd_url: str, serial_id: str, memory_mib: int = 256, extra_args: tuple
     workdir = tempfile.TemporaryDirectory(prefix="vdfarm-vm-")
     serial_path = Path(serial_log) if serial_log else Path(workdir.name) / "serial.txt"
     try:
-        argv = qemu_command(nbd_url, serial_id, serial_path, memory_mib, tuple(extra_args),
-                            reconnect_delay, qemu, interface)
+        argv = qemu_command(
+            nbd_url,
+            serial_id,
+            serial_path,
+            memory_mib,
+            tuple(extra_args),
+            reconnect_delay,
+            qemu,
+            interface,
+        )
         return VmHandle(argv, serial_id, serial_path, workdir)
     except ValueError:
         workdir.cleanup()
@@ -255,20 +313,36 @@ def start(nbd_url: str, serial_id: str, memory_mib: int = 256, extra_args: tuple
         raise VmError(f"cannot start {qemu}: {exc}") from exc
 
 
-def boot(nbd_url: str, serial_id: str, timeout: float = 120, memory_mib: int = 256,
-         extra_args: tuple[str, ...] = (), *, reconnect_delay: int | None = None,
-         serial_log: str | Path | None = None, interface: str = "virtio") -> BootResult:
+def boot(
+    nbd_url: str,
+    serial_id: str,
+    timeout: float = 120,
+    memory_mib: int = 256,
+    extra_args: tuple[str, ...] = (),
+    *,
+    reconnect_delay: int | None = None,
+    serial_log: str | Path | None = None,
+    interface: str = "virtio",
+) -> BootResult:
     """Boot a VM from `nbd_url`, wait for it to power off (or kill it at `timeout`).
 
     Keyword options as for `start`. Raises what `start` raises.
     """
-    with start(nbd_url, serial_id, memory_mib, extra_args, reconnect_delay=reconnect_delay,
-               serial_log=serial_log, interface=interface) as vm:
+    with start(
+        nbd_url,
+        serial_id,
+        memory_mib,
+        extra_args,
+        reconnect_delay=reconnect_delay,
+        serial_log=serial_log,
+        interface=interface,
+    ) as vm:
         return vm.wait(timeout)
 
 
-async def boot_async(nbd_url: str, serial_id: str, timeout: float = 120,
-                     **options: Any) -> BootResult:
+async def boot_async(
+    nbd_url: str, serial_id: str, timeout: float = 120, **options: Any
+) -> BootResult:
     """`boot` in a worker thread, so an event loop (e.g. a server under test) keeps running.
 
     `options` are `boot`'s. Raises what `boot` raises.

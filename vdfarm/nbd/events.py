@@ -43,8 +43,9 @@ class ExportRequest(Event):
 
     __slots__ = ("name", "go", "legacy", "info_requests")
 
-    def __init__(self, name: str, go: bool, legacy: bool = False,
-                 info_requests: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, name: str, go: bool, legacy: bool = False, info_requests: tuple[int, ...] = ()
+    ) -> None:
         self.name = name
         self.go = go
         self.legacy = legacy
@@ -64,8 +65,15 @@ class Request(Event):
 
     __slots__ = ("cookie", "command", "flags", "offset", "length", "data")
 
-    def __init__(self, cookie: int, command: int, flags: int, offset: int, length: int,
-                 data: bytes | memoryview | None = None) -> None:
+    def __init__(
+        self,
+        cookie: int,
+        command: int,
+        flags: int,
+        offset: int,
+        length: int,
+        data: bytes | memoryview | None = None,
+    ) -> None:
         self.cookie = cookie
         self.command = command
         self.flags = flags

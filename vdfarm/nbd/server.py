@@ -46,12 +46,31 @@ class _NeedData:
 NEED_DATA = _NeedData()
 """next_event() result: nothing complete in the buffer; feed more bytes."""
 
-_SERVABLE_FLAGS = (c.FLAG_HAS_FLAGS | c.FLAG_READ_ONLY | c.FLAG_SEND_FLUSH | c.FLAG_SEND_FUA
-                   | c.FLAG_ROTATIONAL | c.FLAG_SEND_TRIM | c.FLAG_SEND_WRITE_ZEROES
-                   | c.FLAG_SEND_DF | c.FLAG_CAN_MULTI_CONN | c.FLAG_SEND_CACHE
-                   | c.FLAG_SEND_FAST_ZERO)
-_NBD_ERRORS = frozenset({c.NBD_EPERM, c.NBD_EIO, c.NBD_ENOMEM, c.NBD_EINVAL, c.NBD_ENOSPC,
-                         c.NBD_EOVERFLOW, c.NBD_ENOTSUP, c.NBD_ESHUTDOWN})
+_SERVABLE_FLAGS = (
+    c.FLAG_HAS_FLAGS
+    | c.FLAG_READ_ONLY
+    | c.FLAG_SEND_FLUSH
+    | c.FLAG_SEND_FUA
+    | c.FLAG_ROTATIONAL
+    | c.FLAG_SEND_TRIM
+    | c.FLAG_SEND_WRITE_ZEROES
+    | c.FLAG_SEND_DF
+    | c.FLAG_CAN_MULTI_CONN
+    | c.FLAG_SEND_CACHE
+    | c.FLAG_SEND_FAST_ZERO
+)
+_NBD_ERRORS = frozenset(
+    {
+        c.NBD_EPERM,
+        c.NBD_EIO,
+        c.NBD_ENOMEM,
+        c.NBD_EINVAL,
+        c.NBD_ENOSPC,
+        c.NBD_EOVERFLOW,
+        c.NBD_ENOTSUP,
+        c.NBD_ESHUTDOWN,
+    }
+)
 _HEADER = wire.REQUEST_HEADER.size
 _unpack_request = wire.REQUEST_HEADER.unpack_from
 _pack_simple = wire.SIMPLE_REPLY.pack
@@ -147,8 +166,7 @@ class ServerConnection:
     def start(self) -> bytes:
         """The server greeting. Raises LocalProtocolError if already started."""
         self._set_state("start")
-        return wire.GREETING.pack(c.NBDMAGIC, c.IHAVEOPT,
-                                  c.FLAG_FIXED_NEWSTYLE | c.FLAG_NO_ZEROES)
+        return wire.GREETING.pack(c.NBDMAGIC, c.IHAVEOPT, c.FLAG_FIXED_NEWSTYLE | c.FLAG_NO_ZEROES)
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; b"" means end of stream.
@@ -164,7 +182,7 @@ class ServerConnection:
             return  # the session is over; what follows is not read
         buf = self._buf
         if self._pos:
-            del buf[:self._pos]  # O(1) at the front of a bytearray
+            del buf[: self._pos]  # O(1) at the front of a bytearray
             self._pos = 0
         if self._body_remaining and not buf:  # payload streaming in: copy it once
             taken = self._feed_body(data, 0)
@@ -200,15 +218,15 @@ class ServerConnection:
             return Disconnect(clean=self._clean_close)
         if state is State.ERROR:
             raise RemoteProtocolError(f"connection already failed: {self._error}")
-        raise LocalProtocolError(f"next_event() in state {state.name}: "
-                                 "call start() or answer the pending request first")
+        raise LocalProtocolError(
+            f"next_event() in state {state.name}: call start() or answer the pending request first"
+        )
 
     # -- state helpers --------------------------------------------------------
 
     def _set_state(self, trigger: object) -> None:
         self._state = transition(self._state, trigger)
-        self._replies_allowed = (self._transmission_flags is not None
-                                 and can(self._state, "reply"))
+        self._replies_allowed = self._transmission_flags is not None and can(self._state, "reply")
 
     def _fail(self, message: str) -> NoReturn:
         self._error = message
@@ -257,7 +275,7 @@ class ServerConnection:
                 if self._eof:
                     self._fail("client disconnected mid-option")
                 return NEED_DATA
-            data = bytes(buf[start:start + length])
+            data = bytes(buf[start : start + length])
             self._pos = start + length
             event = self._handle_option(option, data)
             if event is not None:
@@ -294,7 +312,9 @@ class ServerConnection:
             return self._opt_meta_context(option, data)
         if option == c.OPT_STARTTLS:
             if data:
-                return self._answer_error(option, c.REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data")
+                return self._answer_error(
+                    option, c.REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data"
+                )
             return self._answer_error(option, c.REP_ERR_POLICY, "TLS not available")
         return self._answer_error(option, c.REP_ERR_UNSUP, f"option {option} not supported")
 
@@ -307,8 +327,9 @@ class ServerConnection:
         if data:
             return self._answer_error(option, c.REP_ERR_INVALID, "option takes no data")
         if self._structured:
-            return self._answer_error(option, c.REP_ERR_INVALID,
-                                      "structured replies already negotiated")
+            return self._answer_error(
+                option, c.REP_ERR_INVALID, "structured replies already negotiated"
+            )
         self._structured = True
         self._outgoing += wire.option_reply(option, c.REP_ACK)
         return None
@@ -318,8 +339,9 @@ class ServerConnection:
         if setting:
             self._meta_export = None  # SET replaces the selection, even when it fails
             if not self._structured:
-                return self._answer_error(option, c.REP_ERR_INVALID,
-                                          "negotiate structured replies first")
+                return self._answer_error(
+                    option, c.REP_ERR_INVALID, "negotiate structured replies first"
+                )
         try:
             name, queries = wire.parse_meta_context_request(data)
         except wire.OptionInvalid as exc:
@@ -332,8 +354,9 @@ class ServerConnection:
             matched = not queries or base in queries or b"base:" in queries
             context_id = 0  # proto.md: reserved in LIST replies
         if matched:
-            self._outgoing += wire.meta_context_reply(option, context_id,
-                                                      c.META_CONTEXT_BASE_ALLOCATION)
+            self._outgoing += wire.meta_context_reply(
+                option, context_id, c.META_CONTEXT_BASE_ALLOCATION
+            )
             if setting:
                 self._meta_export = name
         self._outgoing += wire.option_reply(option, c.REP_ACK)
@@ -363,8 +386,14 @@ class ServerConnection:
             description = None
             if c.INFO_DESCRIPTION in asked and info.description:
                 description = wire.encode_string(info.description, "description")
-            reply = wire.info_replies(c.OPT_GO if request.go else c.OPT_INFO, info.size, flags,
-                                      name, description, block_sizes)
+            reply = wire.info_replies(
+                c.OPT_GO if request.go else c.OPT_INFO,
+                info.size,
+                flags,
+                name,
+                description,
+                block_sizes,
+            )
         if request.go:
             self._enter_transmission(request.name, flags, block_sizes)
         self._set_state("accept_go" if request.go else "accept_info")
@@ -399,9 +428,13 @@ class ServerConnection:
         """
         if self._state is not State.LIST_ANSWER:
             raise LocalProtocolError("send_export_list without a pending ListRequest")
-        replies = [wire.server_reply(wire.encode_string(name, "export name"),
-                                     wire.encode_string(description, "export description"))
-                   for name, description in entries]
+        replies = [
+            wire.server_reply(
+                wire.encode_string(name, "export name"),
+                wire.encode_string(description, "export description"),
+            )
+            for name, description in entries
+        ]
         replies.append(wire.option_reply(c.OPT_LIST, c.REP_ACK))
         self._set_state("send_export_list")
         return self.data_to_send() + b"".join(replies)
@@ -415,8 +448,10 @@ class ServerConnection:
             raise LocalProtocolError(f"export size {info.size} does not fit 64 bits")
         flags = info.transmission_flags | c.FLAG_HAS_FLAGS
         if flags & ~_SERVABLE_FLAGS:
-            raise LocalProtocolError(f"transmission flags 0x{flags & ~_SERVABLE_FLAGS:x} "
-                                     "are not supported by this machine")
+            raise LocalProtocolError(
+                f"transmission flags 0x{flags & ~_SERVABLE_FLAGS:x} "
+                "are not supported by this machine"
+            )
         if flags & c.FLAG_SEND_FAST_ZERO and not flags & c.FLAG_SEND_WRITE_ZEROES:
             raise LocalProtocolError("SEND_FAST_ZERO needs SEND_WRITE_ZEROES")
         if not self._structured:
@@ -424,10 +459,14 @@ class ServerConnection:
         maximum = min(info.max_block, self._max_payload)
         if not (_is_power_of_two(info.min_block) and info.min_block <= 65536):
             raise LocalProtocolError(f"min_block {info.min_block} is not a power of 2 <= 65536")
-        if not (_is_power_of_two(info.preferred_block)
-                and info.preferred_block >= max(info.min_block, 512)):
-            raise LocalProtocolError(f"preferred_block {info.preferred_block} must be a power "
-                                     "of 2 >= max(min_block, 512)")
+        if not (
+            _is_power_of_two(info.preferred_block)
+            and info.preferred_block >= max(info.min_block, 512)
+        ):
+            raise LocalProtocolError(
+                f"preferred_block {info.preferred_block} must be a power "
+                "of 2 >= max(min_block, 512)"
+            )
         if not info.preferred_block <= maximum <= 0xFFFFFFFF:
             raise LocalProtocolError(f"maximum payload {maximum} must be >= preferred_block")
         return flags, (info.min_block, info.preferred_block, maximum)
@@ -452,16 +491,29 @@ class ServerConnection:
         magic, flags, cmd, cookie, offset, length = _unpack_request(buf, pos)
         if magic != c.REQUEST_MAGIC:
             self._fail(f"bad request magic 0x{magic:x}")
-        if (cmd == 0 and not flags & self._read_bad_flags and 0 < length <= self._max_payload
-                and not (offset | length) & self._align_mask and offset + length <= _U64_LIMIT):
+        if (
+            cmd == 0
+            and not flags & self._read_bad_flags
+            and 0 < length <= self._max_payload
+            and not (offset | length) & self._align_mask
+            and offset + length <= _U64_LIMIT
+        ):
             self._pos = pos + _HEADER  # the hot path: a valid READ
             return Request(cookie, 0, flags, offset, length, None)
         self._pos = pos + _HEADER
         if cmd == c.CMD_DISC:
             self._set_state(Disconnect)
             return Disconnect()
-        problem = wire.request_error(cmd, flags, offset, length, self._allowed, self._read_only,
-                                     self._max_payload, self._align_mask)
+        problem = wire.request_error(
+            cmd,
+            flags,
+            offset,
+            length,
+            self._allowed,
+            self._read_only,
+            self._max_payload,
+            self._align_mask,
+        )
         if cmd == c.CMD_WRITE and length:
             return self._start_body(cookie, flags, offset, length, problem)
         if problem is not None:
@@ -476,7 +528,7 @@ class ServerConnection:
         pos = self._pos
         if problem is None and len(self._buf) - pos >= length:
             self._pos = pos + length
-            data = bytes(memoryview(self._buf)[pos:pos + length])
+            data = bytes(memoryview(self._buf)[pos : pos + length])
             return Request(cookie, c.CMD_WRITE, flags, offset, length, data)
         if problem is None:
             self._body_event = Request(cookie, c.CMD_WRITE, flags, offset, length, None)
@@ -494,7 +546,7 @@ class ServerConnection:
         take = min(len(source) - start, self._body_remaining)
         if self._body is not None:
             filled = self._body_filled
-            self._body[filled:filled + take] = memoryview(source)[start:start + take]
+            self._body[filled : filled + take] = memoryview(source)[start : start + take]
             self._body_filled = filled + take
         self._body_remaining -= take
         return take
@@ -526,8 +578,9 @@ class ServerConnection:
             self._pending_status.pop(cookie, None)
         try:
             if self._structured:
-                return _pack_chunk(c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE,
-                                   c.REPLY_TYPE_NONE, cookie, 0)
+                return _pack_chunk(
+                    c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE, c.REPLY_TYPE_NONE, cookie, 0
+                )
             return _pack_simple(c.SIMPLE_REPLY_MAGIC, 0, cookie)
         except struct.error as exc:
             raise LocalProtocolError(f"cookie {cookie} does not fit 64 bits") from exc
@@ -544,9 +597,18 @@ class ServerConnection:
             if not self._structured:
                 return _pack_simple(c.SIMPLE_REPLY_MAGIC, error, cookie)
             text = wire.encode_message(message)
-            return wire.STRUCTURED_ERROR.pack(c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE,
-                                              c.REPLY_TYPE_ERROR, cookie, 6 + len(text),
-                                              error, len(text)) + text
+            return (
+                wire.STRUCTURED_ERROR.pack(
+                    c.STRUCTURED_REPLY_MAGIC,
+                    c.REPLY_FLAG_DONE,
+                    c.REPLY_TYPE_ERROR,
+                    cookie,
+                    6 + len(text),
+                    error,
+                    len(text),
+                )
+                + text
+            )
         except struct.error as exc:
             raise LocalProtocolError(f"cookie {cookie} does not fit 64 bits") from exc
 
@@ -561,12 +623,19 @@ class ServerConnection:
             if self._structured:
                 if not 0 < length <= 0xFFFFFFFF - 8:
                     raise LocalProtocolError(f"a data chunk cannot carry {length} bytes")
-                return _pack_read_chunk(c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE,
-                                        c.REPLY_TYPE_OFFSET_DATA, cookie, 8 + length, offset)
+                return _pack_read_chunk(
+                    c.STRUCTURED_REPLY_MAGIC,
+                    c.REPLY_FLAG_DONE,
+                    c.REPLY_TYPE_OFFSET_DATA,
+                    cookie,
+                    8 + length,
+                    offset,
+                )
             return _pack_simple(c.SIMPLE_REPLY_MAGIC, 0, cookie)
         except struct.error as exc:
-            raise LocalProtocolError(f"cookie {cookie} or offset {offset} does not fit 64 bits"
-                                     ) from exc
+            raise LocalProtocolError(
+                f"cookie {cookie} or offset {offset} does not fit 64 bits"
+            ) from exc
 
     def reply_block_status(self, cookie: int, extents) -> bytes:
         """Success of a BLOCK_STATUS: one base:allocation chunk built from
@@ -582,5 +651,13 @@ class ServerConnection:
         del self._pending_status[cookie]
         count = len(descriptors)
         payload = struct.pack(f">{1 + 2 * count}I", self._meta_context_id, *chain(*descriptors))
-        return _pack_chunk(c.STRUCTURED_REPLY_MAGIC, c.REPLY_FLAG_DONE, c.REPLY_TYPE_BLOCK_STATUS,
-                           cookie, len(payload)) + payload
+        return (
+            _pack_chunk(
+                c.STRUCTURED_REPLY_MAGIC,
+                c.REPLY_FLAG_DONE,
+                c.REPLY_TYPE_BLOCK_STATUS,
+                cookie,
+                len(payload),
+            )
+            + payload
+        )

@@ -28,14 +28,14 @@ from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest
 
 
 class State(enum.Enum):
-    START = "START"                    # nothing sent yet: call start()
-    CLIENT_FLAGS = "CLIENT_FLAGS"      # greeting sent, waiting for the 32-bit client flags
-    OPTIONS = "OPTIONS"                # option haggling: reading the next option
-    EXPORT_ANSWER = "EXPORT_ANSWER"    # ExportRequest out: accept_export / reject_export
-    LIST_ANSWER = "LIST_ANSWER"        # ListRequest out: send_export_list
-    TRANSMISSION = "TRANSMISSION"      # reading requests, replies allowed
-    CLOSED = "CLOSED"                  # the client ended the session (cleanly)
-    ERROR = "ERROR"                    # the client broke the protocol: drop the connection
+    START = "START"  # nothing sent yet: call start()
+    CLIENT_FLAGS = "CLIENT_FLAGS"  # greeting sent, waiting for the 32-bit client flags
+    OPTIONS = "OPTIONS"  # option haggling: reading the next option
+    EXPORT_ANSWER = "EXPORT_ANSWER"  # ExportRequest out: accept_export / reject_export
+    LIST_ANSWER = "LIST_ANSWER"  # ListRequest out: send_export_list
+    TRANSMISSION = "TRANSMISSION"  # reading requests, replies allowed
+    CLOSED = "CLOSED"  # the client ended the session (cleanly)
+    ERROR = "ERROR"  # the client broke the protocol: drop the connection
 
 
 S = State
@@ -55,10 +55,10 @@ TRANSITIONS: dict[State, dict[object, State]] = {
         "error": S.ERROR,
     },
     S.EXPORT_ANSWER: {
-        "accept_info": S.OPTIONS,        # NBD_OPT_INFO answered: haggling goes on
-        "accept_go": S.TRANSMISSION,     # NBD_OPT_GO / EXPORT_NAME accepted
-        "reject": S.OPTIONS,             # error reply to INFO / GO
-        "reject_legacy": S.CLOSED,       # EXPORT_NAME refused: the server must close
+        "accept_info": S.OPTIONS,  # NBD_OPT_INFO answered: haggling goes on
+        "accept_go": S.TRANSMISSION,  # NBD_OPT_GO / EXPORT_NAME accepted
+        "reject": S.OPTIONS,  # error reply to INFO / GO
+        "reject_legacy": S.CLOSED,  # EXPORT_NAME refused: the server must close
     },
     S.LIST_ANSWER: {"send_export_list": S.OPTIONS},
     S.TRANSMISSION: {

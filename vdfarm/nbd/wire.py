@@ -14,21 +14,21 @@ import struct
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.errors import LocalProtocolError
 
-GREETING = struct.Struct(">QQH")             # NBDMAGIC, IHAVEOPT, handshake flags
+GREETING = struct.Struct(">QQH")  # NBDMAGIC, IHAVEOPT, handshake flags
 CLIENT_FLAGS = struct.Struct(">I")
-OPTION_HEADER = struct.Struct(">QII")        # IHAVEOPT, option, length
+OPTION_HEADER = struct.Struct(">QII")  # IHAVEOPT, option, length
 OPTION_REPLY_HEADER = struct.Struct(">QIII")  # reply magic, option, type, length
-EXPORT_NAME_REPLY = struct.Struct(">QH")     # size, transmission flags
-INFO_EXPORT = struct.Struct(">HQH")          # NBD_INFO_EXPORT, size, flags
-INFO_BLOCK_SIZE = struct.Struct(">HIII")     # NBD_INFO_BLOCK_SIZE, min, preferred, max
+EXPORT_NAME_REPLY = struct.Struct(">QH")  # size, transmission flags
+INFO_EXPORT = struct.Struct(">HQH")  # NBD_INFO_EXPORT, size, flags
+INFO_BLOCK_SIZE = struct.Struct(">HIII")  # NBD_INFO_BLOCK_SIZE, min, preferred, max
 U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 
-REQUEST_HEADER = struct.Struct(">IHHQQI")        # magic, flags, type, cookie, offset, length
-SIMPLE_REPLY = struct.Struct(">IIQ")             # magic, error, cookie
-STRUCTURED_HEADER = struct.Struct(">IHHQI")      # magic, flags, type, cookie, length
+REQUEST_HEADER = struct.Struct(">IHHQQI")  # magic, flags, type, cookie, offset, length
+SIMPLE_REPLY = struct.Struct(">IIQ")  # magic, error, cookie
+STRUCTURED_HEADER = struct.Struct(">IHHQI")  # magic, flags, type, cookie, length
 STRUCTURED_READ_HEADER = struct.Struct(">IHHQIQ")  # ... + the OFFSET_DATA offset field
-STRUCTURED_ERROR = struct.Struct(">IHHQIIH")     # ... + error, message length
+STRUCTURED_ERROR = struct.Struct(">IHHQIIH")  # ... + error, message length
 
 ZERO_PADDING = bytes(124)  # after an EXPORT_NAME reply unless NO_ZEROES
 
@@ -84,7 +84,7 @@ def parse_info_request(data: bytes) -> tuple[str, tuple[int, ...]]:
     (name_len,) = U32.unpack_from(data, 0)
     if name_len > len(data) - 6:
         raise OptionInvalid("export name longer than the option")
-    name = decode_string(data[4:4 + name_len])
+    name = decode_string(data[4 : 4 + name_len])
     if name is None:
         raise OptionInvalid("export name is not a valid NBD string")
     (count,) = U16.unpack_from(data, 4 + name_len)
@@ -110,7 +110,7 @@ def parse_meta_context_request(data: bytes) -> tuple[str, list[bytes]]:
         (length,) = U32.unpack_from(data, pos)
         if length > len(data) - pos - 4:
             raise OptionInvalid(f"{what} longer than the option")
-        raw = data[pos + 4:pos + 4 + length]
+        raw = data[pos + 4 : pos + 4 + length]
         if decode_string(raw) is None:
             raise OptionInvalid(f"{what} is not a valid NBD string")
         pos += 4 + length
@@ -129,18 +129,24 @@ def parse_meta_context_request(data: bytes) -> tuple[str, list[bytes]]:
     return name, queries
 
 
-def info_replies(option: int, size: int, flags: int, name: bytes | None,
-                 description: bytes | None, block_sizes: tuple[int, int, int]) -> bytes:
+def info_replies(
+    option: int,
+    size: int,
+    flags: int,
+    name: bytes | None,
+    description: bytes | None,
+    block_sizes: tuple[int, int, int],
+) -> bytes:
     """The NBD_REP_INFO replies of a successful INFO/GO, then NBD_REP_ACK.
     NAME and DESCRIPTION are sent when given (not None)."""
     parts = [option_reply(option, c.REP_INFO, INFO_EXPORT.pack(c.INFO_EXPORT, size, flags))]
     if name is not None:
         parts.append(option_reply(option, c.REP_INFO, U16.pack(c.INFO_NAME) + name))
     if description is not None:
-        parts.append(option_reply(option, c.REP_INFO,
-                                  U16.pack(c.INFO_DESCRIPTION) + description))
-    parts.append(option_reply(option, c.REP_INFO,
-                              INFO_BLOCK_SIZE.pack(c.INFO_BLOCK_SIZE, *block_sizes)))
+        parts.append(option_reply(option, c.REP_INFO, U16.pack(c.INFO_DESCRIPTION) + description))
+    parts.append(
+        option_reply(option, c.REP_INFO, INFO_BLOCK_SIZE.pack(c.INFO_BLOCK_SIZE, *block_sizes))
+    )
     parts.append(option_reply(option, c.REP_ACK))
     return b"".join(parts)
 
@@ -158,8 +164,13 @@ def meta_context_reply(option: int, context_id: int, name: str) -> bytes:
 # -- transmission rules --------------------------------------------------------
 
 COMMAND_NAMES = {
-    c.CMD_READ: "READ", c.CMD_WRITE: "WRITE", c.CMD_DISC: "DISC", c.CMD_FLUSH: "FLUSH",
-    c.CMD_TRIM: "TRIM", c.CMD_CACHE: "CACHE", c.CMD_WRITE_ZEROES: "WRITE_ZEROES",
+    c.CMD_READ: "READ",
+    c.CMD_WRITE: "WRITE",
+    c.CMD_DISC: "DISC",
+    c.CMD_FLUSH: "FLUSH",
+    c.CMD_TRIM: "TRIM",
+    c.CMD_CACHE: "CACHE",
+    c.CMD_WRITE_ZEROES: "WRITE_ZEROES",
     c.CMD_BLOCK_STATUS: "BLOCK_STATUS",
 }
 WRITING_COMMANDS = frozenset({c.CMD_WRITE, c.CMD_TRIM, c.CMD_WRITE_ZEROES})
@@ -190,8 +201,16 @@ def allowed_command_flags(transmission_flags: int, meta_context: bool) -> dict[i
     return allowed
 
 
-def request_error(cmd: int, flags: int, offset: int, length: int, allowed: dict[int, int],
-                  read_only: bool, max_payload: int, align_mask: int) -> tuple[int, str] | None:
+def request_error(
+    cmd: int,
+    flags: int,
+    offset: int,
+    length: int,
+    allowed: dict[int, int],
+    read_only: bool,
+    max_payload: int,
+    align_mask: int,
+) -> tuple[int, str] | None:
     """Why a request header (not DISC) is invalid, as (NBD error, message),
     or None if it is valid. Checks in this order: unknown command (EINVAL),
     write to a read-only export (EPERM), command not advertised (EINVAL),

@@ -39,21 +39,38 @@ class AuditEntry:
 
 
 def record(
-    session: Session, *, actor: str, at: datetime, action: str, target_type: str,
-    target_name: str, before: Any, after: Any,
+    session: Session,
+    *,
+    actor: str,
+    at: datetime,
+    action: str,
+    target_type: str,
+    target_name: str,
+    before: Any,
+    after: Any,
 ) -> None:
     """Add an audit row for a change to the session's transaction."""
-    session.add(AuditEvent(
-        at=at, actor=actor, action=action, target_type=target_type, target_name=target_name,
-        before=None if before is None else to_json(before),
-        after=None if after is None else to_json(after),
-    ))
+    session.add(
+        AuditEvent(
+            at=at,
+            actor=actor,
+            action=action,
+            target_type=target_type,
+            target_name=target_name,
+            before=None if before is None else to_json(before),
+            after=None if after is None else to_json(after),
+        )
+    )
 
 
 def _entry(row: AuditEvent) -> AuditEntry:
     return AuditEntry(
-        id=row.id, at=row.at, actor=row.actor, action=row.action,
-        target_type=row.target_type, target_name=row.target_name,
+        id=row.id,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        target_type=row.target_type,
+        target_name=row.target_name,
         before=None if row.before is None else json.loads(row.before),
         after=None if row.after is None else json.loads(row.after),
     )

@@ -70,8 +70,12 @@ def version_rows(session: Session, vdisk_id: int) -> list[VdiskVersion]:
 
 def states_of(rows: list[VdiskVersion]) -> list[rules.VersionState]:
     """The rules' view of version rows."""
-    return [rules.VersionState(number=r.number, parent=r.parent_number, access=r.access,
-                               production_at=r.production_at) for r in rows]
+    return [
+        rules.VersionState(
+            number=r.number, parent=r.parent_number, access=r.access, production_at=r.production_at
+        )
+        for r in rows
+    ]
 
 
 def row_of(rows: list[VdiskVersion], number: int) -> VdiskVersion:
@@ -81,9 +85,12 @@ def row_of(rows: list[VdiskVersion], number: int) -> VdiskVersion:
 
 def booted_devices(session: Session, vdisk_id: int) -> dict[int, tuple[str, ...]]:
     """Version number → names of the devices with a session on it, by name."""
-    query = (select(DeviceSession.version, Device.name)
-             .join(Device, Device.id == DeviceSession.device_id)
-             .where(DeviceSession.vdisk_id == vdisk_id).order_by(Device.name))
+    query = (
+        select(DeviceSession.version, Device.name)
+        .join(Device, Device.id == DeviceSession.device_id)
+        .where(DeviceSession.vdisk_id == vdisk_id)
+        .order_by(Device.name)
+    )
     booted: dict[int, list[str]] = {}
     for number, name in session.execute(query).all():
         booted.setdefault(number, []).append(name)
@@ -113,7 +120,10 @@ def store_manifest(farm: Farm, vdisk_name: str) -> Manifest:
 
 
 def chain_in_store(
-    farm: Farm, vdisk_name: str, rows: list[VdiskVersion], number: int,
+    farm: Farm,
+    vdisk_name: str,
+    rows: list[VdiskVersion],
+    number: int,
     manifest: Manifest | None = None,
 ) -> Chain:
     """Version NUMBER's chain as files of this store.
@@ -127,10 +137,14 @@ def chain_in_store(
     paths, formats = [], []
     for row in (row_of(rows, n) for n in numbers):
         entry = manifest.file(row.file_name)
-        if (entry is None or entry.format != row.format
-                or (row.sha256 is not None and entry.sha256 != row.sha256)):
+        if (
+            entry is None
+            or entry.format != row.format
+            or (row.sha256 is not None and entry.sha256 != row.sha256)
+        ):
             raise Unavailable(
-                f"version {row.number} of vDisk {vdisk_name} is not in this server's store")
+                f"version {row.number} of vDisk {vdisk_name} is not in this server's store"
+            )
         paths.append(directory / row.file_name)
         formats.append(row.format)
     return Chain(number=number, paths=tuple(paths), formats=tuple(formats))
@@ -146,5 +160,6 @@ def check_store_matches(farm: Farm, vdisk_name: str, rows: list[VdiskVersion]) -
     chain = chain_in_store(farm, vdisk_name, rows, top, manifest)
     if [p.name for p in chain.paths] != [f.name for f in manifest.files]:
         raise Unavailable(
-            f"the store's manifest of vDisk {vdisk_name} does not match the farm database")
+            f"the store's manifest of vDisk {vdisk_name} does not match the farm database"
+        )
     return manifest

@@ -95,8 +95,15 @@ class Farm:
     """This server's view of the farm. Use `Farm.open` or `Farm.init`."""
 
     def __init__(
-        self, *, data_dir: Path, db_url: str, engine: Engine, identity: ServerIdentity,
-        server_id: int, actor: str, clock: Clock,
+        self,
+        *,
+        data_dir: Path,
+        db_url: str,
+        engine: Engine,
+        identity: ServerIdentity,
+        server_id: int,
+        actor: str,
+        clock: Clock,
     ) -> None:
         self.data_dir = data_dir
         self.db_url = db_url
@@ -122,7 +129,11 @@ class Farm:
 
     @classmethod
     def open(
-        cls, data_dir: str | Path, db_url: str | None = None, *, actor: str = "local",
+        cls,
+        data_dir: str | Path,
+        db_url: str | None = None,
+        *,
+        actor: str = "local",
         clock: Clock = utcnow,
     ) -> Farm:
         """Open an initialised data directory.
@@ -143,8 +154,15 @@ class Farm:
         except BaseException:
             engine.dispose()
             raise
-        return cls(data_dir=path, db_url=url, engine=engine, identity=identity,
-                   server_id=server_id, actor=actor, clock=clock)
+        return cls(
+            data_dir=path,
+            db_url=url,
+            engine=engine,
+            identity=identity,
+            server_id=server_id,
+            actor=actor,
+            clock=clock,
+        )
 
     @staticmethod
     def _find_server(engine: Engine, url: str, identity: ServerIdentity, shown: str) -> int:
@@ -170,8 +188,13 @@ class Farm:
 
     @classmethod
     def init(
-        cls, data_dir: str | Path, db_url: str | None = None, *, server_name: str | None = None,
-        actor: str = "local", clock: Clock = utcnow,
+        cls,
+        data_dir: str | Path,
+        db_url: str | None = None,
+        *,
+        server_name: str | None = None,
+        actor: str = "local",
+        clock: Clock = utcnow,
     ) -> Farm:
         """Create (or bring up to date) a data directory: dirs, DB schema,
         this server's identity and rows. Safe to run again.
@@ -184,7 +207,8 @@ class Farm:
         existing = read_identity(path)
         if existing and server_name and server_name != existing.name:
             raise Conflict(
-                f"data directory {data_dir} is already initialised as server {existing.name}")
+                f"data directory {data_dir} is already initialised as server {existing.name}"
+            )
         identity = existing or new_identity(server_name, db_url)
         url = _resolve_url(path, db_url, identity)
         cls._make_dirs(path, data_dir)
@@ -305,8 +329,9 @@ class Farm:
         """True if TOKEN still holds the vDisk's lock (fencing). Raises Unavailable."""
         return self.locks.is_current(vdisk_id, token)
 
-    def session_started(self, device_id: int, vdisk_id: int, version: int,
-                        client_ip: str | None = None) -> None:
+    def session_started(
+        self, device_id: int, vdisk_id: int, version: int, client_ip: str | None = None
+    ) -> None:
         """Record that a device booted VERSION of a vDisk from this server,
         from CLIENT_IP (replaces its older session). Raises NotFound, Unavailable."""
         self.sessions.started(device_id, vdisk_id, version, client_ip)
@@ -321,8 +346,9 @@ class Farm:
         retired files no one reads any more. Raises Unavailable."""
         self.sessions.ended(device_id)
 
-    def register_server(self, nbd_port: int, api_port: int | None = None,
-                        advertise: str | None = None) -> ServerInfo:
+    def register_server(
+        self, nbd_port: int, api_port: int | None = None, advertise: str | None = None
+    ) -> ServerInfo:
         """Record this server's advertised address (None: the host name),
         ports, version and heartbeat. Raises Invalid, NotFound, Unavailable."""
         return self.servers.register(nbd_port, api_port, advertise)

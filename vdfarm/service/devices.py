@@ -54,9 +54,13 @@ class DeviceInfo:
 
 def device_info(device: Device) -> DeviceInfo:
     return DeviceInfo(
-        id=device.id, name=device.name, mac=device.mac, device_type=device.device_type,
+        id=device.id,
+        name=device.name,
+        mac=device.mac,
+        device_type=device.device_type,
         vdisk=device.vdisk.name if device.vdisk else None,
-        description=device.description, created_at=device.created_at,
+        description=device.description,
+        created_at=device.created_at,
     )
 
 
@@ -72,8 +76,11 @@ def _live_session(session: Session, device: Device) -> dict | None:
     live, server_name, vdisk = row
     limit = vdisk.write_cache_limit_mb
     return {
-        "server": server_name, "vdisk": vdisk.name, "version": live.version,
-        "connected_at": live.connected_at, "last_seen": live.last_seen,
+        "server": server_name,
+        "vdisk": vdisk.name,
+        "version": live.version,
+        "connected_at": live.connected_at,
+        "last_seen": live.last_seen,
         "write_cache_used_bytes": live.cache_used_bytes,
         "write_cache_limit_bytes": None if not limit else limit * 1024 * 1024,
     }
@@ -99,14 +106,29 @@ class DeviceService:
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
 
-    def _audit(self, session: Session, action: str, name: str, before: Any, after: Any,
-               actor: str | None) -> None:
-        audit.record(session, actor=actor or self.farm.actor, at=self.farm.now(), action=action,
-                     target_type="device", target_name=name, before=before, after=after)
+    def _audit(
+        self, session: Session, action: str, name: str, before: Any, after: Any, actor: str | None
+    ) -> None:
+        audit.record(
+            session,
+            actor=actor or self.farm.actor,
+            at=self.farm.now(),
+            action=action,
+            target_type="device",
+            target_name=name,
+            before=before,
+            after=after,
+        )
 
     def add(
-        self, name: str, *, mac: str | None = None, vdisk: str | None = None,
-        device_type: str = "production", description: str = "", actor: str | None = None,
+        self,
+        name: str,
+        *,
+        mac: str | None = None,
+        vdisk: str | None = None,
+        device_type: str = "production",
+        description: str = "",
+        actor: str | None = None,
     ) -> DeviceInfo:
         """Add device NAME, optionally with a MAC and an assigned vDisk.
 
@@ -124,8 +146,12 @@ class DeviceService:
                 _check_mac_free(session, mac, None)
             vdisk_row = find_vdisk(session, vdisk) if vdisk is not None else None
             device = Device(
-                name=name, mac=mac, vdisk=vdisk_row, device_type=device_type,
-                description=description, created_at=self.farm.now(),
+                name=name,
+                mac=mac,
+                vdisk=vdisk_row,
+                device_type=device_type,
+                description=description,
+                created_at=self.farm.now(),
             )
             session.add(device)
             session.flush()
@@ -161,8 +187,13 @@ class DeviceService:
             return after
 
     def set(
-        self, name_or_mac: str, *, device_type: str | None = None, mac: Any = UNCHANGED,
-        description: str | None = None, actor: str | None = None,
+        self,
+        name_or_mac: str,
+        *,
+        device_type: str | None = None,
+        mac: Any = UNCHANGED,
+        description: str | None = None,
+        actor: str | None = None,
     ) -> DeviceInfo:
         """Change the type, MAC (None clears it) or description of a device.
 
@@ -207,7 +238,8 @@ class DeviceService:
                     )
             before = device_info(device)
             session.execute(
-                update(Lock).where(Lock.holder_device_id == device.id)
+                update(Lock)
+                .where(Lock.holder_device_id == device.id)
                 .values(holder_device_id=None, server_id=None, lease_expires_at=None),
                 execution_options={"synchronize_session": False},
             )

@@ -90,7 +90,8 @@ def device_and_vdisk(session: Session, name_or_mac: str) -> tuple[Device, Vdisk]
     if mac is not None:
         match = or_(match, Device.mac == mac)
     rows = session.execute(
-        select(Device, Vdisk).outerjoin(Vdisk, Vdisk.id == Device.vdisk_id).where(match)).all()
+        select(Device, Vdisk).outerjoin(Vdisk, Vdisk.id == Device.vdisk_id).where(match)
+    ).all()
     found = next((r for r in rows if r[0].name == name_or_mac), rows[0] if rows else None)
     if found is None:
         raise NotFound(f"no device named {name_or_mac}")
@@ -112,13 +113,22 @@ def resolve_export(farm: Farm, name_or_mac: str) -> ExportTarget:
         chain, writable = _device_chain(farm, session, vdisk, device.device_type)
         limit = vdisk.write_cache_limit_mb
         return ExportTarget(
-            device_id=device.id, device_name=device.name, mac=device.mac,
-            device_type=device.device_type, vdisk_id=vdisk.id, vdisk_name=vdisk.name,
-            access_mode=vdisk.access_mode, path=chain.paths[-1], size=vdisk.size,
+            device_id=device.id,
+            device_name=device.name,
+            mac=device.mac,
+            device_type=device.device_type,
+            vdisk_id=vdisk.id,
+            vdisk_name=vdisk.name,
+            access_mode=vdisk.access_mode,
+            path=chain.paths[-1],
+            size=vdisk.size,
             write_cache_type=vdisk.write_cache_type,
             write_cache_limit_bytes=None if limit is None else limit * MIB,
-            description=vdisk.description, version=chain.number, chain=chain.paths,
-            chain_formats=chain.formats, writable=writable,
+            description=vdisk.description,
+            version=chain.number,
+            chain=chain.paths,
+            chain_formats=chain.formats,
+            writable=writable,
         )
 
 
@@ -167,9 +177,15 @@ def resolve_vdisk_view(farm: Farm, vdisk_name: str) -> VdiskView:
             raise NotFound(f"no vDisk named {vdisk_name}")
         chain, _ = _device_chain(farm, session, vdisk, "production")
         return VdiskView(
-            vdisk_id=vdisk.id, vdisk_name=vdisk.name, access_mode=vdisk.access_mode,
-            path=chain.paths[-1], size=vdisk.size, description=vdisk.description,
-            version=chain.number, chain=chain.paths, chain_formats=chain.formats,
+            vdisk_id=vdisk.id,
+            vdisk_name=vdisk.name,
+            access_mode=vdisk.access_mode,
+            path=chain.paths[-1],
+            size=vdisk.size,
+            description=vdisk.description,
+            version=chain.number,
+            chain=chain.paths,
+            chain_formats=chain.formats,
         )
 
 

@@ -75,8 +75,9 @@ def store_inventory(
     """Make SERVER_ID's `store_versions` rows say HELD (verified at NOW for
     new or changed rows); return the held versions as sorted (vDisk name, version)."""
     mine = StoreVersion.server_id == server_id
-    existing = {(r.vdisk_id, r.version): r
-                for r in session.scalars(select(StoreVersion).where(mine)).all()}
+    existing = {
+        (r.vdisk_id, r.version): r for r in session.scalars(select(StoreVersion).where(mine)).all()
+    }
     for key, row in existing.items():
         if key not in held or held[key][1] != row.sha256:
             session.delete(row)
@@ -84,7 +85,14 @@ def store_inventory(
     for key, (_, sha256) in held.items():
         row = existing.get(key)
         if row is None or row.sha256 != sha256:
-            session.add(StoreVersion(server_id=server_id, vdisk_id=key[0], version=key[1],
-                                     sha256=sha256, verified_at=now))
+            session.add(
+                StoreVersion(
+                    server_id=server_id,
+                    vdisk_id=key[0],
+                    version=key[1],
+                    sha256=sha256,
+                    verified_at=now,
+                )
+            )
     session.flush()
     return sorted((name, key[1]) for key, (name, _) in held.items())

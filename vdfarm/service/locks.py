@@ -95,10 +95,12 @@ def home_message(lock: Lock, here: str, up: bool) -> str:
     """Why server HERE may not take LOCK: another server's copy is the current one."""
     home = lock.home.name if lock.home else "?"
     name = lock.vdisk.name
-    return (f"vDisk {name} is written on server {home} ({'up' if up else 'down'}), whose "
-            f"store holds its only current copy: serve it there, or make this server its "
-            f"home (the writes made on {home} are then not here): "
-            f"vdfarm lock home {name} {here}")
+    return (
+        f"vDisk {name} is written on server {home} ({'up' if up else 'down'}), whose "
+        f"store holds its only current copy: serve it there, or make this server its "
+        f"home (the writes made on {home} are then not here): "
+        f"vdfarm lock home {name} {here}"
+    )
 
 
 def lock_of(session: Session, vdisk_id: int) -> Lock | None:
@@ -141,18 +143,25 @@ class LockService:
             result = session.execute(
                 update(Lock)
                 .where(Lock.vdisk_id == vdisk_id)
-                .where(or_(
-                    Lock.holder_device_id.is_(None),
-                    Lock.lease_expires_at < now,
-                    and_(Lock.holder_device_id == device_id,
-                         Lock.server_id == self.farm.server_id),
-                ))
-                .where(or_(Lock.home_server_id.is_(None),
-                           Lock.home_server_id == self.farm.server_id))
+                .where(
+                    or_(
+                        Lock.holder_device_id.is_(None),
+                        Lock.lease_expires_at < now,
+                        and_(
+                            Lock.holder_device_id == device_id,
+                            Lock.server_id == self.farm.server_id,
+                        ),
+                    )
+                )
+                .where(
+                    or_(Lock.home_server_id.is_(None), Lock.home_server_id == self.farm.server_id)
+                )
                 .values(
-                    holder_device_id=device_id, server_id=self.farm.server_id,
+                    holder_device_id=device_id,
+                    server_id=self.farm.server_id,
                     home_server_id=self.farm.server_id,
-                    lease_expires_at=expires, fencing_token=Lock.fencing_token + 1,
+                    lease_expires_at=expires,
+                    fencing_token=Lock.fencing_token + 1,
                     acquired_at=now,
                 ),
                 execution_options=_NO_SYNC,
@@ -163,8 +172,9 @@ class LockService:
                     raise NotFound(f"vDisk with id {vdisk_id} has no lock row")
                 if lock_state(lock, now) == HELD:
                     raise Conflict(held_message(lock))
-                up = lock.home is not None and is_up(lock.home.last_heartbeat, now,
-                                                     self.farm.servers.timeout())
+                up = lock.home is not None and is_up(
+                    lock.home.last_heartbeat, now, self.farm.servers.timeout()
+                )
                 raise Conflict(home_message(lock, self.farm.server_name, up))
             return LockGrant(token=lock.fencing_token, expires_at=expires)
 
@@ -229,8 +239,7 @@ class LockService:
             locks = session.scalars(select(Lock).join(Lock.vdisk).order_by(Vdisk.name)).all()
             return [lock_info(lock, now) for lock in locks]
 
-    def move_home(self, vdisk_name: str, server_name: str, actor: str | None = None
-                  ) -> LockInfo:
+    def move_home(self, vdisk_name: str, server_name: str, actor: str | None = None) -> LockInfo:
         """Make SERVER_NAME the home of vDisk VDISK_NAME's writes (its copy
         becomes the current one; writes made on the old home are not in it).
         Audited as `lock.home`; returns the lock after.
@@ -241,21 +250,28 @@ class LockService:
         now = self.farm.now()
         with self.farm.session() as session:
             lock = lock_named(session, vdisk_name)
-            server = session.scalars(
-                select(Server).where(Server.name == server_name)).one_or_none()
+            server = session.scalars(select(Server).where(Server.name == server_name)).one_or_none()
             if server is None:
                 raise NotFound(f"no server named {server_name}")
             before = lock_info(lock, now)
             if before.state == HELD and lock.server_id != server.id:
-                raise Conflict(f"{held_message(lock)}: release it first "
-                               f"(vdfarm lock release {vdisk_name})")
+                raise Conflict(
+                    f"{held_message(lock)}: release it first (vdfarm lock release {vdisk_name})"
+                )
             lock.home_server_id = server.id
             session.flush()
             session.refresh(lock)
             after = lock_info(lock, now)
-            audit.record(session, actor=actor or self.farm.actor, at=now, action="lock.home",
-                         target_type="lock", target_name=vdisk_name, before=before,
-                         after=after)
+            audit.record(
+                session,
+                actor=actor or self.farm.actor,
+                at=now,
+                action="lock.home",
+                target_type="lock",
+                target_name=vdisk_name,
+                before=before,
+                after=after,
+            )
             return after
 
     def release_by_admin(self, vdisk_name: str, actor: str | None = None) -> LockInfo:
@@ -276,7 +292,14 @@ class LockService:
             lock.lease_expires_at = None
             session.flush()
             session.refresh(lock)
-            audit.record(session, actor=actor or self.farm.actor, at=now, action="lock.release",
-                         target_type="lock", target_name=vdisk_name, before=before,
-                         after=lock_info(lock, now))
+            audit.record(
+                session,
+                actor=actor or self.farm.actor,
+                at=now,
+                action="lock.release",
+                target_type="lock",
+                target_name=vdisk_name,
+                before=before,
+                after=lock_info(lock, now),
+            )
             return before

@@ -103,8 +103,13 @@ def parse_address(text: str | None) -> IpAddress | None:
         raise Invalid(f"invalid client address {text!r}: give an IPv4 or IPv6 address") from exc
 
 
-def boot_number(states: Sequence[rules.VersionState], access_mode: str, device_type: str,
-                pin: int | None, now: datetime) -> int:
+def boot_number(
+    states: Sequence[rules.VersionState],
+    access_mode: str,
+    device_type: str,
+    pin: int | None,
+    now: datetime,
+) -> int:
     """The version number a device of DEVICE_TYPE boots at NOW from a vDisk
     of ACCESS_MODE whose versions are STATES (production pinned to PIN)."""
     if access_mode == "private":
@@ -114,8 +119,13 @@ def boot_number(states: Sequence[rules.VersionState], access_mode: str, device_t
 
 def boot_version(session: Session, vdisk: Vdisk, device_type: str, farm: Farm) -> int:
     """The version number a device of DEVICE_TYPE boots from VDISK now."""
-    return boot_number(states_of(version_rows(session, vdisk.id)), vdisk.access_mode,
-                       device_type, vdisk.override_version, farm.now())
+    return boot_number(
+        states_of(version_rows(session, vdisk.id)),
+        vdisk.access_mode,
+        device_type,
+        vdisk.override_version,
+        farm.now(),
+    )
 
 
 def _device_query(by_mac: bool):  # noqa: ANN202
@@ -125,34 +135,61 @@ def _device_query(by_mac: bool):  # noqa: ANN202
     if by_mac:
         match = or_(match, Device.mac == bindparam("mac"))
     return (
-        select(Device.id, Device.name, Device.device_type, Device.vdisk_id,
-               Vdisk.name.label("vdisk_name"), Vdisk.access_mode, Vdisk.override_version,
-               Vdisk.subnet_affinity, VdiskVersion.number, VdiskVersion.parent_number,
-               VdiskVersion.access, VdiskVersion.production_at,
-               DeviceSession.move_to_server_id, Lock.home_server_id)
+        select(
+            Device.id,
+            Device.name,
+            Device.device_type,
+            Device.vdisk_id,
+            Vdisk.name.label("vdisk_name"),
+            Vdisk.access_mode,
+            Vdisk.override_version,
+            Vdisk.subnet_affinity,
+            VdiskVersion.number,
+            VdiskVersion.parent_number,
+            VdiskVersion.access,
+            VdiskVersion.production_at,
+            DeviceSession.move_to_server_id,
+            Lock.home_server_id,
+        )
         .outerjoin(Vdisk, Vdisk.id == Device.vdisk_id)
         .outerjoin(Lock, Lock.vdisk_id == Device.vdisk_id)
         .outerjoin(VdiskVersion, VdiskVersion.vdisk_id == Device.vdisk_id)
         .outerjoin(DeviceSession, DeviceSession.device_id == Device.id)
-        .where(match))
+        .where(match)
+    )
 
 
 _BY_NAME = _device_query(by_mac=False)
 _BY_NAME_OR_MAC = _device_query(by_mac=True)
 
-_LOAD = load_subquery(bindparam("cutoff", type_=DeviceSession.connected_at.type),
-                      bindparam("device_id", type_=DeviceSession.device_id.type),
-                      bindparam("reserved_after", type_=DeviceSession.connected_at.type))
-_HOLDS = (select(literal(1)).where(StoreVersion.server_id == Server.id,
-                                   StoreVersion.vdisk_id == bindparam("vdisk_id"),
-                                   StoreVersion.version == bindparam("version"))
-          .exists())
-_SERVERS = (
-    select(Server.id, Server.name, Server.hostname, Server.nbd_port, Server.api_port,
-           Server.power_rating, Server.last_heartbeat, Server.max_booting, Server.subnet,
-           func.coalesce(_LOAD.c.connected, 0).label("connected"),
-           func.coalesce(_LOAD.c.booting, 0).label("booting"), _HOLDS.label("holds"))
-    .outerjoin(_LOAD, _LOAD.c.server_id == Server.id))
+_LOAD = load_subquery(
+    bindparam("cutoff", type_=DeviceSession.connected_at.type),
+    bindparam("device_id", type_=DeviceSession.device_id.type),
+    bindparam("reserved_after", type_=DeviceSession.connected_at.type),
+)
+_HOLDS = (
+    select(literal(1))
+    .where(
+        StoreVersion.server_id == Server.id,
+        StoreVersion.vdisk_id == bindparam("vdisk_id"),
+        StoreVersion.version == bindparam("version"),
+    )
+    .exists()
+)
+_SERVERS = select(
+    Server.id,
+    Server.name,
+    Server.hostname,
+    Server.nbd_port,
+    Server.api_port,
+    Server.power_rating,
+    Server.last_heartbeat,
+    Server.max_booting,
+    Server.subnet,
+    func.coalesce(_LOAD.c.connected, 0).label("connected"),
+    func.coalesce(_LOAD.c.booting, 0).label("booting"),
+    _HOLDS.label("holds"),
+).outerjoin(_LOAD, _LOAD.c.server_id == Server.id)
 
 
 def _device_rows(connection: Connection, name_or_mac: str) -> list[Row]:
@@ -173,11 +210,20 @@ def _device_rows(connection: Connection, name_or_mac: str) -> list[Row]:
 
 
 def _candidates(rows: list[Row], key: tuple[str, int]) -> list[Candidate]:
-    return [Candidate(id=r.id, name=r.name, last_heartbeat=r.last_heartbeat,
-                      power_rating=r.power_rating, connected=int(r.connected),
-                      booting=int(r.booting), max_booting=r.max_booting, subnet=r.subnet,
-                      versions=frozenset({key}) if r.holds else frozenset())
-            for r in rows]
+    return [
+        Candidate(
+            id=r.id,
+            name=r.name,
+            last_heartbeat=r.last_heartbeat,
+            power_rating=r.power_rating,
+            connected=int(r.connected),
+            booting=int(r.booting),
+            max_booting=r.max_booting,
+            subnet=r.subnet,
+            versions=frozenset({key}) if r.holds else frozenset(),
+        )
+        for r in rows
+    ]
 
 
 def writes_its_vdisk(device: Row, states: Sequence[rules.VersionState], version: int) -> bool:
@@ -186,7 +232,8 @@ def writes_its_vdisk(device: Row, states: Sequence[rules.VersionState], version:
     if device.access_mode == "private":
         return True
     return device.device_type == rules.MAINTENANCE and any(
-        s.number == version and s.access == rules.MAINTENANCE for s in states)
+        s.number == version and s.access == rules.MAINTENANCE for s in states
+    )
 
 
 def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, farm: Farm) -> str:
@@ -195,28 +242,36 @@ def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, farm: F
         return f"vDisk {need.vdisk} is written on a server that is no longer in the farm"
     server = home[0]
     state = "up" if is_up(server.last_heartbeat, now, farm.servers.timeout()) else "down"
-    return (f"vDisk {need.vdisk} is written on server {server.name} ({state}), whose store "
-            f"holds its only current copy; it cannot take device {need.name} now "
-            f"(`vdfarm lock home {need.vdisk} SERVER` makes another server's copy current)")
+    return (
+        f"vDisk {need.vdisk} is written on server {server.name} ({state}), whose store "
+        f"holds its only current copy; it cannot take device {need.name} now "
+        f"(`vdfarm lock home {need.vdisk} SERVER` makes another server's copy current)"
+    )
 
 
 def _reservation_upsert(dialect: str):  # noqa: ANN202
     """INSERT … ON CONFLICT (device) DO UPDATE of a device's reservation."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(LoginReservation).values(
-        device_id=bindparam("device_id"), server_id=bindparam("server_id"),
-        reserved_at=bindparam("at"))
+        device_id=bindparam("device_id"),
+        server_id=bindparam("server_id"),
+        reserved_at=bindparam("at"),
+    )
     return statement.on_conflict_do_update(
         index_elements=[LoginReservation.device_id],
-        set_={"server_id": statement.excluded.server_id,
-              "reserved_at": statement.excluded.reserved_at})
+        set_={
+            "server_id": statement.excluded.server_id,
+            "reserved_at": statement.excluded.reserved_at,
+        },
+    )
 
 
 _RESERVE = {dialect: _reservation_upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-def login(farm: Farm, name_or_mac: str, client_ip: str | None = None,
-          reserve: bool = True) -> LoginResult:
+def login(
+    farm: Farm, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+) -> LoginResult:
     """Where the device NAME_OR_MAC (logging in from CLIENT_IP, if known)
     should stream from: the destination of its pending rebalance move if
     that server may serve it, else the least busy. RESERVE=False answers
@@ -236,40 +291,69 @@ def login(farm: Farm, name_or_mac: str, client_ip: str | None = None,
             connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         rows = _device_rows(connection, name_or_mac)
         device = rows[0]
-        states = sorted((rules.VersionState(number=r.number, parent=r.parent_number,
-                                            access=r.access, production_at=r.production_at)
-                         for r in rows if r.number is not None), key=lambda v: v.number)
-        version = boot_number(states, device.access_mode, device.device_type,
-                              device.override_version, now)
-        servers = connection.execute(_SERVERS, {
-            "cutoff": farm.servers.boot_cutoff(now), "device_id": device.id,
-            "reserved_after": now - RESERVATION_LIFETIME,
-            "vdisk_id": device.vdisk_id, "version": version}).all()
-        need = DeviceNeed(name=device.name, vdisk=device.vdisk_name, version=version,
-                          affinity=device.subnet_affinity, address=address)
+        states = sorted(
+            (
+                rules.VersionState(
+                    number=r.number,
+                    parent=r.parent_number,
+                    access=r.access,
+                    production_at=r.production_at,
+                )
+                for r in rows
+                if r.number is not None
+            ),
+            key=lambda v: v.number,
+        )
+        version = boot_number(
+            states, device.access_mode, device.device_type, device.override_version, now
+        )
+        servers = connection.execute(
+            _SERVERS,
+            {
+                "cutoff": farm.servers.boot_cutoff(now),
+                "device_id": device.id,
+                "reserved_after": now - RESERVATION_LIFETIME,
+                "vdisk_id": device.vdisk_id,
+                "version": version,
+            },
+        ).all()
+        need = DeviceNeed(
+            name=device.name,
+            vdisk=device.vdisk_name,
+            version=version,
+            affinity=device.subnet_affinity,
+            address=address,
+        )
         candidates = _candidates(servers, need.key)
         home = device.home_server_id if writes_its_vdisk(device, states, version) else None
         if home is not None:  # only the home's copy holds the writes
             candidates = [c for c in candidates if c.id == home]
-        placement = place(need, candidates, now, farm.servers.timeout(),
-                          preferred=device.move_to_server_id)
+        placement = place(
+            need, candidates, now, farm.servers.timeout(), preferred=device.move_to_server_id
+        )
         if placement.primary is None:  # (the transaction rolls back: nothing written)
-            raise Unavailable(_home_reason(need, candidates, now, farm) if home is not None
-                              else placement.reason)
+            raise Unavailable(
+                _home_reason(need, candidates, now, farm) if home is not None else placement.reason
+            )
         if reserve:
-            connection.execute(_RESERVE[dialect], {
-                "device_id": device.id, "server_id": placement.primary.id, "at": now})
+            connection.execute(
+                _RESERVE[dialect],
+                {"device_id": device.id, "server_id": placement.primary.id, "at": now},
+            )
     endpoints = {r.id: endpoint_of(r) for r in servers}
     return LoginResult(
-        device=need.name, vdisk=need.vdisk, version=version,
+        device=need.name,
+        vdisk=need.vdisk,
+        version=version,
         server=endpoints[placement.primary.id],
         alternatives=tuple(endpoints[c.id] for c in placement.alternatives),
         reason=placement.reason,
     )
 
 
-def set_subnet_affinity(farm: Farm, vdisk_name: str, affinity: str,
-                        actor: str | None = None) -> str:
+def set_subnet_affinity(
+    farm: Farm, vdisk_name: str, affinity: str, actor: str | None = None
+) -> str:
     """Set the subnet affinity of a vDisk ('none', 'best-effort', 'fixed');
     return it. Audited as `vdisk.set`.
 
@@ -283,7 +367,14 @@ def set_subnet_affinity(farm: Farm, vdisk_name: str, affinity: str,
             raise NotFound(f"no vDisk named {vdisk_name}")
         before = {"subnet_affinity": vdisk.subnet_affinity}
         vdisk.subnet_affinity = affinity
-        audit.record(session, actor=actor or farm.actor, at=farm.now(), action="vdisk.set",
-                     target_type="vdisk", target_name=vdisk_name, before=before,
-                     after={"subnet_affinity": affinity})
+        audit.record(
+            session,
+            actor=actor or farm.actor,
+            at=farm.now(),
+            action="vdisk.set",
+            target_type="vdisk",
+            target_name=vdisk_name,
+            before=before,
+            after={"subnet_affinity": affinity},
+        )
     return affinity

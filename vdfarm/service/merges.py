@@ -83,11 +83,18 @@ def _check_no_session_on(session: Session, vdisk: Vdisk, removed: tuple[int, ...
         if devices := booted.get(number):
             raise Conflict(
                 f"device(s) {', '.join(devices)} booted version {number} of vDisk "
-                f"{vdisk.name}, which the merge would delete; merge after they reboot")
+                f"{vdisk.name}, which the merge would delete; merge after they reboot"
+            )
 
 
-def merge(farm: Farm, vdisk: str, *, new_base: bool = False, actor: str | None = None,
-          automatic: bool = False) -> MergeResult:
+def merge(
+    farm: Farm,
+    vdisk: str,
+    *,
+    new_base: bool = False,
+    actor: str | None = None,
+    automatic: bool = False,
+) -> MergeResult:
     """Fold VDISK's chain (see the module rules).
 
     Raises NotFound, Invalid (nothing to merge), Conflict (a device booted a
@@ -98,8 +105,9 @@ def merge(farm: Farm, vdisk: str, *, new_base: bool = False, actor: str | None =
     with farm.session() as session:
         row = locked_vdisk(session, vdisk)
         rows = version_rows(session, row.id)
-        plan = rules.merge_plan(states_of(rows), row.override_version, now,
-                                new_base=new_base, vdisk=vdisk)
+        plan = rules.merge_plan(
+            states_of(rows), row.override_version, now, new_base=new_base, vdisk=vdisk
+        )
         _check_no_session_on(session, row, plan.removed)
         check_store_matches(farm, vdisk, rows)
         keep = row_of(rows, plan.keep)
@@ -109,32 +117,46 @@ def merge(farm: Farm, vdisk: str, *, new_base: bool = False, actor: str | None =
             session.delete(row_of(rows, number))
         session.flush()
         try:
-            entry, retired = store_versions.fold(farm.store, vdisk, keep.file_name,
-                                                 new_base=new_base, retired_at=now)
+            entry, retired = store_versions.fold(
+                farm.store, vdisk, keep.file_name, new_base=new_base, retired_at=now
+            )
         except (StoreError, QemuImgError) as exc:
             raise store_failure(vdisk, exc) from exc
         keep.parent_number = None if new_base else base
         keep.format, keep.size, keep.sha256 = entry.format, entry.size, entry.sha256
         if new_base:
             row.format, row.sha256 = entry.format, entry.sha256
-        audit.record(session, actor=actor or farm.actor, at=now, action="version.merge",
-                     target_type="vdisk", target_name=vdisk,
-                     before={"versions": chain_before},
-                     after={"versions": [n for n in chain_before if n not in plan.removed],
-                            "kept": plan.keep, "new_base": new_base,
-                            "automatic": automatic})
+        audit.record(
+            session,
+            actor=actor or farm.actor,
+            at=now,
+            action="version.merge",
+            target_type="vdisk",
+            target_name=vdisk,
+            before={"versions": chain_before},
+            after={
+                "versions": [n for n in chain_before if n not in plan.removed],
+                "kept": plan.keep,
+                "new_base": new_base,
+                "automatic": automatic,
+            },
+        )
         vdisk_id = row.id
     deleted = release_retired_files(farm, vdisk_id)
     names = tuple(r.name for r in retired)
     return MergeResult(
-        vdisk=vdisk, kept=plan.keep, base=base, new_base=new_base, removed=plan.removed,
+        vdisk=vdisk,
+        kept=plan.keep,
+        base=base,
+        new_base=new_base,
+        removed=plan.removed,
         deleted=tuple(n for n in names if n in deleted),
-        retained=tuple(n for n in names if n not in deleted), automatic=automatic,
+        retained=tuple(n for n in names if n not in deleted),
+        automatic=automatic,
     )
 
 
-def auto_merge(farm: Farm, vdisk: str, actor: str | None
-               ) -> tuple[MergeResult | None, str | None]:
+def auto_merge(farm: Farm, vdisk: str, actor: str | None) -> tuple[MergeResult | None, str | None]:
     """Merge VDISK's updates because its chain outgrew max-versions:
     (the result, None), or (None, why it could not). Never raises."""
     try:
@@ -143,8 +165,7 @@ def auto_merge(farm: Farm, vdisk: str, actor: str | None
         return None, exc.message
 
 
-def export(farm: Farm, vdisk: str, out: Path, fmt: str, version: int | None = None
-           ) -> ExportResult:
+def export(farm: Farm, vdisk: str, out: Path, fmt: str, version: int | None = None) -> ExportResult:
     """Write VERSION of VDISK (default: what production devices boot now)
     flattened as a FMT image at OUT.
 
@@ -155,7 +176,8 @@ def export(farm: Farm, vdisk: str, out: Path, fmt: str, version: int | None = No
     if fmt not in EXPORT_FORMATS:
         raise Invalid(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if version is not None and (
-            not isinstance(version, int) or isinstance(version, bool) or version < 0):
+        not isinstance(version, int) or isinstance(version, bool) or version < 0
+    ):
         raise Invalid(f"invalid version {version!r}: give a version number >= 0")
     out = Path(out).absolute()
     if out.exists() or out.is_symlink():
@@ -172,7 +194,8 @@ def export(farm: Farm, vdisk: str, out: Path, fmt: str, version: int | None = No
         if version is None:
             version = rules.boot_choice(states, "production", row.override_version, now).number
         if rules.find(states, version, vdisk).access == rules.MAINTENANCE and (
-                busy := maintenance_in_use(session, row, version, now)):
+            busy := maintenance_in_use(session, row, version, now)
+        ):
             raise Conflict(f"version {version} is open and in use: {busy}")
         top = chain_in_store(farm, vdisk, rows, version).paths[-1]
     try:

@@ -77,32 +77,53 @@ def farm_state(
     now = farm.now()
     held: dict[int, set[tuple[str, int]]] = {}
     query = select(StoreVersion.server_id, Vdisk.name, StoreVersion.version).join(
-        Vdisk, Vdisk.id == StoreVersion.vdisk_id)
+        Vdisk, Vdisk.id == StoreVersion.vdisk_id
+    )
     for server_id, vdisk, version in session.execute(query).all():
         held.setdefault(server_id, set()).add((vdisk, version))
     servers = [
         planner.ServerState(
-            id=row.id, name=row.name, up=is_up(row.last_heartbeat, now, farm.servers.timeout()),
-            power_rating=row.power_rating, max_booting=row.max_booting, subnet=row.subnet,
-            versions=frozenset(held.get(row.id, ())))
+            id=row.id,
+            name=row.name,
+            up=is_up(row.last_heartbeat, now, farm.servers.timeout()),
+            power_rating=row.power_rating,
+            max_booting=row.max_booting,
+            subnet=row.subnet,
+            versions=frozenset(held.get(row.id, ())),
+        )
         for row in session.scalars(select(Server)).all()
     ]
     up = {s.id for s in servers if s.up}
     cutoff = farm.servers.boot_cutoff(now)
     rows = session.execute(
-        select(DeviceSession, Device.name, Device.device_type, Vdisk.name, Vdisk.access_mode,
-               Vdisk.subnet_affinity)
+        select(
+            DeviceSession,
+            Device.name,
+            Device.device_type,
+            Vdisk.name,
+            Vdisk.access_mode,
+            Vdisk.subnet_affinity,
+        )
         .join(Device, Device.id == DeviceSession.device_id)
-        .join(Vdisk, Vdisk.id == DeviceSession.vdisk_id)).all()
+        .join(Vdisk, Vdisk.id == DeviceSession.vdisk_id)
+    ).all()
     sessions = []
     for row, device_name, device_type, vdisk_name, access_mode, affinity in rows:
         moving = row.move_to_server_id is not None and row.move_to_server_id in up
-        sessions.append(planner.SessionState(
-            device_id=row.device_id, device_name=device_name,
-            server_id=row.move_to_server_id if moving else row.server_id,
-            vdisk=vdisk_name, version=row.version, booting=row.connected_at > cutoff,
-            moving=moving, pinned=is_pinned(access_mode, device_type, row.cache_used_bytes),
-            affinity=affinity, address=_address(row.client_ip)))
+        sessions.append(
+            planner.SessionState(
+                device_id=row.device_id,
+                device_name=device_name,
+                server_id=row.move_to_server_id if moving else row.server_id,
+                vdisk=vdisk_name,
+                version=row.version,
+                booting=row.connected_at > cutoff,
+                moving=moving,
+                pinned=is_pinned(access_mode, device_type, row.cache_used_bytes),
+                affinity=affinity,
+                address=_address(row.client_ip),
+            )
+        )
     return servers, sessions
 
 
@@ -111,8 +132,7 @@ def is_pinned(access_mode: str, device_type: str, cache_used_bytes: int | None) 
     a private vDisk or a maintenance boot (one writer, on this server's
     copy), or a write cache on its server that holds data. (Write caches on
     the device itself travel with it: that is the agent's job.)"""
-    return (access_mode == "private" or device_type == "maintenance"
-            or bool(cache_used_bytes))
+    return access_mode == "private" or device_type == "maintenance" or bool(cache_used_bytes)
 
 
 def check_trigger(trigger_pct: float) -> float:
@@ -123,8 +143,12 @@ def check_trigger(trigger_pct: float) -> float:
 
 
 def rebalance(
-    farm: Farm, *, apply: bool, trigger_pct: float | None = None,
-    auto: bool = False, actor: str | None = None,
+    farm: Farm,
+    *,
+    apply: bool,
+    trigger_pct: float | None = None,
+    auto: bool = False,
+    actor: str | None = None,
 ) -> RebalanceResult:
     """Plan (and if APPLY, order) the moves that bring every up server within
     TRIGGER_PCT % (default: the farm's setting) of the weighted average.
@@ -137,16 +161,21 @@ def rebalance(
     trigger = check_trigger(trigger_pct)
     with farm.session() as session:
         if apply:  # one applied run at a time (PostgreSQL; SQLite has one writer anyway)
-            session.execute(select(FarmSettings.id).where(FarmSettings.id == 1)
-                            .with_for_update())
+            session.execute(select(FarmSettings.id).where(FarmSettings.id == 1).with_for_update())
         servers, sessions = farm_state(session, farm)
         average = planner.weighted_average(servers, sessions)
         skipped = planner.auto_guard(servers, sessions) if auto else None
         moves = [] if skipped else planner.plan(servers, sessions, trigger, auto=auto)
         if apply and moves:
             moves = _order_moves(session, farm, moves, actor or farm.actor)
-    return RebalanceResult(moves=tuple(moves), average=average, trigger_pct=trigger,
-                           auto=auto, applied=apply, skipped=skipped)
+    return RebalanceResult(
+        moves=tuple(moves),
+        average=average,
+        trigger_pct=trigger,
+        auto=auto,
+        applied=apply,
+        skipped=skipped,
+    )
 
 
 def _order_moves(
@@ -161,16 +190,26 @@ def _order_moves(
     for move in moves:
         result = connection.execute(
             update(DeviceSession)
-            .where(DeviceSession.device_id == move.device_id,
-                   DeviceSession.server_id == move.from_server_id,
-                   DeviceSession.move_to_server_id.is_(None))
-            .values(move_to_server_id=move.to_server_id, move_requested_at=now))
+            .where(
+                DeviceSession.device_id == move.device_id,
+                DeviceSession.server_id == move.from_server_id,
+                DeviceSession.move_to_server_id.is_(None),
+            )
+            .values(move_to_server_id=move.to_server_id, move_requested_at=now)
+        )
         if result.rowcount == 1:
             ordered.append(move)
     for move in ordered:
-        audit.record(session, actor=actor, at=now, action="device.move", target_type="device",
-                     target_name=move.device_name, before={"server": move.from_server},
-                     after={"server": move.to_server})
+        audit.record(
+            session,
+            actor=actor,
+            at=now,
+            action="device.move",
+            target_type="device",
+            target_name=move.device_name,
+            before={"server": move.from_server},
+            after={"server": move.to_server},
+        )
     return ordered
 
 
@@ -182,13 +221,13 @@ def auto_rebalance(farm: Farm, trigger_pct: float | None = None) -> RebalanceRes
     """
     now = farm.now()
     with farm.session() as session:
-        beats = session.execute(select(Server.id, Server.last_heartbeat)
-                                .order_by(Server.id)).all()
+        beats = session.execute(select(Server.id, Server.last_heartbeat).order_by(Server.id)).all()
     runner = next((i for i, beat in beats if is_up(beat, now, farm.servers.timeout())), None)
     if runner != farm.server_id:
         return None
-    return rebalance(farm, apply=True, trigger_pct=trigger_pct, auto=True,
-                     actor=f"server:{farm.server_name}")
+    return rebalance(
+        farm, apply=True, trigger_pct=trigger_pct, auto=True, actor=f"server:{farm.server_name}"
+    )
 
 
 def pending_moves(farm: Farm) -> list[MoveOrder]:
@@ -201,10 +240,13 @@ def pending_moves(farm: Farm) -> list[MoveOrder]:
         .join(Device, Device.id == DeviceSession.device_id)
         .join(Server, Server.id == DeviceSession.move_to_server_id)
         .where(DeviceSession.server_id == farm.server_id)
-        .order_by(Device.name))
+        .order_by(Device.name)
+    )
     with farm.session() as session:
-        return [MoveOrder(device_id, name, endpoint_of(server), requested_at)
-                for device_id, name, server, requested_at in session.execute(query).all()]
+        return [
+            MoveOrder(device_id, name, endpoint_of(server), requested_at)
+            for device_id, name, server, requested_at in session.execute(query).all()
+        ]
 
 
 def cancel_move(farm: Farm, device_id: int) -> bool:
@@ -215,9 +257,12 @@ def cancel_move(farm: Farm, device_id: int) -> bool:
     with farm.session() as session:
         result = session.execute(
             update(DeviceSession)
-            .where(DeviceSession.device_id == device_id,
-                   DeviceSession.server_id == farm.server_id,
-                   DeviceSession.move_to_server_id.is_not(None))
+            .where(
+                DeviceSession.device_id == device_id,
+                DeviceSession.server_id == farm.server_id,
+                DeviceSession.move_to_server_id.is_not(None),
+            )
             .values(move_to_server_id=None, move_requested_at=None),
-            execution_options={"synchronize_session": False})
+            execution_options={"synchronize_session": False},
+        )
         return result.rowcount == 1

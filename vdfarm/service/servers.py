@@ -144,12 +144,22 @@ class LoadCounts:
 
 def server_info(row: Server, *, up: bool = False, counts: LoadCounts = LoadCounts()) -> ServerInfo:
     return ServerInfo(
-        id=row.id, uuid=row.uuid, name=row.name, hostname=row.hostname,
-        nbd_port=row.nbd_port, api_port=row.api_port, power_rating=row.power_rating,
-        store_path=row.store_path, version=row.version,
-        last_heartbeat=row.last_heartbeat, created_at=row.created_at,
-        subnet=row.subnet, max_booting=row.max_booting, up=up,
-        connected=counts.connected, booting=counts.booting,
+        id=row.id,
+        uuid=row.uuid,
+        name=row.name,
+        hostname=row.hostname,
+        nbd_port=row.nbd_port,
+        api_port=row.api_port,
+        power_rating=row.power_rating,
+        store_path=row.store_path,
+        version=row.version,
+        last_heartbeat=row.last_heartbeat,
+        created_at=row.created_at,
+        subnet=row.subnet,
+        max_booting=row.max_booting,
+        up=up,
+        connected=counts.connected,
+        booting=counts.booting,
     )
 
 
@@ -165,18 +175,23 @@ def load_subquery(
     login reservations made after it count too, as connected and booting
     devices (login's view: devices on their way). Every argument may be a
     bind parameter (prepared statements)."""
-    rows = select(DeviceSession.server_id.label("server_id"),
-                  DeviceSession.device_id.label("device_id"),
-                  DeviceSession.connected_at.label("since"))
+    rows = select(
+        DeviceSession.server_id.label("server_id"),
+        DeviceSession.device_id.label("device_id"),
+        DeviceSession.connected_at.label("since"),
+    )
     if reserved_after is not None:
-        rows = union_all(rows, select(
-            LoginReservation.server_id, LoginReservation.device_id,
-            LoginReservation.reserved_at).where(LoginReservation.reserved_at > reserved_after))
+        rows = union_all(
+            rows,
+            select(
+                LoginReservation.server_id, LoginReservation.device_id, LoginReservation.reserved_at
+            ).where(LoginReservation.reserved_at > reserved_after),
+        )
     load = rows.subquery("devices")
     booting = func.sum(case((load.c.since > boot_cutoff, 1), else_=0))
-    query = (select(load.c.server_id, func.count().label("connected"),
-                    booting.label("booting"))
-             .group_by(load.c.server_id))
+    query = select(
+        load.c.server_id, func.count().label("connected"), booting.label("booting")
+    ).group_by(load.c.server_id)
     if exclude_device_id is not None:
         query = query.where(load.c.device_id != exclude_device_id)
     return query.subquery("load")
@@ -194,8 +209,10 @@ def load_counts(
     """
     load = load_subquery(boot_cutoff, exclude_device_id)
     rows = session.execute(select(load.c.server_id, load.c.connected, load.c.booting)).all()
-    return {server_id: LoadCounts(int(connected), int(booting or 0))
-            for server_id, connected, booting in rows}
+    return {
+        server_id: LoadCounts(int(connected), int(booting or 0))
+        for server_id, connected, booting in rows
+    }
 
 
 def check_subnet(subnet: str) -> str:
@@ -212,13 +229,18 @@ def check_advertise(advertise: str) -> str:
 
     Raises Invalid.
     """
-    if (not isinstance(advertise, str) or not advertise
-            or len(advertise) > MAX_ADVERTISE_LEN
-            or any(c.isspace() or not c.isprintable() for c in advertise)):
+    if (
+        not isinstance(advertise, str)
+        or not advertise
+        or len(advertise) > MAX_ADVERTISE_LEN
+        or any(c.isspace() or not c.isprintable() for c in advertise)
+    ):
         shown = repr(advertise) if len(repr(advertise)) <= 60 else repr(advertise)[:57] + "..."
-        raise Invalid(f"invalid advertised address {shown}: give the host name or "
-                      f"IP address devices reach this server at (no spaces, at most "
-                      f"{MAX_ADVERTISE_LEN} characters)")
+        raise Invalid(
+            f"invalid advertised address {shown}: give the host name or "
+            f"IP address devices reach this server at (no spaces, at most "
+            f"{MAX_ADVERTISE_LEN} characters)"
+        )
     return advertise
 
 
@@ -245,13 +267,25 @@ def ensure_registered(
                 f"a server named {identity.name} is already in the farm; choose another --name"
             )
         row = Server(
-            uuid=identity.uuid, name=identity.name, hostname=socket.gethostname(),
-            store_path=str(store_path), version=vdfarm.__version__, created_at=now,
+            uuid=identity.uuid,
+            name=identity.name,
+            hostname=socket.gethostname(),
+            store_path=str(store_path),
+            version=vdfarm.__version__,
+            created_at=now,
         )
         session.add(row)
         session.flush()
-        audit.record(session, actor=actor, at=now, action="server.init", target_type="server",
-                     target_name=row.name, before=None, after=server_info(row))
+        audit.record(
+            session,
+            actor=actor,
+            at=now,
+            action="server.init",
+            target_type="server",
+            target_name=row.name,
+            before=None,
+            after=server_info(row),
+        )
     else:
         row.store_path = str(store_path)
         row.version = vdfarm.__version__
@@ -284,8 +318,9 @@ class ServerService:
         boot phase before NOW)."""
         return now - timedelta(seconds=self.farm.settings.current().boot_phase_s)
 
-    def register(self, nbd_port: int, api_port: int | None = None,
-                 advertise: str | None = None) -> ServerInfo:
+    def register(
+        self, nbd_port: int, api_port: int | None = None, advertise: str | None = None
+    ) -> ServerInfo:
         """Record this server's advertised address (ADVERTISE; None: the
         host name), ports, version and a heartbeat.
 
@@ -318,8 +353,7 @@ class ServerService:
         with self.farm.session() as session:
             held = verified_versions(self.farm, session) if inventory else None
             session.execute(
-                update(Server).where(Server.id == self.farm.server_id)
-                .values(last_heartbeat=now)
+                update(Server).where(Server.id == self.farm.server_id).values(last_heartbeat=now)
             )
             if held is not None:
                 store_inventory(session, self.farm.server_id, held, now)
@@ -333,9 +367,11 @@ class ServerService:
     def inventory(self) -> dict[str, list[tuple[str, int]]]:
         """Server name -> sorted (vDisk name, version) it holds verified, for
         every server of the farm. Raises Unavailable (DB down)."""
-        query = (select(Server.name, Vdisk.name, StoreVersion.version)
-                 .join(Server, Server.id == StoreVersion.server_id)
-                 .join(Vdisk, Vdisk.id == StoreVersion.vdisk_id))
+        query = (
+            select(Server.name, Vdisk.name, StoreVersion.version)
+            .join(Server, Server.id == StoreVersion.server_id)
+            .join(Vdisk, Vdisk.id == StoreVersion.vdisk_id)
+        )
         with self.farm.session() as session:
             names = session.scalars(select(Server.name).order_by(Server.name)).all()
             held: dict[str, list[tuple[str, int]]] = {name: [] for name in names}
@@ -352,12 +388,23 @@ class ServerService:
         with self.farm.session() as session:
             rows = session.scalars(select(Server).order_by(Server.name)).all()
             counts = load_counts(session, self.boot_cutoff(now))
-            return [server_info(r, up=is_up(r.last_heartbeat, now, self.timeout()),
-                                counts=counts.get(r.id, LoadCounts())) for r in rows]
+            return [
+                server_info(
+                    r,
+                    up=is_up(r.last_heartbeat, now, self.timeout()),
+                    counts=counts.get(r.id, LoadCounts()),
+                )
+                for r in rows
+            ]
 
     def configure(
-        self, name: str, *, power_rating: float | None = None, subnet: Any = UNCHANGED,
-        max_booting: int | None = None, actor: str | None = None,
+        self,
+        name: str,
+        *,
+        power_rating: float | None = None,
+        subnet: Any = UNCHANGED,
+        max_booting: int | None = None,
+        actor: str | None = None,
     ) -> ServerInfo:
         """Change a server's power rating (> 0), subnet (CIDR text; None
         clears it) or max-booting limit (>= 1). Audited as `server.set`.
@@ -375,8 +422,16 @@ class ServerService:
                 setattr(row, column, value)
             session.flush()
             after = server_info(row)
-            audit.record(session, actor=actor or self.farm.actor, at=now, action="server.set",
-                         target_type="server", target_name=name, before=before, after=after)
+            audit.record(
+                session,
+                actor=actor or self.farm.actor,
+                at=now,
+                action="server.set",
+                target_type="server",
+                target_name=name,
+                before=before,
+                after=after,
+            )
             return after
 
     def _record_inventory(self, session: Session, now: datetime) -> list[tuple[str, int]]:
@@ -395,15 +450,21 @@ def _checked_server_changes(
 ) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if power_rating is not None:
-        if (not isinstance(power_rating, int | float) or isinstance(power_rating, bool)
-                or not 0 < power_rating < 1e6):
+        if (
+            not isinstance(power_rating, int | float)
+            or isinstance(power_rating, bool)
+            or not 0 < power_rating < 1e6
+        ):
             raise Invalid(f"invalid power rating {power_rating!r}: give a number > 0")
         changes["power_rating"] = float(power_rating)
     if subnet is not UNCHANGED:
         changes["subnet"] = None if subnet in (None, "") else check_subnet(subnet)
     if max_booting is not None:
-        if (not isinstance(max_booting, int) or isinstance(max_booting, bool)
-                or not 1 <= max_booting <= MAX_MAX_BOOTING):
+        if (
+            not isinstance(max_booting, int)
+            or isinstance(max_booting, bool)
+            or not 1 <= max_booting <= MAX_MAX_BOOTING
+        ):
             raise Invalid(f"invalid max-booting {max_booting!r}: give 1-{MAX_MAX_BOOTING}")
         changes["max_booting"] = max_booting
     if not changes:

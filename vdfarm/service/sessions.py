@@ -83,8 +83,11 @@ class _Reader:
 
 
 def _readers(session: Session, vdisk_id: int) -> list[_Reader]:
-    rows = session.execute(select(DeviceSession.version, DeviceSession.connected_at)
-                           .where(DeviceSession.vdisk_id == vdisk_id)).all()
+    rows = session.execute(
+        select(DeviceSession.version, DeviceSession.connected_at).where(
+            DeviceSession.vdisk_id == vdisk_id
+        )
+    ).all()
     return [_Reader(version, connected_at) for version, connected_at in rows]
 
 
@@ -110,7 +113,8 @@ def release_retired_files(farm: Farm, vdisk_id: int) -> list[str]:
         if not farm.store.contains(name):
             return []
         return store_versions.purge_retired(
-            farm.store, name, lambda retired: any(may_read(retired, r) for r in readers))
+            farm.store, name, lambda retired: any(may_read(retired, r) for r in readers)
+        )
     except StoreError as exc:
         log.warning("cannot delete retired files of vDisk %s: %s", name, exc)
         return []
@@ -122,8 +126,9 @@ class SessionService:
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
 
-    def started(self, device_id: int, vdisk_id: int, version: int,
-                client_ip: str | None = None) -> None:
+    def started(
+        self, device_id: int, vdisk_id: int, version: int, client_ip: str | None = None
+    ) -> None:
         """Record that DEVICE_ID booted VERSION of VDISK_ID from this server,
         connecting from CLIENT_IP (replacing any older session of the device).
 
@@ -136,18 +141,30 @@ class SessionService:
             vdisk = session.get(Vdisk, vdisk_id)
             if vdisk is None:
                 raise NotFound(f"no vDisk with id {vdisk_id}")
-            exists = session.scalar(select(VdiskVersion.id).where(
-                VdiskVersion.vdisk_id == vdisk_id, VdiskVersion.number == version))
+            exists = session.scalar(
+                select(VdiskVersion.id).where(
+                    VdiskVersion.vdisk_id == vdisk_id, VdiskVersion.number == version
+                )
+            )
             if exists is None:
                 raise NotFound(f"vDisk {vdisk.name} has no version {version}")
             session.execute(delete(DeviceSession).where(DeviceSession.device_id == device_id))
-            session.execute(delete(LoginReservation)  # it arrived: now its session counts
-                            .where(LoginReservation.device_id == device_id))
-            session.add(DeviceSession(
-                device_id=device_id, server_id=self.farm.server_id, vdisk_id=vdisk_id,
-                version=version, connected_at=now, last_seen=now,
-                client_ip=_short_address(client_ip),
-            ))
+            session.execute(
+                delete(LoginReservation).where(  # it arrived: now its session counts
+                    LoginReservation.device_id == device_id
+                )
+            )
+            session.add(
+                DeviceSession(
+                    device_id=device_id,
+                    server_id=self.farm.server_id,
+                    vdisk_id=vdisk_id,
+                    version=version,
+                    connected_at=now,
+                    last_seen=now,
+                    client_ip=_short_address(client_ip),
+                )
+            )
 
     def cache_full(self, device_id: int, used_bytes: int, limit_bytes: int | None) -> None:
         """Audit that DEVICE_ID's write cache refused a write (ENOSPC).
@@ -158,9 +175,16 @@ class SessionService:
             device = session.get(Device, device_id)
             if device is None:
                 raise NotFound(f"no device with id {device_id}")
-            record(session, actor=f"server:{self.farm.server_name}", at=self.farm.now(),
-                   action="write-cache-full", target_type="device", target_name=device.name,
-                   before=None, after={"used_bytes": used_bytes, "limit_bytes": limit_bytes})
+            record(
+                session,
+                actor=f"server:{self.farm.server_name}",
+                at=self.farm.now(),
+                action="write-cache-full",
+                target_type="device",
+                target_name=device.name,
+                before=None,
+                after={"used_bytes": used_bytes, "limit_bytes": limit_bytes},
+            )
 
     def seen(self, device_id: int) -> bool:
         """Refresh `last_seen` of this server's session of DEVICE_ID; False if none.
@@ -170,8 +194,10 @@ class SessionService:
         with self.farm.session() as session:
             result = session.execute(
                 update(DeviceSession)
-                .where(DeviceSession.device_id == device_id,
-                       DeviceSession.server_id == self.farm.server_id)
+                .where(
+                    DeviceSession.device_id == device_id,
+                    DeviceSession.server_id == self.farm.server_id,
+                )
                 .values(last_seen=self.farm.now()),
                 execution_options={"synchronize_session": False},
             )
@@ -187,7 +213,9 @@ class SessionService:
             vdisk_id = session.scalar(
                 select(DeviceSession.vdisk_id).where(
                     DeviceSession.device_id == device_id,
-                    DeviceSession.server_id == self.farm.server_id))
+                    DeviceSession.server_id == self.farm.server_id,
+                )
+            )
             if vdisk_id is None:
                 return
             session.execute(delete(DeviceSession).where(DeviceSession.device_id == device_id))
@@ -204,10 +232,14 @@ class SessionService:
         now = self.farm.now()
         with self.farm.session() as session:
             for device_id, used_bytes in used.items():
-                session.execute(update(DeviceSession).where(
-                    DeviceSession.device_id == device_id,
-                    DeviceSession.server_id == self.farm.server_id,
-                ).values(cache_used_bytes=used_bytes, last_seen=now))
+                session.execute(
+                    update(DeviceSession)
+                    .where(
+                        DeviceSession.device_id == device_id,
+                        DeviceSession.server_id == self.farm.server_id,
+                    )
+                    .values(cache_used_bytes=used_bytes, last_seen=now)
+                )
 
     def reconcile(self, live: Mapping[int, LiveSession]) -> tuple[int, int]:
         """Make this server's session rows match LIVE ({device_id: what it
@@ -223,11 +255,18 @@ class SessionService:
         now = self.farm.now()
         added = removed = 0
         with self.farm.session() as session:
-            rows = {r.device_id: r for r in session.scalars(
-                select(DeviceSession).where(DeviceSession.device_id.in_(list(live))
-                                            | (DeviceSession.server_id == self.farm.server_id)))}
-            known_devices = set(session.scalars(
-                select(Device.id).where(Device.id.in_(list(live)))).all())
+            rows = {
+                r.device_id: r
+                for r in session.scalars(
+                    select(DeviceSession).where(
+                        DeviceSession.device_id.in_(list(live))
+                        | (DeviceSession.server_id == self.farm.server_id)
+                    )
+                )
+            }
+            known_devices = set(
+                session.scalars(select(Device.id).where(Device.id.in_(list(live)))).all()
+            )
             freed: set[int] = set()
             for device_id, row in rows.items():
                 if row.server_id != self.farm.server_id or row.move_to_server_id is not None:
@@ -241,14 +280,23 @@ class SessionService:
             for device_id, want in live.items():
                 row = rows.get(device_id)
                 keep = row is not None and (
-                    row.server_id != self.farm.server_id or row.move_to_server_id is not None
-                    or (row.vdisk_id, row.version) == (want.vdisk_id, want.version))
+                    row.server_id != self.farm.server_id
+                    or row.move_to_server_id is not None
+                    or (row.vdisk_id, row.version) == (want.vdisk_id, want.version)
+                )
                 if keep or device_id not in known_devices:
                     continue
-                session.add(DeviceSession(
-                    device_id=device_id, server_id=self.farm.server_id,
-                    vdisk_id=want.vdisk_id, version=want.version, connected_at=now,
-                    last_seen=now, client_ip=_short_address(want.client_ip)))
+                session.add(
+                    DeviceSession(
+                        device_id=device_id,
+                        server_id=self.farm.server_id,
+                        vdisk_id=want.vdisk_id,
+                        version=want.version,
+                        connected_at=now,
+                        last_seen=now,
+                        client_ip=_short_address(want.client_ip),
+                    )
+                )
                 added += 1
         for vdisk_id in sorted(freed):
             release_retired_files(self.farm, vdisk_id)
@@ -272,8 +320,14 @@ class SessionService:
     def list(self) -> list[SessionInfo]:
         """Every session of the farm, by device name. Raises Unavailable."""
         query = (
-            select(Device.name, Server.name, Vdisk.name, DeviceSession.version,
-                   DeviceSession.connected_at, DeviceSession.last_seen)
+            select(
+                Device.name,
+                Server.name,
+                Vdisk.name,
+                DeviceSession.version,
+                DeviceSession.connected_at,
+                DeviceSession.last_seen,
+            )
             .join(Device, Device.id == DeviceSession.device_id)
             .join(Server, Server.id == DeviceSession.server_id)
             .join(Vdisk, Vdisk.id == DeviceSession.vdisk_id)

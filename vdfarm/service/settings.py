@@ -51,8 +51,12 @@ LIMITS = {  # name: (lowest, highest, what it is)
 def checked(name: str, value: object) -> float:
     """VALUE as the setting NAME takes it. Raises Invalid."""
     low, high, what = LIMITS[name]
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or not low <= value <= high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise Invalid(f"invalid {what} {value!r}: give {low:g}-{high:g}")
     return float(value)
 
@@ -87,20 +91,28 @@ class SettingsService:
         self._cached, self._read_at = settings, time.monotonic()
         return settings
 
-    def change(self, *, heartbeat_timeout_s: float | None = None,
-               boot_phase_s: float | None = None, rebalance_trigger_pct: float | None = None,
-               actor: str | None = None) -> Settings:
+    def change(
+        self,
+        *,
+        heartbeat_timeout_s: float | None = None,
+        boot_phase_s: float | None = None,
+        rebalance_trigger_pct: float | None = None,
+        actor: str | None = None,
+    ) -> Settings:
         """Change the given settings; return them all. Audited as `farm.set`.
 
         Raises Invalid (a bad value, or nothing to change), Unavailable.
         """
-        given = {"heartbeat_timeout_s": heartbeat_timeout_s, "boot_phase_s": boot_phase_s,
-                 "rebalance_trigger_pct": rebalance_trigger_pct}
-        changes = {name: checked(name, value) for name, value in given.items()
-                   if value is not None}
+        given = {
+            "heartbeat_timeout_s": heartbeat_timeout_s,
+            "boot_phase_s": boot_phase_s,
+            "rebalance_trigger_pct": rebalance_trigger_pct,
+        }
+        changes = {name: checked(name, value) for name, value in given.items() if value is not None}
         if not changes:
-            raise Invalid("nothing to change: give a heartbeat timeout, boot phase or "
-                          "rebalance trigger")
+            raise Invalid(
+                "nothing to change: give a heartbeat timeout, boot phase or rebalance trigger"
+            )
         with self.farm.session() as session:
             row = session.get(FarmSettings, 1)
             if row is None:  # a database whose row was deleted by hand
@@ -110,8 +122,15 @@ class SettingsService:
             after = replace(before, **changes)
             for name, value in changes.items():
                 setattr(row, name, value)
-            audit.record(session, actor=actor or self.farm.actor, at=self.farm.now(),
-                         action="farm.set", target_type="farm", target_name="settings",
-                         before=asdict(before), after=asdict(after))
+            audit.record(
+                session,
+                actor=actor or self.farm.actor,
+                at=self.farm.now(),
+                action="farm.set",
+                target_type="farm",
+                target_name="settings",
+                before=asdict(before),
+                after=asdict(after),
+            )
         self._cached, self._read_at = after, time.monotonic()
         return after

@@ -117,6 +117,8 @@ def check_max_versions(count: object) -> int:
         or isinstance(count, bool)
         or not MIN_MAX_VERSIONS <= count <= MAX_MAX_VERSIONS
     ):
-        raise Invalid(f"invalid max-versions {count!r}: give a whole number from "
-                      f"{MIN_MAX_VERSIONS} to {MAX_MAX_VERSIONS}")
+        raise Invalid(
+            f"invalid max-versions {count!r}: give a whole number from "
+            f"{MIN_MAX_VERSIONS} to {MAX_MAX_VERSIONS}"
+        )
     return count

@@ -109,20 +109,33 @@ class VdiskService:
 
     def _info(self, session: Session, vdisk: Vdisk) -> VdiskInfo:
         return VdiskInfo(
-            id=vdisk.id, name=vdisk.name, size=vdisk.size, format=vdisk.format,
-            access_mode=vdisk.access_mode, write_cache_type=vdisk.write_cache_type,
-            write_cache_limit_mb=vdisk.write_cache_limit_mb, description=vdisk.description,
-            sha256=vdisk.sha256, created_at=vdisk.created_at,
+            id=vdisk.id,
+            name=vdisk.name,
+            size=vdisk.size,
+            format=vdisk.format,
+            access_mode=vdisk.access_mode,
+            write_cache_type=vdisk.write_cache_type,
+            write_cache_limit_mb=vdisk.write_cache_limit_mb,
+            description=vdisk.description,
+            sha256=vdisk.sha256,
+            created_at=vdisk.created_at,
             devices=_device_names(session, vdisk.id),
             in_store=self.farm.store.contains(vdisk.name),
-            max_versions=vdisk.max_versions, override_version=vdisk.override_version,
+            max_versions=vdisk.max_versions,
+            override_version=vdisk.override_version,
             subnet_affinity=vdisk.subnet_affinity,
         )
 
     def import_image(
-        self, name: str, source: str | Path, *, mode: str = "standard",
-        write_cache: str = "server-disk", cache_limit_mb: int | None = None,
-        description: str = "", actor: str | None = None,
+        self,
+        name: str,
+        source: str | Path,
+        *,
+        mode: str = "standard",
+        write_cache: str = "server-disk",
+        cache_limit_mb: int | None = None,
+        description: str = "",
+        actor: str | None = None,
     ) -> VdiskInfo:
         """Import the image file SOURCE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME.
 
@@ -145,9 +158,18 @@ class VdiskService:
         except (store_errors.StoreError, QemuImgError) as exc:
             raise _store_error(exc) from exc
         try:
-            return self._add_row(name, manifest.size, manifest.top.format, manifest.top.sha256,
-                                 manifest.top.name, mode, write_cache, cache_limit_mb,
-                                 description, actor)
+            return self._add_row(
+                name,
+                manifest.size,
+                manifest.top.format,
+                manifest.top.sha256,
+                manifest.top.name,
+                mode,
+                write_cache,
+                cache_limit_mb,
+                description,
+                actor,
+            )
         except BaseException:
             self._unimport(name)
             raise
@@ -157,27 +179,60 @@ class VdiskService:
             self.farm.store.delete(name)
 
     def _add_row(
-        self, name: str, size: int, fmt: str, sha256: str, file_name: str, mode: str,
-        write_cache: str, cache_limit_mb: int | None, description: str, actor: str | None,
+        self,
+        name: str,
+        size: int,
+        fmt: str,
+        sha256: str,
+        file_name: str,
+        mode: str,
+        write_cache: str,
+        cache_limit_mb: int | None,
+        description: str,
+        actor: str | None,
     ) -> VdiskInfo:
         now = self.farm.now()
         with self.farm.session() as session:
             vdisk = Vdisk(
-                name=name, size=size, format=fmt, access_mode=mode,
-                write_cache_type=write_cache, write_cache_limit_mb=cache_limit_mb,
-                description=description, sha256=sha256, created_at=now,
+                name=name,
+                size=size,
+                format=fmt,
+                access_mode=mode,
+                write_cache_type=write_cache,
+                write_cache_limit_mb=cache_limit_mb,
+                description=description,
+                sha256=sha256,
+                created_at=now,
             )
             session.add(vdisk)
             session.flush()
             session.add(Lock(vdisk_id=vdisk.id, fencing_token=0))
-            session.add(VdiskVersion(
-                vdisk_id=vdisk.id, number=0, parent_number=None, file_name=file_name,
-                format=fmt, access="production", size=size, sha256=sha256, created_at=now,
-                sealed_at=now, production_at=now,
-            ))
+            session.add(
+                VdiskVersion(
+                    vdisk_id=vdisk.id,
+                    number=0,
+                    parent_number=None,
+                    file_name=file_name,
+                    format=fmt,
+                    access="production",
+                    size=size,
+                    sha256=sha256,
+                    created_at=now,
+                    sealed_at=now,
+                    production_at=now,
+                )
+            )
             info = self._info(session, vdisk)
-            audit.record(session, actor=actor or self.farm.actor, at=now, action="vdisk.import",
-                         target_type="vdisk", target_name=name, before=None, after=info)
+            audit.record(
+                session,
+                actor=actor or self.farm.actor,
+                at=now,
+                action="vdisk.import",
+                target_type="vdisk",
+                target_name=name,
+                before=None,
+                after=info,
+            )
             return info
 
     def list(self) -> list[VdiskInfo]:
@@ -192,9 +247,15 @@ class VdiskService:
             return self._info(session, find_vdisk(session, name))
 
     def set(
-        self, name: str, *, mode: str | None = None, write_cache: str | None = None,
-        cache_limit_mb: Any = UNCHANGED, description: str | None = None,
-        max_versions: int | None = None, actor: str | None = None,
+        self,
+        name: str,
+        *,
+        mode: str | None = None,
+        write_cache: str | None = None,
+        cache_limit_mb: Any = UNCHANGED,
+        description: str | None = None,
+        max_versions: int | None = None,
+        actor: str | None = None,
     ) -> VdiskInfo:
         """Change the mode, write-cache type, cache limit (None clears it),
         description or max-versions of vDisk NAME.
@@ -203,8 +264,9 @@ class VdiskService:
         with versions), NotFound, Conflict (mode change while the lock is
         held), Unavailable.
         """
-        changes = self._checked_changes(mode, write_cache, cache_limit_mb, description,
-                                        max_versions)
+        changes = self._checked_changes(
+            mode, write_cache, cache_limit_mb, description, max_versions
+        )
         now = self.farm.now()
         with self.farm.session() as session:
             vdisk = find_vdisk(session, name)
@@ -219,21 +281,33 @@ class VdiskService:
                 setattr(vdisk, column, value)
             session.flush()
             after = self._info(session, vdisk)
-            audit.record(session, actor=actor or self.farm.actor, at=now, action="vdisk.set",
-                         target_type="vdisk", target_name=name, before=before, after=after)
+            audit.record(
+                session,
+                actor=actor or self.farm.actor,
+                at=now,
+                action="vdisk.set",
+                target_type="vdisk",
+                target_name=name,
+                before=before,
+                after=after,
+            )
             return after
 
     @staticmethod
     def _checked_changes(
-        mode: str | None, write_cache: str | None, cache_limit_mb: Any,
-        description: str | None, max_versions: int | None,
+        mode: str | None,
+        write_cache: str | None,
+        cache_limit_mb: Any,
+        description: str | None,
+        max_versions: int | None,
     ) -> dict[str, Any]:
         changes: dict[str, Any] = {}
         if mode is not None:
             changes["access_mode"] = check_choice("mode", mode, ACCESS_MODES)
         if write_cache is not None:
             changes["write_cache_type"] = check_choice(
-                "write-cache type", write_cache, WRITE_CACHE_TYPES)
+                "write-cache type", write_cache, WRITE_CACHE_TYPES
+            )
         if cache_limit_mb is not UNCHANGED:
             changes["write_cache_limit_mb"] = check_cache_limit(cache_limit_mb)
         if description is not None:
@@ -241,8 +315,10 @@ class VdiskService:
         if max_versions is not None:
             changes["max_versions"] = check_max_versions(max_versions)
         if not changes:
-            raise Invalid("nothing to change: give a mode, write-cache type, cache limit, "
-                          "description or max-versions")
+            raise Invalid(
+                "nothing to change: give a mode, write-cache type, cache limit, "
+                "description or max-versions"
+            )
         return changes
 
     def delete(self, name: str, actor: str | None = None) -> VdiskInfo:
@@ -262,13 +338,22 @@ class VdiskService:
             lock = lock_of(session, vdisk.id)
             if lock is not None and lock_state(lock, now) == HELD:
                 raise Conflict(
-                    f"{held_message(lock)}; release it first (vdfarm lock release {name})")
+                    f"{held_message(lock)}; release it first (vdfarm lock release {name})"
+                )
             session.execute(delete(Lock).where(Lock.vdisk_id == vdisk.id))
             session.execute(delete(DeviceSession).where(DeviceSession.vdisk_id == vdisk.id))
             session.execute(delete(VdiskVersion).where(VdiskVersion.vdisk_id == vdisk.id))
             session.delete(vdisk)
-            audit.record(session, actor=actor or self.farm.actor, at=now, action="vdisk.delete",
-                         target_type="vdisk", target_name=name, before=before, after=None)
+            audit.record(
+                session,
+                actor=actor or self.farm.actor,
+                at=now,
+                action="vdisk.delete",
+                target_type="vdisk",
+                target_name=name,
+                before=before,
+                after=None,
+            )
             session.flush()
             if before.in_store:
                 try:
@@ -286,8 +371,9 @@ class VdiskService:
         with self.farm.session() as session:
             vdisk = find_vdisk(session, name)
             expected_sha = vdisk.sha256
-            rows = [(r.number, r.file_name, r.format, r.sha256)
-                    for r in version_rows(session, vdisk.id)]
+            rows = [
+                (r.number, r.file_name, r.format, r.sha256) for r in version_rows(session, vdisk.id)
+            ]
         try:
             result = self.farm.store.verify(name)
             manifest = self.farm.store.manifest(name)
@@ -307,20 +393,25 @@ class VdiskService:
 def _check_single_raw_file(session: Session, vdisk: Vdisk) -> None:
     rows = version_rows(session, vdisk.id)
     if len(rows) != 1 or rows[0].format != "raw":
-        raise Invalid(f"vDisk {vdisk.name} has versions (or a qcow2 base): private mode needs "
-                      f"a single raw file; export it and import the copy instead")
+        raise Invalid(
+            f"vDisk {vdisk.name} has versions (or a qcow2 base): private mode needs "
+            f"a single raw file; export it and import the copy instead"
+        )
 
 
-def _version_problems(manifest: Manifest, rows: list[tuple[int, str, str, str | None]]
-                      ) -> list[str]:
+def _version_problems(
+    manifest: Manifest, rows: list[tuple[int, str, str, str | None]]
+) -> list[str]:
     problems = []
     for number, file_name, fmt, sha256 in rows:
         entry = manifest.file(file_name)
         if entry is None:
             problems.append(f"version {number} ({file_name}) is not in the store's manifest")
         elif entry.format != fmt or entry.sha256 != sha256:
-            problems.append(f"version {number} ({file_name}): the store's manifest does not "
-                            f"match the farm database")
+            problems.append(
+                f"version {number} ({file_name}): the store's manifest does not "
+                f"match the farm database"
+            )
     if len(manifest.files) != len(rows):
         problems.append("the store's chain and the farm's versions differ")
     return problems

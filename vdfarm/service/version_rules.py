@@ -68,8 +68,12 @@ class MergePlan:
 def shown_access(version: VersionState, now: datetime) -> str:
     """maintenance / test / production / pending (production not yet in effect;
     never the base, which is always in effect)."""
-    if (version.access == PRODUCTION and version.parent is not None
-            and version.production_at is not None and version.production_at > now):
+    if (
+        version.access == PRODUCTION
+        and version.parent is not None
+        and version.production_at is not None
+        and version.production_at > now
+    ):
         return PENDING
     return version.access
 
@@ -145,12 +149,16 @@ def promotion(
     current = shown_access(top, now)
     if top.parent is None or current == PRODUCTION:
         what = "is the base" if top.parent is None else "is already in production"
-        raise Invalid(f"vDisk {vdisk} has no version open to promote: its newest version "
-                      f"{top.number} {what} (open one with vdfarm version new {vdisk})")
+        raise Invalid(
+            f"vDisk {vdisk} has no version open to promote: its newest version "
+            f"{top.number} {what} (open one with vdfarm version new {vdisk})"
+        )
     step = PROMOTIONS.get((current, to))
     if step is None and current == PENDING:
-        raise Invalid(f"version {top.number} of vDisk {vdisk} is pending production; "
-                      f"revert it to bring it back to test (vdfarm version revert {vdisk})")
+        raise Invalid(
+            f"version {top.number} of vDisk {vdisk} is pending production; "
+            f"revert it to bring it back to test (vdfarm version revert {vdisk})"
+        )
     if step is None:
         raise Invalid(f"version {top.number} of vDisk {vdisk} is already in {current}")
     return top, step[0], step[1]
@@ -168,8 +176,10 @@ def reversion(
         raise Invalid(f"cannot revert the base of vDisk {vdisk} (version {top.number})")
     current = shown_access(top, now)
     if current not in REVERSIONS:
-        raise Invalid(f"version {top.number} of vDisk {vdisk} is already in maintenance; "
-                      f"discard it with vdfarm version delete {vdisk}")
+        raise Invalid(
+            f"version {top.number} of vDisk {vdisk} is already in maintenance; "
+            f"discard it with vdfarm version delete {vdisk}"
+        )
     return top, REVERSIONS[current]
 
 
@@ -184,7 +194,11 @@ def needed(versions: Sequence[VersionState], pin: int | None, now: datetime) -> 
 
 
 def merge_plan(
-    versions: Sequence[VersionState], pin: int | None, now: datetime, *, new_base: bool,
+    versions: Sequence[VersionState],
+    pin: int | None,
+    now: datetime,
+    *,
+    new_base: bool,
     vdisk: str,
 ) -> MergePlan:
     """What `merge` (or `merge --new-base`) would do.
@@ -195,12 +209,18 @@ def merge_plan(
     keep_set = needed(versions, pin, now)
     lowest = min(keep_set) if new_base else min(keep_set - {chain[0]}, default=None)
     if lowest is None or lowest == chain[0]:
-        raise Invalid(f"nothing to merge in vDisk {vdisk}: "
-                      + ("production devices boot its base" if new_base
-                         else "it has no version above its base"))
+        raise Invalid(
+            f"nothing to merge in vDisk {vdisk}: "
+            + (
+                "production devices boot its base"
+                if new_base
+                else "it has no version above its base"
+            )
+        )
     index = chain.index(lowest)
     removed = tuple(chain[:index] if new_base else chain[1:index])
     if not removed:
-        raise Invalid(f"nothing to merge in vDisk {vdisk}: version {lowest} already sits "
-                      f"on the base")
+        raise Invalid(
+            f"nothing to merge in vDisk {vdisk}: version {lowest} already sits on the base"
+        )
     return MergePlan(keep=lowest, removed=removed, new_base=new_base)

@@ -104,11 +104,18 @@ def version_infos(farm: Farm, session: Session, vdisk: Vdisk) -> list[VersionInf
         boots.setdefault(choice.number, []).append(device_type)
     return [
         VersionInfo(
-            vdisk=vdisk.name, number=r.number, access=rules.shown_access(s, now),
-            parent=r.parent_number, file=r.file_name, format=r.format,
+            vdisk=vdisk.name,
+            number=r.number,
+            access=rules.shown_access(s, now),
+            parent=r.parent_number,
+            file=r.file_name,
+            format=r.format,
             size=r.size if r.sha256 else _current_size(farm, vdisk.name, r.file_name),
-            sha256=r.sha256, created_at=r.created_at, sealed_at=r.sealed_at,
-            production_at=r.production_at, devices=booted.get(r.number, ()),
+            sha256=r.sha256,
+            created_at=r.created_at,
+            sealed_at=r.sealed_at,
+            production_at=r.production_at,
+            devices=booted.get(r.number, ()),
             boots=tuple(boots.get(r.number, ())),
         )
         for r, s in zip(rows, states, strict=True)
@@ -129,8 +136,10 @@ def _info_of(farm: Farm, session: Session, vdisk: Vdisk, number: int) -> Version
 
 def _versioned(vdisk: Vdisk) -> None:
     if vdisk.access_mode == "private":
-        raise Invalid(f"vDisk {vdisk.name} is in private mode: versions are for standard "
-                      f"mode (vdfarm vdisk set {vdisk.name} --mode standard)")
+        raise Invalid(
+            f"vDisk {vdisk.name} is in private mode: versions are for standard "
+            f"mode (vdfarm vdisk set {vdisk.name} --mode standard)"
+        )
 
 
 def _target(vdisk: str, number: int) -> str:
@@ -143,11 +152,19 @@ class VersionService:
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
 
-    def _audit(self, session: Session, action: str, target: str, before: Any, after: Any,
-               actor: str | None) -> None:
-        audit.record(session, actor=actor or self.farm.actor, at=self.farm.now(),
-                     action=action, target_type="version", target_name=target,
-                     before=before, after=after)
+    def _audit(
+        self, session: Session, action: str, target: str, before: Any, after: Any, actor: str | None
+    ) -> None:
+        audit.record(
+            session,
+            actor=actor or self.farm.actor,
+            at=self.farm.now(),
+            action=action,
+            target_type="version",
+            target_name=target,
+            before=before,
+            after=after,
+        )
 
     def list(self, vdisk: str) -> list[VersionInfo]:
         """Every version of VDISK, oldest first. Raises NotFound, Unavailable."""
@@ -170,17 +187,25 @@ class VersionService:
                 _versioned(row)
                 rows = version_rows(session, row.id)
                 if (open_one := rules.open_maintenance(states_of(rows))) is not None:
-                    raise Conflict(f"version {open_one.number} of vDisk {vdisk} is already "
-                                   f"open for maintenance; promote or delete it first")
+                    raise Conflict(
+                        f"version {open_one.number} of vDisk {vdisk} is already "
+                        f"open for maintenance; promote or delete it first"
+                    )
                 check_store_matches(self.farm, vdisk, rows)
                 top = rows[-1]
                 number = top.number + 1
                 file_name = self._free_file_name(vdisk, number)
-                session.add(VdiskVersion(
-                    vdisk_id=row.id, number=number, parent_number=top.number,
-                    file_name=file_name, format="qcow2", access=rules.MAINTENANCE,
-                    created_at=self.farm.now(),
-                ))
+                session.add(
+                    VdiskVersion(
+                        vdisk_id=row.id,
+                        number=number,
+                        parent_number=top.number,
+                        file_name=file_name,
+                        format="qcow2",
+                        access=rules.MAINTENANCE,
+                        created_at=self.farm.now(),
+                    )
+                )
                 session.flush()
                 try:
                     store_versions.open_delta(self.farm.store, vdisk, file_name, number)
@@ -231,9 +256,12 @@ class VersionService:
             rows = version_rows(session, row.id)
             top, access, seal = rules.promotion(states_of(rows), to, now, vdisk)
             if top.access == rules.MAINTENANCE and (
-                    busy := maintenance_in_use(session, row, top.number, now)):
-                raise Conflict(f"cannot promote version {top.number} while its maintenance "
-                               f"device is connected: {busy}")
+                busy := maintenance_in_use(session, row, top.number, now)
+            ):
+                raise Conflict(
+                    f"cannot promote version {top.number} while its maintenance "
+                    f"device is connected: {busy}"
+                )
             check_store_matches(self.farm, vdisk, rows)
             before = _info_of(self.farm, session, row, top.number)
             version = row_of(rows, top.number)
@@ -242,8 +270,7 @@ class VersionService:
             if seal:
                 self._seal(session, vdisk, version, now)
             info = _info_of(self.farm, session, row, top.number)
-            self._audit(session, "version.promote", _target(vdisk, top.number), before, info,
-                        actor)
+            self._audit(session, "version.promote", _target(vdisk, top.number), before, info, actor)
             too_long = len(rows) > row.max_versions
         merged, skipped = auto_merge(self.farm, vdisk, actor) if too_long else (None, None)
         return PromoteResult(version=info, merged=merged, merge_skipped=skipped)
@@ -253,8 +280,9 @@ class VersionService:
         try:
             entry = store_versions.seal_top(self.farm.store, vdisk)
         except QemuImgError as exc:
-            raise Invalid(f"version {version.number} of vDisk {vdisk} cannot be sealed: "
-                          f"{exc}") from exc
+            raise Invalid(
+                f"version {version.number} of vDisk {vdisk} cannot be sealed: {exc}"
+            ) from exc
         except StoreError as exc:
             raise store_failure(vdisk, exc) from exc
         version.size, version.sha256, version.sealed_at = entry.size, entry.sha256, now
@@ -287,29 +315,32 @@ class VersionService:
                 except StoreError as exc:
                     raise store_failure(vdisk, exc) from exc
             info = _info_of(self.farm, session, row, top.number)
-            self._audit(session, "version.revert", _target(vdisk, top.number), before, info,
-                        actor)
+            self._audit(session, "version.revert", _target(vdisk, top.number), before, info, actor)
             return info
 
     def _check_unused(self, session: Session, vdisk: Vdisk, number: int, doing: str) -> None:
         devices = booted_devices(session, vdisk.id).get(number)
         if devices:
-            raise Conflict(f"device(s) {', '.join(devices)} booted version {number} of vDisk "
-                           f"{vdisk.name}; it cannot be {doing} until they disconnect")
+            raise Conflict(
+                f"device(s) {', '.join(devices)} booted version {number} of vDisk "
+                f"{vdisk.name}; it cannot be {doing} until they disconnect"
+            )
         if vdisk.override_version == number:
-            raise Conflict(f"production devices of vDisk {vdisk.name} are pinned to version "
-                           f"{number}; clear it first (vdfarm version override {vdisk.name} "
-                           f"--clear)")
+            raise Conflict(
+                f"production devices of vDisk {vdisk.name} are pinned to version "
+                f"{number}; clear it first (vdfarm version override {vdisk.name} "
+                f"--clear)"
+            )
 
-    def override(self, vdisk: str, number: int | None, actor: str | None = None
-                 ) -> OverrideInfo:
+    def override(self, vdisk: str, number: int | None, actor: str | None = None) -> OverrideInfo:
         """Pin VDISK's production devices to version NUMBER (None: remove the pin).
 
         Raises NotFound (vDisk or version), Invalid (version open for
         maintenance, no pin to remove, bad number), Unavailable.
         """
         if number is not None and (
-                not isinstance(number, int) or isinstance(number, bool) or number < 0):
+            not isinstance(number, int) or isinstance(number, bool) or number < 0
+        ):
             raise Invalid(f"invalid version {number!r}: give a version number >= 0")
         with self.farm.session() as session:
             row = locked_vdisk(session, vdisk)
@@ -317,16 +348,23 @@ class VersionService:
             states = states_of(version_rows(session, row.id))
             if number is None and row.override_version is None:
                 raise Invalid(f"vDisk {vdisk} has no override to clear")
-            if number is not None and rules.find(states, number, vdisk).access == \
-                    rules.MAINTENANCE:
-                raise Invalid(f"version {number} of vDisk {vdisk} is open for maintenance; "
-                              f"only test or production versions can be pinned")
+            if number is not None and rules.find(states, number, vdisk).access == rules.MAINTENANCE:
+                raise Invalid(
+                    f"version {number} of vDisk {vdisk} is open for maintenance; "
+                    f"only test or production versions can be pinned"
+                )
             result = OverrideInfo(vdisk=vdisk, version=number, previous=row.override_version)
             row.override_version = number
-            audit.record(session, actor=actor or self.farm.actor, at=self.farm.now(),
-                         action="version.override", target_type="vdisk", target_name=vdisk,
-                         before={"override_version": result.previous},
-                         after={"override_version": number})
+            audit.record(
+                session,
+                actor=actor or self.farm.actor,
+                at=self.farm.now(),
+                action="version.override",
+                target_type="vdisk",
+                target_name=vdisk,
+                before={"override_version": result.previous},
+                after={"override_version": number},
+            )
             return result
 
     def delete(self, vdisk: str, actor: str | None = None) -> VersionInfo:
@@ -344,7 +382,8 @@ class VersionService:
             if top.parent is None:
                 raise Invalid(f"cannot delete the base of vDisk {vdisk} (version {top.number})")
             if top.access == rules.MAINTENANCE and (
-                    busy := maintenance_in_use(session, row, top.number, now)):
+                busy := maintenance_in_use(session, row, top.number, now)
+            ):
                 raise Conflict(f"cannot delete version {top.number}: {busy}")
             self._check_unused(session, row, top.number, "deleted")
             check_store_matches(self.farm, vdisk, rows)
@@ -355,16 +394,15 @@ class VersionService:
                 store_versions.drop_top(self.farm.store, vdisk)
             except StoreError as exc:
                 raise store_failure(vdisk, exc) from exc
-            self._audit(session, "version.delete", _target(vdisk, top.number), before, None,
-                        actor)
+            self._audit(session, "version.delete", _target(vdisk, top.number), before, None, actor)
             return before
 
-    def merge(self, vdisk: str, new_base: bool = False, actor: str | None = None
-              ) -> MergeResult:
+    def merge(self, vdisk: str, new_base: bool = False, actor: str | None = None) -> MergeResult:
         """Fold VDISK's chain (see `merges.merge`)."""
         return merge(self.farm, vdisk, new_base=new_base, actor=actor)
 
-    def export(self, vdisk: str, out: str | Path, fmt: str, version: int | None = None
-               ) -> ExportResult:
+    def export(
+        self, vdisk: str, out: str | Path, fmt: str, version: int | None = None
+    ) -> ExportResult:
         """Write a version flattened (see `merges.export`)."""
         return export(self.farm, vdisk, Path(out), fmt, version)

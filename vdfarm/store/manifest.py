@@ -71,8 +71,11 @@ class ManifestFile:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "name": self.name, "format": self.format, "size": self.size,
-            "sha256": self.sha256, "parent": self.parent,
+            "name": self.name,
+            "format": self.format,
+            "size": self.size,
+            "sha256": self.sha256,
+            "parent": self.parent,
         }
         if self.version is not None:
             data["version"] = self.version
@@ -88,8 +91,11 @@ class RetiredFile:
     retired_at: datetime
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version,
-                "retired_at": self.retired_at.isoformat()}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "retired_at": self.retired_at.isoformat(),
+        }
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,8 @@ class Manifest:
         unsealed = [f.name for f in files if not f.sealed]
         if unsealed and (unsealed != [files[-1].name] or len(files) == 1):
             raise ManifestError(
-                f"manifest file {unsealed[0]}: only a top file above the base may be unsealed")
+                f"manifest file {unsealed[0]}: only a top file above the base may be unsealed"
+            )
         retired = _retired_from_list(data.get("retired", []), [f.name for f in files])
         virtual_size = data.get("virtual_size")
         if virtual_size is not None and not _is_count(virtual_size):
@@ -193,8 +200,9 @@ def _file_from_dict(raw: Any, earlier_names: list[str]) -> ManifestFile:
         raise ManifestError(f"manifest file {name}: parent must be {earlier_names[-1]!r}")
     if not earlier_names and parent is not None:
         raise ManifestError(f"manifest file {name}: the base file has no parent")
-    return ManifestFile(name=name, format=fmt, size=size, sha256=sha256, parent=parent,
-                        version=version)
+    return ManifestFile(
+        name=name, format=fmt, size=size, sha256=sha256, parent=parent, version=version
+    )
 
 
 def _retired_from_list(raw: Any, chain_names: list[str]) -> tuple[RetiredFile, ...]:

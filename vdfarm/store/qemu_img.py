@@ -40,9 +40,7 @@ def run(args: list[str]) -> str:
     Raises QemuImgError if qemu-img is missing or exits non-zero.
     """
     try:
-        proc = subprocess.run(
-            [QEMU_IMG, *args], capture_output=True, text=True, check=False
-        )
+        proc = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
         raise QemuImgError("qemu-img is not installed or not on PATH") from exc
     if proc.returncode != 0:
@@ -92,16 +90,25 @@ def create(path: str | os.PathLike[str], fmt: str, size: int) -> None:
     run(["create", "-q", "-f", fmt, _absolute(path), str(size)])
 
 
-def create_overlay(
-    path: str | os.PathLike[str], backing_name: str, backing_format: str
-) -> None:
+def create_overlay(path: str | os.PathLike[str], backing_name: str, backing_format: str) -> None:
     """Create an empty qcow2 at PATH whose backing file is BACKING_NAME (a plain
     name relative to PATH's directory) of BACKING_FORMAT; same virtual size.
 
     Raises QemuImgError if qemu-img fails (e.g. the backing file is missing).
     """
-    run(["create", "-q", "-f", "qcow2", "-b", _plain_name(backing_name),
-         "-F", backing_format, _absolute(path)])
+    run(
+        [
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            _plain_name(backing_name),
+            "-F",
+            backing_format,
+            _absolute(path),
+        ]
+    )
 
 
 def rebase(path: str | os.PathLike[str], backing_name: str, backing_format: str) -> None:
@@ -111,8 +118,19 @@ def rebase(path: str | os.PathLike[str], backing_name: str, backing_format: str)
 
     Raises QemuImgError if qemu-img fails.
     """
-    run(["rebase", "-q", "-f", "qcow2", "-b", _plain_name(backing_name),
-         "-F", backing_format, _absolute(path)])
+    run(
+        [
+            "rebase",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            _plain_name(backing_name),
+            "-F",
+            backing_format,
+            _absolute(path),
+        ]
+    )
 
 
 CHECK_UNSUPPORTED = 63
@@ -130,14 +148,17 @@ def check(path: str | os.PathLike[str], fmt: str, repair_leaks: bool = False) ->
     try:
         proc = subprocess.run(
             [QEMU_IMG, "check", "-q", *repair, "-f", fmt, _absolute(path)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except FileNotFoundError as exc:
         raise QemuImgError("qemu-img is not installed or not on PATH") from exc
     if proc.returncode in (0, CHECK_LEAKS_ONLY, CHECK_UNSUPPORTED):
         return
-    line = _first_line(proc.stderr) or _first_line(proc.stdout) or (
-        f"exit status {proc.returncode}")
+    line = (
+        _first_line(proc.stderr) or _first_line(proc.stdout) or (f"exit status {proc.returncode}")
+    )
     raise QemuImgError(f"qemu-img check failed on {Path(path).name}: {line}", line)
 
 
@@ -155,7 +176,9 @@ def compare(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     try:
         proc = subprocess.run(
             [QEMU_IMG, "compare", _absolute(a), _absolute(b)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except FileNotFoundError as exc:
         raise QemuImgError("qemu-img is not installed or not on PATH") from exc

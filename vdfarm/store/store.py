@@ -183,8 +183,11 @@ class Store:
             with open(target, "rb+") as fh:
                 os.fsync(fh.fileno())
             entry = ManifestFile(
-                name=BASE_FILE, format="raw", size=target.stat().st_size,
-                sha256=sha256_of(target), parent=None,
+                name=BASE_FILE,
+                format="raw",
+                size=target.stat().st_size,
+                sha256=sha256_of(target),
+                parent=None,
             )
             manifest = Manifest(vdisk=name, files=(entry,))
             write_manifest(temp, manifest)

@@ -94,8 +94,9 @@ def open_delta(store: Store, name: str, file_name: str, version: int) -> Manifes
         raise VdiskExists(f"file {file_name} already exists in vDisk {name}")
     size = _virtual_size(manifest, file_path(store, name, top.name))
     temp = file_path(store, name, _temp_name("new", file_name))
-    entry = ManifestFile(name=file_name, format="qcow2", size=None, sha256=None,
-                         parent=top.name, version=version)
+    entry = ManifestFile(
+        name=file_name, format="qcow2", size=None, sha256=None, parent=top.name, version=version
+    )
     try:
         qemu_img.create_overlay(temp, top.name, top.format)
         os.replace(temp, final)
@@ -104,8 +105,7 @@ def open_delta(store: Store, name: str, file_name: str, version: int) -> Manifes
             temp.unlink()
         raise
     try:
-        _write(store, name, replace(manifest, files=(*manifest.files, entry),
-                                    virtual_size=size))
+        _write(store, name, replace(manifest, files=(*manifest.files, entry), virtual_size=size))
     except BaseException:
         final.unlink(missing_ok=True)
         raise
@@ -192,22 +192,25 @@ def fold(
     size = _virtual_size(manifest, file_path(store, name, manifest.top.name))
     built = _build_folded(store, name, kept, None if new_base else base)
     try:
-        entry = _sealed_entry(built, replace(kept, format="qcow2",
-                                             parent=None if new_base else base.name))
+        entry = _sealed_entry(
+            built, replace(kept, format="qcow2", parent=None if new_base else base.name)
+        )
     except BaseException:
         built.unlink(missing_ok=True)
         raise
     os.replace(built, file_path(store, name, kept.name))
     fsync_dir(store.root / name)
     retired = tuple(RetiredFile(f.name, f.version, retired_at) for f in leaving)
-    files = ((entry,) if new_base else (base, entry)) + manifest.files[index + 1:]
-    _write(store, name, replace(manifest, files=files, retired=manifest.retired + retired,
-                                virtual_size=size))
+    files = ((entry,) if new_base else (base, entry)) + manifest.files[index + 1 :]
+    _write(
+        store,
+        name,
+        replace(manifest, files=files, retired=manifest.retired + retired, virtual_size=size),
+    )
     return entry, retired
 
 
-def _build_folded(store: Store, name: str, kept: ManifestFile,
-                  base: ManifestFile | None) -> Path:
+def _build_folded(store: Store, name: str, kept: ManifestFile, base: ManifestFile | None) -> Path:
     """A checked temp file with KEEP's content: on BASE, or standalone if BASE is None."""
     source = file_path(store, name, kept.name)
     temp = file_path(store, name, _temp_name("merge", kept.name))
@@ -264,8 +267,9 @@ def export_flat(store: Store, name: str, file_name: str, fmt: str, out: Path) ->
         raise VdiskExists(f"{out} already exists")
     temp = out.with_name(_temp_name("export", out.name))
     try:
-        qemu_img.convert(file_path(store, name, file_name), temp, src_format=entry.format,
-                         dst_format=fmt)
+        qemu_img.convert(
+            file_path(store, name, file_name), temp, src_format=entry.format, dst_format=fmt
+        )
         os.replace(temp, out)
     except BaseException:
         temp.unlink(missing_ok=True)

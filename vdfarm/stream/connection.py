@@ -206,12 +206,17 @@ class NBDConnection(asyncio.Protocol):
         self.stack = session.stack
         info = self._export_info(target, session.stack.capabilities())
         self.transport.write(self.nbd.accept_export(info))
-        log.info("%s: device %s streaming vDisk %s (%s)", self.peer, target.device_name,
-                 target.vdisk_name, target.access_mode)
+        log.info(
+            "%s: device %s streaming vDisk %s (%s)",
+            self.peer,
+            target.device_name,
+            target.vdisk_name,
+            target.access_mode,
+        )
 
     async def _view_request(self, ev: ExportRequest) -> None:
         try:
-            target = await self.registry.resolve_view(ev.name[len(VIEW_PREFIX):])
+            target = await self.registry.resolve_view(ev.name[len(VIEW_PREFIX) :])
         except Exception as exc:
             self._reject(ev, exc)
             return
@@ -233,8 +238,11 @@ class NBDConnection(asyncio.Protocol):
 
     def _export_info(self, target, caps) -> ExportInfo:
         flags = transmission_flags(caps, self.nbd.structured_replies)
-        return ExportInfo(size=target.size, transmission_flags=flags,
-                          description=f"vDisk {target.vdisk_name} ({target.access_mode})")
+        return ExportInfo(
+            size=target.size,
+            transmission_flags=flags,
+            description=f"vDisk {target.vdisk_name} ({target.access_mode})",
+        )
 
     def _reject(self, ev: ExportRequest, exc: Exception) -> None:
         code = _SERVICE_ERRORS_TO_REP.get(type(exc).__name__)
@@ -283,29 +291,36 @@ class NBDConnection(asyncio.Protocol):
                 self._flush(req.cookie)
                 return
             elif cmd == c.CMD_WRITE_ZEROES:
-                stack.zero(req.offset, req.length,
-                           may_trim=not (req.flags & c.CMD_FLAG_NO_HOLE),
-                           fua=bool(req.flags & c.CMD_FLAG_FUA),
-                           fast=bool(req.flags & c.CMD_FLAG_FAST_ZERO))
+                stack.zero(
+                    req.offset,
+                    req.length,
+                    may_trim=not (req.flags & c.CMD_FLAG_NO_HOLE),
+                    fua=bool(req.flags & c.CMD_FLAG_FUA),
+                    fast=bool(req.flags & c.CMD_FLAG_FAST_ZERO),
+                )
             elif cmd == c.CMD_TRIM:
                 stack.trim(req.offset, req.length, bool(req.flags & c.CMD_FLAG_FUA))
             elif cmd == c.CMD_CACHE:
                 stack.cache(req.offset, req.length)
             elif cmd == c.CMD_BLOCK_STATUS:
                 extents = stack.extents(req.offset, req.length)
-                out.append(nbd.reply_block_status(
-                    req.cookie, [(e.length, e.flags) for e in extents]))
+                out.append(
+                    nbd.reply_block_status(req.cookie, [(e.length, e.flags) for e in extents])
+                )
                 return
             else:
-                out.append(nbd.reply_error(req.cookie, c.NBD_EINVAL,
-                                           f"unsupported command {cmd}"))
+                out.append(nbd.reply_error(req.cookie, c.NBD_EINVAL, f"unsupported command {cmd}"))
                 return
         except OSError as exc:
-            if (exc.errno == errno.ENOSPC and self.session is not None
-                    and req.offset + req.length <= stack.size):  # not "past the end"
+            if (
+                exc.errno == errno.ENOSPC
+                and self.session is not None
+                and req.offset + req.length <= stack.size
+            ):  # not "past the end"
                 self.registry.cache_full(self.session)
-            out.append(nbd.reply_error(
-                req.cookie, errno_to_nbd(exc.errno or 0), exc.strerror or str(exc)))
+            out.append(
+                nbd.reply_error(req.cookie, errno_to_nbd(exc.errno or 0), exc.strerror or str(exc))
+            )
             return
         except Exception as exc:
             log.exception("%s: request %d failed", self.peer, cmd)
@@ -335,7 +350,7 @@ class NBDConnection(asyncio.Protocol):
                     offset += sent
                     length -= sent
                 if length:
-                    ranges = [(fd, offset, length), *ranges[i + 1:]]
+                    ranges = [(fd, offset, length), *ranges[i + 1 :]]
                     break
             else:
                 return

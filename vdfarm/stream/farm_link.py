@@ -18,8 +18,9 @@ import logging
 log = logging.getLogger("vdfarm.stream")
 
 
-async def heartbeat_forever(farm, run_db, interval: float = 1.0,
-                            inventory_every: int = 10, after_beat=None) -> None:
+async def heartbeat_forever(
+    farm, run_db, interval: float = 1.0, inventory_every: int = 10, after_beat=None
+) -> None:
     """Beat until cancelled. `run_db(fn, *args)` runs a blocking farm call
     off the event loop; `after_beat(reached)` is awaited after each beat."""
     beat = 0

@@ -30,8 +30,7 @@ STALE_ORDER_SECONDS = 30.0
 
 def order_is_stale(order: moves.MoveOrder, now, stale_after: float) -> bool:
     """True if ORDER (for a device with no session here) is old enough to drop."""
-    return order.requested_at is None or now - order.requested_at > timedelta(
-        seconds=stale_after)
+    return order.requested_at is None or now - order.requested_at > timedelta(seconds=stale_after)
 
 
 async def carry_out_moves(farm, registry, stale_after: float = STALE_ORDER_SECONDS) -> int:
@@ -45,12 +44,19 @@ async def carry_out_moves(farm, registry, stale_after: float = STALE_ORDER_SECON
             if why is None:
                 moved += 1
                 continue
-            log.warning("device %s stays on this server (not moved to %s): %s",
-                        order.device_name, order.to_server.name, why)
+            log.warning(
+                "device %s stays on this server (not moved to %s): %s",
+                order.device_name,
+                order.to_server.name,
+                why,
+            )
             await registry.run_db(moves.cancel_move, farm, order.device_id)
         elif order_is_stale(order, farm.now(), stale_after):
-            log.info("device %s never reached server %s: its move order is dropped",
-                     order.device_name, order.to_server.name)
+            log.info(
+                "device %s never reached server %s: its move order is dropped",
+                order.device_name,
+                order.to_server.name,
+            )
             await registry.run_db(farm.session_ended, order.device_id)
     return moved
 

@@ -32,7 +32,6 @@ from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
 log = logging.getLogger("vdfarm.stream")
 
 
-
 def ram_cache_dir_for(server_uuid: str, fallback: Path) -> Path:
     """A directory in RAM (tmpfs /dev/shm) for `server-ram` write caches of
     this server, or `fallback` where the machine has no /dev/shm."""
@@ -46,19 +45,28 @@ def ram_cache_dir_for(server_uuid: str, fallback: Path) -> Path:
 class StreamServer:
     """NBD listener + device sessions over a farm."""
 
-    def __init__(self, farm, cache_dir: Path, grace_seconds: float = 30.0,
-                 lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self,
+        farm,
+        cache_dir: Path,
+        grace_seconds: float = 30.0,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
         self.farm = farm
         self.cache_dir = Path(cache_dir)
         self.db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdfarm-db")
         self.link_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdfarm-link")
         self.io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vdfarm-io")
         self.ram_cache_dir = ram_cache_dir_for(farm.server_uuid, self.cache_dir)
-        self.registry = SessionRegistry(farm, self.cache_dir, self.db_executor,
-                                        link_executor=self.link_executor,
-                                        grace_seconds=grace_seconds,
-                                        lease_seconds=lease_seconds,
-                                        ram_cache_dir=self.ram_cache_dir)
+        self.registry = SessionRegistry(
+            farm,
+            self.cache_dir,
+            self.db_executor,
+            link_executor=self.link_executor,
+            grace_seconds=grace_seconds,
+            lease_seconds=lease_seconds,
+            ram_cache_dir=self.ram_cache_dir,
+        )
         self.connections: set[NBDConnection] = set()
         self._server: asyncio.base_events.Server | None = None
 
@@ -83,7 +91,8 @@ class StreamServer:
         self._clear_stale_caches()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: NBDConnection(self), host, port, reuse_address=True, backlog=256)
+            lambda: NBDConnection(self), host, port, reuse_address=True, backlog=256
+        )
         for sock in self._server.sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._server.sockets[0].getsockname()[1]
@@ -110,18 +119,26 @@ class StreamServer:
                 pass  # not empty or already gone: nothing to free
 
 
-async def serve(farm, host: str, port: int, grace_seconds: float,
-                lease_seconds: float = DEFAULT_LEASE_SECONDS,
-                api_host: str | None = None, api_port: int | None = None,
-                ready=None, auto_rebalance_every: float = 0,
-                advertise: str | None = None) -> None:
+async def serve(
+    farm,
+    host: str,
+    port: int,
+    grace_seconds: float,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    api_host: str | None = None,
+    api_port: int | None = None,
+    ready=None,
+    auto_rebalance_every: float = 0,
+    advertise: str | None = None,
+) -> None:
     """Serve NBD (and the REST API unless `api_port` is None) until
     SIGTERM/SIGINT; carry out move orders; run the automatic rebalance every
     `auto_rebalance_every` seconds (0: never). `advertise` is the address
     devices and other servers reach this server at (default: `host`, or the
     host name, with a warning, when `host` is a wildcard)."""
-    server = StreamServer(farm, farm.cache_dir, grace_seconds=grace_seconds,
-                          lease_seconds=lease_seconds)
+    server = StreamServer(
+        farm, farm.cache_dir, grace_seconds=grace_seconds, lease_seconds=lease_seconds
+    )
     bound = await server.start(host, port)
     loop = asyncio.get_running_loop()
     api = None
@@ -141,11 +158,15 @@ async def serve(farm, host: str, port: int, grace_seconds: float,
         advertise = host
         if is_wildcard(host):
             advertise = socket.gethostname()
-            log.warning("listening on %s: telling devices to reach this server at its host "
-                        "name %s; give --advertise ADDR if they cannot resolve it",
-                        host, advertise)
-    await loop.run_in_executor(server.db_executor, farm.register_server, bound, api_bound,
-                               advertise)
+            log.warning(
+                "listening on %s: telling devices to reach this server at its host "
+                "name %s; give --advertise ADDR if they cannot resolve it",
+                host,
+                advertise,
+            )
+    await loop.run_in_executor(
+        server.db_executor, farm.register_server, bound, api_bound, advertise
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -156,17 +177,16 @@ async def serve(farm, host: str, port: int, grace_seconds: float,
         if reached and registry.dirty:
             await registry.reconcile()
 
-    tasks = [loop.create_task(registry.report_cache_usage_forever()),
-             loop.create_task(heartbeat_forever(farm, registry.run_link,
-                                                after_beat=after_beat)),
-             loop.create_task(moves_forever(farm, registry))]
+    tasks = [
+        loop.create_task(registry.report_cache_usage_forever()),
+        loop.create_task(heartbeat_forever(farm, registry.run_link, after_beat=after_beat)),
+        loop.create_task(moves_forever(farm, registry)),
+    ]
     if auto_rebalance_every > 0:
-        tasks.append(loop.create_task(
-            auto_rebalance_forever(farm, registry, auto_rebalance_every)))
+        tasks.append(loop.create_task(auto_rebalance_forever(farm, registry, auto_rebalance_every)))
     log.info("serving NBD on %s:%d", host, bound)
     api_text = f", REST API on {api_host or host}:{api_bound}" if api is not None else ""
-    print(f"vdfarm: serving NBD on {host}:{bound}{api_text} (data dir {farm.data_dir})",
-          flush=True)
+    print(f"vdfarm: serving NBD on {host}:{bound}{api_text} (data dir {farm.data_dir})", flush=True)
     if ready is not None:
         ready(bound)
     await stop.wait()
@@ -192,19 +212,40 @@ def _tune_malloc() -> None:
     libc.mallopt(m_trim_threshold, 256 * 1024 * 1024)
 
 
-def run_server(farm, host: str = "127.0.0.1", nbd_port: int = 10809,
-               grace_seconds: float = 30.0,
-               lease_seconds: float = DEFAULT_LEASE_SECONDS,
-               api_host: str | None = None, api_port: int | None = None,
-               auto_rebalance_every: float = 0, advertise: str | None = None) -> None:
+def run_server(
+    farm,
+    host: str = "127.0.0.1",
+    nbd_port: int = 10809,
+    grace_seconds: float = 30.0,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    api_host: str | None = None,
+    api_port: int | None = None,
+    auto_rebalance_every: float = 0,
+    advertise: str | None = None,
+) -> None:
     """Foreground entry point used by `vdfarm server run`."""
     _tune_malloc()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         import uvloop
+
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    runner(serve(farm, host, nbd_port, grace_seconds, lease_seconds, api_host, api_port,
-                 auto_rebalance_every=auto_rebalance_every, advertise=advertise))
+    runner(
+        serve(
+            farm,
+            host,
+            nbd_port,
+            grace_seconds,
+            lease_seconds,
+            api_host,
+            api_port,
+            auto_rebalance_every=auto_rebalance_every,
+            advertise=advertise,
+        )
+    )

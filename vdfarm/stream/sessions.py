@@ -64,10 +64,13 @@ class FarmPort(Protocol):
     def resolve_export(self, name_or_mac: str) -> Any: ...
     def resolve_vdisk_view(self, vdisk_name: str) -> Any: ...
     def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> Any: ...
-    def renew_lock(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool: ...
+    def renew_lock(
+        self, vdisk_id: int, device_id: int, token: int, lease_seconds: float
+    ) -> bool: ...
     def release_lock(self, vdisk_id: int, device_id: int, token: int) -> None: ...
-    def session_started(self, device_id: int, vdisk_id: int, version: int,
-                        client_ip: str | None = None) -> None: ...
+    def session_started(
+        self, device_id: int, vdisk_id: int, version: int, client_ip: str | None = None
+    ) -> None: ...
     def session_ended(self, device_id: int) -> None: ...
 
 
@@ -84,7 +87,7 @@ def is_writable(target) -> bool:
 class FencedLayer(Layer):
     """Refuses writes once its session has lost its lock (fencing)."""
 
-    def __init__(self, next: Layer, session: "DeviceSession") -> None:
+    def __init__(self, next: Layer, session: DeviceSession) -> None:
         super().__init__(next)
         self._session = session
 
@@ -140,11 +143,16 @@ class DeviceSession:
 class SessionRegistry:
     """Creates, shares and ends device sessions for one server process."""
 
-    def __init__(self, farm: FarmPort, cache_dir: Path, db_executor: Executor,
-                 link_executor: Executor | None = None,
-                 grace_seconds: float = 30.0,
-                 lease_seconds: float = DEFAULT_LEASE_SECONDS,
-                 ram_cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        farm: FarmPort,
+        cache_dir: Path,
+        db_executor: Executor,
+        link_executor: Executor | None = None,
+        grace_seconds: float = 30.0,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        ram_cache_dir: Path | None = None,
+    ) -> None:
         self.farm = farm
         self.cache_dir = Path(cache_dir)
         self.ram_cache_dir = Path(ram_cache_dir) if ram_cache_dir else self.cache_dir
@@ -185,8 +193,11 @@ class SessionRegistry:
                 if type(exc).__name__ == "NotFound":
                     self.known.pop(export_name, None)
                 raise
-            log.warning("farm database unreachable (%s): device %s served from cache",
-                        exc, cached.device_name)
+            log.warning(
+                "farm database unreachable (%s): device %s served from cache",
+                exc,
+                cached.device_name,
+            )
             return cached
         self.known[export_name] = target
         return target
@@ -214,15 +225,19 @@ class SessionRegistry:
             await asyncio.shield(self._opening[device_id])
         session = self.sessions.get(device_id)
         if session is not None and (session.target.vdisk_id, session.target.version) != (
-                target.vdisk_id, target.version):
+            target.vdisk_id,
+            target.version,
+        ):
             # The device was reassigned since: the old session is stale.
             if session.connections == 0:
                 await self._end(session)
                 session = None
             else:
-                raise OSError(errno.EBUSY,
-                              f"device {target.device_name} is still connected to vDisk "
-                              f"{session.target.vdisk_name}")
+                raise OSError(
+                    errno.EBUSY,
+                    f"device {target.device_name} is still connected to vDisk "
+                    f"{session.target.vdisk_name}",
+                )
         if session is None:
             fut = asyncio.get_running_loop().create_future()
             self._opening[device_id] = fut
@@ -230,8 +245,13 @@ class SessionRegistry:
                 session = await self._open(target)
                 session.client_ip = getattr(connection, "client_ip", None)
                 self.sessions[device_id] = session
-                await self._record(self.farm.session_started, device_id,
-                                   target.vdisk_id, target.version, session.client_ip)
+                await self._record(
+                    self.farm.session_started,
+                    device_id,
+                    target.vdisk_id,
+                    target.version,
+                    session.client_ip,
+                )
             finally:
                 del self._opening[device_id]
                 fut.set_result(None)
@@ -255,10 +275,14 @@ class SessionRegistry:
         if clean or self.grace_seconds <= 0 or session.moving_to is not None:
             asyncio.get_running_loop().create_task(self._end(session))
         else:
-            log.info("device %s dropped uncleanly; keeping its session %.0fs",
-                     session.device_name, self.grace_seconds)
+            log.info(
+                "device %s dropped uncleanly; keeping its session %.0fs",
+                session.device_name,
+                self.grace_seconds,
+            )
             session.grace_handle = asyncio.get_running_loop().call_later(
-                self.grace_seconds, self._grace_expired, session)
+                self.grace_seconds, self._grace_expired, session
+            )
 
     def cache_full(self, session: DeviceSession) -> None:
         """A write did not fit the device's write cache: log and audit it
@@ -267,12 +291,20 @@ class SessionRegistry:
             return
         session.cache_full_reported = True
         target = session.target
-        log.warning("device %s: write cache full (%d of %s bytes): writes get ENOSPC",
-                    target.device_name, session.overlay.used_bytes,
-                    target.write_cache_limit_bytes)
-        asyncio.get_running_loop().create_task(self._record(
-            self.farm.sessions.cache_full, target.device_id, session.overlay.used_bytes,
-            target.write_cache_limit_bytes))
+        log.warning(
+            "device %s: write cache full (%d of %s bytes): writes get ENOSPC",
+            target.device_name,
+            session.overlay.used_bytes,
+            target.write_cache_limit_bytes,
+        )
+        asyncio.get_running_loop().create_task(
+            self._record(
+                self.farm.sessions.cache_full,
+                target.device_id,
+                session.overlay.used_bytes,
+                target.write_cache_limit_bytes,
+            )
+        )
 
     async def report_cache_usage_forever(self, interval: float = 2.0) -> None:
         """Every `interval` seconds, tell the farm how much write cache each
@@ -281,8 +313,11 @@ class SessionRegistry:
         reported: dict[int, int] = {}
         while True:
             await asyncio.sleep(interval)
-            now = {s.target.device_id: s.overlay.used_bytes
-                   for s in self.sessions.values() if s.overlay is not None}
+            now = {
+                s.target.device_id: s.overlay.used_bytes
+                for s in self.sessions.values()
+                if s.overlay is not None
+            }
             changed = {d: used for d, used in now.items() if reported.get(d) != used}
             if not changed:
                 continue
@@ -305,8 +340,11 @@ class SessionRegistry:
         if why is not None:
             return why
         session.moving_to = to_server
-        log.info("device %s: moving to server %s; closing its connections",
-                 session.device_name, to_server)
+        log.info(
+            "device %s: moving to server %s; closing its connections",
+            session.device_name,
+            to_server,
+        )
         for connection in list(session.connections_set):
             connection.leave(f"device moved to server {to_server}")
         if session.connections == 0:  # waiting out a grace period: end it now
@@ -318,15 +356,17 @@ class SessionRegistry:
         (moving ones excluded: their record belongs to the move)."""
         from vdfarm.service.sessions import LiveSession
 
-        return {s.target.device_id: LiveSession(s.target.vdisk_id, s.target.version, s.client_ip)
-                for s in self.sessions.values() if s.moving_to is None}
+        return {
+            s.target.device_id: LiveSession(s.target.vdisk_id, s.target.version, s.client_ip)
+            for s in self.sessions.values()
+            if s.moving_to is None
+        }
 
     async def reconcile(self) -> None:
         """Repair the farm's session records of this server after an outage."""
         self.dirty = False
         try:
-            added, removed = await self.run_db(self.farm.sessions.reconcile,
-                                               self.live_sessions())
+            added, removed = await self.run_db(self.farm.sessions.reconcile, self.live_sessions())
         except Exception as exc:
             self.dirty = True
             log.warning("could not reconcile session records: %s", exc)
@@ -360,13 +400,18 @@ class SessionRegistry:
         base = self.chains.acquire(chain, formats)
         try:
             cache_path = self.cache_path(target)
-            overlay = WriteCacheOverlay(base, cache_path,
-                                        limit_bytes=target.write_cache_limit_bytes)
+            overlay = WriteCacheOverlay(
+                base, cache_path, limit_bytes=target.write_cache_limit_bytes
+            )
         except BaseException:
             self.chains.release(chain)
             raise
-        log.info("device %s: standard mode on vDisk %s, write cache %s",
-                 target.device_name, target.vdisk_name, cache_path)
+        log.info(
+            "device %s: standard mode on vDisk %s, write cache %s",
+            target.device_name,
+            target.vdisk_name,
+            cache_path,
+        )
         return DeviceSession(target=target, stack=CheckedStack(overlay), overlay=overlay)
 
     def cache_path(self, target) -> Path:
@@ -379,21 +424,32 @@ class SessionRegistry:
         return where / f"device-{target.device_id}.wcache"
 
     async def _open_writable(self, target) -> DeviceSession:
-        grant = await self.run_db(self.farm.acquire_lock, target.vdisk_id,
-                                  target.device_id, self.lease_seconds)
+        grant = await self.run_db(
+            self.farm.acquire_lock, target.vdisk_id, target.device_id, self.lease_seconds
+        )
         try:
             top = self._open_writable_top(target)
         except BaseException:
-            await self.run_db(self.farm.release_lock, target.vdisk_id,
-                              target.device_id, grant.token)
+            await self.run_db(
+                self.farm.release_lock, target.vdisk_id, target.device_id, grant.token
+            )
             raise
-        session = DeviceSession(target=target, stack=None, private_file=top,  # type: ignore[arg-type]
-                                lock_token=grant.token)
+        session = DeviceSession(
+            target=target,
+            stack=None,
+            private_file=top,  # type: ignore[arg-type]
+            lock_token=grant.token,
+        )
         session.stack = CheckedStack(FencedLayer(top, session))
         session.renew_task = asyncio.get_running_loop().create_task(self._renew_loop(session))
-        log.info("device %s: read/write (%s) on vDisk %s version %d, lock token %d",
-                 target.device_name, target.access_mode, target.vdisk_name, target.version,
-                 grant.token)
+        log.info(
+            "device %s: read/write (%s) on vDisk %s version %d, lock token %d",
+            target.device_name,
+            target.access_mode,
+            target.vdisk_name,
+            target.version,
+            grant.token,
+        )
         return session
 
     def _open_writable_top(self, target) -> Layer:
@@ -412,16 +468,23 @@ class SessionRegistry:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                ok = await self.run_link(self.farm.renew_lock, target.vdisk_id,
-                                         target.device_id, session.lock_token,
-                                         self.lease_seconds)
+                ok = await self.run_link(
+                    self.farm.renew_lock,
+                    target.vdisk_id,
+                    target.device_id,
+                    session.lock_token,
+                    self.lease_seconds,
+                )
             except Exception as exc:  # database away: keep streaming, retry
                 log.warning("lock renewal for %s failed: %s", target.vdisk_name, exc)
                 continue
             if not ok:
                 session.fenced = True
-                log.error("device %s lost the lock on vDisk %s: writes now refused",
-                          target.device_name, target.vdisk_name)
+                log.error(
+                    "device %s lost the lock on vDisk %s: writes now refused",
+                    target.device_name,
+                    target.vdisk_name,
+                )
                 return
 
     async def _end(self, session: DeviceSession) -> None:
@@ -439,8 +502,7 @@ class SessionRegistry:
             if session.renew_task is not None:
                 session.renew_task.cancel()
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, session.private_file.flush)
+                await asyncio.get_running_loop().run_in_executor(None, session.private_file.flush)
             except OSError as exc:
                 log.error("final flush of %s failed: %s", target.vdisk_name, exc)
             session.private_file.close()
@@ -448,8 +510,12 @@ class SessionRegistry:
                 self.chains.release(chain[:-1])
             if not session.fenced:
                 try:
-                    await self.run_db(self.farm.release_lock, target.vdisk_id,
-                                      target.device_id, session.lock_token)
+                    await self.run_db(
+                        self.farm.release_lock,
+                        target.vdisk_id,
+                        target.device_id,
+                        session.lock_token,
+                    )
                 except Exception as exc:  # the lease will expire by itself
                     log.warning("lock release for %s failed: %s", target.vdisk_name, exc)
         if session.moving_to is None:

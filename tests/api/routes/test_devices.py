@@ -11,27 +11,42 @@ from tests.api.conftest import error_of, unchanged
 
 
 def test_add_list_show(admin, local, farm, populated):
-    response = admin.post("/api/v1/devices", json={
-        "name": "pc2", "mac": "AA-BB-CC-00-00-02", "vdisk": "w", "device_type": "test",
-        "description": "lab"})
+    response = admin.post(
+        "/api/v1/devices",
+        json={
+            "name": "pc2",
+            "mac": "AA-BB-CC-00-00-02",
+            "vdisk": "w",
+            "device_type": "test",
+            "description": "lab",
+        },
+    )
     assert response.status_code == 201, response.text
     info = response.json()
-    assert (info["name"], info["mac"], info["vdisk"], info["device_type"], info["description"]) \
-        == ("pc2", "aa:bb:cc:00:00:02", "w", "test", "lab")
+    assert (info["name"], info["mac"], info["vdisk"], info["device_type"], info["description"]) == (
+        "pc2",
+        "aa:bb:cc:00:00:02",
+        "w",
+        "test",
+        "lab",
+    )
     assert [d["name"] for d in local.get("/api/v1/devices").json()] == ["pc1", "pc2"]
     shown = local.get("/api/v1/devices/aa:bb:cc:00:00:02").json()
     assert shown["name"] == "pc2" and shown["session"] is None
     assert farm.devices.show("pc2").mac == "aa:bb:cc:00:00:02"
 
 
-@pytest.mark.parametrize("body, status, says", [
-    ({"name": "pc1"}, 409, "device pc1 already exists"),
-    ({"name": "pc2", "mac": "aa:bb:cc:00:00:01"}, 409, "already used by device pc1"),
-    ({"name": "pc2", "vdisk": "nope"}, 404, "no vDisk named nope"),
-    ({"name": "pc2", "mac": "not-a-mac"}, 400, "not-a-mac"),
-    ({"name": "-pc2"}, 400, "invalid device name"),
-    ({"name": "pc2", "device_type": "boss"}, 422, "body field device_type"),
-])
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({"name": "pc1"}, 409, "device pc1 already exists"),
+        ({"name": "pc2", "mac": "aa:bb:cc:00:00:01"}, 409, "already used by device pc1"),
+        ({"name": "pc2", "vdisk": "nope"}, 404, "no vDisk named nope"),
+        ({"name": "pc2", "mac": "not-a-mac"}, 400, "not-a-mac"),
+        ({"name": "-pc2"}, 400, "invalid device name"),
+        ({"name": "pc2", "device_type": "boss"}, 422, "body field device_type"),
+    ],
+)
 def test_add_refusals_change_nothing(admin, farm, populated, body, status, says):
     with unchanged(farm):
         assert says in error_of(admin.post("/api/v1/devices", json=body), status)
@@ -41,8 +56,9 @@ def test_concurrent_adds_of_one_name_one_wins(admin, farm):
     statuses = []
 
     def post(index):
-        response = admin.post("/api/v1/devices", json={"name": "racer",
-                                                       "description": f"try {index}"})
+        response = admin.post(
+            "/api/v1/devices", json={"name": "racer", "description": f"try {index}"}
+        )
         statuses.append(response.status_code)
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(8)]
@@ -60,10 +76,14 @@ def test_show_unknown_is_404(local):
 
 
 def test_patch_changes_fields(admin, farm, populated):
-    info = admin.patch("/api/v1/devices/pc1", json={"device_type": "maintenance",
-                                                    "description": "bench"}).json()
-    assert (info["device_type"], info["description"], info["mac"]) == \
-        ("maintenance", "bench", "aa:bb:cc:00:00:01")
+    info = admin.patch(
+        "/api/v1/devices/pc1", json={"device_type": "maintenance", "description": "bench"}
+    ).json()
+    assert (info["device_type"], info["description"], info["mac"]) == (
+        "maintenance",
+        "bench",
+        "aa:bb:cc:00:00:01",
+    )
     info = admin.patch("/api/v1/devices/aa:bb:cc:00:00:01", json={"mac": None}).json()
     assert (info["name"], info["mac"], info["description"]) == ("pc1", None, "bench")
 
@@ -75,14 +95,17 @@ def test_patch_assigns_the_vdisk(admin, farm, populated):
     assert [e.action for e in farm.audit.list(limit=2)] == ["device.assign"] * 2
 
 
-@pytest.mark.parametrize("name, body, status, says", [
-    ("pc1", {}, 400, "nothing to change"),
-    ("pc1", {"vdisk": "nope"}, 404, "no vDisk named nope"),
-    ("pc1", {"vdisk": None, "description": "x"}, 422, "cannot also change description"),
-    ("pc1", {"mac": "zz"}, 400, "zz"),
-    ("nope", {"description": "x"}, 404, "no device named nope"),
-    ("pc1", {"name": "pc9"}, 422, "body field name"),
-])
+@pytest.mark.parametrize(
+    "name, body, status, says",
+    [
+        ("pc1", {}, 400, "nothing to change"),
+        ("pc1", {"vdisk": "nope"}, 404, "no vDisk named nope"),
+        ("pc1", {"vdisk": None, "description": "x"}, 422, "cannot also change description"),
+        ("pc1", {"mac": "zz"}, 400, "zz"),
+        ("nope", {"description": "x"}, 404, "no device named nope"),
+        ("pc1", {"name": "pc9"}, 422, "body field name"),
+    ],
+)
 def test_patch_refusals_change_nothing(admin, farm, populated, name, body, status, says):
     farm.devices.add("pc2", mac="aa:bb:cc:00:00:02")
     with unchanged(farm):

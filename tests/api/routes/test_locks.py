@@ -16,8 +16,12 @@ def test_list_and_release(admin, local, farm, populated):
     assert (lock["vdisk"], lock["state"], lock["holder"]) == ("w", "free", None)
     grant = hold(farm)
     [lock] = local.get("/api/v1/locks").json()
-    assert (lock["state"], lock["holder"], lock["server"], lock["fencing_token"]) == \
-        ("held", "pc1", farm.server_name, grant.token)
+    assert (lock["state"], lock["holder"], lock["server"], lock["fencing_token"]) == (
+        "held",
+        "pc1",
+        farm.server_name,
+        grant.token,
+    )
     response = admin.post("/api/v1/locks/w/release")
     assert response.status_code == 200
     assert (response.json()["state"], response.json()["holder"]) == ("held", "pc1")
@@ -42,7 +46,8 @@ def test_held_lock_blocks_deleting_its_device_and_mode_change(admin, farm, popul
     with unchanged(farm):
         assert "holds the lock of vDisk w" in error_of(admin.delete("/api/v1/devices/pc1"), 409)
         assert "cannot change the mode now" in error_of(
-            admin.patch("/api/v1/vdisks/w", json={"mode": "private"}), 409)
+            admin.patch("/api/v1/vdisks/w", json={"mode": "private"}), 409
+        )
 
 
 def test_move_the_home(admin, local, farm, populated):
@@ -50,7 +55,8 @@ def test_move_the_home(admin, local, farm, populated):
     assert local.get("/api/v1/locks").json()[0]["home"] == farm.server_name
     with unchanged(farm):
         assert "no server named zz" in error_of(
-            admin.post("/api/v1/locks/w/home", json={"server": "zz"}), 404)
+            admin.post("/api/v1/locks/w/home", json={"server": "zz"}), 404
+        )
         error_of(admin.post("/api/v1/locks/w/home", json={}), 422)
         error_of(local.post("/api/v1/locks/w/home", json={"server": farm.server_name}), 401)
     answer = admin.post("/api/v1/locks/w/home", json={"server": farm.server_name})

@@ -44,13 +44,16 @@ def test_caller_address_decides_fixed_affinity(served, remote):
     assert answer.status_code == 503 and "fixed subnet affinity" in answer.json()["detail"]
 
 
-@pytest.mark.parametrize(("body", "status", "text"), [
-    ({"device": "nobody"}, 404, "no device named nobody"),
-    ({"device": "bare"}, 400, "device bare has no vDisk assigned"),
-    ({"device": "pc1", "client_ip": "bogus"}, 400, "invalid client address"),
-    ({}, 422, "device"),
-    ({"device": "pc1", "extra": 1}, 422, "extra"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        ({"device": "nobody"}, 404, "no device named nobody"),
+        ({"device": "bare"}, 400, "device bare has no vDisk assigned"),
+        ({"device": "pc1", "client_ip": "bogus"}, 400, "invalid client address"),
+        ({}, 422, "device"),
+        ({"device": "pc1", "extra": 1}, 422, "extra"),
+    ],
+)
 def test_errors(served, remote, body, status, text):
     answer = remote.post(URL, json=body)
     assert answer.status_code == status, answer.text
@@ -80,6 +83,7 @@ def test_a_login_reserves_its_server_unless_asked_not_to(served, remote):
     def reserved():
         with served.session() as session:
             return session.scalars(select(LoginReservation.server_id)).all()
+
     assert remote.post(URL, json={"device": "pc1", "reserve": False}).status_code == 200
     assert reserved() == []
     assert remote.post(URL, json={"device": "pc1"}).status_code == 200

@@ -15,16 +15,19 @@ URL = "/api/v1/rebalance"
 def make_farm(farm, tmp_path, clock, raw_image):
     """make_farm(DEVICES): this server and server b on one database, vDisk w
     on both, DEVICES devices connected (and booted) to this server; both up."""
+
     def make(devices: int) -> Farm:
         farm.vdisks.import_image("w", raw_image)
-        with Farm.init(tmp_path / "b", farm.db_url, server_name="b", actor="test:me",
-                       clock=clock) as other:
+        with Farm.init(
+            tmp_path / "b", farm.db_url, server_name="b", actor="test:me", clock=clock
+        ) as other:
             copy_vdisk(farm, other)
             for device_id in add_devices(farm, devices):
                 farm.session_started(device_id, vdisk_id(farm), 0)
             clock.advance(600)  # every device has booted
             beat(farm, other)
         return farm
+
     return make
 
 
@@ -58,12 +61,15 @@ def test_auto_guard(admin, make_farm):
     assert "fewer than 5" in result["skipped"]
 
 
-@pytest.mark.parametrize("body, says", [
-    ({"trigger_pct": -1}, "body field trigger_pct"),
-    ({"trigger_pct": 5000}, "body field trigger_pct"),
-    ({"dry_run": "maybe"}, "body field dry_run"),
-    ({"apply": True}, "body field apply"),
-])
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ({"trigger_pct": -1}, "body field trigger_pct"),
+        ({"trigger_pct": 5000}, "body field trigger_pct"),
+        ({"dry_run": "maybe"}, "body field dry_run"),
+        ({"apply": True}, "body field apply"),
+    ],
+)
 def test_refusals_change_nothing(admin, unbalanced, body, says):
     with unchanged(unbalanced):
         assert says in error_of(admin.post(URL, json=body), 422)

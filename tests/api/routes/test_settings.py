@@ -9,7 +9,10 @@ from tests.api.conftest import OTHER_ACTOR, error_of, unchanged
 
 def test_show_and_change(admin, local, farm):
     assert local.get("/api/v1/settings").json() == {
-        "heartbeat_timeout_s": 3.0, "boot_phase_s": 60.0, "rebalance_trigger_pct": 25.0}
+        "heartbeat_timeout_s": 3.0,
+        "boot_phase_s": 60.0,
+        "rebalance_trigger_pct": 25.0,
+    }
     answer = admin.patch("/api/v1/settings", json={"heartbeat_timeout_s": 8}).json()
     assert answer["heartbeat_timeout_s"] == 8.0 and answer["boot_phase_s"] == 60.0
     assert farm.settings.show().heartbeat_timeout_s == 8.0
@@ -17,13 +20,16 @@ def test_show_and_change(admin, local, farm):
     assert (entry.action, entry.actor) == ("farm.set", OTHER_ACTOR)
 
 
-@pytest.mark.parametrize("body, status, says", [
-    ({}, 400, "nothing to change"),
-    ({"heartbeat_timeout_s": 0}, 400, "invalid heartbeat timeout"),
-    ({"boot_phase_s": 99999}, 400, "invalid boot phase"),
-    ({"rebalance_trigger_pct": "lots"}, 422, "rebalance_trigger_pct"),
-    ({"grace": 3}, 422, "grace"),
-])
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({}, 400, "nothing to change"),
+        ({"heartbeat_timeout_s": 0}, 400, "invalid heartbeat timeout"),
+        ({"boot_phase_s": 99999}, 400, "invalid boot phase"),
+        ({"rebalance_trigger_pct": "lots"}, 422, "rebalance_trigger_pct"),
+        ({"grace": 3}, 422, "grace"),
+    ],
+)
 def test_refusals_change_nothing(admin, farm, body, status, says):
     with unchanged(farm):
         assert says in error_of(admin.patch("/api/v1/settings", json=body), status)

@@ -17,9 +17,14 @@ def test_every_server_and_what_it_holds(local, farm, tmp_path, clock, raw_image)
         other.servers.record_inventory()
     farm.servers.record_inventory()
     assert local.get("/api/v1/stores").json() == [
-        {"server": farm.server_name, "versions": [
-            {"vdisk": "a", "version": 0}, {"vdisk": "w", "version": 0},
-            {"vdisk": "w", "version": 1}]},
+        {
+            "server": farm.server_name,
+            "versions": [
+                {"vdisk": "a", "version": 0},
+                {"vdisk": "w", "version": 0},
+                {"vdisk": "w", "version": 1},
+            ],
+        },
         {"server": "zz", "versions": [{"vdisk": "a", "version": 0}]},
     ]
 

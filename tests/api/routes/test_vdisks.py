@@ -16,13 +16,23 @@ def import_body(source, name="w2", **extra):
 
 
 def test_import_list_show(admin, local, farm, raw_image):
-    response = admin.post("/api/v1/vdisks", json=import_body(
-        raw_image, mode="private", write_cache="device-ram", cache_limit_mb=64,
-        description="golden"))
+    response = admin.post(
+        "/api/v1/vdisks",
+        json=import_body(
+            raw_image,
+            mode="private",
+            write_cache="device-ram",
+            cache_limit_mb=64,
+            description="golden",
+        ),
+    )
     assert response.status_code == 201, response.text
     info = response.json()
-    assert (info["name"], info["access_mode"], info["write_cache_type"]) == \
-        ("w2", "private", "device-ram")
+    assert (info["name"], info["access_mode"], info["write_cache_type"]) == (
+        "w2",
+        "private",
+        "device-ram",
+    )
     assert (info["size"], info["write_cache_limit_mb"], info["in_store"]) == (1 << 20, 64, True)
     assert info["devices"] == [] and info["created_at"].startswith("2030-01-01T12:00:00")
     assert farm.vdisks.show("w2").sha256 == info["sha256"]
@@ -34,24 +44,33 @@ def test_import_list_show(admin, local, farm, raw_image):
 
 def test_import_defaults(admin, raw_image):
     info = admin.post("/api/v1/vdisks", json=import_body(raw_image)).json()
-    assert (info["access_mode"], info["write_cache_type"], info["write_cache_limit_mb"]) == \
-        ("standard", "server-disk", None)
+    assert (info["access_mode"], info["write_cache_type"], info["write_cache_limit_mb"]) == (
+        "standard",
+        "server-disk",
+        None,
+    )
 
 
-@pytest.mark.parametrize("body, status, says", [
-    ({"name": "w", "source_path": "{src}"}, 409, "vDisk w already exists"),
-    ({"name": "w2", "source_path": "/no/such.raw"}, 400, "does not exist"),
-    ({"name": "bad name!", "source_path": "{src}"}, 400, "bad name!"),
-    ({"name": "w2", "source_path": "{folder}"}, 400, "is not a file"),
-    ({"name": "w2", "source_path": "relative.raw"}, 422, "give an absolute path"),
-    ({"name": "w2", "source_path": "{src}", "mode": "shared"}, 422, "body field mode"),
-    ({"name": "w2", "source_path": "{src}", "cache_limit_mb": 0}, 422, "cache_limit_mb"),
-    ({"source_path": "{src}"}, 422, "body field name: Field required"),
-])
-def test_import_refusals_change_nothing(admin, farm, populated, tmp_path, raw_image,
-                                        body, status, says):
-    body = {k: v.format(src=raw_image, folder=tmp_path) if isinstance(v, str) else v
-            for k, v in body.items()}
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({"name": "w", "source_path": "{src}"}, 409, "vDisk w already exists"),
+        ({"name": "w2", "source_path": "/no/such.raw"}, 400, "does not exist"),
+        ({"name": "bad name!", "source_path": "{src}"}, 400, "bad name!"),
+        ({"name": "w2", "source_path": "{folder}"}, 400, "is not a file"),
+        ({"name": "w2", "source_path": "relative.raw"}, 422, "give an absolute path"),
+        ({"name": "w2", "source_path": "{src}", "mode": "shared"}, 422, "body field mode"),
+        ({"name": "w2", "source_path": "{src}", "cache_limit_mb": 0}, 422, "cache_limit_mb"),
+        ({"source_path": "{src}"}, 422, "body field name: Field required"),
+    ],
+)
+def test_import_refusals_change_nothing(
+    admin, farm, populated, tmp_path, raw_image, body, status, says
+):
+    body = {
+        k: v.format(src=raw_image, folder=tmp_path) if isinstance(v, str) else v
+        for k, v in body.items()
+    }
     with unchanged(farm):
         assert says in error_of(admin.post("/api/v1/vdisks", json=body), status)
 
@@ -61,8 +80,7 @@ def test_concurrent_imports_of_one_name_one_wins(admin, farm, tmp_path):
     statuses = []
 
     def post(source):
-        statuses.append(admin.post("/api/v1/vdisks", json=import_body(source, "race"))
-                        .status_code)
+        statuses.append(admin.post("/api/v1/vdisks", json=import_body(source, "race")).status_code)
 
     threads = [threading.Thread(target=post, args=(s,)) for s in sources]
     for thread in threads:
@@ -80,10 +98,15 @@ def test_show_unknown_is_404(local):
 
 
 def test_patch_changes_and_clears(admin, farm, populated):
-    info = admin.patch("/api/v1/vdisks/w", json={"description": "golden", "cache_limit_mb": 32,
-                                                 "write_cache": "device-disk"}).json()
-    assert (info["description"], info["write_cache_limit_mb"], info["write_cache_type"]) == \
-        ("golden", 32, "device-disk")
+    info = admin.patch(
+        "/api/v1/vdisks/w",
+        json={"description": "golden", "cache_limit_mb": 32, "write_cache": "device-disk"},
+    ).json()
+    assert (info["description"], info["write_cache_limit_mb"], info["write_cache_type"]) == (
+        "golden",
+        32,
+        "device-disk",
+    )
     info = admin.patch("/api/v1/vdisks/w", json={"cache_limit_mb": None}).json()
     assert (info["description"], info["write_cache_limit_mb"]) == ("golden", None)
     info = admin.patch("/api/v1/vdisks/w", json={"max_versions": 3, "mode": "private"}).json()
@@ -91,13 +114,16 @@ def test_patch_changes_and_clears(admin, farm, populated):
     assert farm.vdisks.show("w").access_mode == "private"
 
 
-@pytest.mark.parametrize("name, body, status, says", [
-    ("w", {}, 400, "nothing to change"),
-    ("w", {"max_versions": 1}, 400, "max"),
-    ("nope", {"description": "x"}, 404, "no vDisk named nope"),
-    ("w", {"mdoe": "private"}, 422, "body field mdoe"),
-    ("w", {"mode": "exclusive"}, 422, "body field mode"),
-])
+@pytest.mark.parametrize(
+    "name, body, status, says",
+    [
+        ("w", {}, 400, "nothing to change"),
+        ("w", {"max_versions": 1}, 400, "max"),
+        ("nope", {"description": "x"}, 404, "no vDisk named nope"),
+        ("w", {"mdoe": "private"}, 422, "body field mdoe"),
+        ("w", {"mode": "exclusive"}, 422, "body field mode"),
+    ],
+)
 def test_patch_refusals_change_nothing(admin, farm, populated, name, body, status, says):
     with unchanged(farm):
         assert says in error_of(admin.patch(f"/api/v1/vdisks/{name}", json=body), status)
@@ -115,8 +141,11 @@ def test_delete(admin, local, farm, populated):
 
 
 def test_verify_reports_problems_as_an_answer(admin, farm, populated):
-    assert admin.post("/api/v1/vdisks/w/verify").json() == {"vdisk": "w", "ok": True,
-                                                             "problems": []}
+    assert admin.post("/api/v1/vdisks/w/verify").json() == {
+        "vdisk": "w",
+        "ok": True,
+        "problems": [],
+    }
     with open(farm.store.path_of("w"), "r+b") as fh:
         fh.write(b"\x00" * 16)
     report = admin.post("/api/v1/vdisks/w/verify").json()
@@ -128,21 +157,33 @@ def test_export(admin, farm, populated, tmp_path):
     out = tmp_path / "out.qcow2"
     response = admin.post("/api/v1/vdisks/w/export", json={"path": str(out), "format": "qcow2"})
     assert response.status_code == 201, response.text
-    assert response.json() == {"vdisk": "w", "version": 0, "format": "qcow2", "path": str(out),
-                               "size": out.stat().st_size}
+    assert response.json() == {
+        "vdisk": "w",
+        "version": 0,
+        "format": "qcow2",
+        "path": str(out),
+        "size": out.stat().st_size,
+    }
     with unchanged(farm):
-        assert "already exists" in error_of(admin.post("/api/v1/vdisks/w/export", json={
-            "path": str(out), "format": "raw"}), 409)
-        error_of(admin.post("/api/v1/vdisks/w/export", json={"path": "x.raw", "format": "raw"}),
-                 422)
-        error_of(admin.post("/api/v1/vdisks/w/export", json={
-            "path": str(tmp_path / "y.vhd"), "format": "vhd"}), 422)
+        assert "already exists" in error_of(
+            admin.post("/api/v1/vdisks/w/export", json={"path": str(out), "format": "raw"}), 409
+        )
+        error_of(
+            admin.post("/api/v1/vdisks/w/export", json={"path": "x.raw", "format": "raw"}), 422
+        )
+        error_of(
+            admin.post(
+                "/api/v1/vdisks/w/export", json={"path": str(tmp_path / "y.vhd"), "format": "vhd"}
+            ),
+            422,
+        )
 
 
 def affinity_of(farm, name="w"):
     from sqlalchemy import select
 
     from vdfarm.farm.models import Vdisk
+
     with farm.session() as session:
         return session.scalar(select(Vdisk.subnet_affinity).where(Vdisk.name == name))
 
@@ -153,16 +194,22 @@ def test_subnet_affinity(admin, populated):
     assert response.status_code == 200, response.text
     assert response.json()["name"] == "w" and affinity_of(populated) == "fixed"
     entry = populated.audit.list(limit=1)[0]
-    assert (entry.action, entry.actor, entry.after) == \
-        ("vdisk.set", OTHER_ACTOR, {"subnet_affinity": "fixed"})
+    assert (entry.action, entry.actor, entry.after) == (
+        "vdisk.set",
+        OTHER_ACTOR,
+        {"subnet_affinity": "fixed"},
+    )
 
 
-@pytest.mark.parametrize("name, body, status, says", [
-    ("w", {"subnet_affinity": "nearby"}, 422, "body field subnet_affinity"),
-    ("w", {"subnet_affinity": None}, 422, "body field subnet_affinity"),
-    ("w", {"subnet_affinity": "fixed", "mode": "private"}, 422, "cannot also change mode"),
-    ("nope", {"subnet_affinity": "fixed"}, 404, "no vDisk named nope"),
-])
+@pytest.mark.parametrize(
+    "name, body, status, says",
+    [
+        ("w", {"subnet_affinity": "nearby"}, 422, "body field subnet_affinity"),
+        ("w", {"subnet_affinity": None}, 422, "body field subnet_affinity"),
+        ("w", {"subnet_affinity": "fixed", "mode": "private"}, 422, "cannot also change mode"),
+        ("nope", {"subnet_affinity": "fixed"}, 404, "no vDisk named nope"),
+    ],
+)
 def test_subnet_affinity_refusals_change_nothing(admin, populated, name, body, status, says):
     with unchanged(populated):
         assert says in error_of(admin.patch(f"/api/v1/vdisks/{name}", json=body), status)

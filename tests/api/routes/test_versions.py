@@ -40,9 +40,15 @@ def test_version_cycle(admin, local, farm, populated, clock):
     assert cleared == {"vdisk": "w", "version": None, "previous": 0}
 
     actions = [(e.action, e.actor) for e in farm.audit.list() if e.actor == OTHER_ACTOR]
-    assert [a for a, _ in actions] == ["version.new", "version.promote", "version.revert",
-                                       "version.promote", "version.promote",
-                                       "version.override", "version.override"]
+    assert [a for a, _ in actions] == [
+        "version.new",
+        "version.promote",
+        "version.revert",
+        "version.promote",
+        "version.promote",
+        "version.override",
+        "version.override",
+    ]
 
 
 def test_merge(admin, local, farm, populated):
@@ -50,8 +56,12 @@ def test_merge(admin, local, farm, populated):
         admin.post(BASE)
         admin.post(f"{BASE}/promote", json={"to": "production"})
     result = admin.post(f"{BASE}/merge").json()
-    assert (result["kept"], result["base"], result["removed"], result["new_base"]) == \
-        (2, 0, [1], False)
+    assert (result["kept"], result["base"], result["removed"], result["new_base"]) == (
+        2,
+        0,
+        [1],
+        False,
+    )
     assert accesses(local) == [(0, "production"), (2, "production")]
     admin.post(BASE)
     admin.post(f"{BASE}/promote", json={"to": "production"})
@@ -70,22 +80,30 @@ def test_delete_newest(admin, local, farm, populated):
         assert "base" in error_of(admin.delete(f"{BASE}/newest"), 400)
 
 
-@pytest.mark.parametrize("method, path, body, status, says", [
-    ("post", BASE, None, 409, "already open for maintenance"),
-    ("post", f"{BASE}/promote", {"to": "prod"}, 422, "body field to"),
-    ("post", f"{BASE}/promote", {"to": "production", "at": "2030-01-02T00:00:00"}, 422,
-     "body field at"),
-    ("post", f"{BASE}/promote", {}, 422, "body field to: Field required"),
-    ("post", f"{BASE}/override", {"version": -1}, 422, "body field version"),
-    ("post", f"{BASE}/override", {}, 422, "body field version: Field required"),
-    ("post", f"{BASE}/override", {"version": 1}, 400, "open for maintenance"),
-    ("post", f"{BASE}/override", {"version": 7}, 404, "has no version 7"),
-    ("post", f"{BASE}/merge", {"new_base": "maybe"}, 422, "body field new_base"),
-    ("post", f"{BASE}/merge", None, 400, "nothing to merge"),
-    ("get", "/api/v1/vdisks/nope/versions", None, 404, "no vDisk named nope"),
-    ("post", "/api/v1/vdisks/nope/versions", None, 404, "no vDisk named nope"),
-    ("post", "/api/v1/vdisks/nope/versions/revert", None, 404, "no vDisk named nope"),
-])
+@pytest.mark.parametrize(
+    "method, path, body, status, says",
+    [
+        ("post", BASE, None, 409, "already open for maintenance"),
+        ("post", f"{BASE}/promote", {"to": "prod"}, 422, "body field to"),
+        (
+            "post",
+            f"{BASE}/promote",
+            {"to": "production", "at": "2030-01-02T00:00:00"},
+            422,
+            "body field at",
+        ),
+        ("post", f"{BASE}/promote", {}, 422, "body field to: Field required"),
+        ("post", f"{BASE}/override", {"version": -1}, 422, "body field version"),
+        ("post", f"{BASE}/override", {}, 422, "body field version: Field required"),
+        ("post", f"{BASE}/override", {"version": 1}, 400, "open for maintenance"),
+        ("post", f"{BASE}/override", {"version": 7}, 404, "has no version 7"),
+        ("post", f"{BASE}/merge", {"new_base": "maybe"}, 422, "body field new_base"),
+        ("post", f"{BASE}/merge", None, 400, "nothing to merge"),
+        ("get", "/api/v1/vdisks/nope/versions", None, 404, "no vDisk named nope"),
+        ("post", "/api/v1/vdisks/nope/versions", None, 404, "no vDisk named nope"),
+        ("post", "/api/v1/vdisks/nope/versions/revert", None, 404, "no vDisk named nope"),
+    ],
+)
 def test_refusals_change_nothing(admin, farm, populated, method, path, body, status, says):
     admin.post(BASE)  # version 1, open for maintenance
     with unchanged(farm):

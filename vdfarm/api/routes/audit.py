@@ -19,8 +19,10 @@ router = make_router("audit")
 @router.get("/audit", response_model=list[AuditEntry])
 def list_audit(
     farm: FarmDep,
-    since: Annotated[AwareDatetime | None, Query(
-        description="Only changes at or after this time (ISO 8601 with a zone).")] = None,
+    since: Annotated[
+        AwareDatetime | None,
+        Query(description="Only changes at or after this time (ISO 8601 with a zone)."),
+    ] = None,
     limit: Annotated[int | None, Query(ge=1, description="Only the newest N.")] = None,
 ) -> list[AuditEntry]:
     """Recorded changes, oldest first."""

@@ -16,8 +16,9 @@ from vdfarm.service.devices import DeviceInfo
 
 router = make_router("devices")
 
-MIXED_PATCH = ("change the vdisk in a request of its own: a PATCH with 'vdisk' "
-               "cannot also change {fields}")
+MIXED_PATCH = (
+    "change the vdisk in a request of its own: a PATCH with 'vdisk' cannot also change {fields}"
+)
 
 
 @router.get("/devices", response_model=list[DeviceInfo])
@@ -29,9 +30,14 @@ def list_devices(farm: FarmDep) -> list[DeviceInfo]:
 @router.post("/devices", response_model=DeviceInfo, status_code=201)
 def add_device(body: DeviceCreate, farm: FarmDep, actor: ActorDep) -> DeviceInfo:
     """Add a device, optionally with a MAC and an assigned vDisk."""
-    return farm.devices.add(body.name, mac=body.mac, vdisk=body.vdisk,
-                            device_type=body.device_type, description=body.description,
-                            actor=actor)
+    return farm.devices.add(
+        body.name,
+        mac=body.mac,
+        vdisk=body.vdisk,
+        device_type=body.device_type,
+        description=body.description,
+        actor=actor,
+    )
 
 
 @router.get("/devices/{name}", response_model=DeviceInfo)
@@ -46,8 +52,9 @@ def change_device(name: str, body: DevicePatch, farm: FarmDep, actor: ActorDep) 
     if body.assigns():
         others = body.other_fields()
         if others:
-            raise HTTPException(status_code=422,
-                                detail=MIXED_PATCH.format(fields=", ".join(sorted(others))))
+            raise HTTPException(
+                status_code=422, detail=MIXED_PATCH.format(fields=", ".join(sorted(others)))
+            )
         return farm.devices.assign(name, body.vdisk, actor=actor)
     return farm.devices.set(name, **body.changes(), actor=actor)
 

@@ -35,10 +35,13 @@ class LoginRequest(BaseModel):
 
     device: str = Field(min_length=1, max_length=255, description="Device name or MAC.")
     client_ip: str | None = Field(
-        default=None, description="The device's IP address (default: the caller's).")
+        default=None, description="The device's IP address (default: the caller's)."
+    )
     reserve: bool = Field(
-        default=True, description="Count the device on the chosen server until it "
-                                  "connects (false: only ask, as an admin).")
+        default=True,
+        description="Count the device on the chosen server until it "
+        "connects (false: only ask, as an admin).",
+    )
 
 
 class ServerOut(BaseModel):
@@ -66,15 +69,23 @@ class LoginError(BaseModel):
 
 
 def _server_out(endpoint: ServerEndpoint) -> ServerOut:
-    return ServerOut(name=endpoint.name, host=endpoint.host, nbd_port=endpoint.nbd_port,
-                     api_port=endpoint.api_port)
+    return ServerOut(
+        name=endpoint.name,
+        host=endpoint.host,
+        nbd_port=endpoint.nbd_port,
+        api_port=endpoint.api_port,
+    )
 
 
 def _response(result: LoginResult) -> LoginResponse:
     return LoginResponse(
-        device=result.device, vdisk=result.vdisk, version=result.version,
+        device=result.device,
+        vdisk=result.vdisk,
+        version=result.version,
         server=_server_out(result.server),
-        alternatives=[_server_out(e) for e in result.alternatives], reason=result.reason)
+        alternatives=[_server_out(e) for e in result.alternatives],
+        reason=result.reason,
+    )
 
 
 def _peer_address(request: Request) -> str | None:
@@ -86,7 +97,8 @@ def _peer_address(request: Request) -> str | None:
 
 
 @router.post(
-    "/login", response_model=LoginResponse,
+    "/login",
+    response_model=LoginResponse,
     responses={status: {"model": LoginError} for status in (400, 404, 503)},
 )
 def login_device(

@@ -20,10 +20,12 @@ router = make_router("rebalance")
 
 
 @router.post("/rebalance", response_model=RebalanceResult)
-def rebalance_farm(farm: FarmDep, actor: ActorDep,
-                   body: Annotated[RebalanceBody | None, BodyParam()] = None) -> RebalanceResult:
+def rebalance_farm(
+    farm: FarmDep, actor: ActorDep, body: Annotated[RebalanceBody | None, BodyParam()] = None
+) -> RebalanceResult:
     """Plan (and unless `dry_run`, order) the moves that bring every up server
     within `trigger_pct` % of the weighted average."""
     body = body if body is not None else RebalanceBody()
-    return rebalance(farm, apply=not body.dry_run, trigger_pct=body.trigger_pct,
-                     auto=body.auto, actor=actor)
+    return rebalance(
+        farm, apply=not body.dry_run, trigger_pct=body.trigger_pct, auto=body.auto, actor=actor
+    )

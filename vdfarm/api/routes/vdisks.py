@@ -21,8 +21,10 @@ from vdfarm.service.vdisks import VdiskInfo
 
 router = make_router("vdisks")
 
-MIXED_PATCH = ("change the subnet affinity in a request of its own: a PATCH with "
-               "'subnet_affinity' cannot also change {fields}")
+MIXED_PATCH = (
+    "change the subnet affinity in a request of its own: a PATCH with "
+    "'subnet_affinity' cannot also change {fields}"
+)
 
 
 @router.get("/vdisks", response_model=list[VdiskInfo])
@@ -35,8 +37,14 @@ def list_vdisks(farm: FarmDep) -> list[VdiskInfo]:
 def import_vdisk(body: VdiskImport, farm: FarmDep, actor: ActorDep) -> VdiskInfo:
     """Import the image file SOURCE_PATH (raw, qcow2, vpc, vhdx, vmdk) as a new vDisk."""
     return farm.vdisks.import_image(
-        body.name, Path(body.source_path), mode=body.mode, write_cache=body.write_cache,
-        cache_limit_mb=body.cache_limit_mb, description=body.description, actor=actor)
+        body.name,
+        Path(body.source_path),
+        mode=body.mode,
+        write_cache=body.write_cache,
+        cache_limit_mb=body.cache_limit_mb,
+        description=body.description,
+        actor=actor,
+    )
 
 
 @router.get("/vdisks/{name}", response_model=VdiskInfo)
@@ -52,8 +60,9 @@ def change_vdisk(name: str, body: VdiskPatch, farm: FarmDep, actor: ActorDep) ->
     if body.sets_affinity():
         others = body.other_fields()
         if others:
-            raise HTTPException(status_code=422,
-                                detail=MIXED_PATCH.format(fields=", ".join(sorted(others))))
+            raise HTTPException(
+                status_code=422, detail=MIXED_PATCH.format(fields=", ".join(sorted(others)))
+            )
         set_subnet_affinity(farm, name, body.subnet_affinity, actor=actor)
         return farm.vdisks.show(name)
     return farm.vdisks.set(name, **body.changes(), actor=actor)

@@ -34,8 +34,7 @@ def open_version(name: str, farm: FarmDep, actor: ActorDep) -> VersionInfo:
 
 
 @router.post(f"{PREFIX}/promote", response_model=PromoteResult)
-def promote_version(name: str, body: PromoteBody, farm: FarmDep,
-                    actor: ActorDep) -> PromoteResult:
+def promote_version(name: str, body: PromoteBody, farm: FarmDep, actor: ActorDep) -> PromoteResult:
     """Promote the newest version of NAME to test or production (from `at`)."""
     return farm.versions.promote(name, body.to, at=body.at, actor=actor)
 
@@ -47,15 +46,15 @@ def revert_version(name: str, farm: FarmDep, actor: ActorDep) -> VersionInfo:
 
 
 @router.post(f"{PREFIX}/override", response_model=OverrideInfo)
-def override_version(name: str, body: OverrideBody, farm: FarmDep,
-                     actor: ActorDep) -> OverrideInfo:
+def override_version(name: str, body: OverrideBody, farm: FarmDep, actor: ActorDep) -> OverrideInfo:
     """Pin the production devices of NAME to a version (`null`: remove the pin)."""
     return farm.versions.override(name, body.version, actor=actor)
 
 
 @router.post(f"{PREFIX}/merge", response_model=MergeResult)
-def merge_versions(name: str, farm: FarmDep, actor: ActorDep,
-                   body: Annotated[MergeBody | None, BodyParam()] = None) -> MergeResult:
+def merge_versions(
+    name: str, farm: FarmDep, actor: ActorDep, body: Annotated[MergeBody | None, BodyParam()] = None
+) -> MergeResult:
     """Fold the versions of NAME into one delta on its base (or a new base)."""
     new_base = body.new_base if body is not None else False
     return farm.versions.merge(name, new_base=new_base, actor=actor)

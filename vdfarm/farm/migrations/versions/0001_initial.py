@@ -45,7 +45,9 @@ def upgrade() -> None:
         sa.Column("server_id", sa.Integer(), nullable=False),
         sa.Column("path", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["server_id"], ["servers.id"], ondelete="CASCADE",
+            ["server_id"],
+            ["servers.id"],
+            ondelete="CASCADE",
             name=op.f("fk_stores_server_id_servers"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_stores")),
@@ -58,9 +60,7 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("format", sa.String(16), nullable=False),
         sa.Column("access_mode", sa.String(16), server_default="standard", nullable=False),
-        sa.Column(
-            "write_cache_type", sa.String(32), server_default="server-disk", nullable=False
-        ),
+        sa.Column("write_cache_type", sa.String(32), server_default="server-disk", nullable=False),
         sa.Column("write_cache_limit_mb", sa.Integer(), nullable=True),
         sa.Column("description", sa.Text(), server_default="", nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
@@ -106,15 +106,21 @@ def upgrade() -> None:
         sa.Column("fencing_token", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("acquired_at", UTC_TIME, nullable=True),
         sa.ForeignKeyConstraint(
-            ["vdisk_id"], ["vdisks.id"], ondelete="CASCADE",
+            ["vdisk_id"],
+            ["vdisks.id"],
+            ondelete="CASCADE",
             name=op.f("fk_locks_vdisk_id_vdisks"),
         ),
         sa.ForeignKeyConstraint(
-            ["holder_device_id"], ["devices.id"], ondelete="SET NULL",
+            ["holder_device_id"],
+            ["devices.id"],
+            ondelete="SET NULL",
             name=op.f("fk_locks_holder_device_id_devices"),
         ),
         sa.ForeignKeyConstraint(
-            ["server_id"], ["servers.id"], ondelete="SET NULL",
+            ["server_id"],
+            ["servers.id"],
+            ondelete="SET NULL",
             name=op.f("fk_locks_server_id_servers"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_locks")),

@@ -49,17 +49,15 @@ def upgrade() -> None:
             "access IN ('maintenance', 'test', 'production')",
             name=op.f("ck_vdisk_versions_access"),
         ),
-        sa.CheckConstraint(
-            "format IN ('raw', 'qcow2')", name=op.f("ck_vdisk_versions_format")
-        ),
+        sa.CheckConstraint("format IN ('raw', 'qcow2')", name=op.f("ck_vdisk_versions_format")),
         sa.ForeignKeyConstraint(
-            ["vdisk_id"], ["vdisks.id"], ondelete="CASCADE",
+            ["vdisk_id"],
+            ["vdisks.id"],
+            ondelete="CASCADE",
             name=op.f("fk_vdisk_versions_vdisk_id_vdisks"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_vdisk_versions")),
-        sa.UniqueConstraint(
-            "vdisk_id", "number", name=op.f("uq_vdisk_versions_vdisk_id_number")
-        ),
+        sa.UniqueConstraint("vdisk_id", "number", name=op.f("uq_vdisk_versions_vdisk_id_number")),
     )
     op.execute(
         "INSERT INTO vdisk_versions (vdisk_id, number, parent_number, file_name, format, "
@@ -77,23 +75,27 @@ def upgrade() -> None:
         sa.Column("connected_at", UTC_TIME, nullable=False),
         sa.Column("last_seen", UTC_TIME, nullable=False),
         sa.ForeignKeyConstraint(
-            ["device_id"], ["devices.id"], ondelete="CASCADE",
+            ["device_id"],
+            ["devices.id"],
+            ondelete="CASCADE",
             name=op.f("fk_device_sessions_device_id_devices"),
         ),
         sa.ForeignKeyConstraint(
-            ["server_id"], ["servers.id"], ondelete="CASCADE",
+            ["server_id"],
+            ["servers.id"],
+            ondelete="CASCADE",
             name=op.f("fk_device_sessions_server_id_servers"),
         ),
         sa.ForeignKeyConstraint(
-            ["vdisk_id"], ["vdisks.id"], ondelete="CASCADE",
+            ["vdisk_id"],
+            ["vdisks.id"],
+            ondelete="CASCADE",
             name=op.f("fk_device_sessions_vdisk_id_vdisks"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_device_sessions")),
         sa.UniqueConstraint("device_id", name=op.f("uq_device_sessions_device_id")),
     )
-    op.create_index(
-        op.f("ix_device_sessions_vdisk_id"), "device_sessions", ["vdisk_id"]
-    )
+    op.create_index(op.f("ix_device_sessions_vdisk_id"), "device_sessions", ["vdisk_id"])
 
 
 def downgrade() -> None:

@@ -22,8 +22,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("device_sessions",
-                  sa.Column("cache_used_bytes", sa.BigInteger(), nullable=True))
+    op.add_column("device_sessions", sa.Column("cache_used_bytes", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:

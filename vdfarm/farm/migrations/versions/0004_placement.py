@@ -41,21 +41,28 @@ def _is_sqlite() -> bool:
 
 def upgrade() -> None:
     op.add_column("servers", sa.Column("subnet", sa.String(64), nullable=True))
-    op.add_column("servers", sa.Column("max_booting", sa.Integer(), server_default="500",
-                                       nullable=False))
-    op.add_column("vdisks", sa.Column("subnet_affinity", sa.String(16), server_default="none",
-                                      nullable=False))
+    op.add_column(
+        "servers", sa.Column("max_booting", sa.Integer(), server_default="500", nullable=False)
+    )
+    op.add_column(
+        "vdisks", sa.Column("subnet_affinity", sa.String(16), server_default="none", nullable=False)
+    )
     if not _is_sqlite():
         op.create_check_constraint(
-            AFFINITY_CHECK, "vdisks", "subnet_affinity IN ('none', 'best-effort', 'fixed')")
+            AFFINITY_CHECK, "vdisks", "subnet_affinity IN ('none', 'best-effort', 'fixed')"
+        )
     # device_sessions is referenced by no table, so rebuilding it (SQLite) is safe.
     with op.batch_alter_table("device_sessions") as batch:
         batch.add_column(sa.Column("client_ip", sa.String(45), nullable=True))
         batch.add_column(sa.Column("move_to_server_id", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("move_requested_at", UTC_TIME, nullable=True))
         batch.create_foreign_key(
-            "fk_device_sessions_move_to_server_id_servers", "servers",
-            ["move_to_server_id"], ["id"], ondelete="SET NULL")
+            "fk_device_sessions_move_to_server_id_servers",
+            "servers",
+            ["move_to_server_id"],
+            ["id"],
+            ondelete="SET NULL",
+        )
         batch.create_index("ix_device_sessions_server_id", ["server_id"])
         batch.create_index("ix_device_sessions_connected_at", ["connected_at"])
     op.create_table(
@@ -67,16 +74,21 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(64), nullable=True),
         sa.Column("verified_at", UTC_TIME, nullable=False),
         sa.ForeignKeyConstraint(
-            ["server_id"], ["servers.id"], ondelete="CASCADE",
+            ["server_id"],
+            ["servers.id"],
+            ondelete="CASCADE",
             name="fk_store_versions_server_id_servers",
         ),
         sa.ForeignKeyConstraint(
-            ["vdisk_id"], ["vdisks.id"], ondelete="CASCADE",
+            ["vdisk_id"],
+            ["vdisks.id"],
+            ondelete="CASCADE",
             name="fk_store_versions_vdisk_id_vdisks",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_store_versions"),
-        sa.UniqueConstraint("server_id", "vdisk_id", "version",
-                            name="uq_store_versions_server_id_vdisk_id_version"),
+        sa.UniqueConstraint(
+            "server_id", "vdisk_id", "version", name="uq_store_versions_server_id_vdisk_id_version"
+        ),
     )
     op.create_index("ix_store_versions_vdisk_id", "store_versions", ["vdisk_id"])
 
@@ -87,8 +99,7 @@ def downgrade() -> None:
     with op.batch_alter_table("device_sessions") as batch:
         batch.drop_index("ix_device_sessions_connected_at")
         batch.drop_index("ix_device_sessions_server_id")
-        batch.drop_constraint("fk_device_sessions_move_to_server_id_servers",
-                              type_="foreignkey")
+        batch.drop_constraint("fk_device_sessions_move_to_server_id_servers", type_="foreignkey")
         batch.drop_column("move_requested_at")
         batch.drop_column("move_to_server_id")
         batch.drop_column("client_ip")

@@ -29,8 +29,13 @@ def upgrade() -> None:
     # locks is referenced by no table, so rebuilding it (SQLite) is safe.
     with op.batch_alter_table("locks") as batch:
         batch.add_column(sa.Column("home_server_id", sa.Integer(), nullable=True))
-        batch.create_foreign_key("fk_locks_home_server_id_servers", "servers",
-                                 ["home_server_id"], ["id"], ondelete="SET NULL")
+        batch.create_foreign_key(
+            "fk_locks_home_server_id_servers",
+            "servers",
+            ["home_server_id"],
+            ["id"],
+            ondelete="SET NULL",
+        )
     op.execute("UPDATE locks SET home_server_id = server_id WHERE server_id IS NOT NULL")
 
 

@@ -31,11 +31,17 @@ def upgrade() -> None:
         sa.Column("server_id", sa.Integer(), nullable=False),
         sa.Column("reserved_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["device_id"], ["devices.id"], ondelete="CASCADE",
-            name="fk_login_reservations_device_id_devices"),
+            ["device_id"],
+            ["devices.id"],
+            ondelete="CASCADE",
+            name="fk_login_reservations_device_id_devices",
+        ),
         sa.ForeignKeyConstraint(
-            ["server_id"], ["servers.id"], ondelete="CASCADE",
-            name="fk_login_reservations_server_id_servers"),
+            ["server_id"],
+            ["servers.id"],
+            ondelete="CASCADE",
+            name="fk_login_reservations_server_id_servers",
+        ),
         sa.PrimaryKeyConstraint("device_id", name="pk_login_reservations"),
     )
 
