@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vdfarm.block.cow import WriteCacheOverlay
+from vdfarm.block.fenced import FencedLayer
 from vdfarm.block.layer import Layer
 from vdfarm.block.readonly import ReadOnlyGuard
 from vdfarm.block.stack import CheckedStack
@@ -82,30 +83,6 @@ def chain_of(target) -> tuple[tuple[Path, ...], tuple[str, ...]]:
 def is_writable(target) -> bool:
     """Private vDisks and maintenance boots write to the vDisk itself."""
     return target.access_mode == "private" or bool(target.writable)
-
-
-class FencedLayer(Layer):
-    """Refuses writes once its session has lost its lock (fencing)."""
-
-    def __init__(self, next: Layer, session: DeviceSession) -> None:
-        super().__init__(next)
-        self._session = session
-
-    def _check(self) -> None:
-        if self._session.fenced:
-            raise OSError(errno.EPERM, "lock lost: this server no longer holds the vDisk lock")
-
-    def pwrite(self, offset, data, fua=False):
-        self._check()
-        self.next.pwrite(offset, data, fua)
-
-    def trim(self, offset, length, fua=False):
-        self._check()
-        self.next.trim(offset, length, fua)
-
-    def zero(self, offset, length, may_trim=False, fua=False, fast=False):
-        self._check()
-        self.next.zero(offset, length, may_trim, fua, fast)
 
 
 @dataclass
@@ -440,7 +417,7 @@ class SessionRegistry:
             private_file=top,  # type: ignore[arg-type]
             lock_token=grant.token,
         )
-        session.stack = CheckedStack(FencedLayer(top, session))
+        session.stack = CheckedStack(FencedLayer(top, lambda: session.fenced))
         session.renew_task = asyncio.get_running_loop().create_task(self._renew_loop(session))
         log.info(
             "device %s: read/write (%s) on vDisk %s version %d, lock token %d",
