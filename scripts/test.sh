@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Quick start, command 2: install what the tests need, then run them all.
+# Quick start, command 2: install what the tests need, run the checks
+# (scripts/check.sh: lint, format, types, import contracts), then the tests.
 # Starts the installed PostgreSQL cluster if it is not running (tests that
 # need PostgreSQL skip, saying why, when there is none). Extra arguments go
 # to pytest.
@@ -16,4 +17,5 @@ if command -v pg_ctlcluster >/dev/null 2>&1; then
     fi
   done
 fi
+bash scripts/check.sh
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

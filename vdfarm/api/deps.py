@@ -12,8 +12,8 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, Security
 from fastapi.routing import APIRoute
@@ -66,7 +66,7 @@ def authorise(request: Request) -> None:
 class AuthorisedRoute(APIRoute):
     """An APIRoute that checks the token before reading the body."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def authorised_handler(request: Request) -> Response:

@@ -75,4 +75,9 @@ def set_cmd(
         boot_phase_s=boot_phase_s,
         rebalance_trigger_pct=rebalance_trigger_pct,
     )
-    emit(settings, lambda: (click.echo("updated the farm's settings"), _show(settings)))
+
+    def human() -> None:
+        click.echo("updated the farm's settings")
+        _show(settings)
+
+    emit(settings, human)

@@ -116,7 +116,8 @@ def promote_cmd(vdisk: str, to: str, at: datetime | None) -> None:
 
     def human() -> None:
         info = result.version
-        when = f" from {info.production_at.isoformat()}" if info.access == "pending" else ""
+        at = info.production_at
+        when = f" from {at.isoformat()}" if info.access == "pending" and at is not None else ""
         click.echo(f"version {info.number} of vDisk {vdisk} is now {info.access}{when}")
         if result.merged:
             click.echo(_merge_line(result.merged))

@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import Callable
 from datetime import datetime
@@ -322,7 +323,7 @@ class RemoteServers(_Noun):
             body["subnet"] = subnet
         return self.one(_as(ServerInfo), "PATCH", f"/servers/{segment(name)}", body=body)
 
-    def inventory(self) -> dict[str, list[tuple[str, int]]]:
+    def inventory(self) -> dict[str, builtins.list[tuple[str, int]]]:  # `list` is a verb here
         return dict(self.many(_holding, "GET", "/stores"))
 
 

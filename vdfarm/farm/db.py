@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from sqlalchemy.exc import ArgumentError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.engine.interfaces import DBAPIConnection
 
 HEAD_REVISION = "0007"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -41,7 +43,7 @@ SQLITE_BUSY_TIMEOUT_S = 30
 # within 15 s (unacknowledged data: tcp_user_timeout); no statement runs
 # longer than 30 s nor waits for a row lock longer than 10 s (migrations
 # lift both). A URL's own query parameters (?connect_timeout=...) win.
-POSTGRES_CONNECT_ARGS = {
+POSTGRES_CONNECT_ARGS: dict[str, int | str] = {
     "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 10,
@@ -77,7 +79,7 @@ def check_url(url: str) -> str:
     return url
 
 
-def _sqlite_on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -91,6 +93,7 @@ def make_engine(url: str) -> Engine:
     """
     url = check_url(url)
     is_sqlite = make_url(url).get_backend_name() == "sqlite"
+    kwargs: dict[str, dict[str, int | str]]
     if is_sqlite:
         kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
@@ -116,7 +119,7 @@ def alembic_config() -> Config:
     return config
 
 
-def _run(url: str, action, revision: str) -> None:  # noqa: ANN001
+def _run(url: str, action: Callable[[Config, str], None], revision: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as connection:

@@ -102,7 +102,7 @@ def load(connected: int, power_rating: float) -> float:
     return connected / power_rating if power_rating > 0 else math.inf
 
 
-def order_key(candidate: Candidate, device: DeviceNeed) -> tuple:
+def order_key(candidate: Candidate, device: DeviceNeed) -> tuple[object, ...]:
     """The sort key of a candidate for DEVICE: affinity group, load, tie-breaks."""
     away = device.affinity == AFFINITY_BEST_EFFORT and not in_subnet(
         device.address, candidate.subnet

@@ -129,7 +129,7 @@ def read_newc(raw: bytes) -> list[CpioEntry]:
 
     Raises CpioFormatError if the bytes are not a complete newc archive.
     """
-    entries = []
+    entries: list[CpioEntry] = []
     offset = 0
     while True:
         fields = _parse_header(raw, offset)

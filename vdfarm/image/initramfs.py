@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import struct
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from vdfarm.image import cpio
@@ -65,7 +66,7 @@ def _module_entries(module_root: str, modules: list[KernelModule]) -> list[cpio.
     return [cpio.directory(d) for d in dirs] + files
 
 
-def config_text(settings: dict[str, int | str]) -> str:
+def config_text(settings: Mapping[str, int | str]) -> str:
     """Shell `NAME=value` lines for /etc/vdfarm.conf. Raises ValueError on unsafe values."""
     lines = []
     for name, value in settings.items():
@@ -81,7 +82,7 @@ def initramfs_entries(
     busybox_binary: bytes,
     applets: list[str],
     init_script: bytes,
-    settings: dict[str, int | str],
+    settings: Mapping[str, int | str],
 ) -> list[cpio.CpioEntry]:
     """All members of the initramfs, parents before children (pure)."""
     module_root = f"lib/modules/{kernel_version}"
@@ -103,7 +104,7 @@ def initramfs_entries(
 
 
 def build_initramfs(
-    kernel_version: str, modules_dir: Path, busybox: Path, settings: dict[str, int | str]
+    kernel_version: str, modules_dir: Path, busybox: Path, settings: Mapping[str, int | str]
 ) -> bytes:
     """Return the gzip-compressed initramfs for `kernel_version`.
 

@@ -96,23 +96,23 @@ _LINE_PATTERNS = {
 
 def parse_serial(text: str) -> SerialFields:
     """Read the VDFARM-* marker lines out of serial console text (the first of each wins)."""
-    found: dict[str, object] = {}
+    found: dict[str, str] = {}  # a marker with no value maps to ""
     for line in text.replace("\r", "").splitlines():
         for key, pattern in _LINE_PATTERNS.items():
             match = pattern.search(line)
             if match is None or key in found:
                 continue
-            found[key] = match.group(1).strip() if match.groups() else True
+            found[key] = match.group(1).strip() if match.groups() else ""
     reported_id = found.get("booted")
     disk_size = found.get("disk_size")
     return SerialFields(
         booted=reported_id is not None,
-        reported_id=reported_id,  # type: ignore[arg-type]
-        disk_size=int(disk_size) if disk_size is not None else None,  # type: ignore[arg-type]
-        pattern_before=found.get("pattern_before"),  # type: ignore[arg-type]
-        write_mode=found.get("write_mode"),  # type: ignore[arg-type]
-        readback=found.get("readback"),  # type: ignore[arg-type]
-        error=found.get("error"),  # type: ignore[arg-type]
+        reported_id=reported_id,
+        disk_size=int(disk_size) if disk_size is not None else None,
+        pattern_before=found.get("pattern_before"),
+        write_mode=found.get("write_mode"),
+        readback=found.get("readback"),
+        error=found.get("error"),
         done="done" in found,
     )
 

@@ -146,6 +146,8 @@ class Manifest:
                 f"unsupported manifest format_version {data.get('format_version')!r}"
             )
         vdisk = data.get("vdisk")
+        if not isinstance(vdisk, str):
+            raise ManifestError(f"manifest: bad vdisk name {vdisk!r}")
         try:
             check_vdisk_name(vdisk)
         except InvalidName as exc:
@@ -219,8 +221,8 @@ def _retired_from_list(raw: Any, chain_names: list[str]) -> tuple[RetiredFile, .
         if version is not None and not _is_count(version):
             raise ManifestError(f"manifest retired file {name}: bad version {version!r}")
         try:
-            at = datetime.fromisoformat(item.get("retired_at"))
-        except (TypeError, ValueError) as exc:
+            at = datetime.fromisoformat(str(item["retired_at"]))
+        except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"manifest retired file {name}: bad retired_at") from exc
         if at.tzinfo is None:
             raise ManifestError(f"manifest retired file {name}: retired_at has no zone")

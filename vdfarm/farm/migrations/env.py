@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from sqlalchemy import Connection
 
 from vdfarm.farm.db import make_engine
 from vdfarm.farm.models import Base
@@ -19,7 +20,7 @@ from vdfarm.farm.models import Base
 target_metadata = Base.metadata
 
 
-def _configure_and_run(connection) -> None:  # noqa: ANN001
+def _configure_and_run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -31,7 +32,10 @@ def _configure_and_run(connection) -> None:  # noqa: ANN001
 
 
 def _url() -> str:
-    return os.environ.get("VDFARM_DB") or context.config.get_main_option("sqlalchemy.url")
+    url = os.environ.get("VDFARM_DB") or context.config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL: set VDFARM_DB or sqlalchemy.url")
+    return url
 
 
 def run_offline() -> None:
