@@ -80,6 +80,24 @@ def test_trigger_and_power_rating():
     assert plan(servers, sessions, trigger_pct=100) == []
 
 
+def test_no_move_onto_a_server_already_over_its_target():
+    # Found by hypothesis: 32 devices over power 17 (average 32/17), trigger 50 %.
+    # Targets: 7.53 on the 4.0 servers, 0.94 on the 0.5 ones (s4 at 2 is out).
+    # The planner used to move devices from an in-band s1 onto the overloaded
+    # s4 (only because s4 was out of band) and shipped s4's own two devices
+    # away; the arrivals could not move again, so s4 ended at 2.
+    powers = [4.0, 4.0, 4.0, 0.5, 0.5, 4.0]
+    servers = [server(i + 1, power_rating=p) for i, p in enumerate(powers)]
+    sessions = sessions_on([30, 0, 0, 2, 0, 0])
+    moves = plan(servers, sessions, trigger_pct=50)
+    after = apply(sessions, moves)
+    average = weighted_average(servers, sessions)
+    for s in servers:
+        assert within(after[s.id], average * s.power_rating, 50), (s.name, after)
+    assert not any(m.to_server == "s4" for m in moves)
+    assert [m.from_server for m in moves].count("s4") == 1
+
+
 def test_moves_only_where_the_version_is_held_and_to_up_servers():
     servers = [server(1), server(2, versions=frozenset()), server(3, up=False)]
     assert plan(servers, sessions_on([20, 0, 0])) == []

@@ -8,7 +8,10 @@ Rules (pure: no database, no I/O, no clock):
   devices cannot do better).
 - A move takes one session from server S to server D only if it brings the
   farm closer to balance (D's excess + 1 < S's excess, so every move strictly
-  lowers the sum of squared excesses and planning ends), and only if D may
+  lowers the sum of squared excesses and planning ends), only if it brings a
+  server that is not within the trigger towards its target (S above its
+  target or D below it — never deeper into the wrong side: a device moved
+  onto an overloaded D cannot move again in the same plan), and only if D may
   serve the device: D is up, has a rating > 0, holds the (vDisk, version) the
   device runs, respects the vDisk's subnet affinity (`fixed`: D's subnet
   contains the device's address — or, address unknown, D has the same
@@ -178,6 +181,12 @@ class _Planner:
     def balanced(self) -> bool:
         return not any(self.unbalanced(i) for i in self.up)
 
+    def over(self, server_id: int) -> bool:
+        return self.excess(server_id) > 0 and self.unbalanced(server_id)
+
+    def under(self, server_id: int) -> bool:
+        return self.excess(server_id) < 0 and self.unbalanced(server_id)
+
     def next_move(self) -> Move | None:
         sources = sorted(self.up, key=lambda i: -self.excess(i))
         targets = sorted(self.up, key=self.excess)
@@ -185,7 +194,7 @@ class _Planner:
             for target_id in targets:
                 if self.excess(target_id) + 1 >= self.excess(source_id):
                     break
-                if not (self.unbalanced(source_id) or self.unbalanced(target_id)):
+                if not (self.over(source_id) or self.under(target_id)):
                     continue
                 move = self._move_between(source_id, target_id)
                 if move is not None:
