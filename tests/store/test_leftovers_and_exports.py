@@ -1,5 +1,6 @@
 """What a crash leaves in the store is removed at start, but never what a
-live process is still building; an export is durable before it is reported."""
+live process is still building; an export is durable before it is reported;
+the store's own raw files are never format-probed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import stat
 import pytest
 
 from tests.service.helpers import make_raw
+from tests.store import hostile
 from vdfarm.store import versions as sv
 from vdfarm.store.errors import StoreError
 from vdfarm.store.store import Store
@@ -87,3 +89,17 @@ def test_export_is_fsynced_file_then_directory_before_it_returns(store, tmp_path
     assert (file_id.st_dev, file_id.st_ino) in keys
     assert ((dir_id.st_dev, dir_id.st_ino), True) in synced
     assert keys.index((file_id.st_dev, file_id.st_ino)) < keys.index((dir_id.st_dev, dir_id.st_ino))
+
+
+def test_a_raw_base_that_looks_like_qcow2_is_never_probed(tmp_path):
+    """A private device wrote a qcow2 header (1 MiB, data file: a host file)
+    into its 4 MiB raw base; a new version must still see 4 MiB of raw."""
+    store = Store(tmp_path / "store")
+    store.root.mkdir()
+    store.import_image("p", make_raw(tmp_path / "p.raw", size=4 << 20))
+    secret = hostile.host_file(tmp_path / "secret.bin")
+    header = hostile.qcow2_with_data_file(tmp_path / "h.qcow2", secret, size=1 << 20)
+    with open(store.root / "p" / "base.raw", "r+b") as fh:
+        fh.write(header.read_bytes())
+    sv.open_delta(store, "p", "v1.qcow2", 1)
+    assert store.manifest("p").virtual_size == 4 << 20

@@ -60,7 +60,8 @@ def _write(store: Store, name: str, manifest: Manifest) -> None:
 def _virtual_size(manifest: Manifest, top_path: Path) -> int:
     if manifest.virtual_size is not None:
         return manifest.virtual_size
-    size = qemu_img.info(top_path).get("virtual-size")
+    # never probed: a raw file's bytes are a device's, and may look like qcow2
+    size = qemu_img.info(top_path, manifest.top.format).get("virtual-size")
     if not isinstance(size, int):
         raise StoreError(f"qemu-img reports no size for {top_path.name}")
     return size
