@@ -50,7 +50,7 @@ from vdfarm.store import errors as store_errors
 from vdfarm.store import qemu_img
 from vdfarm.store.manifest import Manifest
 from vdfarm.store.qemu_img import QemuImgError
-from vdfarm.store.sources import SOURCE_FORMATS
+from vdfarm.store.sources import SOURCE_FORMATS as SOURCE_FORMATS  # re-exported for the CLI
 from vdfarm.store.store import VerifyResult
 
 if TYPE_CHECKING:
