@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -98,3 +99,40 @@ def test_check_accepts_leaks_and_repairs_them_when_asked(tmp_path):
     assert subprocess.run(plain, capture_output=True).returncode == 3  # and nothing changed
     qemu_img.check(image, "qcow2", repair_leaks=True)
     assert subprocess.run(plain, capture_output=True).returncode == 0
+
+
+def test_address_space_limit_stops_qemu_img_with_one_line(tmp_path):
+    image = tmp_path / "a.qcow2"
+    qemu_img.create(image, "qcow2", 1 << 20)
+    tiny = qemu_img.Limits(cpu_seconds=30, address_space=16 << 20, timeout=60)
+    with pytest.raises(QemuImgError) as info:
+        qemu_img.info(image, "qcow2", limits=tiny)
+    message = str(info.value)
+    assert message.startswith("qemu-img info was stopped by SIGABRT (limits: 30 s CPU, 16 MiB")
+    assert "\n" not in message and "Traceback" not in message
+    assert qemu_img.info(image, "qcow2", limits=qemu_img.INFO_LIMITS)["format"] == "qcow2"
+
+
+def test_cpu_limit_stops_a_spinning_qemu_img():
+    spin = ["bench", "-c", "1000000000", "--image-opts", "driver=null-co,size=1M"]
+    with pytest.raises(QemuImgError, match=r"^qemu-img bench was stopped by SIG(XCPU|KILL)"):
+        qemu_img.run(spin, limits=qemu_img.Limits(cpu_seconds=1, address_space=1 << 30))
+
+
+def test_timeout_stops_a_hanging_qemu_img(tmp_path):
+    fifo = tmp_path / "fifo"  # opening a FIFO with no writer never returns
+    os.mkfifo(fifo)
+    limits = qemu_img.Limits(cpu_seconds=30, address_space=1 << 30, timeout=1)
+    with pytest.raises(QemuImgError, match=r"^qemu-img info was stopped: .* within 1 s$"):
+        qemu_img.info(fifo, "raw", limits=limits)
+
+
+def test_no_prlimit_means_no_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(qemu_img, "PRLIMIT", "/nonexistent/prlimit")
+    with pytest.raises(QemuImgError, match="never run on an untrusted image without"):
+        qemu_img.info(tmp_path / "x", "raw", limits=qemu_img.INFO_LIMITS)
+
+
+def test_convert_limits_grow_with_the_size():
+    small, big = qemu_img.convert_limits(1 << 20), qemu_img.convert_limits(100 << 30)
+    assert small.cpu_seconds < big.cpu_seconds and small.timeout is None

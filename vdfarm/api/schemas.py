@@ -59,6 +59,9 @@ class VdiskImport(Body):
     write_cache: WriteCacheType = "server-disk"
     cache_limit_mb: int | None = Field(default=None, ge=1)
     description: str = ""
+    source_format: str | None = Field(
+        default=None, description="raw, qcow2, vpc, vhdx or vmdk; detected among those if null."
+    )
 
     @field_validator("source_path")
     @classmethod

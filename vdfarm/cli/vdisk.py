@@ -19,7 +19,7 @@ from vdfarm.farm.placement import AFFINITIES
 from vdfarm.service.errors import Invalid
 from vdfarm.service.merges import EXPORT_FORMATS
 from vdfarm.service.validation import UNCHANGED
-from vdfarm.service.vdisks import VdiskInfo
+from vdfarm.service.vdisks import SOURCE_FORMATS, VdiskInfo
 
 MODE = click.Choice(ACCESS_MODES)
 CACHE = click.Choice(WRITE_CACHE_TYPES)
@@ -73,12 +73,29 @@ def vdisk() -> None:
     help="Write-cache size limit in MiB.",
 )
 @click.option("--description", default="")
+@click.option(
+    "--format",
+    "source_format",
+    type=click.Choice(["auto", *SOURCE_FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Image format of FILE (vpc is VHD); auto detects it among these only. "
+    "A raw disk is read as raw bytes, whatever its first bytes look like.",
+)
 @json_option
 def import_cmd(
-    name: str, file: Path, mode: str, write_cache: str, cache_limit_mb: int | None, description: str
+    name: str,
+    file: Path,
+    mode: str,
+    write_cache: str,
+    cache_limit_mb: int | None,
+    description: str,
+    source_format: str,
 ) -> None:
     """Import image FILE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME
-    (with --farm: the absolute path of a file on the server)."""
+    (with --farm: the absolute path of a file on the server). A FILE that
+    names any other file (backing file, external data file, vmdk extent) is
+    refused."""
     info = open_farm().vdisks.import_image(
         name,
         file,
@@ -86,6 +103,7 @@ def import_cmd(
         write_cache=write_cache,
         cache_limit_mb=cache_limit_mb,
         description=description,
+        source_format=None if source_format == "auto" else source_format,
     )
     emit(
         info,

@@ -157,6 +157,7 @@ class RemoteVdisks(_Noun):
         write_cache: str = "server-disk",
         cache_limit_mb: int | None = None,
         description: str = "",
+        source_format: str | None = None,
     ) -> VdiskInfo:
         body = {
             "name": name,
@@ -165,6 +166,7 @@ class RemoteVdisks(_Noun):
             "write_cache": write_cache,
             "cache_limit_mb": cache_limit_mb,
             "description": description,
+            "source_format": source_format,
         }
         return self.one(_as(VdiskInfo), "POST", "/vdisks", body=body)
 

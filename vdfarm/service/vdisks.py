@@ -50,6 +50,7 @@ from vdfarm.store import errors as store_errors
 from vdfarm.store import qemu_img
 from vdfarm.store.manifest import Manifest
 from vdfarm.store.qemu_img import QemuImgError
+from vdfarm.store.sources import SOURCE_FORMATS as SOURCE_FORMATS  # re-exported for the CLI
 from vdfarm.store.store import VerifyResult
 
 if TYPE_CHECKING:
@@ -136,17 +137,21 @@ class VdiskService:
         cache_limit_mb: int | None = None,
         description: str = "",
         actor: str | None = None,
+        source_format: str | None = None,
     ) -> VdiskInfo:
-        """Import the image file SOURCE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME.
+        """Import the image file SOURCE (raw, qcow2, vpc, vhdx, vmdk: SOURCE_FORMAT,
+        or detected among those if None) as vDisk NAME.
 
-        Raises Invalid (bad name/option/source), Conflict (name taken),
-        Unavailable (store or DB failure).
+        Raises Invalid (bad name/option/source, a source naming other files),
+        Conflict (name taken), Unavailable (store or DB failure).
         """
         check_name("vDisk", name)
         check_choice("mode", mode, ACCESS_MODES)
         check_choice("write-cache type", write_cache, WRITE_CACHE_TYPES)
         check_cache_limit(cache_limit_mb)
         check_description(description)
+        if source_format is not None:
+            check_choice("source format", source_format, SOURCE_FORMATS)
         source = Path(source)
         if not source.is_file():
             raise Invalid(f"source file {source} does not exist or is not a file")
@@ -154,7 +159,7 @@ class VdiskService:
             if session.scalars(select(Vdisk.id).where(Vdisk.name == name)).first():
                 raise Conflict(f"vDisk {name} already exists")
         try:
-            manifest = self.farm.store.import_image(name, source)
+            manifest = self.farm.store.import_image(name, source, source_format)
         except (store_errors.StoreError, QemuImgError) as exc:
             raise _store_error(exc) from exc
         try:

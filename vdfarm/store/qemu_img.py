@@ -4,19 +4,57 @@ Rules: paths are passed as absolute paths (qemu-img reads `proto:...` in a
 relative name as a protocol, an absolute path never is) — except backing file
 names, which are plain relative names (no ':' or '/') resolved by qemu-img
 against the image's own directory; every failure raises
-`QemuImgError` carrying the first line of qemu-img's stderr; nothing here
-decides policy (which formats are allowed is the store's business).
+`QemuImgError` carrying the first line of qemu-img's stderr (one line, always);
+nothing here decides policy (which formats are allowed is the store's business).
+- A run given `Limits` (every run on an untrusted image) starts qemu-img
+  through util-linux `prlimit` with a CPU-time and an address-space limit,
+  and is killed after a wall-clock timeout; without `prlimit` it is refused
+  rather than run unlimited. (`prlimit` sets the limits in its own process
+  before exec, so no Python runs between fork and exec in a threaded server.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 QEMU_IMG = "qemu-img"
+PRLIMIT = "prlimit"
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one qemu-img run: CPU seconds (SIGXCPU, then
+    SIGKILL a second later), address space in bytes, and a wall-clock timeout
+    in seconds (None: no timeout)."""
+
+    cpu_seconds: int
+    address_space: int
+    timeout: float | None = None
+
+    def describe(self) -> str:
+        return f"{self.cpu_seconds} s CPU, {self.address_space // MIB} MiB address space"
+
+
+# `qemu-img info` reads headers only: it needs little of either.
+INFO_LIMITS = Limits(cpu_seconds=30, address_space=1 * GIB, timeout=120)
+
+
+def convert_limits(virtual_size: int) -> Limits:
+    """Limits for converting an untrusted image of VIRTUAL_SIZE bytes: CPU
+    time grows with the size (decompressing costs a few seconds per GiB, we
+    allow 30), no wall-clock timeout (a big image on a slow disk takes long)."""
+    gibs = -(-max(virtual_size, 0) // GIB)
+    return Limits(cpu_seconds=120 + 30 * gibs, address_space=4 * GIB, timeout=None)
 
 
 class QemuImgError(Exception):
@@ -34,31 +72,86 @@ def _first_line(text: str) -> str:
     return ""
 
 
-def run(args: list[str]) -> str:
-    """Run `qemu-img ARGS` and return its stdout.
+def _command(args: list[str], limits: Limits | None) -> list[str]:
+    if limits is None:
+        return [QEMU_IMG, *args]
+    prlimit = shutil.which(PRLIMIT)
+    if prlimit is None:
+        raise QemuImgError(
+            "prlimit (util-linux) is not installed: qemu-img is never run on an "
+            "untrusted image without resource limits"
+        )
+    if shutil.which(QEMU_IMG) is None:
+        raise QemuImgError("qemu-img is not installed or not on PATH")
+    cpu, space = limits.cpu_seconds, limits.address_space
+    return [prlimit, f"--cpu={cpu}:{cpu + 1}", f"--as={space}:{space}", "--", QEMU_IMG, *args]
 
-    Raises QemuImgError if qemu-img is missing or exits non-zero.
-    """
+
+def _signal_name(number: int) -> str:
     try:
-        proc = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, check=False)
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def run(args: list[str], *, limits: Limits | None = None, pass_fds: Sequence[int] = ()) -> str:
+    """Run `qemu-img ARGS` (under LIMITS, if given; with the open file
+    descriptors PASS_FDS inherited) and return its stdout.
+
+    Raises QemuImgError if qemu-img (or, with LIMITS, prlimit) is missing,
+    exits non-zero, is killed (a limit hit) or outlives the timeout.
+    """
+    verb = args[0]
+    try:
+        proc = subprocess.run(
+            _command(args, limits),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+            pass_fds=tuple(pass_fds),
+            timeout=limits.timeout if limits else None,
+        )
     except FileNotFoundError as exc:
         raise QemuImgError("qemu-img is not installed or not on PATH") from exc
-    if proc.returncode != 0:
-        line = _first_line(proc.stderr) or f"exit status {proc.returncode}"
-        raise QemuImgError(f"qemu-img {args[0]} failed: {line}", line)
-    return proc.stdout
+    except subprocess.TimeoutExpired as exc:
+        raise QemuImgError(
+            f"qemu-img {verb} was stopped: it did not finish within {exc.timeout:g} s"
+        ) from None
+    if proc.returncode == 0:
+        return proc.stdout
+    line = _first_line(proc.stderr)
+    if proc.returncode < 0:
+        limit_note = f" (limits: {limits.describe()})" if limits else ""
+        detail = f": {line}" if line else ""
+        raise QemuImgError(
+            f"qemu-img {verb} was stopped by {_signal_name(-proc.returncode)}{limit_note}{detail}",
+            line,
+        )
+    line = line or f"exit status {proc.returncode}"
+    raise QemuImgError(f"qemu-img {verb} failed: {line}", line)
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:
     return str(Path(path).absolute())
 
 
-def info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Return `qemu-img info --output=json PATH` as a dict (probes the format).
+def info(
+    path: str | os.PathLike[str],
+    fmt: str | None = None,
+    *,
+    limits: Limits | None = None,
+    pass_fds: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Return `qemu-img info --output=json PATH` as a dict; the image is
+    opened as FMT (`-f`), or probed if FMT is None (only for trusted files).
 
-    Raises QemuImgError if qemu-img cannot read the file.
+    Raises QemuImgError if qemu-img cannot read the file (or a limit stops it).
     """
-    out = run(["info", "--output=json", _absolute(path)])
+    fmt_args = ["-f", fmt] if fmt else []
+    out = run(
+        ["info", "--output=json", *fmt_args, _absolute(path)], limits=limits, pass_fds=pass_fds
+    )
     try:
         data = json.loads(out)
     except json.JSONDecodeError as exc:
@@ -74,12 +167,18 @@ def convert(
     *,
     src_format: str,
     dst_format: str = "raw",
+    limits: Limits | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> None:
     """Convert SRC (of SRC_FORMAT) into a new DST_FORMAT file DST; keeps holes.
 
-    Raises QemuImgError if the conversion fails.
+    Raises QemuImgError if the conversion fails (or a limit stops it).
     """
-    run(["convert", "-f", src_format, "-O", dst_format, _absolute(src), _absolute(dst)])
+    run(
+        ["convert", "-f", src_format, "-O", dst_format, _absolute(src), _absolute(dst)],
+        limits=limits,
+        pass_fds=pass_fds,
+    )
 
 
 def create(path: str | os.PathLike[str], fmt: str, size: int) -> None:

@@ -10,26 +10,36 @@ Rules:
   before removing it. A half-made or half-deleted vDisk is never visible.
 - Entries whose name starts with '.' are never vDisks (scan ignores them).
 - Versions (qcow2 deltas, sealing, merging) live in `vdfarm.store.versions`.
-- Sources are read with qemu-img: raw, qcow2, vpc, vhdx and vmdk only, and
-  never with a backing file (a vDisk is self-contained).
+- Sources are untrusted: `vdfarm.store.sources` opens them once, decides
+  their format among raw, qcow2, vpc, vhdx and vmdk (given, or detected
+  without qemu-img probing) and refuses any that names another file (backing
+  file, external data file, vmdk extent) before a byte is copied; qemu-img
+  reads them under resource limits.
+- Whoever builds a temporary (`.import-*` directory, `.new-*` / `.merge-*`
+  file) holds a shared flock on the directory it lives in (`busy`);
+  `remove_leftovers` takes that flock exclusively without waiting and skips
+  what is busy, so it removes only what a dead process left behind, even
+  while another process of the same host imports.
 - Nothing written here holds the store's own path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vdfarm.store import qemu_img
+from vdfarm.store import qemu_img, sources
 from vdfarm.store.errors import (
     ManifestError,
     StoreError,
-    UnsupportedImage,
     VdiskExists,
     VdiskMissing,
 )
@@ -44,10 +54,47 @@ from vdfarm.store.manifest import (
 
 log = logging.getLogger(__name__)
 
-SOURCE_FORMATS = ("raw", "qcow2", "vpc", "vhdx", "vmdk")
+SOURCE_FORMATS = sources.SOURCE_FORMATS
 BASE_FILE = "base.raw"
 HASH_CHUNK = 1024 * 1024
-SECTOR = 512
+LEFTOVER_DIRS = (".import-", ".delete-")
+LEFTOVER_FILES = (".new-", ".merge-")
+
+
+@contextlib.contextmanager
+def busy(directory: Path) -> Iterator[None]:
+    """Hold a shared flock on DIRECTORY while temporaries are built in it,
+    so `Store.remove_leftovers` leaves them alone.
+
+    Raises StoreError if DIRECTORY is gone (removed as a leftover before the
+    flock was taken) or cannot be opened.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"cannot use the store directory {directory}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.fstat(fd).st_nlink == 0:
+            raise StoreError(f"the store directory {directory} was removed while in use")
+        yield
+    finally:
+        os.close(fd)
+
+
+def _idle(directory: str) -> int | None:
+    """An fd holding DIRECTORY's exclusive flock, or None if someone is busy
+    in it (or it is not a directory of ours: a symlink, gone)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def sha256_of(path: Path) -> str:
@@ -146,24 +193,34 @@ class Store:
             return f"{entry.name} does not match its sha256"
         return None
 
-    def import_image(self, name: str, source: Path) -> Manifest:
-        """Import SOURCE (raw/qcow2/vpc/vhdx/vmdk) as vDisk NAME, stored as raw.
+    def import_image(self, name: str, source: Path, source_format: str | None = None) -> Manifest:
+        """Import SOURCE as vDisk NAME, stored as raw. SOURCE_FORMAT is one of
+        SOURCE_FORMATS, or None to detect it (among those only).
 
-        The vDisk appears in the store only once it is complete.
-        Raises InvalidName, VdiskExists, UnsupportedImage, QemuImgError,
-        StoreError (store root missing, disk full...).
+        Every check runs before a byte is copied; the vDisk appears in the
+        store only once it is complete.
+        Raises InvalidName, VdiskExists, UnsupportedImage (unknown format,
+        not a disk, names another file, changed during the import),
+        QemuImgError (unreadable, or stopped by its limits), StoreError
+        (store root missing, disk full...).
         """
         final = self._dir_of(name)
         if final.exists():
             raise VdiskExists(f"vDisk {name} already exists in the store")
-        source_format = probe_source(Path(source))
-        temp = self._make_temp_dir(".import", name)
+        pinned = sources.open_source(Path(source))
         try:
-            manifest = self._build(temp, name, Path(source), source_format)
-            self._publish(temp, final, name)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
+            image = sources.inspect(pinned, source_format)
+            temp = self._make_temp_dir(".import", name)
+            try:
+                with busy(temp):
+                    manifest = self._build(temp, name, pinned, image)
+                    pinned.check_unchanged()
+                    self._publish(temp, final, name)
+            except BaseException:
+                shutil.rmtree(temp, ignore_errors=True)
+                raise
+        finally:
+            pinned.close()
         return manifest
 
     def _make_temp_dir(self, prefix: str, name: str) -> Path:
@@ -176,9 +233,18 @@ class Store:
             raise StoreError(f"cannot write to the store {self.root}: {exc.strerror}") from exc
         return temp
 
-    def _build(self, temp: Path, name: str, source: Path, source_format: str) -> Manifest:
+    def _build(
+        self, temp: Path, name: str, pinned: sources.PinnedSource, image: sources.SourceImage
+    ) -> Manifest:
         target = temp / BASE_FILE
-        qemu_img.convert(source, target, src_format=source_format, dst_format="raw")
+        qemu_img.convert(
+            pinned.fd_path,
+            target,
+            src_format=image.format,
+            dst_format="raw",
+            limits=qemu_img.convert_limits(image.virtual_size),
+            pass_fds=(pinned.fd,),
+        )
         try:
             with open(target, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -221,48 +287,60 @@ class Store:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def remove_leftovers(self) -> list[str]:
-        """Remove `.import-*` / `.delete-*` directories and the `.new-*` /
-        `.merge-*` temp files inside vDisks, left by a crash; return their names."""
+        """Remove what a crashed process left: `.import-*` / `.delete-*`
+        directories in the store and `.new-*` / `.merge-*` files in vDisk
+        directories, skipping any a live process is still building (`busy`);
+        return their names (relative to the store). Meant for server start,
+        safe at any time.
+
+        Raises StoreError if the store root cannot be listed.
+        """
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError as exc:
+            raise StoreError(f"cannot list the store {self.root}: {exc.strerror}") from exc
         removed = []
-        for entry in self.root.iterdir():
-            if entry.name.startswith((".import-", ".delete-")) and entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry.name)
-            elif not entry.name.startswith(".") and entry.is_dir():
-                for temp in entry.glob(".*-*"):
-                    if temp.name.startswith((".new-", ".merge-")) and temp.is_file():
-                        temp.unlink(missing_ok=True)
-                        removed.append(f"{entry.name}/{temp.name}")
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.name.startswith(LEFTOVER_DIRS):
+                if self._remove_idle_dir(entry.path):
+                    removed.append(entry.name)
+            elif not entry.name.startswith("."):
+                removed += [f"{entry.name}/{n}" for n in self._remove_temp_files(entry.path)]
+        if removed:
+            log.info("removed leftovers of a crash from the store: %s", ", ".join(removed))
         return removed
 
+    @staticmethod
+    def _remove_idle_dir(path: str) -> bool:
+        fd = _idle(path)
+        if fd is None:
+            return False
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            log.warning("cannot remove the leftover %s: %s", path, exc)
+            return False
+        finally:
+            os.close(fd)
+        return True
 
-def probe_source(source: Path) -> str:
-    """The qemu-img format of SOURCE if the store accepts it.
-
-    Raises UnsupportedImage (not a file, empty, unsupported format, raw file
-    not a whole number of sectors, backing file) or
-    QemuImgError (qemu-img cannot read it).
-    """
-    if not source.is_file():
-        raise UnsupportedImage(f"source {source} is not a readable file")
-    info = qemu_img.info(source)
-    fmt = info.get("format")
-    if fmt not in SOURCE_FORMATS:
-        raise UnsupportedImage(
-            f"source {source} has unsupported format {fmt!r} "
-            f"(supported: {', '.join(SOURCE_FORMATS)})"
-        )
-    size = info.get("virtual-size")
-    if not isinstance(size, int) or size <= 0:
-        raise UnsupportedImage(f"source {source} is empty")
-    if fmt == "raw" and source.stat().st_size % SECTOR:
-        raise UnsupportedImage(
-            f"source {source} is not a disk image: its size is not a multiple of {SECTOR} bytes"
-        )
-    backing = info.get("backing-filename") or info.get("full-backing-filename")
-    if backing:
-        raise UnsupportedImage(
-            f"source {source} has a backing file ({backing}); "
-            "flatten it first with 'qemu-img convert'"
-        )
-    return fmt
+    @staticmethod
+    def _remove_temp_files(vdisk_dir: str) -> list[str]:
+        fd = _idle(vdisk_dir)
+        if fd is None:
+            return []
+        removed = []
+        try:
+            for entry in os.scandir(vdisk_dir):
+                if entry.name.startswith(LEFTOVER_FILES) and not entry.is_dir(
+                    follow_symlinks=False
+                ):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+        except OSError as exc:
+            log.warning("cannot remove leftovers in %s: %s", vdisk_dir, exc)
+        finally:
+            os.close(fd)
+        return sorted(removed)

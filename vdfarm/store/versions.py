@@ -8,7 +8,10 @@ Rules:
   store sits.
 - A new or rewritten file is built under a hidden temporary name (`.new-*`,
   `.merge-*`) in the vDisk's directory, checked, fsynced, then published with
-  os.replace; the manifest is rewritten (atomically) right after. A reader
+  os.replace; the manifest is rewritten (atomically) right after. While a
+  temporary exists its builder holds `store.busy` on the vDisk's directory,
+  so `Store.remove_leftovers` never takes it for a crash's leftover.
+- An export is fsynced (file, then its directory) before it is reported. A reader
   never sees a half-built file or a half-merged chain.
 - Folding replaces the kept version's file in place (same name, same content),
   so files above it keep their backing names and hashes. The files that leave
@@ -38,7 +41,7 @@ from vdfarm.store.manifest import (
     fsync_dir,
     write_manifest,
 )
-from vdfarm.store.store import Store, sha256_of
+from vdfarm.store.store import Store, busy, sha256_of
 
 EXPORT_FORMATS = ("raw", "qcow2", "vpc", "vhdx", "vmdk")
 
@@ -57,7 +60,8 @@ def _write(store: Store, name: str, manifest: Manifest) -> None:
 def _virtual_size(manifest: Manifest, top_path: Path) -> int:
     if manifest.virtual_size is not None:
         return manifest.virtual_size
-    size = qemu_img.info(top_path).get("virtual-size")
+    # never probed: a raw file's bytes are a device's, and may look like qcow2
+    size = qemu_img.info(top_path, manifest.top.format).get("virtual-size")
     if not isinstance(size, int):
         raise StoreError(f"qemu-img reports no size for {top_path.name}")
     return size
@@ -98,8 +102,9 @@ def open_delta(store: Store, name: str, file_name: str, version: int) -> Manifes
         name=file_name, format="qcow2", size=None, sha256=None, parent=top.name, version=version
     )
     try:
-        qemu_img.create_overlay(temp, top.name, top.format)
-        os.replace(temp, final)
+        with busy(store.root / name):
+            qemu_img.create_overlay(temp, top.name, top.format)
+            os.replace(temp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
@@ -190,15 +195,16 @@ def fold(
         raise StoreError(f"nothing under {keep} to merge in vDisk {name}")
     kept, base = manifest.files[index], manifest.files[0]
     size = _virtual_size(manifest, file_path(store, name, manifest.top.name))
-    built = _build_folded(store, name, kept, None if new_base else base)
-    try:
-        entry = _sealed_entry(
-            built, replace(kept, format="qcow2", parent=None if new_base else base.name)
-        )
-    except BaseException:
-        built.unlink(missing_ok=True)
-        raise
-    os.replace(built, file_path(store, name, kept.name))
+    with busy(store.root / name):
+        built = _build_folded(store, name, kept, None if new_base else base)
+        try:
+            entry = _sealed_entry(
+                built, replace(kept, format="qcow2", parent=None if new_base else base.name)
+            )
+        except BaseException:
+            built.unlink(missing_ok=True)
+            raise
+        os.replace(built, file_path(store, name, kept.name))
     fsync_dir(store.root / name)
     retired = tuple(RetiredFile(f.name, f.version, retired_at) for f in leaving)
     files = ((entry,) if new_base else (base, entry)) + manifest.files[index + 1 :]
@@ -254,8 +260,9 @@ def export_flat(store: Store, name: str, file_name: str, fmt: str, out: Path) ->
     NAME as a standalone FMT image at OUT (built under a temp name, then
     renamed); return OUT's size in bytes.
 
+    OUT (its data, then the directory entry) is fsynced before this returns.
     Raises VdiskMissing, ManifestError, StoreError (unknown format, OUT
-    exists, unwritable), QemuImgError.
+    exists, unwritable, fsync failed), QemuImgError.
     """
     if fmt not in EXPORT_FORMATS:
         raise StoreError(f"unknown export format {fmt!r} (use {', '.join(EXPORT_FORMATS)})")
@@ -270,8 +277,21 @@ def export_flat(store: Store, name: str, file_name: str, fmt: str, out: Path) ->
         qemu_img.convert(
             file_path(store, name, file_name), temp, src_format=entry.format, dst_format=fmt
         )
+        _fsync_file(temp)
         os.replace(temp, out)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return out.stat().st_size
+    try:
+        fsync_dir(out.parent)
+        return out.stat().st_size
+    except OSError as exc:
+        raise StoreError(f"cannot make the export {out} durable: {exc.strerror}") from exc
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from exc

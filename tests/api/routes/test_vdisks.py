@@ -9,6 +9,7 @@ import pytest
 
 from tests.api.conftest import OTHER_ACTOR, error_of, unchanged
 from tests.service.helpers import make_raw
+from tests.store import hostile
 
 
 def import_body(source, name="w2", **extra):
@@ -73,6 +74,28 @@ def test_import_refusals_change_nothing(
     }
     with unchanged(farm):
         assert says in error_of(admin.post("/api/v1/vdisks", json=body), status)
+
+
+def test_import_of_a_source_naming_a_host_file_is_refused(admin, farm, populated, tmp_path):
+    secret = hostile.host_file(tmp_path / "secret.bin")
+    source = hostile.qcow2_with_data_file(tmp_path / "ext.qcow2", secret)
+    with unchanged(farm):
+        says = error_of(admin.post("/api/v1/vdisks", json=import_body(source)), 400)
+    assert "external data file" in says
+    with unchanged(farm):
+        body = import_body(source, source_format="vdi")
+        assert "invalid source format 'vdi'" in error_of(
+            admin.post("/api/v1/vdisks", json=body), 400
+        )
+
+
+def test_import_with_source_format_raw_reads_raw_bytes(admin, farm, tmp_path):
+    secret = hostile.host_file(tmp_path / "secret.bin")
+    header = hostile.qcow2_with_data_file(tmp_path / "h.qcow2", secret)
+    source = hostile.raw_looking_like(tmp_path / "disk.raw", header)
+    response = admin.post("/api/v1/vdisks", json=import_body(source, source_format="raw"))
+    assert response.status_code == 201, response.text
+    assert farm.store.path_of("w2").read_bytes() == source.read_bytes()
 
 
 def test_concurrent_imports_of_one_name_one_wins(admin, farm, tmp_path):

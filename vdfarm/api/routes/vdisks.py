@@ -44,6 +44,7 @@ def import_vdisk(body: VdiskImport, farm: FarmDep, actor: ActorDep) -> VdiskInfo
         cache_limit_mb=body.cache_limit_mb,
         description=body.description,
         actor=actor,
+        source_format=body.source_format,
     )
 
 
