@@ -213,9 +213,8 @@ class ServerConnection:
         """
         state = self._state
         if state is _TRANSMISSION:
-            body_event = self._body_event
-            if body_event is not None:
-                return self._continue_body(body_event)
+            if self._body_event is not None:
+                return self._continue_body(self._body_event)
             return self._next_request()
         if state is State.OPTIONS:
             return self._next_option()
