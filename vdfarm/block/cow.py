@@ -271,13 +271,9 @@ class WriteCacheOverlay(Layer):
     def _zero_blocks(self, piece: Piece) -> None:
         """Mark whole blocks ZERO; give their cache space back."""
         if self._map.count(CACHED, piece.first, piece.end):
-            try:
-                fa.punch_hole(self._fd, piece.start, piece.stop - piece.start)
-            except OSError as exc:
-                # ZERO blocks are never read from the file, so a hole is
-                # only an economy.
-                if not fa.is_unsupported(exc):
-                    raise
+            # ZERO blocks are never read from the file, so a hole is only
+            # an economy: where it cannot be punched, nothing is lost.
+            fa.call_if_supported(fa.punch_hole, self._fd, piece.start, piece.stop - piece.start)
         self._map.set(piece.first, piece.end, ZERO)
 
     def _patch_block(self, piece: Piece, part: Buffer) -> None:

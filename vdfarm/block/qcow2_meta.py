@@ -268,11 +268,7 @@ class Qcow2Metadata:
     def _punch(self, offsets: list[int]) -> None:
         """Give freed clusters' space back (never reused while open)."""
         for offset in offsets:
-            try:
-                fa.punch_hole(self.fd, offset, self.cluster_size)
-            except OSError as exc:
-                if not fa.is_unsupported(exc):
-                    raise
+            if not fa.call_if_supported(fa.punch_hole, self.fd, offset, self.cluster_size):
                 return
 
     def clear_autoclear_features(self) -> None:

@@ -210,29 +210,15 @@ class RawFile(Layer):
 
     def _try_punch(self, offset: int, length: int) -> bool:
         """Punch a hole; False (and remembered) if the fs cannot."""
-        if not self._can_punch:
-            return False
-        try:
-            fa.punch_hole(self._fd, offset, length)
-        except OSError as exc:
-            if not fa.is_unsupported(exc):
-                raise
-            self._can_punch = False
-            return False
-        return True
+        if self._can_punch:
+            self._can_punch = fa.call_if_supported(fa.punch_hole, self._fd, offset, length)
+        return self._can_punch
 
     def _try_zero_range(self, offset: int, length: int) -> bool:
         """FALLOC_FL_ZERO_RANGE; False (and remembered) if the fs cannot."""
-        if not self._can_zero_range:
-            return False
-        try:
-            fa.zero_range(self._fd, offset, length)
-        except OSError as exc:
-            if not fa.is_unsupported(exc):
-                raise
-            self._can_zero_range = False
-            return False
-        return True
+        if self._can_zero_range:
+            self._can_zero_range = fa.call_if_supported(fa.zero_range, self._fd, offset, length)
+        return self._can_zero_range
 
     def _write_zeroes(self, offset: int, length: int) -> None:
         """The slow way: write zero bytes in 1 MiB chunks."""
