@@ -88,7 +88,8 @@ def read_pieces(pieces: list[Piece], length: int) -> bytes | bytearray | memoryv
                 pread_into(src, view[at + got : at + n], pos + got)
         elif src.__class__ is bytes:
             view[at : at + n] = src[pos : pos + n]
-        elif isinstance(src, Layer):
+        elif src is not None:
+            assert isinstance(src, Layer)  # the one kind of source left
             view[at : at + n] = src.pread(pos, n)
         at += n
     return out
