@@ -118,3 +118,14 @@ def open_chain(paths, writable_top: bool = False) -> list:
 def close_all(layers) -> None:
     for layer in reversed(layers):
         layer.close()
+
+
+def assert_qemu_agrees(path, model: bytes | bytearray, leaks_ok: bool = False) -> None:
+    result = check(path)
+    assert result.returncode in ((0, 3) if leaks_ok else (0,)), result.stdout + result.stderr
+    model_path = f"{path}.model"
+    with open(model_path, "wb") as f:
+        f.write(model)
+    result = compare_with_raw(path, model_path)
+    os.unlink(model_path)
+    assert result.returncode == 0, result.stdout + result.stderr

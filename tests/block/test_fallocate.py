@@ -29,3 +29,21 @@ def test_errors_carry_the_errno():
     assert exc.value.errno == errno.EBADF
     assert not fa.is_unsupported(exc.value)
     assert fa.is_unsupported(OSError(errno.EOPNOTSUPP, "x"))
+
+
+def test_call_if_supported(tmp_path):
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "no")
+
+    assert not fa.call_if_supported(unsupported, 0, 0, 4096)
+    with pytest.raises(OSError) as exc:
+        fa.call_if_supported(fa.punch_hole, -1, 0, 4096)
+    assert exc.value.errno == errno.EBADF
+    path = tmp_path / "f"
+    path.write_bytes(b"\xff" * 8192)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert fa.call_if_supported(fa.punch_hole, fd, 0, 4096)
+        assert os.pread(fd, 8192, 0) == bytes(4096) + b"\xff" * 4096
+    finally:
+        os.close(fd)

@@ -59,7 +59,10 @@ class BlockMap:
         `end` must be > `first`.
         """
         state = self._states[first]
-        if end - first == 1 or _RUN.match(self._states, first, end).end() == end:
+        if end - first == 1:
+            return state
+        run = _RUN.match(self._states, first, end)  # never None: the range is not empty
+        if run is not None and run.end() == end:
             return state
         return None
 
@@ -85,9 +88,9 @@ class BlockMap:
             self._states[first] = state
             self.cached_count += (state == CACHED) - was_cached
             return
-        was_cached = self.count(CACHED, first, end)
+        cached_before = self.count(CACHED, first, end)
         self._states[first:end] = _FILL[state] * count
-        self.cached_count += (count if state == CACHED else 0) - was_cached
+        self.cached_count += (count if state == CACHED else 0) - cached_before
 
     def reset(self) -> None:
         """Every block back to BELOW; the map's RAM goes back to the system."""

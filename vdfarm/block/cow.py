@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Iterable
 
 from vdfarm.block import fallocate as fa
 from vdfarm.block.blockmap import BELOW, CACHED, ZERO, BlockMap, Piece, split_range
@@ -38,9 +39,12 @@ from vdfarm.block.layer import (
     EXTENT_HOLE,
     EXTENT_ZERO,
     FULL_CAPABILITIES,
+    Buffer,
     Capabilities,
     Extent,
     Layer,
+    add_extent,
+    add_extents_below,
 )
 from vdfarm.block.raw import pread_exact, pread_into, pwrite_all
 
@@ -53,7 +57,7 @@ class WriteCacheOverlay(Layer):
     def __init__(
         self,
         next: Layer,
-        cache_path: str | os.PathLike,
+        cache_path: str | os.PathLike[str],
         block_size: int = 4096,
         limit_bytes: int | None = None,
     ) -> None:
@@ -95,7 +99,7 @@ class WriteCacheOverlay(Layer):
 
     # -- reads ---------------------------------------------------------------
 
-    def pread(self, offset: int, length: int) -> bytes | bytearray:
+    def pread(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         """Raises the OSError of the layer below or of the cache file."""
         if length <= 0:
             return b""
@@ -153,7 +157,9 @@ class WriteCacheOverlay(Layer):
             # ZERO runs are already zero in `out`.
         return out
 
-    def _clip_runs(self, runs, offset: int, length: int) -> list[tuple[int, int, int]]:
+    def _clip_runs(
+        self, runs: Iterable[tuple[int, int, int]], offset: int, length: int
+    ) -> list[tuple[int, int, int]]:
         """Block runs as (state, start, stop) in bytes, clipped to
         [offset, offset+length)."""
         bs = self.block_size
@@ -181,26 +187,9 @@ class WriteCacheOverlay(Layer):
         out: list[Extent] = []
         for state, start, stop in self._byte_runs(offset, length):
             if state == BELOW:
-                _append_merged(out, self._lower_extents(start, stop))
+                add_extents_below(out, self.next, start, stop)
             else:
-                flags = 0 if state == CACHED else EXTENT_HOLE | EXTENT_ZERO
-                _append_merged(out, [Extent(stop - start, flags)])
-        return out
-
-    def _lower_extents(self, start: int, stop: int) -> list[Extent]:
-        """Extents of the layer below for exactly [start, stop)."""
-        out: list[Extent] = []
-        pos = start
-        while pos < stop:
-            before = pos
-            for extent in self.next.extents(pos, stop - pos):
-                take = min(extent.length, stop - pos)
-                if take <= 0:
-                    break
-                out.append(Extent(take, extent.flags))
-                pos += take
-            if pos == before:
-                raise OSError(errno.EIO, f"no extents from the layer below at {pos}")
+                add_extent(out, stop - start, 0 if state == CACHED else EXTENT_HOLE | EXTENT_ZERO)
         return out
 
     def cache(self, offset: int, length: int) -> None:
@@ -218,7 +207,7 @@ class WriteCacheOverlay(Layer):
 
     # -- writes --------------------------------------------------------------
 
-    def pwrite(self, offset: int, data, fua: bool = False) -> None:
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """Raises OSError(ENOSPC) past `limit_bytes` (nothing written), or the
         OSError of the cache file / of reading the layer below."""
         view = memoryview(data)
@@ -282,16 +271,12 @@ class WriteCacheOverlay(Layer):
     def _zero_blocks(self, piece: Piece) -> None:
         """Mark whole blocks ZERO; give their cache space back."""
         if self._map.count(CACHED, piece.first, piece.end):
-            try:
-                fa.punch_hole(self._fd, piece.start, piece.stop - piece.start)
-            except OSError as exc:
-                # ZERO blocks are never read from the file, so a hole is
-                # only an economy.
-                if not fa.is_unsupported(exc):
-                    raise
+            # ZERO blocks are never read from the file, so a hole is only
+            # an economy: where it cannot be punched, nothing is lost.
+            fa.call_if_supported(fa.punch_hole, self._fd, piece.start, piece.stop - piece.start)
         self._map.set(piece.first, piece.end, ZERO)
 
-    def _patch_block(self, piece: Piece, part) -> None:
+    def _patch_block(self, piece: Piece, part: Buffer) -> None:
         """Write `part` into one partially covered block, making it CACHED."""
         bs = self.block_size
         state = self._map.state(piece.first)
@@ -343,12 +328,3 @@ class WriteCacheOverlay(Layer):
             except FileNotFoundError:
                 pass
             self._map.close()
-
-
-def _append_merged(out: list[Extent], extents: list[Extent]) -> None:
-    """Append `extents` to `out`, joining neighbours with equal flags."""
-    for extent in extents:
-        if out and out[-1].flags == extent.flags:
-            out[-1] = Extent(out[-1].length + extent.length, extent.flags)
-        else:
-            out.append(extent)

@@ -2,7 +2,9 @@
 
 Rules: one thin call per mode, failures raise OSError with the C errno;
 `is_unsupported(err)` tells callers which errnos mean "this file system or
-device cannot do that mode" so they can fall back. No other logic here.
+device cannot do that mode" so they can fall back, and
+`call_if_supported` is the one place that turns those errnos into False.
+No other logic here.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -52,3 +55,20 @@ def zero_range(fd: int, offset: int, length: int) -> None:
 def is_unsupported(exc: OSError) -> bool:
     """True when `exc` means the mode is not available here (not an I/O error)."""
     return exc.errno in _UNSUPPORTED_ERRNOS
+
+
+def call_if_supported(
+    call: Callable[[int, int, int], None], fd: int, offset: int, length: int
+) -> bool:
+    """`call(fd, offset, length)` (punch_hole, zero_range): True when done,
+    False (nothing done) when the file system or device cannot do it.
+
+    Raises the OSError of the call for anything else (EIO, EBADF...).
+    """
+    try:
+        call(fd, offset, length)
+    except OSError as exc:
+        if not is_unsupported(exc):
+            raise
+        return False
+    return True

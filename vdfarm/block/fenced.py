@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-from vdfarm.block.layer import Layer
+from vdfarm.block.layer import Buffer, Layer
 
 
 class FencedLayer(Layer):
@@ -29,7 +29,7 @@ class FencedLayer(Layer):
         if self._is_fenced():
             raise OSError(errno.EPERM, "lock lost: this server no longer holds the vDisk lock")
 
-    def pwrite(self, offset: int, data, fua: bool = False) -> None:
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """Raises OSError(EPERM) once fenced, else what `next` raises."""
         self._check()
         self.next.pwrite(offset, data, fua)

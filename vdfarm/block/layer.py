@@ -16,11 +16,15 @@ Rules (the nbdkit filter pattern):
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 # Extent flags, equal to NBD's base:allocation bits on purpose.
 EXTENT_HOLE = 1
 EXTENT_ZERO = 2
+
+# What pwrite accepts: any bytes-like object of bytes.
+Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,23 @@ class Capabilities:
     can_multi_conn: bool = False
 
 
+def file_capabilities(read_only: bool, fast_zero: bool) -> Capabilities:
+    """What a file layer (raw, qcow2) opened read-only or not can do:
+    flush, cache, extents and multi-conn always; writes only when writable;
+    fast zero when writable and `fast_zero`."""
+    return Capabilities(
+        read_only=read_only,
+        can_flush=True,
+        can_fua=not read_only,
+        can_trim=not read_only,
+        can_zero=not read_only,
+        can_fast_zero=not read_only and fast_zero,
+        can_cache=True,
+        can_extents=True,
+        can_multi_conn=True,
+    )
+
+
 # What a writable layer that implements every call can do.
 FULL_CAPABILITIES = Capabilities(
     read_only=False,
@@ -63,8 +84,14 @@ FULL_CAPABILITIES = Capabilities(
 class Layer:
     """Base of all layers. With `next` set, every call passes through."""
 
+    # The layer below. A bottom layer (a file, memory) has none: it is
+    # built with next=None, leaves this unset and overrides every call
+    # that would pass through.
+    next: Layer
+
     def __init__(self, next: Layer | None = None) -> None:
-        self.next = next
+        if next is not None:
+            self.next = next
 
     @property
     def size(self) -> int:
@@ -80,7 +107,7 @@ class Layer:
         (immutable bytes, or a fresh bytearray)."""
         return self.next.pread(offset, length)
 
-    def pwrite(self, offset: int, data, fua: bool = False) -> None:
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """Write the bytes-like `data` (of bytes) at `offset`. No layer keeps
         a reference to `data` after returning, so the caller may reuse its
         buffer. With `fua`, the data is as durable as after a flush when
@@ -119,11 +146,38 @@ class Layer:
         them with sendfile(2) instead of reading them into memory. None when
         some of the range is not a plain file range (zeroes, compressed or
         computed data): the caller then uses pread. A layer that changes
-        what a read returns must override this (the default passes through)."""
-        if self.next is None:
-            return None
+        what a read returns must override this (the default passes through;
+        a bottom layer overrides it)."""
         return self.next.file_ranges(offset, length)
 
     def close(self) -> None:
         """Release this layer's own resources only. A layer below may be
         shared; whoever opened it closes it."""
+
+
+def add_extent(out: list[Extent], length: int, flags: int) -> None:
+    """Append an extent, merged into the last one when the flags are equal."""
+    if out and out[-1].flags == flags:
+        out[-1] = Extent(out[-1].length + length, flags)
+    else:
+        out.append(Extent(length, flags))
+
+
+def add_extents_below(out: list[Extent], below: Layer, start: int, stop: int) -> None:
+    """Append the extents of `below` for exactly [start, stop) to `out`
+    (merged with add_extent), asking again where its answer ends early and
+    clipping an answer that runs past `stop`.
+
+    Raises what `below.extents` raises; OSError(EIO) if it answers with no
+    extent."""
+    pos = start
+    while pos < stop:
+        before = pos
+        for extent in below.extents(pos, stop - pos):
+            take = min(extent.length, stop - pos)
+            if take <= 0:
+                break
+            add_extent(out, take, extent.flags)
+            pos += take
+        if pos == before:
+            raise OSError(errno.EIO, f"no extents from the layer below at {pos}")

@@ -16,7 +16,15 @@ Rules:
 
 from __future__ import annotations
 
-from vdfarm.block.layer import EXTENT_ZERO, FULL_CAPABILITIES, Capabilities, Extent, Layer
+from vdfarm.block.layer import (
+    EXTENT_ZERO,
+    FULL_CAPABILITIES,
+    Buffer,
+    Capabilities,
+    Extent,
+    Layer,
+    add_extent,
+)
 
 EXTENT_GRANULE = 4096
 
@@ -27,7 +35,7 @@ class MemoryDisk(Layer):
     """A disk of `size` bytes held in a bytearray, zero-filled unless
     `initial` (bytes-like, at most `size` long) gives its first bytes."""
 
-    def __init__(self, size: int, initial=None) -> None:
+    def __init__(self, size: int, initial: Buffer | None = None) -> None:
         """Raises ValueError if size < 0 or `initial` does not fit."""
         super().__init__(None)
         if size < 0:
@@ -49,7 +57,7 @@ class MemoryDisk(Layer):
     def pread(self, offset: int, length: int) -> bytes:
         return bytes(self._data[offset : offset + length])
 
-    def pwrite(self, offset: int, data, fua: bool = False) -> None:
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         view = memoryview(data).cast("B")
         self._data[offset : offset + len(view)] = view
 
@@ -78,12 +86,13 @@ class MemoryDisk(Layer):
         while pos < stop:
             granule_end = min((pos // EXTENT_GRANULE + 1) * EXTENT_GRANULE, stop)
             flags = EXTENT_ZERO if self._is_zero(pos, granule_end) else 0
-            if out and out[-1].flags == flags:
-                out[-1] = Extent(out[-1].length + granule_end - pos, flags)
-            else:
-                out.append(Extent(granule_end - pos, flags))
+            add_extent(out, granule_end - pos, flags)
             pos = granule_end
         return out
+
+    def file_ranges(self, offset: int, length: int) -> list[tuple[int, int, int]] | None:
+        """None: RAM is no file (the caller uses pread)."""
+        return None
 
     def cache(self, offset: int, length: int) -> None:
         """Already in RAM: nothing to do."""

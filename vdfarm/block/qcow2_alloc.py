@@ -30,11 +30,11 @@ Rules:
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 
 from vdfarm.block.qcow2_format import (
     Qcow2FormatError,
+    corrupt,
     decode_table,
     encode_table,
     refcount_entries_per_block,
@@ -42,10 +42,6 @@ from vdfarm.block.qcow2_format import (
     refcount_set,
     reftable_block_offset,
 )
-
-
-def _corrupt(message: str) -> OSError:
-    return OSError(errno.EIO, f"corrupt qcow2 image: {message}")
 
 
 class RefcountAllocator:
@@ -138,7 +134,7 @@ class RefcountAllocator:
             for cluster in range(first, last + 1):
                 count = self.refcount(cluster)
                 if count == 0:
-                    raise _corrupt(f"freeing host cluster {cluster} whose refcount is 0")
+                    raise corrupt(f"freeing host cluster {cluster} whose refcount is 0")
                 self._set(cluster, count - 1)
                 if count == 1:
                     freed.append(cluster << self.cluster_bits)
@@ -185,7 +181,7 @@ class RefcountAllocator:
         block = self._blocks.get(offset)
         if block is None:
             if offset % self.cluster_size:
-                raise _corrupt(f"refcount block offset {offset} is not cluster aligned")
+                raise corrupt(f"refcount block offset {offset} is not cluster aligned")
             block = bytearray(self._read_cluster(offset))
             self._blocks[offset] = block
         return block
@@ -194,11 +190,11 @@ class RefcountAllocator:
         index = cluster // self.per_block
         block = self._block_of(cluster)
         if block is None:
-            raise _corrupt(f"no refcount block for host cluster {cluster}")
+            raise corrupt(f"no refcount block for host cluster {cluster}")
         try:
             refcount_set(block, cluster % self.per_block, self.order, value)
         except Qcow2FormatError as exc:
-            raise _corrupt(str(exc)) from None
+            raise corrupt(str(exc)) from None
         self._dirty_blocks.add(self._table[index])
 
     def _last_used(self, start: int, stop: int) -> int | None:

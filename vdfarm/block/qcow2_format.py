@@ -20,9 +20,11 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import struct
 import sys
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAGIC = b"QFI\xfb"
@@ -81,6 +83,12 @@ _REFTABLE_FIELDS = struct.Struct(">QI")
 
 class Qcow2FormatError(ValueError):
     """The bytes are not a valid qcow2 image (or its metadata is corrupt)."""
+
+
+def corrupt(message: str) -> OSError:
+    """The OSError(EIO) for corrupt metadata found at run time (by the I/O
+    layers: qcow2_meta, qcow2_alloc and the Qcow2File parts)."""
+    return OSError(errno.EIO, f"corrupt qcow2 image: {message}")
 
 
 class Qcow2UnsupportedError(Qcow2FormatError):
@@ -157,7 +165,7 @@ def parse_header(buf: bytes) -> Qcow2Header:
         raise Qcow2FormatError("not a qcow2 image (bad magic)")
     if version not in (2, 3):
         raise Qcow2UnsupportedError(f"qcow2 version {version} is not supported (only 2 and 3)")
-    fields = {
+    fields: dict[str, int] = {
         "version": version,
         "backing_file_offset": backing_off,
         "backing_file_size": backing_len,
@@ -178,11 +186,11 @@ def parse_header(buf: bytes) -> Qcow2Header:
     _check_geometry(fields)
     extensions_end = min(len(buf), 1 << cluster_bits)
     header_length = fields.get("header_length", V2_HEADER_LENGTH)
-    fields["backing_format"] = _parse_extensions(buf, header_length, extensions_end)
-    return Qcow2Header(**fields)
+    backing_format = _parse_extensions(buf, header_length, extensions_end)
+    return Qcow2Header(**fields, backing_format=backing_format)
 
 
-def _parse_v3_fields(buf: bytes) -> dict:
+def _parse_v3_fields(buf: bytes) -> dict[str, int]:
     if len(buf) < V3_HEADER_LENGTH:
         raise Qcow2FormatError(f"file too short for a version 3 header ({len(buf)} bytes)")
     incompat, compat, autoclear, refcount_order, header_length = _HEADER_V3.unpack_from(buf, 72)
@@ -212,7 +220,7 @@ def _check_features(incompat: int) -> None:
         raise Qcow2UnsupportedError(f"unknown incompatible qcow2 features 0x{unknown:x}")
 
 
-def _check_geometry(f: dict) -> None:
+def _check_geometry(f: dict[str, int]) -> None:
     bits = f["cluster_bits"]
     if not MIN_CLUSTER_BITS <= bits <= 63:
         raise Qcow2FormatError(f"bad cluster size 2^{bits}")
@@ -288,7 +296,7 @@ def encode_refcount_table_fields(offset: int, clusters: int) -> bytes:
 # -- tables ------------------------------------------------------------------
 
 
-def decode_table(raw: bytes) -> array:
+def decode_table(raw: bytes) -> array[int]:
     """Big-endian u64 table bytes → array('Q') of native ints."""
     table = array("Q")
     table.frombytes(raw[: len(raw) // 8 * 8])
@@ -297,7 +305,7 @@ def decode_table(raw: bytes) -> array:
     return table
 
 
-def encode_table(table) -> bytes:
+def encode_table(table: Iterable[int]) -> bytes:
     """array('Q') (or list of ints) → big-endian bytes."""
     out = array("Q", table)
     if sys.byteorder == "little":
@@ -353,7 +361,7 @@ def refcount_entries_per_block(cluster_bits: int, refcount_order: int) -> int:
     return (1 << (cluster_bits + 3)) >> refcount_order
 
 
-def refcount_get(block, index: int, order: int) -> int:
+def refcount_get(block: bytes | bytearray, index: int, order: int) -> int:
     """Refcount number `index` in a refcount block of width 2^order bits."""
     if order >= 3:
         width = 1 << (order - 3)

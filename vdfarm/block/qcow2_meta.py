@@ -36,6 +36,7 @@ from vdfarm.block.qcow2_format import (
     REFCOUNT_TABLE_FIELDS_AT,
     Qcow2FormatError,
     Qcow2Header,
+    corrupt,
     decode_backing_name,
     decode_table,
     encode_refcount_table_fields,
@@ -46,11 +47,6 @@ from vdfarm.block.qcow2_format import (
 from vdfarm.block.raw import pwrite_all
 
 _FIRST_READ = 4096
-
-
-def corrupt(message: str) -> OSError:
-    """The OSError for corrupt metadata found at run time."""
-    return OSError(errno.EIO, f"corrupt qcow2 image: {message}")
 
 
 def read_header(fd: int) -> tuple[Qcow2Header, str | None]:
@@ -99,12 +95,12 @@ class Qcow2Metadata:
         self._l2_cache_max = max(4, l2_cache_bytes // self.cluster_size)
         self.l1 = self._load_l1()
         self._l1_dirty: set[int] = set()
-        self._l2: dict[int, array] = {}
+        self._l2: dict[int, array[int]] = {}
         self._l2_dirty: set[int] = set()
         self._data_unsynced = False
         self.alloc = self._open_allocator() if writable else None
 
-    def _load_l1(self) -> array:
+    def _load_l1(self) -> array[int]:
         h = self.header
         raw = os.pread(self.fd, h.l1_size * 8, h.l1_table_offset)
         if len(raw) != h.l1_size * 8:
@@ -132,7 +128,7 @@ class Qcow2Metadata:
 
     # -- L2 tables -----------------------------------------------------------
 
-    def l2_table(self, l1_index: int) -> array | None:
+    def l2_table(self, l1_index: int) -> array[int] | None:
         """The L2 table for `l1_index`, or None when it has none.
 
         Raises OSError(EIO) for a corrupt L1 entry or a table past the end.
@@ -140,6 +136,11 @@ class Qcow2Metadata:
         entry = self.l1[l1_index]
         if not entry:
             return None
+        return self._l2_of(l1_index, entry)
+
+    def _l2_of(self, l1_index: int, entry: int) -> array[int]:
+        """The L2 table the nonzero L1 `entry` (at `l1_index`) points at,
+        from the cache or read (and cached)."""
         offset = entry & OFFSET_MASK
         table = self._l2.get(offset)
         if table is not None:
@@ -151,7 +152,7 @@ class Qcow2Metadata:
         self._l2[offset] = table
         return table
 
-    def l2_for_write(self, l1_index: int) -> tuple[int, array]:
+    def l2_for_write(self, l1_index: int) -> tuple[int, array[int]]:
         """(offset, table) of the L2 table for `l1_index`, allocating a new
         empty one when it has none. Raises OSError(EIO) for a shared table
         (internal snapshots) or corrupt metadata."""
@@ -162,15 +163,23 @@ class Qcow2Metadata:
             offset = entry & OFFSET_MASK
             if offset not in self._l2:
                 self._make_room(may_write_back=True)
-            return offset, self.l2_table(l1_index)
+            return offset, self._l2_of(l1_index, entry)
         self._make_room(may_write_back=True)
-        offset = self.alloc.allocate(1)
+        offset = self.allocator.allocate(1)
         table = array("Q", bytes(self.cluster_size))
         self._l2[offset] = table
         self._l2_dirty.add(offset)
         self.l1[l1_index] = offset | OFLAG_COPIED
         self._l1_dirty.add(l1_index)
         return offset, table
+
+    @property
+    def allocator(self) -> RefcountAllocator:
+        """The refcounts, for writers. Raises OSError(EPERM) when the image
+        was opened read-only (callers check that first)."""
+        if self.alloc is None:
+            raise OSError(errno.EPERM, "qcow2 metadata opened read-only")
+        return self.alloc
 
     def mark_l2_dirty(self, offset: int) -> None:
         self._l2_dirty.add(offset)
@@ -213,8 +222,9 @@ class Qcow2Metadata:
         self._write_refcounts()
         self._write_l2_tables()
         self._write_l1_entries()
-        freed = self.alloc.apply_deferred_frees()
-        for offset, raw in self.alloc.take_block_writes():
+        alloc = self.allocator
+        freed = alloc.apply_deferred_frees()
+        for offset, raw in alloc.take_block_writes():
             pwrite_all(self.fd, raw, offset)
         self._punch(freed)
 
@@ -223,10 +233,11 @@ class Qcow2Metadata:
         self._data_unsynced = False
 
     def _write_refcounts(self) -> None:
-        blocks = self.alloc.take_block_writes()
+        alloc = self.allocator
+        blocks = alloc.take_block_writes()
         for offset, raw in blocks:
             pwrite_all(self.fd, raw, offset)
-        table_writes, switch = self.alloc.take_table_writes()
+        table_writes, switch = alloc.take_table_writes()
         if blocks:
             self._sync()
         for offset, raw in table_writes:
@@ -257,11 +268,7 @@ class Qcow2Metadata:
     def _punch(self, offsets: list[int]) -> None:
         """Give freed clusters' space back (never reused while open)."""
         for offset in offsets:
-            try:
-                fa.punch_hole(self.fd, offset, self.cluster_size)
-            except OSError as exc:
-                if not fa.is_unsupported(exc):
-                    raise
+            if not fa.call_if_supported(fa.punch_hole, self.fd, offset, self.cluster_size):
                 return
 
     def clear_autoclear_features(self) -> None:

@@ -15,12 +15,18 @@ are EIO, short writes are retried).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import TypeAlias, TypeGuard
 
-from vdfarm.block.layer import Extent
+from vdfarm.block.layer import Buffer, Layer
 from vdfarm.block.raw import pread_exact, pread_into
 
+# Where a piece's bytes come from (see above).
+Source: TypeAlias = int | bytes | Layer | None
+Piece: TypeAlias = tuple[Source, int, int]
 
-def add_piece(pieces: list, src, pos: int, length: int) -> None:
+
+def add_piece(pieces: list[Piece], src: Source, pos: int, length: int) -> None:
     """Append (src, pos, length), merged into the last piece if it goes on
     from it (same source, next position; zeroes always merge)."""
     if pieces:
@@ -33,9 +39,9 @@ def add_piece(pieces: list, src, pos: int, length: int) -> None:
     pieces.append((src, pos, length))
 
 
-def clip_pieces(pieces: list, skip: int, length: int) -> list[tuple]:
+def clip_pieces(pieces: list[Piece], skip: int, length: int) -> list[Piece]:
     """The part of `pieces` from byte `skip`, `length` bytes long."""
-    out = []
+    out: list[Piece] = []
     for src, pos, n in pieces:
         if skip >= n:
             skip -= n
@@ -49,7 +55,15 @@ def clip_pieces(pieces: list, skip: int, length: int) -> list[tuple]:
     return out
 
 
-def read_pieces(pieces: list, length: int) -> bytes | bytearray:
+def all_in_files(pieces: list[Piece]) -> TypeGuard[list[tuple[int, int, int]]]:
+    """True when every piece is a file range (its src an fd)."""
+    for src, _, _ in pieces:  # noqa: SIM110 (a loop, not all(): no generator per read)
+        if src.__class__ is not int:
+            return False
+    return True
+
+
+def read_pieces(pieces: list[Piece], length: int) -> bytes | bytearray | memoryview:
     """Read what `pieces` describe (`length` bytes in all).
 
     Raises OSError(EIO) for a short file, or what a layer raises."""
@@ -61,6 +75,7 @@ def read_pieces(pieces: list, length: int) -> bytes | bytearray:
             return bytes(n)
         if src.__class__ is bytes:
             return src[pos : pos + n]
+        assert isinstance(src, Layer)  # the one kind of source left
         return src.pread(pos, n)
     out = bytearray(length)
     view = memoryview(out)
@@ -74,20 +89,13 @@ def read_pieces(pieces: list, length: int) -> bytes | bytearray:
         elif src.__class__ is bytes:
             view[at : at + n] = src[pos : pos + n]
         elif src is not None:
+            assert isinstance(src, Layer)  # the one kind of source left
             view[at : at + n] = src.pread(pos, n)
         at += n
     return out
 
 
-def add_extent(out: list[Extent], length: int, flags: int) -> None:
-    """Append an extent, merged into the last one when the flags are equal."""
-    if out and out[-1].flags == flags:
-        out[-1] = Extent(out[-1].length + length, flags)
-    else:
-        out.append(Extent(length, flags))
-
-
-def pwritev_all(fd: int, buffers: list, offset: int) -> None:
+def pwritev_all(fd: int, buffers: Sequence[Buffer], offset: int) -> None:
     """Write all `buffers` back to back at `offset`, looping on short writes.
 
     Raises the OSError of pwritev/pwrite."""

@@ -22,7 +22,15 @@ import os
 import stat
 
 from vdfarm.block import fallocate as fa
-from vdfarm.block.layer import EXTENT_HOLE, EXTENT_ZERO, Capabilities, Extent, Layer
+from vdfarm.block.layer import (
+    EXTENT_HOLE,
+    EXTENT_ZERO,
+    Buffer,
+    Capabilities,
+    Extent,
+    Layer,
+    file_capabilities,
+)
 
 _ZERO_CHUNK = bytes(1 << 20)
 
@@ -59,7 +67,7 @@ def pread_into(fd: int, view: memoryview, offset: int) -> None:
         done += got
 
 
-def pwrite_all(fd: int, data, offset: int) -> None:
+def pwrite_all(fd: int, data: Buffer, offset: int) -> None:
     """Write all of the bytes-like `data` at `offset`, looping on short writes.
 
     Raises the OSError of pwrite.
@@ -84,7 +92,7 @@ def _size_of(fd: int) -> tuple[int, bool]:
 class RawFile(Layer):
     """A raw disk image file (or block device) as a layer."""
 
-    def __init__(self, path: str | os.PathLike, read_only: bool) -> None:
+    def __init__(self, path: str | os.PathLike[str], read_only: bool) -> None:
         """Open `path`. Raises the OSError of open/fstat."""
         super().__init__(None)
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
@@ -98,17 +106,7 @@ class RawFile(Layer):
         self.read_only = read_only
         self._can_punch = True
         self._can_zero_range = True
-        self._caps = Capabilities(
-            read_only=read_only,
-            can_flush=True,
-            can_fua=not read_only,
-            can_trim=not read_only,
-            can_zero=not read_only,
-            can_fast_zero=not read_only,
-            can_cache=True,
-            can_extents=True,
-            can_multi_conn=True,
-        )
+        self._caps = file_capabilities(read_only, fast_zero=True)
 
     @property
     def size(self) -> int:
@@ -130,7 +128,7 @@ class RawFile(Layer):
             return None
         return [(self._fd, offset, length)]
 
-    def pwrite(self, offset: int, data, fua: bool = False) -> None:
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """Raises the OSError of pwrite/fdatasync (EBADF when read-only)."""
         pwrite_all(self._fd, data, offset)
         if fua:
@@ -212,29 +210,15 @@ class RawFile(Layer):
 
     def _try_punch(self, offset: int, length: int) -> bool:
         """Punch a hole; False (and remembered) if the fs cannot."""
-        if not self._can_punch:
-            return False
-        try:
-            fa.punch_hole(self._fd, offset, length)
-        except OSError as exc:
-            if not fa.is_unsupported(exc):
-                raise
-            self._can_punch = False
-            return False
-        return True
+        if self._can_punch:
+            self._can_punch = fa.call_if_supported(fa.punch_hole, self._fd, offset, length)
+        return self._can_punch
 
     def _try_zero_range(self, offset: int, length: int) -> bool:
         """FALLOC_FL_ZERO_RANGE; False (and remembered) if the fs cannot."""
-        if not self._can_zero_range:
-            return False
-        try:
-            fa.zero_range(self._fd, offset, length)
-        except OSError as exc:
-            if not fa.is_unsupported(exc):
-                raise
-            self._can_zero_range = False
-            return False
-        return True
+        if self._can_zero_range:
+            self._can_zero_range = fa.call_if_supported(fa.zero_range, self._fd, offset, length)
+        return self._can_zero_range
 
     def _write_zeroes(self, offset: int, length: int) -> None:
         """The slow way: write zero bytes in 1 MiB chunks."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 
-from vdfarm.block.layer import Capabilities, Layer
+from vdfarm.block.layer import Buffer, Capabilities, Layer
 
 
 class ReadOnlyGuard(Layer):
@@ -32,7 +32,7 @@ class ReadOnlyGuard(Layer):
     def capabilities(self) -> Capabilities:
         return self._caps
 
-    def pwrite(self, offset: int, data, fua: bool = False) -> None:
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """Always raises OSError(EPERM)."""
         raise _refused("write")
 

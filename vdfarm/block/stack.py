@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import errno
 
-from vdfarm.block.layer import Capabilities, Extent, Layer
+from vdfarm.block.layer import Buffer, Capabilities, Extent, Layer
 
 
 class CheckedStack(Layer):
@@ -53,7 +53,7 @@ class CheckedStack(Layer):
             raise self._range_error("read", offset, length, errno.EINVAL)
         return self.next.file_ranges(offset, length)
 
-    def pwrite(self, offset: int, data, fua: bool = False) -> None:
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """`data` is a bytes-like object of bytes. Raises OSError: EPERM
         (read-only), EINVAL (bad flag or negative range), ENOSPC (past the
         end), else what the stack raises."""

@@ -17,9 +17,9 @@ from __future__ import annotations
 class Event:
     """Base of all events: value equality and a readable repr from slots."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
-    def _values(self) -> tuple:
+    def _values(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
@@ -81,7 +81,7 @@ class Request(Event):
         self.length = length
         self.data = data
 
-    def _values(self) -> tuple:
+    def _values(self) -> tuple[object, ...]:
         data = None if self.data is None else bytes(self.data)
         return (self.cookie, self.command, self.flags, self.offset, self.length, data)
 

@@ -23,9 +23,10 @@ Rules:
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
-from typing import NoReturn
+from typing import NoReturn, TypeAlias
 
 from vdfarm.nbd import constants as c
 from vdfarm.nbd import wire
@@ -44,6 +45,11 @@ class _NeedData:
 
 
 NEED_DATA = _NeedData()
+
+# What next_event() returns, by phase.
+HandshakeEvent: TypeAlias = ExportRequest | ListRequest | Disconnect | _NeedData
+TransmissionEvent: TypeAlias = Request | BadRequest | Disconnect | _NeedData
+NextEvent: TypeAlias = HandshakeEvent | TransmissionEvent
 """next_event() result: nothing complete in the buffer; feed more bytes."""
 
 _SERVABLE_FLAGS = (
@@ -197,7 +203,7 @@ class ServerConnection:
         self._outgoing.clear()
         return out
 
-    def next_event(self):
+    def next_event(self) -> NextEvent:
         """The next event, or NEED_DATA.
 
         Raises RemoteProtocolError if the client broke the protocol, and
@@ -208,7 +214,7 @@ class ServerConnection:
         state = self._state
         if state is _TRANSMISSION:
             if self._body_event is not None:
-                return self._continue_body()
+                return self._continue_body(self._body_event)
             return self._next_request()
         if state is State.OPTIONS:
             return self._next_option()
@@ -233,7 +239,7 @@ class ServerConnection:
         self._set_state("error")
         raise RemoteProtocolError(message)
 
-    def _at_boundary_eof(self, what: str):
+    def _at_boundary_eof(self, what: str) -> _NeedData | Disconnect:
         """Out of bytes where a `what` would start: NEED_DATA before end of
         stream; at end of stream Disconnect, or a protocol error if part of
         a message was received."""
@@ -247,7 +253,7 @@ class ServerConnection:
 
     # -- handshake --------------------------------------------------------------
 
-    def _read_client_flags(self):
+    def _read_client_flags(self) -> HandshakeEvent:
         if len(self._buf) - self._pos < 4:
             return self._at_boundary_eof("handshake")
         (flags,) = wire.CLIENT_FLAGS.unpack_from(self._buf, self._pos)
@@ -260,7 +266,7 @@ class ServerConnection:
         self._set_state("client_flags")
         return self._next_option()
 
-    def _next_option(self):
+    def _next_option(self) -> HandshakeEvent:
         while True:
             buf, pos = self._buf, self._pos
             if len(buf) - pos < wire.OPTION_HEADER.size:
@@ -285,7 +291,9 @@ class ServerConnection:
                 return event
             self._set_state("option_answered")
 
-    def _handle_option(self, option: int, data: bytes):
+    def _handle_option(
+        self, option: int, data: bytes
+    ) -> ExportRequest | ListRequest | Disconnect | None:
         """The event an option needs the application for, or None once the
         machine has queued its own answer."""
         if option == c.OPT_EXPORT_NAME:
@@ -297,15 +305,22 @@ class ServerConnection:
             try:
                 name, infos = wire.parse_info_request(data)
             except wire.OptionInvalid as exc:
-                return self._answer_error(option, c.REP_ERR_INVALID, str(exc))
+                self._answer_error(option, c.REP_ERR_INVALID, str(exc))
+                return None
             return ExportRequest(name, option == c.OPT_GO, False, infos)
-        if option == c.OPT_LIST:
-            if data:
-                return self._answer_error(option, c.REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
+        if option == c.OPT_LIST and not data:
             return ListRequest()
         if option == c.OPT_ABORT:
             self._outgoing += wire.option_reply(option, c.REP_ACK)
             return Disconnect()
+        self._answer_alone(option, data)
+        return None
+
+    def _answer_alone(self, option: int, data: bytes) -> None:
+        """Queue the machine's own answer to an option the application
+        never sees."""
+        if option == c.OPT_LIST:
+            return self._answer_error(option, c.REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
         if option == c.OPT_STRUCTURED_REPLY:
             return self._opt_structured_reply(data)
         if option in (c.OPT_LIST_META_CONTEXT, c.OPT_SET_META_CONTEXT):
@@ -372,9 +387,9 @@ class ServerConnection:
         Raises LocalProtocolError if no ExportRequest is pending or `info`
         cannot be advertised (bad flags, size or block sizes).
         """
-        if self._state is not State.EXPORT_ANSWER:
-            raise LocalProtocolError("accept_export without a pending ExportRequest")
         request = self._pending_export
+        if self._state is not State.EXPORT_ANSWER or request is None:
+            raise LocalProtocolError("accept_export without a pending ExportRequest")
         flags, block_sizes = self._advertised(info)
         if request.legacy:
             reply = wire.EXPORT_NAME_REPLY.pack(info.size, flags)
@@ -407,9 +422,9 @@ class ServerConnection:
         Raises LocalProtocolError if nothing is pending or `error` is not an
         error reply type.
         """
-        if self._state is not State.EXPORT_ANSWER:
-            raise LocalProtocolError("reject_export without a pending ExportRequest")
         request = self._pending_export
+        if self._state is not State.EXPORT_ANSWER or request is None:
+            raise LocalProtocolError("reject_export without a pending ExportRequest")
         if not error & c.REP_FLAG_ERROR or not 0 <= error <= 0xFFFFFFFF:
             raise LocalProtocolError(f"0x{error:x} is not an NBD_REP_ERR_* code")
         if request.legacy:
@@ -484,7 +499,7 @@ class ServerConnection:
 
     # -- transmission: requests in ---------------------------------------------------
 
-    def _next_request(self):
+    def _next_request(self) -> TransmissionEvent:
         buf, pos = self._buf, self._pos
         if len(buf) - pos < _HEADER:
             return self._at_boundary_eof("request")
@@ -522,7 +537,9 @@ class ServerConnection:
             self._pending_status[cookie] = (length, bool(flags & c.CMD_FLAG_REQ_ONE))
         return Request(cookie, cmd, flags, offset, length, None)
 
-    def _start_body(self, cookie, flags, offset, length, problem):
+    def _start_body(
+        self, cookie: int, flags: int, offset: int, length: int, problem: tuple[int, str] | None
+    ) -> Request | BadRequest | _NeedData:
         """A WRITE header was read: take its payload, whole if it is here,
         else stream it in (into its own buffer, or discarded if invalid)."""
         pos = self._pos
@@ -530,17 +547,19 @@ class ServerConnection:
             self._pos = pos + length
             data = bytes(memoryview(self._buf)[pos : pos + length])
             return Request(cookie, c.CMD_WRITE, flags, offset, length, data)
+        event: Request | BadRequest
         if problem is None:
-            self._body_event = Request(cookie, c.CMD_WRITE, flags, offset, length, None)
+            event = Request(cookie, c.CMD_WRITE, flags, offset, length, None)
             self._body = bytearray(length)
         else:
-            self._body_event = BadRequest(cookie, *problem)
+            event = BadRequest(cookie, *problem)
             self._body = None
+        self._body_event = event
         self._body_filled = 0
         self._body_remaining = length
-        return self._continue_body()
+        return self._continue_body(event)
 
-    def _feed_body(self, source, start: int) -> int:
+    def _feed_body(self, source: bytes | bytearray, start: int) -> int:
         """Move up to the rest of the payload from source[start:]; return the
         number of bytes taken."""
         take = min(len(source) - start, self._body_remaining)
@@ -551,16 +570,18 @@ class ServerConnection:
         self._body_remaining -= take
         return take
 
-    def _continue_body(self):
+    def _continue_body(self, event: Request | BadRequest) -> Request | BadRequest | _NeedData:
+        """Take what is buffered of `event`'s payload (the one pending);
+        the event once all of it is here."""
         if self._body_remaining and self._pos < len(self._buf):
             self._pos += self._feed_body(self._buf, self._pos)
         if self._body_remaining:
             if self._eof:
                 self._fail("client disconnected mid-request")
             return NEED_DATA
-        event = self._body_event
-        if self._body is not None:
-            event.data = memoryview(self._body)
+        body = self._body
+        if body is not None and type(event) is Request:  # a BadRequest has no body
+            event.data = memoryview(body)
         self._body_event = self._body = None
         return event
 
@@ -637,7 +658,7 @@ class ServerConnection:
                 f"cookie {cookie} or offset {offset} does not fit 64 bits"
             ) from exc
 
-    def reply_block_status(self, cookie: int, extents) -> bytes:
+    def reply_block_status(self, cookie: int, extents: Iterable[tuple[int, int]]) -> bytes:
         """Success of a BLOCK_STATUS: one base:allocation chunk built from
         (length, flags) pairs, trimmed to what proto.md allows (see
         wire.block_status_descriptors). Raises LocalProtocolError outside

@@ -10,6 +10,7 @@ something the protocol cannot carry.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.errors import LocalProtocolError
@@ -245,7 +246,9 @@ def request_error(
     return None
 
 
-def block_status_descriptors(extents, request_length: int, req_one: bool) -> list[tuple[int, int]]:
+def block_status_descriptors(
+    extents: Iterable[tuple[int, int]], request_length: int, req_one: bool
+) -> list[tuple[int, int]]:
     """The (length, flags) descriptors to send for a BLOCK_STATUS request.
 
     Follows proto.md: at least one descriptor, each nonzero and below 4 GiB
@@ -255,7 +258,7 @@ def block_status_descriptors(extents, request_length: int, req_one: bool) -> lis
     Raises LocalProtocolError for an empty list, a zero or negative length,
     or flags outside 32 bits.
     """
-    out = []
+    out: list[tuple[int, int]] = []
     total = 0
     for length, flags in extents:
         if length <= 0:
