@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,11 +22,9 @@ from vdfarm.service import version_rules as rules
 from vdfarm.service.errors import Conflict, NotFound, Unavailable
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
 from vdfarm.store.errors import StoreError, VdiskExists, VdiskMissing
-from vdfarm.store.manifest import Manifest
+from vdfarm.store.manifest import Manifest, ManifestFile
 from vdfarm.store.qemu_img import QemuImgError
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
+from vdfarm.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -60,6 +57,14 @@ def store_failure(name: str, exc: Exception) -> Exception:
     if isinstance(exc, QemuImgError):
         return Unavailable(f"vDisk {name}: {exc}")
     return Unavailable(f"vDisk {name} in this server's store: {exc}")
+
+
+def sealed_hash(entry: ManifestFile, vdisk_name: str) -> str:
+    """The sha256 of a sealed file of vDisk VDISK_NAME (the store records
+    it when it seals, imports or folds a file). Raises Unavailable."""
+    if entry.sha256 is None:
+        raise Unavailable(f"vDisk {vdisk_name}: file {entry.name} has no recorded hash")
+    return entry.sha256
 
 
 def version_rows(session: Session, vdisk_id: int) -> list[VdiskVersion]:
@@ -109,10 +114,10 @@ def maintenance_in_use(session: Session, vdisk: Vdisk, number: int, now: datetim
     return None
 
 
-def store_manifest(farm: Farm, vdisk_name: str) -> Manifest:
-    """This store's manifest of a vDisk. Raises Unavailable."""
+def store_manifest(store: Store, vdisk_name: str) -> Manifest:
+    """STORE's manifest of a vDisk. Raises Unavailable."""
     try:
-        return farm.store.manifest(vdisk_name)
+        return store.manifest(vdisk_name)
     except VdiskMissing as exc:
         raise Unavailable(f"vDisk {vdisk_name} is not in this server's store") from exc
     except StoreError as exc:
@@ -120,7 +125,7 @@ def store_manifest(farm: Farm, vdisk_name: str) -> Manifest:
 
 
 def chain_in_store(
-    farm: Farm,
+    store: Store,
     vdisk_name: str,
     rows: list[VdiskVersion],
     number: int,
@@ -131,9 +136,9 @@ def chain_in_store(
     Raises Unavailable (vDisk or one of the chain's files not here, or not
     the file the database sealed).
     """
-    manifest = manifest or store_manifest(farm, vdisk_name)
+    manifest = manifest or store_manifest(store, vdisk_name)
     numbers = rules.chain_numbers(states_of(rows), number)
-    directory = farm.store.root / vdisk_name
+    directory = store.root / vdisk_name
     paths, formats = [], []
     for row in (row_of(rows, n) for n in numbers):
         entry = manifest.file(row.file_name)
@@ -150,14 +155,14 @@ def chain_in_store(
     return Chain(number=number, paths=tuple(paths), formats=tuple(formats))
 
 
-def check_store_matches(farm: Farm, vdisk_name: str, rows: list[VdiskVersion]) -> Manifest:
-    """This store's manifest, if its chain is exactly the database's chain.
+def check_store_matches(store: Store, vdisk_name: str, rows: list[VdiskVersion]) -> Manifest:
+    """STORE's manifest, if its chain is exactly the database's chain.
 
     Raises Unavailable.
     """
-    manifest = store_manifest(farm, vdisk_name)
+    manifest = store_manifest(store, vdisk_name)
     top = rules.newest(states_of(rows)).number
-    chain = chain_in_store(farm, vdisk_name, rows, top, manifest)
+    chain = chain_in_store(store, vdisk_name, rows, top, manifest)
     if [p.name for p in chain.paths] != [f.name for f in manifest.files]:
         raise Unavailable(
             f"the store's manifest of vDisk {vdisk_name} does not match the farm database"

@@ -13,6 +13,7 @@ from vdfarm.service.errors import Invalid
 from vdfarm.store.manifest import VDISK_NAME_RE
 
 MAX_DESCRIPTION = 1024
+MIB = 1024 * 1024
 MAX_CACHE_LIMIT_MB = 2**31 - 1
 MIN_MAX_VERSIONS, MAX_MAX_VERSIONS = 2, 1000
 
@@ -73,7 +74,7 @@ def check_choice(kind: str, value: object, choices: tuple[str, ...]) -> str:
     """Return VALUE if it is one of CHOICES. Raises Invalid."""
     if value not in choices:
         raise Invalid(f"invalid {kind} {value!r}: choose one of {', '.join(choices)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_cache_limit(limit_mb: object) -> int | None:
@@ -96,6 +97,12 @@ def check_description(text: object) -> str:
     if len(text) > MAX_DESCRIPTION:
         raise Invalid(f"invalid description: longer than {MAX_DESCRIPTION} characters")
     return text
+
+
+def cache_limit_bytes(limit_mb: int | None) -> int | None:
+    """A stored write-cache limit (MiB; None = no limit) in bytes, as the
+    stream enforces it and the front ends show it."""
+    return None if limit_mb is None else limit_mb * MIB
 
 
 def check_lease(seconds: object) -> float:
