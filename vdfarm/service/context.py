@@ -18,8 +18,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 
@@ -265,17 +264,16 @@ class Farm:
         """The current time (aware UTC) from this farm's clock."""
         return self.clock()
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self) -> AbstractContextManager[Session]:
         """A database session: commits if the block succeeds, else rolls back.
 
         Raises Unavailable (database unreachable or busy), Conflict (a
         constraint the caller did not check first), or what the block raises.
         """
-        with self.database.session() as session:
-            yield session
+        return self.database.session()
 
-    # -- the stream service's API (each is one call of a service) ----------------
+    # -- the stream server's calls, kept as they were: each is one call of
+    # -- a service (farm.exports, farm.locks, farm.sessions, farm.servers) -----
 
     def resolve_export(self, name_or_mac: str) -> ExportTarget:
         """What to serve to the device called NAME_OR_MAC (a name or a MAC).

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Device, Vdisk
@@ -34,7 +34,7 @@ from vdfarm.service.chains import (
 )
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Invalid, NotFound
-from vdfarm.service.validation import cache_limit_bytes, parse_mac
+from vdfarm.service.validation import cache_limit_bytes, name_wins, parse_mac
 from vdfarm.store.store import Store
 
 
@@ -71,12 +71,19 @@ class ExportTarget:
     writes_vdisk: bool
 
 
+def device_match(name_or_mac: str) -> ColumnElement[bool]:
+    """Devices named NAME_OR_MAC, or with that MAC if it is one (any common
+    spelling); pick with `validation.name_wins`."""
+    mac = parse_mac(name_or_mac)
+    match = Device.name == name_or_mac
+    return match if mac is None else or_(match, Device.mac == mac)
+
+
 def find_device(session: Session, name_or_mac: str) -> Device | None:
     """The device named NAME_OR_MAC, else the one with that MAC, else None."""
-    device = session.scalars(select(Device).where(Device.name == name_or_mac)).one_or_none()
-    if device is None and (mac := parse_mac(name_or_mac)) is not None:
-        device = session.scalars(select(Device).where(Device.mac == mac)).one_or_none()
-    return device
+    devices = session.scalars(select(Device).where(device_match(name_or_mac))).all()
+    found = name_wins(devices, name_or_mac, lambda d: d.name)
+    return found[0] if found else None
 
 
 def device_and_vdisk(session: Session, name_or_mac: str) -> tuple[Device, Vdisk]:
@@ -86,17 +93,15 @@ def device_and_vdisk(session: Session, name_or_mac: str) -> tuple[Device, Vdisk]
     Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
     assigned").
     """
-    mac = parse_mac(name_or_mac)
-    match = Device.name == name_or_mac
-    if mac is not None:
-        match = or_(match, Device.mac == mac)
     rows = session.execute(
-        select(Device, Vdisk).outerjoin(Vdisk, Vdisk.id == Device.vdisk_id).where(match)
+        select(Device, Vdisk)
+        .outerjoin(Vdisk, Vdisk.id == Device.vdisk_id)
+        .where(device_match(name_or_mac))
     ).all()
-    found = next((r for r in rows if r[0].name == name_or_mac), rows[0] if rows else None)
-    if found is None:
+    found = name_wins(rows, name_or_mac, lambda r: r[0].name)
+    if not found:
         raise NotFound(f"no device named {name_or_mac}")
-    device, vdisk = found
+    device, vdisk = found[0]
     if vdisk is None:
         raise Invalid(f"device {device.name} has no vDisk assigned")
     return device, vdisk

@@ -59,7 +59,7 @@ from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
 from vdfarm.service.servers import load_subquery
 from vdfarm.service.settings import SettingsService
-from vdfarm.service.validation import parse_mac
+from vdfarm.service.validation import name_wins, parse_mac
 
 RESERVATION_LIFETIME = timedelta(seconds=30)  # login to connect: seconds at most
 
@@ -173,9 +173,8 @@ def _device_rows(connection: Connection, name_or_mac: str) -> Sequence[Row[Any]]
     if mac is None:
         rows = connection.execute(_BY_NAME, {"name": name_or_mac}).all()
     else:
-        rows = connection.execute(_BY_NAME_OR_MAC, {"name": name_or_mac, "mac": mac}).all()
-        named = [r for r in rows if r.name == name_or_mac]
-        rows = named or rows
+        found = connection.execute(_BY_NAME_OR_MAC, {"name": name_or_mac, "mac": mac}).all()
+        rows = name_wins(found, name_or_mac, lambda r: r.name)
     if not rows:
         raise NotFound(f"no device named {name_or_mac}")
     if rows[0].vdisk_id is None:

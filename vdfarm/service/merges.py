@@ -202,7 +202,9 @@ class MergeService:
             rows = version_rows(session, row.id)
             states = states_of(rows)
             if version is None:
-                version = rules.boot_choice(states, "production", row.override_version, now).number
+                version = rules.device_boot(
+                    states, row.access_mode, rules.PRODUCTION, row.override_version, now
+                ).number
             if rules.find(states, version, vdisk).access == rules.MAINTENANCE and (
                 busy := maintenance_in_use(session, row, version, now)
             ):

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from vdfarm.service.errors import Invalid
 from vdfarm.store.manifest import VDISK_NAME_RE
+
+R = TypeVar("R")
 
 MAX_DESCRIPTION = 1024
 MIB = 1024 * 1024
@@ -60,6 +64,14 @@ def parse_mac(text: str) -> str | None:
     else:
         return None
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def name_wins(rows: Sequence[R], name_or_mac: str, name_of: Callable[[R], str]) -> list[R]:
+    """Of ROWS found by name or MAC, those of the device whose name is
+    NAME_OR_MAC if there is one (a name match wins over a MAC match), else
+    all of them (the device with that MAC). Raises nothing."""
+    named = [r for r in rows if name_of(r) == name_or_mac]
+    return named or list(rows)
 
 
 def normalise_mac(text: str) -> str:

@@ -35,7 +35,13 @@ from vdfarm.farm.models import (
     VdiskVersion,
 )
 from vdfarm.service.audit import AuditWriter
-from vdfarm.service.chains import sealed_hash, version_rows
+from vdfarm.service.chains import (
+    check_private_allowed,
+    qemu_check_problems,
+    sealed_hash,
+    version_problems,
+    version_rows,
+)
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
@@ -48,8 +54,6 @@ from vdfarm.service.validation import (
     check_name,
 )
 from vdfarm.store import errors as store_errors
-from vdfarm.store import qemu_img
-from vdfarm.store.manifest import Manifest
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import Store, VerifyResult
 
@@ -279,7 +283,7 @@ class VdiskService:
                 if lock is not None and lock_state(lock, now) == HELD:
                     raise Conflict(f"cannot change the mode now: {held_message(lock)}")
                 if changes["access_mode"] == "private":
-                    _check_single_raw_file(session, vdisk)
+                    check_private_allowed(session, vdisk)
             for column, value in changes.items():
                 setattr(vdisk, column, value)
             session.flush()
@@ -387,45 +391,7 @@ class VdiskService:
         extra = []
         if manifest.files[0].sha256 != expected_sha:
             extra.append("the store's manifest does not match the farm database")
-        extra += _version_problems(manifest, rows)
+        extra += version_problems(manifest, rows)
         if not result.problems:
-            extra += _qemu_check_problems(self._store.root / name, manifest)
+            extra += qemu_check_problems(self._store.root / name, manifest)
         return VerifyResult(vdisk=name, problems=result.problems + tuple(extra))
-
-
-def _check_single_raw_file(session: Session, vdisk: Vdisk) -> None:
-    rows = version_rows(session, vdisk.id)
-    if len(rows) != 1 or rows[0].format != "raw":
-        raise Invalid(
-            f"vDisk {vdisk.name} has versions (or a qcow2 base): private mode needs "
-            f"a single raw file; export it and import the copy instead"
-        )
-
-
-def _version_problems(
-    manifest: Manifest, rows: list[tuple[int, str, str, str | None]]
-) -> list[str]:
-    problems = []
-    for number, file_name, fmt, sha256 in rows:
-        entry = manifest.file(file_name)
-        if entry is None:
-            problems.append(f"version {number} ({file_name}) is not in the store's manifest")
-        elif entry.format != fmt or entry.sha256 != sha256:
-            problems.append(
-                f"version {number} ({file_name}): the store's manifest does not "
-                f"match the farm database"
-            )
-    if len(manifest.files) != len(rows):
-        problems.append("the store's chain and the farm's versions differ")
-    return problems
-
-
-def _qemu_check_problems(directory: Path, manifest: Manifest) -> list[str]:
-    problems = []
-    for entry in manifest.files:
-        if entry.sealed and entry.format == "qcow2":
-            try:
-                qemu_img.check(directory / entry.name, entry.format)
-            except QemuImgError as exc:
-                problems.append(str(exc))
-    return problems

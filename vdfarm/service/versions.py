@@ -34,6 +34,8 @@ from vdfarm.service.audit import AuditWriter
 from vdfarm.service.chains import (
     booted_devices,
     check_store_matches,
+    check_unused,
+    check_versioned,
     locked_vdisk,
     maintenance_in_use,
     row_of,
@@ -99,8 +101,10 @@ def version_infos(store: Store, session: Session, vdisk: Vdisk, now: datetime) -
     states = states_of(rows)
     booted = booted_devices(session, vdisk.id)
     boots: dict[int, list[str]] = {}
-    for device_type in ("production", "test", "maintenance"):
-        choice = rules.boot_choice(states, device_type, vdisk.override_version, now)
+    for device_type in rules.DEVICE_TYPES:
+        choice = rules.device_boot(
+            states, vdisk.access_mode, device_type, vdisk.override_version, now
+        )
         boots.setdefault(choice.number, []).append(device_type)
     return [
         VersionInfo(
@@ -127,14 +131,6 @@ def _current_size(store: Store, vdisk_name: str, file_name: str) -> int | None:
         return store_versions.file_path(store, vdisk_name, file_name).stat().st_size
     except OSError:
         return None
-
-
-def _versioned(vdisk: Vdisk) -> None:
-    if vdisk.access_mode == "private":
-        raise Invalid(
-            f"vDisk {vdisk.name} is in private mode: versions are for standard "
-            f"mode (vdfarm vdisk set {vdisk.name} --mode standard)"
-        )
 
 
 def _target(vdisk: str, number: int) -> str:
@@ -194,7 +190,7 @@ class VersionService:
         try:
             with self._session() as session:
                 row = locked_vdisk(session, vdisk)
-                _versioned(row)
+                check_versioned(row)
                 rows = version_rows(session, row.id)
                 if (open_one := rules.open_maintenance(states_of(rows))) is not None:
                     raise Conflict(
@@ -262,7 +258,7 @@ class VersionService:
         now = self._clock()
         with self._session() as session:
             row = locked_vdisk(session, vdisk)
-            _versioned(row)
+            check_versioned(row)
             rows = version_rows(session, row.id)
             top, access, seal = rules.promotion(states_of(rows), to, now, vdisk)
             if top.access == rules.MAINTENANCE and (
@@ -308,11 +304,11 @@ class VersionService:
         now = self._clock()
         with self._session() as session:
             row = locked_vdisk(session, vdisk)
-            _versioned(row)
+            check_versioned(row)
             rows = version_rows(session, row.id)
             top, access = rules.reversion(states_of(rows), now, vdisk)
             if access == rules.MAINTENANCE:
-                self._check_unused(session, row, top.number, "opened for maintenance")
+                check_unused(session, row, top.number, "opened for maintenance")
                 check_store_matches(self._store, vdisk, rows)
             before = self._info_of(session, row, top.number)
             version = row_of(rows, top.number)
@@ -328,20 +324,6 @@ class VersionService:
             self._audit(session, "version.revert", _target(vdisk, top.number), before, info, actor)
             return info
 
-    def _check_unused(self, session: Session, vdisk: Vdisk, number: int, doing: str) -> None:
-        devices = booted_devices(session, vdisk.id).get(number)
-        if devices:
-            raise Conflict(
-                f"device(s) {', '.join(devices)} booted version {number} of vDisk "
-                f"{vdisk.name}; it cannot be {doing} until they disconnect"
-            )
-        if vdisk.override_version == number:
-            raise Conflict(
-                f"production devices of vDisk {vdisk.name} are pinned to version "
-                f"{number}; clear it first (vdfarm version override {vdisk.name} "
-                f"--clear)"
-            )
-
     def override(self, vdisk: str, number: int | None, actor: str | None = None) -> OverrideInfo:
         """Pin VDISK's production devices to version NUMBER (None: remove the pin).
 
@@ -354,7 +336,7 @@ class VersionService:
             raise Invalid(f"invalid version {number!r}: give a version number >= 0")
         with self._session() as session:
             row = locked_vdisk(session, vdisk)
-            _versioned(row)
+            check_versioned(row)
             states = states_of(version_rows(session, row.id))
             if number is None and row.override_version is None:
                 raise Invalid(f"vDisk {vdisk} has no override to clear")
@@ -394,7 +376,7 @@ class VersionService:
                 busy := maintenance_in_use(session, row, top.number, now)
             ):
                 raise Conflict(f"cannot delete version {top.number}: {busy}")
-            self._check_unused(session, row, top.number, "deleted")
+            check_unused(session, row, top.number, "deleted")
             check_store_matches(self._store, vdisk, rows)
             before = self._info_of(session, row, top.number)
             session.delete(row_of(rows, top.number))
