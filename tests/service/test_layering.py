@@ -1,4 +1,5 @@
-"""The service layer's import rules, checked on the import graph (grimp):
+"""The service layer's import rules, checked on the import graph (grimp, which
+the pinned import-linter brings):
 no module of vdfarm.service imports another in a circle (imports under
 TYPE_CHECKING count), and only the façade reaches `vdfarm.service.context`."""
 
