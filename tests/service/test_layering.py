@@ -1,7 +1,7 @@
-"""The service layer's import rules, checked on the import graph (grimp, which
-the pinned import-linter brings):
-no module of vdfarm.service imports another in a circle (imports under
-TYPE_CHECKING count), and only the façade reaches `vdfarm.service.context`."""
+"""The service layer's import rules, checked on the import graph (grimp,
+which the pinned import-linter brings): no module of vdfarm.service imports
+another in a circle (imports under TYPE_CHECKING count), and only the
+façade reaches `vdfarm.service.context`."""
 
 from __future__ import annotations
 
