@@ -53,8 +53,6 @@ from sqlalchemy import create_engine, select, text
 from vdfarm.farm import db
 from vdfarm.farm.models import Device, utcnow
 from vdfarm.service.context import Farm
-from vdfarm.service.login import login
-from vdfarm.service.moves import rebalance
 
 PG_ADMIN = "postgresql+psycopg://root@127.0.0.1:5432/test"
 PG_SERVER = "postgresql+psycopg://root@127.0.0.1:5432"
@@ -134,7 +132,7 @@ def run(kind: str, n_servers: int, n_devices: int) -> dict:
         for n in range(n_devices):
             name = f"pc{n:04}"
             t0 = time.perf_counter()
-            result = login(farms[0], name)
+            result = farms[0].logins.login(name)
             times.append(time.perf_counter() - t0)
             device_id = farms[0].resolve_export(name).device_id
             by_name[result.server.name].session_started(device_id, vdisk_id, result.version)
@@ -143,10 +141,10 @@ def run(kind: str, n_servers: int, n_devices: int) -> dict:
         for farm in farms:
             farm.servers.heartbeat()
         t0 = time.perf_counter()
-        plan = rebalance(farms[0], apply=False)
+        plan = farms[0].moves.rebalance(apply=False)
         plan_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        applied = rebalance(farms[0], apply=True)
+        applied = farms[0].moves.rebalance(apply=True)
         apply_s = time.perf_counter() - t0
         load = {
             f.server_name: i.connected
@@ -159,7 +157,7 @@ def run(kind: str, n_servers: int, n_devices: int) -> dict:
         moved_times = []
         for move in applied.moves:  # their next login lands where the rebalance sent them
             t0 = time.perf_counter()
-            result = login(farms[0], move.device_name)
+            result = farms[0].logins.login(move.device_name)
             moved_times.append(time.perf_counter() - t0)
             assert result.server.name == move.to_server, (move, result)
     times.sort()

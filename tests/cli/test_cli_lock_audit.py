@@ -58,7 +58,7 @@ def test_lock_release_is_audited_and_fences(icli, image):
     out = icli.ok("lock", "release", "w").stdout
     assert out == "released the lock of vDisk w (was held by device pc1)\n"
     with Farm.open(icli.data_dir) as farm:
-        assert not farm.lock_is_current(farm.vdisks.show("w").id, grant.token)
+        assert not farm.locks.is_current(farm.vdisks.show("w").id, grant.token)
     entry = icli.json("audit", "list")[-1]
     assert entry["action"] == "lock.release" and entry["actor"].startswith("cli:")
     assert icli.ok("lock", "release", "w").stdout == "vDisk w was not locked\n"

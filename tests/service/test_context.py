@@ -173,7 +173,7 @@ def test_an_exhausted_connection_pool_is_unavailable_not_a_crash(tmp_path):
     farm.engine = create_engine(
         url, poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=0.1
     )
-    farm._sessions.configure(bind=farm.engine)
+    farm.database.sessions.configure(bind=farm.engine)
     held = farm.engine.connect()  # the only connection
     try:
         with pytest.raises(Unavailable, match="no free connection"):

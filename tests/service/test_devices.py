@@ -156,5 +156,5 @@ def test_delete_refused_while_holding_a_lock(farm, vdisk, clock):
     assert dump(farm) == before
     clock.advance(11)
     farm.devices.delete("pc1")
-    assert not farm.lock_is_current(vdisk.id, grant.token)
+    assert not farm.locks.is_current(vdisk.id, grant.token)
     assert farm.locks.list()[0].state == "free"

@@ -40,7 +40,7 @@ def test_acquire_free_lock(setup, clock):
     grant = farm.acquire_lock(v, pc1, 30)
     assert grant.token == 1
     assert grant.expires_at == clock.now + timedelta(seconds=30)
-    assert farm.lock_is_current(v, 1)
+    assert farm.locks.is_current(v, 1)
     [info] = farm.locks.list()
     assert (info.holder, info.server, info.state, info.fencing_token) == ("pc1", "srv", "held", 1)
     assert info.acquired_at == clock.now and info.lease_expires_at == grant.expires_at
@@ -54,7 +54,7 @@ def test_held_lock_refuses_another_device(setup, clock):
     assert str(info.value) == (
         f"vDisk w is locked by device pc1 on server srv until {grant.expires_at.isoformat()}"
     )
-    assert farm.lock_is_current(v, grant.token)
+    assert farm.locks.is_current(v, grant.token)
     assert farm.locks.list()[0].fencing_token == 1
 
 
@@ -74,11 +74,11 @@ def test_expiry_then_steal_fences_the_old_holder(setup, clock):
     old = farm.acquire_lock(v, pc1, 10)
     clock.advance(10.001)
     assert farm.locks.list()[0].state == "expired"
-    assert farm.lock_is_current(v, old.token)  # nobody took it yet
+    assert farm.locks.is_current(v, old.token)  # nobody took it yet
     new = farm.acquire_lock(v, pc2, 10)
     assert new.token == old.token + 1
-    assert not farm.lock_is_current(v, old.token)
-    assert farm.lock_is_current(v, new.token)
+    assert not farm.locks.is_current(v, old.token)
+    assert farm.locks.is_current(v, new.token)
     assert farm.renew_lock(v, pc1, old.token, 10) is False
     farm.release_lock(v, pc1, old.token)  # stale: changes nothing
     [info] = farm.locks.list()
@@ -89,7 +89,7 @@ def test_same_device_reacquire_grows_token(setup):
     farm, v, pc1, _ = setup
     tokens = [farm.acquire_lock(v, pc1, 10).token for _ in range(3)]
     assert tokens == [1, 2, 3]
-    assert not farm.lock_is_current(v, 2) and farm.lock_is_current(v, 3)
+    assert not farm.locks.is_current(v, 2) and farm.locks.is_current(v, 3)
 
 
 def test_release_then_token_keeps_growing(setup):
@@ -98,7 +98,7 @@ def test_release_then_token_keeps_growing(setup):
     farm.release_lock(v, pc1, first.token)
     [info] = farm.locks.list()
     assert (info.state, info.holder, info.fencing_token) == ("free", None, 1)
-    assert not farm.lock_is_current(v, first.token)
+    assert not farm.locks.is_current(v, first.token)
     assert farm.renew_lock(v, pc1, first.token, 10) is False
     assert farm.acquire_lock(v, pc2, 10).token == 2
 
@@ -109,7 +109,7 @@ def test_renew_by_wrong_device_or_token(setup):
     assert farm.renew_lock(v, pc2, grant.token, 10) is False
     assert farm.renew_lock(v, pc1, grant.token + 1, 10) is False
     farm.release_lock(v, pc2, grant.token)
-    assert farm.lock_is_current(v, grant.token)
+    assert farm.locks.is_current(v, grant.token)
 
 
 def test_bad_arguments(setup):
@@ -121,7 +121,7 @@ def test_bad_arguments(setup):
         farm.acquire_lock(9999, pc1, 10)
     with pytest.raises(NotFound, match="no device with id"):
         farm.acquire_lock(v, 9999, 10)
-    assert farm.lock_is_current(9999, 1) is False
+    assert farm.locks.is_current(9999, 1) is False
     assert farm.locks.list()[0].fencing_token == 0
 
 
@@ -130,7 +130,7 @@ def test_admin_release_fences_and_is_audited(setup):
     grant = farm.acquire_lock(v, pc1, 60)
     before = farm.locks.release_by_admin("w", actor="cli:admin")
     assert (before.state, before.holder) == ("held", "pc1")
-    assert not farm.lock_is_current(v, grant.token)
+    assert not farm.locks.is_current(v, grant.token)
     assert farm.renew_lock(v, pc1, grant.token, 60) is False
     entry = farm.audit.list()[-1]
     assert (entry.action, entry.actor, entry.target_name) == ("lock.release", "cli:admin", "w")

@@ -38,13 +38,13 @@ def test_start_list_seen_end(sfarm, clock):
     )
     assert info.connected_at == info.last_seen == clock.now
     clock.advance(5)
-    assert sfarm.session_seen(device_id) is True
+    assert sfarm.sessions.seen(device_id) is True
     [info] = sfarm.sessions.list()
     assert info.last_seen == clock.now and info.connected_at < info.last_seen
     assert sfarm.versions.list("w")[0].devices == ("pc1",)
     sfarm.session_ended(device_id)
     assert sfarm.sessions.list() == []
-    assert sfarm.session_seen(device_id) is False
+    assert sfarm.sessions.seen(device_id) is False
     sfarm.session_ended(device_id)  # no-op
 
 
@@ -78,7 +78,7 @@ def test_end_leaves_another_servers_session_alone(sfarm, clock):
         )
     before = dump(sfarm)
     sfarm.session_ended(device_id)
-    assert sfarm.session_seen(device_id) is False
+    assert sfarm.sessions.seen(device_id) is False
     assert dump(sfarm) == before
 
 

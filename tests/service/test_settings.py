@@ -8,8 +8,9 @@ import pytest
 from tests.service.helpers import dump
 from tests.service.multi import duo_fixture  # noqa: F401 (fixture)
 from vdfarm.service import settings as settings_module
+from vdfarm.service.audit import AuditWriter
 from vdfarm.service.errors import Invalid, Unavailable
-from vdfarm.service.settings import Settings
+from vdfarm.service.settings import Settings, SettingsService
 
 
 def test_defaults_then_a_change_is_audited(farm):
@@ -55,13 +56,17 @@ def test_other_servers_see_a_change_once_their_cache_expires(duo, monkeypatch):
 def test_the_last_value_stands_while_the_database_is_away(farm, monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(settings_module.time, "monotonic", lambda: now[0])
-    farm.settings.change(boot_phase_s=120)
+    database = {"up": True}
+
+    def session():
+        if not database["up"]:
+            raise Unavailable("farm database error: connection refused")
+        return farm.session()
+
+    settings = SettingsService(session, AuditWriter(farm.clock, farm.actor))
+    settings.change(boot_phase_s=120)
     now[0] += 60
-
-    def away():
-        raise Unavailable("farm database error: connection refused")
-
-    monkeypatch.setattr(farm, "session", away)
-    assert farm.settings.current().boot_phase_s == 120.0
+    database["up"] = False
+    assert settings.current().boot_phase_s == 120.0
     with pytest.raises(Unavailable):
-        farm.settings.show()
+        settings.show()

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from vdfarm.service.context import first_line
+from vdfarm.service.deps import first_line
 from vdfarm.service.errors import ServiceError
 
 VALIDATION_STATUS = 422

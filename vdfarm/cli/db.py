@@ -19,9 +19,10 @@ from sqlalchemy.exc import DBAPIError
 
 from vdfarm.cli.common import emit, json_option, refuse_remote, state
 from vdfarm.farm import db as farm_db
-from vdfarm.service.context import DB_FILE, first_line, not_initialised_message
+from vdfarm.service.context import DB_FILE, not_initialised_message
+from vdfarm.service.deps import first_line
 from vdfarm.service.errors import Invalid, NotInitialised, Unavailable
-from vdfarm.service.servers import read_identity
+from vdfarm.service.identity import read_identity
 
 
 def database_url(data_dir: str, db_url: str | None) -> str:

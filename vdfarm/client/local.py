@@ -2,9 +2,9 @@
 
 Rules:
 - The nouns are the Farm's own services (`vdisks`, `versions`, `devices`,
-  `locks`, `audit`, `servers`, `settings`); the service calls that are module functions
-  (rebalance, login, subnet affinity) are methods here, so a front end calls
-  `farm.rebalance(...)` whether the farm is local or remote.
+  `locks`, `audit`, `servers`, `settings`); the calls of its `moves` and
+  `logins` services (rebalance, login, subnet affinity) are methods here, so
+  a front end calls `farm.rebalance(...)` whether the farm is local or remote.
 - No logic of its own: each method is one service call (plus, for the
   subnet affinity, a read of the vDisk it answers with). The audit actor is
   the Farm's own (`Farm.open(actor=...)`).
@@ -12,8 +12,6 @@ Rules:
 
 from __future__ import annotations
 
-from vdfarm.service import login as login_service
-from vdfarm.service import moves
 from vdfarm.service.context import Farm
 from vdfarm.service.login import LoginResult
 from vdfarm.service.moves import RebalanceResult
@@ -36,23 +34,23 @@ class LocalFarm:
     def rebalance(
         self, *, apply: bool, trigger_pct: float | None = None, auto: bool = False
     ) -> RebalanceResult:
-        """See `vdfarm.service.moves.rebalance`. Raises Invalid, Unavailable."""
-        return moves.rebalance(
-            self.farm, apply=apply, trigger_pct=trigger_pct, auto=auto, actor=self.farm.actor
+        """See `MoveService.rebalance`. Raises Invalid, Unavailable."""
+        return self.farm.moves.rebalance(
+            apply=apply, trigger_pct=trigger_pct, auto=auto, actor=self.farm.actor
         )
 
     def login(
         self, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
     ) -> LoginResult:
-        """See `vdfarm.service.login.login`. Raises NotFound, Invalid, Unavailable."""
-        return login_service.login(self.farm, name_or_mac, client_ip, reserve)
+        """See `LoginService.login`. Raises NotFound, Invalid, Unavailable."""
+        return self.farm.logins.login(name_or_mac, client_ip, reserve)
 
     def set_subnet_affinity(self, vdisk_name: str, affinity: str) -> VdiskInfo:
         """Set the subnet affinity of a vDisk; answer the vDisk.
 
         Raises Invalid, NotFound, Unavailable.
         """
-        login_service.set_subnet_affinity(self.farm, vdisk_name, affinity, actor=self.farm.actor)
+        self.farm.logins.set_subnet_affinity(vdisk_name, affinity, actor=self.farm.actor)
         return self.farm.vdisks.show(vdisk_name)
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """The audit trail: one row per change, from any front end.
 
-Rules: `record` is called inside the same session (transaction) as the
+Rules: `record` (or an `AuditWriter`, which fills in the time and the
+default actor) is called inside the same session (transaction) as the
 change it describes, so a change and its audit row commit or vanish together.
 before/after are JSON text of the records' plain views (None for create /
 delete). Reading the trail never changes it.
@@ -11,17 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import AuditEvent
+from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Invalid
 from vdfarm.service.records import to_json
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,39 @@ def record(
     )
 
 
+class AuditWriter:
+    """Writes audit rows stamped with CLOCK's time, by ACTOR unless a call
+    names another actor."""
+
+    def __init__(self, clock: Clock, actor: str) -> None:
+        self.clock = clock
+        self.actor = actor
+
+    def record(
+        self,
+        session: Session,
+        *,
+        action: str,
+        target_type: str,
+        target_name: str,
+        before: Any,
+        after: Any,
+        actor: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """Add an audit row to the session's transaction (at AT, default now)."""
+        record(
+            session,
+            actor=actor or self.actor,
+            at=at or self.clock(),
+            action=action,
+            target_type=target_type,
+            target_name=target_name,
+            before=before,
+            after=after,
+        )
+
+
 def _entry(row: AuditEvent) -> AuditEntry:
     return AuditEntry(
         id=row.id,
@@ -79,8 +111,8 @@ def _entry(row: AuditEvent) -> AuditEntry:
 class AuditService:
     """Read the audit trail."""
 
-    def __init__(self, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(self, session: SessionFactory) -> None:
+        self._session = session
 
     def list(self, since: datetime | None = None, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries at or after SINCE (aware datetime), oldest first; the
@@ -97,6 +129,6 @@ class AuditService:
             query = query.where(AuditEvent.at >= since)
         if limit is not None:
             query = query.limit(limit)
-        with self.farm.session() as session:
+        with self._session() as session:
             rows = session.scalars(query).all()
             return [_entry(r) for r in reversed(rows)]

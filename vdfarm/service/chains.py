@@ -6,6 +6,11 @@ Rules:
   the database recorded, or that chain is not served here (Unavailable).
 - Helpers only read (and lock the vDisk row for the caller's transaction);
   the services that change versions live in `versions.py` and `merges.py`.
+- The checks both vDisk and version services make live here once: versions
+  are a standard-mode feature and private mode needs one raw file
+  (`check_versioned` / `check_private_allowed`), a version devices booted
+  or production is pinned to stays (`check_unused`), and what `verify`
+  compares (`version_problems`, `qemu_check_problems`).
 """
 
 from __future__ import annotations
@@ -13,21 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Device, DeviceSession, Vdisk, VdiskVersion
 from vdfarm.service import version_rules as rules
-from vdfarm.service.errors import Conflict, NotFound, Unavailable
+from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
+from vdfarm.store import qemu_img
 from vdfarm.store.errors import StoreError, VdiskExists, VdiskMissing
-from vdfarm.store.manifest import Manifest
+from vdfarm.store.manifest import Manifest, ManifestFile
 from vdfarm.store.qemu_img import QemuImgError
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
+from vdfarm.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,14 @@ def store_failure(name: str, exc: Exception) -> Exception:
     if isinstance(exc, QemuImgError):
         return Unavailable(f"vDisk {name}: {exc}")
     return Unavailable(f"vDisk {name} in this server's store: {exc}")
+
+
+def sealed_hash(entry: ManifestFile, vdisk_name: str) -> str:
+    """The sha256 of a sealed file of vDisk VDISK_NAME (the store records
+    it when it seals, imports or folds a file). Raises Unavailable."""
+    if entry.sha256 is None:
+        raise Unavailable(f"vDisk {vdisk_name}: file {entry.name} has no recorded hash")
+    return entry.sha256
 
 
 def version_rows(session: Session, vdisk_id: int) -> list[VdiskVersion]:
@@ -109,10 +120,10 @@ def maintenance_in_use(session: Session, vdisk: Vdisk, number: int, now: datetim
     return None
 
 
-def store_manifest(farm: Farm, vdisk_name: str) -> Manifest:
-    """This store's manifest of a vDisk. Raises Unavailable."""
+def store_manifest(store: Store, vdisk_name: str) -> Manifest:
+    """STORE's manifest of a vDisk. Raises Unavailable."""
     try:
-        return farm.store.manifest(vdisk_name)
+        return store.manifest(vdisk_name)
     except VdiskMissing as exc:
         raise Unavailable(f"vDisk {vdisk_name} is not in this server's store") from exc
     except StoreError as exc:
@@ -120,7 +131,7 @@ def store_manifest(farm: Farm, vdisk_name: str) -> Manifest:
 
 
 def chain_in_store(
-    farm: Farm,
+    store: Store,
     vdisk_name: str,
     rows: list[VdiskVersion],
     number: int,
@@ -131,9 +142,9 @@ def chain_in_store(
     Raises Unavailable (vDisk or one of the chain's files not here, or not
     the file the database sealed).
     """
-    manifest = manifest or store_manifest(farm, vdisk_name)
+    manifest = manifest or store_manifest(store, vdisk_name)
     numbers = rules.chain_numbers(states_of(rows), number)
-    directory = farm.store.root / vdisk_name
+    directory = store.root / vdisk_name
     paths, formats = [], []
     for row in (row_of(rows, n) for n in numbers):
         entry = manifest.file(row.file_name)
@@ -150,16 +161,84 @@ def chain_in_store(
     return Chain(number=number, paths=tuple(paths), formats=tuple(formats))
 
 
-def check_store_matches(farm: Farm, vdisk_name: str, rows: list[VdiskVersion]) -> Manifest:
-    """This store's manifest, if its chain is exactly the database's chain.
+def check_store_matches(store: Store, vdisk_name: str, rows: list[VdiskVersion]) -> Manifest:
+    """STORE's manifest, if its chain is exactly the database's chain.
 
     Raises Unavailable.
     """
-    manifest = store_manifest(farm, vdisk_name)
+    manifest = store_manifest(store, vdisk_name)
     top = rules.newest(states_of(rows)).number
-    chain = chain_in_store(farm, vdisk_name, rows, top, manifest)
+    chain = chain_in_store(store, vdisk_name, rows, top, manifest)
     if [p.name for p in chain.paths] != [f.name for f in manifest.files]:
         raise Unavailable(
             f"the store's manifest of vDisk {vdisk_name} does not match the farm database"
         )
     return manifest
+
+
+def check_versioned(vdisk: Vdisk) -> None:
+    """Versions are a standard-mode feature (the other side of
+    `check_private_allowed`). Raises Invalid."""
+    if vdisk.access_mode == rules.PRIVATE:
+        raise Invalid(
+            f"vDisk {vdisk.name} is in private mode: versions are for standard "
+            f"mode (vdfarm vdisk set {vdisk.name} --mode standard)"
+        )
+
+
+def check_private_allowed(session: Session, vdisk: Vdisk) -> None:
+    """Private mode needs a vDisk that is one raw file (the other side of
+    `check_versioned`). Raises Invalid."""
+    rows = version_rows(session, vdisk.id)
+    if len(rows) != 1 or rows[0].format != "raw":
+        raise Invalid(
+            f"vDisk {vdisk.name} has versions (or a qcow2 base): private mode needs "
+            f"a single raw file; export it and import the copy instead"
+        )
+
+
+def check_unused(session: Session, vdisk: Vdisk, number: int, doing: str) -> None:
+    """Refuse DOING (e.g. "deleted") to version NUMBER while devices booted
+    it or production is pinned to it. Raises Conflict."""
+    devices = booted_devices(session, vdisk.id).get(number)
+    if devices:
+        raise Conflict(
+            f"device(s) {', '.join(devices)} booted version {number} of vDisk "
+            f"{vdisk.name}; it cannot be {doing} until they disconnect"
+        )
+    if vdisk.override_version == number:
+        raise Conflict(
+            f"production devices of vDisk {vdisk.name} are pinned to version "
+            f"{number}; clear it first (vdfarm version override {vdisk.name} "
+            f"--clear)"
+        )
+
+
+def version_problems(manifest: Manifest, rows: list[tuple[int, str, str, str | None]]) -> list[str]:
+    """Where the store's MANIFEST and the database's version ROWS (number,
+    file, format, sha256) disagree."""
+    problems = []
+    for number, file_name, fmt, sha256 in rows:
+        entry = manifest.file(file_name)
+        if entry is None:
+            problems.append(f"version {number} ({file_name}) is not in the store's manifest")
+        elif entry.format != fmt or entry.sha256 != sha256:
+            problems.append(
+                f"version {number} ({file_name}): the store's manifest does not "
+                f"match the farm database"
+            )
+    if len(manifest.files) != len(rows):
+        problems.append("the store's chain and the farm's versions differ")
+    return problems
+
+
+def qemu_check_problems(directory: Path, manifest: Manifest) -> list[str]:
+    """What `qemu-img check` finds wrong in the sealed qcow2 files of MANIFEST."""
+    problems = []
+    for entry in manifest.files:
+        if entry.sealed and entry.format == "qcow2":
+            try:
+                qemu_img.check(directory / entry.name, entry.format)
+            except QemuImgError as exc:
+                problems.append(str(exc))
+    return problems

@@ -3,50 +3,49 @@
 Rules:
 - Every front end (CLI, REST API, stream server) opens a Farm and calls its
   services; nothing else touches the database or the store.
+- The Farm is the front ends' façade and the one place that builds the
+  services: each gets only what it needs (a session factory, the clock, the
+  audit writer, the store, this server, the few services it calls) through
+  its constructor. No module of `vdfarm.service` imports this one.
 - `Farm.open` never creates anything: an uninitialised data directory (no
   server.json) or an un-migrated database raises NotInitialised. `Farm.init`
   is the only place that creates directories, migrates and registers.
 - `session()` commits on success and rolls back on any error; database
-  failures surface as Unavailable / Conflict, never as SQLAlchemy errors.
+  failures surface as Unavailable / Conflict, never as SQLAlchemy errors
+  (`deps.Database`).
 - Time comes from `clock` (aware UTC), so tests can move it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 
 from vdfarm.farm import db
 from vdfarm.farm.models import Server, utcnow
-from vdfarm.service.audit import AuditService
+from vdfarm.service.audit import AuditService, AuditWriter
+from vdfarm.service.deps import Clock, Database, ThisServer, first_line
 from vdfarm.service.devices import DeviceService
 from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
-from vdfarm.service.exports import (
-    ExportTarget,
-    VdiskView,
-    list_exports,
-    resolve_export,
-    resolve_vdisk_view,
-)
-from vdfarm.service.locks import LockGrant, LockService
-from vdfarm.service.servers import (
+from vdfarm.service.exports import ExportService, ExportTarget, VdiskView
+from vdfarm.service.identity import (
     ServerIdentity,
-    ServerInfo,
-    ServerService,
     ensure_registered,
     new_identity,
     read_identity,
     write_identity,
 )
+from vdfarm.service.locks import LockGrant, LockService
+from vdfarm.service.login import LoginService
+from vdfarm.service.merges import MergeService
+from vdfarm.service.moves import MoveService
+from vdfarm.service.servers import ServerInfo, ServerService
 from vdfarm.service.sessions import SessionService
 from vdfarm.service.settings import SettingsService
 from vdfarm.service.vdisks import VdiskService
@@ -56,16 +55,6 @@ from vdfarm.store.store import Store
 DB_FILE = "farm.db"
 STORE_DIR = "store"
 CACHE_DIR = "cache"
-
-Clock = Callable[[], datetime]
-
-
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of an error's text."""
-    for line in str(error).splitlines():
-        if line.strip():
-            return line.strip()
-    return error.__class__.__name__
 
 
 def not_initialised_message(shown: str) -> str:
@@ -115,15 +104,26 @@ class Farm:
         self.server_id = server_id
         self.actor = actor
         self.clock = clock
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self.vdisks = VdiskService(self)
-        self.devices = DeviceService(self)
-        self.locks = LockService(self)
-        self.audit = AuditService(self)
-        self.servers = ServerService(self)
-        self.versions = VersionService(self)
-        self.sessions = SessionService(self)
-        self.settings = SettingsService(self)
+        self.database = Database(engine)
+        self._build_services()
+
+    def _build_services(self) -> None:
+        """Each service with what it needs, and nothing else."""
+        session, clock, store = self.database.session, self.clock, self.store
+        here = ThisServer(self.server_id, self.server_name)
+        writer = AuditWriter(clock, self.actor)
+        self.audit = AuditService(session)
+        self.settings = SettingsService(session, writer)
+        self.locks = LockService(session, clock, writer, here, self.settings)
+        self.servers = ServerService(session, clock, writer, here, store, self.settings)
+        self.sessions = SessionService(session, clock, writer, here, store)
+        self.merges = MergeService(session, clock, writer, store)
+        self.versions = VersionService(session, clock, writer, store, self.merges)
+        self.vdisks = VdiskService(session, clock, writer, store)
+        self.devices = DeviceService(session, clock, writer)
+        self.exports = ExportService(session, clock, store)
+        self.logins = LoginService(session, clock, writer, self.settings)
+        self.moves = MoveService(session, clock, writer, here, self.settings)
 
     # -- opening -----------------------------------------------------------
 
@@ -264,48 +264,31 @@ class Farm:
         """The current time (aware UTC) from this farm's clock."""
         return self.clock()
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self) -> AbstractContextManager[Session]:
         """A database session: commits if the block succeeds, else rolls back.
 
         Raises Unavailable (database unreachable or busy), Conflict (a
         constraint the caller did not check first), or what the block raises.
         """
-        session = self._sessions()
-        try:
-            yield session
-            session.commit()
-        except OperationalError as exc:
-            _rollback(session)
-            raise Unavailable(f"farm database error: {first_line(exc.orig)}") from exc
-        except PoolTimeout as exc:
-            _rollback(session)
-            raise Unavailable("farm database busy: no free connection (try again)") from exc
-        except IntegrityError as exc:
-            _rollback(session)
-            raise Conflict(f"the change conflicts with the farm: {first_line(exc.orig)}") from exc
-        except BaseException:
-            _rollback(session)
-            raise
-        finally:
-            session.close()
+        return self.database.session()
 
-    # -- the stream service's API ------------------------------------------------
+    # -- the stream server's calls, kept as they were: each is one call of
+    # -- a service (farm.exports, farm.locks, farm.sessions, farm.servers) -----
 
     def resolve_export(self, name_or_mac: str) -> ExportTarget:
         """What to serve to the device called NAME_OR_MAC (a name or a MAC).
 
         Raises NotFound, Invalid (no vDisk assigned), Unavailable.
         """
-        return resolve_export(self, name_or_mac)
+        return self.exports.resolve(name_or_mac)
 
     def resolve_vdisk_view(self, vdisk_name: str) -> VdiskView:
         """The read-only view of a vDisk (export `vdisk/NAME`). Raises NotFound, Unavailable."""
-        return resolve_vdisk_view(self, vdisk_name)
+        return self.exports.view(vdisk_name)
 
     def list_exports(self) -> list[tuple[str, str]]:
         """(device name, description) of every device with a vDisk. Raises Unavailable."""
-        return list_exports(self)
+        return self.exports.list()
 
     def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> LockGrant:
         """Take the lock of a vDisk for a device (see LockService.acquire).
@@ -325,21 +308,12 @@ class Farm:
         """Give up a lock (no-op if TOKEN is stale). Raises Unavailable."""
         self.locks.release(vdisk_id, device_id, token)
 
-    def lock_is_current(self, vdisk_id: int, token: int) -> bool:
-        """True if TOKEN still holds the vDisk's lock (fencing). Raises Unavailable."""
-        return self.locks.is_current(vdisk_id, token)
-
     def session_started(
         self, device_id: int, vdisk_id: int, version: int, client_ip: str | None = None
     ) -> None:
         """Record that a device booted VERSION of a vDisk from this server,
         from CLIENT_IP (replaces its older session). Raises NotFound, Unavailable."""
         self.sessions.started(device_id, vdisk_id, version, client_ip)
-
-    def session_seen(self, device_id: int) -> bool:
-        """Refresh a session's `last_seen`; False if this server has none for
-        the device. Raises Unavailable."""
-        return self.sessions.seen(device_id)
 
     def session_ended(self, device_id: int) -> None:
         """Forget this server's session of a device (no-op if none) and delete
@@ -352,8 +326,3 @@ class Farm:
         """Record this server's advertised address (None: the host name),
         ports, version and heartbeat. Raises Invalid, NotFound, Unavailable."""
         return self.servers.register(nbd_port, api_port, advertise)
-
-
-def _rollback(session: Session) -> None:
-    with contextlib.suppress(OperationalError):
-        session.rollback()

@@ -12,27 +12,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import DEVICE_TYPES, Device, DeviceSession, Lock, Server, Vdisk
-from vdfarm.service import audit
+from vdfarm.service.audit import AuditWriter
+from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound
 from vdfarm.service.exports import find_device
 from vdfarm.service.locks import HELD, lock_state
 from vdfarm.service.validation import (
     UNCHANGED,
+    cache_limit_bytes,
     check_choice,
     check_description,
     check_name,
     normalise_mac,
 )
 from vdfarm.service.vdisks import find_vdisk
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class DeviceInfo:
     # Only in `show`: the device's live session ({server, version,
     # connected_at, last_seen, write_cache_used_bytes, write_cache_limit_bytes})
     # or None when it is not connected.
-    session: dict | None = None
+    session: dict[str, Any] | None = None
 
 
 def device_info(device: Device) -> DeviceInfo:
@@ -64,7 +63,7 @@ def device_info(device: Device) -> DeviceInfo:
     )
 
 
-def _live_session(session: Session, device: Device) -> dict | None:
+def _live_session(session: Session, device: Device) -> dict[str, Any] | None:
     row = session.execute(
         select(DeviceSession, Server.name, Vdisk)
         .join(Server, DeviceSession.server_id == Server.id)
@@ -74,7 +73,6 @@ def _live_session(session: Session, device: Device) -> dict | None:
     if row is None:
         return None
     live, server_name, vdisk = row
-    limit = vdisk.write_cache_limit_mb
     return {
         "server": server_name,
         "vdisk": vdisk.name,
@@ -82,7 +80,7 @@ def _live_session(session: Session, device: Device) -> dict | None:
         "connected_at": live.connected_at,
         "last_seen": live.last_seen,
         "write_cache_used_bytes": live.cache_used_bytes,
-        "write_cache_limit_bytes": None if not limit else limit * 1024 * 1024,
+        "write_cache_limit_bytes": cache_limit_bytes(vdisk.write_cache_limit_mb),
     }
 
 
@@ -103,16 +101,17 @@ def _check_mac_free(session: Session, mac: str, device_id: int | None) -> None:
 class DeviceService:
     """Device management for every front end."""
 
-    def __init__(self, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(self, session: SessionFactory, clock: Clock, audit: AuditWriter) -> None:
+        self._session = session
+        self._clock = clock
+        self._audit_writer = audit
 
     def _audit(
         self, session: Session, action: str, name: str, before: Any, after: Any, actor: str | None
     ) -> None:
-        audit.record(
+        self._audit_writer.record(
             session,
-            actor=actor or self.farm.actor,
-            at=self.farm.now(),
+            actor=actor,
             action=action,
             target_type="device",
             target_name=name,
@@ -139,7 +138,7 @@ class DeviceService:
         mac = normalise_mac(mac) if mac is not None else None
         check_choice("device type", device_type, DEVICE_TYPES)
         check_description(description)
-        with self.farm.session() as session:
+        with self._session() as session:
             if session.scalars(select(Device.id).where(Device.name == name)).first():
                 raise Conflict(f"device {name} already exists")
             if mac is not None:
@@ -151,7 +150,7 @@ class DeviceService:
                 vdisk=vdisk_row,
                 device_type=device_type,
                 description=description,
-                created_at=self.farm.now(),
+                created_at=self._clock(),
             )
             session.add(device)
             session.flush()
@@ -161,14 +160,14 @@ class DeviceService:
 
     def list(self) -> list[DeviceInfo]:
         """Every device, by name. Raises Unavailable."""
-        with self.farm.session() as session:
+        with self._session() as session:
             rows = session.scalars(select(Device).order_by(Device.name)).all()
             return [device_info(d) for d in rows]
 
     def show(self, name_or_mac: str) -> DeviceInfo:
         """The device called NAME_OR_MAC, with its live session if it is
         connected. Raises NotFound, Unavailable."""
-        with self.farm.session() as session:
+        with self._session() as session:
             device = get_device(session, name_or_mac)
             return replace(device_info(device), session=_live_session(session, device))
 
@@ -177,7 +176,7 @@ class DeviceService:
 
         Raises NotFound (device or vDisk), Unavailable.
         """
-        with self.farm.session() as session:
+        with self._session() as session:
             device = get_device(session, name_or_mac)
             before = device_info(device)
             device.vdisk = find_vdisk(session, vdisk) if vdisk is not None else None
@@ -209,7 +208,7 @@ class DeviceService:
             changes["description"] = check_description(description)
         if not changes:
             raise Invalid("nothing to change: give a type, MAC or description")
-        with self.farm.session() as session:
+        with self._session() as session:
             device = get_device(session, name_or_mac)
             if changes.get("mac") is not None:
                 _check_mac_free(session, changes["mac"], device.id)
@@ -226,8 +225,8 @@ class DeviceService:
 
         Raises NotFound, Conflict (it holds a vDisk lock), Unavailable.
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             device = get_device(session, name_or_mac)
             held = session.scalars(select(Lock).where(Lock.holder_device_id == device.id)).all()
             for lock in held:

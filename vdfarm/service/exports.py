@@ -7,19 +7,20 @@ A *view* (`resolve_vdisk_view`) names a vDisk directly, for read-only access
 with no device and no lock; it shows what production devices boot.
 
 Versions: a standard-mode device gets the chain of the version its type boots
-(see `version_rules.boot_choice`), read-only, except a maintenance device on
-the open maintenance version (`writable`: the stream opens the top read/write
-under the vDisk lock). A private-mode vDisk has only its base: a chain of one
-file, writable, as before versions existed.
+(see `version_rules.device_boot`), read-only, except a maintenance device on
+the open maintenance version. A private-mode vDisk has only its base: a
+chain of one file, written to, as before versions existed. Whether the
+device writes to the vDisk (the stream then opens the top read/write under
+the vDisk lock) is `version_rules.writes_vdisk`'s answer, carried as
+`ExportTarget.writes_vdisk` (and, as before, `writable`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Device, Vdisk
@@ -31,13 +32,10 @@ from vdfarm.service.chains import (
     store_manifest,
     version_rows,
 )
+from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Invalid, NotFound
-from vdfarm.service.validation import parse_mac
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
-
-MIB = 1024 * 1024
+from vdfarm.service.validation import cache_limit_bytes, name_wins, parse_mac
+from vdfarm.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -47,9 +45,11 @@ class ExportTarget:
     `version` is the vDisk version the device boots (0: the original base);
     `chain` its files in this server's store (absolute, base first, the
     booted version last) and `chain_formats` their formats ("raw"/"qcow2");
-    `path` is `chain[-1]`; `writable` is True only for a private vDisk and
-    for a maintenance device on the open maintenance version.
-    `description` is the vDisk's description.
+    `path` is `chain[-1]`. `writes_vdisk` says whether the device writes to
+    the vDisk itself (`version_rules.writes_vdisk`: a private vDisk, or a
+    maintenance device on the open maintenance version): then it needs the
+    vDisk's lock and cannot move to another server. `writable` is the same
+    answer under its older name. `description` is the vDisk's description.
     """
 
     device_id: int
@@ -68,14 +68,22 @@ class ExportTarget:
     chain: tuple[Path, ...]
     chain_formats: tuple[str, ...]
     writable: bool
+    writes_vdisk: bool
+
+
+def device_match(name_or_mac: str) -> ColumnElement[bool]:
+    """Devices named NAME_OR_MAC, or with that MAC if it is one (any common
+    spelling); pick with `validation.name_wins`."""
+    mac = parse_mac(name_or_mac)
+    match = Device.name == name_or_mac
+    return match if mac is None else or_(match, Device.mac == mac)
 
 
 def find_device(session: Session, name_or_mac: str) -> Device | None:
     """The device named NAME_OR_MAC, else the one with that MAC, else None."""
-    device = session.scalars(select(Device).where(Device.name == name_or_mac)).one_or_none()
-    if device is None and (mac := parse_mac(name_or_mac)) is not None:
-        device = session.scalars(select(Device).where(Device.mac == mac)).one_or_none()
-    return device
+    devices = session.scalars(select(Device).where(device_match(name_or_mac))).all()
+    found = name_wins(devices, name_or_mac, lambda d: d.name)
+    return found[0] if found else None
 
 
 def device_and_vdisk(session: Session, name_or_mac: str) -> tuple[Device, Vdisk]:
@@ -85,65 +93,18 @@ def device_and_vdisk(session: Session, name_or_mac: str) -> tuple[Device, Vdisk]
     Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
     assigned").
     """
-    mac = parse_mac(name_or_mac)
-    match = Device.name == name_or_mac
-    if mac is not None:
-        match = or_(match, Device.mac == mac)
     rows = session.execute(
-        select(Device, Vdisk).outerjoin(Vdisk, Vdisk.id == Device.vdisk_id).where(match)
+        select(Device, Vdisk)
+        .outerjoin(Vdisk, Vdisk.id == Device.vdisk_id)
+        .where(device_match(name_or_mac))
     ).all()
-    found = next((r for r in rows if r[0].name == name_or_mac), rows[0] if rows else None)
-    if found is None:
+    found = name_wins(rows, name_or_mac, lambda r: r[0].name)
+    if not found:
         raise NotFound(f"no device named {name_or_mac}")
-    device, vdisk = found
+    device, vdisk = found[0]
     if vdisk is None:
         raise Invalid(f"device {device.name} has no vDisk assigned")
     return device, vdisk
-
-
-def resolve_export(farm: Farm, name_or_mac: str) -> ExportTarget:
-    """The ExportTarget of the device called NAME_OR_MAC.
-
-    Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
-    assigned"), Unavailable ("vDisk X is not in this server's store", "version
-    N of vDisk X is not in this server's store", or DB down).
-    """
-    with farm.session() as session:
-        device, vdisk = device_and_vdisk(session, name_or_mac)
-        chain, writable = _device_chain(farm, session, vdisk, device.device_type)
-        limit = vdisk.write_cache_limit_mb
-        return ExportTarget(
-            device_id=device.id,
-            device_name=device.name,
-            mac=device.mac,
-            device_type=device.device_type,
-            vdisk_id=vdisk.id,
-            vdisk_name=vdisk.name,
-            access_mode=vdisk.access_mode,
-            path=chain.paths[-1],
-            size=vdisk.size,
-            write_cache_type=vdisk.write_cache_type,
-            write_cache_limit_bytes=None if limit is None else limit * MIB,
-            description=vdisk.description,
-            version=chain.number,
-            chain=chain.paths,
-            chain_formats=chain.formats,
-            writable=writable,
-        )
-
-
-def _device_chain(
-    farm: Farm, session: Session, vdisk: Vdisk, device_type: str
-) -> tuple[Chain, bool]:
-    rows = version_rows(session, vdisk.id)
-    if vdisk.access_mode == "private":
-        manifest = store_manifest(farm, vdisk.name)
-        top = manifest.top
-        number = top.version if top.version is not None else rules.newest(states_of(rows)).number
-        path = farm.store.root / vdisk.name / top.name
-        return Chain(number=number, paths=(path,), formats=(top.format,)), True
-    choice = rules.boot_choice(states_of(rows), device_type, vdisk.override_version, farm.now())
-    return chain_in_store(farm, vdisk.name, rows, choice.number), choice.writable
 
 
 @dataclass(frozen=True)
@@ -165,39 +126,91 @@ class VdiskView:
     chain_formats: tuple[str, ...]
 
 
-def resolve_vdisk_view(farm: Farm, vdisk_name: str) -> VdiskView:
-    """The read-only view of vDisk VDISK_NAME.
+class ExportService:
+    """What the stream serves: a device's export, a vDisk's read-only view,
+    the list of exports."""
 
-    Raises NotFound ("no vDisk named X"), Unavailable ("vDisk X is not in
-    this server's store", or DB down).
-    """
-    with farm.session() as session:
-        vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
-        if vdisk is None:
-            raise NotFound(f"no vDisk named {vdisk_name}")
-        chain, _ = _device_chain(farm, session, vdisk, "production")
-        return VdiskView(
-            vdisk_id=vdisk.id,
-            vdisk_name=vdisk.name,
-            access_mode=vdisk.access_mode,
-            path=chain.paths[-1],
-            size=vdisk.size,
-            description=vdisk.description,
-            version=chain.number,
-            chain=chain.paths,
-            chain_formats=chain.formats,
+    def __init__(self, session: SessionFactory, clock: Clock, store: Store) -> None:
+        self._session = session
+        self._clock = clock
+        self._store = store
+
+    def resolve(self, name_or_mac: str) -> ExportTarget:
+        """The ExportTarget of the device called NAME_OR_MAC.
+
+        Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
+        assigned"), Unavailable ("vDisk X is not in this server's store", "version
+        N of vDisk X is not in this server's store", or DB down).
+        """
+        with self._session() as session:
+            device, vdisk = device_and_vdisk(session, name_or_mac)
+            chain, writes = self._device_chain(session, vdisk, device.device_type)
+            return ExportTarget(
+                device_id=device.id,
+                device_name=device.name,
+                mac=device.mac,
+                device_type=device.device_type,
+                vdisk_id=vdisk.id,
+                vdisk_name=vdisk.name,
+                access_mode=vdisk.access_mode,
+                path=chain.paths[-1],
+                size=vdisk.size,
+                write_cache_type=vdisk.write_cache_type,
+                write_cache_limit_bytes=cache_limit_bytes(vdisk.write_cache_limit_mb),
+                description=vdisk.description,
+                version=chain.number,
+                chain=chain.paths,
+                chain_formats=chain.formats,
+                writable=writes,
+                writes_vdisk=writes,
+            )
+
+    def _device_chain(self, session: Session, vdisk: Vdisk, device_type: str) -> tuple[Chain, bool]:
+        """The chain a device of DEVICE_TYPE boots from VDISK, and whether it
+        writes to it."""
+        rows = version_rows(session, vdisk.id)
+        choice = rules.device_boot(
+            states_of(rows), vdisk.access_mode, device_type, vdisk.override_version, self._clock()
         )
+        if vdisk.access_mode == rules.PRIVATE:  # one file: the store's top
+            top = store_manifest(self._store, vdisk.name).top
+            number = top.version if top.version is not None else choice.number
+            path = self._store.root / vdisk.name / top.name
+            return Chain(number=number, paths=(path,), formats=(top.format,)), choice.writable
+        return chain_in_store(self._store, vdisk.name, rows, choice.number), choice.writable
 
+    def view(self, vdisk_name: str) -> VdiskView:
+        """The read-only view of vDisk VDISK_NAME.
 
-def list_exports(farm: Farm) -> list[tuple[str, str]]:
-    """(device name, "vDisk NAME (MODE)") of every device with a vDisk, by name.
+        Raises NotFound ("no vDisk named X"), Unavailable ("vDisk X is not in
+        this server's store", or DB down).
+        """
+        with self._session() as session:
+            vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
+            if vdisk is None:
+                raise NotFound(f"no vDisk named {vdisk_name}")
+            chain, _ = self._device_chain(session, vdisk, rules.PRODUCTION)
+            return VdiskView(
+                vdisk_id=vdisk.id,
+                vdisk_name=vdisk.name,
+                access_mode=vdisk.access_mode,
+                path=chain.paths[-1],
+                size=vdisk.size,
+                description=vdisk.description,
+                version=chain.number,
+                chain=chain.paths,
+                chain_formats=chain.formats,
+            )
 
-    Raises Unavailable (DB down).
-    """
-    with farm.session() as session:
-        rows = session.execute(
-            select(Device.name, Vdisk.name, Vdisk.access_mode)
-            .join(Vdisk, Device.vdisk_id == Vdisk.id)
-            .order_by(Device.name)
-        ).all()
-        return [(device, f"vDisk {vdisk} ({mode})") for device, vdisk, mode in rows]
+    def list(self) -> list[tuple[str, str]]:
+        """(device name, "vDisk NAME (MODE)") of every device with a vDisk, by name.
+
+        Raises Unavailable (DB down).
+        """
+        with self._session() as session:
+            rows = session.execute(
+                select(Device.name, Vdisk.name, Vdisk.access_mode)
+                .join(Vdisk, Device.vdisk_id == Vdisk.id)
+                .order_by(Device.name)
+            ).all()
+            return [(device, f"vDisk {vdisk} ({mode})") for device, vdisk, mode in rows]

@@ -14,7 +14,6 @@ Rules:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,19 +23,17 @@ from vdfarm.service.chains import chain_in_store, version_rows
 from vdfarm.service.errors import ServiceError
 from vdfarm.store.errors import StoreError
 from vdfarm.store.manifest import Manifest
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
+from vdfarm.store.store import Store
 
 # (vDisk id, version) -> (vDisk name, sha256 or None while unsealed)
 Held = dict[tuple[int, int], tuple[str, str | None]]
 
 
-def verified_versions(farm: Farm, session: Session) -> Held:
-    """Every version whose whole chain FARM's store holds as the database
-    sealed it. An unlistable store holds nothing. Raises nothing of its own."""
+def verified_versions(store: Store, session: Session) -> Held:
+    """Every version whose whole chain STORE holds as the database sealed
+    it. An unlistable store holds nothing. Raises nothing of its own."""
     try:
-        manifests = farm.store.scan()
+        manifests = store.scan()
     except StoreError:
         return {}
     ids = dict(session.execute(select(Vdisk.name, Vdisk.id)).all())
@@ -47,15 +44,15 @@ def verified_versions(farm: Farm, session: Session) -> Held:
             continue
         rows = version_rows(session, vdisk_id)
         for row in rows:
-            if _chain_present(farm, manifest, rows, row.number):
+            if _chain_present(store, manifest, rows, row.number):
                 entry = manifest.file(row.file_name)
                 held[(vdisk_id, row.number)] = (manifest.vdisk, entry.sha256 if entry else None)
     return held
 
 
-def _chain_present(farm: Farm, manifest: Manifest, rows: list[VdiskVersion], number: int) -> bool:
+def _chain_present(store: Store, manifest: Manifest, rows: list[VdiskVersion], number: int) -> bool:
     try:
-        chain = chain_in_store(farm, manifest.vdisk, rows, number, manifest)
+        chain = chain_in_store(store, manifest.vdisk, rows, number, manifest)
     except ServiceError:
         return False
     for path in chain.paths:
@@ -83,8 +80,8 @@ def store_inventory(
             session.delete(row)
     session.flush()
     for key, (_, sha256) in held.items():
-        row = existing.get(key)
-        if row is None or row.sha256 != sha256:
+        had = existing.get(key)
+        if had is None or had.sha256 != sha256:
             session.add(
                 StoreVersion(
                     server_id=server_id,

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Device, Lock, Server, Vdisk
 from vdfarm.farm.placement import is_up
-from vdfarm.service import audit
+from vdfarm.service.audit import AuditWriter
+from vdfarm.service.deps import Clock, SessionFactory, ThisServer, changed_rows
 from vdfarm.service.errors import Conflict, NotFound
+from vdfarm.service.settings import SettingsService
 from vdfarm.service.validation import check_lease
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
 
 HELD, EXPIRED, FREE = "held", "expired", "free"
 _NO_SYNC = {"synchronize_session": False}
@@ -120,8 +118,19 @@ def lock_named(session: Session, vdisk_name: str) -> Lock:
 class LockService:
     """Acquire, renew, release and check vDisk locks."""
 
-    def __init__(self, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(
+        self,
+        session: SessionFactory,
+        clock: Clock,
+        audit: AuditWriter,
+        here: ThisServer,
+        settings: SettingsService,
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._audit = audit
+        self._here = here
+        self._settings = settings
 
     def acquire(self, vdisk_id: int, device_id: int, lease_seconds: float) -> LockGrant:
         """Take the lock of VDISK_ID for DEVICE_ID for LEASE_SECONDS.
@@ -136,9 +145,9 @@ class LockService:
         Conflict (held by another device), Unavailable (DB down).
         """
         lease = check_lease(lease_seconds)
-        now = self.farm.now()
+        now = self._clock()
         expires = now + timedelta(seconds=lease)
-        with self.farm.session() as session:
+        with self._session() as session:
             self._check_exists(session, vdisk_id, device_id)
             result = session.execute(
                 update(Lock)
@@ -149,17 +158,15 @@ class LockService:
                         Lock.lease_expires_at < now,
                         and_(
                             Lock.holder_device_id == device_id,
-                            Lock.server_id == self.farm.server_id,
+                            Lock.server_id == self._here.id,
                         ),
                     )
                 )
-                .where(
-                    or_(Lock.home_server_id.is_(None), Lock.home_server_id == self.farm.server_id)
-                )
+                .where(or_(Lock.home_server_id.is_(None), Lock.home_server_id == self._here.id))
                 .values(
                     holder_device_id=device_id,
-                    server_id=self.farm.server_id,
-                    home_server_id=self.farm.server_id,
+                    server_id=self._here.id,
+                    home_server_id=self._here.id,
                     lease_expires_at=expires,
                     fencing_token=Lock.fencing_token + 1,
                     acquired_at=now,
@@ -167,15 +174,15 @@ class LockService:
                 execution_options=_NO_SYNC,
             )
             lock = lock_of(session, vdisk_id)
-            if result.rowcount != 1:
-                if lock is None:
-                    raise NotFound(f"vDisk with id {vdisk_id} has no lock row")
+            if lock is None:
+                raise NotFound(f"vDisk with id {vdisk_id} has no lock row")
+            if changed_rows(result) != 1:
                 if lock_state(lock, now) == HELD:
                     raise Conflict(held_message(lock))
                 up = lock.home is not None and is_up(
-                    lock.home.last_heartbeat, now, self.farm.servers.timeout()
+                    lock.home.last_heartbeat, now, self._settings.heartbeat_timeout()
                 )
-                raise Conflict(home_message(lock, self.farm.server_name, up))
+                raise Conflict(home_message(lock, self._here.name, up))
             return LockGrant(token=lock.fencing_token, expires_at=expires)
 
     def _check_exists(self, session: Session, vdisk_id: int, device_id: int) -> None:
@@ -192,8 +199,8 @@ class LockService:
         Raises Invalid (bad lease), Unavailable (DB down).
         """
         lease = check_lease(lease_seconds)
-        expires = self.farm.now() + timedelta(seconds=lease)
-        with self.farm.session() as session:
+        expires = self._clock() + timedelta(seconds=lease)
+        with self._session() as session:
             result = session.execute(
                 update(Lock)
                 .where(Lock.vdisk_id == vdisk_id)
@@ -202,14 +209,14 @@ class LockService:
                 .values(lease_expires_at=expires),
                 execution_options=_NO_SYNC,
             )
-            return result.rowcount == 1
+            return changed_rows(result) == 1
 
     def release(self, vdisk_id: int, device_id: int, token: int) -> None:
         """Free a lock held by DEVICE_ID with TOKEN; a stale token changes nothing.
 
         Raises Unavailable (DB down).
         """
-        with self.farm.session() as session:
+        with self._session() as session:
             session.execute(
                 update(Lock)
                 .where(Lock.vdisk_id == vdisk_id)
@@ -224,7 +231,7 @@ class LockService:
 
         Raises Unavailable (DB down).
         """
-        with self.farm.session() as session:
+        with self._session() as session:
             lock = lock_of(session, vdisk_id)
             return (
                 lock is not None
@@ -234,8 +241,8 @@ class LockService:
 
     def list(self) -> list[LockInfo]:
         """Every vDisk's lock, by vDisk name. Raises Unavailable (DB down)."""
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             locks = session.scalars(select(Lock).join(Lock.vdisk).order_by(Vdisk.name)).all()
             return [lock_info(lock, now) for lock in locks]
 
@@ -247,8 +254,8 @@ class LockService:
         Raises NotFound (no such vDisk or server), Conflict (the lock is held:
         release it first), Unavailable (DB down).
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             lock = lock_named(session, vdisk_name)
             server = session.scalars(select(Server).where(Server.name == server_name)).one_or_none()
             if server is None:
@@ -262,9 +269,9 @@ class LockService:
             session.flush()
             session.refresh(lock)
             after = lock_info(lock, now)
-            audit.record(
+            self._audit.record(
                 session,
-                actor=actor or self.farm.actor,
+                actor=actor,
                 at=now,
                 action="lock.home",
                 target_type="lock",
@@ -281,8 +288,8 @@ class LockService:
 
         Raises NotFound (no such vDisk), Unavailable (DB down).
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             lock = lock_named(session, vdisk_name)
             before = lock_info(lock, now)
             if before.state == FREE:
@@ -292,9 +299,9 @@ class LockService:
             lock.lease_expires_at = None
             session.flush()
             session.refresh(lock)
-            audit.record(
+            self._audit.record(
                 session,
-                actor=actor or self.farm.actor,
+                actor=actor,
                 at=now,
                 action="lock.release",
                 target_type="lock",

@@ -3,7 +3,7 @@
 Rules:
 - The device is found by name or MAC (a name match wins), like an NBD export
   name. The version it must boot is the one the stream would serve it
-  (`version_rules.boot_choice`; a private vDisk: its newest version).
+  (`version_rules.device_boot`; a private vDisk: its newest version).
 - The decision is `vdfarm.farm.placement.place` over every server of the
   farm: liveness from heartbeats (the farm's heartbeat timeout), load and
   booting counts from device sessions (the device's own session left out, so
@@ -12,10 +12,10 @@ Rules:
 - A pending rebalance move of the device (`move_to_server_id` on its
   session) names the preferred server: it comes first if placement would
   accept it, so the device's next login lands where the rebalance sent it.
-- A device that writes to its vDisk (private mode, or a maintenance boot of
-  the open version) may only stream from the vDisk's home server (the lock
-  row's `home_server_id`): every server writes its own copy, so only the
-  home's is current.
+- A device that writes to its vDisk (`version_rules.home_server_only`:
+  private mode, or a maintenance boot of the open version) may only stream
+  from the vDisk's home server (the lock row's `home_server_id`): every
+  server writes its own copy, so only the home's is current.
 - Login records one thing: a short reservation (`login_reservations`) of
   the chosen server, which counts on its load and booting until the
   device's session is recorded (when it connects) or `RESERVATION_LIFETIME`
@@ -26,6 +26,8 @@ Rules:
   counts + verified copy; the reservation, an upsert), no ORM objects. On
   PostgreSQL its commit does not wait for the disk (`synchronous_commit`
   off: a reservation lost in a database crash costs nothing).
+- `LoginService` is what the front ends call (`farm.logins`); the module
+  functions `login` / `set_subnet_affinity` take anything that has one.
 """
 
 from __future__ import annotations
@@ -34,12 +36,11 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row, bindparam, func, literal, or_, select
+from sqlalchemy import Connection, Insert, Row, Select, bindparam, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import (
     Device,
@@ -52,15 +53,13 @@ from vdfarm.farm.models import (
     VdiskVersion,
 )
 from vdfarm.farm.placement import AFFINITIES, Candidate, DeviceNeed, IpAddress, is_up, place
-from vdfarm.service import audit
 from vdfarm.service import version_rules as rules
-from vdfarm.service.chains import states_of, version_rows
+from vdfarm.service.audit import AuditWriter
+from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
 from vdfarm.service.servers import load_subquery
-from vdfarm.service.validation import parse_mac
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
+from vdfarm.service.settings import SettingsService
+from vdfarm.service.validation import name_wins, parse_mac
 
 RESERVATION_LIFETIME = timedelta(seconds=30)  # login to connect: seconds at most
 
@@ -103,32 +102,7 @@ def parse_address(text: str | None) -> IpAddress | None:
         raise Invalid(f"invalid client address {text!r}: give an IPv4 or IPv6 address") from exc
 
 
-def boot_number(
-    states: Sequence[rules.VersionState],
-    access_mode: str,
-    device_type: str,
-    pin: int | None,
-    now: datetime,
-) -> int:
-    """The version number a device of DEVICE_TYPE boots at NOW from a vDisk
-    of ACCESS_MODE whose versions are STATES (production pinned to PIN)."""
-    if access_mode == "private":
-        return rules.newest(states).number
-    return rules.boot_choice(states, device_type, pin, now).number
-
-
-def boot_version(session: Session, vdisk: Vdisk, device_type: str, farm: Farm) -> int:
-    """The version number a device of DEVICE_TYPE boots from VDISK now."""
-    return boot_number(
-        states_of(version_rows(session, vdisk.id)),
-        vdisk.access_mode,
-        device_type,
-        vdisk.override_version,
-        farm.now(),
-    )
-
-
-def _device_query(by_mac: bool):  # noqa: ANN202
+def _device_query(by_mac: bool) -> Select[*tuple[Any, ...]]:
     """The device by :name (or :mac), its vDisk, one row per version, and its
     own session's move order (outer joins: a missing part is NULL)."""
     match = Device.name == bindparam("name")
@@ -192,16 +166,15 @@ _SERVERS = select(
 ).outerjoin(_LOAD, _LOAD.c.server_id == Server.id)
 
 
-def _device_rows(connection: Connection, name_or_mac: str) -> list[Row]:
+def _device_rows(connection: Connection, name_or_mac: str) -> Sequence[Row[Any]]:
     """The rows of the device NAME_OR_MAC names (a name match wins over a
     MAC match). Raises NotFound, Invalid (no vDisk assigned)."""
     mac = parse_mac(name_or_mac)
     if mac is None:
         rows = connection.execute(_BY_NAME, {"name": name_or_mac}).all()
     else:
-        rows = connection.execute(_BY_NAME_OR_MAC, {"name": name_or_mac, "mac": mac}).all()
-        named = [r for r in rows if r.name == name_or_mac]
-        rows = named or rows
+        found = connection.execute(_BY_NAME_OR_MAC, {"name": name_or_mac, "mac": mac}).all()
+        rows = name_wins(found, name_or_mac, lambda r: r.name)
     if not rows:
         raise NotFound(f"no device named {name_or_mac}")
     if rows[0].vdisk_id is None:
@@ -209,7 +182,7 @@ def _device_rows(connection: Connection, name_or_mac: str) -> list[Row]:
     return rows
 
 
-def _candidates(rows: list[Row], key: tuple[str, int]) -> list[Candidate]:
+def _candidates(rows: Sequence[Row[Any]], key: tuple[str, int]) -> list[Candidate]:
     return [
         Candidate(
             id=r.id,
@@ -226,22 +199,12 @@ def _candidates(rows: list[Row], key: tuple[str, int]) -> list[Candidate]:
     ]
 
 
-def writes_its_vdisk(device: Row, states: Sequence[rules.VersionState], version: int) -> bool:
-    """True if the device writes to the vDisk itself when it boots VERSION: a
-    private vDisk, or a maintenance device on the open (maintenance) version."""
-    if device.access_mode == "private":
-        return True
-    return device.device_type == rules.MAINTENANCE and any(
-        s.number == version and s.access == rules.MAINTENANCE for s in states
-    )
-
-
-def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, farm: Farm) -> str:
+def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, timeout: timedelta) -> str:
     """Why a device whose vDisk lives on one server cannot stream from it."""
     if not home:
         return f"vDisk {need.vdisk} is written on a server that is no longer in the farm"
     server = home[0]
-    state = "up" if is_up(server.last_heartbeat, now, farm.servers.timeout()) else "down"
+    state = "up" if is_up(server.last_heartbeat, now, timeout) else "down"
     return (
         f"vDisk {need.vdisk} is written on server {server.name} ({state}), whose store "
         f"holds its only current copy; it cannot take device {need.name} now "
@@ -249,7 +212,7 @@ def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, farm: F
     )
 
 
-def _reservation_upsert(dialect: str):  # noqa: ANN202
+def _reservation_upsert(dialect: str) -> Insert:
     """INSERT … ON CONFLICT (device) DO UPDATE of a device's reservation."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(LoginReservation).values(
@@ -269,112 +232,153 @@ def _reservation_upsert(dialect: str):  # noqa: ANN202
 _RESERVE = {dialect: _reservation_upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-def login(
-    farm: Farm, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
-) -> LoginResult:
-    """Where the device NAME_OR_MAC (logging in from CLIENT_IP, if known)
-    should stream from: the destination of its pending rebalance move if
-    that server may serve it, else the least busy. RESERVE=False answers
-    without reserving (an admin's question, not a device on its way).
+class LoginService:
+    """Login (where a device streams from) and the subnet affinity it honours."""
 
-    Raises NotFound ("no device named X"), Invalid (no vDisk assigned, bad
-    CLIENT_IP), Unavailable (no server is up; the vDisk version is held by
-    no up server; fixed subnet affinity unmet; every holder at its
-    max-booting limit; DB down).
-    """
-    address = parse_address(client_ip)
-    now = farm.now()
-    with farm.session() as session:
-        connection = session.connection()
-        dialect = connection.dialect.name
-        if dialect == "postgresql":  # the reservation is soft state: no wait for the disk
-            connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        rows = _device_rows(connection, name_or_mac)
-        device = rows[0]
-        states = sorted(
-            (
-                rules.VersionState(
-                    number=r.number,
-                    parent=r.parent_number,
-                    access=r.access,
-                    production_at=r.production_at,
+    def __init__(
+        self,
+        session: SessionFactory,
+        clock: Clock,
+        audit: AuditWriter,
+        settings: SettingsService,
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._audit = audit
+        self._settings = settings
+
+    def login(
+        self, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+    ) -> LoginResult:
+        """Where the device NAME_OR_MAC (logging in from CLIENT_IP, if known)
+        should stream from: the destination of its pending rebalance move if
+        that server may serve it, else the least busy. RESERVE=False answers
+        without reserving (an admin's question, not a device on its way).
+
+        Raises NotFound ("no device named X"), Invalid (no vDisk assigned, bad
+        CLIENT_IP), Unavailable (no server is up; the vDisk version is held by
+        no up server; fixed subnet affinity unmet; every holder at its
+        max-booting limit; DB down).
+        """
+        address = parse_address(client_ip)
+        now = self._clock()
+        with self._session() as session:
+            connection = session.connection()
+            dialect = connection.dialect.name
+            if dialect == "postgresql":  # the reservation is soft state: no wait for the disk
+                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            rows = _device_rows(connection, name_or_mac)
+            device = rows[0]
+            states = sorted(
+                (
+                    rules.VersionState(
+                        number=r.number,
+                        parent=r.parent_number,
+                        access=r.access,
+                        production_at=r.production_at,
+                    )
+                    for r in rows
+                    if r.number is not None
+                ),
+                key=lambda v: v.number,
+            )
+            choice = rules.device_boot(
+                states, device.access_mode, device.device_type, device.override_version, now
+            )
+            version = choice.number
+            state = rules.shown_access(rules.find(states, version, device.vdisk_name), now)
+            home_only = rules.home_server_only(device.access_mode, device.device_type, state)
+            servers = connection.execute(
+                _SERVERS,
+                {
+                    "cutoff": self._settings.boot_cutoff(now),
+                    "device_id": device.id,
+                    "reserved_after": now - RESERVATION_LIFETIME,
+                    "vdisk_id": device.vdisk_id,
+                    "version": version,
+                },
+            ).all()
+            need = DeviceNeed(
+                name=device.name,
+                vdisk=device.vdisk_name,
+                version=version,
+                affinity=device.subnet_affinity,
+                address=address,
+            )
+            candidates = _candidates(servers, need.key)
+            home = device.home_server_id if home_only else None
+            if home is not None:  # only the home's copy holds the writes
+                candidates = [c for c in candidates if c.id == home]
+            timeout = self._settings.heartbeat_timeout()
+            placement = place(need, candidates, now, timeout, preferred=device.move_to_server_id)
+            if placement.primary is None:  # (the transaction rolls back: nothing written)
+                raise Unavailable(
+                    _home_reason(need, candidates, now, timeout)
+                    if home is not None
+                    else placement.reason
                 )
-                for r in rows
-                if r.number is not None
-            ),
-            key=lambda v: v.number,
-        )
-        version = boot_number(
-            states, device.access_mode, device.device_type, device.override_version, now
-        )
-        servers = connection.execute(
-            _SERVERS,
-            {
-                "cutoff": farm.servers.boot_cutoff(now),
-                "device_id": device.id,
-                "reserved_after": now - RESERVATION_LIFETIME,
-                "vdisk_id": device.vdisk_id,
-                "version": version,
-            },
-        ).all()
-        need = DeviceNeed(
-            name=device.name,
-            vdisk=device.vdisk_name,
+            if reserve:
+                connection.execute(
+                    _RESERVE[dialect],
+                    {"device_id": device.id, "server_id": placement.primary.id, "at": now},
+                )
+        endpoints = {r.id: endpoint_of(r) for r in servers}
+        return LoginResult(
+            device=need.name,
+            vdisk=need.vdisk,
             version=version,
-            affinity=device.subnet_affinity,
-            address=address,
+            server=endpoints[placement.primary.id],
+            alternatives=tuple(endpoints[c.id] for c in placement.alternatives),
+            reason=placement.reason,
         )
-        candidates = _candidates(servers, need.key)
-        home = device.home_server_id if writes_its_vdisk(device, states, version) else None
-        if home is not None:  # only the home's copy holds the writes
-            candidates = [c for c in candidates if c.id == home]
-        placement = place(
-            need, candidates, now, farm.servers.timeout(), preferred=device.move_to_server_id
-        )
-        if placement.primary is None:  # (the transaction rolls back: nothing written)
-            raise Unavailable(
-                _home_reason(need, candidates, now, farm) if home is not None else placement.reason
+
+    def set_subnet_affinity(self, vdisk_name: str, affinity: str, actor: str | None = None) -> str:
+        """Set the subnet affinity of a vDisk ('none', 'best-effort', 'fixed');
+        return it. Audited as `vdisk.set`.
+
+        Raises Invalid (unknown affinity), NotFound, Unavailable.
+        """
+        if affinity not in AFFINITIES:
+            raise Invalid(f"invalid subnet affinity {affinity!r}: use {', '.join(AFFINITIES)}")
+        with self._session() as session:
+            vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
+            if vdisk is None:
+                raise NotFound(f"no vDisk named {vdisk_name}")
+            before = {"subnet_affinity": vdisk.subnet_affinity}
+            vdisk.subnet_affinity = affinity
+            self._audit.record(
+                session,
+                actor=actor,
+                action="vdisk.set",
+                target_type="vdisk",
+                target_name=vdisk_name,
+                before=before,
+                after={"subnet_affinity": affinity},
             )
-        if reserve:
-            connection.execute(
-                _RESERVE[dialect],
-                {"device_id": device.id, "server_id": placement.primary.id, "at": now},
-            )
-    endpoints = {r.id: endpoint_of(r) for r in servers}
-    return LoginResult(
-        device=need.name,
-        vdisk=need.vdisk,
-        version=version,
-        server=endpoints[placement.primary.id],
-        alternatives=tuple(endpoints[c.id] for c in placement.alternatives),
-        reason=placement.reason,
-    )
+        return affinity
+
+
+class HasLogins(Protocol):
+    """A holder of the login service (the `Farm` façade)."""
+
+    logins: LoginService
+
+
+def login(
+    farm: HasLogins, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+) -> LoginResult:
+    """`farm.logins.login(...)` for a caller holding a Farm (see `LoginService.login`).
+
+    Raises NotFound, Invalid, Unavailable.
+    """
+    return farm.logins.login(name_or_mac, client_ip, reserve)
 
 
 def set_subnet_affinity(
-    farm: Farm, vdisk_name: str, affinity: str, actor: str | None = None
+    farm: HasLogins, vdisk_name: str, affinity: str, actor: str | None = None
 ) -> str:
-    """Set the subnet affinity of a vDisk ('none', 'best-effort', 'fixed');
-    return it. Audited as `vdisk.set`.
+    """`farm.logins.set_subnet_affinity(...)` for a caller holding a Farm.
 
-    Raises Invalid (unknown affinity), NotFound, Unavailable.
+    Raises Invalid, NotFound, Unavailable.
     """
-    if affinity not in AFFINITIES:
-        raise Invalid(f"invalid subnet affinity {affinity!r}: use {', '.join(AFFINITIES)}")
-    with farm.session() as session:
-        vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
-        if vdisk is None:
-            raise NotFound(f"no vDisk named {vdisk_name}")
-        before = {"subnet_affinity": vdisk.subnet_affinity}
-        vdisk.subnet_affinity = affinity
-        audit.record(
-            session,
-            actor=actor or farm.actor,
-            at=farm.now(),
-            action="vdisk.set",
-            target_type="vdisk",
-            target_name=vdisk_name,
-            before=before,
-            after={"subnet_affinity": affinity},
-        )
-    return affinity
+    return farm.logins.set_subnet_affinity(vdisk_name, affinity, actor)

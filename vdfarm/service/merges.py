@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Vdisk
-from vdfarm.service import audit
 from vdfarm.service import version_rules as rules
+from vdfarm.service.audit import AuditWriter
 from vdfarm.service.chains import (
     booted_devices,
     chain_in_store,
@@ -34,18 +33,18 @@ from vdfarm.service.chains import (
     locked_vdisk,
     maintenance_in_use,
     row_of,
+    sealed_hash,
     states_of,
     store_failure,
     version_rows,
 )
+from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound, ServiceError
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
 from vdfarm.store.qemu_img import QemuImgError
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
+from vdfarm.store.store import Store
 
 EXPORT_FORMATS = store_versions.EXPORT_FORMATS
 
@@ -87,119 +86,132 @@ def _check_no_session_on(session: Session, vdisk: Vdisk, removed: tuple[int, ...
             )
 
 
-def merge(
-    farm: Farm,
-    vdisk: str,
-    *,
-    new_base: bool = False,
-    actor: str | None = None,
-    automatic: bool = False,
-) -> MergeResult:
-    """Fold VDISK's chain (see the module rules).
+class MergeService:
+    """Merge a vDisk's chain; export one version flattened."""
 
-    Raises NotFound, Invalid (nothing to merge), Conflict (a device booted a
-    version the merge would delete), Unavailable (store, qemu-img or DB
-    trouble).
-    """
-    now = farm.now()
-    with farm.session() as session:
-        row = locked_vdisk(session, vdisk)
-        rows = version_rows(session, row.id)
-        plan = rules.merge_plan(
-            states_of(rows), row.override_version, now, new_base=new_base, vdisk=vdisk
-        )
-        _check_no_session_on(session, row, plan.removed)
-        check_store_matches(farm, vdisk, rows)
-        keep = row_of(rows, plan.keep)
-        base = keep.number if new_base else rows[0].number
-        chain_before = [r.number for r in rows]
-        for number in plan.removed:
-            session.delete(row_of(rows, number))
-        session.flush()
-        try:
-            entry, retired = store_versions.fold(
-                farm.store, vdisk, keep.file_name, new_base=new_base, retired_at=now
+    def __init__(
+        self, session: SessionFactory, clock: Clock, audit: AuditWriter, store: Store
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._audit = audit
+        self._store = store
+
+    def merge(
+        self,
+        vdisk: str,
+        *,
+        new_base: bool = False,
+        actor: str | None = None,
+        automatic: bool = False,
+    ) -> MergeResult:
+        """Fold VDISK's chain (see the module rules).
+
+        Raises NotFound, Invalid (nothing to merge), Conflict (a device booted a
+        version the merge would delete), Unavailable (store, qemu-img or DB
+        trouble).
+        """
+        now = self._clock()
+        with self._session() as session:
+            row = locked_vdisk(session, vdisk)
+            rows = version_rows(session, row.id)
+            plan = rules.merge_plan(
+                states_of(rows), row.override_version, now, new_base=new_base, vdisk=vdisk
             )
+            _check_no_session_on(session, row, plan.removed)
+            check_store_matches(self._store, vdisk, rows)
+            keep = row_of(rows, plan.keep)
+            base = keep.number if new_base else rows[0].number
+            chain_before = [r.number for r in rows]
+            for number in plan.removed:
+                session.delete(row_of(rows, number))
+            session.flush()
+            try:
+                entry, retired = store_versions.fold(
+                    self._store, vdisk, keep.file_name, new_base=new_base, retired_at=now
+                )
+            except (StoreError, QemuImgError) as exc:
+                raise store_failure(vdisk, exc) from exc
+            keep.parent_number = None if new_base else base
+            keep.format, keep.size, keep.sha256 = entry.format, entry.size, entry.sha256
+            if new_base:
+                row.format, row.sha256 = entry.format, sealed_hash(entry, vdisk)
+            self._audit.record(
+                session,
+                actor=actor,
+                at=now,
+                action="version.merge",
+                target_type="vdisk",
+                target_name=vdisk,
+                before={"versions": chain_before},
+                after={
+                    "versions": [n for n in chain_before if n not in plan.removed],
+                    "kept": plan.keep,
+                    "new_base": new_base,
+                    "automatic": automatic,
+                },
+            )
+            vdisk_id = row.id
+        deleted = release_retired_files(self._session, self._store, vdisk_id)
+        names = tuple(r.name for r in retired)
+        return MergeResult(
+            vdisk=vdisk,
+            kept=plan.keep,
+            base=base,
+            new_base=new_base,
+            removed=plan.removed,
+            deleted=tuple(n for n in names if n in deleted),
+            retained=tuple(n for n in names if n not in deleted),
+            automatic=automatic,
+        )
+
+    def auto_merge(self, vdisk: str, actor: str | None) -> tuple[MergeResult | None, str | None]:
+        """Merge VDISK's updates because its chain outgrew max-versions:
+        (the result, None), or (None, why it could not). Never raises."""
+        try:
+            return self.merge(vdisk, actor=actor, automatic=True), None
+        except ServiceError as exc:
+            return None, exc.message
+
+    def export(self, vdisk: str, out: Path, fmt: str, version: int | None = None) -> ExportResult:
+        """Write VERSION of VDISK (default: what production devices boot now)
+        flattened as a FMT image at OUT.
+
+        Raises Invalid (unknown format, no such directory, bad version number),
+        NotFound (vDisk or version), Conflict (OUT exists; the version is open
+        and its maintenance device connected), Unavailable.
+        """
+        if fmt not in EXPORT_FORMATS:
+            raise Invalid(
+                f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}"
+            )
+        if version is not None and (
+            not isinstance(version, int) or isinstance(version, bool) or version < 0
+        ):
+            raise Invalid(f"invalid version {version!r}: give a version number >= 0")
+        out = Path(out).absolute()
+        if out.exists() or out.is_symlink():
+            raise Conflict(f"{out} already exists")
+        if not out.parent.is_dir():
+            raise Invalid(f"directory {out.parent} does not exist")
+        now = self._clock()
+        with self._session() as session:
+            row = session.scalars(select(Vdisk).where(Vdisk.name == vdisk)).one_or_none()
+            if row is None:
+                raise NotFound(f"no vDisk named {vdisk}")
+            rows = version_rows(session, row.id)
+            states = states_of(rows)
+            if version is None:
+                version = rules.device_boot(
+                    states, row.access_mode, rules.PRODUCTION, row.override_version, now
+                ).number
+            if rules.find(states, version, vdisk).access == rules.MAINTENANCE and (
+                busy := maintenance_in_use(session, row, version, now)
+            ):
+                raise Conflict(f"version {version} is open and in use: {busy}")
+            top = chain_in_store(self._store, vdisk, rows, version).paths[-1]
+        try:
+            size = store_versions.export_flat(self._store, vdisk, top.name, fmt, out)
         except (StoreError, QemuImgError) as exc:
             raise store_failure(vdisk, exc) from exc
-        keep.parent_number = None if new_base else base
-        keep.format, keep.size, keep.sha256 = entry.format, entry.size, entry.sha256
-        if new_base:
-            row.format, row.sha256 = entry.format, entry.sha256
-        audit.record(
-            session,
-            actor=actor or farm.actor,
-            at=now,
-            action="version.merge",
-            target_type="vdisk",
-            target_name=vdisk,
-            before={"versions": chain_before},
-            after={
-                "versions": [n for n in chain_before if n not in plan.removed],
-                "kept": plan.keep,
-                "new_base": new_base,
-                "automatic": automatic,
-            },
-        )
-        vdisk_id = row.id
-    deleted = release_retired_files(farm, vdisk_id)
-    names = tuple(r.name for r in retired)
-    return MergeResult(
-        vdisk=vdisk,
-        kept=plan.keep,
-        base=base,
-        new_base=new_base,
-        removed=plan.removed,
-        deleted=tuple(n for n in names if n in deleted),
-        retained=tuple(n for n in names if n not in deleted),
-        automatic=automatic,
-    )
-
-
-def auto_merge(farm: Farm, vdisk: str, actor: str | None) -> tuple[MergeResult | None, str | None]:
-    """Merge VDISK's updates because its chain outgrew max-versions:
-    (the result, None), or (None, why it could not). Never raises."""
-    try:
-        return merge(farm, vdisk, actor=actor, automatic=True), None
-    except ServiceError as exc:
-        return None, exc.message
-
-
-def export(farm: Farm, vdisk: str, out: Path, fmt: str, version: int | None = None) -> ExportResult:
-    """Write VERSION of VDISK (default: what production devices boot now)
-    flattened as a FMT image at OUT.
-
-    Raises Invalid (unknown format, no such directory, bad version number),
-    NotFound (vDisk or version), Conflict (OUT exists; the version is open
-    and its maintenance device connected), Unavailable.
-    """
-    if fmt not in EXPORT_FORMATS:
-        raise Invalid(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
-    if version is not None and (
-        not isinstance(version, int) or isinstance(version, bool) or version < 0
-    ):
-        raise Invalid(f"invalid version {version!r}: give a version number >= 0")
-    out = Path(out).absolute()
-    if out.exists() or out.is_symlink():
-        raise Conflict(f"{out} already exists")
-    if not out.parent.is_dir():
-        raise Invalid(f"directory {out.parent} does not exist")
-    now = farm.now()
-    with farm.session() as session:
-        row = session.scalars(select(Vdisk).where(Vdisk.name == vdisk)).one_or_none()
-        if row is None:
-            raise NotFound(f"no vDisk named {vdisk}")
-        rows = version_rows(session, row.id)
-        states = states_of(rows)
-        if version is None:
-            version = rules.boot_choice(states, "production", row.override_version, now).number
-        if rules.find(states, version, vdisk).access == rules.MAINTENANCE and (
-            busy := maintenance_in_use(session, row, version, now)
-        ):
-            raise Conflict(f"version {version} is open and in use: {busy}")
-        top = chain_in_store(farm, vdisk, rows, version).paths[-1]
-    try:
-        size = store_versions.export_flat(farm.store, vdisk, top.name, fmt, out)
-    except (StoreError, QemuImgError) as exc:
-        raise store_failure(vdisk, exc) from exc
-    return ExportResult(vdisk=vdisk, version=version, format=fmt, path=out, size=size)
+        return ExportResult(vdisk=vdisk, version=version, format=fmt, path=out, size=size)

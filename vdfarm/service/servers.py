@@ -1,18 +1,17 @@
-"""This server's identity (server.json) and the servers of the farm.
+"""The servers of the farm: registration at start, heartbeats, load, listing.
 
 Rules:
-- `server.json` in the data directory holds this server's uuid and name (and
-  the database URL if `init` was given one); written atomically by `init`
-  only. Its presence is what makes a data directory initialised.
-- A server's row is created by `init`; `register` (called by the stream
+- A server's row is created by `init` (`vdfarm.service.identity`, which
+  also keeps server.json); `register` (called by the stream
   server at start) and `heartbeat` only update it.
 - `hostname` is the address devices and other servers reach this server at
   (`server run --advertise`; by default the listening address, or the host
   name when that is a wildcard): the login answer tells devices to use it.
 - Liveness: a server is *up* when its last heartbeat is at most the farm's
-  heartbeat timeout old (`vdfarm.service.settings`, default 3 s; the stream
-  beats every second). A session counts as *booting* during the farm's boot
-  phase (default 60 s) after it connected.
+  heartbeat timeout old (`SettingsService.heartbeat_timeout`, default 3 s;
+  the stream beats every second). A session counts as *booting* during the
+  farm's boot phase (`SettingsService.boot_cutoff`, default 60 s) after it
+  connected.
 - Inventory: `heartbeat` and `register` also record which vDisk versions
   this server's store holds complete and verified (`store_versions`; the
   rules are in `vdfarm.service.inventory`).
@@ -20,96 +19,39 @@ Rules:
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
-import json
-import os
 import socket
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import BindParameter, Subquery, case, func, select, union_all, update
+from sqlalchemy import (
+    BindParameter,
+    CompoundSelect,
+    Select,
+    Subquery,
+    case,
+    func,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 import vdfarm
-from vdfarm.farm.models import (
-    DeviceSession,
-    LoginReservation,
-    Server,
-    StoreLocation,
-    StoreVersion,
-    Vdisk,
-)
+from vdfarm.farm.models import DeviceSession, LoginReservation, Server, StoreVersion, Vdisk
 from vdfarm.farm.placement import is_up, parse_subnet
-from vdfarm.service import audit
-from vdfarm.service.errors import Conflict, Invalid, NotFound
+from vdfarm.service.audit import AuditWriter
+from vdfarm.service.deps import Clock, SessionFactory, ThisServer
+from vdfarm.service.errors import Invalid, NotFound
 from vdfarm.service.inventory import store_inventory, verified_versions
-from vdfarm.service.validation import UNCHANGED, check_name
+from vdfarm.service.settings import SettingsService
+from vdfarm.service.validation import UNCHANGED
+from vdfarm.store.store import Store
 
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
-
-IDENTITY_FILE = "server.json"
 MAX_MAX_BOOTING = 1_000_000
 MAX_ADVERTISE_LEN = 255  # the width of servers.hostname
-
-
-@dataclass(frozen=True)
-class ServerIdentity:
-    """Who this server is: a stable uuid, a name, and an optional DB URL."""
-
-    uuid: str
-    name: str
-    db_url: str | None = None
-
-
-def default_server_name() -> str:
-    """A server name from the host name (cut to a valid name)."""
-    host = socket.gethostname().split(".")[0] or "server"
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in host)[:64]
-    return cleaned if cleaned[:1].isalnum() else f"s{cleaned}"[:64]
-
-
-def new_identity(name: str | None, db_url: str | None) -> ServerIdentity:
-    """A fresh identity. Raises Invalid for a bad NAME."""
-    name = check_name("server", name) if name is not None else default_server_name()
-    return ServerIdentity(uuid=str(uuid.uuid4()), name=name, db_url=db_url)
-
-
-def read_identity(data_dir: Path) -> ServerIdentity | None:
-    """The identity in DATA_DIR/server.json, or None if there is none.
-
-    Raises Invalid if the file exists but is not a valid identity.
-    """
-    path = data_dir / IDENTITY_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        identity = ServerIdentity(
-            uuid=str(uuid.UUID(data["uuid"])), name=data["name"], db_url=data.get("db_url")
-        )
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise Invalid(
-            f"{path} is damaged ({exc.__class__.__name__}); restore it or re-run init"
-        ) from exc
-    check_name("server", identity.name)
-    return identity
-
-
-def write_identity(data_dir: Path, identity: ServerIdentity) -> None:
-    """Write DATA_DIR/server.json atomically. Raises OSError."""
-    data = {"uuid": identity.uuid, "name": identity.name}
-    if identity.db_url:
-        data["db_url"] = identity.db_url
-    temp = data_dir / f".{IDENTITY_FILE}.tmp"
-    with open(temp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(temp, data_dir / IDENTITY_FILE)
 
 
 @dataclass(frozen=True)
@@ -175,6 +117,7 @@ def load_subquery(
     login reservations made after it count too, as connected and booting
     devices (login's view: devices on their way). Every argument may be a
     bind parameter (prepared statements)."""
+    rows: Select[int, int, datetime] | CompoundSelect[int, int, datetime]
     rows = select(
         DeviceSession.server_id.label("server_id"),
         DeviceSession.device_id.label("device_id"),
@@ -252,71 +195,34 @@ def is_wildcard(host: str) -> bool:
         return host == ""
 
 
-def ensure_registered(
-    session: Session, identity: ServerIdentity, store_path: Path, *, now: datetime, actor: str
-) -> int:
-    """Create (or refresh) the row of this server and its store; return its id.
-
-    Raises Conflict if another server of the farm already has this name.
-    """
-    row = session.scalars(select(Server).where(Server.uuid == identity.uuid)).one_or_none()
-    if row is None:
-        clash = session.scalars(select(Server).where(Server.name == identity.name)).first()
-        if clash is not None:
-            raise Conflict(
-                f"a server named {identity.name} is already in the farm; choose another --name"
-            )
-        row = Server(
-            uuid=identity.uuid,
-            name=identity.name,
-            hostname=socket.gethostname(),
-            store_path=str(store_path),
-            version=vdfarm.__version__,
-            created_at=now,
-        )
-        session.add(row)
-        session.flush()
-        audit.record(
-            session,
-            actor=actor,
-            at=now,
-            action="server.init",
-            target_type="server",
-            target_name=row.name,
-            before=None,
-            after=server_info(row),
-        )
-    else:
-        row.store_path = str(store_path)
-        row.version = vdfarm.__version__
-    _ensure_store_row(session, row.id, str(store_path))
-    return row.id
-
-
-def _ensure_store_row(session: Session, server_id: int, path: str) -> None:
-    existing = session.scalars(
-        select(StoreLocation).where(StoreLocation.server_id == server_id)
-    ).all()
-    if not any(s.path == path for s in existing):
-        session.add(StoreLocation(server_id=server_id, path=path))
-        session.flush()
-
-
 class ServerService:
     """Servers of the farm: registration at start, heartbeats, inventory, listing."""
 
-    def __init__(self, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(
+        self,
+        session: SessionFactory,
+        clock: Clock,
+        audit: AuditWriter,
+        here: ThisServer,
+        store: Store,
+        settings: SettingsService,
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._audit = audit
+        self._here = here
+        self._store = store
+        self._settings = settings
 
     def timeout(self) -> timedelta:
         """How old a heartbeat may be for its server to count as up (the
-        farm's setting)."""
-        return timedelta(seconds=self.farm.settings.current().heartbeat_timeout_s)
+        farm's setting: `SettingsService.heartbeat_timeout`)."""
+        return self._settings.heartbeat_timeout()
 
     def boot_cutoff(self, now: datetime) -> datetime:
         """Sessions connected after this moment are booting (the farm's
-        boot phase before NOW)."""
-        return now - timedelta(seconds=self.farm.settings.current().boot_phase_s)
+        setting: `SettingsService.boot_cutoff`)."""
+        return self._settings.boot_cutoff(now)
 
     def register(
         self, nbd_port: int, api_port: int | None = None, advertise: str | None = None
@@ -331,8 +237,8 @@ class ServerService:
             if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
                 raise Invalid(f"invalid port {port!r}: give 1-65535")
         hostname = socket.gethostname() if advertise is None else check_advertise(advertise)
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             row = self._this_row(session)
             row.hostname = hostname
             row.nbd_port, row.api_port = nbd_port, api_port
@@ -349,20 +255,20 @@ class ServerService:
 
         Raises Unavailable (DB down).
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
-            held = verified_versions(self.farm, session) if inventory else None
+        now = self._clock()
+        with self._session() as session:
+            held = verified_versions(self._store, session) if inventory else None
             session.execute(
-                update(Server).where(Server.id == self.farm.server_id).values(last_heartbeat=now)
+                update(Server).where(Server.id == self._here.id).values(last_heartbeat=now)
             )
             if held is not None:
-                store_inventory(session, self.farm.server_id, held, now)
+                store_inventory(session, self._here.id, held, now)
 
     def record_inventory(self) -> list[tuple[str, int]]:
         """Record which vDisk versions this store holds verified; return them
         as sorted (vDisk name, version). Raises Unavailable (DB down)."""
-        with self.farm.session() as session:
-            return self._record_inventory(session, self.farm.now())
+        with self._session() as session:
+            return self._record_inventory(session, self._clock())
 
     def inventory(self) -> dict[str, list[tuple[str, int]]]:
         """Server name -> sorted (vDisk name, version) it holds verified, for
@@ -372,7 +278,7 @@ class ServerService:
             .join(Server, Server.id == StoreVersion.server_id)
             .join(Vdisk, Vdisk.id == StoreVersion.vdisk_id)
         )
-        with self.farm.session() as session:
+        with self._session() as session:
             names = session.scalars(select(Server.name).order_by(Server.name)).all()
             held: dict[str, list[tuple[str, int]]] = {name: [] for name in names}
             for server, vdisk, version in session.execute(query).all():
@@ -384,8 +290,8 @@ class ServerService:
 
         Raises Unavailable (DB down).
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             rows = session.scalars(select(Server).order_by(Server.name)).all()
             counts = load_counts(session, self.boot_cutoff(now))
             return [
@@ -412,8 +318,8 @@ class ServerService:
         Raises Invalid (bad value, nothing to change), NotFound, Unavailable.
         """
         changes = _checked_server_changes(power_rating, subnet, max_booting)
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             row = session.scalars(select(Server).where(Server.name == name)).one_or_none()
             if row is None:
                 raise NotFound(f"no server named {name}")
@@ -422,9 +328,9 @@ class ServerService:
                 setattr(row, column, value)
             session.flush()
             after = server_info(row)
-            audit.record(
+            self._audit.record(
                 session,
-                actor=actor or self.farm.actor,
+                actor=actor,
                 at=now,
                 action="server.set",
                 target_type="server",
@@ -434,14 +340,14 @@ class ServerService:
             )
             return after
 
-    def _record_inventory(self, session: Session, now: datetime) -> list[tuple[str, int]]:
-        held = verified_versions(self.farm, session)
-        return store_inventory(session, self.farm.server_id, held, now)
+    def _record_inventory(self, session: Session, now: datetime) -> builtins.list[tuple[str, int]]:
+        held = verified_versions(self._store, session)
+        return store_inventory(session, self._here.id, held, now)
 
     def _this_row(self, session: Session) -> Server:
-        row = session.get(Server, self.farm.server_id)
+        row = session.get(Server, self._here.id)
         if row is None:
-            raise NotFound(f"server {self.farm.server_name} is no longer in the farm database")
+            raise NotFound(f"server {self._here.name} is no longer in the farm database")
         return row
 
 

@@ -9,7 +9,8 @@ Rules:
   the stream server hands over what it serves, and this server's rows are
   made to match it (never another server's rows).
 - The stream service calls them (through `Farm.session_started` /
-  `Farm.session_ended`); they are not audited (no person changed anything).
+  `Farm.session_ended`, or `farm.sessions`); they are not audited (no
+  person changed anything), except a full write cache (`cache_full`).
 - Sessions are what `version list` counts and what merge, delete and revert
   check. After a session ends, retired files of its vDisk that no remaining
   session may read are deleted (`release_retired_files`).
@@ -23,7 +24,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -36,14 +36,13 @@ from vdfarm.farm.models import (
     Vdisk,
     VdiskVersion,
 )
-from vdfarm.service.audit import record
+from vdfarm.service.audit import AuditWriter
+from vdfarm.service.deps import Clock, SessionFactory, ThisServer, changed_rows
 from vdfarm.service.errors import NotFound
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
 from vdfarm.store.manifest import RetiredFile
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
+from vdfarm.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +96,23 @@ def may_read(retired: RetiredFile, reader: _Reader) -> bool:
     return above and reader.connected_at <= retired.retired_at
 
 
-def release_retired_files(farm: Farm, vdisk_id: int) -> list[str]:
-    """Delete the retired files of vDisk VDISK_ID that no session may read;
-    return their names. Store trouble is logged, never raised (the files
-    stay for a later try).
+def release_retired_files(sessions: SessionFactory, store: Store, vdisk_id: int) -> list[str]:
+    """Delete the retired files of vDisk VDISK_ID in STORE that no session
+    may read; return their names. Store trouble is logged, never raised (the
+    files stay for a later try).
 
     Raises Unavailable (DB down).
     """
-    with farm.session() as session:
+    with sessions() as session:
         vdisk = session.get(Vdisk, vdisk_id)
         if vdisk is None:
             return []
         name, readers = vdisk.name, _readers(session, vdisk_id)
     try:
-        if not farm.store.contains(name):
+        if not store.contains(name):
             return []
         return store_versions.purge_retired(
-            farm.store, name, lambda retired: any(may_read(retired, r) for r in readers)
+            store, name, lambda retired: any(may_read(retired, r) for r in readers)
         )
     except StoreError as exc:
         log.warning("cannot delete retired files of vDisk %s: %s", name, exc)
@@ -123,8 +122,22 @@ def release_retired_files(farm: Farm, vdisk_id: int) -> list[str]:
 class SessionService:
     """Start, refresh, end and list device sessions."""
 
-    def __init__(self, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(
+        self,
+        session: SessionFactory,
+        clock: Clock,
+        audit: AuditWriter,
+        here: ThisServer,
+        store: Store,
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._audit = audit
+        self._here = here
+        self._store = store
+
+    def _release_retired_files(self, vdisk_id: int) -> None:
+        release_retired_files(self._session, self._store, vdisk_id)
 
     def started(
         self, device_id: int, vdisk_id: int, version: int, client_ip: str | None = None
@@ -134,8 +147,8 @@ class SessionService:
 
         Raises NotFound (no such device, vDisk or version), Unavailable.
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             if session.get(Device, device_id) is None:
                 raise NotFound(f"no device with id {device_id}")
             vdisk = session.get(Vdisk, vdisk_id)
@@ -157,7 +170,7 @@ class SessionService:
             session.add(
                 DeviceSession(
                     device_id=device_id,
-                    server_id=self.farm.server_id,
+                    server_id=self._here.id,
                     vdisk_id=vdisk_id,
                     version=version,
                     connected_at=now,
@@ -171,14 +184,13 @@ class SessionService:
 
         Raises NotFound (no such device), Unavailable.
         """
-        with self.farm.session() as session:
+        with self._session() as session:
             device = session.get(Device, device_id)
             if device is None:
                 raise NotFound(f"no device with id {device_id}")
-            record(
+            self._audit.record(
                 session,
-                actor=f"server:{self.farm.server_name}",
-                at=self.farm.now(),
+                actor=f"server:{self._here.name}",
                 action="write-cache-full",
                 target_type="device",
                 target_name=device.name,
@@ -191,17 +203,17 @@ class SessionService:
 
         Raises Unavailable.
         """
-        with self.farm.session() as session:
+        with self._session() as session:
             result = session.execute(
                 update(DeviceSession)
                 .where(
                     DeviceSession.device_id == device_id,
-                    DeviceSession.server_id == self.farm.server_id,
+                    DeviceSession.server_id == self._here.id,
                 )
-                .values(last_seen=self.farm.now()),
+                .values(last_seen=self._clock()),
                 execution_options={"synchronize_session": False},
             )
-            return result.rowcount == 1
+            return changed_rows(result) == 1
 
     def ended(self, device_id: int) -> None:
         """Forget this server's session of DEVICE_ID (no-op if none), then
@@ -209,17 +221,17 @@ class SessionService:
 
         Raises Unavailable.
         """
-        with self.farm.session() as session:
+        with self._session() as session:
             vdisk_id = session.scalar(
                 select(DeviceSession.vdisk_id).where(
                     DeviceSession.device_id == device_id,
-                    DeviceSession.server_id == self.farm.server_id,
+                    DeviceSession.server_id == self._here.id,
                 )
             )
             if vdisk_id is None:
                 return
             session.execute(delete(DeviceSession).where(DeviceSession.device_id == device_id))
-        release_retired_files(self.farm, vdisk_id)
+        self._release_retired_files(vdisk_id)
 
     def report_cache_usage(self, used: dict[int, int]) -> None:
         """Store the write-cache bytes used by this server's connected devices
@@ -229,14 +241,14 @@ class SessionService:
         """
         if not used:
             return
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             for device_id, used_bytes in used.items():
                 session.execute(
                     update(DeviceSession)
                     .where(
                         DeviceSession.device_id == device_id,
-                        DeviceSession.server_id == self.farm.server_id,
+                        DeviceSession.server_id == self._here.id,
                     )
                     .values(cache_used_bytes=used_bytes, last_seen=now)
                 )
@@ -252,15 +264,15 @@ class SessionService:
 
         Raises Unavailable.
         """
-        now = self.farm.now()
+        now = self._clock()
         added = removed = 0
-        with self.farm.session() as session:
+        with self._session() as session:
             rows = {
                 r.device_id: r
                 for r in session.scalars(
                     select(DeviceSession).where(
                         DeviceSession.device_id.in_(list(live))
-                        | (DeviceSession.server_id == self.farm.server_id)
+                        | (DeviceSession.server_id == self._here.id)
                     )
                 )
             }
@@ -269,7 +281,7 @@ class SessionService:
             )
             freed: set[int] = set()
             for device_id, row in rows.items():
-                if row.server_id != self.farm.server_id or row.move_to_server_id is not None:
+                if row.server_id != self._here.id or row.move_to_server_id is not None:
                     continue
                 want = live.get(device_id)
                 if want is None or (want.vdisk_id, want.version) != (row.vdisk_id, row.version):
@@ -278,18 +290,18 @@ class SessionService:
                     removed += 1
             session.flush()
             for device_id, want in live.items():
-                row = rows.get(device_id)
-                keep = row is not None and (
-                    row.server_id != self.farm.server_id
-                    or row.move_to_server_id is not None
-                    or (row.vdisk_id, row.version) == (want.vdisk_id, want.version)
+                had = rows.get(device_id)
+                keep = had is not None and (
+                    had.server_id != self._here.id
+                    or had.move_to_server_id is not None
+                    or (had.vdisk_id, had.version) == (want.vdisk_id, want.version)
                 )
                 if keep or device_id not in known_devices:
                     continue
                 session.add(
                     DeviceSession(
                         device_id=device_id,
-                        server_id=self.farm.server_id,
+                        server_id=self._here.id,
                         vdisk_id=want.vdisk_id,
                         version=want.version,
                         connected_at=now,
@@ -299,7 +311,7 @@ class SessionService:
                 )
                 added += 1
         for vdisk_id in sorted(freed):
-            release_retired_files(self.farm, vdisk_id)
+            self._release_retired_files(vdisk_id)
         return added, removed
 
     def end_all(self) -> int:
@@ -309,12 +321,12 @@ class SessionService:
 
         Raises Unavailable.
         """
-        with self.farm.session() as session:
-            mine = DeviceSession.server_id == self.farm.server_id
+        with self._session() as session:
+            mine = DeviceSession.server_id == self._here.id
             vdisk_ids = set(session.scalars(select(DeviceSession.vdisk_id).where(mine)).all())
-            ended = session.execute(delete(DeviceSession).where(mine)).rowcount
+            ended = changed_rows(session.execute(delete(DeviceSession).where(mine)))
         for vdisk_id in sorted(vdisk_ids):
-            release_retired_files(self.farm, vdisk_id)
+            self._release_retired_files(vdisk_id)
         return ended
 
     def list(self) -> list[SessionInfo]:
@@ -333,5 +345,5 @@ class SessionService:
             .join(Vdisk, Vdisk.id == DeviceSession.vdisk_id)
             .order_by(Device.name)
         )
-        with self.farm.session() as session:
+        with self._session() as session:
             return [SessionInfo(*row) for row in session.execute(query).all()]

@@ -11,6 +11,9 @@ Rules:
   (or the defaults) stands.
 - `change()` validates every value first, then writes and audits
   (`farm.set`, before/after) in one transaction.
+- What the settings mean is answered here once: `heartbeat_timeout()` (how
+  old a heartbeat may be for its server to be up) and `boot_cutoff(now)`
+  (sessions connected after it are booting), for every service that asks.
 """
 
 from __future__ import annotations
@@ -18,16 +21,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
 
 from vdfarm.farm.models import FarmSettings
 from vdfarm.farm.placement import DEFAULT_TIMEOUT
 from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT, MAX_TRIGGER_PCT
-from vdfarm.service import audit
+from vdfarm.service.audit import AuditWriter
+from vdfarm.service.deps import SessionFactory
 from vdfarm.service.errors import Invalid, Unavailable
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
 
 CACHE_SECONDS = 2.0
 
@@ -70,8 +71,9 @@ def _from_row(row: FarmSettings | None) -> Settings:
 class SettingsService:
     """Read (cached) and change the farm's settings."""
 
-    def __init__(self, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(self, session: SessionFactory, audit: AuditWriter) -> None:
+        self._session = session
+        self._audit = audit
         self._cached: Settings | None = None
         self._read_at = -math.inf
 
@@ -84,9 +86,18 @@ class SettingsService:
         except Unavailable:
             return self._cached or Settings()
 
+    def heartbeat_timeout(self) -> timedelta:
+        """How old a heartbeat may be for its server to count as up (never raises)."""
+        return timedelta(seconds=self.current().heartbeat_timeout_s)
+
+    def boot_cutoff(self, now: datetime) -> datetime:
+        """Sessions connected after this moment are booting: the farm's boot
+        phase before NOW (never raises)."""
+        return now - timedelta(seconds=self.current().boot_phase_s)
+
     def show(self) -> Settings:
         """The settings, read now. Raises Unavailable."""
-        with self.farm.session() as session:
+        with self._session() as session:
             settings = _from_row(session.get(FarmSettings, 1))
         self._cached, self._read_at = settings, time.monotonic()
         return settings
@@ -113,7 +124,7 @@ class SettingsService:
             raise Invalid(
                 "nothing to change: give a heartbeat timeout, boot phase or rebalance trigger"
             )
-        with self.farm.session() as session:
+        with self._session() as session:
             row = session.get(FarmSettings, 1)
             if row is None:  # a database whose row was deleted by hand
                 row = FarmSettings(id=1, **asdict(Settings()))
@@ -122,10 +133,9 @@ class SettingsService:
             after = replace(before, **changes)
             for name, value in changes.items():
                 setattr(row, name, value)
-            audit.record(
+            self._audit.record(
                 session,
-                actor=actor or self.farm.actor,
-                at=self.farm.now(),
+                actor=actor,
                 action="farm.set",
                 target_type="farm",
                 target_name="settings",

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from vdfarm.service.errors import Invalid
 from vdfarm.store.manifest import VDISK_NAME_RE
 
+R = TypeVar("R")
+
 MAX_DESCRIPTION = 1024
+MIB = 1024 * 1024
 MAX_CACHE_LIMIT_MB = 2**31 - 1
 MIN_MAX_VERSIONS, MAX_MAX_VERSIONS = 2, 1000
 
@@ -61,6 +66,14 @@ def parse_mac(text: str) -> str | None:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
+def name_wins(rows: Sequence[R], name_or_mac: str, name_of: Callable[[R], str]) -> list[R]:
+    """Of ROWS found by name or MAC, those of the device whose name is
+    NAME_OR_MAC if there is one (a name match wins over a MAC match), else
+    all of them (the device with that MAC). Raises nothing."""
+    named = [r for r in rows if name_of(r) == name_or_mac]
+    return named or list(rows)
+
+
 def normalise_mac(text: str) -> str:
     """TEXT as a normalised MAC. Raises Invalid if it is not a MAC address."""
     mac = parse_mac(text)
@@ -73,7 +86,7 @@ def check_choice(kind: str, value: object, choices: tuple[str, ...]) -> str:
     """Return VALUE if it is one of CHOICES. Raises Invalid."""
     if value not in choices:
         raise Invalid(f"invalid {kind} {value!r}: choose one of {', '.join(choices)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_cache_limit(limit_mb: object) -> int | None:
@@ -96,6 +109,12 @@ def check_description(text: object) -> str:
     if len(text) > MAX_DESCRIPTION:
         raise Invalid(f"invalid description: longer than {MAX_DESCRIPTION} characters")
     return text
+
+
+def cache_limit_bytes(limit_mb: int | None) -> int | None:
+    """A stored write-cache limit (MiB; None = no limit) in bytes, as the
+    stream enforces it and the front ends show it."""
+    return None if limit_mb is None else limit_mb * MIB
 
 
 def check_lease(seconds: object) -> float:

@@ -20,7 +20,7 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -34,8 +34,15 @@ from vdfarm.farm.models import (
     Vdisk,
     VdiskVersion,
 )
-from vdfarm.service import audit
-from vdfarm.service.chains import version_rows
+from vdfarm.service.audit import AuditWriter
+from vdfarm.service.chains import (
+    check_private_allowed,
+    qemu_check_problems,
+    sealed_hash,
+    version_problems,
+    version_rows,
+)
+from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
 from vdfarm.service.validation import (
@@ -47,14 +54,9 @@ from vdfarm.service.validation import (
     check_name,
 )
 from vdfarm.store import errors as store_errors
-from vdfarm.store import qemu_img
-from vdfarm.store.manifest import Manifest
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.sources import SOURCE_FORMATS as SOURCE_FORMATS  # re-exported for the CLI
-from vdfarm.store.store import VerifyResult
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
+from vdfarm.store.store import Store, VerifyResult
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,13 @@ def _store_error(exc: Exception) -> Exception:
 class VdiskService:
     """vDisk management for every front end."""
 
-    def __init__(self, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(
+        self, session: SessionFactory, clock: Clock, audit: AuditWriter, store: Store
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._audit = audit
+        self._store = store
 
     def _info(self, session: Session, vdisk: Vdisk) -> VdiskInfo:
         return VdiskInfo(
@@ -121,7 +128,7 @@ class VdiskService:
             sha256=vdisk.sha256,
             created_at=vdisk.created_at,
             devices=_device_names(session, vdisk.id),
-            in_store=self.farm.store.contains(vdisk.name),
+            in_store=self._store.contains(vdisk.name),
             max_versions=vdisk.max_versions,
             override_version=vdisk.override_version,
             subnet_affinity=vdisk.subnet_affinity,
@@ -155,11 +162,11 @@ class VdiskService:
         source = Path(source)
         if not source.is_file():
             raise Invalid(f"source file {source} does not exist or is not a file")
-        with self.farm.session() as session:
+        with self._session() as session:
             if session.scalars(select(Vdisk.id).where(Vdisk.name == name)).first():
                 raise Conflict(f"vDisk {name} already exists")
         try:
-            manifest = self.farm.store.import_image(name, source, source_format)
+            manifest = self._store.import_image(name, source, source_format)
         except (store_errors.StoreError, QemuImgError) as exc:
             raise _store_error(exc) from exc
         try:
@@ -167,7 +174,7 @@ class VdiskService:
                 name,
                 manifest.size,
                 manifest.top.format,
-                manifest.top.sha256,
+                sealed_hash(manifest.top, name),
                 manifest.top.name,
                 mode,
                 write_cache,
@@ -181,7 +188,7 @@ class VdiskService:
 
     def _unimport(self, name: str) -> None:
         with contextlib.suppress(store_errors.StoreError):
-            self.farm.store.delete(name)
+            self._store.delete(name)
 
     def _add_row(
         self,
@@ -196,8 +203,8 @@ class VdiskService:
         description: str,
         actor: str | None,
     ) -> VdiskInfo:
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             vdisk = Vdisk(
                 name=name,
                 size=size,
@@ -228,9 +235,9 @@ class VdiskService:
                 )
             )
             info = self._info(session, vdisk)
-            audit.record(
+            self._audit.record(
                 session,
-                actor=actor or self.farm.actor,
+                actor=actor,
                 at=now,
                 action="vdisk.import",
                 target_type="vdisk",
@@ -242,13 +249,13 @@ class VdiskService:
 
     def list(self) -> list[VdiskInfo]:
         """Every vDisk of the farm, by name. Raises Unavailable."""
-        with self.farm.session() as session:
+        with self._session() as session:
             rows = session.scalars(select(Vdisk).order_by(Vdisk.name)).all()
             return [self._info(session, v) for v in rows]
 
     def show(self, name: str) -> VdiskInfo:
         """The vDisk NAME. Raises NotFound, Unavailable."""
-        with self.farm.session() as session:
+        with self._session() as session:
             return self._info(session, find_vdisk(session, name))
 
     def set(
@@ -272,8 +279,8 @@ class VdiskService:
         changes = self._checked_changes(
             mode, write_cache, cache_limit_mb, description, max_versions
         )
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             vdisk = find_vdisk(session, name)
             before = self._info(session, vdisk)
             if "access_mode" in changes and changes["access_mode"] != vdisk.access_mode:
@@ -281,14 +288,14 @@ class VdiskService:
                 if lock is not None and lock_state(lock, now) == HELD:
                     raise Conflict(f"cannot change the mode now: {held_message(lock)}")
                 if changes["access_mode"] == "private":
-                    _check_single_raw_file(session, vdisk)
+                    check_private_allowed(session, vdisk)
             for column, value in changes.items():
                 setattr(vdisk, column, value)
             session.flush()
             after = self._info(session, vdisk)
-            audit.record(
+            self._audit.record(
                 session,
-                actor=actor or self.farm.actor,
+                actor=actor,
                 at=now,
                 action="vdisk.set",
                 target_type="vdisk",
@@ -331,8 +338,8 @@ class VdiskService:
 
         Raises NotFound, Conflict (devices assigned, lock held), Unavailable.
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             vdisk = find_vdisk(session, name)
             before = self._info(session, vdisk)
             if before.devices:
@@ -349,9 +356,9 @@ class VdiskService:
             session.execute(delete(DeviceSession).where(DeviceSession.vdisk_id == vdisk.id))
             session.execute(delete(VdiskVersion).where(VdiskVersion.vdisk_id == vdisk.id))
             session.delete(vdisk)
-            audit.record(
+            self._audit.record(
                 session,
-                actor=actor or self.farm.actor,
+                actor=actor,
                 at=now,
                 action="vdisk.delete",
                 target_type="vdisk",
@@ -362,7 +369,7 @@ class VdiskService:
             session.flush()
             if before.in_store:
                 try:
-                    self.farm.store.delete(name)
+                    self._store.delete(name)
                 except store_errors.StoreError as exc:
                     raise _store_error(exc) from exc
             return before
@@ -373,15 +380,15 @@ class VdiskService:
 
         Raises NotFound (not in the farm), Unavailable (not in this store).
         """
-        with self.farm.session() as session:
+        with self._session() as session:
             vdisk = find_vdisk(session, name)
             expected_sha = vdisk.sha256
             rows = [
                 (r.number, r.file_name, r.format, r.sha256) for r in version_rows(session, vdisk.id)
             ]
         try:
-            result = self.farm.store.verify(name)
-            manifest = self.farm.store.manifest(name)
+            result = self._store.verify(name)
+            manifest = self._store.manifest(name)
         except store_errors.VdiskMissing as exc:
             raise Unavailable(f"vDisk {name} is not in this server's store") from exc
         except store_errors.StoreError as exc:
@@ -389,45 +396,7 @@ class VdiskService:
         extra = []
         if manifest.files[0].sha256 != expected_sha:
             extra.append("the store's manifest does not match the farm database")
-        extra += _version_problems(manifest, rows)
+        extra += version_problems(manifest, rows)
         if not result.problems:
-            extra += _qemu_check_problems(self.farm.store.root / name, manifest)
+            extra += qemu_check_problems(self._store.root / name, manifest)
         return VerifyResult(vdisk=name, problems=result.problems + tuple(extra))
-
-
-def _check_single_raw_file(session: Session, vdisk: Vdisk) -> None:
-    rows = version_rows(session, vdisk.id)
-    if len(rows) != 1 or rows[0].format != "raw":
-        raise Invalid(
-            f"vDisk {vdisk.name} has versions (or a qcow2 base): private mode needs "
-            f"a single raw file; export it and import the copy instead"
-        )
-
-
-def _version_problems(
-    manifest: Manifest, rows: list[tuple[int, str, str, str | None]]
-) -> list[str]:
-    problems = []
-    for number, file_name, fmt, sha256 in rows:
-        entry = manifest.file(file_name)
-        if entry is None:
-            problems.append(f"version {number} ({file_name}) is not in the store's manifest")
-        elif entry.format != fmt or entry.sha256 != sha256:
-            problems.append(
-                f"version {number} ({file_name}): the store's manifest does not "
-                f"match the farm database"
-            )
-    if len(manifest.files) != len(rows):
-        problems.append("the store's chain and the farm's versions differ")
-    return problems
-
-
-def _qemu_check_problems(directory: Path, manifest: Manifest) -> list[str]:
-    problems = []
-    for entry in manifest.files:
-        if entry.sealed and entry.format == "qcow2":
-            try:
-                qemu_img.check(directory / entry.name, entry.format)
-            except QemuImgError as exc:
-                problems.append(str(exc))
-    return problems

@@ -9,7 +9,14 @@ Rules:
 - What a device boots (`boot_choice`): production → the override pin if set,
   else the newest production version already in effect (the base if none);
   test → the newest test or production version; maintenance → the open
-  maintenance version (writable) if any, else as test.
+  maintenance version (writable) if any, else as test. A private vDisk's
+  device boots its newest version (`device_boot`).
+- Whether a device writes to its vDisk itself is decided in ONE place,
+  `writes_vdisk` (private mode: every device; standard mode: only a
+  maintenance device on a version open for maintenance). Everything else
+  derives from it: the vDisk lock (`needs_lock`), the home-server rule of
+  login (`home_server_only`), and rebalance's `is_pinned` (which adds data
+  in a server-side write cache).
 - A merge keeps every version some device type boots now or later (`needed`)
   and folds the versions under the lowest of them; a merge that would fold
   nothing is refused.
@@ -25,6 +32,9 @@ from datetime import datetime
 from vdfarm.service.errors import Invalid, NotFound
 
 MAINTENANCE, TEST, PRODUCTION, PENDING = "maintenance", "test", "production", "pending"
+PRIVATE, STANDARD = "private", "standard"  # access modes of a vDisk
+DEVICE_TYPES = (PRODUCTION, TEST, MAINTENANCE)
+VERSION_STATES = (MAINTENANCE, TEST, PRODUCTION, PENDING)
 PROMOTE_TARGETS = (TEST, PRODUCTION)
 
 # (access now, asked for) -> (access after, seals the file)
@@ -114,17 +124,73 @@ def test_version(versions: Sequence[VersionState]) -> int:
     return max(sealed) if sealed else base(versions).number
 
 
+def writes_vdisk(access_mode: str, device_type: str, version_state: str) -> bool:
+    """True if a device of DEVICE_TYPE (production/test/maintenance) that
+    boots a version in VERSION_STATE (maintenance/test/production/pending)
+    of a vDisk in ACCESS_MODE (private/standard) writes to the vDisk itself,
+    rather than to a write cache that is reset at boot: every device of a
+    private vDisk; in standard mode, only a maintenance device on a version
+    open for maintenance. Raises nothing."""
+    if access_mode == PRIVATE:
+        return True
+    return device_type == MAINTENANCE and version_state == MAINTENANCE
+
+
+def needs_lock(access_mode: str, device_type: str, version_state: str) -> bool:
+    """True if the device must hold the vDisk's lock (one writer) while it
+    streams: exactly when it writes to the vDisk (`writes_vdisk`)."""
+    return writes_vdisk(access_mode, device_type, version_state)
+
+
+def home_server_only(access_mode: str, device_type: str, version_state: str) -> bool:
+    """True if login must send the device to the vDisk's home server: every
+    server writes its own copy, so only the home's holds the device's writes
+    (`writes_vdisk`)."""
+    return writes_vdisk(access_mode, device_type, version_state)
+
+
+def is_pinned(
+    access_mode: str, device_type: str, version_state: str, server_cache_bytes: int | None
+) -> bool:
+    """True if the device would lose state by moving to another server: it
+    writes to its vDisk (`writes_vdisk`: one writer, on this server's copy),
+    or its write cache on this server holds data (SERVER_CACHE_BYTES > 0).
+    A write cache on the device itself travels with it (the agent's job)."""
+    return writes_vdisk(access_mode, device_type, version_state) or bool(server_cache_bytes)
+
+
 def boot_choice(
     versions: Sequence[VersionState], device_type: str, pin: int | None, now: datetime
 ) -> BootChoice:
-    """What a device of DEVICE_TYPE boots at NOW, with production pinned to PIN."""
+    """What a device of DEVICE_TYPE boots at NOW from a standard-mode vDisk,
+    with production pinned to PIN; `writable` is `writes_vdisk`'s answer."""
     if device_type == MAINTENANCE and (opened := open_maintenance(versions)) is not None:
-        return BootChoice(opened.number, writable=True)
-    if device_type in (MAINTENANCE, TEST):
-        return BootChoice(test_version(versions), writable=False)
-    if pin is not None and any(v.number == pin for v in versions):
-        return BootChoice(pin, writable=False)
-    return BootChoice(production_version(versions, now), writable=False)
+        number = opened.number
+    elif device_type in (MAINTENANCE, TEST):
+        number = test_version(versions)
+    elif pin is not None and any(v.number == pin for v in versions):
+        number = pin
+    else:
+        number = production_version(versions, now)
+    state = shown_access(find(versions, number, "?"), now)
+    return BootChoice(number, writable=writes_vdisk(STANDARD, device_type, state))
+
+
+def device_boot(
+    versions: Sequence[VersionState],
+    access_mode: str,
+    device_type: str,
+    pin: int | None,
+    now: datetime,
+) -> BootChoice:
+    """What a device of DEVICE_TYPE boots at NOW from a vDisk of ACCESS_MODE
+    whose versions are VERSIONS (production pinned to PIN): a private vDisk
+    its newest version, a standard one `boot_choice`'s."""
+    if access_mode == PRIVATE:
+        top = newest(versions)
+        state = shown_access(top, now)
+        return BootChoice(top.number, writable=writes_vdisk(PRIVATE, device_type, state))
+    return boot_choice(versions, device_type, pin, now)
 
 
 def chain_numbers(versions: Sequence[VersionState], number: int) -> list[int]:

@@ -15,7 +15,7 @@ Rules:
   device has a session on it: it cannot be promoted or deleted then.
 - Every change writes one audit row (target type "version") in its
   transaction. After a promote, a chain longer than the vDisk's max-versions
-  is merged (`merges.auto_merge`).
+  is merged (`MergeService.auto_merge`).
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Vdisk, VdiskVersion
-from vdfarm.service import audit
 from vdfarm.service import version_rules as rules
+from vdfarm.service.audit import AuditWriter
 from vdfarm.service.chains import (
     booted_devices,
     check_store_matches,
+    check_unused,
+    check_versioned,
     locked_vdisk,
     maintenance_in_use,
     row_of,
@@ -41,14 +43,13 @@ from vdfarm.service.chains import (
     store_failure,
     version_rows,
 )
+from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound
-from vdfarm.service.merges import ExportResult, MergeResult, auto_merge, export, merge
+from vdfarm.service.merges import ExportResult, MergeResult, MergeService
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
 from vdfarm.store.qemu_img import QemuImgError
-
-if TYPE_CHECKING:
-    from vdfarm.service.context import Farm
+from vdfarm.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,17 @@ class OverrideInfo:
     previous: int | None
 
 
-def version_infos(farm: Farm, session: Session, vdisk: Vdisk) -> list[VersionInfo]:
-    """Every version of VDISK as VersionInfo, oldest first."""
+def version_infos(store: Store, session: Session, vdisk: Vdisk, now: datetime) -> list[VersionInfo]:
+    """Every version of VDISK as VersionInfo at NOW, oldest first (sizes of
+    open versions from STORE)."""
     rows = version_rows(session, vdisk.id)
-    states, now = states_of(rows), farm.now()
+    states = states_of(rows)
     booted = booted_devices(session, vdisk.id)
     boots: dict[int, list[str]] = {}
-    for device_type in ("production", "test", "maintenance"):
-        choice = rules.boot_choice(states, device_type, vdisk.override_version, now)
+    for device_type in rules.DEVICE_TYPES:
+        choice = rules.device_boot(
+            states, vdisk.access_mode, device_type, vdisk.override_version, now
+        )
         boots.setdefault(choice.number, []).append(device_type)
     return [
         VersionInfo(
@@ -110,7 +114,7 @@ def version_infos(farm: Farm, session: Session, vdisk: Vdisk) -> list[VersionInf
             parent=r.parent_number,
             file=r.file_name,
             format=r.format,
-            size=r.size if r.sha256 else _current_size(farm, vdisk.name, r.file_name),
+            size=r.size if r.sha256 else _current_size(store, vdisk.name, r.file_name),
             sha256=r.sha256,
             created_at=r.created_at,
             sealed_at=r.sealed_at,
@@ -122,24 +126,11 @@ def version_infos(farm: Farm, session: Session, vdisk: Vdisk) -> list[VersionInf
     ]
 
 
-def _current_size(farm: Farm, vdisk_name: str, file_name: str) -> int | None:
+def _current_size(store: Store, vdisk_name: str, file_name: str) -> int | None:
     try:
-        return store_versions.file_path(farm.store, vdisk_name, file_name).stat().st_size
+        return store_versions.file_path(store, vdisk_name, file_name).stat().st_size
     except OSError:
         return None
-
-
-def _info_of(farm: Farm, session: Session, vdisk: Vdisk, number: int) -> VersionInfo:
-    session.flush()
-    return next(i for i in version_infos(farm, session, vdisk) if i.number == number)
-
-
-def _versioned(vdisk: Vdisk) -> None:
-    if vdisk.access_mode == "private":
-        raise Invalid(
-            f"vDisk {vdisk.name} is in private mode: versions are for standard "
-            f"mode (vdfarm vdisk set {vdisk.name} --mode standard)"
-        )
 
 
 def _target(vdisk: str, number: int) -> str:
@@ -149,16 +140,31 @@ def _target(vdisk: str, number: int) -> str:
 class VersionService:
     """Version management for every front end."""
 
-    def __init__(self, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(
+        self,
+        session: SessionFactory,
+        clock: Clock,
+        audit: AuditWriter,
+        store: Store,
+        merges: MergeService,
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._audit_writer = audit
+        self._store = store
+        self._merges = merges
+
+    def _info_of(self, session: Session, vdisk: Vdisk, number: int) -> VersionInfo:
+        session.flush()
+        infos = version_infos(self._store, session, vdisk, self._clock())
+        return next(i for i in infos if i.number == number)
 
     def _audit(
         self, session: Session, action: str, target: str, before: Any, after: Any, actor: str | None
     ) -> None:
-        audit.record(
+        self._audit_writer.record(
             session,
-            actor=actor or self.farm.actor,
-            at=self.farm.now(),
+            actor=actor,
             action=action,
             target_type="version",
             target_name=target,
@@ -168,11 +174,11 @@ class VersionService:
 
     def list(self, vdisk: str) -> list[VersionInfo]:
         """Every version of VDISK, oldest first. Raises NotFound, Unavailable."""
-        with self.farm.session() as session:
+        with self._session() as session:
             row = session.scalars(select(Vdisk).where(Vdisk.name == vdisk)).one_or_none()
             if row is None:
                 raise NotFound(f"no vDisk named {vdisk}")
-            return version_infos(self.farm, session, row)
+            return version_infos(self._store, session, row, self._clock())
 
     def new(self, vdisk: str, actor: str | None = None) -> VersionInfo:
         """Open a maintenance version of VDISK: an empty qcow2 delta on its newest version.
@@ -182,16 +188,16 @@ class VersionService:
         """
         opened: str | None = None
         try:
-            with self.farm.session() as session:
+            with self._session() as session:
                 row = locked_vdisk(session, vdisk)
-                _versioned(row)
+                check_versioned(row)
                 rows = version_rows(session, row.id)
                 if (open_one := rules.open_maintenance(states_of(rows))) is not None:
                     raise Conflict(
                         f"version {open_one.number} of vDisk {vdisk} is already "
                         f"open for maintenance; promote or delete it first"
                     )
-                check_store_matches(self.farm, vdisk, rows)
+                check_store_matches(self._store, vdisk, rows)
                 top = rows[-1]
                 number = top.number + 1
                 file_name = self._free_file_name(vdisk, number)
@@ -203,16 +209,16 @@ class VersionService:
                         file_name=file_name,
                         format="qcow2",
                         access=rules.MAINTENANCE,
-                        created_at=self.farm.now(),
+                        created_at=self._clock(),
                     )
                 )
                 session.flush()
                 try:
-                    store_versions.open_delta(self.farm.store, vdisk, file_name, number)
+                    store_versions.open_delta(self._store, vdisk, file_name, number)
                 except (StoreError, QemuImgError) as exc:
                     raise store_failure(vdisk, exc) from exc
                 opened = file_name
-                info = _info_of(self.farm, session, row, number)
+                info = self._info_of(session, row, number)
                 self._audit(session, "version.new", _target(vdisk, number), None, info, actor)
             return info
         except BaseException:
@@ -223,15 +229,15 @@ class VersionService:
     def _free_file_name(self, vdisk: str, number: int) -> str:
         name = f"v{number}.qcow2"
         suffix = 1
-        while store_versions.file_path(self.farm.store, vdisk, name).exists():
+        while store_versions.file_path(self._store, vdisk, name).exists():
             suffix += 1
             name = f"v{number}-{suffix}.qcow2"
         return name
 
     def _undo_open(self, vdisk: str, file_name: str) -> None:
         try:
-            if self.farm.store.manifest(vdisk).top.name == file_name:
-                store_versions.drop_top(self.farm.store, vdisk)
+            if self._store.manifest(vdisk).top.name == file_name:
+                store_versions.drop_top(self._store, vdisk)
         except StoreError:
             pass
 
@@ -249,10 +255,10 @@ class VersionService:
             raise Invalid("invalid --at: give a time with a zone, e.g. 2030-01-31T22:00:00Z")
         if at is not None and to != rules.PRODUCTION:
             raise Invalid("--at is only for a promotion to production")
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             row = locked_vdisk(session, vdisk)
-            _versioned(row)
+            check_versioned(row)
             rows = version_rows(session, row.id)
             top, access, seal = rules.promotion(states_of(rows), to, now, vdisk)
             if top.access == rules.MAINTENANCE and (
@@ -262,23 +268,23 @@ class VersionService:
                     f"cannot promote version {top.number} while its maintenance "
                     f"device is connected: {busy}"
                 )
-            check_store_matches(self.farm, vdisk, rows)
-            before = _info_of(self.farm, session, row, top.number)
+            check_store_matches(self._store, vdisk, rows)
+            before = self._info_of(session, row, top.number)
             version = row_of(rows, top.number)
             version.access = access
             version.production_at = (at or now) if access == rules.PRODUCTION else None
             if seal:
                 self._seal(session, vdisk, version, now)
-            info = _info_of(self.farm, session, row, top.number)
+            info = self._info_of(session, row, top.number)
             self._audit(session, "version.promote", _target(vdisk, top.number), before, info, actor)
             too_long = len(rows) > row.max_versions
-        merged, skipped = auto_merge(self.farm, vdisk, actor) if too_long else (None, None)
+        merged, skipped = self._merges.auto_merge(vdisk, actor) if too_long else (None, None)
         return PromoteResult(version=info, merged=merged, merge_skipped=skipped)
 
     def _seal(self, session: Session, vdisk: str, version: VdiskVersion, now: datetime) -> None:
         session.flush()
         try:
-            entry = store_versions.seal_top(self.farm.store, vdisk)
+            entry = store_versions.seal_top(self._store, vdisk)
         except QemuImgError as exc:
             raise Invalid(
                 f"version {version.number} of vDisk {vdisk} cannot be sealed: {exc}"
@@ -295,42 +301,28 @@ class VersionService:
         vDisk), Conflict (reopening a version devices booted or production is
         pinned to), Unavailable.
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             row = locked_vdisk(session, vdisk)
-            _versioned(row)
+            check_versioned(row)
             rows = version_rows(session, row.id)
             top, access = rules.reversion(states_of(rows), now, vdisk)
             if access == rules.MAINTENANCE:
-                self._check_unused(session, row, top.number, "opened for maintenance")
-                check_store_matches(self.farm, vdisk, rows)
-            before = _info_of(self.farm, session, row, top.number)
+                check_unused(session, row, top.number, "opened for maintenance")
+                check_store_matches(self._store, vdisk, rows)
+            before = self._info_of(session, row, top.number)
             version = row_of(rows, top.number)
             version.access, version.production_at = access, None
             if access == rules.MAINTENANCE:
                 version.size = version.sha256 = version.sealed_at = None
                 session.flush()
                 try:
-                    store_versions.unseal_top(self.farm.store, vdisk)
+                    store_versions.unseal_top(self._store, vdisk)
                 except StoreError as exc:
                     raise store_failure(vdisk, exc) from exc
-            info = _info_of(self.farm, session, row, top.number)
+            info = self._info_of(session, row, top.number)
             self._audit(session, "version.revert", _target(vdisk, top.number), before, info, actor)
             return info
-
-    def _check_unused(self, session: Session, vdisk: Vdisk, number: int, doing: str) -> None:
-        devices = booted_devices(session, vdisk.id).get(number)
-        if devices:
-            raise Conflict(
-                f"device(s) {', '.join(devices)} booted version {number} of vDisk "
-                f"{vdisk.name}; it cannot be {doing} until they disconnect"
-            )
-        if vdisk.override_version == number:
-            raise Conflict(
-                f"production devices of vDisk {vdisk.name} are pinned to version "
-                f"{number}; clear it first (vdfarm version override {vdisk.name} "
-                f"--clear)"
-            )
 
     def override(self, vdisk: str, number: int | None, actor: str | None = None) -> OverrideInfo:
         """Pin VDISK's production devices to version NUMBER (None: remove the pin).
@@ -342,9 +334,9 @@ class VersionService:
             not isinstance(number, int) or isinstance(number, bool) or number < 0
         ):
             raise Invalid(f"invalid version {number!r}: give a version number >= 0")
-        with self.farm.session() as session:
+        with self._session() as session:
             row = locked_vdisk(session, vdisk)
-            _versioned(row)
+            check_versioned(row)
             states = states_of(version_rows(session, row.id))
             if number is None and row.override_version is None:
                 raise Invalid(f"vDisk {vdisk} has no override to clear")
@@ -355,10 +347,9 @@ class VersionService:
                 )
             result = OverrideInfo(vdisk=vdisk, version=number, previous=row.override_version)
             row.override_version = number
-            audit.record(
+            self._audit_writer.record(
                 session,
-                actor=actor or self.farm.actor,
-                at=self.farm.now(),
+                actor=actor,
                 action="version.override",
                 target_type="vdisk",
                 target_name=vdisk,
@@ -374,8 +365,8 @@ class VersionService:
         maintenance device is connected, production is pinned to it),
         Unavailable.
         """
-        now = self.farm.now()
-        with self.farm.session() as session:
+        now = self._clock()
+        with self._session() as session:
             row = locked_vdisk(session, vdisk)
             rows = version_rows(session, row.id)
             top = rules.newest(states_of(rows))
@@ -385,24 +376,24 @@ class VersionService:
                 busy := maintenance_in_use(session, row, top.number, now)
             ):
                 raise Conflict(f"cannot delete version {top.number}: {busy}")
-            self._check_unused(session, row, top.number, "deleted")
-            check_store_matches(self.farm, vdisk, rows)
-            before = _info_of(self.farm, session, row, top.number)
+            check_unused(session, row, top.number, "deleted")
+            check_store_matches(self._store, vdisk, rows)
+            before = self._info_of(session, row, top.number)
             session.delete(row_of(rows, top.number))
             session.flush()
             try:
-                store_versions.drop_top(self.farm.store, vdisk)
+                store_versions.drop_top(self._store, vdisk)
             except StoreError as exc:
                 raise store_failure(vdisk, exc) from exc
             self._audit(session, "version.delete", _target(vdisk, top.number), before, None, actor)
             return before
 
     def merge(self, vdisk: str, new_base: bool = False, actor: str | None = None) -> MergeResult:
-        """Fold VDISK's chain (see `merges.merge`)."""
-        return merge(self.farm, vdisk, new_base=new_base, actor=actor)
+        """Fold VDISK's chain (see `MergeService.merge`)."""
+        return self._merges.merge(vdisk, new_base=new_base, actor=actor)
 
     def export(
         self, vdisk: str, out: str | Path, fmt: str, version: int | None = None
     ) -> ExportResult:
-        """Write a version flattened (see `merges.export`)."""
-        return export(self.farm, vdisk, Path(out), fmt, version)
+        """Write a version flattened (see `MergeService.export`)."""
+        return self._merges.export(vdisk, Path(out), fmt, version)

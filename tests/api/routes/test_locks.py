@@ -26,7 +26,7 @@ def test_list_and_release(admin, local, farm, populated):
     assert response.status_code == 200
     assert (response.json()["state"], response.json()["holder"]) == ("held", "pc1")
     assert local.get("/api/v1/locks").json()[0]["state"] == "free"
-    assert not farm.lock_is_current(farm.vdisks.show("w").id, grant.token)
+    assert not farm.locks.is_current(farm.vdisks.show("w").id, grant.token)
     entry = farm.audit.list(limit=1)[0]
     assert (entry.action, entry.actor, entry.target_name) == ("lock.release", OTHER_ACTOR, "w")
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vdfarm.api.deps import get_farm
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import ServiceError
-from vdfarm.service.login import LoginResult, ServerEndpoint, login
+from vdfarm.service.login import LoginResult, ServerEndpoint
 
 router = APIRouter(tags=["login"])
 
@@ -107,6 +107,6 @@ def login_device(
     """The server the device should stream from, and the ordered alternatives."""
     client_ip = body.client_ip if body.client_ip is not None else _peer_address(request)
     try:
-        return _response(login(farm, body.device, client_ip, reserve=body.reserve))
+        return _response(farm.logins.login(body.device, client_ip, reserve=body.reserve))
     except ServiceError as exc:
         raise HTTPException(status_code=exc.http_status, detail=exc.message) from exc

@@ -15,7 +15,6 @@ from fastapi import HTTPException
 
 from vdfarm.api.deps import ActorDep, FarmDep, make_router
 from vdfarm.api.schemas import VdiskExport, VdiskImport, VdiskPatch, VerifyReport
-from vdfarm.service.login import set_subnet_affinity
 from vdfarm.service.merges import ExportResult
 from vdfarm.service.vdisks import VdiskInfo
 
@@ -64,7 +63,7 @@ def change_vdisk(name: str, body: VdiskPatch, farm: FarmDep, actor: ActorDep) ->
             raise HTTPException(
                 status_code=422, detail=MIXED_PATCH.format(fields=", ".join(sorted(others)))
             )
-        set_subnet_affinity(farm, name, body.subnet_affinity, actor=actor)
+        farm.logins.set_subnet_affinity(name, body.subnet_affinity, actor=actor)
         return farm.vdisks.show(name)
     return farm.vdisks.set(name, **body.changes(), actor=actor)
 
