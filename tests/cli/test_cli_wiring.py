@@ -82,6 +82,11 @@ def test_server_run_calls_run_server(icli, monkeypatch):
     ]
 
 
+def test_server_run_exits_with_the_daemons_status(icli, monkeypatch):
+    monkeypatch.setattr(vdfarm.daemon.run, "run_server", lambda farm, options: 1)
+    assert icli("server", "run").exit_code == 1  # a task died: not a clean stop
+
+
 @pytest.mark.parametrize("advertise", ["", "two words", "x" * 256])
 def test_server_run_refuses_a_bad_advertise_before_starting(icli, monkeypatch, advertise):
     calls = []
