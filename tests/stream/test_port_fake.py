@@ -117,7 +117,7 @@ def test_a_move_order_answers_in_flight_requests_then_closes_without_grace(fake,
                 release_flush.wait(10)
                 real_flush()
 
-            session.stack.flush = slow_flush  # type: ignore[method-assign]
+            session.stack.flush = slow_flush
             flush_cookie = client.request(CMD_FLUSH, 0, 0)
             await asyncio.sleep(0.1)  # the flush is in flight
             fake.order_move("pc1", "s2")
@@ -242,7 +242,7 @@ def test_database_away_a_known_device_is_served_from_cache_and_records_are_recon
             fake.available = True
             registry.set_farm_reachable(True)
             loop = asyncio.get_running_loop()
-            reconciling = loop.create_task(reconcile_after_outage_forever(registry, 0.05))
+            reconciling = loop.create_task(reconcile_after_outage_forever(registry))
             try:
                 await eventually(lambda: not registry.dirty, "records reconciled")
             finally:

@@ -8,9 +8,10 @@ Rules:
   from any host. A database outage never stops streaming: the report is
   logged and tried again next time, with everything still unreported.
 - Session records skipped or failed while the database was away mark the
-  registry dirty; once the heartbeat finds the database again
-  (`SessionRegistry.set_farm_reachable(True)`), the next pass reconciles
-  them. A failed reconcile stays dirty and is tried again.
+  registry dirty; a heartbeat that finds the database again
+  (`SessionRegistry.set_farm_reachable(True)`) wakes the repair at once,
+  right after the beat. A failed reconcile stays dirty and is tried again
+  after the next beat.
 - The daemon runs both loops as named tasks; neither ever stops streaming.
 """
 
@@ -24,7 +25,6 @@ from vdfarm.stream.sessions import SessionRegistry
 log = logging.getLogger("vdfarm.stream")
 
 CACHE_USAGE_INTERVAL = 2.0
-RECONCILE_INTERVAL = 1.0
 
 
 def cache_usage(registry: SessionRegistry) -> dict[int, int]:
@@ -56,13 +56,12 @@ async def report_cache_usage_forever(
         reported = dict(now)
 
 
-async def reconcile_after_outage_forever(
-    registry: SessionRegistry, interval: float = RECONCILE_INTERVAL
-) -> None:
-    """Every INTERVAL seconds, once the database is reachable again, repair
-    the session records an outage cost (`SessionRegistry.reconcile`).
-    Raises nothing but CancelledError."""
+async def reconcile_after_outage_forever(registry: SessionRegistry) -> None:
+    """Whenever a heartbeat finds the database back while records are
+    missing (`SessionRegistry.reconcile_wanted`), repair them at once
+    (`SessionRegistry.reconcile`). Raises nothing but CancelledError."""
     while True:
-        await asyncio.sleep(interval)
+        await registry.reconcile_wanted.wait()
+        registry.reconcile_wanted.clear()
         if registry.dirty and registry.database_reachable:
             await registry.reconcile()

@@ -95,6 +95,7 @@ class SessionRegistry:
         self.known: dict[str, ExportTarget] = {}  # export name -> last resolved target
         self.dirty = False  # a session record failed: reconcile when the DB is back
         self.database_reachable = True  # as the last heartbeat found it
+        self.reconcile_wanted = asyncio.Event()  # dirty, and the database is back
 
     async def run_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking port call on the database thread; raises what it raises."""
@@ -281,8 +282,11 @@ class SessionRegistry:
     def set_farm_reachable(self, reached: bool) -> None:
         """What the last heartbeat found: while the database is away, known
         devices do not wait on it and records are skipped (the registry is
-        marked dirty, for `reconcile` once it is back)."""
+        marked dirty); a beat that reaches it while the registry is dirty
+        sets `reconcile_wanted`, so the repair follows the beat at once."""
         self.database_reachable = reached
+        if reached and self.dirty:
+            self.reconcile_wanted.set()
 
     async def reconcile(self) -> None:
         """Repair the farm's session records of this server after an outage
@@ -315,7 +319,9 @@ class SessionRegistry:
 
     async def _open(self, target: ExportTarget) -> DeviceSession:
         if target.writes_vdisk:
-            return await self._open_writable(target)
+            return await open_writable(
+                target, self.chains, self.farm, self.run_db, self.run_link, self.lease_seconds
+            )
         return self._open_standard(target)
 
     def _open_standard(self, target: ExportTarget) -> DeviceSession:
@@ -345,11 +351,6 @@ class SessionRegistry:
         the server's disk."""
         where = self.ram_cache_dir if target.write_cache_type == "server-ram" else self.cache_dir
         return where / f"device-{target.device_id}.wcache"
-
-    async def _open_writable(self, target: ExportTarget) -> DeviceSession:
-        return await open_writable(
-            target, self.chains, self.farm, self.run_db, self.run_link, self.lease_seconds
-        )
 
     async def _end(self, session: DeviceSession) -> None:
         target = session.target
