@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,3 +122,15 @@ def test_a_task_that_dies_stops_the_process_non_zero_naming_the_task(farm):
     last = log.rstrip().splitlines()[-1]
     assert "crasher" in last, last
     assert "vdfarm: stopped" not in log
+
+
+def test_a_task_that_cannot_start_stops_what_started_and_exits_1(farm):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = farm.cli("server", "run", "--nbd-port", str(port), "--no-api", check=False)
+    assert run.returncode == 1, run.stderr
+    assert "task nbd-listener failed to start" in run.stderr
+    assert set(task_lines(run.stderr, "stopped")) == set(task_lines(run.stderr, "started"))
+    assert "vdfarm: serving NBD" not in run.stdout

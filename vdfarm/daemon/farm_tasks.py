@@ -33,23 +33,28 @@ INVENTORY_EVERY = 10  # beats
 
 class RestApi(Task):
     """The REST API, served in this process's event loop. Start raises
-    OSError (cannot bind), RuntimeError (uvicorn stopped at start)."""
+    OSError (cannot bind), RuntimeError (uvicorn stopped at start),
+    TokenFileError (unusable api-token file)."""
 
     name = "api"
     stop_phase = API
 
     def __init__(self, parts: ServerParts) -> None:
         self.parts = parts
-        self.api = ApiServer(parts.farm, parts.api_host, parts.options.api_port or 0)
+        self.api: ApiServer | None = None
 
     async def start(self) -> None:
-        self.parts.api_port = await self.api.start()
+        parts = self.parts
+        self.api = ApiServer(parts.farm, parts.api_host, parts.options.api_port or 0)
+        parts.api_port = await self.api.start()
 
     async def run(self) -> None:
-        await self.api.wait()
+        if self.api is not None:
+            await self.api.wait()
 
     async def stop(self) -> None:
-        await self.api.stop()
+        if self.api is not None:
+            await self.api.stop()
 
 
 class Heartbeat(Task):
