@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-import vdfarm.stream.server
+import vdfarm.daemon.run
 from tests.cli.conftest import Cli, assert_one_line_error
 from vdfarm.farm import db
 
@@ -21,7 +21,7 @@ def runs(monkeypatch):
     def fake_run_server(farm, *_args, **_kwargs):
         calls.append((farm.data_dir, farm.db_url))
 
-    monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server)
+    monkeypatch.setattr(vdfarm.daemon.run, "run_server", fake_run_server)
     return calls
 
 

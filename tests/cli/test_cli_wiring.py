@@ -9,8 +9,8 @@ import types
 
 import pytest
 
+import vdfarm.daemon.run
 import vdfarm.image.sample
-import vdfarm.stream.server
 from tests.cli.conftest import assert_one_line_error
 from vdfarm.service.context import Farm
 
@@ -18,31 +18,20 @@ from vdfarm.service.context import Farm
 def fake_run_server(calls):
     """A run_server that records its arguments."""
 
-    def run_server(
-        farm,
-        host,
-        nbd_port,
-        grace_seconds,
-        lease_seconds,
-        *,
-        api_host,
-        api_port,
-        auto_rebalance_every,
-        advertise,
-    ):
+    def run_server(farm, options):
         calls.append(
             (
                 type(farm),
                 farm.data_dir,
                 farm.server_name,
-                host,
-                nbd_port,
-                grace_seconds,
-                lease_seconds,
-                api_host,
-                api_port,
-                auto_rebalance_every,
-                advertise,
+                options.host,
+                options.nbd_port,
+                options.grace_seconds,
+                options.lease_seconds,
+                options.api_host,
+                options.api_port,
+                options.auto_rebalance_every,
+                options.advertise,
             )
         )
 
@@ -51,7 +40,7 @@ def fake_run_server(calls):
 
 def test_server_run_calls_run_server(icli, monkeypatch):
     calls = []
-    monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server(calls))
+    monkeypatch.setattr(vdfarm.daemon.run, "run_server", fake_run_server(calls))
     icli.ok(
         "server",
         "run",
@@ -93,10 +82,15 @@ def test_server_run_calls_run_server(icli, monkeypatch):
     ]
 
 
+def test_server_run_exits_with_the_daemons_status(icli, monkeypatch):
+    monkeypatch.setattr(vdfarm.daemon.run, "run_server", lambda farm, options: 1)
+    assert icli("server", "run").exit_code == 1  # a task died: not a clean stop
+
+
 @pytest.mark.parametrize("advertise", ["", "two words", "x" * 256])
 def test_server_run_refuses_a_bad_advertise_before_starting(icli, monkeypatch, advertise):
     calls = []
-    monkeypatch.setattr(vdfarm.stream.server, "run_server", fake_run_server(calls))
+    monkeypatch.setattr(vdfarm.daemon.run, "run_server", fake_run_server(calls))
     before = icli.dump()
     assert_one_line_error(
         icli("server", "run", "--advertise", advertise), 1, "invalid advertised address"
@@ -134,11 +128,11 @@ def test_demo_calls_demo_run(cli, monkeypatch):
     assert calls == [str(cli.data_dir)]
 
 
-def test_cli_import_loads_no_stream_image_or_demo_code():
+def test_cli_import_loads_no_stream_daemon_image_or_demo_code():
     code = (
         "import sys, vdfarm.cli.main; "
         "print(sorted(m for m in sys.modules if m.startswith("
-        "('vdfarm.stream', 'vdfarm.image', 'vdfarm.demo'))))"
+        "('vdfarm.stream', 'vdfarm.daemon', 'vdfarm.image', 'vdfarm.demo'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

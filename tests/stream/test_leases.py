@@ -11,6 +11,7 @@ import pytest
 
 from tests.service.helpers import make_raw
 from tests.stream.rawclient import RawClient
+from vdfarm.daemon.farm_port import ServiceFarmPort
 from vdfarm.service.context import Farm
 from vdfarm.stream.server import StreamServer
 
@@ -31,7 +32,9 @@ def test_a_stuck_database_thread_never_delays_a_lease_renewal(tmp_path):
         return farm.locks.list()[0].lease_expires_at
 
     async def scenario():
-        server = StreamServer(farm, farm.cache_dir, grace_seconds=30, lease_seconds=1.5)
+        server = StreamServer(
+            ServiceFarmPort(farm), farm.cache_dir, grace_seconds=30, lease_seconds=1.5
+        )
         port = await server.start("127.0.0.1", 0)
         try:
             client = RawClient(port)

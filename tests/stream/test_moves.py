@@ -12,10 +12,10 @@ import pytest
 
 from tests.service.helpers import make_raw
 from tests.stream.rawclient import CMD_FLUSH, CMD_READ, RawClient
+from vdfarm.daemon.farm_port import ServiceFarmPort
 from vdfarm.service.context import Farm
-from vdfarm.service.login import ServerEndpoint
-from vdfarm.service.moves import MoveOrder
 from vdfarm.stream.moves import order_is_stale
+from vdfarm.stream.port import MoveOrder
 from vdfarm.stream.server import StreamServer
 
 ESHUTDOWN = 108
@@ -29,7 +29,7 @@ def db_kind() -> str:
 
 def test_order_is_stale():
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    order = MoveOrder(1, "pc1", ServerEndpoint("s2", "h", 1, 2), now - timedelta(seconds=31))
+    order = MoveOrder(1, "pc1", "s2", now - timedelta(seconds=31))
     assert order_is_stale(order, now, 30)
     assert not order_is_stale(order, now, 60)
     assert order_is_stale(MoveOrder(1, "pc1", order.to_server, None), now, 60)
@@ -43,7 +43,7 @@ def test_a_moved_device_is_closed_after_its_in_flight_flush(tmp_path):
     release_flush = threading.Event()
 
     async def scenario():
-        server = StreamServer(farm, farm.cache_dir, grace_seconds=30)
+        server = StreamServer(ServiceFarmPort(farm), farm.cache_dir, grace_seconds=30)
         port = await server.start("127.0.0.1", 0)
         try:
             client = RawClient(port)

@@ -12,14 +12,9 @@ Rules:
   real loopback peer gets the open reads. Put no reverse proxy on the same
   host in front of it, or every request looks local.
 
-In `vdfarm.stream.server.serve`, after the NBD server has started:
-
-    api = ApiServer(farm, host, api_port)
-    api_bound = await api.start()
-    await loop.run_in_executor(server.db_executor, farm.register_server, bound, api_bound)
-    ...
-    await stop.wait()
-    await api.stop()          # before server.stop()
+The server process runs it as its `api` task (vdfarm/daemon/farm_tasks.py):
+`start()` after the NBD listener, `wait()` as the task's life, `stop()`
+before the device sessions end.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`vdfarm server …`: run this server (the stream service), list the farm's
 servers, change a server's placement settings.
 
-Rules: flags, help and output only. `server run` imports the stream service
-lazily, so the other verbs never load asyncio machinery; it serves this
+Rules: flags, help and output only. `server run` hands the farm it opened
+to the daemon (vdfarm.daemon, imported lazily, so the other verbs never
+load asyncio machinery) and exits with the daemon's status; it serves this
 host's data directory, so it refuses --farm. `--advertise` is checked
 before anything starts.
 """
@@ -80,23 +81,26 @@ def run_cmd(
     api_host: str | None,
     no_api: bool,
     auto_rebalance_every: float,
-) -> None:
+) -> int:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
-    from vdfarm.stream.server import run_server
+    from vdfarm.daemon.parts import ServerOptions
+    from vdfarm.daemon.run import run_server
 
     farm = open_local_farm("server run")
     if advertise is not None:
         check_advertise(advertise)
-    run_server(
+    return run_server(
         farm,
-        host,
-        nbd_port,
-        grace_seconds,
-        lease_seconds,
-        api_host=api_host,
-        api_port=None if no_api else api_port,
-        auto_rebalance_every=auto_rebalance_every,
-        advertise=advertise,
+        ServerOptions(
+            host=host,
+            nbd_port=nbd_port,
+            grace_seconds=grace_seconds,
+            lease_seconds=lease_seconds,
+            api_host=api_host,
+            api_port=None if no_api else api_port,
+            auto_rebalance_every=auto_rebalance_every,
+            advertise=advertise,
+        ),
     )
 
 

@@ -8,6 +8,8 @@ Rules:
   while one runs, parsing stops and bytes just accumulate.
 - A request's failure is an NBD error reply, never a dropped connection; only
   a protocol violation (RemoteProtocolError) closes the connection.
+- A refused export answers with the NBD error the farm's error type maps to
+  (`_FARM_ERRORS_TO_REP`: the port's types, one table) and its one line.
 - Flushes run in a thread (fsync can be slow); other requests go on meanwhile,
   which NBD allows: a flush covers the writes answered before it was sent.
 - `leave` (a move order) closes the connection once the requests already
@@ -21,39 +23,60 @@ import asyncio
 import errno
 import logging
 import os
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
+from vdfarm.block.layer import Capabilities
 from vdfarm.block.raw import pread_exact
+from vdfarm.block.stack import CheckedStack
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.errors import RemoteProtocolError, errno_to_nbd
 from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
+from vdfarm.stream.device_session import DeviceSession
 from vdfarm.stream.flags import transmission_flags
+from vdfarm.stream.port import (
+    ExportRefused,
+    ExportTarget,
+    FarmError,
+    FarmUnavailable,
+    LockConflict,
+    UnknownExport,
+    VdiskView,
+)
+
+if TYPE_CHECKING:
+    from vdfarm.stream.server import StreamServer
 
 log = logging.getLogger("vdfarm.stream")
 
 VIEW_PREFIX = "vdisk/"  # export "vdisk/NAME": read-only view of a vDisk
 _WRITE_NOW = 64 * 1024  # a read reply this large is written without waiting for the batch
 _SENDFILE_MIN = 64 * 1024  # reads this large go out with sendfile(2) when they can
-_SERVICE_ERRORS_TO_REP = {
-    "NotFound": c.REP_ERR_UNKNOWN,
-    "Invalid": c.REP_ERR_UNKNOWN,
-    "Unavailable": c.REP_ERR_UNKNOWN,
-    "Conflict": c.REP_ERR_POLICY,
+_FARM_ERRORS_TO_REP: dict[type[Exception], int] = {
+    UnknownExport: c.REP_ERR_UNKNOWN,
+    ExportRefused: c.REP_ERR_UNKNOWN,
+    FarmUnavailable: c.REP_ERR_UNKNOWN,
+    LockConflict: c.REP_ERR_POLICY,
+    FarmError: c.REP_ERR_UNKNOWN,
 }
 
 
 class NBDConnection(asyncio.Protocol):
     """asyncio protocol for one client; `server` is the StreamServer."""
 
-    def __init__(self, server) -> None:
+    # Set by connection_made (transport) and by the export's acceptance
+    # (stack), before anything reads them.
+    transport: asyncio.Transport
+    stack: CheckedStack
+
+    def __init__(self, server: StreamServer) -> None:
         self.server = server
         self.registry = server.registry
         self.nbd = ServerConnection(max_payload=c.MAX_PAYLOAD)
-        self.transport: asyncio.Transport | None = None
         self._sock_fd = -1  # for sendfile(2) of big reads
-        self.session = None
-        self.view = None  # target of a read-only vDisk view, if that is what we serve
-        self.stack = None
+        self.session: DeviceSession | None = None
+        self.view: VdiskView | None = None  # set when a read-only vDisk view is served
         self.peer = "?"
         self.client_ip: str | None = None
         self._leaving: str | None = None  # why the connection is being closed
@@ -61,31 +84,31 @@ class NBDConnection(asyncio.Protocol):
         self._clean = False
         self._closed = False
         self._flushes_pending = 0
-        self._out: list = []  # replies of the current batch, written at once
+        self._out: list[Any] = []  # replies of the current batch, written at once
 
     # -- asyncio callbacks -------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         self._sock_fd = sock.fileno() if sock is not None else -1
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.client_ip = peer[0] if peer else None
         self.server.connections.add(self)
-        transport.write(self.nbd.start())
+        self.transport.write(self.nbd.start())
 
     def data_received(self, data: bytes) -> None:
         self.nbd.receive_data(data)
         if not self._busy:
             self._process()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         self.nbd.receive_data(b"")
         if not self._busy:
             self._process()
         return False
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.server.connections.discard(self)
         if self.session is not None:
@@ -96,11 +119,10 @@ class NBDConnection(asyncio.Protocol):
             self.view = None
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self._closed:
+        if not self._closed:
             self.transport.resume_reading()
 
     # -- event loop over the protocol machine ------------------------------
@@ -108,10 +130,11 @@ class NBDConnection(asyncio.Protocol):
         """Drain every complete event. Replies of one batch leave in one
         writelines (one writev), not one send per request."""
         nbd = self.nbd
+        next_event: Callable[[], Any] = nbd.next_event
         out = self._out
         try:
             while not self._closed:
-                ev = nbd.next_event()
+                ev = next_event()
                 if ev is NEED_DATA:
                     break
                 if type(ev) is Request:
@@ -152,12 +175,12 @@ class NBDConnection(asyncio.Protocol):
                 self.transport.writelines(out)
             out.clear()
 
-    def _start_task(self, coro) -> None:
+    def _start_task(self, coro: Coroutine[Any, Any, None]) -> None:
         self._busy = True
         task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         self._busy = False
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: handshake step failed: %r", self.peer, task.exception())
@@ -167,7 +190,7 @@ class NBDConnection(asyncio.Protocol):
             self._process()
 
     def _close(self) -> None:
-        if self.transport is not None and not self._closed:
+        if not self._closed:
             self.transport.close()
 
     def leave(self, reason: str) -> None:
@@ -230,13 +253,13 @@ class NBDConnection(asyncio.Protocol):
             self.view, self.stack = target, stack
         self.transport.write(self.nbd.accept_export(info))
 
-    def _capabilities_for(self, target):
+    def _capabilities_for(self, target: ExportTarget) -> Capabilities:
         session = self.registry.sessions.get(target.device_id)
         if session is not None:
             return session.stack.capabilities()
         return self.server.capabilities_for_mode(target.access_mode)
 
-    def _export_info(self, target, caps) -> ExportInfo:
+    def _export_info(self, target: ExportTarget | VdiskView, caps: Capabilities) -> ExportInfo:
         flags = transmission_flags(caps, self.nbd.structured_replies)
         return ExportInfo(
             size=target.size,
@@ -245,9 +268,9 @@ class NBDConnection(asyncio.Protocol):
         )
 
     def _reject(self, ev: ExportRequest, exc: Exception) -> None:
-        code = _SERVICE_ERRORS_TO_REP.get(type(exc).__name__)
+        code = _FARM_ERRORS_TO_REP.get(type(exc))
         if code is None:
-            if not isinstance(exc, OSError):
+            if not isinstance(exc, OSError | FarmError):
                 log.error("%s: export %r failed: %r", self.peer, ev.name, exc)
             code = c.REP_ERR_UNKNOWN
         message = str(exc) or type(exc).__name__
@@ -263,7 +286,7 @@ class NBDConnection(asyncio.Protocol):
         self.transport.write(self.nbd.send_export_list(entries))
 
     # -- transmission ------------------------------------------------------
-    def _request(self, req: Request, out: list) -> None:
+    def _request(self, req: Request, out: list[Any]) -> None:
         cmd = req.command
         nbd = self.nbd
         stack = self.stack
@@ -328,7 +351,7 @@ class NBDConnection(asyncio.Protocol):
             return
         out.append(nbd.reply_ok(req.cookie))
 
-    def _send_file_ranges(self, ranges, out: list) -> None:
+    def _send_file_ranges(self, ranges: list[tuple[int, int, int]], out: list[Any]) -> None:
         """Send `out` (ending with a read reply header), then the file ranges
         with sendfile(2): no copy through Python. Only while nothing is
         queued in the transport, so bytes stay in order; whatever the socket
@@ -361,7 +384,7 @@ class NBDConnection(asyncio.Protocol):
         fut = loop.run_in_executor(self.server.io_executor, self.stack.flush)
         self._flushes_pending += 1
 
-        def done(f) -> None:
+        def done(f: asyncio.Future[None]) -> None:
             self._flushes_pending -= 1
             if self._closed:
                 return

@@ -18,7 +18,8 @@ Rules:
   under the vDisk lock.
 - Each session is recorded in the farm (which version the device booted),
   so merges never delete a file a device still reads; a database outage
-  only costs the record, never the stream.
+  only costs the record, never the stream. The farm is reached only
+  through the port (vdfarm.stream.port); its errors are the port's types.
 - Database calls are blocking; they run on the `db_executor` thread, never on
   the event loop. Lease renewals (and the server's heartbeat) run on their
   own `link_executor` thread, so a slow session record or export lookup
@@ -28,7 +29,7 @@ Rules:
   connect (a standard-mode device from what was cached; a private or
   maintenance device only by rejoining its live session, since a lock cannot
   be taken without the database). While the heartbeat says the database is
-  away (`database_reachable`), known devices do not wait on it at all and
+  away (`set_farm_reachable(False)`), known devices do not wait on it at all and
   session records are not tried. Records that failed or were skipped mark
   the registry *dirty*; `reconcile` repairs them once the database is back.
 - A move order (rebalance) ends a session at once, without grace: its
@@ -42,79 +43,30 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 from vdfarm.block.cow import WriteCacheOverlay
-from vdfarm.block.fenced import FencedLayer
-from vdfarm.block.layer import Layer
 from vdfarm.block.readonly import ReadOnlyGuard
 from vdfarm.block.stack import CheckedStack
-from vdfarm.stream.chains import ChainCache, open_file
+from vdfarm.stream.chains import ChainCache
+from vdfarm.stream.device_session import DeviceSession, chain_of, end_writable, open_writable
+from vdfarm.stream.port import (
+    ExportTarget,
+    FarmPort,
+    FarmUnavailable,
+    LiveSession,
+    UnknownExport,
+    VdiskView,
+)
 
 log = logging.getLogger("vdfarm.stream")
 
 DEFAULT_LEASE_SECONDS = 30.0
 
-
-class FarmPort(Protocol):
-    """What the stream service needs from the farm (vdfarm.service.Farm)."""
-
-    def resolve_export(self, name_or_mac: str) -> Any: ...
-    def resolve_vdisk_view(self, vdisk_name: str) -> Any: ...
-    def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> Any: ...
-    def renew_lock(
-        self, vdisk_id: int, device_id: int, token: int, lease_seconds: float
-    ) -> bool: ...
-    def release_lock(self, vdisk_id: int, device_id: int, token: int) -> None: ...
-    def session_started(
-        self, device_id: int, vdisk_id: int, version: int, client_ip: str | None = None
-    ) -> None: ...
-    def session_ended(self, device_id: int) -> None: ...
-
-
-def chain_of(target) -> tuple[tuple[Path, ...], tuple[str, ...]]:
-    """(files, formats) of the version a target boots, base first."""
-    return tuple(Path(p) for p in target.chain), tuple(target.chain_formats)
-
-
-def is_writable(target) -> bool:
-    """Private vDisks and maintenance boots write to the vDisk itself."""
-    return target.access_mode == "private" or bool(target.writable)
-
-
-@dataclass
-class DeviceSession:
-    """One device's live streaming state in this server process."""
-
-    target: Any  # vdfarm.service ExportTarget
-    stack: CheckedStack
-    overlay: WriteCacheOverlay | None = None
-    private_file: Layer | None = None  # the writable top (private / maintenance)
-    lock_token: int | None = None
-    fenced: bool = False
-    cache_full_reported: bool = False
-    client_ip: str | None = None
-    moving_to: str | None = None  # name of the server a move order sends it to
-    connections: int = 0
-    grace_handle: asyncio.TimerHandle | None = None
-    renew_task: asyncio.Task | None = None
-    connections_set: set = field(default_factory=set)
-
-    @property
-    def device_name(self) -> str:
-        return self.target.device_name
-
-    def pinned_because(self) -> str | None:
-        """Why this session cannot move to another server without losing
-        state, or None if it can."""
-        if self.private_file is not None:
-            return f"it writes to vDisk {self.target.vdisk_name} itself ({self.target.access_mode})"
-        if self.overlay is not None and self.overlay.used_bytes:
-            return f"its write cache on this server holds {self.overlay.used_bytes} bytes"
-        return None
+T = TypeVar("T")
 
 
 class SessionRegistry:
@@ -139,36 +91,42 @@ class SessionRegistry:
         self.lease_seconds = lease_seconds
         self.sessions: dict[int, DeviceSession] = {}
         self.chains = ChainCache()
-        self._opening: dict[int, asyncio.Future] = {}
-        self.known: dict[str, Any] = {}  # export name -> last resolved target
+        self._opening: dict[int, asyncio.Future[None]] = {}
+        self.known: dict[str, ExportTarget] = {}  # export name -> last resolved target
         self.dirty = False  # a session record failed: reconcile when the DB is back
         self.database_reachable = True  # as the last heartbeat found it
+        self.reconcile_wanted = asyncio.Event()  # dirty, and the database is back
 
-    async def run_db(self, fn, *args):
+    async def run_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking port call on the database thread; raises what it raises."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.db_executor, fn, *args)
 
-    async def run_link(self, fn, *args):
+    async def run_link(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a liveness call (lease renewal, heartbeat) off the event loop,
-        on a thread no other database work queues on."""
+        on a thread no other database work queues on; raises what it raises."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.link_executor, fn, *args)
 
-    async def resolve(self, export_name: str):
-        """The device's export target; raises vdfarm.service errors. While
-        the database is unreachable, the target last resolved for this
-        export name (if any) stands in."""
+    async def resolve(self, export_name: str) -> ExportTarget:
+        """The device's export target. While the database is unreachable,
+        the target last resolved for this export name (if any) stands in.
+
+        Raises UnknownExport, ExportRefused, FarmUnavailable (database away
+        and the device unknown here).
+        """
         cached = self.known.get(export_name)
         if cached is not None and not self.database_reachable:
             log.warning("farm database away: device %s served from cache", cached.device_name)
             return cached
         try:
             target = await self.run_db(self.farm.resolve_export, export_name)
-        except Exception as exc:
+        except UnknownExport:
+            self.known.pop(export_name, None)
+            raise
+        except FarmUnavailable as exc:
             cached = self.known.get(export_name)
-            if type(exc).__name__ != "Unavailable" or cached is None:
-                if type(exc).__name__ == "NotFound":
-                    self.known.pop(export_name, None)
+            if cached is None:
                 raise
             log.warning(
                 "farm database unreachable (%s): device %s served from cache",
@@ -179,23 +137,29 @@ class SessionRegistry:
         self.known[export_name] = target
         return target
 
-    async def resolve_view(self, vdisk_name: str):
-        """The target of the read-only view of a vDisk; raises service errors."""
+    async def resolve_view(self, vdisk_name: str) -> VdiskView:
+        """The target of the read-only view of a vDisk.
+
+        Raises UnknownExport, FarmUnavailable.
+        """
         return await self.run_db(self.farm.resolve_vdisk_view, vdisk_name)
 
-    def open_view(self, target) -> CheckedStack:
+    def open_view(self, target: VdiskView) -> CheckedStack:
         """A read-only stack over the vDisk's shared chain (no session, no
-        lock: the view never writes). Pair with `close_view`."""
+        lock: the view never writes). Pair with `close_view`. Raises OSError
+        or ValueError from opening a file."""
         return CheckedStack(ReadOnlyGuard(self.chains.acquire(*chain_of(target))))
 
-    def close_view(self, target) -> None:
+    def close_view(self, target: VdiskView) -> None:
         self.chains.release(chain_of(target)[0])
 
-    async def attach(self, target, connection) -> DeviceSession:
+    async def attach(self, target: ExportTarget, connection: Any) -> DeviceSession:
         """Join (or create) the session of `target`'s device for `connection`.
 
-        Raises the farm's Conflict when a private vDisk is locked elsewhere,
-        OSError when the vDisk file cannot be opened.
+        Raises LockConflict when the vDisk is locked elsewhere (and the
+        other port errors of `acquire_lock`), OSError (EBUSY: the device is
+        still connected to another vDisk; or the vDisk file cannot be
+        opened), ValueError (a format we do not serve).
         """
         device_id = target.device_id
         while device_id in self._opening:  # another connection is opening it
@@ -240,7 +204,7 @@ class SessionRegistry:
         session.connections_set.add(connection)
         return session
 
-    def detach(self, session: DeviceSession, connection, clean: bool) -> None:
+    def detach(self, session: DeviceSession, connection: Any, clean: bool) -> None:
         """`connection` left. The last one to leave ends the session now
         (clean) or after the grace period (unclean)."""
         if connection not in session.connections_set:
@@ -276,34 +240,12 @@ class SessionRegistry:
         )
         asyncio.get_running_loop().create_task(
             self._record(
-                self.farm.sessions.cache_full,
+                self.farm.cache_full,
                 target.device_id,
                 session.overlay.used_bytes,
                 target.write_cache_limit_bytes,
             )
         )
-
-    async def report_cache_usage_forever(self, interval: float = 2.0) -> None:
-        """Every `interval` seconds, tell the farm how much write cache each
-        connected standard-mode device uses (only what changed), so
-        `vdfarm device show` can say it from any host."""
-        reported: dict[int, int] = {}
-        while True:
-            await asyncio.sleep(interval)
-            now = {
-                s.target.device_id: s.overlay.used_bytes
-                for s in self.sessions.values()
-                if s.overlay is not None
-            }
-            changed = {d: used for d, used in now.items() if reported.get(d) != used}
-            if not changed:
-                continue
-            try:
-                await self.run_db(self.farm.sessions.report_cache_usage, changed)
-            except Exception as exc:  # database away: try again next time
-                log.warning("could not report write-cache usage: %s", exc)
-                continue
-            reported = {d: now[d] for d in now}
 
     def move_out(self, device_id: int, to_server: str) -> str | None:
         """Carry out a move order: close the device's connections (each after
@@ -328,22 +270,30 @@ class SessionRegistry:
             asyncio.get_running_loop().create_task(self._end(session))
         return None
 
-    def live_sessions(self) -> dict[int, Any]:
+    def live_sessions(self) -> dict[int, LiveSession]:
         """{device_id: LiveSession} of every session this server serves
         (moving ones excluded: their record belongs to the move)."""
-        from vdfarm.service.sessions import LiveSession
-
         return {
             s.target.device_id: LiveSession(s.target.vdisk_id, s.target.version, s.client_ip)
             for s in self.sessions.values()
             if s.moving_to is None
         }
 
+    def set_farm_reachable(self, reached: bool) -> None:
+        """What the last heartbeat found: while the database is away, known
+        devices do not wait on it and records are skipped (the registry is
+        marked dirty); a beat that reaches it while the registry is dirty
+        sets `reconcile_wanted`, so the repair follows the beat at once."""
+        self.database_reachable = reached
+        if reached and self.dirty:
+            self.reconcile_wanted.set()
+
     async def reconcile(self) -> None:
-        """Repair the farm's session records of this server after an outage."""
+        """Repair the farm's session records of this server after an outage
+        (on failure the registry stays dirty). Raises nothing."""
         self.dirty = False
         try:
-            added, removed = await self.run_db(self.farm.sessions.reconcile, self.live_sessions())
+            added, removed = await self.run_db(self.farm.reconcile_sessions, self.live_sessions())
         except Exception as exc:
             self.dirty = True
             log.warning("could not reconcile session records: %s", exc)
@@ -357,7 +307,7 @@ class SessionRegistry:
             log.info("grace expired for device %s; session ended", session.device_name)
             asyncio.get_running_loop().create_task(self._end(session))
 
-    async def _record(self, fn, *args) -> None:
+    async def _record(self, fn: Callable[..., object], *args: Any) -> None:
         if not self.database_reachable:
             self.dirty = True
             return
@@ -367,12 +317,14 @@ class SessionRegistry:
             self.dirty = True
             log.warning("could not record session in the farm database: %s", exc)
 
-    async def _open(self, target) -> DeviceSession:
-        if is_writable(target):
-            return await self._open_writable(target)
+    async def _open(self, target: ExportTarget) -> DeviceSession:
+        if target.writes_vdisk:
+            return await open_writable(
+                target, self.chains, self.farm, self.run_db, self.run_link, self.lease_seconds
+            )
         return self._open_standard(target)
 
-    def _open_standard(self, target) -> DeviceSession:
+    def _open_standard(self, target: ExportTarget) -> DeviceSession:
         chain, formats = chain_of(target)
         base = self.chains.acquire(chain, formats)
         try:
@@ -391,7 +343,7 @@ class SessionRegistry:
         )
         return DeviceSession(target=target, stack=CheckedStack(overlay), overlay=overlay)
 
-    def cache_path(self, target) -> Path:
+    def cache_path(self, target: ExportTarget) -> Path:
         """Where a standard-mode device's write cache lives: `server-ram` in
         RAM (a tmpfs), every other type on the server's disk. The device-side
         types (device-ram, device-disk, device-ram-overflow) are the agent's
@@ -399,70 +351,6 @@ class SessionRegistry:
         the server's disk."""
         where = self.ram_cache_dir if target.write_cache_type == "server-ram" else self.cache_dir
         return where / f"device-{target.device_id}.wcache"
-
-    async def _open_writable(self, target) -> DeviceSession:
-        grant = await self.run_db(
-            self.farm.acquire_lock, target.vdisk_id, target.device_id, self.lease_seconds
-        )
-        try:
-            top = self._open_writable_top(target)
-        except BaseException:
-            await self.run_db(
-                self.farm.release_lock, target.vdisk_id, target.device_id, grant.token
-            )
-            raise
-        session = DeviceSession(
-            target=target,
-            stack=None,
-            private_file=top,  # type: ignore[arg-type]
-            lock_token=grant.token,
-        )
-        session.stack = CheckedStack(FencedLayer(top, lambda: session.fenced))
-        session.renew_task = asyncio.get_running_loop().create_task(self._renew_loop(session))
-        log.info(
-            "device %s: read/write (%s) on vDisk %s version %d, lock token %d",
-            target.device_name,
-            target.access_mode,
-            target.vdisk_name,
-            target.version,
-            grant.token,
-        )
-        return session
-
-    def _open_writable_top(self, target) -> Layer:
-        """The chain's top file read/write over its shared read-only lower part."""
-        chain, formats = chain_of(target)
-        lower = self.chains.acquire(chain[:-1], formats[:-1]) if len(chain) > 1 else None
-        try:
-            return open_file(chain[-1], formats[-1], lower, read_only=False)
-        except BaseException:
-            if lower is not None:
-                self.chains.release(chain[:-1])
-            raise
-
-    async def _renew_loop(self, session: DeviceSession) -> None:
-        target = session.target
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            try:
-                ok = await self.run_link(
-                    self.farm.renew_lock,
-                    target.vdisk_id,
-                    target.device_id,
-                    session.lock_token,
-                    self.lease_seconds,
-                )
-            except Exception as exc:  # database away: keep streaming, retry
-                log.warning("lock renewal for %s failed: %s", target.vdisk_name, exc)
-                continue
-            if not ok:
-                session.fenced = True
-                log.error(
-                    "device %s lost the lock on vDisk %s: writes now refused",
-                    target.device_name,
-                    target.vdisk_name,
-                )
-                return
 
     async def _end(self, session: DeviceSession) -> None:
         target = session.target
@@ -476,25 +364,7 @@ class SessionRegistry:
             session.overlay.close()
             self.chains.release(chain)
         if session.private_file is not None:
-            if session.renew_task is not None:
-                session.renew_task.cancel()
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, session.private_file.flush)
-            except OSError as exc:
-                log.error("final flush of %s failed: %s", target.vdisk_name, exc)
-            session.private_file.close()
-            if len(chain) > 1:
-                self.chains.release(chain[:-1])
-            if not session.fenced:
-                try:
-                    await self.run_db(
-                        self.farm.release_lock,
-                        target.vdisk_id,
-                        target.device_id,
-                        session.lock_token,
-                    )
-                except Exception as exc:  # the lease will expire by itself
-                    log.warning("lock release for %s failed: %s", target.vdisk_name, exc)
+            await end_writable(session, session.private_file, self.chains, self.farm, self.run_db)
         if session.moving_to is None:
             await self._record(self.farm.session_ended, target.device_id)
         log.info("device %s: session ended", target.device_name)

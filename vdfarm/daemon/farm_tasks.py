@@ -1,0 +1,128 @@
+"""The farm's tasks in the server process: the REST API, the heartbeat
+(with this server's registration) and the automatic rebalance.
+
+Rules:
+- The heartbeat task's start ends the sessions this server recorded before
+  it last stopped (none of them is connected any more) and registers the
+  server: its advertised address and the ports the listeners bound. Its
+  life is one beat a second (the store inventory rides on every tenth);
+  after each, the stream learns whether the database answered
+  (`SessionRegistry.set_farm_reachable`). A database outage never stops
+  streaming: it is logged once and tried again.
+- Liveness calls (beats) run on the stream's liveness thread, other farm
+  calls on its database thread, never on the event loop.
+- The automatic rebalance runs every `auto_rebalance_every` seconds when
+  asked for; the service makes sure one server of the farm runs it at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from vdfarm.api.server import ApiServer
+from vdfarm.daemon.parts import ServerParts, advertised_address
+from vdfarm.daemon.supervisor import API, Task
+from vdfarm.service import moves as service_moves
+
+log = logging.getLogger("vdfarm.daemon")
+
+HEARTBEAT_INTERVAL = 1.0
+INVENTORY_EVERY = 10  # beats
+
+
+class RestApi(Task):
+    """The REST API, served in this process's event loop. Start raises
+    OSError (cannot bind), RuntimeError (uvicorn stopped at start),
+    TokenFileError (unusable api-token file)."""
+
+    name = "api"
+    stop_phase = API
+
+    def __init__(self, parts: ServerParts) -> None:
+        self.parts = parts
+        self.api: ApiServer | None = None
+
+    async def start(self) -> None:
+        parts = self.parts
+        self.api = ApiServer(parts.farm, parts.api_host, parts.options.api_port or 0)
+        parts.api_port = await self.api.start()
+
+    async def run(self) -> None:
+        if self.api is not None:
+            await self.api.wait()
+
+    async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+
+
+class Heartbeat(Task):
+    """This server's presence in the farm: registration, then a beat a second."""
+
+    name = "heartbeat"
+
+    def __init__(self, parts: ServerParts, interval: float = HEARTBEAT_INTERVAL) -> None:
+        self.parts = parts
+        self.interval = interval
+
+    async def start(self) -> None:
+        parts, registry = self.parts, self.parts.stream.registry
+        if parts.nbd_port is None:
+            raise RuntimeError("the heartbeat starts after the NBD listener")
+        advertise = advertised_address(parts.options.host, parts.options.advertise)
+        await registry.run_db(parts.farm.sessions.end_all)
+        await registry.run_db(parts.farm.register_server, parts.nbd_port, parts.api_port, advertise)
+
+    async def run(self) -> None:
+        farm, registry = self.parts.farm, self.parts.stream.registry
+        beat = 0
+        failing = False
+        while True:
+            try:
+                await registry.run_link(farm.servers.heartbeat, beat % INVENTORY_EVERY == 0)
+                if failing:
+                    log.info("farm database reachable again: heartbeats resume")
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("heartbeat failed (streaming goes on): %s", exc)
+                failing = True
+            registry.set_farm_reachable(not failing)
+            beat += 1
+            await asyncio.sleep(self.interval)
+
+
+class AutoRebalance(Task):
+    """The farm's automatic rebalance, every `every` seconds."""
+
+    name = "auto-rebalance"
+
+    def __init__(self, parts: ServerParts, every: float) -> None:
+        self.parts = parts
+        self.every = every
+
+    async def run(self) -> None:
+        farm, registry = self.parts.farm, self.parts.stream.registry
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                result = await registry.run_db(service_moves.auto_rebalance, farm)
+            except Exception as exc:
+                log.warning("automatic rebalance failed: %s", exc)
+                continue
+            if result is not None and result.moves:
+                log.info("automatic rebalance ordered %d moves", len(result.moves))
+
+
+def rest_api(parts: ServerParts) -> Task | None:
+    return RestApi(parts) if parts.options.api_port is not None else None
+
+
+def heartbeat(parts: ServerParts) -> Task:
+    return Heartbeat(parts)
+
+
+def auto_rebalance(parts: ServerParts) -> Task | None:
+    every = parts.options.auto_rebalance_every
+    return AutoRebalance(parts, every) if every > 0 else None
