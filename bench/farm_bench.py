@@ -120,22 +120,22 @@ def run(kind: str, n_servers: int, n_devices: int) -> dict:
     clock = Clock()
     with servers_holding_w(kind, n_servers, clock) as (_, farms):
         for farm in farms:
-            farm.register_server(10809, 8080)
+            farm.servers.register(10809, 8080)
         clock.now += timedelta(seconds=10)  # the late ones are down now
         for farm in farms[:-2]:
             farm.servers.heartbeat()
         by_name = {f.server_name: f for f in farms}
         for n in range(n_devices):
             farms[0].devices.add(f"pc{n:04}", vdisk="w")
-        vdisk_id = farms[0].resolve_vdisk_view("w").vdisk_id
+        vdisk_id = farms[0].exports.view("w").vdisk_id
         times = []
         for n in range(n_devices):
             name = f"pc{n:04}"
             t0 = time.perf_counter()
             result = farms[0].logins.login(name)
             times.append(time.perf_counter() - t0)
-            device_id = farms[0].resolve_export(name).device_id
-            by_name[result.server.name].session_started(device_id, vdisk_id, result.version)
+            device_id = farms[0].exports.resolve(name).device_id
+            by_name[result.server.name].sessions.started(device_id, vdisk_id, result.version)
         # the late servers come up; the boot phase passes
         clock.now += timedelta(seconds=120)
         for farm in farms:
@@ -257,7 +257,7 @@ def client(
             body = answer.json()
             with CHOSEN_LOCK:
                 chosen[body["server"]["name"]] += 1
-            by_name[body["server"]["name"]].session_started(ids[name], vdisk_id, body["version"])
+            by_name[body["server"]["name"]].sessions.started(ids[name], vdisk_id, body["version"])
 
 
 def run_http(kind: str, n_servers: int, n_devices: int, n_processes: int, n_clients: int) -> dict:
@@ -268,7 +268,7 @@ def run_http(kind: str, n_servers: int, n_devices: int, n_processes: int, n_clie
         beater = threading.Thread(target=keep_beating, args=(farms[n_processes:], stop))
         try:
             for farm in farms[n_processes:]:
-                farm.register_server(10809, 8080)
+                farm.servers.register(10809, 8080)
             beater.start()
             ports = []
             for farm in farms[:n_processes]:
@@ -278,7 +278,7 @@ def run_http(kind: str, n_servers: int, n_devices: int, n_processes: int, n_clie
             names = [f"pc{n:04}" for n in range(n_devices)]
             for name in names:
                 farms[0].devices.add(name, vdisk="w")
-            vdisk_id = farms[0].resolve_vdisk_view("w").vdisk_id
+            vdisk_id = farms[0].exports.view("w").vdisk_id
             with farms[0].session() as session:
                 ids = dict(session.execute(select(Device.name, Device.id)).all())
             by_name = {f.server_name: f for f in farms}

@@ -163,7 +163,7 @@ def test_device_login(icli, image):
     icli.ok("vdisk", "import", "w", str(image))
     icli.ok("device", "add", "pc1", "--vdisk", "w", "--mac", "52:54:00:00:00:01")
     with Farm.open(icli.data_dir) as farm:
-        farm.register_server(10809, 8080)
+        farm.servers.register(10809, 8080)
     answer = icli.json("device", "login", "52:54:00:00:00:01", "--client-ip", "10.0.0.5")
     assert (answer["device"], answer["vdisk"], answer["version"]) == ("pc1", "w", 0)
     assert (answer["server"]["name"], answer["server"]["nbd_port"]) == ("srv1", 10809)

@@ -67,7 +67,7 @@ def test_device_login_asks_without_reserving(icli, image):
     icli.ok("vdisk", "import", "w", str(image))
     icli.ok("device", "add", "pc1", "--vdisk", "w")
     with Farm.open(icli.data_dir) as farm:
-        farm.register_server(10809, 8080)
+        farm.servers.register(10809, 8080)
     assert icli.json("device", "login", "pc1")["server"]["name"] == "srv1"
     with Farm.open(icli.data_dir) as farm, farm.session() as session:
         assert session.scalar(select(func.count()).select_from(LoginReservation)) == 0

@@ -10,8 +10,8 @@ def held_lock(icli, image):
     icli.ok("vdisk", "import", "w", str(image), "--mode", "private")
     icli.ok("device", "add", "pc1", "--vdisk", "w")
     with Farm.open(icli.data_dir) as farm:
-        target = farm.resolve_export("pc1")
-        return farm.acquire_lock(target.vdisk_id, target.device_id, 3600)
+        target = farm.exports.resolve("pc1")
+        return farm.locks.acquire(target.vdisk_id, target.device_id, 3600)
 
 
 def test_lock_list_states(icli, image):

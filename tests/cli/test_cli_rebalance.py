@@ -26,7 +26,7 @@ def two_servers(icli, image, tmp_path, devices=12):
     ):
         copy_vdisk(one, two)
         for device_id in add_devices(one, devices):
-            one.session_started(device_id, vdisk_id(one), 0)
+            one.sessions.started(device_id, vdisk_id(one), 0)
     ahead = FakeClock(datetime.now(UTC) + timedelta(days=1))
     with (
         Farm.open(icli.data_dir, clock=ahead) as one,

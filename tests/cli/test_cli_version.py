@@ -215,8 +215,8 @@ def template(tmp_path_factory):
     cli.ok("version", "promote", "m", "--to", "production")
     with Farm.open(base / "data") as farm:
         for device in ("pm", "po"):
-            target = farm.resolve_export(device)
-            farm.session_started(target.device_id, target.vdisk_id, target.version)
+            target = farm.exports.resolve(device)
+            farm.sessions.started(target.device_id, target.vdisk_id, target.version)
     new_written(cli, 2, "m")
     cli.ok("version", "promote", "m", "--to", "production")
     (base / "taken.raw").write_bytes(b"keep")

@@ -21,8 +21,8 @@ def last_actor(farm):
 
 
 def test_reads_answer_the_local_records(client, local, populated, clock):
-    resolve = populated.resolve_export("pc1")
-    populated.session_started(resolve.device_id, resolve.vdisk_id, 0)  # pc1 is connected
+    resolve = populated.exports.resolve("pc1")
+    populated.sessions.started(resolve.device_id, resolve.vdisk_id, 0)  # pc1 is connected
     populated.versions.new("w")
     populated.servers.record_inventory()
     clock.advance(1)
@@ -107,7 +107,7 @@ def test_server_lock_rebalance_login(client, local, populated):
     changed = client.settings.change(rebalance_trigger_pct=40)
     assert changed == local.settings.show() and changed.rebalance_trigger_pct == 40
     assert client.rebalance(apply=False).trigger_pct == 40.0  # the farm's setting
-    populated.register_server(10809, 8080)
+    populated.servers.register(10809, 8080)
     answer = client.login("pc1")
     assert answer.server.name == name and answer.server.nbd_port == 10809
     assert answer == local.login("pc1")

@@ -35,5 +35,5 @@ def test_rebalance_and_login(populated):
     local = LocalFarm(populated)
     result = local.rebalance(apply=True, trigger_pct=30, auto=False)
     assert (result.applied, result.trigger_pct, result.moves) == (True, 30.0, ())
-    populated.register_server(10809)
+    populated.servers.register(10809)
     assert local.login("aa:bb:cc:00:00:01").device == "pc1"

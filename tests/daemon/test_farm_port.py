@@ -88,7 +88,7 @@ def test_database_away_is_farm_unavailable_with_the_same_line(farm, monkeypatch)
     def away(*_args):
         raise Unavailable("farm database error: connection refused")
 
-    monkeypatch.setattr(farm, "resolve_export", away)
+    monkeypatch.setattr(farm.exports, "resolve", away)
     monkeypatch.setattr(farm.sessions, "reconcile", away)
     adapter = ServiceFarmPort(farm)
     for call in (lambda: adapter.resolve_export("pc1"), lambda: adapter.reconcile_sessions({})):

@@ -124,7 +124,7 @@ def flat_copy(path, out):
 def write_version(farm, pattern, device="pm"):
     """Write 64 KiB of PATTERN, at 64 KiB x version number, into the open
     version the maintenance DEVICE boots read/write; return its ExportTarget."""
-    target = farm.resolve_export(device)
+    target = farm.exports.resolve(device)
     assert target.writable and target.chain_formats[-1] == "qcow2"
     qemu_io_write(target.path, pattern, target.version * 65536, 65536)
     return target

@@ -57,12 +57,12 @@ def add_devices(farm: Farm, count: int, vdisk: str = "w", prefix: str = "pc") ->
     ids = []
     for n in range(count):
         farm.devices.add(f"{prefix}{n:03}", vdisk=vdisk)
-        ids.append(farm.resolve_export(f"{prefix}{n:03}").device_id)
+        ids.append(farm.exports.resolve(f"{prefix}{n:03}").device_id)
     return ids
 
 
 def vdisk_id(farm: Farm, vdisk: str = "w") -> int:
-    return farm.resolve_vdisk_view(vdisk).vdisk_id
+    return farm.exports.view(vdisk).vdisk_id
 
 
 @pytest.fixture(name="duo", params=["sqlite", "postgresql"])

@@ -120,14 +120,14 @@ def test_session_rolls_back_on_error(farm):
 
 
 def test_register_server(farm, clock):
-    info = farm.register_server(10809, 8080)
+    info = farm.servers.register(10809, 8080)
     assert (info.nbd_port, info.api_port, info.last_heartbeat) == (10809, 8080, clock.now)
     assert info.hostname == socket.gethostname()
     clock.advance(5)
     farm.servers.heartbeat()
     assert farm.servers.list()[0].last_heartbeat == clock.now
     with pytest.raises(Invalid):
-        farm.register_server(70000)
+        farm.servers.register(70000)
 
 
 def test_postgres_farm_remembers_its_url(tmp_path):

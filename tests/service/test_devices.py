@@ -149,7 +149,7 @@ def test_delete(farm, vdisk):
 
 def test_delete_refused_while_holding_a_lock(farm, vdisk, clock):
     dev = farm.devices.add("pc1", vdisk="w")
-    grant = farm.acquire_lock(vdisk.id, dev.id, 10)
+    grant = farm.locks.acquire(vdisk.id, dev.id, 10)
     before = dump(farm)
     with pytest.raises(Conflict, match="holds the lock of vDisk w"):
         farm.devices.delete("pc1")

@@ -34,7 +34,7 @@ def setup(farm, raw_image):
     ],
 )
 def test_resolve_by_name_or_mac(setup, export):
-    target = setup.resolve_export(export)
+    target = setup.exports.resolve(export)
     vdisk = setup.vdisks.show("w")
     assert (target.device_name, target.device_type) == ("pc1", "test")
     assert target.mac == "aa:bb:cc:dd:ee:01"
@@ -58,55 +58,55 @@ def test_resolve_by_name_or_mac(setup, export):
 
 def test_name_wins_over_mac(setup):
     setup.devices.add("aabbccddee01", vdisk="w")
-    assert setup.resolve_export("aabbccddee01").device_name == "aabbccddee01"
-    assert setup.resolve_export("aa:bb:cc:dd:ee:01").device_name == "pc1"
+    assert setup.exports.resolve("aabbccddee01").device_name == "aabbccddee01"
+    assert setup.exports.resolve("aa:bb:cc:dd:ee:01").device_name == "pc1"
 
 
 def test_no_limit_is_none(setup):
     setup.vdisks.set("w", cache_limit_mb=None)
-    assert setup.resolve_export("pc1").write_cache_limit_bytes is None
+    assert setup.exports.resolve("pc1").write_cache_limit_bytes is None
 
 
 def test_unknown_device(setup):
     with pytest.raises(NotFound) as info:
-        setup.resolve_export("ghost")
+        setup.exports.resolve("ghost")
     assert str(info.value) == "no device named ghost"
     with pytest.raises(NotFound):
-        setup.resolve_export("aa:bb:cc:dd:ee:99")
+        setup.exports.resolve("aa:bb:cc:dd:ee:99")
 
 
 def test_device_without_vdisk(setup):
     setup.devices.add("pc2")
     with pytest.raises(Invalid) as info:
-        setup.resolve_export("pc2")
+        setup.exports.resolve("pc2")
     assert str(info.value) == "device pc2 has no vDisk assigned"
 
 
 def test_vdisk_not_in_this_store(setup):
     setup.store.delete("w")
     with pytest.raises(Unavailable) as info:
-        setup.resolve_export("pc1")
+        setup.exports.resolve("pc1")
     assert str(info.value) == "vDisk w is not in this server's store"
 
 
 def test_vdisk_view(setup):
-    view = setup.resolve_vdisk_view("w")
+    view = setup.exports.view("w")
     assert (view.vdisk_name, view.access_mode, view.size) == ("w", "private", 1 << 20)
     assert view.path == setup.store.path_of("w")
     assert view.vdisk_id == setup.vdisks.show("w").id
     assert (view.version, view.chain, view.chain_formats) == (0, (view.path,), ("raw",))
     with pytest.raises(NotFound, match="no vDisk named nope"):
-        setup.resolve_vdisk_view("nope")
+        setup.exports.view("nope")
     setup.store.delete("w")
     with pytest.raises(Unavailable, match="not in this server's store"):
-        setup.resolve_vdisk_view("w")
+        setup.exports.view("w")
 
 
 def test_list_exports(setup, raw_image):
     setup.vdisks.import_image("std", raw_image)
     setup.devices.add("b-pc", vdisk="std")
     setup.devices.add("a-none")
-    assert setup.list_exports() == [
+    assert setup.exports.list() == [
         ("b-pc", "vDisk std (standard)"),
         ("pc1", "vDisk w (private)"),
     ]
@@ -116,10 +116,10 @@ def test_standard_devices_get_read_only_chains(setup, raw_image):
     setup.vdisks.import_image("std", raw_image)
     setup.devices.add("m1", vdisk="std", device_type="maintenance")
     setup.devices.add("p1", vdisk="std")
-    assert setup.resolve_export("m1").writable is False  # nothing open: boots like test
+    assert setup.exports.resolve("m1").writable is False  # nothing open: boots like test
     setup.versions.new("std")
-    maintenance, production = setup.resolve_export("m1"), setup.resolve_export("p1")
+    maintenance, production = setup.exports.resolve("m1"), setup.exports.resolve("p1")
     assert (maintenance.version, maintenance.writable, len(maintenance.chain)) == (1, True, 2)
     assert (production.version, production.writable, len(production.chain)) == (0, False, 1)
-    view = setup.resolve_vdisk_view("std")
+    view = setup.exports.view("std")
     assert (view.version, view.path) == (0, production.path)

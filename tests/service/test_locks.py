@@ -37,7 +37,7 @@ def setup(tmp_path, clock, db_url, raw_image):
 
 def test_acquire_free_lock(setup, clock):
     farm, v, pc1, _ = setup
-    grant = farm.acquire_lock(v, pc1, 30)
+    grant = farm.locks.acquire(v, pc1, 30)
     assert grant.token == 1
     assert grant.expires_at == clock.now + timedelta(seconds=30)
     assert farm.locks.is_current(v, 1)
@@ -48,9 +48,9 @@ def test_acquire_free_lock(setup, clock):
 
 def test_held_lock_refuses_another_device(setup, clock):
     farm, v, pc1, pc2 = setup
-    grant = farm.acquire_lock(v, pc1, 30)
+    grant = farm.locks.acquire(v, pc1, 30)
     with pytest.raises(Conflict) as info:
-        farm.acquire_lock(v, pc2, 30)
+        farm.locks.acquire(v, pc2, 30)
     assert str(info.value) == (
         f"vDisk w is locked by device pc1 on server srv until {grant.expires_at.isoformat()}"
     )
@@ -60,55 +60,55 @@ def test_held_lock_refuses_another_device(setup, clock):
 
 def test_renew_extends_the_lease(setup, clock):
     farm, v, pc1, pc2 = setup
-    grant = farm.acquire_lock(v, pc1, 10)
+    grant = farm.locks.acquire(v, pc1, 10)
     clock.advance(8)
-    assert farm.renew_lock(v, pc1, grant.token, 10) is True
+    assert farm.locks.renew(v, pc1, grant.token, 10) is True
     clock.advance(8)
     with pytest.raises(Conflict):
-        farm.acquire_lock(v, pc2, 10)
+        farm.locks.acquire(v, pc2, 10)
     assert farm.locks.list()[0].lease_expires_at == clock.now + timedelta(seconds=2)
 
 
 def test_expiry_then_steal_fences_the_old_holder(setup, clock):
     farm, v, pc1, pc2 = setup
-    old = farm.acquire_lock(v, pc1, 10)
+    old = farm.locks.acquire(v, pc1, 10)
     clock.advance(10.001)
     assert farm.locks.list()[0].state == "expired"
     assert farm.locks.is_current(v, old.token)  # nobody took it yet
-    new = farm.acquire_lock(v, pc2, 10)
+    new = farm.locks.acquire(v, pc2, 10)
     assert new.token == old.token + 1
     assert not farm.locks.is_current(v, old.token)
     assert farm.locks.is_current(v, new.token)
-    assert farm.renew_lock(v, pc1, old.token, 10) is False
-    farm.release_lock(v, pc1, old.token)  # stale: changes nothing
+    assert farm.locks.renew(v, pc1, old.token, 10) is False
+    farm.locks.release(v, pc1, old.token)  # stale: changes nothing
     [info] = farm.locks.list()
     assert (info.holder, info.state, info.fencing_token) == ("pc2", "held", new.token)
 
 
 def test_same_device_reacquire_grows_token(setup):
     farm, v, pc1, _ = setup
-    tokens = [farm.acquire_lock(v, pc1, 10).token for _ in range(3)]
+    tokens = [farm.locks.acquire(v, pc1, 10).token for _ in range(3)]
     assert tokens == [1, 2, 3]
     assert not farm.locks.is_current(v, 2) and farm.locks.is_current(v, 3)
 
 
 def test_release_then_token_keeps_growing(setup):
     farm, v, pc1, pc2 = setup
-    first = farm.acquire_lock(v, pc1, 10)
-    farm.release_lock(v, pc1, first.token)
+    first = farm.locks.acquire(v, pc1, 10)
+    farm.locks.release(v, pc1, first.token)
     [info] = farm.locks.list()
     assert (info.state, info.holder, info.fencing_token) == ("free", None, 1)
     assert not farm.locks.is_current(v, first.token)
-    assert farm.renew_lock(v, pc1, first.token, 10) is False
-    assert farm.acquire_lock(v, pc2, 10).token == 2
+    assert farm.locks.renew(v, pc1, first.token, 10) is False
+    assert farm.locks.acquire(v, pc2, 10).token == 2
 
 
 def test_renew_by_wrong_device_or_token(setup):
     farm, v, pc1, pc2 = setup
-    grant = farm.acquire_lock(v, pc1, 10)
-    assert farm.renew_lock(v, pc2, grant.token, 10) is False
-    assert farm.renew_lock(v, pc1, grant.token + 1, 10) is False
-    farm.release_lock(v, pc2, grant.token)
+    grant = farm.locks.acquire(v, pc1, 10)
+    assert farm.locks.renew(v, pc2, grant.token, 10) is False
+    assert farm.locks.renew(v, pc1, grant.token + 1, 10) is False
+    farm.locks.release(v, pc2, grant.token)
     assert farm.locks.is_current(v, grant.token)
 
 
@@ -116,26 +116,26 @@ def test_bad_arguments(setup):
     farm, v, pc1, _ = setup
     for lease in (0, -1, float("nan"), float("inf"), "10", True):
         with pytest.raises(Invalid):
-            farm.acquire_lock(v, pc1, lease)
+            farm.locks.acquire(v, pc1, lease)
     with pytest.raises(NotFound, match="no vDisk with id"):
-        farm.acquire_lock(9999, pc1, 10)
+        farm.locks.acquire(9999, pc1, 10)
     with pytest.raises(NotFound, match="no device with id"):
-        farm.acquire_lock(v, 9999, 10)
+        farm.locks.acquire(v, 9999, 10)
     assert farm.locks.is_current(9999, 1) is False
     assert farm.locks.list()[0].fencing_token == 0
 
 
 def test_admin_release_fences_and_is_audited(setup):
     farm, v, pc1, pc2 = setup
-    grant = farm.acquire_lock(v, pc1, 60)
+    grant = farm.locks.acquire(v, pc1, 60)
     before = farm.locks.release_by_admin("w", actor="cli:admin")
     assert (before.state, before.holder) == ("held", "pc1")
     assert not farm.locks.is_current(v, grant.token)
-    assert farm.renew_lock(v, pc1, grant.token, 60) is False
+    assert farm.locks.renew(v, pc1, grant.token, 60) is False
     entry = farm.audit.list()[-1]
     assert (entry.action, entry.actor, entry.target_name) == ("lock.release", "cli:admin", "w")
     assert entry.before["holder"] == "pc1" and entry.after["state"] == "free"
-    assert farm.acquire_lock(v, pc2, 60).token == grant.token + 1
+    assert farm.locks.acquire(v, pc2, 60).token == grant.token + 1
 
 
 def test_admin_release_of_free_lock_and_unknown_vdisk(setup):
@@ -157,7 +157,7 @@ def test_racing_acquires_have_exactly_one_winner(setup, tmp_path, db_url, raw_im
     def contend(i):
         barrier.wait()
         try:
-            outcomes[i] = farms[i].acquire_lock(v, device_ids[i], 60)
+            outcomes[i] = farms[i].locks.acquire(v, device_ids[i], 60)
         except Conflict as exc:
             outcomes[i] = exc
 
@@ -177,34 +177,34 @@ def test_racing_acquires_have_exactly_one_winner(setup, tmp_path, db_url, raw_im
 def test_the_same_device_on_another_server_waits_for_the_lease(duo, clock):
     a, b = duo["a"], duo["b"]
     a.devices.add("solo", vdisk="w")
-    target = a.resolve_export("solo")
-    grant = a.acquire_lock(target.vdisk_id, target.device_id, 30)
+    target = a.exports.resolve("solo")
+    grant = a.locks.acquire(target.vdisk_id, target.device_id, 30)
     with pytest.raises(Conflict, match="locked by device solo on server a"):
-        b.acquire_lock(target.vdisk_id, target.device_id, 30)
-    assert a.acquire_lock(target.vdisk_id, target.device_id, 30).token == grant.token + 1
+        b.locks.acquire(target.vdisk_id, target.device_id, 30)
+    assert a.locks.acquire(target.vdisk_id, target.device_id, 30).token == grant.token + 1
     clock.advance(31)  # a went quiet: its lease ran out, the lock is free...
     assert [i.state for i in b.locks.list()] == ["expired"]
     # ... but a's copy holds the writes: b may not take it on its own.
     before = dump(a)
     with pytest.raises(Conflict, match="written on server a .down.*vdfarm lock home w b"):
-        b.acquire_lock(target.vdisk_id, target.device_id, 30)
+        b.locks.acquire(target.vdisk_id, target.device_id, 30)
     assert dump(a) == before
     moved = b.locks.move_home("w", "b")  # the admin accepts b's copy
     assert (moved.home, moved.state) == ("b", "expired")
     assert audit_actions(a)[-1] == "lock.home"
-    taken = b.acquire_lock(target.vdisk_id, target.device_id, 30)
+    taken = b.locks.acquire(target.vdisk_id, target.device_id, 30)
     assert taken.token == grant.token + 2
-    assert a.renew_lock(target.vdisk_id, target.device_id, grant.token + 1, 30) is False
+    assert a.locks.renew(target.vdisk_id, target.device_id, grant.token + 1, 30) is False
     clock.advance(31)
     with pytest.raises(Conflict, match="written on server b"):
-        a.acquire_lock(target.vdisk_id, target.device_id, 30)  # the old home came back
+        a.locks.acquire(target.vdisk_id, target.device_id, 30)  # the old home came back
 
 
 def test_moving_the_home_refusals(duo, clock):
     a, b = duo["a"], duo["b"]
     a.devices.add("solo", vdisk="w")
-    target = a.resolve_export("solo")
-    a.acquire_lock(target.vdisk_id, target.device_id, 30)
+    target = a.exports.resolve("solo")
+    a.locks.acquire(target.vdisk_id, target.device_id, 30)
     before = dump(a)
     with pytest.raises(Conflict, match="locked by device solo on server a.*release it first"):
         b.locks.move_home("w", "b")

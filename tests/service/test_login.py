@@ -25,7 +25,7 @@ from vdfarm.service.moves import pending_moves, rebalance
 def connect(farm, device_ids, version=0):
     vid = vdisk_id(farm)
     for device_id in device_ids:
-        farm.session_started(device_id, vid, version)
+        farm.sessions.started(device_id, vid, version)
 
 
 def chosen(result):
@@ -159,7 +159,7 @@ def test_logins_at_once_spread_and_respect_max_booting(duo, clock):
     assert sorted(sent) == ["a"] * 4 + ["b"] * 4  # alternately the less busy one
     with pytest.raises(Unavailable, match="maximum of booting devices"):
         login(b, "pc008")  # both at their limit with devices on their way
-    connect(a, [a.resolve_export("pc000").device_id])  # one arrives: no double count
+    connect(a, [a.exports.resolve("pc000").device_id])  # one arrives: no double count
     assert reservations(a)["pc001"] in ("a", "b") and "pc000" not in reservations(a)
     with pytest.raises(Unavailable, match="maximum of booting devices"):
         login(b, "pc008")
@@ -212,7 +212,7 @@ def test_a_pending_move_sends_the_device_to_its_new_server(moving):
         assert chosen(login(farm, staying)) == ["a", "b"]  # 5 others on a, 8 on b (+1)
     assert without_reservations(dump_db(a.engine)) == before  # login wrote reservations only
     assert reservations(a) == {moved: "b", staying: "a"}
-    b.session_started(a.resolve_export(moved).device_id, vdisk_id(b), 0)  # it reconnected
+    b.sessions.started(a.exports.resolve(moved).device_id, vdisk_id(b), 0)  # it reconnected
     assert chosen(login(a, moved)) == ["a", "b"]  # no order left: the least busy again
 
 
@@ -246,10 +246,10 @@ def test_a_private_vdisk_streams_only_from_its_home(duo, clock, tmp_path):
     a.devices.add("solo", vdisk="p")
     connect(a, add_devices(a, 3))  # a is the busier server
     assert chosen(login(a, "solo"))[0] == "b"  # no home yet: least busy
-    target = a.resolve_export("solo")
-    grant = b.acquire_lock(target.vdisk_id, target.device_id, 30)  # b wrote it: its home
+    target = a.exports.resolve("solo")
+    grant = b.locks.acquire(target.vdisk_id, target.device_id, 30)  # b wrote it: its home
     assert a.locks.list()[0].home == "b"
-    b.release_lock(target.vdisk_id, target.device_id, grant.token)
+    b.locks.release(target.vdisk_id, target.device_id, grant.token)
     a.locks.move_home("p", "a")  # the admin: a's copy is the current one
     assert chosen(login(b, "solo")) == ["a"]  # only the home; no alternatives
     clock.advance(10)

@@ -36,13 +36,13 @@ def vfarm(farm, tmp_path):
 
 
 def connect(farm, device):
-    target = farm.resolve_export(device)
-    farm.session_started(target.device_id, target.vdisk_id, target.version)
+    target = farm.exports.resolve(device)
+    farm.sessions.started(target.device_id, target.vdisk_id, target.version)
     return target
 
 
 def disconnect(farm, device):
-    farm.session_ended(farm.devices.show(device).id)
+    farm.sessions.ended(farm.devices.show(device).id)
 
 
 def assert_sound(farm):
@@ -59,7 +59,7 @@ def test_merge_updates_keeps_content_and_waits_for_readers(vfarm, tmp_path, cloc
     result = vfarm.versions.merge("w")
     assert (result.kept, result.base, result.removed, result.new_base) == (3, 0, (1, 2), False)
     assert result.retained == ("v1.qcow2", "v2.qcow2") and result.deleted == ()
-    after = vfarm.resolve_export("pp")
+    after = vfarm.exports.resolve("pp")
     assert after.version == 3 and [p.name for p in after.chain] == ["base.raw", "v3.qcow2"]
     assert qemu_img.compare(after.path, flat_before)
     assert [v.number for v in vfarm.versions.list("w")] == [0, 3]
@@ -74,12 +74,12 @@ def test_merge_updates_keeps_content_and_waits_for_readers(vfarm, tmp_path, cloc
 
 def test_merge_new_base(vfarm, tmp_path, clock):
     connect(vfarm, "pt")
-    flat_before = flat_copy(vfarm.resolve_export("pp").path, tmp_path / "before.raw")
+    flat_before = flat_copy(vfarm.exports.resolve("pp").path, tmp_path / "before.raw")
     old_sha = vfarm.vdisks.show("w").sha256
     clock.advance(1)
     result = vfarm.versions.merge("w", new_base=True)
     assert (result.kept, result.base, result.removed) == (3, 3, (0, 1, 2))
-    target = vfarm.resolve_export("pp")
+    target = vfarm.exports.resolve("pp")
     assert target.chain == (vfarm.store.root / "w" / "v3.qcow2",)
     assert target.chain_formats == ("qcow2",)
     assert qemu_img.compare(target.path, flat_before)
@@ -118,7 +118,7 @@ def test_a_session_on_the_base_does_not_hold_merged_deltas(vfarm, clock):
 def test_merge_keeps_test_and_maintenance_versions_above(vfarm, tmp_path):
     new_sealed_version(vfarm, 0x44, to="test")
     vfarm.versions.new("w")
-    test_flat = flat_copy(vfarm.resolve_export("pt").path, tmp_path / "t.raw")
+    test_flat = flat_copy(vfarm.exports.resolve("pt").path, tmp_path / "t.raw")
     result = vfarm.versions.merge("w")
     assert (result.kept, result.removed) == (3, (1, 2))
     assert [(v.number, v.access) for v in vfarm.versions.list("w")] == [
@@ -127,8 +127,8 @@ def test_merge_keeps_test_and_maintenance_versions_above(vfarm, tmp_path):
         (4, "test"),
         (5, "maintenance"),
     ]
-    assert qemu_img.compare(vfarm.resolve_export("pt").path, test_flat)
-    assert vfarm.resolve_export("pm").writable
+    assert qemu_img.compare(vfarm.exports.resolve("pt").path, test_flat)
+    assert vfarm.exports.resolve("pm").writable
     assert_sound(vfarm)
 
 
@@ -234,8 +234,8 @@ def test_export_defaults_to_what_production_boots(vfarm, tmp_path):
 )
 def test_export_refusals_change_nothing(vfarm, tmp_path, args, error, text):
     vfarm.versions.new("w")
-    target = vfarm.resolve_export("pm")
-    vfarm.acquire_lock(target.vdisk_id, target.device_id, 30)
+    target = vfarm.exports.resolve("pm")
+    vfarm.locks.acquire(target.vdisk_id, target.device_id, 30)
     (tmp_path / "taken.raw").write_bytes(b"keep")
     name, out, fmt, *version = args
     listing = sorted(p.name for p in tmp_path.iterdir())

@@ -24,7 +24,7 @@ def lopsided(duo, clock):
     ids = add_devices(a, 12)
     vid = vdisk_id(a)
     for device_id in ids:
-        a.session_started(device_id, vid, 0)
+        a.sessions.started(device_id, vid, 0)
     clock.advance(61)
     beat(a, b)
     return a, b, ids
@@ -54,7 +54,7 @@ def test_applied_run_orders_moves_the_stream_carries_out(lopsided, clock):
     assert audit_actions(a).count("device.move") == 5
     assert rebalance(a, apply=True).moves == ()  # ordered moves count on their target
     first = orders[0]
-    b.session_started(first.device_id, vdisk_id(b), 0)  # the device reconnected to b
+    b.sessions.started(first.device_id, vdisk_id(b), 0)  # the device reconnected to b
     assert first.device_id not in [o.device_id for o in pending_moves(a)]
     second = orders[1]
     assert cancel_move(a, second.device_id) is True
@@ -74,7 +74,7 @@ def test_auto_mode_guards(lopsided, clock):
     assert rebalance(a, apply=False, auto=True).moves != ()
     vid = vdisk_id(a)
     for device_id in ids[:3]:  # 3 of 12 devices on a (re)booting: more than 20 %
-        a.session_started(device_id, vid, 0)
+        a.sessions.started(device_id, vid, 0)
     result = rebalance(a, apply=True, auto=True)
     assert result.moves == () and "of server a are booting" in result.skipped
     assert pending_moves(a) == []
@@ -108,7 +108,7 @@ def test_booting_devices_move_in_a_manual_run_only(lopsided):
     vid = vdisk_id(a)
     rebooted = set(ids[:2])  # 2 of 12 on a (re)booting: the auto guard lets it run
     for device_id in rebooted:
-        a.session_started(device_id, vid, 0)
+        a.sessions.started(device_id, vid, 0)
     auto = rebalance(a, apply=False, auto=True)
     assert auto.moves and rebooted.isdisjoint(m.device_id for m in auto.moves)
     manual = rebalance(a, apply=False)

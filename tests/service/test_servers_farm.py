@@ -42,7 +42,7 @@ def test_up_until_the_heartbeat_is_older_than_the_timeout(duo, clock):
 
 def test_register_makes_a_server_up_with_its_ports(duo, clock):
     clock.advance(60)
-    info = duo["a"].register_server(10809, 8080)
+    info = duo["a"].servers.register(10809, 8080)
     assert info.up and info.last_heartbeat == clock.now
     listed = by_name(duo["b"])
     assert listed["a"].up and (listed["a"].nbd_port, listed["a"].api_port) == (10809, 8080)
@@ -51,14 +51,14 @@ def test_register_makes_a_server_up_with_its_ports(duo, clock):
 
 def test_register_stores_the_advertised_address(duo):
     a, b = duo["a"], duo["b"]
-    assert a.register_server(10809, 8080, "10.1.2.3").hostname == "10.1.2.3"
+    assert a.servers.register(10809, 8080, "10.1.2.3").hostname == "10.1.2.3"
     assert by_name(b)["a"].hostname == "10.1.2.3"
-    b.register_server(10810, None, "pxe-b.example")
+    b.servers.register(10810, None, "pxe-b.example")
     add_devices(a, 1)
     answer = login(a, "pc000")
     hosts = {s.name: s.host for s in [answer.server, *answer.alternatives]}
     assert hosts == {"a": "10.1.2.3", "b": "pxe-b.example"}
-    a.register_server(10809, 8080)  # no address given: the host name, as before
+    a.servers.register(10809, 8080)  # no address given: the host name, as before
     assert by_name(b)["a"].hostname == socket.gethostname()
 
 
@@ -76,14 +76,14 @@ def test_register_stores_the_advertised_address(duo):
 )
 def test_register_refuses_a_bad_address_and_changes_nothing(duo, clock, advertise):
     a = duo["a"]
-    a.register_server(10809, 8080, "10.1.2.3")
+    a.servers.register(10809, 8080, "10.1.2.3")
     clock.advance(1)
     before = dump_db(a.engine)
     with pytest.raises(Invalid, match="invalid advertised address") as caught:
-        a.register_server(10811, 8081, advertise)
+        a.servers.register(10811, 8081, advertise)
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
     assert dump_db(a.engine) == before
-    assert a.register_server(10809, 8080, "x" * 255).hostname == "x" * 255
+    assert a.servers.register(10809, 8080, "x" * 255).hostname == "x" * 255
 
 
 @pytest.mark.parametrize(
@@ -107,10 +107,10 @@ def test_connected_and_booting_counts(duo, clock):
     a, b = duo["a"], duo["b"]
     d1, d2, d3 = add_devices(a, 3)
     vid = vdisk_id(a)
-    a.session_started(d1, vid, 0)
-    a.session_started(d2, vid, 0)
+    a.sessions.started(d1, vid, 0)
+    a.sessions.started(d2, vid, 0)
     clock.advance(40)
-    b.session_started(d3, vid, 0)
+    b.sessions.started(d3, vid, 0)
     servers = by_name(a)
     assert (servers["a"].connected, servers["a"].booting) == (2, 2)
     assert (servers["b"].connected, servers["b"].booting) == (1, 1)

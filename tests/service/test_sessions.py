@@ -22,13 +22,13 @@ def sfarm(farm, tmp_path):
 
 
 def ids(farm, device="pc1"):
-    target = farm.resolve_export(device)
+    target = farm.exports.resolve(device)
     return target.device_id, target.vdisk_id
 
 
 def test_start_list_seen_end(sfarm, clock):
     device_id, vdisk_id = ids(sfarm)
-    sfarm.session_started(device_id, vdisk_id, 0)
+    sfarm.sessions.started(device_id, vdisk_id, 0)
     [info] = sfarm.sessions.list()
     assert (info.device, info.server, info.vdisk, info.version) == (
         "pc1",
@@ -42,24 +42,24 @@ def test_start_list_seen_end(sfarm, clock):
     [info] = sfarm.sessions.list()
     assert info.last_seen == clock.now and info.connected_at < info.last_seen
     assert sfarm.versions.list("w")[0].devices == ("pc1",)
-    sfarm.session_ended(device_id)
+    sfarm.sessions.ended(device_id)
     assert sfarm.sessions.list() == []
     assert sfarm.sessions.seen(device_id) is False
-    sfarm.session_ended(device_id)  # no-op
+    sfarm.sessions.ended(device_id)  # no-op
 
 
 def test_a_reconnect_replaces_the_old_session(sfarm, clock):
     device_id, vdisk_id = ids(sfarm)
-    sfarm.session_started(device_id, vdisk_id, 0)
+    sfarm.sessions.started(device_id, vdisk_id, 0)
     clock.advance(3)
-    sfarm.session_started(device_id, vdisk_id, 0)
+    sfarm.sessions.started(device_id, vdisk_id, 0)
     [info] = sfarm.sessions.list()
     assert info.connected_at == clock.now
 
 
 def test_end_leaves_another_servers_session_alone(sfarm, clock):
     device_id, vdisk_id = ids(sfarm)
-    sfarm.session_started(device_id, vdisk_id, 0)
+    sfarm.sessions.started(device_id, vdisk_id, 0)
     with sfarm.session() as session:  # the device moved to server srv2 meanwhile
         other = Server(
             uuid="0" * 36,
@@ -77,7 +77,7 @@ def test_end_leaves_another_servers_session_alone(sfarm, clock):
             .execution_options(synchronize_session=False)
         )
     before = dump(sfarm)
-    sfarm.session_ended(device_id)
+    sfarm.sessions.ended(device_id)
     assert sfarm.sessions.seen(device_id) is False
     assert dump(sfarm) == before
 
@@ -95,13 +95,13 @@ def test_start_refusals_change_nothing(sfarm, args, text):
     given = (args[0] or device_id, args[1] or vdisk_id, args[2])
     before = dump(sfarm)
     with pytest.raises(NotFound, match=text):
-        sfarm.session_started(*given)
+        sfarm.sessions.started(*given)
     assert dump(sfarm) == before
 
 
 def test_deleting_a_device_or_vdisk_drops_its_sessions(sfarm):
     for device in ("pc1", "pc2"):
-        sfarm.session_started(*ids(sfarm, device), 0)
+        sfarm.sessions.started(*ids(sfarm, device), 0)
     sfarm.devices.delete("pc1")
     assert [s.device for s in sfarm.sessions.list()] == ["pc2"]
     sfarm.devices.assign("pc2", None)
@@ -127,7 +127,7 @@ def test_may_read(clock, retired_version, reader_version, reader_offset, expecte
 
 def test_end_all_forgets_this_servers_sessions(sfarm):
     for device in ("pc1", "pc2"):
-        sfarm.session_started(*ids(sfarm, device), 0)
+        sfarm.sessions.started(*ids(sfarm, device), 0)
     assert sfarm.sessions.end_all() == 2
     assert sfarm.sessions.list() == []
     assert sfarm.sessions.end_all() == 0
@@ -135,7 +135,7 @@ def test_end_all_forgets_this_servers_sessions(sfarm):
 
 def test_start_records_the_client_address(sfarm):
     device_id, vdisk_id = ids(sfarm)
-    sfarm.session_started(device_id, vdisk_id, 0, "10.1.2.3")
+    sfarm.sessions.started(device_id, vdisk_id, 0, "10.1.2.3")
     with sfarm.session() as session:
         assert session.get(DeviceSession, 1).client_ip == "10.1.2.3"
 
@@ -169,7 +169,7 @@ def test_reconcile_makes_this_servers_rows_match_what_it_serves(sfarm, clock):
     sfarm.devices.add("pc3", vdisk="w")
     pc3, _ = ids(sfarm, "pc3")
     me = sfarm.server_id
-    sfarm.session_started(pc1, w, 0)  # recorded, then dropped while the DB was away
+    sfarm.sessions.started(pc1, w, 0)  # recorded, then dropped while the DB was away
     elsewhere = other_server(sfarm, clock)
     with sfarm.session() as session:  # pc3 connected to srv2 later
         session.add(
@@ -194,6 +194,6 @@ def test_reconcile_makes_this_servers_rows_match_what_it_serves(sfarm, clock):
 
 def test_reconcile_with_nothing_live_ends_this_servers_sessions(sfarm, clock):
     for device in ("pc1", "pc2"):
-        sfarm.session_started(*ids(sfarm, device), 0)
+        sfarm.sessions.started(*ids(sfarm, device), 0)
     assert sfarm.sessions.reconcile({}) == (0, 2)
     assert rows(sfarm) == []

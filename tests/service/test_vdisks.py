@@ -159,7 +159,7 @@ def test_mode_change_refused_while_locked(farm, raw_image):
     farm.vdisks.import_image("w", raw_image)
     dev = farm.devices.add("pc1", vdisk="w")
     vdisk_id = farm.vdisks.show("w").id
-    farm.acquire_lock(vdisk_id, dev.id, 30)
+    farm.locks.acquire(vdisk_id, dev.id, 30)
     with pytest.raises(Conflict, match="locked by device pc1"):
         farm.vdisks.set("w", mode="private")
     assert farm.vdisks.set("w", description="ok").description == "ok"
@@ -188,7 +188,7 @@ def test_delete_refused_while_assigned(farm, raw_image):
 def test_delete_refused_while_locked_allowed_after_expiry(farm, raw_image, clock):
     farm.vdisks.import_image("w", raw_image)
     dev = farm.devices.add("pc1", vdisk="w")
-    farm.acquire_lock(farm.vdisks.show("w").id, dev.id, 10)
+    farm.locks.acquire(farm.vdisks.show("w").id, dev.id, 10)
     farm.devices.assign("pc1", None)
     before = dump(farm)
     with pytest.raises(Conflict, match="is locked by device pc1"):

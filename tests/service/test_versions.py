@@ -39,7 +39,7 @@ def booted(farm):
     return {
         name: (t.version, t.writable)
         for name in ("pp", "pt", "pm")
-        if (t := farm.resolve_export(name))
+        if (t := farm.exports.resolve(name))
     }
 
 
@@ -60,7 +60,7 @@ def test_import_makes_version_0_the_base(vfarm):
     )
     assert base.sha256 == vfarm.vdisks.show("w").sha256
     assert base.boots == ("production", "test", "maintenance") and base.devices == ()
-    target = vfarm.resolve_export("pp")
+    target = vfarm.exports.resolve("pp")
     assert target.chain == (vfarm.store.root / "w" / "base.raw",) == (target.path,)
     assert target.chain_formats == ("raw",) and target.version == 0
     assert booted(vfarm) == {"pp": (0, False), "pt": (0, False), "pm": (0, False)}
@@ -78,7 +78,7 @@ def test_new_opens_a_writable_delta_for_maintenance_only(vfarm, clock):
     assert info.sha256 is None and info.size > 0 and info.created_at == clock.now
     assert info.boots == ("maintenance",)
     assert booted(vfarm) == {"pp": (0, False), "pt": (0, False), "pm": (1, True)}
-    target = vfarm.resolve_export("pm")
+    target = vfarm.exports.resolve("pm")
     directory = vfarm.store.root / "w"
     assert target.chain == (directory / "base.raw", directory / "v1.qcow2")
     assert target.chain_formats == ("raw", "qcow2") and target.path == target.chain[-1]
@@ -127,10 +127,10 @@ def test_promote_to_production_at_a_later_time_is_pending(vfarm, clock):
 
 
 def test_running_devices_keep_the_version_they_booted(vfarm, clock):
-    pp = vfarm.resolve_export("pp")
-    vfarm.session_started(pp.device_id, pp.vdisk_id, pp.version)
+    pp = vfarm.exports.resolve("pp")
+    vfarm.sessions.started(pp.device_id, pp.vdisk_id, pp.version)
     new_sealed_version(vfarm, 0x11)
-    assert vfarm.resolve_export("pp").version == 1
+    assert vfarm.exports.resolve("pp").version == 1
     [v0, v1] = vfarm.versions.list("w")
     assert (v0.devices, v1.devices) == (("pp",), ())
     assert v1.boots == ("production", "test", "maintenance")
@@ -191,13 +191,13 @@ def test_version_numbers_grow_after_a_delete(vfarm):
 
 
 def _session(farm, device):
-    target = farm.resolve_export(device)
-    farm.session_started(target.device_id, target.vdisk_id, target.version)
+    target = farm.exports.resolve(device)
+    farm.sessions.started(target.device_id, target.vdisk_id, target.version)
 
 
 def _lock(farm, device):
-    target = farm.resolve_export(device)
-    farm.acquire_lock(target.vdisk_id, target.device_id, 30)
+    target = farm.exports.resolve(device)
+    farm.locks.acquire(target.vdisk_id, target.device_id, 30)
 
 
 REFUSALS = [
@@ -301,7 +301,7 @@ def test_a_store_that_lost_a_version_is_unavailable(vfarm):
     write_manifest(vfarm.store.root / "w", replace(manifest, files=manifest.files[:1]))
     before = dump(vfarm)
     with pytest.raises(Unavailable, match="version 1 of vDisk w is not in this server's store"):
-        vfarm.resolve_export("pp")
+        vfarm.exports.resolve("pp")
     with pytest.raises(Unavailable):
         vfarm.versions.new("w")
     assert dump(vfarm) == before

@@ -74,10 +74,10 @@ def maintained(farm, raw_image):
 
 def test_export_targets_carry_the_answer(maintained, tmp_path):
     farm = maintained
-    m1 = farm.resolve_export("m1")
+    m1 = farm.exports.resolve("m1")
     assert (m1.writes_vdisk, m1.writable) == (False, False)  # nothing open: boots as test
     farm.versions.new("w")
-    answers = {n: farm.resolve_export(n) for n in ("p1", "t1", "m1")}
+    answers = {n: farm.exports.resolve(n) for n in ("p1", "t1", "m1")}
     assert {n: (t.writes_vdisk, t.writable) for n, t in answers.items()} == {
         "p1": (False, False),
         "t1": (False, False),
@@ -85,7 +85,7 @@ def test_export_targets_carry_the_answer(maintained, tmp_path):
     }
     farm.vdisks.import_image("solo", make_raw(tmp_path / "solo.raw"), mode=PRIV)
     farm.devices.add("pc", vdisk="solo")
-    assert farm.resolve_export("pc").writes_vdisk is True
+    assert farm.exports.resolve("pc").writes_vdisk is True
 
 
 def _pinned(farm):
@@ -97,12 +97,12 @@ def _pinned(farm):
 
 def test_rebalance_pins_only_devices_that_write(maintained):
     farm = maintained
-    vid = farm.resolve_export("m1").vdisk_id
+    vid = farm.exports.resolve("m1").vdisk_id
     for name in ("p1", "t1", "m1"):
-        target = farm.resolve_export(name)
-        farm.session_started(target.device_id, vid, target.version)
+        target = farm.exports.resolve(name)
+        farm.sessions.started(target.device_id, vid, target.version)
     assert _pinned(farm) == {"p1": False, "t1": False, "m1": False}
     farm.versions.new("w")
-    target = farm.resolve_export("m1")
-    farm.session_started(target.device_id, vid, target.version)
+    target = farm.exports.resolve("m1")
+    farm.sessions.started(target.device_id, vid, target.version)
     assert _pinned(farm) == {"p1": False, "t1": False, "m1": True}

@@ -235,7 +235,7 @@ def test_a_device_with_data_in_its_write_cache_is_never_moved(cluster):
     [stays] = sorted(set(DEVICES[1:4]) - moved)
     assert clients[stays].call(CMD_WRITE, 0, 512, data=b"x" * 512)[0] == 0
     with Farm.open(s1.data_dir, s1.db_url) as farm, farm.session() as session:
-        device_id = farm.resolve_export(stays).device_id
+        device_id = farm.exports.resolve(stays).device_id
         s2_id = session.scalar(select(Server.id).where(Server.name == "s2"))
         session.execute(
             update(DeviceSession)

@@ -39,7 +39,7 @@ def test_a_moved_device_is_closed_after_its_in_flight_flush(tmp_path):
     farm = Farm.init(tmp_path / "d", server_name="s1")
     farm.vdisks.import_image("w", make_raw(tmp_path / "w.raw"))
     farm.devices.add("pc1", vdisk="w")
-    device_id = farm.resolve_export("pc1").device_id
+    device_id = farm.exports.resolve("pc1").device_id
     release_flush = threading.Event()
 
     async def scenario():

@@ -17,7 +17,6 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 
 from vdfarm.service import errors as service_errors
-from vdfarm.service import moves as service_moves
 from vdfarm.service.context import Farm
 from vdfarm.service.exports import ExportTarget as ServiceExportTarget
 from vdfarm.service.sessions import LiveSession as ServiceLiveSession
@@ -59,8 +58,7 @@ def export_target(target: ServiceExportTarget) -> port.ExportTarget:
         size=target.size,
         write_cache_type=target.write_cache_type,
         write_cache_limit_bytes=target.write_cache_limit_bytes,
-        # The service's own `writes_vdisk` replaces this once it has one.
-        writes_vdisk=target.access_mode == "private" or bool(target.writable),
+        writes_vdisk=target.writes_vdisk,
     )
 
 
@@ -76,11 +74,11 @@ class ServiceFarmPort:
 
     def resolve_export(self, name_or_mac: str) -> port.ExportTarget:
         with _translated():
-            return export_target(self.farm.resolve_export(name_or_mac))
+            return export_target(self.farm.exports.resolve(name_or_mac))
 
     def resolve_vdisk_view(self, vdisk_name: str) -> port.VdiskView:
         with _translated():
-            view = self.farm.resolve_vdisk_view(vdisk_name)
+            view = self.farm.exports.view(vdisk_name)
         return port.VdiskView(
             vdisk_id=view.vdisk_id,
             vdisk_name=view.vdisk_name,
@@ -93,30 +91,30 @@ class ServiceFarmPort:
 
     def list_exports(self) -> list[tuple[str, str]]:
         with _translated():
-            return self.farm.list_exports()
+            return self.farm.exports.list()
 
     def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> port.LockGrant:
         with _translated():
-            grant = self.farm.acquire_lock(vdisk_id, device_id, lease_seconds)
+            grant = self.farm.locks.acquire(vdisk_id, device_id, lease_seconds)
         return port.LockGrant(token=grant.token, expires_at=grant.expires_at)
 
     def renew_lock(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool:
         with _translated():
-            return self.farm.renew_lock(vdisk_id, device_id, token, lease_seconds)
+            return self.farm.locks.renew(vdisk_id, device_id, token, lease_seconds)
 
     def release_lock(self, vdisk_id: int, device_id: int, token: int) -> None:
         with _translated():
-            self.farm.release_lock(vdisk_id, device_id, token)
+            self.farm.locks.release(vdisk_id, device_id, token)
 
     def session_started(
         self, device_id: int, vdisk_id: int, version: int, client_ip: str | None
     ) -> None:
         with _translated():
-            self.farm.session_started(device_id, vdisk_id, version, client_ip)
+            self.farm.sessions.started(device_id, vdisk_id, version, client_ip)
 
     def session_ended(self, device_id: int) -> None:
         with _translated():
-            self.farm.session_ended(device_id)
+            self.farm.sessions.ended(device_id)
 
     def cache_full(self, device_id: int, used_bytes: int, limit_bytes: int | None) -> None:
         with _translated():
@@ -136,7 +134,7 @@ class ServiceFarmPort:
 
     def pending_moves(self) -> list[port.MoveOrder]:
         with _translated():
-            orders = service_moves.pending_moves(self.farm)
+            orders = self.farm.moves.pending_moves()
         return [
             port.MoveOrder(o.device_id, o.device_name, o.to_server.name, o.requested_at)
             for o in orders
@@ -144,4 +142,4 @@ class ServiceFarmPort:
 
     def cancel_move(self, device_id: int) -> bool:
         with _translated():
-            return service_moves.cancel_move(self.farm, device_id)
+            return self.farm.moves.cancel_move(device_id)

@@ -72,7 +72,9 @@ class Heartbeat(Task):
             raise RuntimeError("the heartbeat starts after the NBD listener")
         advertise = advertised_address(parts.options.host, parts.options.advertise)
         await registry.run_db(parts.farm.sessions.end_all)
-        await registry.run_db(parts.farm.register_server, parts.nbd_port, parts.api_port, advertise)
+        await registry.run_db(
+            parts.farm.servers.register, parts.nbd_port, parts.api_port, advertise
+        )
 
     async def run(self) -> None:
         farm, registry = self.parts.farm, self.parts.stream.registry

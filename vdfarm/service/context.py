@@ -33,7 +33,7 @@ from vdfarm.service.audit import AuditService, AuditWriter
 from vdfarm.service.deps import Clock, Database, ThisServer, first_line
 from vdfarm.service.devices import DeviceService
 from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
-from vdfarm.service.exports import ExportService, ExportTarget, VdiskView
+from vdfarm.service.exports import ExportService
 from vdfarm.service.identity import (
     ServerIdentity,
     ensure_registered,
@@ -41,11 +41,11 @@ from vdfarm.service.identity import (
     read_identity,
     write_identity,
 )
-from vdfarm.service.locks import LockGrant, LockService
+from vdfarm.service.locks import LockService
 from vdfarm.service.login import LoginService
 from vdfarm.service.merges import MergeService
 from vdfarm.service.moves import MoveService
-from vdfarm.service.servers import ServerInfo, ServerService
+from vdfarm.service.servers import ServerService
 from vdfarm.service.sessions import SessionService
 from vdfarm.service.settings import SettingsService
 from vdfarm.service.vdisks import VdiskService
@@ -271,58 +271,3 @@ class Farm:
         constraint the caller did not check first), or what the block raises.
         """
         return self.database.session()
-
-    # -- the stream server's calls, kept as they were: each is one call of
-    # -- a service (farm.exports, farm.locks, farm.sessions, farm.servers) -----
-
-    def resolve_export(self, name_or_mac: str) -> ExportTarget:
-        """What to serve to the device called NAME_OR_MAC (a name or a MAC).
-
-        Raises NotFound, Invalid (no vDisk assigned), Unavailable.
-        """
-        return self.exports.resolve(name_or_mac)
-
-    def resolve_vdisk_view(self, vdisk_name: str) -> VdiskView:
-        """The read-only view of a vDisk (export `vdisk/NAME`). Raises NotFound, Unavailable."""
-        return self.exports.view(vdisk_name)
-
-    def list_exports(self) -> list[tuple[str, str]]:
-        """(device name, description) of every device with a vDisk. Raises Unavailable."""
-        return self.exports.list()
-
-    def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> LockGrant:
-        """Take the lock of a vDisk for a device (see LockService.acquire).
-
-        Raises Conflict, NotFound, Invalid, Unavailable.
-        """
-        return self.locks.acquire(vdisk_id, device_id, lease_seconds)
-
-    def renew_lock(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool:
-        """Extend a held lease; False if TOKEN is no longer the holder's.
-
-        Raises Invalid, Unavailable.
-        """
-        return self.locks.renew(vdisk_id, device_id, token, lease_seconds)
-
-    def release_lock(self, vdisk_id: int, device_id: int, token: int) -> None:
-        """Give up a lock (no-op if TOKEN is stale). Raises Unavailable."""
-        self.locks.release(vdisk_id, device_id, token)
-
-    def session_started(
-        self, device_id: int, vdisk_id: int, version: int, client_ip: str | None = None
-    ) -> None:
-        """Record that a device booted VERSION of a vDisk from this server,
-        from CLIENT_IP (replaces its older session). Raises NotFound, Unavailable."""
-        self.sessions.started(device_id, vdisk_id, version, client_ip)
-
-    def session_ended(self, device_id: int) -> None:
-        """Forget this server's session of a device (no-op if none) and delete
-        retired files no one reads any more. Raises Unavailable."""
-        self.sessions.ended(device_id)
-
-    def register_server(
-        self, nbd_port: int, api_port: int | None = None, advertise: str | None = None
-    ) -> ServerInfo:
-        """Record this server's advertised address (None: the host name),
-        ports, version and heartbeat. Raises Invalid, NotFound, Unavailable."""
-        return self.servers.register(nbd_port, api_port, advertise)

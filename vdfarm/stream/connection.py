@@ -24,7 +24,8 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from concurrent.futures import Executor
+from typing import Any, Protocol, cast
 
 from vdfarm.block.layer import Capabilities
 from vdfarm.block.raw import pread_exact
@@ -44,9 +45,7 @@ from vdfarm.stream.port import (
     UnknownExport,
     VdiskView,
 )
-
-if TYPE_CHECKING:
-    from vdfarm.stream.server import StreamServer
+from vdfarm.stream.sessions import SessionRegistry
 
 log = logging.getLogger("vdfarm.stream")
 
@@ -62,6 +61,24 @@ _FARM_ERRORS_TO_REP: dict[type[Exception], int] = {
 }
 
 
+class ConnectionOwner(Protocol):
+    """What a connection needs of the listener that made it (the
+    StreamServer), so this module need not import it."""
+
+    @property
+    def registry(self) -> SessionRegistry: ...
+
+    @property
+    def connections(self) -> set[NBDConnection]: ...
+
+    @property
+    def io_executor(self) -> Executor: ...
+
+    def capabilities_for_mode(self, mode: str) -> Capabilities: ...
+
+    def list_exports(self) -> list[tuple[str, str]]: ...
+
+
 class NBDConnection(asyncio.Protocol):
     """asyncio protocol for one client; `server` is the StreamServer."""
 
@@ -70,7 +87,7 @@ class NBDConnection(asyncio.Protocol):
     transport: asyncio.Transport
     stack: CheckedStack
 
-    def __init__(self, server: StreamServer) -> None:
+    def __init__(self, server: ConnectionOwner) -> None:
         self.server = server
         self.registry = server.registry
         self.nbd = ServerConnection(max_payload=c.MAX_PAYLOAD)
@@ -309,7 +326,9 @@ class NBDConnection(asyncio.Protocol):
                     out.clear()
                 return
             if cmd == c.CMD_WRITE:
-                stack.pwrite(req.offset, req.data, bool(req.flags & c.CMD_FLAG_FUA))
+                # A WRITE event always carries its payload (vdfarm.nbd.events); no
+                # check on the hot path for what the machine guarantees.
+                stack.pwrite(req.offset, req.data, bool(req.flags & c.CMD_FLAG_FUA))  # type: ignore[arg-type]
             elif cmd == c.CMD_FLUSH:
                 self._flush(req.cookie)
                 return

@@ -7,8 +7,8 @@ from tests.api.conftest import OTHER_ACTOR, error_of, unchanged
 
 
 def hold(farm, vdisk="w", device="pc1"):
-    target = farm.resolve_export(device)
-    return farm.acquire_lock(target.vdisk_id, target.device_id, 30)
+    target = farm.exports.resolve(device)
+    return farm.locks.acquire(target.vdisk_id, target.device_id, 30)
 
 
 def test_list_and_release(admin, local, farm, populated):

@@ -21,7 +21,7 @@ def served(farm, tmp_path):
     farm.vdisks.import_image("w", make_raw(tmp_path / "w.raw"))
     farm.devices.add("pc1", mac="52:54:00:00:00:01", vdisk="w")
     farm.devices.add("bare")
-    farm.register_server(10809, 8080)
+    farm.servers.register(10809, 8080)
     return farm
 
 

@@ -23,7 +23,7 @@ def make_farm(farm, tmp_path, clock, raw_image):
         ) as other:
             copy_vdisk(farm, other)
             for device_id in add_devices(farm, devices):
-                farm.session_started(device_id, vdisk_id(farm), 0)
+                farm.sessions.started(device_id, vdisk_id(farm), 0)
             clock.advance(600)  # every device has booted
             beat(farm, other)
         return farm

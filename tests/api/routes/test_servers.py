@@ -15,7 +15,7 @@ def test_list_servers(local, farm):
         farm.server_id,
     )
     assert server["store_path"] == str(farm.store.root) and server["nbd_port"] is None
-    farm.register_server(10809, 8080)
+    farm.servers.register(10809, 8080)
     [server] = local.get("/api/v1/servers").json()
     assert (server["nbd_port"], server["api_port"]) == (10809, 8080)
     assert server["last_heartbeat"].startswith("2030-01-01T12:00:00")
