@@ -22,6 +22,7 @@ SHUTDOWN_BOUND_S = 5.0  # a correctness bound the issue sets, not a speed figure
 EVERY_TASK = {
     "executors",
     "sessions",
+    "store",
     "nbd-listener",
     "api",
     "heartbeat",
@@ -38,6 +39,7 @@ STOP_ORDER = [  # by phase: stop accepting, API, periodic, sessions, executors
     "cache-usage",
     "move-orders",
     "heartbeat",
+    "store",
     "sessions",
     "executors",
 ]
@@ -70,6 +72,9 @@ def with_device(farm, tmp_path):
 def test_sigterm_stops_every_task_in_order_within_5_s_and_exits_0(with_device):
     farm = with_device
     port = free_port()
+    crashed_import = farm.data_dir / "store" / ".import-crashed"  # what a killed import left
+    crashed_import.mkdir()
+    (crashed_import / "base.raw").write_bytes(b"half a copy")
     with open(farm.log_path, "ab") as log:
         proc = subprocess.Popen(
             farm.base_args()
@@ -81,6 +86,7 @@ def test_sigterm_stops_every_task_in_order_within_5_s_and_exits_0(with_device):
     farm.server = proc  # stopped at teardown if the test fails first
     wait_port(port, proc)
     wait_for_line(farm, "vdfarm: serving NBD on", proc)
+    assert not crashed_import.exists()  # the store task's start removed it
     client = RawClient(port)
     client.connect("pc1")  # a live session for the shutdown to end
     assert client.call(CMD_READ, 0, 4096)[0] == 0

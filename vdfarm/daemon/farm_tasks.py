@@ -1,7 +1,10 @@
-"""The farm's tasks in the server process: the REST API, the heartbeat
-(with this server's registration) and the automatic rebalance.
+"""The farm's tasks in the server process: the local store, the REST API,
+the heartbeat (with this server's registration) and the automatic rebalance.
 
 Rules:
+- The store task's start removes what a crashed import, delete or merge
+  left in the store (`Store.remove_leftovers`, which skips anything a live
+  process is still building), on a worker thread.
 - The heartbeat task's start ends the sessions this server recorded before
   it last stopped (none of them is connected any more) and registers the
   server: its advertised address and the ports the listeners bound. Its
@@ -23,12 +26,24 @@ import logging
 from vdfarm.api.server import ApiServer
 from vdfarm.daemon.parts import ServerParts, advertised_address
 from vdfarm.daemon.supervisor import API, Task
-from vdfarm.service import moves as service_moves
 
 log = logging.getLogger("vdfarm.daemon")
 
 HEARTBEAT_INTERVAL = 1.0
 INVENTORY_EVERY = 10  # beats
+
+
+class LocalStore(Task):
+    """This server's store. Start raises StoreError (the store cannot be
+    listed)."""
+
+    name = "store"
+
+    def __init__(self, parts: ServerParts) -> None:
+        self.parts = parts
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.parts.farm.store.remove_leftovers)
 
 
 class RestApi(Task):
@@ -109,12 +124,16 @@ class AutoRebalance(Task):
         while True:
             await asyncio.sleep(self.every)
             try:
-                result = await registry.run_db(service_moves.auto_rebalance, farm)
+                result = await registry.run_db(farm.moves.auto_rebalance)
             except Exception as exc:
                 log.warning("automatic rebalance failed: %s", exc)
                 continue
             if result is not None and result.moves:
                 log.info("automatic rebalance ordered %d moves", len(result.moves))
+
+
+def local_store(parts: ServerParts) -> Task:
+    return LocalStore(parts)
 
 
 def rest_api(parts: ServerParts) -> Task | None:

@@ -40,6 +40,7 @@ TaskFactory = Callable[[ServerParts], Task | None]
 TASKS: tuple[TaskFactory, ...] = (
     stream_tasks.executors,
     stream_tasks.sessions,
+    farm_tasks.local_store,
     stream_tasks.nbd_listener,
     farm_tasks.rest_api,
     farm_tasks.heartbeat,
