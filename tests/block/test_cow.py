@@ -3,6 +3,7 @@
 import errno
 import hashlib
 import os
+import stat
 
 import pytest
 
@@ -71,8 +72,7 @@ def test_writes_never_touch_the_lower_file(lower, tmp_path):
 
 def test_cache_file_is_sparse_and_sized_and_deleted_on_close(lower, tmp_path):
     disk, _, _ = lower
-    cache = tmp_path / "cache"
-    cache.write_bytes(b"old junk from the last boot" * 1000)
+    cache = tmp_path / "cache"  # a stale file there is refused (see below), never reused
     overlay = WriteCacheOverlay(disk, cache)
     assert os.stat(cache).st_size == disk.size
     assert os.stat(cache).st_blocks == 0
@@ -306,3 +306,19 @@ def test_capabilities_and_bad_arguments(lower, tmp_path):
         WriteCacheOverlay(disk, tmp_path / "c3", limit_bytes=-1)
     with pytest.raises(FileNotFoundError):
         WriteCacheOverlay(disk, tmp_path / "no" / "such" / "dir")
+
+
+def test_the_cache_file_is_new_never_an_existing_file_or_link(tmp_path):
+    disk = MemoryDisk(64 * 1024)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "linked").symlink_to(victim)
+    (tmp_path / "existing").write_bytes(b"old cache")
+    for name in ("linked", "existing"):
+        with pytest.raises(FileExistsError):
+            WriteCacheOverlay(disk, tmp_path / name)
+    assert victim.read_bytes() == b"keep me"
+    assert (tmp_path / "existing").read_bytes() == b"old cache"
+    overlay = WriteCacheOverlay(disk, tmp_path / "fresh")
+    assert stat.S_IMODE(os.stat(tmp_path / "fresh").st_mode) == 0o600
+    overlay.close()

@@ -38,9 +38,11 @@ class Cli:
         return json.loads(self.ok("--json", *args).stdout)
 
     def dump(self):
+        """The farm's rows and files, less what a running server's heartbeat
+        changes every second (its liveness is not the farm's state)."""
         engine = db.make_engine(db.sqlite_url(self.data_dir / "farm.db"))
         try:
-            return dump_db(engine), dump_files(self.data_dir)
+            return dump_db(engine, {"servers": {"last_heartbeat"}}), dump_files(self.data_dir)
         finally:
             engine.dispose()
 

@@ -36,13 +36,16 @@ def make_raw(path, size=1 << 20, fill=b"\x5a"):
     return path
 
 
-def dump_db(engine):
-    """Every row of every table, in primary-key order."""
+def dump_db(engine, ignore=None):
+    """Every row of every table, in primary-key order; the columns IGNORE
+    ({table: {column, ...}}) names are left out."""
+    ignore = ignore or {}
     rows = {}
     with engine.connect() as conn:
         for table in sorted(inspect(conn).get_table_names()):
             result = conn.execute(text(f"SELECT * FROM {table} ORDER BY 1"))
-            rows[table] = [tuple(r) for r in result]
+            keep = [i for i, k in enumerate(result.keys()) if k not in ignore.get(table, ())]
+            rows[table] = [tuple(r[i] for i in keep) for r in result]
     return rows
 
 

@@ -5,6 +5,7 @@ server-ram type (the cache lives in RAM, on tmpfs)."""
 from __future__ import annotations
 
 import json
+import stat
 import time
 from pathlib import Path
 
@@ -73,8 +74,12 @@ def test_server_ram_cache_lives_in_ram(farm, test_image):
     assert c.call(rc.CMD_WRITE, 0, BLOCK, data=b"\x33" * BLOCK)[0] == 0
     uuid = json.loads((farm.data_dir / "server.json").read_text())["uuid"]
     device_id = json.loads(farm.cli("--json", "device", "show", "pc1").stdout)["id"]
-    cache = Path(f"/dev/shm/vdfarm-{uuid}/device-{device_id}.wcache")
-    assert cache.exists(), "server-ram cache must be on tmpfs"
+    # A fresh private directory per start, under an unpredictable name.
+    caches = list(Path("/dev/shm").glob(f"vdfarm-{uuid}-*/device-{device_id}.wcache"))
+    assert len(caches) == 1, "server-ram cache must be on tmpfs"
+    cache = caches[0]
+    assert stat.S_IMODE(cache.parent.lstat().st_mode) == 0o700
+    assert stat.S_IMODE(cache.lstat().st_mode) == 0o600
     with open(cache, "rb") as f:
         assert f.read(BLOCK) == b"\x33" * BLOCK
     assert not (farm.data_dir / "cache" / f"device-{device_id}.wcache").exists()

@@ -61,10 +61,12 @@ class WriteCacheOverlay(Layer):
         block_size: int = 4096,
         limit_bytes: int | None = None,
     ) -> None:
-        """Create (or truncate) the cache file at the size of `next`.
+        """Create the cache file (a new file: one that exists is refused) at
+        the size of `next`.
 
         Raises ValueError for a block size that is not a power of two or a
-        negative limit, OSError if the cache file cannot be created.
+        negative limit, OSError if the cache file cannot be created (EEXIST
+        if something is already at its path).
         """
         super().__init__(next)
         if block_size <= 0 or block_size & (block_size - 1):
@@ -77,7 +79,8 @@ class WriteCacheOverlay(Layer):
         self._size = next.size
         self._lock = threading.Lock()
         self._map = BlockMap(-(-self._size // block_size))
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        # A new file only: never one that exists, never through a link.
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._fd = os.open(self.cache_path, flags, 0o600)
         try:
             os.ftruncate(self._fd, self._size)

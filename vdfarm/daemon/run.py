@@ -30,7 +30,8 @@ from vdfarm.daemon.parts import ServerOptions, ServerParts
 from vdfarm.daemon.supervisor import EXIT_TASK_DIED, Supervisor, Task
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import ServiceError
-from vdfarm.stream.server import StreamServer, ram_cache_dir_for
+from vdfarm.stream.runtime_dirs import ram_cache_dir
+from vdfarm.stream.server import StreamServer
 
 log = logging.getLogger("vdfarm.daemon")
 
@@ -58,7 +59,7 @@ def build_parts(farm: Farm, options: ServerOptions) -> ServerParts:
         farm.cache_dir,
         grace_seconds=options.grace_seconds,
         lease_seconds=options.lease_seconds,
-        ram_cache_dir=ram_cache_dir_for(farm.server_uuid, farm.cache_dir),
+        ram_cache_dir=ram_cache_dir(farm.server_uuid, farm.cache_dir),
     )
     return ServerParts(farm=farm, stream=stream, options=options)
 

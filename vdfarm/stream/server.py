@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,19 +25,10 @@ from pathlib import Path
 from vdfarm.block.layer import FULL_CAPABILITIES, Capabilities
 from vdfarm.stream.connection import NBDConnection
 from vdfarm.stream.port import FarmPort
+from vdfarm.stream.runtime_dirs import private_dir
 from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
 
 log = logging.getLogger("vdfarm.stream")
-
-
-def ram_cache_dir_for(server_uuid: str, fallback: Path) -> Path:
-    """A directory in RAM (tmpfs /dev/shm) for `server-ram` write caches of
-    this server, or `fallback` where the machine has no /dev/shm."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm / f"vdfarm-{server_uuid}"
-    log.warning("no writable /dev/shm: server-ram write caches go to %s", fallback)
-    return fallback
 
 
 class StreamServer:
@@ -84,10 +74,13 @@ class StreamServer:
         return [(name, desc) for name, desc in self.farm.list_exports()]
 
     def _clear_stale_caches(self) -> None:
+        """Make sure the cache directories are private (see runtime_dirs),
+        then remove what an earlier process left in them. Raises
+        UnsafeDirectory, OSError."""
         for where in {self.cache_dir, self.ram_cache_dir}:
-            where.mkdir(parents=True, exist_ok=True)
+            private_dir(where)
             for stale in where.glob("device-*.wcache"):
-                stale.unlink(missing_ok=True)
+                stale.unlink(missing_ok=True)  # a link is removed, never followed
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0 = any free port); return the bound port.
