@@ -2,7 +2,7 @@
 
 Rules:
 - The nouns are the Farm's own services (`vdisks`, `versions`, `devices`,
-  `locks`, `audit`, `servers`, `settings`); the service calls that are module functions
+  `locks`, `audit`, `servers`, `settings`, `tokens`); the service calls that are module functions
   (rebalance, login, subnet affinity) are methods here, so a front end calls
   `farm.rebalance(...)` whether the farm is local or remote.
 - No logic of its own: each method is one service call (plus, for the
@@ -32,6 +32,7 @@ class LocalFarm:
         self.audit = farm.audit
         self.servers = farm.servers
         self.settings = farm.settings
+        self.tokens = farm.tokens
 
     def rebalance(
         self, *, apply: bool, trigger_pct: float | None = None, auto: bool = False

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vdfarm.farm import db
 from vdfarm.farm.models import Server, utcnow
 from vdfarm.service.audit import AuditService
+from vdfarm.service.audit import record as audit_record
 from vdfarm.service.devices import DeviceService
 from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
 from vdfarm.service.exports import (
@@ -49,6 +50,7 @@ from vdfarm.service.servers import (
 )
 from vdfarm.service.sessions import SessionService
 from vdfarm.service.settings import SettingsService
+from vdfarm.service.tokens import TokenService
 from vdfarm.service.vdisks import VdiskService
 from vdfarm.service.versions import VersionService
 from vdfarm.store.store import Store
@@ -124,6 +126,7 @@ class Farm:
         self.versions = VersionService(self)
         self.sessions = SessionService(self)
         self.settings = SettingsService(self)
+        self.tokens = TokenService(self.session, self.now, audit_record)
 
     # -- opening -----------------------------------------------------------
 
