@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 Clock = Callable[[], float]
 DEFAULT_MAX_SOURCES = 10_000
+EPSILON = 1e-9  # clock arithmetic in floats: a token due now is here now
 
 
 class RateLimiter:
@@ -46,9 +47,9 @@ class RateLimiter:
             now = self.clock()
             tokens, at = self._buckets.pop(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - at) * self.rate)
-            allowed = tokens >= 1.0
+            allowed = tokens >= 1.0 - EPSILON
             if allowed:
-                tokens -= 1.0
+                tokens = max(0.0, tokens - 1.0)
             self._buckets[key] = (tokens, now)
             self._trim(now)
             return allowed
