@@ -29,7 +29,7 @@ class ApiLimits:
     max_body_bytes: int = 1 * MIB
     login_rate_per_s: float = 20.0  # logins per second per source address
     login_burst: int = 40
-    reservations_per_source: int = 8  # devices reserved by one anonymous source ...
+    reservations_per_source: int = 32  # devices reserved by one anonymous source ...
     reservation_window_s: float = 30.0  # ... within this window (login's reservation lifetime)
 
 
