@@ -174,3 +174,27 @@ def test_a_token_made_on_one_server_works_on_another(two_servers, tmp_path):
     finally:
         engine.dispose()
     assert len(rows) == 1 and not any(secret in str(v) for v in rows[0])
+
+
+def test_token_verbs_through_the_api_need_an_admin(icli, tmp_path):
+    admin_file = secret_file(tmp_path, read_token(icli.data_dir), "admin")
+    remote = Cli(tmp_path / "elsewhere")
+    with api_of(icli.data_dir) as url:
+        as_admin = ["--farm", url, "--token-file", str(admin_file)]
+        secret = remote.ok(*as_admin, "token", "add", "ops", "--role", "operator").stdout.strip()
+        listed = json.loads(remote.ok(*as_admin, "--json", "token", "list").stdout)
+        assert [(t["name"], t["created_by"]) for t in listed] == [
+            ("ops", "token:local:srv1@127.0.0.1")
+        ]
+        ops_file = secret_file(tmp_path, secret, "ops")
+        remote.ok("--farm", url, "--token-file", str(ops_file), "device", "list")  # last use
+        before = icli.dump()
+        assert_one_line_error(
+            remote(
+                "--farm", url, "--token-file", str(ops_file), "token", "add", "x", "--role", "admin"
+            ),
+            1,
+            "POST /tokens needs role admin",
+        )
+        assert icli.dump() == before
+        assert remote.ok(*as_admin, "token", "revoke", "ops").stdout == "revoked token ops\n"

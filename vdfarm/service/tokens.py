@@ -8,7 +8,8 @@ Rules:
   rows, so a token made on one server works on all of them.
 - `authenticate` looks the hash up and compares it in constant time; a
   revoked or unknown secret is None. It refreshes `last_used_at` at most once
-  a minute (LAST_USED_EVERY), so a busy client costs no write per request.
+  a minute (LAST_USED_EVERY), so a busy client costs no write per request;
+  a request later refused for the token's role still counts as a use.
 - Adding and revoking are audited (`token.add`, `token.revoke`) in the same
   transaction; the audit row never holds the secret or its hash.
 - The service gets what it needs, not the Farm: a session factory (a
