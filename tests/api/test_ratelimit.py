@@ -1,11 +1,13 @@
 """The login limits alone, on a clock the test moves: a token bucket per
-source, a reservation cap per source, bounded memory."""
+source, a reservation cap per source, bounded memory; sources are IPv4
+addresses or IPv6 /64s."""
 
 from __future__ import annotations
 
 import pytest
 
-from vdfarm.api.ratelimit import RateLimiter, ReservationCap
+from vdfarm.api.limits import ApiLimits
+from vdfarm.api.ratelimit import RateLimiter, ReservationCap, source_key
 
 
 class Clock:
@@ -64,3 +66,33 @@ def test_reservation_cap_memory_is_bounded():
     for n in range(6):
         cap.allow(f"s{n}", "pc")
     assert len(cap._held) == 2
+
+
+@pytest.mark.parametrize(
+    "host, key",
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_sources_are_addresses_or_ipv6_64s(host, key):
+    assert source_key(host) == key
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("max_body_bytes", -1),
+        ("login_rate_per_s", 0),
+        ("login_burst", 0),
+        ("reservations_per_source", 0),
+        ("reservation_window_s", 0),
+    ],
+)
+def test_limits_out_of_range_are_refused(field, value):
+    with pytest.raises(ValueError):
+        ApiLimits(**{field: value})

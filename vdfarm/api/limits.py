@@ -32,6 +32,17 @@ class ApiLimits:
     reservations_per_source: int = 32  # devices reserved by one anonymous source ...
     reservation_window_s: float = 30.0  # ... within this window (login's reservation lifetime)
 
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 0:
+            raise ValueError("max_body_bytes must be >= 0")
+        if self.login_rate_per_s <= 0 or self.login_burst < 1:
+            raise ValueError("the login rate needs login_rate_per_s > 0 and login_burst >= 1")
+        if self.reservations_per_source < 1 or self.reservation_window_s <= 0:
+            raise ValueError(
+                "the reservation cap needs reservations_per_source >= 1 and "
+                "reservation_window_s > 0"
+            )
+
 
 def too_large_message(limit: int) -> str:
     return f"request body too large: at most {limit} bytes"

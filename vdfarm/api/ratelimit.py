@@ -4,6 +4,8 @@ and a cap on the devices one address may hold reservations for.
 Rules:
 - Pure and in memory, per server: no I/O, no asyncio, no FastAPI; time
   comes from an injectable monotonic clock (seconds), so tests move it.
+- A source is an address: an IPv4 address, or the /64 network of an IPv6
+  one (a single host usually holds a whole /64), `source_key`.
 - Memory is bounded: each table keeps at most `max_sources` addresses; when
   full, the entries that carry no state any more (a full bucket, no
   reservation in the window) are dropped first, then the oldest.
@@ -13,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +24,24 @@ from collections.abc import Callable
 Clock = Callable[[], float]
 DEFAULT_MAX_SOURCES = 10_000
 EPSILON = 1e-9  # clock arithmetic in floats: a token due now is here now
+
+
+IPV6_SOURCE_PREFIX = 64
+
+
+def source_key(host: str) -> str:
+    """The key HOST's requests are counted under: an IPv4 address (also
+    when IPv4-mapped), the /64 of an IPv6 address, or HOST itself if it is
+    not an address."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False))
+    return str(address)
 
 
 class RateLimiter:

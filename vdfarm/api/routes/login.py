@@ -4,7 +4,7 @@ Rules:
 - Open to every device: no token (a device's agent holds none, and login
   changes nothing but a short reservation of the server it chose;
   `"reserve": false` asks without one). The app mounts this router under /api/v1.
-- Rate-limited per source address (a token bucket, `ApiLimits.login_rate_per_s`
+- Rate-limited per source address (an IPv4 address or an IPv6 /64; a token bucket, `ApiLimits.login_rate_per_s`
   and `login_burst`), checked before the body is read: 429 with Retry-After.
   The body is capped like every other (`limits.BodyLimit`).
 - A token is optional; one that is given must be right (401). `client_ip` in
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vdfarm.api import auth, roles
 from vdfarm.api.deps import client_host, find_token, get_farm, refusal
 from vdfarm.api.limits import ApiLimits
-from vdfarm.api.ratelimit import RateLimiter, ReservationCap
+from vdfarm.api.ratelimit import RateLimiter, ReservationCap, source_key
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import ServiceError
 from vdfarm.service.login import LoginResult, ServerEndpoint, login
@@ -51,7 +51,7 @@ class RateLimitedRoute(APIRoute):
 
         async def limited_handler(request: Request) -> Response:
             limiter: RateLimiter | None = getattr(request.app.state, "login_limiter", None)
-            source = client_host(request)
+            source = source_key(client_host(request))
             if limiter is not None and not limiter.allow(source):
                 wait = max(1, math.ceil(limiter.retry_after(source)))
                 raise HTTPException(
@@ -159,7 +159,7 @@ def _count_reservation(request: Request, device: str) -> None:
     Raises HTTPException 429 (the source holds its share already).
     """
     cap: ReservationCap | None = getattr(request.app.state, "reservation_cap", None)
-    source = client_host(request)
+    source = source_key(client_host(request))
     if cap is not None and not cap.allow(source, device.strip().lower()):
         limits: ApiLimits = request.app.state.limits
         raise HTTPException(
