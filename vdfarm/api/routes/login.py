@@ -4,8 +4,9 @@ Rules:
 - Open to every device: no token (a device's agent holds none, and login
   changes nothing but a short reservation of the server it chose;
   `"reserve": false` asks without one). The app mounts this router under /api/v1.
-- Rate-limited per source address (an IPv4 address or an IPv6 /64; a token bucket, `ApiLimits.login_rate_per_s`
-  and `login_burst`), checked before the body is read: 429 with Retry-After.
+- Rate-limited per source (an IPv4 address or an IPv6 /64; a token bucket,
+  `ApiLimits.login_rate_per_s` and `login_burst`), checked before the body
+  is read: 429 with Retry-After.
   The body is capped like every other (`limits.BodyLimit`).
 - A token is optional; one that is given must be right (401). `client_ip` in
   the body is believed only from a token of role operator or admin (an agent
@@ -181,7 +182,7 @@ def login_device(
 ) -> LoginResponse:
     """The server the device should stream from, and the ordered alternatives."""
     trusted = _trusted_caller(request)
-    client_ip = body.client_ip if trusted and body.client_ip is not None else None
+    client_ip = body.client_ip if trusted else None
     if client_ip is None:
         client_ip = _peer_address(request)
     if body.reserve and not trusted:
