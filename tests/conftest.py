@@ -19,7 +19,14 @@ VDFARM = [sys.executable, "-m", "vdfarm"]
 
 # The CLI reads these from the environment; a test run must not inherit a
 # real farm from the shell that started it.
-for _variable in ("VDFARM_DB", "VDFARM_FARM", "VDFARM_TOKEN", "VDFARM_DATA_DIR"):
+for _variable in (
+    "VDFARM_DB",
+    "VDFARM_FARM",
+    "VDFARM_TOKEN",
+    "VDFARM_TOKEN_FILE",
+    "VDFARM_CA_FILE",
+    "VDFARM_DATA_DIR",
+):
     os.environ.pop(_variable, None)
 
 

@@ -1,5 +1,6 @@
 """API-test fixtures: an initialised farm on a tmp data dir, its app, and
-TestClients that come from loopback, from another host, or with the token;
+TestClients that come from loopback, from another host, or with the token
+(the data directory's api-token, an admin token named local:<server>);
 `unchanged(farm)` checks a refused request changed no row and no file."""
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from tests.service import conftest as service_fixtures
 from tests.service.helpers import dump, make_raw
 from vdfarm.api.app import create_app
 from vdfarm.api.auth import read_token
+from vdfarm.service.servers import default_server_name
 
 LOOPBACK = ("127.0.0.1", 40001)
 OTHER_HOST = ("192.0.2.7", 40002)
-OTHER_ACTOR = "api:192.0.2.7"
+LOOPBACK_URL = "http://127.0.0.1"  # the Host header an open loopback read needs
+# The data directory's api-token is the admin token `local:<server name>`.
+LOCAL_TOKEN_NAME = f"local:{default_server_name()}"
+OTHER_ACTOR = f"token:{LOCAL_TOKEN_NAME}@192.0.2.7"
+LOOPBACK_ACTOR = f"token:{LOCAL_TOKEN_NAME}@127.0.0.1"
 
 # The same farm (and clock) the service tests use.
 clock = service_fixtures.clock
@@ -41,8 +47,8 @@ def admin(app, token):
 
 @pytest.fixture
 def local(app):
-    """A client on loopback without a token."""
-    return TestClient(app, client=LOOPBACK)
+    """A client on loopback without a token (Host: 127.0.0.1)."""
+    return TestClient(app, client=LOOPBACK, base_url=LOOPBACK_URL)
 
 
 @pytest.fixture

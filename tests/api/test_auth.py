@@ -91,6 +91,11 @@ def test_is_loopback(host, loopback):
 
 TOKEN = "s3cret"
 BEARER = f"Bearer {TOKEN}"
+HOLDER = auth.Principal("ops", "operator")
+
+
+def find(secret):
+    return HOLDER if secret == TOKEN else None
 
 
 @pytest.mark.parametrize(
@@ -109,8 +114,77 @@ BEARER = f"Bearer {TOKEN}"
         ("POST", "127.0.0.1", f"Bearer {TOKEN}x", False, "wrong API token"),
     ],
 )
-def test_access_refusal(method, host, header, allowed, says):
-    refusal = auth.access_refusal(method, host, header, TOKEN)
-    assert (refusal is None) is allowed
-    if says:
-        assert says in refusal and TOKEN not in refusal
+def test_identify(method, host, header, allowed, says):
+    try:
+        principal = auth.identify(method, host, "127.0.0.1:8080", header, find)
+    except auth.AccessRefused as exc:
+        assert not allowed and exc.status == 401
+        assert says in exc.message and TOKEN not in exc.message
+    else:
+        assert allowed
+        assert principal == (HOLDER if header else auth.ANONYMOUS_LOOPBACK)
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.1:8080", True),
+        ("localhost", True),
+        ("LOCALHOST:80", True),
+        ("[::1]", True),
+        ("[::1]:8080", True),
+        ("evil.example", False),
+        ("evil.example:8080", False),
+        ("127.0.0.1.evil.example", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.2", False),
+        ("127.0.0.1:", False),
+        ("127.0.0.1:80:80", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_loopback_host_header(host, loopback):
+    assert auth.is_loopback_host_header(host) is loopback
+
+
+def test_loopback_read_with_another_host_header_needs_the_token():
+    """DNS rebinding: a page from evil.example, resolved to 127.0.0.1."""
+    with pytest.raises(auth.AccessRefused, match="required for reads with Host") as refused:
+        auth.identify("GET", "127.0.0.1", "evil.example:8080", None, find)
+    assert refused.value.status == 401
+    assert auth.identify("GET", "127.0.0.1", "evil.example", BEARER, find) == HOLDER
+
+
+@pytest.mark.parametrize(
+    "role, needed, status",
+    [
+        ("read", "read", None),
+        ("read", "operator", 403),
+        ("operator", "operator", None),
+        ("operator", "admin", 403),
+        ("admin", "admin", None),
+        ("admin", "read", None),
+    ],
+)
+def test_check_role(role, needed, status):
+    principal = auth.Principal("t1", role)
+    if status is None:
+        auth.check_role(principal, needed, "POST /x")
+        return
+    with pytest.raises(auth.AccessRefused) as refused:
+        auth.check_role(principal, needed, "POST /x")
+    assert refused.value.status == status
+    assert f"token t1 has role {role}; POST /x needs role {needed}" == refused.value.message
+
+
+def test_an_anonymous_reader_is_asked_for_a_token():
+    with pytest.raises(auth.AccessRefused) as refused:
+        auth.check_role(auth.ANONYMOUS_LOOPBACK, "admin", "GET /tokens")
+    assert refused.value.status == 401 and "role admin" in refused.value.message
+
+
+def test_actors():
+    assert auth.Principal("ops", "operator").actor("192.0.2.7") == "token:ops@192.0.2.7"
+    assert auth.ANONYMOUS_LOOPBACK.actor("127.0.0.1") == "api:127.0.0.1"

@@ -1,12 +1,12 @@
 """The token check on real routes: reads open on loopback, changes need the
 token, a refused request changes nothing (and is refused before its body is
-read); changes are audited as api:<client>."""
+read); changes are audited as token:<name>@<client>."""
 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import LOOPBACK, OTHER_ACTOR, error_of, unchanged
+from tests.api.conftest import LOOPBACK, LOOPBACK_ACTOR, OTHER_ACTOR, error_of, unchanged
 
 
 def test_reads_are_open_on_loopback(local, populated):
@@ -62,4 +62,4 @@ def test_changes_are_audited_as_the_api_client(admin, farm, populated):
 def test_loopback_client_with_token_is_audited_by_its_address(app, token, farm):
     client = TestClient(app, client=LOOPBACK, headers={"Authorization": f"Bearer {token}"})
     assert client.post("/api/v1/devices", json={"name": "pc9"}).status_code == 201
-    assert farm.audit.list(limit=1)[0].actor == "api:127.0.0.1"
+    assert farm.audit.list(limit=1)[0].actor == LOOPBACK_ACTOR

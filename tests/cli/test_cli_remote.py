@@ -1,6 +1,6 @@
 """`vdfarm --farm URL`: the CLI drives a real server process through its REST
 API and prints what the local CLI prints; changes are the API's (audited as
-api:<address>); token, connection and local-only verbs fail in one line."""
+token:<name>@<address>); token, connection and local-only verbs fail in one line."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vdfarm.api.auth import read_token
 
 API_LINE = re.compile(r"REST API on 127\.0\.0\.1:(\d+) ")
 START_TIMEOUT_S = 30.0
-API_ACTOR = "api:127.0.0.1"
+API_ACTOR_PREFIX = "token:local:"  # the data directory's api-token: token:local:<server>@…
 
 
 def api_url(farm) -> str:
@@ -123,7 +123,7 @@ def test_changes_go_through_the_api_and_are_audited(served, tmp_path, test_image
     served.ok("vdisk", "import", "w2", str(image))  # the server sees this host's files
     assert [v["name"] for v in served.cli.json("vdisk", "list")] == ["w", "w2"]
     entries = served.cli.json("audit", "list")[before:]
-    assert {e["actor"] for e in entries} == {API_ACTOR}
+    assert {e["actor"] for e in entries} == {f"{API_ACTOR_PREFIX}{name}@127.0.0.1"}
     assert [e["action"] for e in entries][:5] == [
         "device.add",
         "device.set",
@@ -144,7 +144,7 @@ def test_token_and_refusals_fail_in_one_line(served):
     assert_one_line_error(
         served.remote("device", "delete", "pc1", token=None),
         1,
-        "needs the API token for this; give --token TOKEN or set VDFARM_TOKEN",
+        "needs the API token for this; give --token-file PATH (or VDFARM_TOKEN_FILE",
     )
     assert_one_line_error(served.remote("device", "add", "pc1"), 1, "pc1")
     assert_one_line_error(served.remote("vdisk", "show", "nope"), 1, "no vDisk named nope")

@@ -56,7 +56,7 @@ def test_token_errors_say_how_to_give_it():
     missing = error_for(401, '{"detail": "the API token is required"}', URL, token_given=False)
     wrong = error_for(401, '{"detail": "wrong API token"}', URL, token_given=True)
     assert isinstance(missing, TokenRefused) and isinstance(wrong, TokenRefused)
-    assert "needs the API token" in missing.message and "--token" in missing.message
+    assert "needs the API token" in missing.message and "--token-file" in missing.message
     assert "refused the API token (wrong API token)" in wrong.message
     assert "VDFARM_TOKEN" in wrong.message and "api-token" in wrong.message
 

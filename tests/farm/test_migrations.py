@@ -30,6 +30,7 @@ TABLES = {
     "store_versions",
     "farm_settings",
     "login_reservations",
+    "api_tokens",
 }
 
 

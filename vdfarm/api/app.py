@@ -2,9 +2,13 @@
 
 Rules:
 - Every route lives under /api/v1 and comes from `vdfarm.api.routes.*`;
-  all but POST /login (devices' agents hold no token) check the token
-  (`deps.make_router`). The OpenAPI document is at /openapi.json
-  (interactive docs at /docs); they need no token (they hold no farm data).
+  all but POST /login (devices' agents hold no token) check the caller and
+  its role (`deps.make_router`, `roles.MINIMAL_ROLE`). The OpenAPI document
+  is at /openapi.json (interactive docs at /docs); they need no token (they
+  hold no farm data).
+- Every request body is capped (`limits.BodyLimit`, 413 past
+  `ApiLimits.max_body_bytes`); login is rate-limited and its reservations
+  capped per source address, in memory, per server (`ratelimit`).
 - The app serves the Farm it is given and never closes it: its owner (the
   `vdfarm server run` process, or a test) does.
 - The token is read (or made, mode 0600) from the farm's data directory once,
@@ -18,6 +22,8 @@ from fastapi import FastAPI
 import vdfarm
 from vdfarm.api import auth
 from vdfarm.api.errors import install_error_handlers
+from vdfarm.api.limits import ApiLimits, BodyLimit
+from vdfarm.api.ratelimit import RateLimiter, ReservationCap
 from vdfarm.api.routes import (
     audit,
     devices,
@@ -27,6 +33,7 @@ from vdfarm.api.routes import (
     servers,
     settings,
     stores,
+    tokens,
     vdisks,
     versions,
 )
@@ -36,24 +43,47 @@ API_PREFIX = "/api/v1"
 
 DESCRIPTION = """The REST API of a vdfarm server: the same verbs as the `vdfarm` command line.
 
-Changes need `Authorization: Bearer <token>` (the token is in DATA_DIR/api-token on the
-server). Reads need it too, except from loopback. Errors answer `{"detail": "<one line>"}`:
-400 refused value, 401 token, 404 unknown, 409 conflict, 422 unparsable request,
-503 database unreachable. A request that fails has changed nothing.
+Changes need `Authorization: Bearer <token>`: a token from `vdfarm token add` (roles
+read, operator, admin) or the server's DATA_DIR/api-token (admin). Reads need it too,
+except from loopback with a loopback Host header. Errors answer `{"detail": "<one line>"}`:
+400 refused value, 401 token, 403 role too low, 404 unknown, 409 conflict, 413 body too
+large, 422 unparsable request, 429 too many logins, 503 database unreachable. A request
+that fails has changed nothing.
 """
 
 
-def create_app(farm: Farm, *, token: str | None = None) -> FastAPI:
+def create_app(farm: Farm, *, token: str | None = None, limits: ApiLimits | None = None) -> FastAPI:
     """The API app serving FARM. TOKEN overrides the data directory's token
     (tests); by default it is read from, or made in, FARM.data_dir/api-token.
+    LIMITS: body cap, login rate and reservation cap (defaults: ApiLimits()).
 
-    Raises auth.TokenFileError (unusable token file), OSError (cannot write it).
+    Raises auth.TokenFileError (unusable token file), OSError (cannot write it),
+    ValueError (a limit out of range).
     """
+    limits = limits if limits is not None else ApiLimits()
     app = FastAPI(title="vdfarm", version=vdfarm.__version__, description=DESCRIPTION)
     app.state.farm = farm
     app.state.api_token = token if token is not None else auth.ensure_token(farm.data_dir)
+    app.state.limits = limits
+    app.state.login_limiter = RateLimiter(limits.login_rate_per_s, limits.login_burst)
+    app.state.reservation_cap = ReservationCap(
+        limits.reservations_per_source, limits.reservation_window_s
+    )
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     install_error_handlers(app)
-    for module in (servers, stores, vdisks, versions, devices, locks, audit, rebalance, settings):
+    routers = (
+        servers,
+        stores,
+        vdisks,
+        versions,
+        devices,
+        locks,
+        audit,
+        rebalance,
+        settings,
+        tokens,
+    )
+    for module in routers:
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(login.router, prefix=API_PREFIX)  # open to devices: no token
     return app

@@ -9,8 +9,13 @@ Rules:
 - Stop by `ApiServer.stop()` (or by cancelling `serve_api`): stop accepting,
   finish the requests in flight (up to GRACEFUL_SHUTDOWN_S), close.
 - The client address is the TCP peer (proxy headers are ignored), so only a
-  real loopback peer gets the open reads. Put no reverse proxy on the same
-  host in front of it, or every request looks local.
+  real loopback peer gets the open reads (and only with a loopback Host
+  header). Serve TLS natively (`tls_cert`, `tls_key`: PEM files; TLS 1.2 or
+  newer) rather than through a proxy on the same host, behind which every
+  request looks local.
+- The certificate and key are checked when the ApiServer is made (an
+  ApiTlsError says which file and why), and loaded once: a renewed
+  certificate takes effect at the next start.
 
 The server process runs it as its `api` task (vdfarm/daemon/farm_tasks.py):
 `start()` after the NBD listener, `wait()` as the task's life, `stop()`
@@ -22,18 +27,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
 from vdfarm.api.app import create_app
+from vdfarm.api.limits import ApiLimits
 from vdfarm.service.context import Farm
 
 DEFAULT_API_PORT = 8080
 GRACEFUL_SHUTDOWN_S = 5
 START_POLL_S = 0.01
 BACKLOG = 128
+TLS_MINIMUM = ssl.TLSVersion.TLSv1_2
+
+
+class ApiTlsError(ValueError):
+    """The API's TLS certificate or key cannot be used (one line says why)."""
+
+
+def check_tls_files(cert: str | Path, key: str | Path | None) -> None:
+    """Load CERT (PEM, with KEY, or the key inside CERT if KEY is None) once.
+
+    Raises ApiTlsError (missing, unreadable, not PEM, key not matching).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert), None if key is None else str(key))
+    except OSError as exc:  # ssl.SSLError is one too
+        reason = str(exc) if isinstance(exc, ssl.SSLError) else (exc.strerror or str(exc))
+        shown = f"{cert}" + (f" / key {key}" if key is not None else "")
+        raise ApiTlsError(f"cannot use the API TLS certificate {shown}: {reason}") from exc
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -73,9 +100,23 @@ class ApiServer:
         *,
         app: FastAPI | None = None,
         log_level: str = "info",
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        limits: ApiLimits | None = None,
     ) -> None:
+        """TLS_CERT/TLS_KEY (PEM) make it serve HTTPS only; LIMITS (body cap,
+        login rate, reservation cap) default to ApiLimits().
+
+        Raises ApiTlsError (unusable certificate or key, a key without a
+        certificate), auth.TokenFileError, OSError (token file).
+        """
+        if tls_key is not None and tls_cert is None:
+            raise ApiTlsError("an API TLS key needs its certificate (tls_cert)")
+        if tls_cert is not None:
+            check_tls_files(tls_cert, tls_key)
         self.host, self.requested_port = host, port
-        self.app = app if app is not None else create_app(farm)
+        self.tls = tls_cert is not None
+        self.app = app if app is not None else create_app(farm, limits=limits)
         self.config = uvicorn.Config(
             self.app,
             http="h11",
@@ -87,6 +128,8 @@ class ApiServer:
             server_header=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             backlog=BACKLOG,
+            ssl_certfile=None if tls_cert is None else str(tls_cert),
+            ssl_keyfile=None if tls_key is None else str(tls_key),
         )
         self.server = _EmbeddedServer(self.config)
         self.port: int | None = None
@@ -100,6 +143,10 @@ class ApiServer:
         """
         if self._task is not None:
             raise RuntimeError("the API server is already started")
+        if not self.config.loaded:
+            self.config.load()
+        if self.config.ssl is not None:
+            self.config.ssl.minimum_version = TLS_MINIMUM
         self._sock = bind_socket(self.host, self.requested_port)
         self.port = self._sock.getsockname()[1]
         self._task = asyncio.get_running_loop().create_task(
@@ -141,14 +188,20 @@ async def serve_api(
     *,
     ready: Callable[[int], None] | None = None,
     log_level: str = "info",
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    limits: ApiLimits | None = None,
 ) -> None:
     """Serve the API of FARM on HOST:PORT until cancelled; READY(port) is
-    called once it listens. Cancel the task to stop it cleanly.
+    called once it listens. Cancel the task to stop it cleanly. TLS_CERT,
+    TLS_KEY and LIMITS as for ApiServer.
 
     Raises OSError (cannot bind), RuntimeError (uvicorn stopped at start),
-    auth.TokenFileError (unusable api-token file).
+    auth.TokenFileError (unusable api-token file), ApiTlsError.
     """
-    api = ApiServer(farm, host, port, log_level=log_level)
+    api = ApiServer(
+        farm, host, port, log_level=log_level, tls_cert=tls_cert, tls_key=tls_key, limits=limits
+    )
     bound = await api.start()
     try:
         if ready is not None:

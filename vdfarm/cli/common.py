@@ -4,7 +4,9 @@ Rules: commands are thin — parse flags, call ONE service method, print. The
 farm is opened lazily (commands that need no data directory never touch
 it) and closed when the command ends. `open_farm` is the one place that
 decides local or remote: with --farm URL it is a `FarmClient` over that
-farm's REST API, else a `LocalFarm` over the data directory; both have the
+farm's REST API (the token from --token-file, preferred, or --token; the
+server's certificate checked against --ca-file for a private CA), else a
+`LocalFarm` over the data directory; both have the
 same methods and answer the same records. Commands that only work on this
 host's data directory call `open_local_farm` / `refuse_remote`.
 """
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from vdfarm.client.farm import FarmClient
 
 DEFAULT_DATA_DIR = "/var/lib/vdfarm"
+MAX_TOKEN_LINE = 4096
 
 
 @dataclass
@@ -38,6 +41,8 @@ class CliState:
     json: bool = False
     farm_url: str | None = None
     token: str | None = None
+    token_file: str | None = None
+    ca_file: str | None = None
 
 
 def cli_actor() -> str:
@@ -52,18 +57,47 @@ def state() -> CliState:
     return click.get_current_context().find_object(CliState) or CliState()
 
 
+def read_token_file(path: str) -> str:
+    """The token in the file PATH (its first line, stripped).
+
+    Raises click.UsageError (missing, unreadable, empty).
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.readline(MAX_TOKEN_LINE).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise click.UsageError(f"cannot read the token file {path}: {reason}") from exc
+    if not token:
+        raise click.UsageError(f"the token file {path} is empty")
+    return token
+
+
+def remote_token(current: CliState) -> str | None:
+    """The API token of --token-file (preferred: not shown by `ps`) or --token.
+
+    Raises click.UsageError (both given, unusable file).
+    """
+    if current.token_file is not None and current.token is not None:
+        raise click.UsageError("give --token-file or --token, not both")
+    if current.token_file is not None:
+        return read_token_file(current.token_file)
+    return current.token
+
+
 def open_farm() -> LocalFarm | FarmClient:
     """The farm of the global options, closed when the command ends: the
-    remote farm of --farm URL (with --token), else the local one of
-    --data-dir/--db.
+    remote farm of --farm URL (with --token-file or --token, and --ca-file),
+    else the local one of --data-dir/--db.
 
-    Raises NotInitialised, Invalid, Unavailable (shown as one error line).
+    Raises click.UsageError, NotInitialised, Invalid, Unavailable (shown as
+    one error line).
     """
     current = state()
     if current.farm_url is not None:
         from vdfarm.client.farm import FarmClient
 
-        client = FarmClient(current.farm_url, current.token)
+        client = FarmClient(current.farm_url, remote_token(current), ca_file=current.ca_file)
         click.get_current_context().call_on_close(client.close)
         return client
     return LocalFarm(open_local_farm())

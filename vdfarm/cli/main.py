@@ -1,8 +1,8 @@
 """The `vdfarm` command line: global options, the noun groups, error handling.
 
 Rules:
-- Global options (--data-dir, --db, --farm, --token, --json) go before the
-  verb; --json, --data-dir and --db are also accepted after it (every verb
+- Global options (--data-dir, --db, --farm, --token-file, --token,
+  --ca-file, --json) go before the verb; --json, --data-dir and --db are also accepted after it (every verb
   that opens a data directory gets them, `common.farm_options`; the value
   after the verb wins; --db still refuses --farm). With --farm URL the
   verbs drive that farm through its REST API (`common.open_farm`); verbs
@@ -48,6 +48,7 @@ from vdfarm.cli.common import (
     state,
 )
 from vdfarm.cli.output import error_line
+from vdfarm.cli.token import token as token_group
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import Invalid, ServiceError
 
@@ -114,10 +115,27 @@ class VdfarmGroup(click.Group):
     "of opening the database (env VDFARM_FARM).",
 )
 @click.option(
+    "--token-file",
+    envvar="VDFARM_TOKEN_FILE",
+    default=None,
+    metavar="PATH",
+    help="File holding the API token for --farm (preferred over --token, which `ps` "
+    "shows): from `vdfarm token add`, or DATA_DIR/api-token of that server "
+    "(env VDFARM_TOKEN_FILE).",
+)
+@click.option(
     "--token",
     envvar="VDFARM_TOKEN",
     default=None,
-    help="API token for --farm: DATA_DIR/api-token of that server (env VDFARM_TOKEN).",
+    help="API token for --farm, on the command line (env VDFARM_TOKEN); prefer --token-file.",
+)
+@click.option(
+    "--ca-file",
+    envvar="VDFARM_CA_FILE",
+    default=None,
+    metavar="PATH",
+    help="Trust only this CA (PEM) for an https:// --farm (env VDFARM_CA_FILE; "
+    "default: the system's CAs).",
 )
 @click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON.")
 @click.version_option(package_name="vdfarm", prog_name="vdfarm")
@@ -127,7 +145,9 @@ def cli(
     data_dir: str,
     db_url: str | None,
     farm_url: str | None,
+    token_file: str | None,
     token: str | None,
+    ca_file: str | None,
     json_output: bool,
 ) -> None:
     """vdfarm: stream vDisks over NBD from a farm of provisioning servers."""
@@ -139,6 +159,8 @@ def cli(
         json=json_output,
         farm_url=farm_url or None,
         token=token or None,
+        token_file=token_file or None,
+        ca_file=ca_file or None,
     )
 
 
@@ -217,6 +239,7 @@ for group in (
     rebalance.rebalance,
     db.db,
     farm.farm,
+    token_group,
 ):
     cli.add_command(group)
 

@@ -10,8 +10,12 @@ before anything starts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from vdfarm.api.limits import ApiLimits
+from vdfarm.api.server import ApiTlsError, check_tls_files
 from vdfarm.cli.common import emit, json_option, open_farm, open_local_farm
 from vdfarm.cli.output import print_table
 from vdfarm.service.servers import check_advertise
@@ -71,6 +75,46 @@ def server() -> None:
     help="Run the automatic rebalance every SECONDS (one server of the farm "
     "runs it at a time; 0: never).",
 )
+@click.option(
+    "--api-tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Serve the REST API over HTTPS with this PEM certificate (TLS 1.2+).",
+)
+@click.option(
+    "--api-tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The certificate's PEM key [default: inside --api-tls-cert].",
+)
+@click.option(
+    "--api-max-body-kib",
+    type=click.IntRange(min=1),
+    default=ApiLimits.max_body_bytes // 1024,
+    show_default=True,
+    help="Largest REST request body accepted (413 beyond).",
+)
+@click.option(
+    "--login-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=ApiLimits.login_rate_per_s,
+    show_default=True,
+    help="Logins per second allowed per source address (429 beyond) ...",
+)
+@click.option(
+    "--login-burst",
+    type=click.IntRange(min=1),
+    default=ApiLimits.login_burst,
+    show_default=True,
+    help="... with bursts up to this many.",
+)
+@click.option(
+    "--login-reservations",
+    type=click.IntRange(min=1),
+    default=ApiLimits.reservations_per_source,
+    show_default=True,
+    help="Devices one source address without a token may reserve at once by logging in.",
+)
 def run_cmd(
     nbd_port: int,
     host: str,
@@ -81,11 +125,24 @@ def run_cmd(
     api_host: str | None,
     no_api: bool,
     auto_rebalance_every: float,
+    api_tls_cert: Path | None,
+    api_tls_key: Path | None,
+    api_max_body_kib: int,
+    login_rate: float,
+    login_burst: int,
+    login_reservations: int,
 ) -> int:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.daemon.parts import ServerOptions
     from vdfarm.daemon.run import run_server
 
+    if api_tls_key is not None and api_tls_cert is None:
+        raise click.UsageError("--api-tls-key needs --api-tls-cert")
+    if api_tls_cert is not None:
+        try:
+            check_tls_files(api_tls_cert, api_tls_key)
+        except ApiTlsError as exc:
+            raise click.UsageError(str(exc)) from exc
     farm = open_local_farm("server run")
     if advertise is not None:
         check_advertise(advertise)
@@ -100,6 +157,14 @@ def run_cmd(
             api_port=None if no_api else api_port,
             auto_rebalance_every=auto_rebalance_every,
             advertise=advertise,
+            api_tls_cert=api_tls_cert,
+            api_tls_key=api_tls_key,
+            api_limits=ApiLimits(
+                max_body_bytes=api_max_body_kib * 1024,
+                login_rate_per_s=login_rate,
+                login_burst=login_burst,
+                reservations_per_source=login_reservations,
+            ),
         ),
     )
 

@@ -3,7 +3,7 @@ a local one (`vdfarm.client.local.LocalFarm`).
 
 Rules:
 - The nouns (`vdisks`, `versions`, `devices`, `locks`, `audit`, `servers`,
-  `settings`)
+  `settings`, `tokens`)
   have the methods of the services of the same name, with the same
   arguments, and return the same records (rebuilt from the JSON by
   `records.from_plain`), so the CLI prints a remote answer with the code
@@ -13,7 +13,9 @@ Rules:
   changed nothing. Errors are the service's (see `client.http`).
 - Files named in `vdisks.import_image` and `versions.export` are files ON
   THE SERVER: a relative path is refused here, before any request.
-- No audit actor is sent: the server records `api:<client address>`.
+- No audit actor is sent: the server records `token:<name>@<client address>`.
+- The audit is read a page at a time (the server sends at most 1000
+  entries per request); `audit.list` pages back until it has what was asked.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from vdfarm.service.merges import ExportResult, MergeResult
 from vdfarm.service.moves import RebalanceResult
 from vdfarm.service.servers import ServerInfo
 from vdfarm.service.settings import Settings
+from vdfarm.service.tokens import NewToken, TokenInfo
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.vdisks import VdiskInfo
 from vdfarm.service.versions import OverrideInfo, PromoteResult, VersionInfo
@@ -46,6 +49,7 @@ from vdfarm.store.store import VerifyResult
 
 SESSION_TIMES = ("connected_at", "last_seen")
 T = TypeVar("T")
+AUDIT_PAGE = 1000  # the server's largest page
 NO_ADDRESS = ""  # login: "no client address" (absent would mean the caller's)
 
 
@@ -302,8 +306,33 @@ class RemoteAudit(_Noun):
     """`AuditService` over the API."""
 
     def list(self, since: datetime | None = None, limit: int | None = None) -> list[AuditEntry]:
-        params = _present(since=since.isoformat() if since else None, limit=limit)
-        return self.many(_as(AuditEntry), "GET", "/audit", params=params)
+        entries: builtins.list[AuditEntry] = []
+        before_id: int | None = None
+        while limit is None or len(entries) < limit:
+            page = AUDIT_PAGE if limit is None else min(AUDIT_PAGE, limit - len(entries))
+            params = _present(
+                since=since.isoformat() if since else None, limit=page, before_id=before_id
+            )
+            got = self.many(_as(AuditEntry), "GET", "/audit", params=params)
+            entries[:0] = got
+            if len(got) < page or not got:
+                break
+            before_id = got[0].id
+        return entries
+
+
+class RemoteTokens(_Noun):
+    """`TokenService` over the API (admin tokens only). ACTOR is accepted for
+    the local interface and not sent: the server records its caller."""
+
+    def list(self) -> list[TokenInfo]:
+        return self.many(_as(TokenInfo), "GET", "/tokens")
+
+    def add(self, name: str, role: str, *, actor: str | None = None) -> NewToken:
+        return self.one(_as(NewToken), "POST", "/tokens", body={"name": name, "role": role})
+
+    def revoke(self, name: str, *, actor: str | None = None) -> TokenInfo:
+        return self.one(_as(TokenInfo), "POST", f"/tokens/{segment(name)}/revoke")
 
 
 class RemoteServers(_Noun):
@@ -336,9 +365,14 @@ class FarmClient:
     """
 
     def __init__(
-        self, url: str, token: str | None = None, *, http: httpx.Client | None = None
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        http: httpx.Client | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
-        self.http = FarmHttp(url, token, http=http)
+        self.http = FarmHttp(url, token, http=http, ca_file=ca_file)
         self.url = self.http.url
         self.vdisks = RemoteVdisks(self.http)
         self.versions = RemoteVersions(self.http)
@@ -347,6 +381,7 @@ class FarmClient:
         self.audit = RemoteAudit(self.http)
         self.servers = RemoteServers(self.http)
         self.settings = RemoteSettings(self.http)
+        self.tokens = RemoteTokens(self.http)
         self._calls = _Noun(self.http)
 
     def rebalance(

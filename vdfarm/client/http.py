@@ -4,11 +4,14 @@ its failures as the service layer's errors.
 Rules:
 - The farm URL is `http(s)://HOST:PORT` (the server's `--api-port`); every
   path is under /api/v1. The token, when given, goes with every request
-  (reads from another host need it too).
+  (reads from another host need it too). With https, the server's
+  certificate is checked against the system's CAs, or only against
+  CA_FILE when one is given (a private CA); a certificate that does not
+  verify is Unreachable, never ignored.
 - Every failure is a ServiceError with one line, so the CLI prints it as it
   prints a local failure: 400/422 Invalid, 404 NotFound, 409 Conflict,
-  503 Unavailable with the server's own `detail`; 401 TokenRefused (says
-  how to give the token); no connection Unreachable ("cannot reach farm
+  413 Invalid, 429/503 Unavailable with the server's own `detail`; 401
+  TokenRefused (says how to give the token); 403 RoleRefused; no connection Unreachable ("cannot reach farm
   URL: ..."); anything else RemoteError.
 - `error_for` (status + body → error) is pure.
 """
@@ -16,6 +19,8 @@ Rules:
 from __future__ import annotations
 
 import json
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +30,8 @@ from vdfarm.service.errors import Conflict, Invalid, NotFound, ServiceError, Una
 API_PREFIX = "/api/v1"
 TIMEOUT_S = 60.0
 TOKEN_HINT = (
-    "give --token TOKEN or set VDFARM_TOKEN, with the token in DATA_DIR/api-token of that server"
+    "give --token-file PATH (or VDFARM_TOKEN_FILE; --token TOKEN also works) with a token "
+    "from `vdfarm token add` or DATA_DIR/api-token of that server"
 )
 
 
@@ -33,6 +39,12 @@ class TokenRefused(ServiceError):
     """The farm refused the API token (missing, malformed or wrong)."""
 
     http_status = 401
+
+
+class RoleRefused(ServiceError):
+    """The farm knows the token, but its role may not do this."""
+
+    http_status = 403
 
 
 class Unreachable(Unavailable):
@@ -50,7 +62,9 @@ STATUS_ERRORS: dict[int, type[ServiceError]] = {
     400: Invalid,
     404: NotFound,
     409: Conflict,
+    413: Invalid,
     422: Invalid,
+    429: Unavailable,
     503: Unavailable,
 }
 
@@ -85,10 +99,27 @@ def error_for(status: int, body: str, url: str, token_given: bool) -> ServiceErr
         if token_given:
             return TokenRefused(f"the farm at {url} refused the API token ({detail}); {TOKEN_HINT}")
         return TokenRefused(f"the farm at {url} needs the API token for this; {TOKEN_HINT}")
+    if status == 403:
+        return RoleRefused(f"the farm at {url} refused: {detail}")
     kind = STATUS_ERRORS.get(status)
     if kind is not None:
         return kind(detail)
     return RemoteError(f"the farm at {url} answered HTTP {status}: {detail}")
+
+
+def tls_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    """The context that checks a farm's certificate: against CA_FILE (PEM)
+    only, or the system's CAs if None. TLS 1.2 or newer.
+
+    Raises Invalid (CA file missing, unreadable or not PEM).
+    """
+    try:
+        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except OSError as exc:  # ssl.SSLError is one too
+        reason = str(exc) if isinstance(exc, ssl.SSLError) else (exc.strerror or str(exc))
+        raise Invalid(f"cannot use the CA file {ca_file}: {reason}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 class FarmHttp:
@@ -96,6 +127,9 @@ class FarmHttp:
 
     HTTP is an httpx.Client to use instead of a new one (tests pass a
     FastAPI TestClient); it is closed by `close` only if this made it.
+    CA_FILE: trust only this CA (PEM) for an https URL.
+
+    Raises Invalid (bad URL, unusable CA file).
     """
 
     def __init__(
@@ -105,11 +139,15 @@ class FarmHttp:
         *,
         http: httpx.Client | None = None,
         timeout: float = TIMEOUT_S,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.url = check_url(url)
         self.token_given = bool(token)
         self._owned = http is None
-        self.http = http if http is not None else httpx.Client(base_url=self.url, timeout=timeout)
+        if http is None:
+            verify = tls_context(ca_file)
+            http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify)
+        self.http = http
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 

@@ -2,9 +2,10 @@
 
 Rules:
 - The nouns are the Farm's own services (`vdisks`, `versions`, `devices`,
-  `locks`, `audit`, `servers`, `settings`); the calls of its `moves` and
-  `logins` services (rebalance, login, subnet affinity) are methods here, so
-  a front end calls `farm.rebalance(...)` whether the farm is local or remote.
+  `locks`, `audit`, `servers`, `settings`, `tokens`); the calls of its
+  `moves` and `logins` services (rebalance, login, subnet affinity) are
+  methods here, so a front end calls `farm.rebalance(...)` whether the farm
+  is local or remote.
 - No logic of its own: each method is one service call (plus, for the
   subnet affinity, a read of the vDisk it answers with). The audit actor is
   the Farm's own (`Farm.open(actor=...)`).
@@ -30,6 +31,7 @@ class LocalFarm:
         self.audit = farm.audit
         self.servers = farm.servers
         self.settings = farm.settings
+        self.tokens = farm.tokens
 
     def rebalance(
         self, *, apply: bool, trigger_pct: float | None = None, auto: bool = False

@@ -47,9 +47,10 @@ class LocalStore(Task):
 
 
 class RestApi(Task):
-    """The REST API, served in this process's event loop. Start raises
-    OSError (cannot bind), RuntimeError (uvicorn stopped at start),
-    TokenFileError (unusable api-token file)."""
+    """The REST API (HTTPS when a certificate is given), served in this
+    process's event loop. Start raises OSError (cannot bind), RuntimeError
+    (uvicorn stopped at start), TokenFileError (unusable api-token file),
+    ApiTlsError (unusable certificate or key)."""
 
     name = "api"
     stop_phase = API
@@ -60,7 +61,15 @@ class RestApi(Task):
 
     async def start(self) -> None:
         parts = self.parts
-        self.api = ApiServer(parts.farm, parts.api_host, parts.options.api_port or 0)
+        options = parts.options
+        self.api = ApiServer(
+            parts.farm,
+            parts.api_host,
+            options.api_port or 0,
+            tls_cert=options.api_tls_cert,
+            tls_key=options.api_tls_key,
+            limits=options.api_limits,
+        )
         parts.api_port = await self.api.start()
 
     async def run(self) -> None:

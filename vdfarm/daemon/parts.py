@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from vdfarm.api.limits import ApiLimits
 from vdfarm.service.context import Farm
 from vdfarm.service.servers import is_wildcard
 from vdfarm.stream.server import StreamServer
@@ -36,6 +38,9 @@ class ServerOptions:
     api_port: int | None = 8080  # None: no REST API
     auto_rebalance_every: float = 0.0  # seconds; 0: never
     advertise: str | None = None
+    api_tls_cert: Path | None = None  # PEM; None: plain HTTP
+    api_tls_key: Path | None = None  # None: the key is in the certificate file
+    api_limits: ApiLimits = field(default_factory=ApiLimits)
 
 
 @dataclass

@@ -17,6 +17,8 @@ Rules:
 - A device has at most one session row (the version it booted, on which server).
   `move_to_server_id` set on it is a rebalance order: the serving server asks
   the device to reconnect there (the new session row replaces the old one).
+- An API token row keeps the sha256 of its secret, never the secret; a
+  revoked token keeps its row (and name) with `revoked_at` set.
 - `store_versions` says which server holds a complete, verified copy of which
   vDisk version; placement and failover consider only those servers.
 """
@@ -54,6 +56,7 @@ DEVICE_TYPES = ("production", "test", "maintenance")
 VERSION_ACCESS = ("maintenance", "test", "production")
 FILE_FORMATS = ("raw", "qcow2")
 SUBNET_AFFINITIES = ("none", "best-effort", "fixed")
+TOKEN_ROLES = ("read", "operator", "admin")
 DEFAULT_MAX_VERSIONS = 5
 DEFAULT_MAX_BOOTING = 500
 
@@ -323,3 +326,19 @@ class AuditEvent(Base):
     target_name: Mapped[str] = mapped_column(String(255))
     before: Mapped[str | None] = mapped_column(Text)
     after: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiToken(Base):
+    """A named REST API token with a role; only the sha256 of its secret is kept."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint(_in("role", TOKEN_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

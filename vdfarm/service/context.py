@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from vdfarm.farm import db
 from vdfarm.farm.models import Server, utcnow
 from vdfarm.service.audit import AuditService, AuditWriter
+from vdfarm.service.audit import record as audit_record
 from vdfarm.service.deps import Clock, Database, ThisServer, first_line
 from vdfarm.service.devices import DeviceService
 from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
@@ -48,6 +49,7 @@ from vdfarm.service.moves import MoveService
 from vdfarm.service.servers import ServerService
 from vdfarm.service.sessions import SessionService
 from vdfarm.service.settings import SettingsService
+from vdfarm.service.tokens import TokenService
 from vdfarm.service.vdisks import VdiskService
 from vdfarm.service.versions import VersionService
 from vdfarm.store.store import Store
@@ -124,6 +126,7 @@ class Farm:
         self.exports = ExportService(session, clock, store)
         self.logins = LoginService(session, clock, writer, self.settings)
         self.moves = MoveService(session, clock, writer, here, self.settings)
+        self.tokens = TokenService(session, clock, audit_record)
 
     # -- opening -----------------------------------------------------------
 

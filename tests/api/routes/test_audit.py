@@ -1,6 +1,8 @@
-"""/api/v1/audit: the trail, filtered by time and count."""
+"""/api/v1/audit: the trail, filtered by time and count, a page at a time."""
 
 from __future__ import annotations
+
+from fastapi.testclient import TestClient
 
 from tests.api.conftest import OTHER_ACTOR, error_of
 
@@ -37,3 +39,51 @@ def test_bad_filters_are_422(local):
     )
     assert "query field since" in error_of(local.get("/api/v1/audit?since=yesterday"), 422)
     assert "query field limit" in error_of(local.get("/api/v1/audit?limit=0"), 422)
+
+
+def add_entries(farm, count):
+    for n in range(count):
+        farm.devices.add(f"d{n}")
+
+
+def test_pages_have_a_default_and_a_maximum(local, farm):
+    """Fails before: without a limit the whole table came back."""
+    add_entries(farm, 105)
+    total = len(farm.audit.list())
+    page = local.get("/api/v1/audit")
+    entries = page.json()
+    assert len(entries) == 100 < total
+    assert entries[-1]["target_name"] == "d104"  # the newest, oldest first
+    assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
+    assert page.headers["x-next-before-id"] == str(entries[0]["id"])
+    assert "query field limit" in error_of(local.get("/api/v1/audit?limit=1001"), 422)
+    assert len(local.get("/api/v1/audit?limit=1000").json()) == total
+
+
+def test_before_id_walks_back_to_the_first_entry(local, farm):
+    add_entries(farm, 7)
+    ids = [e.id for e in farm.audit.list()]
+    seen, before = [], None
+    while True:
+        params = {"limit": 3} | ({"before_id": before} if before else {})
+        page = local.get("/api/v1/audit", params=params)
+        seen[:0] = [e["id"] for e in page.json()]
+        before = page.headers.get("x-next-before-id")
+        if before is None:
+            break
+    assert seen == ids
+    assert "query field before_id" in error_of(local.get("/api/v1/audit?before_id=0"), 422)
+
+
+def test_the_client_pages_back_for_more_than_a_page(farm, app, token):
+    from vdfarm.client.farm import AUDIT_PAGE, FarmClient
+
+    add_entries(farm, 5)
+    client = FarmClient(
+        "http://testserver",
+        token,
+        http=TestClient(app, client=("192.0.2.7", 1), base_url="http://testserver"),
+    )
+    assert client.audit.list() == farm.audit.list()
+    assert client.audit.list(limit=2) == farm.audit.list(limit=2)
+    assert AUDIT_PAGE == 1000

@@ -4,28 +4,69 @@ Rules:
 - Open to every device: no token (a device's agent holds none, and login
   changes nothing but a short reservation of the server it chose;
   `"reserve": false` asks without one). The app mounts this router under /api/v1.
-- `client_ip` in the body wins; otherwise the peer address is used when it is
-  an IP address (it decides subnet affinity).
+- Rate-limited per source (an IPv4 address or an IPv6 /64; a token bucket,
+  `ApiLimits.login_rate_per_s` and `login_burst`), checked before the body
+  is read: 429 with Retry-After.
+  The body is capped like every other (`limits.BodyLimit`).
+- A token is optional; one that is given must be right (401). `client_ip` in
+  the body is believed only from a token of role operator or admin (an agent
+  or a trusted relay); otherwise the TCP peer's address is used (it decides
+  subnet affinity).
+- Without such a token, one source address may hold reservations for at
+  most `ApiLimits.reservations_per_source` devices within the reservation
+  window (counted in memory on this server): 429 past it; `reserve: false`
+  still answers.
 - Answers 200 {device, vdisk, version, server, alternatives, reason}; errors
   are {"detail": "<one line>"}: 404 unknown device, 400 no vDisk assigned or
-  bad address, 503 nothing can serve it (no server up, version held by no up
-  server, ...), 422 unparsable body.
+  bad address, 401 wrong token, 429 too many, 503 nothing can serve it (no
+  server up, version held by no up server, ...), 422 unparsable body.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+import math
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from vdfarm.api.deps import get_farm
+from vdfarm.api import auth, roles
+from vdfarm.api.deps import client_host, find_token, get_farm, refusal
+from vdfarm.api.limits import ApiLimits
+from vdfarm.api.ratelimit import RateLimiter, ReservationCap, source_key
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import ServiceError
 from vdfarm.service.login import LoginResult, ServerEndpoint
+from vdfarm.service.tokens import role_allows
 
-router = APIRouter(tags=["login"])
+
+class RateLimitedRoute(APIRoute):
+    """An APIRoute that spends one of the source address's tokens before
+    reading the body (429 when there is none)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def limited_handler(request: Request) -> Response:
+            limiter: RateLimiter | None = getattr(request.app.state, "login_limiter", None)
+            source = source_key(client_host(request))
+            if limiter is not None and not limiter.allow(source):
+                wait = max(1, math.ceil(limiter.retry_after(source)))
+                raise HTTPException(
+                    status_code=429,
+                    detail=f"too many logins from {source}: at most "
+                    f"{limiter.rate:g} a second (burst {limiter.burst:g}); retry in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                )
+            return await handler(request)
+
+        return limited_handler
+
+
+router = APIRouter(tags=["login"], route_class=RateLimitedRoute)
 
 
 class LoginRequest(BaseModel):
@@ -96,16 +137,56 @@ def _peer_address(request: Request) -> str | None:
         return None
 
 
+def _trusted_caller(request: Request) -> bool:
+    """True if REQUEST carries a token of role operator or admin.
+
+    Raises HTTPException 401 (a wrong or malformed token), Unavailable.
+    """
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return False
+    given = auth.bearer_token(authorization)
+    if given is None:
+        raise refusal(auth.AccessRefused(401, "malformed Authorization header"))
+    principal = find_token(request)(given)
+    if principal is None:
+        raise refusal(auth.AccessRefused(401, "wrong API token"))
+    return role_allows(principal.role, roles.LOGIN_TRUSTED_ROLE)
+
+
+def _count_reservation(request: Request, device: str) -> None:
+    """Count a reservation of DEVICE by REQUEST's source address.
+
+    Raises HTTPException 429 (the source holds its share already).
+    """
+    cap: ReservationCap | None = getattr(request.app.state, "reservation_cap", None)
+    source = source_key(client_host(request))
+    if cap is not None and not cap.allow(source, device.strip().lower()):
+        limits: ApiLimits = request.app.state.limits
+        raise HTTPException(
+            status_code=429,
+            detail=f"too many reservations from {source}: at most {cap.limit} devices "
+            f"within {limits.reservation_window_s:g} s without a token; "
+            "ask with reserve=false, or log in through a relay with an operator token",
+            headers={"Retry-After": str(math.ceil(limits.reservation_window_s))},
+        )
+
+
 @router.post(
     "/login",
     response_model=LoginResponse,
-    responses={status: {"model": LoginError} for status in (400, 404, 503)},
+    responses={status: {"model": LoginError} for status in (400, 401, 404, 413, 429, 503)},
 )
 def login_device(
     body: LoginRequest, request: Request, farm: Annotated[Farm, Depends(get_farm)]
 ) -> LoginResponse:
     """The server the device should stream from, and the ordered alternatives."""
-    client_ip = body.client_ip if body.client_ip is not None else _peer_address(request)
+    trusted = _trusted_caller(request)
+    client_ip = body.client_ip if trusted else None
+    if client_ip is None:
+        client_ip = _peer_address(request)
+    if body.reserve and not trusted:
+        _count_reservation(request, body.device)
     try:
         return _response(farm.logins.login(body.device, client_ip, reserve=body.reserve))
     except ServiceError as exc:
