@@ -122,7 +122,7 @@ def test_no_route_adds_an_audit_row_without_a_token(app, farm, populated):
     anything; login records no audit row."""
     anonymous = TestClient(app, client=OTHER_HOST)
     loopback = TestClient(app, client=("127.0.0.1", 40009), base_url="http://127.0.0.1")
-    farm.register_server(10809, 8080)
+    farm.servers.register(10809, 8080)
     before = len(farm.audit.list())
     for method, path in roles.MINIMAL_ROLE:
         url = API_PREFIX + path.replace("{name}", "w").replace("{vdisk}", "w")

@@ -31,8 +31,13 @@ EPERM, EIO, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP = 1, 5, 22, 28, 75, 95
 
 
 class RawClient:
-    def __init__(self, port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, port: int, timeout: float = 10.0, host: str = "127.0.0.1", source: str | None = None
+    ) -> None:
+        """SOURCE: the local address to connect from (e.g. 127.0.0.2: a second
+        client address on loopback)."""
+        bind = (source, 0) if source is not None else None
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=bind)
         self.cookie = 0
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ from tests.stream.rawclient import (
     NBDOptionError,
     RawClient,
 )
+from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.stream.farm_link import reconcile_after_outage_forever
 from vdfarm.stream.moves import carry_out_moves
 from vdfarm.stream.port import LiveSession
@@ -66,9 +67,15 @@ def fake(tmp_path, image) -> FakeFarm:
 
 @contextlib.asynccontextmanager
 async def serving(
-    farm: FakeFarm, tmp_path: Path, grace: float = 30, lease: float = 30
+    farm: FakeFarm,
+    tmp_path: Path,
+    grace: float = 30,
+    lease: float = 30,
+    limits: ConnectionLimits | None = None,
 ) -> AsyncIterator[tuple[StreamServer, int]]:
-    server = StreamServer(farm, tmp_path / "cache", grace_seconds=grace, lease_seconds=lease)
+    server = StreamServer(
+        farm, tmp_path / "cache", grace_seconds=grace, lease_seconds=lease, limits=limits
+    )
     port = await server.start("127.0.0.1", 0)
     try:
         yield server, port

@@ -18,6 +18,7 @@ from vdfarm.api.limits import ApiLimits
 from vdfarm.api.server import ApiTlsError, check_tls_files
 from vdfarm.cli.common import emit, json_option, open_farm, open_local_farm
 from vdfarm.cli.output import print_table
+from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.service.servers import check_advertise
 from vdfarm.service.validation import UNCHANGED
 
@@ -115,6 +116,47 @@ def server() -> None:
     show_default=True,
     help="Devices one source address without a token may reserve at once by logging in.",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=0),
+    default=ConnectionLimits.max_connections,
+    show_default=True,
+    help="NBD connections at once (0: no bound).",
+)
+@click.option(
+    "--max-connections-per-address",
+    type=click.IntRange(min=0),
+    default=ConnectionLimits.max_per_address,
+    show_default=True,
+    help="NBD connections from one client address (0: no bound).",
+)
+@click.option(
+    "--max-handshaking",
+    type=click.IntRange(min=0),
+    default=ConnectionLimits.max_handshaking,
+    show_default=True,
+    help="NBD connections still in the handshake (0: no bound).",
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0),
+    default=ConnectionLimits.handshake_timeout_s,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close an NBD connection that has not chosen its export by then (0: never).",
+)
+@click.option(
+    "--max-reply-buffer-mib",
+    type=click.IntRange(min=0),
+    default=ConnectionLimits.max_reply_buffer // (1 << 20),
+    show_default=True,
+    help="Replies queued for a client before its requests stop being read (0: no bound).",
+)
+@click.option(
+    "--list-exports",
+    is_flag=True,
+    help="Answer NBD_OPT_LIST with the device names (off: an empty list).",
+)
 def run_cmd(
     nbd_port: int,
     host: str,
@@ -131,6 +173,12 @@ def run_cmd(
     login_rate: float,
     login_burst: int,
     login_reservations: int,
+    max_connections: int,
+    max_connections_per_address: int,
+    max_handshaking: int,
+    handshake_timeout: float,
+    max_reply_buffer_mib: int,
+    list_exports: bool,
 ) -> int:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.daemon.parts import ServerOptions
@@ -164,6 +212,14 @@ def run_cmd(
                 login_rate_per_s=login_rate,
                 login_burst=login_burst,
                 reservations_per_source=login_reservations,
+            ),
+            nbd_limits=ConnectionLimits(
+                max_connections=max_connections,
+                max_per_address=max_connections_per_address,
+                max_handshaking=max_handshaking,
+                handshake_timeout_s=handshake_timeout,
+                max_reply_buffer=max_reply_buffer_mib << 20,
+                list_exports=list_exports,
             ),
         ),
     )

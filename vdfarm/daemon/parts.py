@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vdfarm.api.limits import ApiLimits
+from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.service.context import Farm
 from vdfarm.service.servers import is_wildcard
 from vdfarm.stream.server import StreamServer
@@ -41,6 +42,7 @@ class ServerOptions:
     api_tls_cert: Path | None = None  # PEM; None: plain HTTP
     api_tls_key: Path | None = None  # None: the key is in the certificate file
     api_limits: ApiLimits = field(default_factory=ApiLimits)
+    nbd_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 @dataclass

@@ -60,6 +60,7 @@ def build_parts(farm: Farm, options: ServerOptions) -> ServerParts:
         grace_seconds=options.grace_seconds,
         lease_seconds=options.lease_seconds,
         ram_cache_dir=ram_cache_dir(farm.server_uuid, farm.cache_dir),
+        limits=options.nbd_limits,
     )
     return ServerParts(farm=farm, stream=stream, options=options)
 

@@ -33,9 +33,12 @@ from vdfarm.block.stack import CheckedStack
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.errors import RemoteProtocolError, errno_to_nbd
 from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
+from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
+from vdfarm.stream.access import PeerMismatch, ViewRefused, is_loopback
 from vdfarm.stream.device_session import DeviceSession
 from vdfarm.stream.flags import transmission_flags
+from vdfarm.stream.limits import Admission, RefusalLog
 from vdfarm.stream.port import (
     ExportRefused,
     ExportTarget,
@@ -57,6 +60,8 @@ _FARM_ERRORS_TO_REP: dict[type[Exception], int] = {
     ExportRefused: c.REP_ERR_UNKNOWN,
     FarmUnavailable: c.REP_ERR_UNKNOWN,
     LockConflict: c.REP_ERR_POLICY,
+    ViewRefused: c.REP_ERR_POLICY,
+    PeerMismatch: c.REP_ERR_POLICY,
     FarmError: c.REP_ERR_UNKNOWN,
 }
 
@@ -73,6 +78,15 @@ class ConnectionOwner(Protocol):
 
     @property
     def io_executor(self) -> Executor: ...
+
+    @property
+    def limits(self) -> ConnectionLimits: ...
+
+    @property
+    def admission(self) -> Admission: ...
+
+    @property
+    def refusals(self) -> RefusalLog: ...
 
     def capabilities_for_mode(self, mode: str) -> Capabilities: ...
 
@@ -102,6 +116,11 @@ class NBDConnection(asyncio.Protocol):
         self._closed = False
         self._flushes_pending = 0
         self._out: list[Any] = []  # replies of the current batch, written at once
+        self._admitted = False
+        self._handshaking = True  # until the export is accepted for transmission
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False  # replies queued past the bound: stop reading requests
+        self._held = 0  # bytes received while a handshake step runs
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,13 +130,37 @@ class NBDConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.client_ip = peer[0] if peer else None
-        self.server.connections.add(self)
+        address = self.client_ip or "?"
+        server = self.server
+        refusal = server.admission.refusal(address)
+        if refusal is not None:  # closed before the greeting: it holds nothing
+            server.refusals.refused(address, refusal)
+            self._closed = True
+            self.transport.abort()
+            return
+        server.admission.admitted(address)
+        self._admitted = True
+        server.connections.add(self)
+        limits = server.limits
+        if limits.max_reply_buffer:
+            self.transport.set_write_buffer_limits(high=limits.max_reply_buffer)
+        if limits.handshake_timeout_s:
+            self._handshake_timer = asyncio.get_running_loop().call_later(
+                limits.handshake_timeout_s, self._handshake_expired
+            )
         self.transport.write(self.nbd.start())
 
     def data_received(self, data: bytes) -> None:
         self.nbd.receive_data(data)
         if not self._busy:
-            self._process()
+            if not self._write_paused:
+                self._process()
+            return
+        # A handshake step runs: bytes wait unparsed, up to a bound.
+        self._held += len(data)
+        bound = self.server.limits.max_unparsed_bytes
+        if bound and self._held > bound:
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.nbd.receive_data(b"")
@@ -127,6 +170,11 @@ class NBDConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if not self._admitted:
+            return
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self.server.admission.left(self.client_ip or "?", self._handshaking)
         self.server.connections.discard(self)
         if self.session is not None:
             self.registry.detach(self.session, self, clean=self._clean)
@@ -136,11 +184,32 @@ class NBDConnection(asyncio.Protocol):
             self.view = None
 
     def pause_writing(self) -> None:
+        """Replies queued past the bound: parse no further request (the ones
+        already received wait in the machine) and read no more."""
+        self._write_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if not self._closed:
             self.transport.resume_reading()
+            if not self._busy:
+                self._process()
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self._handshaking and not self._closed:
+            self.server.refusals.refused(
+                self.client_ip or "?", "handshake not finished in time", f" ({self.peer})"
+            )
+            self._close()
+
+    def _entered_transmission(self) -> None:
+        self._handshaking = False
+        self.server.admission.handshake_done()
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
 
     # -- event loop over the protocol machine ------------------------------
     def _process(self) -> None:
@@ -150,7 +219,7 @@ class NBDConnection(asyncio.Protocol):
         next_event: Callable[[], Any] = nbd.next_event
         out = self._out
         try:
-            while not self._closed:
+            while not self._closed and not self._write_paused:
                 ev = next_event()
                 if ev is NEED_DATA:
                     break
@@ -199,6 +268,10 @@ class NBDConnection(asyncio.Protocol):
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._busy = False
+        if self._held:
+            self._held = 0
+            if not self._closed:
+                self.transport.resume_reading()
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: handshake step failed: %r", self.peer, task.exception())
             self._close()
@@ -246,6 +319,7 @@ class NBDConnection(asyncio.Protocol):
         self.stack = session.stack
         info = self._export_info(target, session.stack.capabilities())
         self.transport.write(self.nbd.accept_export(info))
+        self._entered_transmission()
         log.info(
             "%s: device %s streaming vDisk %s (%s)",
             self.peer,
@@ -255,6 +329,9 @@ class NBDConnection(asyncio.Protocol):
         )
 
     async def _view_request(self, ev: ExportRequest) -> None:
+        if not is_loopback(self.client_ip):
+            self._reject(ev, ViewRefused("vDisk views are served to this server's own host only"))
+            return
         try:
             target = await self.registry.resolve_view(ev.name[len(VIEW_PREFIX) :])
         except Exception as exc:
@@ -269,6 +346,8 @@ class NBDConnection(asyncio.Protocol):
         else:
             self.view, self.stack = target, stack
         self.transport.write(self.nbd.accept_export(info))
+        if ev.go:
+            self._entered_transmission()
 
     def _capabilities_for(self, target: ExportTarget) -> Capabilities:
         session = self.registry.sessions.get(target.device_id)
@@ -299,6 +378,10 @@ class NBDConnection(asyncio.Protocol):
             self._close()
 
     async def _list_request(self) -> None:
+        if not self.server.limits.list_exports:  # names are for those who know them
+            self.server.refusals.refused(self.client_ip or "?", "export list asked (off)")
+            self.transport.write(self.nbd.send_export_list([]))
+            return
         entries = await self.registry.run_db(self.server.list_exports)
         self.transport.write(self.nbd.send_export_list(entries))
 

@@ -23,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vdfarm.block.layer import FULL_CAPABILITIES, Capabilities
+from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.stream.connection import NBDConnection
+from vdfarm.stream.limits import Admission, RefusalLog
 from vdfarm.stream.port import FarmPort
 from vdfarm.stream.runtime_dirs import private_dir
 from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
@@ -41,8 +43,12 @@ class StreamServer:
         grace_seconds: float = 30.0,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         ram_cache_dir: Path | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.farm = farm
+        self.limits = limits if limits is not None else ConnectionLimits()
+        self.admission = Admission(self.limits)
+        self.refusals = RefusalLog()
         self.cache_dir = Path(cache_dir)
         self.db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdfarm-db")
         self.link_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdfarm-link")

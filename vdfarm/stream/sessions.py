@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 from vdfarm.block.cow import WriteCacheOverlay
 from vdfarm.block.readonly import ReadOnlyGuard
 from vdfarm.block.stack import CheckedStack
+from vdfarm.stream.access import PeerMismatch, peer_refusal
 from vdfarm.stream.chains import ChainCache
 from vdfarm.stream.device_session import DeviceSession, chain_of, end_writable, open_writable
 from vdfarm.stream.port import (
@@ -156,7 +157,8 @@ class SessionRegistry:
     async def attach(self, target: ExportTarget, connection: Any) -> DeviceSession:
         """Join (or create) the session of `target`'s device for `connection`.
 
-        Raises LockConflict when the vDisk is locked elsewhere (and the
+        Raises PeerMismatch (the device's live session belongs to another
+        client address), LockConflict when the vDisk is locked elsewhere (and the
         other port errors of `acquire_lock`), OSError (EBUSY: the device is
         still connected to another vDisk; or the vDisk file cannot be
         opened), ValueError (a format we do not serve).
@@ -179,6 +181,12 @@ class SessionRegistry:
                     f"device {target.device_name} is still connected to vDisk "
                     f"{session.target.vdisk_name}",
                 )
+        if session is not None:
+            why = peer_refusal(
+                session.client_ip, getattr(connection, "client_ip", None), target.device_name
+            )
+            if why is not None:
+                raise PeerMismatch(why)
         if session is None:
             fut = asyncio.get_running_loop().create_future()
             self._opening[device_id] = fut
