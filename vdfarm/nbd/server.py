@@ -25,7 +25,7 @@ Rules:
 - Memory follows what was received, never what a header announces: a WRITE
   payload still arriving is held as the pieces that came (referenced, or
   copied once when they sit in the receive buffer) and joined once when
-  complete. `buffered_bytes` and `requests_in_flight` let the I/O layer
+  complete (`vdfarm.nbd.payload`). `buffered_bytes` and `requests_in_flight` let the I/O layer
   stop reading or parsing past its own bounds.
 - Transmission is the hot path: one `unpack_from` per request header, a
   bytearray receive buffer compacted once per `receive_data`, a WRITE that
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from itertools import chain
 from typing import NoReturn, TypeAlias
 
@@ -55,6 +54,8 @@ from vdfarm.nbd.events import (
     Request,
     StartTLS,
 )
+from vdfarm.nbd.export import ExportInfo, advertised
+from vdfarm.nbd.payload import Payload
 from vdfarm.nbd.states import State, can, transition
 from vdfarm.nbd.tls import Gate, TLSPolicy, gate
 
@@ -76,19 +77,6 @@ TransmissionEvent: TypeAlias = Request | BadRequest | Disconnect | _NeedData
 NextEvent: TypeAlias = HandshakeEvent | TransmissionEvent
 """next_event() result: nothing complete in the buffer; feed more bytes."""
 
-_SERVABLE_FLAGS = (
-    c.FLAG_HAS_FLAGS
-    | c.FLAG_READ_ONLY
-    | c.FLAG_SEND_FLUSH
-    | c.FLAG_SEND_FUA
-    | c.FLAG_ROTATIONAL
-    | c.FLAG_SEND_TRIM
-    | c.FLAG_SEND_WRITE_ZEROES
-    | c.FLAG_SEND_DF
-    | c.FLAG_CAN_MULTI_CONN
-    | c.FLAG_SEND_CACHE
-    | c.FLAG_SEND_FAST_ZERO
-)
 _NBD_ERRORS = frozenset(
     {
         c.NBD_EPERM,
@@ -113,25 +101,6 @@ _SIMPLE_MAGIC = c.SIMPLE_REPLY_MAGIC
 _STRUCTURED_MAGIC = c.STRUCTURED_REPLY_MAGIC
 _DONE = c.REPLY_FLAG_DONE
 _OFFSET_DATA = c.REPLY_TYPE_OFFSET_DATA
-_SMALL_PIECE = 4096  # WRITE payload pieces below this are gathered in one bytearray
-
-
-def _is_power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
-@dataclass(frozen=True)
-class ExportInfo:
-    """What the application tells the client about an accepted export.
-    `transmission_flags` are FLAG_* bits; the machine adds HAS_FLAGS and drops
-    SEND_DF when structured replies were not negotiated."""
-
-    size: int
-    transmission_flags: int
-    description: str = ""
-    min_block: int = 1
-    preferred_block: int = 4096
-    max_block: int = c.MAX_PAYLOAD
 
 
 class ServerConnection:
@@ -183,10 +152,7 @@ class ServerConnection:
         "_align_mask",
         "_pending_status",
         "_in_flight",
-        "_body_event",
-        "_body",
-        "_body_held",
-        "_body_remaining",
+        "_pending_write",
     )
 
     def __init__(
@@ -239,10 +205,8 @@ class ServerConnection:
         self._align_mask = 0
         self._pending_status: dict[int, tuple[int, bool]] = {}
         self._in_flight = 0  # Request/BadRequest events out, minus replies
-        self._body_event: Request | BadRequest | None = None
-        self._body: list[bytes | bytearray | memoryview] | None = None  # None: discarding
-        self._body_held = 0  # bytes of the pending payload held in _body
-        self._body_remaining = 0
+        # a WRITE whose payload is still arriving, and that payload
+        self._pending_write: tuple[Request | BadRequest, Payload] | None = None
 
     # -- read-only views ------------------------------------------------------
 
@@ -288,7 +252,9 @@ class ServerConnection:
         """Bytes received and not yet handed out in an event: the unparsed
         buffer plus what arrived of a WRITE payload still incomplete. The
         I/O layer should stop reading while this is above its bound."""
-        return len(self._buf) - self._pos + self._body_held
+        pending = self._pending_write
+        held = pending[1].held if pending is not None else 0
+        return len(self._buf) - self._pos + held
 
     @property
     def requests_in_flight(self) -> int:
@@ -328,8 +294,8 @@ class ServerConnection:
         if self._pos:
             del buf[: self._pos]  # O(1) at the front of a bytearray
             self._pos = 0
-        if self._body_remaining and not buf:  # payload streaming in: held as it comes
-            taken = self._feed_body(data, 0, type(data) is bytes)
+        if self._pending_write is not None and not buf:  # payload streaming in
+            taken = self._pending_write[1].take(data, 0, type(data) is bytes)
             if taken < len(data):
                 buf += memoryview(data)[taken:]
             return
@@ -360,8 +326,8 @@ class ServerConnection:
         """
         state = self._state
         if state is _TRANSMISSION:
-            if self._body_event is not None:
-                return self._continue_body(self._body_event)
+            if self._pending_write is not None:
+                return self._continue_body(*self._pending_write)
             buf, pos = self._buf, self._pos
             if len(buf) - pos < _HEADER:
                 return self._at_boundary_eof("request")
@@ -418,8 +384,7 @@ class ServerConnection:
         self._set_state("error")
         self._buf.clear()
         self._pos = 0
-        self._body = self._body_event = None
-        self._body_held = self._body_remaining = 0
+        self._pending_write = None
 
     def _fail(self, message: str) -> NoReturn:
         self._break(message)
@@ -605,7 +570,7 @@ class ServerConnection:
         request = self._pending_export
         if self._state is not State.EXPORT_ANSWER or request is None:
             raise LocalProtocolError("accept_export without a pending ExportRequest")
-        flags, block_sizes = self._advertised(info)
+        flags, block_sizes = advertised(info, self._structured, self._max_payload)
         if request.legacy:
             reply = wire.EXPORT_NAME_REPLY.pack(info.size, flags)
             if not self._no_zeroes:
@@ -681,38 +646,6 @@ class ServerConnection:
         self._set_state("send_export_list")
         return self.data_to_send() + b"".join(replies)
 
-    def _advertised(self, info: ExportInfo) -> tuple[int, tuple[int, int, int]]:
-        """(transmission flags, (min, preferred, max) block sizes) to send.
-
-        Raises LocalProtocolError for what the protocol cannot advertise.
-        """
-        if not 0 <= info.size < _U64_LIMIT:
-            raise LocalProtocolError(f"export size {info.size} does not fit 64 bits")
-        flags = info.transmission_flags | c.FLAG_HAS_FLAGS
-        if flags & ~_SERVABLE_FLAGS:
-            raise LocalProtocolError(
-                f"transmission flags 0x{flags & ~_SERVABLE_FLAGS:x} "
-                "are not supported by this machine"
-            )
-        if flags & c.FLAG_SEND_FAST_ZERO and not flags & c.FLAG_SEND_WRITE_ZEROES:
-            raise LocalProtocolError("SEND_FAST_ZERO needs SEND_WRITE_ZEROES")
-        if not self._structured:
-            flags &= ~c.FLAG_SEND_DF  # proto.md: MUST be clear without structured replies
-        maximum = min(info.max_block, self._max_payload)
-        if not (_is_power_of_two(info.min_block) and info.min_block <= 65536):
-            raise LocalProtocolError(f"min_block {info.min_block} is not a power of 2 <= 65536")
-        if not (
-            _is_power_of_two(info.preferred_block)
-            and info.preferred_block >= max(info.min_block, 512)
-        ):
-            raise LocalProtocolError(
-                f"preferred_block {info.preferred_block} must be a power "
-                "of 2 >= max(min_block, 512)"
-            )
-        if not info.preferred_block <= maximum <= 0xFFFFFFFF:
-            raise LocalProtocolError(f"maximum payload {maximum} must be >= preferred_block")
-        return flags, (info.min_block, info.preferred_block, maximum)
-
     def _enter_transmission(self, name: str, flags: int, block_sizes: tuple[int, int, int]) -> None:
         meta = self._structured and self._meta_export == name
         self._export_name = name
@@ -771,57 +704,26 @@ class ServerConnection:
         event: Request | BadRequest
         if problem is None:
             event = Request(cookie, c.CMD_WRITE, flags, offset, length, None)
-            self._body = []
         else:
             event = BadRequest(cookie, *problem)
-            self._body = None
-        self._body_event = event
-        self._body_held = 0
-        self._body_remaining = length
-        return self._continue_body(event)
+        payload = Payload(length, keep=problem is None)
+        self._pending_write = (event, payload)
+        return self._continue_body(event, payload)
 
-    def _feed_body(self, source: bytes | bytearray, start: int, owned: bool) -> int:
-        """Take up to the rest of the pending payload from source[start:];
-        return the number of bytes taken. `owned`: source is an immutable
-        bytes object, which may be kept by reference; else (our receive
-        buffer) the piece is copied. Small pieces are gathered into one
-        bytearray, so a client sending a byte at a time costs a byte each."""
-        take = min(len(source) - start, self._body_remaining)
-        body = self._body
-        if body is not None and take:
-            if take < _SMALL_PIECE:
-                last = body[-1] if body else None
-                if type(last) is bytearray:
-                    last += memoryview(source)[start : start + take]
-                else:
-                    body.append(bytearray(memoryview(source)[start : start + take]))
-            elif owned:
-                whole = start == 0 and take == len(source)
-                body.append(source if whole else memoryview(source)[start : start + take])
-            else:
-                body.append(bytes(memoryview(source)[start : start + take]))
-            self._body_held += take
-        self._body_remaining -= take
-        return take
-
-    def _continue_body(self, event: Request | BadRequest) -> Request | BadRequest | _NeedData:
-        """Take what is buffered of `event`'s payload (the one pending);
-        the event once all of it is here."""
-        if self._body_remaining and self._pos < len(self._buf):
-            self._pos += self._feed_body(self._buf, self._pos, False)
-        if self._body_remaining:
+    def _continue_body(
+        self, event: Request | BadRequest, payload: Payload
+    ) -> Request | BadRequest | _NeedData:
+        """Take what is buffered of the pending WRITE's payload; the event
+        once all of it is here."""
+        if payload.remaining and self._pos < len(self._buf):
+            self._pos += payload.take(self._buf, self._pos, False)
+        if payload.remaining:
             if self._eof:
                 self._fail("client disconnected mid-request")
             return NEED_DATA
-        body = self._body
-        if body is not None and type(event) is Request:  # a BadRequest has no body
-            if len(body) == 1:
-                piece = body[0]
-                event.data = memoryview(piece) if isinstance(piece, bytearray) else piece
-            else:
-                event.data = b"".join(body)  # the one copy of a payload that came in pieces
-        self._body_event = self._body = None
-        self._body_held = 0
+        if type(event) is Request:  # a BadRequest has no body
+            event.data = payload.data()
+        self._pending_write = None
         self._in_flight += 1
         return event
 
