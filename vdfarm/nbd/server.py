@@ -25,8 +25,9 @@ Rules:
 - Memory follows what was received, never what a header announces: a WRITE
   payload still arriving is held as the pieces that came (referenced, or
   copied once when they sit in the receive buffer) and joined once when
-  complete (`vdfarm.nbd.payload`). `buffered_bytes` and `requests_in_flight` let the I/O layer
-  stop reading or parsing past its own bounds.
+  complete (`vdfarm.nbd.payload`). `buffered_bytes` and
+  `requests_in_flight` let the I/O layer stop reading or parsing past its
+  own bounds.
 - Transmission is the hot path: one `unpack_from` per request header, a
   bytearray receive buffer compacted once per `receive_data`, a WRITE that
   arrives whole copied once, nothing allocated but the event, an int kept
