@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
@@ -173,16 +174,18 @@ def events(conn: ServerConnection) -> list:
         if ev is NEED_DATA:
             return out
         out.append(ev)
-        if type(ev).__name__ in ("Disconnect", "ExportRequest", "ListRequest"):
+        if type(ev).__name__ in ("Disconnect", "ExportRequest", "ListRequest", "StartTLS"):
             return out
 
 
 def started(
     client_flag_bits: int = c.FLAG_C_FIXED_NEWSTYLE | c.FLAG_C_NO_ZEROES,
     max_payload: int = c.MAX_PAYLOAD,
+    **limits: Any,
 ) -> ServerConnection:
-    """A machine in OPTIONS: greeting sent, client flags received."""
-    conn = ServerConnection(max_payload=max_payload)
+    """A machine in OPTIONS: greeting sent, client flags received. `limits`
+    go to the constructor (tls=..., max_options=...)."""
+    conn = ServerConnection(max_payload=max_payload, **limits)
     conn.start()
     conn.receive_data(client_flags(client_flag_bits))
     assert conn.next_event() is NEED_DATA

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
+from vdfarm.nbd.events import (
+    BadRequest,
+    Disconnect,
+    ExportRequest,
+    ListRequest,
+    Request,
+    StartTLS,
+)
 
 
 @pytest.mark.parametrize(
@@ -15,6 +22,7 @@ from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest
         Request(1, 0, 0, 0, 1),
         BadRequest(1, 22, "x"),
         Disconnect(),
+        StartTLS(),
     ],
 )
 def test_events_have_slots_only(event):
@@ -27,6 +35,7 @@ def test_value_equality():
     assert Request(1, 1, 0, 0, 3, b"abc") == Request(1, 1, 0, 0, 3, memoryview(b"abc"))
     assert Request(1, 1, 0, 0, 3, b"abc") != Request(1, 1, 0, 0, 3, b"abd")
     assert Disconnect() == Disconnect() and Disconnect() != ListRequest()
+    assert StartTLS() == StartTLS() and StartTLS() != ListRequest()
     assert ExportRequest("a", True) != ExportRequest("a", True, legacy=True)
 
 

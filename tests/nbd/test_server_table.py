@@ -11,7 +11,14 @@ import pytest
 from tests.nbd import client_bytes as cb
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.errors import RemoteProtocolError
-from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
+from vdfarm.nbd.events import (
+    BadRequest,
+    Disconnect,
+    ExportRequest,
+    ListRequest,
+    Request,
+    StartTLS,
+)
 from vdfarm.nbd.server import NEED_DATA, ServerConnection
 from vdfarm.nbd.states import State, can
 
@@ -44,6 +51,8 @@ SETUPS = {
     "OPTIONS": cb.started,
     "TRANSMISSION": lambda: cb.in_transmission(ALL, structured=True, meta=True),
     "TRANSMISSION-RO": lambda: cb.in_transmission(c.FLAG_READ_ONLY),
+    "OPTIONS-TLS-OPTIONAL": lambda: cb.started(tls="optional"),
+    "OPTIONS-TLS-REQUIRE": lambda: cb.started(tls="require"),
 }
 
 RP = RemoteProtocolError
@@ -152,6 +161,45 @@ TABLE = [
         err(5, c.REP_ERR_POLICY, "TLS not available"),
         State.EXPORT_ANSWER,
     ),
+    (
+        "OPTIONS-TLS-OPTIONAL",
+        o(c.OPT_STARTTLS),
+        [StartTLS()],
+        rep(5, c.REP_ACK),
+        State.TLS_HANDSHAKE,
+    ),
+    (
+        "OPTIONS-TLS-OPTIONAL",
+        o(c.OPT_LIST),
+        [ListRequest()],
+        b"",
+        State.LIST_ANSWER,
+    ),
+    (
+        "OPTIONS-TLS-REQUIRE",
+        o(c.OPT_STARTTLS),
+        [StartTLS()],
+        rep(5, c.REP_ACK),
+        State.TLS_HANDSHAKE,
+    ),
+    (
+        "OPTIONS-TLS-REQUIRE",
+        o(c.OPT_LIST) + o(c.OPT_GO, cb.go_data("x")) + o(c.OPT_STRUCTURED_REPLY),
+        [],
+        err(3, c.REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS")
+        + err(7, c.REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS")
+        + err(8, c.REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS"),
+        State.OPTIONS,
+    ),
+    (
+        "OPTIONS-TLS-REQUIRE",
+        o(c.OPT_STARTTLS, b"x"),
+        [],
+        err(5, c.REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data"),
+        State.OPTIONS,
+    ),
+    ("OPTIONS-TLS-REQUIRE", o(c.OPT_ABORT), [Disconnect()], rep(2, c.REP_ACK), State.CLOSED),
+    ("OPTIONS-TLS-REQUIRE", o(c.OPT_EXPORT_NAME, b"d"), RP, b"", State.ERROR),
     ("OPTIONS", o(c.OPT_LIST, magic=1), RP, b"", State.ERROR),
     ("OPTIONS", o(c.OPT_GO, length=c.MAX_OPTION_LENGTH + 1), RP, b"", State.ERROR),
     (

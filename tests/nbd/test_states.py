@@ -7,7 +7,7 @@ import pytest
 from tests.nbd import client_bytes as cb
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.errors import LocalProtocolError
-from vdfarm.nbd.events import Disconnect, ExportRequest, Request
+from vdfarm.nbd.events import Disconnect, ExportRequest, Request, StartTLS
 from vdfarm.nbd.server import ExportInfo
 from vdfarm.nbd.states import TRANSITIONS, State, can, transition
 
@@ -34,9 +34,11 @@ def test_final_states_only_allow_replies():
     assert TRANSITIONS[State.CLOSED] == {"reply": State.CLOSED}
 
 
-def test_only_the_reading_states_can_fail():
+def test_every_state_but_the_final_ones_can_fail():
+    # the answering states too: bytes keep arriving while the application
+    # answers, and may break a limit or come before the TLS handshake
     failing = {state for state in State if can(state, "error")}
-    assert failing == {State.CLIENT_FLAGS, State.OPTIONS, State.TRANSMISSION}
+    assert failing == set(State) - {State.CLOSED, State.ERROR}
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,10 @@ def test_only_the_reading_states_can_fail():
         (State.EXPORT_ANSWER, Disconnect),
         (State.CLOSED, "start"),
         (State.ERROR, "reply"),
+        (State.OPTIONS, "tls_started"),
+        (State.TLS_HANDSHAKE, StartTLS),
+        (State.TLS_HANDSHAKE, ExportRequest),
+        (State.TRANSMISSION, StartTLS),
     ],
 )
 def test_illegal_transition_raises(state, trigger):
@@ -66,3 +72,11 @@ def test_illegal_call_on_the_machine_changes_nothing():
     assert conn.state is State.TRANSMISSION and conn.transmission_flags == flags
     conn.receive_data(cb.request(c.CMD_READ, 1, 0, 1))
     assert conn.next_event() == Request(1, c.CMD_READ, 0, 0, 1)
+
+
+def test_tls_handshake_leads_back_to_options_only():
+    assert transition(State.OPTIONS, StartTLS) is State.TLS_HANDSHAKE
+    assert TRANSITIONS[State.TLS_HANDSHAKE] == {
+        "tls_started": State.OPTIONS,
+        "error": State.ERROR,
+    }

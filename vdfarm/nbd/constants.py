@@ -117,6 +117,8 @@ NBD_ESHUTDOWN = 108
 # Limits
 MAX_PAYLOAD = 32 * 1024 * 1024  # largest READ/WRITE we accept (and advertise)
 MAX_OPTION_LENGTH = 64 * 1024  # an option longer than this is a hostile client
+MAX_OPTIONS = 64  # options in one handshake; real clients send fewer than 10
+MAX_HANDSHAKE_BUFFER = 256 * 1024  # unparsed bytes held before transmission
 MAX_STRING = 4096  # NBD strings (names, descriptions, queries) are at most 4 KiB
 META_CONTEXT_BASE_ALLOCATION = "base:allocation"
 MAX_EXTENTS_PER_REPLY = 1 << 20  # proto.md: servers SHOULD NOT send more descriptors per chunk

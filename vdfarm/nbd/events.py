@@ -7,6 +7,7 @@ write the event they expect.
 
 Handshake: `ExportRequest` and `ListRequest` must be answered by the
 application (`accept_export` / `reject_export`, `send_export_list`).
+`StartTLS` must be followed by the TLS handshake and `tls_started()`.
 Transmission: `Request` must be executed and answered; `BadRequest` must be
 answered with an error reply and not executed. `Disconnect` ends both phases.
 """
@@ -61,7 +62,7 @@ class ListRequest(Event):
 class Request(Event):
     """A valid transmission request. `cookie` is the client's 64-bit handle,
     echoed in the reply. `data` is the payload of a WRITE (bytes, or a
-    memoryview over a buffer owned by this event alone); None otherwise."""
+    memoryview over a buffer nobody changes any more); None otherwise."""
 
     __slots__ = ("cookie", "command", "flags", "offset", "length", "data")
 
@@ -97,6 +98,16 @@ class BadRequest(Event):
         self.cookie = cookie
         self.error = error
         self.message = message
+
+
+class StartTLS(Event):
+    """NBD_OPT_STARTTLS was accepted; its NBD_REP_ACK is queued in
+    `data_to_send()`. The I/O layer must stop reading plaintext, send those
+    bytes, run the TLS handshake as the server on the same socket, then call
+    `tls_started()`; if the handshake fails it must close the connection
+    (the ACK is out: there is no way back to plaintext)."""
+
+    __slots__ = ()
 
 
 class Disconnect(Event):

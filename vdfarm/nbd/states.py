@@ -6,17 +6,25 @@ Rules:
   from the current state's row is illegal: `transition` raises
   LocalProtocolError and nothing changes.
 - Triggers are of two kinds. Remote ones are the event classes the parser
-  emits (ExportRequest, Request, ...) plus two names: "client_flags" (the
-  client answered the greeting) and "option_answered" (an option the machine
-  answered by itself). Local ones are the names of the methods the
-  application calls ("start", "accept_info", "reply", ...).
+  emits (ExportRequest, StartTLS, Request, ...) plus two names:
+  "client_flags" (the client answered the greeting) and "option_answered"
+  (an option the machine answered by itself). Local ones are the names of
+  the methods the application calls ("start", "accept_info",
+  "tls_started", "reply", ...).
 - A self-loop (Request in TRANSMISSION, "reply" in CLOSED...) is listed so
   that the table tells every legal move; the hot path does not look it up,
   because its parser only runs in the one state where those triggers exist
   (the tests check every emitted event against this table).
-- RemoteProtocolError moves any reading state to ERROR (trigger "error");
-  nothing leaves ERROR or CLOSED, except replies to requests that were
-  already received before the client disconnected.
+- RemoteProtocolError moves any state but CLOSED and ERROR to ERROR
+  (trigger "error"): the reading states when a message breaks the protocol,
+  the answering states (EXPORT_ANSWER, LIST_ANSWER, TLS_HANDSHAKE) when
+  bytes pile up past the handshake limit while the application works, or
+  arrive before the TLS handshake. Nothing leaves ERROR or CLOSED, except
+  replies to requests that were already received before the client
+  disconnected.
+- Whether TLS is active is not a state of this table: it is a fact of the
+  connection that lasts through every later state (the machine's
+  `tls_active`); what it changes is the table of `vdfarm.nbd.tls`.
 """
 
 from __future__ import annotations
@@ -24,7 +32,14 @@ from __future__ import annotations
 import enum
 
 from vdfarm.nbd.errors import LocalProtocolError
-from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
+from vdfarm.nbd.events import (
+    BadRequest,
+    Disconnect,
+    ExportRequest,
+    ListRequest,
+    Request,
+    StartTLS,
+)
 
 
 class State(enum.Enum):
@@ -33,6 +48,7 @@ class State(enum.Enum):
     OPTIONS = "OPTIONS"  # option haggling: reading the next option
     EXPORT_ANSWER = "EXPORT_ANSWER"  # ExportRequest out: accept_export / reject_export
     LIST_ANSWER = "LIST_ANSWER"  # ListRequest out: send_export_list
+    TLS_HANDSHAKE = "TLS_HANDSHAKE"  # StartTLS out: handshake, then tls_started
     TRANSMISSION = "TRANSMISSION"  # reading requests, replies allowed
     CLOSED = "CLOSED"  # the client ended the session (cleanly)
     ERROR = "ERROR"  # the client broke the protocol: drop the connection
@@ -41,7 +57,7 @@ class State(enum.Enum):
 S = State
 
 TRANSITIONS: dict[State, dict[object, State]] = {
-    S.START: {"start": S.CLIENT_FLAGS},
+    S.START: {"start": S.CLIENT_FLAGS, "error": S.ERROR},
     S.CLIENT_FLAGS: {
         "client_flags": S.OPTIONS,
         Disconnect: S.CLOSED,
@@ -51,6 +67,7 @@ TRANSITIONS: dict[State, dict[object, State]] = {
         "option_answered": S.OPTIONS,
         ExportRequest: S.EXPORT_ANSWER,
         ListRequest: S.LIST_ANSWER,
+        StartTLS: S.TLS_HANDSHAKE,
         Disconnect: S.CLOSED,
         "error": S.ERROR,
     },
@@ -59,8 +76,12 @@ TRANSITIONS: dict[State, dict[object, State]] = {
         "accept_go": S.TRANSMISSION,  # NBD_OPT_GO / EXPORT_NAME accepted
         "reject": S.OPTIONS,  # error reply to INFO / GO
         "reject_legacy": S.CLOSED,  # EXPORT_NAME refused: the server must close
+        "error": S.ERROR,
     },
-    S.LIST_ANSWER: {"send_export_list": S.OPTIONS},
+    S.LIST_ANSWER: {"send_export_list": S.OPTIONS, "error": S.ERROR},
+    # The ACK of STARTTLS is queued; no plaintext byte may arrive until the
+    # handshake is done. Option haggling then goes on, over TLS.
+    S.TLS_HANDSHAKE: {"tls_started": S.OPTIONS, "error": S.ERROR},
     S.TRANSMISSION: {
         Request: S.TRANSMISSION,
         BadRequest: S.TRANSMISSION,
