@@ -21,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import sys
 from collections.abc import Callable, Sequence
 
-from vdfarm.daemon import farm_tasks, stream_tasks
+from vdfarm.daemon import farm_tasks, logs, stream_tasks
 from vdfarm.daemon.farm_port import ServiceFarmPort
 from vdfarm.daemon.parts import ServerOptions, ServerParts
 from vdfarm.daemon.supervisor import EXIT_TASK_DIED, Supervisor, Task
@@ -121,11 +120,7 @@ def run_server(farm: Farm, options: ServerOptions, extra_tasks: Sequence[TaskFac
     registration): the CLI shows its one line.
     """
     _tune_malloc()
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure()
     try:
         import uvloop
 

@@ -35,6 +35,7 @@ from vdfarm.nbd.errors import RemoteProtocolError, errno_to_nbd
 from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
 from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
+from vdfarm.nbd.text import printable
 from vdfarm.stream.access import PeerMismatch, ViewRefused, is_loopback
 from vdfarm.stream.device_session import DeviceSession
 from vdfarm.stream.flags import transmission_flags
@@ -120,7 +121,7 @@ class NBDConnection(asyncio.Protocol):
         self._handshaking = True  # until the export is accepted for transmission
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._write_paused = False  # replies queued past the bound: stop reading requests
-        self._held = 0  # bytes received while a handshake step runs
+        self._held = False  # reading paused: too much arrived during a handshake step
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,9 +158,9 @@ class NBDConnection(asyncio.Protocol):
                 self._process()
             return
         # A handshake step runs: bytes wait unparsed, up to a bound.
-        self._held += len(data)
         bound = self.server.limits.max_unparsed_bytes
-        if bound and self._held > bound:
+        if bound and self.nbd.buffered_bytes > bound:
+            self._held = True
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
@@ -251,7 +252,7 @@ class NBDConnection(asyncio.Protocol):
             self._write_batch()
         except RemoteProtocolError as exc:
             self._write_batch()
-            log.warning("%s: protocol error: %s; closing", self.peer, exc)
+            log.warning("%s: protocol error: %s; closing", self.peer, printable(str(exc)))
             self._close()
 
     def _write_batch(self) -> None:
@@ -269,7 +270,7 @@ class NBDConnection(asyncio.Protocol):
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._busy = False
         if self._held:
-            self._held = 0
+            self._held = False
             if not self._closed:
                 self.transport.resume_reading()
         if not task.cancelled() and task.exception() is not None:
@@ -367,10 +368,11 @@ class NBDConnection(asyncio.Protocol):
         code = _FARM_ERRORS_TO_REP.get(type(exc))
         if code is None:
             if not isinstance(exc, OSError | FarmError):
-                log.error("%s: export %r failed: %r", self.peer, ev.name, exc)
+                log.error("%s: export %s failed: %r", self.peer, printable(ev.name), exc)
             code = c.REP_ERR_UNKNOWN
         message = str(exc) or type(exc).__name__
-        log.info("%s: export %r refused: %s", self.peer, ev.name, message)
+        # The name (and a message that repeats it) is the client's text: escaped.
+        log.info("%s: export %s refused: %s", self.peer, printable(ev.name), printable(message))
         out = self.nbd.reject_export(code, message)
         if out:
             self.transport.write(out)
