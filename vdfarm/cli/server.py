@@ -146,9 +146,9 @@ def server() -> None:
     help="Close an NBD connection that has not chosen its export by then (0: never).",
 )
 @click.option(
-    "--max-reply-buffer-mib",
+    "--max-reply-buffer-kib",
     type=click.IntRange(min=0),
-    default=ConnectionLimits.max_reply_buffer // (1 << 20),
+    default=ConnectionLimits.max_reply_buffer // 1024,
     show_default=True,
     help="Replies queued for a client before its requests stop being read (0: no bound).",
 )
@@ -177,7 +177,7 @@ def run_cmd(
     max_connections_per_address: int,
     max_handshaking: int,
     handshake_timeout: float,
-    max_reply_buffer_mib: int,
+    max_reply_buffer_kib: int,
     list_exports: bool,
 ) -> int:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
@@ -218,7 +218,7 @@ def run_cmd(
                 max_per_address=max_connections_per_address,
                 max_handshaking=max_handshaking,
                 handshake_timeout_s=handshake_timeout,
-                max_reply_buffer=max_reply_buffer_mib << 20,
+                max_reply_buffer=max_reply_buffer_kib * 1024,
                 list_exports=list_exports,
             ),
         ),

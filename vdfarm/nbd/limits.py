@@ -24,7 +24,7 @@ class ConnectionLimits:
     max_handshaking: int = 256  # connections that have not reached transmission
     handshake_timeout_s: float = 10.0  # from accept to transmission
     max_unparsed_bytes: int = 1 * MIB  # received while a handshake step runs
-    max_reply_buffer: int = 8 * MIB  # queued replies before requests stop being read
+    max_reply_buffer: int = 256 * 1024  # queued reply bytes before requests stop being read
     list_exports: bool = False  # answer NBD_OPT_LIST with the device names
 
     def __post_init__(self) -> None:
@@ -39,23 +39,3 @@ class ConnectionLimits:
                 raise ValueError(f"{name} must be >= 0 (0: no bound)")
         if self.handshake_timeout_s < 0:
             raise ValueError("handshake_timeout_s must be >= 0 (0: no bound)")
-
-
-UNLIMITED = ConnectionLimits(
-    max_connections=0,
-    max_per_address=0,
-    max_handshaking=0,
-    handshake_timeout_s=0,
-    max_unparsed_bytes=0,
-    max_reply_buffer=0,
-)
-
-
-UNLIMITED = ConnectionLimits(
-    max_connections=0,
-    max_per_address=0,
-    max_handshaking=0,
-    handshake_timeout_s=0,
-    max_unparsed_bytes=0,
-    max_reply_buffer=0,
-)
