@@ -14,7 +14,7 @@ from tests.service import conftest as service_fixtures
 from tests.service.helpers import dump, make_raw
 from vdfarm.api.app import create_app
 from vdfarm.api.auth import read_token
-from vdfarm.service.servers import default_server_name
+from vdfarm.service.identity import default_server_name
 
 LOOPBACK = ("127.0.0.1", 40001)
 OTHER_HOST = ("192.0.2.7", 40002)
@@ -30,8 +30,10 @@ farm = service_fixtures.farm
 
 
 @pytest.fixture
-def app(farm):
-    return create_app(farm)
+def app(farm, tmp_path):
+    """The app; the test's tmp_path is its transfer directory (which holds
+    the data directory and the images tests import)."""
+    return create_app(farm, transfer_dir=tmp_path)
 
 
 @pytest.fixture
