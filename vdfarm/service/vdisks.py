@@ -184,7 +184,7 @@ class VdiskService:
                 cache_limit_mb,
                 description,
                 actor,
-                audit_source or str(source),
+                audit_source or str(source.absolute()),
             )
         except BaseException:
             self._unimport(name)

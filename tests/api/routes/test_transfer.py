@@ -164,3 +164,28 @@ def test_import_refusal_names_the_callers_path(admin, farm, transfer):
             admin.post("/api/v1/vdisks", json={"name": "x", "source_path": "empty.raw"}), 400
         )
     assert str(transfer / "empty.raw") in detail and "/proc/" not in detail
+
+
+def test_a_file_appearing_during_the_export_is_not_overwritten(
+    admin, golden, farm, transfer, monkeypatch
+):
+    """The early existence check is only for a quick answer: the name is
+    taken with link(2), so a file made meanwhile wins and is kept."""
+    from vdfarm.service import transfer as transfer_module
+
+    def racing_check(dir_fd, name, shown):
+        (transfer / "race.raw").write_bytes(b"made meanwhile")
+
+    monkeypatch.setattr(transfer_module, "_check_new", racing_check)
+    assert "already exists" in error_of(export(admin, "race.raw"), 409)
+    assert (transfer / "race.raw").read_bytes() == b"made meanwhile"
+    assert sorted(os.listdir(transfer)) == ["race.raw"]  # no temporary left
+    assert [e for e in farm.audit.list() if e.action == "vdisk.export"] == []
+
+
+def test_api_server_takes_the_transfer_dir(farm, tmp_path):
+    from vdfarm.api.server import ApiServer
+
+    server = ApiServer(farm, "127.0.0.1", 0, transfer_dir=tmp_path / "xfer")
+    assert (tmp_path / "xfer").is_dir()
+    assert server.app.state.transfers.transfer.root == (tmp_path / "xfer").resolve()
