@@ -30,8 +30,10 @@ farm = service_fixtures.farm
 
 
 @pytest.fixture
-def app(farm):
-    return create_app(farm)
+def app(farm, tmp_path):
+    """The app; the test's tmp_path is its transfer directory (which holds
+    the data directory and the images tests import)."""
+    return create_app(farm, transfer_dir=tmp_path)
 
 
 @pytest.fixture

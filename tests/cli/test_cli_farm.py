@@ -10,6 +10,7 @@ def test_show_and_set(icli):
         "heartbeat_timeout_s": 3.0,
         "boot_phase_s": 60.0,
         "rebalance_trigger_pct": 25.0,
+        "audit_days": 365,
     }
     out = icli.ok("farm", "set", "--heartbeat-timeout", "8", "--rebalance-trigger", "10").stdout
     assert out.startswith("updated the farm's settings\n") and "8 s" in out
@@ -25,6 +26,8 @@ def test_show_and_set(icli):
         ([], 1, "nothing to change"),
         (["--heartbeat-timeout", "0.1"], 1, "invalid heartbeat timeout"),
         (["--boot-phase", "soon"], 2, "--boot-phase"),
+        (["--audit-days", "-1"], 1, "invalid audit retention"),
+        (["--audit-days", "1.5"], 2, "--audit-days"),
     ],
 )
 def test_refusals(icli, args, code, says):
@@ -33,3 +36,11 @@ def test_refusals(icli, args, code, says):
     assert result.exit_code == code
     assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert icli.json("farm", "show") == before
+
+
+def test_audit_days(icli):
+    assert "audit kept         365 days" in icli.ok("farm", "show").stdout
+    assert icli.json("farm", "set", "--audit-days", "30")["audit_days"] == 30
+    assert icli.json("audit", "list")[-1]["after"]["audit_days"] == 30
+    icli.ok("farm", "set", "--audit-days", "0")
+    assert "audit kept         forever" in icli.ok("farm", "show").stdout

@@ -87,3 +87,17 @@ def test_server_list(icli):
     [server] = icli.json("server", "list")
     assert server["name"] == "srv1" and server["store_path"] == str(icli.data_dir / "store")
     assert "srv1" in icli.ok("server", "list").stdout
+
+
+def test_audit_list_is_limited_by_default(icli):
+    from vdfarm.service.context import Farm
+
+    with Farm.open(icli.data_dir) as farm:
+        for i in range(105):
+            farm.devices.add(f"pc{i}")
+    entries = icli.json("audit", "list")
+    assert len(entries) == 100 and entries[-1]["target_name"] == "pc104"
+    assert len(icli.json("audit", "list", "--all")) == 106  # + server.init
+    assert len(icli.json("audit", "list", "--limit", "3")) == 3
+    result = icli("audit", "list", "--all", "--limit", "3")
+    assert result.exit_code == 2 and "give --limit or --all, not both" in result.stderr

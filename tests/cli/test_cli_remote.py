@@ -118,9 +118,16 @@ def test_changes_go_through_the_api_and_are_audited(served, tmp_path, test_image
     served.ok("version", "override", "w", "--clear")
     served.ok("lock", "release", "w")
     assert "would order 0 move(s)" in served.ok("rebalance", "--dry-run").stdout
-    image = tmp_path / "second.raw"
+    image = served.cli.data_dir / "transfer" / "second.raw"  # the server's transfer dir
     image.write_bytes(test_image.read_bytes()[: 1 << 20])
-    served.ok("vdisk", "import", "w2", str(image))  # the server sees this host's files
+    served.ok("vdisk", "import", "w2", "second.raw")
+    outside = tmp_path / "authorized_keys"
+    assert_one_line_error(
+        served.remote("vdisk", "export", "w2", str(outside), "--format", "raw"),
+        1,
+        "is outside the transfer directory",
+    )
+    assert not outside.exists()
     assert [v["name"] for v in served.cli.json("vdisk", "list")] == ["w", "w2"]
     entries = served.cli.json("audit", "list")[before:]
     assert {e["actor"] for e in entries} == {f"{API_ACTOR_PREFIX}{name}@127.0.0.1"}
@@ -151,7 +158,7 @@ def test_token_and_refusals_fail_in_one_line(served):
     assert_one_line_error(
         served.remote("vdisk", "import", "w3", "relative.raw"),
         1,
-        "relative.raw is relative: with --farm it names a file on the server",
+        "relative.raw does not exist in the transfer directory",
     )
     assert_one_line_error(served.remote("device", "set", "pc1", "--mac", "nonsense"), 1, "nonsense")
     assert served.cli.dump() == before

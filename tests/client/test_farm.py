@@ -130,9 +130,10 @@ def test_server_lock_rebalance_login(client, local, populated):
         (
             lambda c: c.vdisks.import_image("w2", "relative.raw"),
             Invalid,
-            "relative.raw is relative",
+            "relative.raw does not exist in the transfer directory",
         ),
-        (lambda c: c.versions.export("w", "out.qcow2", "qcow2"), Invalid, "is relative"),
+        (lambda c: c.versions.export("w", "/etc/x", "qcow2"), Invalid, "outside the transfer"),
+        (lambda c: c.versions.export("w", "../x", "qcow2"), Invalid, "'..' is not allowed"),
         (lambda c: c.servers.configure("x", max_booting=0), Invalid, "invalid max-booting"),
         (lambda c: c.rebalance(apply=True, trigger_pct=-1), Invalid, "trigger_pct"),
         (lambda c: c.login("ghost"), NotFound, "ghost"),

@@ -259,3 +259,10 @@ def test_verify_runs_qemu_img_check_on_sealed_deltas(farm, tmp_path):
         )
     [problem] = farm.vdisks.verify("w").problems
     assert problem.startswith("qemu-img check failed on v1.qcow2")
+
+
+def test_import_audit_names_the_source(farm, raw_image, monkeypatch):
+    monkeypatch.chdir(raw_image.parent)
+    farm.vdisks.import_image("named", raw_image.name)
+    [entry] = [e for e in farm.audit.list() if e.action == "vdisk.import"]
+    assert entry.after["source"] == str(raw_image)

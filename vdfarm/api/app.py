@@ -13,9 +13,14 @@ Rules:
   `vdfarm server run` process, or a test) does.
 - The token is read (or made, mode 0600) from the farm's data directory once,
   when the app is made; a changed file takes effect at the next start.
+- Files named by callers (vDisk import and export) are confined to the
+  transfer directory (`transfer_dir`, default DATA_DIR/transfer, made 0700
+  when the app is made; see `vdfarm.service.transfer`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -38,6 +43,7 @@ from vdfarm.api.routes import (
     versions,
 )
 from vdfarm.service.context import Farm
+from vdfarm.service.transfer import TRANSFER_DIR, ensure_transfer_dir
 
 API_PREFIX = "/api/v1"
 
@@ -52,19 +58,30 @@ that fails has changed nothing.
 """
 
 
-def create_app(farm: Farm, *, token: str | None = None, limits: ApiLimits | None = None) -> FastAPI:
+def create_app(
+    farm: Farm,
+    *,
+    token: str | None = None,
+    limits: ApiLimits | None = None,
+    transfer_dir: str | Path | None = None,
+) -> FastAPI:
     """The API app serving FARM. TOKEN overrides the data directory's token
     (tests); by default it is read from, or made in, FARM.data_dir/api-token.
     LIMITS: body cap, login rate and reservation cap (defaults: ApiLimits()).
+    TRANSFER_DIR: where callers' import and export files are confined
+    (default FARM.data_dir/transfer; made 0700 if missing).
 
     Raises auth.TokenFileError (unusable token file), OSError (cannot write it),
-    ValueError (a limit out of range).
+    ValueError (a limit out of range), Invalid (unusable transfer directory).
     """
     limits = limits if limits is not None else ApiLimits()
     app = FastAPI(title="vdfarm", version=vdfarm.__version__, description=DESCRIPTION)
     app.state.farm = farm
     app.state.api_token = token if token is not None else auth.ensure_token(farm.data_dir)
     app.state.limits = limits
+    root = transfer_dir if transfer_dir is not None else farm.data_dir / TRANSFER_DIR
+    ensure_transfer_dir(root)
+    app.state.transfers = farm.transfers(root)
     app.state.login_limiter = RateLimiter(limits.login_rate_per_s, limits.login_burst)
     app.state.reservation_cap = ReservationCap(
         limits.reservations_per_source, limits.reservation_window_s

@@ -13,6 +13,8 @@ Rules:
   (`app.state.api_token`) is matched in memory.
 - `bearer_scheme` only documents the scheme in OpenAPI (it never refuses).
 - The actor of every change is `token:<name>@<client address>`.
+- Import and export go through `app.state.transfers` (the farm's
+  TransferService over the app's transfer directory).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from vdfarm.api import auth, roles
 from vdfarm.api.schemas import ErrorDetail
 from vdfarm.service.context import Farm
+from vdfarm.service.transfer import TransferService
 
 UNKNOWN_CLIENT = "unknown"
 API_PREFIX = "/api/v1"
@@ -44,6 +47,11 @@ bearer_scheme = HTTPBearer(
 def get_farm(request: Request) -> Farm:
     """The Farm this app serves."""
     return request.app.state.farm
+
+
+def get_transfers(request: Request) -> TransferService:
+    """Import and export confined to this app's transfer directory."""
+    return request.app.state.transfers
 
 
 def client_host(request: Request) -> str:
@@ -144,6 +152,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 FarmDep = Annotated[Farm, Depends(get_farm)]
 ActorDep = Annotated[str, Depends(get_actor)]
+TransfersDep = Annotated[TransferService, Depends(get_transfers)]
 
 
 def make_router(tag: str) -> APIRouter:

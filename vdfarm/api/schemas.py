@@ -43,18 +43,25 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def absolute_path(value: str) -> str:
-    """VALUE if it is an absolute path. Raises ValueError (a 422)."""
-    if not value.startswith("/"):
-        raise ValueError("give an absolute path on the server")
+TRANSFER_PATH = (
+    "Path of the file in the server's transfer directory: relative to it, or "
+    "absolute inside it; no '..', no symbolic links."
+)
+
+
+def transfer_path(value: str) -> str:
+    """VALUE if it can name a file (the service confines it to the transfer
+    directory). Raises ValueError (a 422)."""
+    if not value or "\0" in value:
+        raise ValueError("give the path of a file in the server's transfer directory")
     return value
 
 
 class VdiskImport(Body):
-    """Import an image file that is on the server as a new vDisk."""
+    """Import an image file from the server's transfer directory as a new vDisk."""
 
     name: str
-    source_path: str = Field(description="Path of the image file on the server.")
+    source_path: str = Field(description=TRANSFER_PATH)
     mode: AccessMode = "standard"
     write_cache: WriteCacheType = "server-disk"
     cache_limit_mb: int | None = Field(default=None, ge=1)
@@ -66,7 +73,7 @@ class VdiskImport(Body):
     @field_validator("source_path")
     @classmethod
     def check_source_path(cls, value: str) -> str:
-        return absolute_path(value)
+        return transfer_path(value)
 
 
 class VdiskPatch(Body):
@@ -103,9 +110,10 @@ class VdiskPatch(Body):
 
 
 class VdiskExport(Body):
-    """Write one version, flattened, to a new file on the server."""
+    """Write one version, flattened, to a new file (0600) in the server's
+    transfer directory."""
 
-    path: str = Field(description="Path of the new image file on the server.")
+    path: str = Field(description=TRANSFER_PATH + " Never overwritten.")
     format: ExportFormat
     version: int | None = Field(
         default=None, ge=0, description="Default: what production devices boot."
@@ -114,7 +122,7 @@ class VdiskExport(Body):
     @field_validator("path")
     @classmethod
     def check_path(cls, value: str) -> str:
-        return absolute_path(value)
+        return transfer_path(value)
 
 
 class VerifyReport(BaseModel):
@@ -160,6 +168,9 @@ class SettingsPatch(Body):
         default=None,
         description="Rebalance until every up server is within this "
         "percentage of the weighted average.",
+    )
+    audit_days: int | None = Field(
+        default=None, description="Days audit entries are kept (0: forever)."
     )
 
 

@@ -103,12 +103,15 @@ class ApiServer:
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
         limits: ApiLimits | None = None,
+        transfer_dir: str | Path | None = None,
     ) -> None:
         """TLS_CERT/TLS_KEY (PEM) make it serve HTTPS only; LIMITS (body cap,
-        login rate, reservation cap) default to ApiLimits().
+        login rate, reservation cap) default to ApiLimits(); TRANSFER_DIR
+        confines import and export files (default DATA_DIR/transfer).
 
         Raises ApiTlsError (unusable certificate or key, a key without a
-        certificate), auth.TokenFileError, OSError (token file).
+        certificate), auth.TokenFileError, OSError (token file), Invalid
+        (unusable transfer directory).
         """
         if tls_key is not None and tls_cert is None:
             raise ApiTlsError("an API TLS key needs its certificate (tls_cert)")
@@ -116,7 +119,9 @@ class ApiServer:
             check_tls_files(tls_cert, tls_key)
         self.host, self.requested_port = host, port
         self.tls = tls_cert is not None
-        self.app = app if app is not None else create_app(farm, limits=limits)
+        self.app = (
+            app if app is not None else create_app(farm, limits=limits, transfer_dir=transfer_dir)
+        )
         self.config = uvicorn.Config(
             self.app,
             http="h11",
@@ -191,16 +196,24 @@ async def serve_api(
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
     limits: ApiLimits | None = None,
+    transfer_dir: str | Path | None = None,
 ) -> None:
     """Serve the API of FARM on HOST:PORT until cancelled; READY(port) is
     called once it listens. Cancel the task to stop it cleanly. TLS_CERT,
-    TLS_KEY and LIMITS as for ApiServer.
+    TLS_KEY, LIMITS and TRANSFER_DIR as for ApiServer.
 
     Raises OSError (cannot bind), RuntimeError (uvicorn stopped at start),
     auth.TokenFileError (unusable api-token file), ApiTlsError.
     """
     api = ApiServer(
-        farm, host, port, log_level=log_level, tls_cert=tls_cert, tls_key=tls_key, limits=limits
+        farm,
+        host,
+        port,
+        log_level=log_level,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        limits=limits,
+        transfer_dir=transfer_dir,
     )
     bound = await api.start()
     try:

@@ -1,6 +1,8 @@
 """`vdfarm audit list`: the trail of changes.
 
 Rules: flags, help and output only; every decision is the service's.
+`list` shows the newest DEFAULT_LIMIT entries unless given `--limit N` or
+`--all` (through --farm the client pages the API for them).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import click
 
 from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import print_table
+
+DEFAULT_LIMIT = 100
 
 
 class IsoTime(click.ParamType):
@@ -45,10 +49,20 @@ def audit() -> None:
 
 @audit.command("list")
 @click.option("--since", type=IsoTime(), default=None, help="Only changes at or after this time.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Only the newest N (default {DEFAULT_LIMIT}).",
+)
+@click.option("--all", "everything", is_flag=True, help="Every entry (no limit).")
 @json_option
-def list_cmd(since: datetime | None, limit: int | None) -> None:
-    """List recorded changes, oldest first."""
+def list_cmd(since: datetime | None, limit: int | None, everything: bool) -> None:
+    """List recorded changes, oldest first: the newest 100 unless --limit or --all."""
+    if everything and limit is not None:
+        raise click.UsageError("give --limit or --all, not both")
+    if not everything and limit is None:
+        limit = DEFAULT_LIMIT
     entries = open_farm().audit.list(since=since, limit=limit)
     emit(
         entries,

@@ -7,6 +7,9 @@ Rules:
   refuses (it would make a new, empty database where none was meant).
 - Prints the revision before and after; running it twice changes nothing.
   Every server of a farm shares the database, so one upgrade serves all.
+- It also closes an initialised data directory (and an SQLite database) to
+  other users, as `init` does (`identity.make_private`): a data directory
+  made by an older vdfarm is tightened by either.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from vdfarm.farm import db as farm_db
 from vdfarm.service.context import DB_FILE, not_initialised_message
 from vdfarm.service.deps import first_line
 from vdfarm.service.errors import Invalid, NotInitialised, Unavailable
-from vdfarm.service.identity import read_identity
+from vdfarm.service.identity import make_private, read_identity
 
 
 def database_url(data_dir: str, db_url: str | None) -> str:
@@ -80,6 +83,11 @@ def upgrade_cmd() -> None:
         raise Unavailable(
             f"cannot migrate the farm database {_shown(url)}: {first_line(exc.orig or exc)}"
         ) from exc
+    except OSError as exc:
+        raise Invalid(f"cannot make the farm database private: {exc.strerror}") from exc
+    data_dir = Path(current.data_dir).absolute()
+    if read_identity(data_dir) is not None:
+        make_private(data_dir)
     after = revision_of(url)
     result = {"database": _shown(url), "from": before, "to": after}
     emit(

@@ -20,6 +20,7 @@ def _show(settings: Settings) -> None:
             ("heartbeat timeout", f"{settings.heartbeat_timeout_s:g} s"),
             ("boot phase", f"{settings.boot_phase_s:g} s"),
             ("rebalance trigger", f"{settings.rebalance_trigger_pct:g} %"),
+            ("audit kept", f"{settings.audit_days} days" if settings.audit_days else "forever"),
         ]
     )
 
@@ -63,17 +64,28 @@ def show_cmd() -> None:
     help="Rebalance until every up server is within this percentage of the "
     "weighted average (0-1000).",
 )
+@click.option(
+    "--audit-days",
+    "audit_days",
+    type=int,
+    default=None,
+    metavar="DAYS",
+    help="Keep audit entries this many days; older ones are pruned by the "
+    "servers (0 keeps them forever; default 365).",
+)
 @json_option
 def set_cmd(
     heartbeat_timeout_s: float | None,
     boot_phase_s: float | None,
     rebalance_trigger_pct: float | None,
+    audit_days: int | None,
 ) -> None:
     """Change the farm's settings (the others stay as they are)."""
     settings = open_farm().settings.change(
         heartbeat_timeout_s=heartbeat_timeout_s,
         boot_phase_s=boot_phase_s,
         rebalance_trigger_pct=rebalance_trigger_pct,
+        audit_days=audit_days,
     )
 
     def human() -> None:

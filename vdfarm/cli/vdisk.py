@@ -3,7 +3,8 @@
 Rules: flags, help and output only; every decision is the service's.
 `set --subnet-affinity` is the login service's setting and comes alone (two
 service calls could half-succeed). With --farm, import and export name
-files on the server.
+files in the server's transfer directory (relative to it, or absolute
+inside it; the server refuses anything else).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def import_cmd(
     source_format: str,
 ) -> None:
     """Import image FILE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME
-    (with --farm: the absolute path of a file on the server). A FILE that
+    (with --farm: a file in the server's transfer directory). A FILE that
     names any other file (backing file, external data file, vmdk extent) is
     refused."""
     info = open_farm().vdisks.import_image(
@@ -253,7 +254,7 @@ def verify_cmd(name: str) -> None:
 @json_option
 def export_cmd(name: str, out: Path, fmt: str, number: int | None) -> None:
     """Write a version of vDisk NAME, flattened, as a new image file OUT
-    (with --farm: an absolute path on the server)."""
+    (with --farm: a new file, 0600, in the server's transfer directory)."""
     result = open_farm().versions.export(name, out, fmt, number)
     emit(
         result,

@@ -12,7 +12,8 @@ Rules:
 - One request per call (one service call on the server), so a failure has
   changed nothing. Errors are the service's (see `client.http`).
 - Files named in `vdisks.import_image` and `versions.export` are files ON
-  THE SERVER: a relative path is refused here, before any request.
+  THE SERVER, in its transfer directory (a relative path is relative to
+  it); nothing is uploaded, and the server refuses paths outside it.
 - No audit actor is sent: the server records `token:<name>@<client address>`.
 - The audit is read a page at a time (the server sends at most 1000
   entries per request); `audit.list` pages back until it has what was asked.
@@ -24,7 +25,7 @@ import builtins
 import functools
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -59,13 +60,12 @@ def segment(name: str) -> str:
 
 
 def server_path(path: str | Path, what: str) -> str:
-    """PATH as text if it is absolute (a path on the server). Raises Invalid."""
+    """PATH as text: a file in the server's transfer directory (relative to
+    it, or absolute inside it; the server refuses anything else). Nothing is
+    uploaded. Raises Invalid (empty)."""
     text = str(path)
-    if not PurePosixPath(text).is_absolute():
-        raise Invalid(
-            f"{what} {text} is relative: with --farm it names a file on the server "
-            f"(nothing is uploaded); give its absolute path there"
-        )
+    if not text:
+        raise Invalid(f"give the {what}'s path in the server's transfer directory")
     return text
 
 
@@ -134,11 +134,13 @@ class RemoteSettings(_Noun):
         heartbeat_timeout_s: float | None = None,
         boot_phase_s: float | None = None,
         rebalance_trigger_pct: float | None = None,
+        audit_days: int | None = None,
     ) -> Settings:
         body = _present(
             heartbeat_timeout_s=heartbeat_timeout_s,
             boot_phase_s=boot_phase_s,
             rebalance_trigger_pct=rebalance_trigger_pct,
+            audit_days=audit_days,
         )
         return self.one(_as(Settings), "PATCH", "/settings", body=body)
 

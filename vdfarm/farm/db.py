@@ -7,6 +7,10 @@ Rules:
 - The schema is only ever made by Alembic migrations (`upgrade`), run
   programmatically; never by `metadata.create_all`.
 - `HEAD_REVISION` names the newest migration; a test checks it is the head.
+- An SQLite file is private to its owner: `make_engine` creates a missing
+  one 0600 (O_EXCL, never through a link) before SQLite opens it, so its
+  -wal/-shm files (SQLite gives them the database's mode) are 0600 too;
+  `upgrade` closes an existing one (and its side files) to 0600.
 - Alembic is imported only when migrating (it is slow to import and every
   CLI command would pay for it).
 - `postgresql://` means psycopg 3 (the driver vdfarm installs); connects
@@ -22,6 +26,8 @@ Rules:
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,9 +40,11 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.engine.interfaces import DBAPIConnection
 
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30
+SQLITE_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 # A database host that stops answering (rather than refusing) must not hang
 # a server's database thread: give up connecting after 5 s; find a dead peer
 # of an idle connection within about 25 s (TCP keepalive) and of a busy one
@@ -79,6 +87,46 @@ def check_url(url: str) -> str:
     return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL (None: not SQLite, or in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def create_private_sqlite(path: Path) -> None:
+    """Create an empty SQLite file at PATH, mode 0600, unless one exists (a
+    file that cannot be made is left to SQLite's own error when it opens it)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        os.close(os.open(path, flags, SQLITE_FILE_MODE))
+    except OSError:
+        pass
+
+
+def make_sqlite_private(url: str) -> None:
+    """Set the SQLite file of URL and its side files (-wal, -shm, -journal) to
+    0600 (regular files only, never through a link); no-op for PostgreSQL.
+
+    Raises OSError (a mode that cannot be set).
+    """
+    path = sqlite_file(url)
+    if path is None:
+        return
+    for name in (str(path), *(f"{path}{side}" for side in SQLITE_SIDE_FILES)):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # missing, or a link: not ours to change
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != SQLITE_FILE_MODE:
+                os.fchmod(fd, SQLITE_FILE_MODE)
+        finally:
+            os.close(fd)
+
+
 def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -96,6 +144,9 @@ def make_engine(url: str) -> Engine:
     kwargs: dict[str, dict[str, int | str]]
     if is_sqlite:
         kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        database = sqlite_file(url)
+        if database is not None:
+            create_private_sqlite(database)
     else:
         given = make_url(url).query
         kwargs = {
@@ -134,13 +185,16 @@ def _run(url: str, action: Callable[[Config, str], None], revision: str) -> None
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at URL up to REVISION.
+    """Migrate the database at URL up to REVISION; an SQLite file (and its
+    side files) is left 0600.
 
-    Raises BadDatabaseURL, sqlalchemy.exc.OperationalError (unreachable DB).
+    Raises BadDatabaseURL, sqlalchemy.exc.OperationalError (unreachable DB),
+    OSError (the SQLite file's mode cannot be set).
     """
     from alembic import command
 
     _run(url, command.upgrade, revision)
+    make_sqlite_private(url)
 
 
 def downgrade(url: str, revision: str = "base") -> None:

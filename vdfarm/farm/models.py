@@ -143,6 +143,7 @@ class FarmSettings(Base):
     heartbeat_timeout_s: Mapped[float] = mapped_column(Float, default=3.0, server_default="3.0")
     boot_phase_s: Mapped[float] = mapped_column(Float, default=60.0, server_default="60.0")
     rebalance_trigger_pct: Mapped[float] = mapped_column(Float, default=25.0, server_default="25.0")
+    audit_days: Mapped[int] = mapped_column(Integer, default=365, server_default="365")
 
 
 class StoreLocation(Base):

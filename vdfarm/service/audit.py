@@ -5,22 +5,33 @@ default actor) is called inside the same session (transaction) as the
 change it describes, so a change and its audit row commit or vanish together.
 before/after are JSON text of the records' plain views (None for create /
 delete). Reading the trail never changes it.
+
+Retention: `AuditService.prune(now)` deletes the rows older than the farm's
+`audit_days` setting (0: keep forever), oldest first, PRUNE_BATCH rows per
+transaction and at most PRUNE_MAX_BATCHES transactions per call, so a long
+backlog never holds a write transaction (SQLite: every writer) for long; the
+server calls it periodically. Nothing but `prune` ever deletes audit rows.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import AuditEvent
+from vdfarm.farm.models import AuditEvent, FarmSettings
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Invalid
 from vdfarm.service.records import to_json
+
+DEFAULT_AUDIT_DAYS = 365
+MAX_AUDIT_DAYS = 36500
+PRUNE_BATCH = 1000
+PRUNE_MAX_BATCHES = 100
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,7 @@ def _entry(row: AuditEvent) -> AuditEntry:
 
 
 class AuditService:
-    """Read the audit trail."""
+    """Read the audit trail; prune it to the farm's retention."""
 
     def __init__(self, session: SessionFactory) -> None:
         self._session = session
@@ -132,3 +143,50 @@ class AuditService:
         with self._session() as session:
             rows = session.scalars(query).all()
             return [_entry(r) for r in reversed(rows)]
+
+    def retention_days(self) -> int:
+        """The farm's audit retention in days (0: forever).
+
+        Raises Unavailable (DB down).
+        """
+        with self._session() as session:
+            row = session.get(FarmSettings, 1)
+            return DEFAULT_AUDIT_DAYS if row is None else row.audit_days
+
+    def prune(
+        self,
+        now: datetime,
+        *,
+        batch: int = PRUNE_BATCH,
+        max_batches: int = PRUNE_MAX_BATCHES,
+    ) -> int:
+        """Delete the audit rows older than the farm's retention before NOW
+        (aware), oldest first, BATCH rows per transaction, at most MAX_BATCHES
+        transactions; return how many were deleted. A retention of 0 deletes
+        nothing. Call it again later if it returned BATCH * MAX_BATCHES.
+
+        Raises Invalid (naive NOW, BATCH or MAX_BATCHES < 1), Unavailable (DB down).
+        """
+        if now.tzinfo is None:
+            raise Invalid("prune needs an aware time (UTC)")
+        if batch < 1 or max_batches < 1:
+            raise Invalid(f"invalid prune batch {batch} x {max_batches}: give numbers >= 1")
+        days = self.retention_days()
+        if days == 0:
+            return 0
+        cutoff = now - timedelta(days=days)
+        deleted = 0
+        for _ in range(max_batches):
+            with self._session() as session:
+                ids = session.scalars(
+                    select(AuditEvent.id)
+                    .where(AuditEvent.at < cutoff)
+                    .order_by(AuditEvent.id)
+                    .limit(batch)
+                ).all()
+                if ids:
+                    session.execute(delete(AuditEvent).where(AuditEvent.id.in_(ids)))
+            deleted += len(ids)
+            if len(ids) < batch:
+                break
+        return deleted

@@ -36,8 +36,10 @@ from vdfarm.service.devices import DeviceService
 from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
 from vdfarm.service.exports import ExportService
 from vdfarm.service.identity import (
+    PRIVATE_DIR_MODE,
     ServerIdentity,
     ensure_registered,
+    make_private,
     new_identity,
     read_identity,
     write_identity,
@@ -50,6 +52,7 @@ from vdfarm.service.servers import ServerService
 from vdfarm.service.sessions import SessionService
 from vdfarm.service.settings import SettingsService
 from vdfarm.service.tokens import TokenService
+from vdfarm.service.transfer import TransferDir, TransferService
 from vdfarm.service.vdisks import VdiskService
 from vdfarm.service.versions import VersionService
 from vdfarm.store.store import Store
@@ -221,22 +224,26 @@ class Farm:
             raise Unavailable(
                 f"cannot migrate the farm database {_shown_url(url)}: {first_line(exc.orig)}"
             ) from exc
+        except OSError as exc:
+            raise Invalid(f"cannot make the farm database private: {exc.strerror}") from exc
         cls._register(url, identity, path / STORE_DIR, actor, clock)
         for sub in (STORE_DIR, CACHE_DIR):
-            (path / sub).mkdir(exist_ok=True)
+            (path / sub).mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
         if existing is None or (db_url and db_url != existing.db_url):
             remembered_url = db_url or identity.db_url
             write_identity(path, ServerIdentity(identity.uuid, identity.name, remembered_url))
+        make_private(path)
         return cls.open(data_dir, db_url, actor=actor, clock=clock)
 
     @staticmethod
     def _make_dirs(path: Path, shown: str | Path) -> None:
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise Invalid(f"cannot create data directory {shown}: {exc.strerror}") from exc
         if not path.is_dir():
             raise Invalid(f"data directory {shown} is not a directory")
+        make_private(path)  # before the database and server.json are written
 
     @staticmethod
     def _register(
@@ -260,6 +267,17 @@ class Farm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def transfers(self, transfer_dir: str | Path) -> TransferService:
+        """Import and export confined to TRANSFER_DIR (for the REST API),
+        audited with each call's actor. Never raises."""
+        return TransferService(
+            TransferDir(transfer_dir),
+            self.database.session,
+            AuditWriter(self.clock, self.actor),
+            self.vdisks,
+            self.versions,
+        )
 
     # -- plumbing ------------------------------------------------------------
 

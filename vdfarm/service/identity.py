@@ -7,6 +7,13 @@ Rules:
 - A server's row (and its store's row) is created by `init` through
   `ensure_registered`, audited as `server.init`; running it again only
   refreshes the row. Two servers of a farm never share a name.
+- Private files: server.json may hold the database password, so it is
+  written 0600 from its first byte; `make_private` closes the data
+  directory, its store and cache directories (0700) and its files
+  (server.json, the SQLite database and its -wal/-shm/-journal: 0600) to
+  other users. `init` and `db upgrade` call it, so a data directory made by
+  an older vdfarm is tightened too. It never follows a symbolic link to a
+  file, and refuses a shared (sticky) directory as a data directory.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +38,10 @@ from vdfarm.service.servers import server_info
 from vdfarm.service.validation import check_name
 
 IDENTITY_FILE = "server.json"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_SUBDIRS = ("store", "cache")  # Farm's STORE_DIR and CACHE_DIR
+PRIVATE_FILES = (IDENTITY_FILE, "farm.db", "farm.db-wal", "farm.db-shm", "farm.db-journal")
 
 
 @dataclass(frozen=True)
@@ -81,11 +93,54 @@ def write_identity(data_dir: Path, identity: ServerIdentity) -> None:
     if identity.db_url:
         data["db_url"] = identity.db_url
     temp = data_dir / f".{IDENTITY_FILE}.tmp"
-    with open(temp, "w", encoding="utf-8") as fh:
+    temp.unlink(missing_ok=True)  # a crashed write's leftover (never followed)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(temp, flags, PRIVATE_FILE_MODE), "w", encoding="utf-8") as fh:
         fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(temp, data_dir / IDENTITY_FILE)
+
+
+def _close_to_others(path: Path, mode: int, directory: bool) -> None:
+    """Set PATH's permission bits to MODE if it exists (a directory may be a
+    link to one, chosen by the operator; a file is never followed)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    flags |= os.O_DIRECTORY if directory else os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if not directory and os.path.islink(path):
+            return  # not ours to change through a link
+        raise Invalid(f"cannot make {path} private: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if directory and st.st_mode & stat.S_ISVTX:
+            raise Invalid(
+                f"{path} is a shared directory (sticky bit): give vdfarm a directory of its own"
+            )
+        if stat.S_IMODE(st.st_mode) != mode and (directory or stat.S_ISREG(st.st_mode)):
+            os.fchmod(fd, mode)
+    except OSError as exc:
+        raise Invalid(f"cannot make {path} private: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def make_private(data_dir: Path) -> None:
+    """Close DATA_DIR (0700), its store and cache directories (0700) and
+    its files (server.json, farm.db and SQLite's side files: 0600) to other
+    users; what does not exist is skipped.
+
+    Raises Invalid (a shared sticky directory, or a mode that cannot be set).
+    """
+    _close_to_others(data_dir, PRIVATE_DIR_MODE, directory=True)
+    for sub in PRIVATE_SUBDIRS:
+        _close_to_others(data_dir / sub, PRIVATE_DIR_MODE, directory=True)
+    for name in PRIVATE_FILES:
+        _close_to_others(data_dir / name, PRIVATE_FILE_MODE, directory=False)
 
 
 def ensure_registered(

@@ -2,9 +2,10 @@
 
 Rules:
 - The heartbeat timeout (a server is down when its heartbeat is older), the
-  boot phase (a device counts as booting that long after it connected) and
-  the rebalance trigger percentage live in `farm_settings` (one row), so
-  every server and console computes up/down, booting and balance alike.
+  boot phase (a device counts as booting that long after it connected), the
+  rebalance trigger percentage and the audit retention (days; 0 keeps the
+  audit forever; `AuditService.prune` enforces it) live in `farm_settings`
+  (one row), so every server and console computes them alike.
 - `current()` is read on hot paths (every login, list, rebalance), so each
   process keeps what it read for `CACHE_SECONDS`: a change reaches every
   server within that time. While the database is away the last value read
@@ -22,11 +23,12 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from vdfarm.farm.models import FarmSettings
 from vdfarm.farm.placement import DEFAULT_TIMEOUT
 from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT, MAX_TRIGGER_PCT
-from vdfarm.service.audit import AuditWriter
+from vdfarm.service.audit import DEFAULT_AUDIT_DAYS, MAX_AUDIT_DAYS, AuditWriter
 from vdfarm.service.deps import SessionFactory
 from vdfarm.service.errors import Invalid, Unavailable
 
@@ -40,32 +42,42 @@ class Settings:
     heartbeat_timeout_s: float = DEFAULT_TIMEOUT.total_seconds()
     boot_phase_s: float = 60.0
     rebalance_trigger_pct: float = DEFAULT_TRIGGER_PCT
+    audit_days: int = DEFAULT_AUDIT_DAYS
 
 
 LIMITS = {  # name: (lowest, highest, what it is)
     "heartbeat_timeout_s": (1.0, 600.0, "heartbeat timeout (seconds)"),
     "boot_phase_s": (0.0, 3600.0, "boot phase (seconds)"),
     "rebalance_trigger_pct": (0.0, MAX_TRIGGER_PCT, "rebalance trigger (percent)"),
+    "audit_days": (0, MAX_AUDIT_DAYS, "audit retention (days, 0: forever)"),
 }
+INTEGERS = frozenset({"audit_days"})  # settings that take whole numbers only
 
 
-def checked(name: str, value: object) -> float:
-    """VALUE as the setting NAME takes it. Raises Invalid."""
+def checked(name: str, value: object) -> float | int:
+    """VALUE as the setting NAME takes it (a whole number for INTEGERS).
+
+    Raises Invalid.
+    """
     low, high, what = LIMITS[name]
+    allowed = int if name in INTEGERS else int | float
     if (
         isinstance(value, bool)
-        or not isinstance(value, int | float)
+        or not isinstance(value, allowed)
         or not math.isfinite(value)
         or not low <= value <= high
     ):
-        raise Invalid(f"invalid {what} {value!r}: give {low:g}-{high:g}")
-    return float(value)
+        whole = " (a whole number)" if name in INTEGERS else ""
+        raise Invalid(f"invalid {what} {value!r}: give {low:g}-{high:g}{whole}")
+    return int(value) if name in INTEGERS else float(value)
 
 
 def _from_row(row: FarmSettings | None) -> Settings:
     if row is None:
         return Settings()
-    return Settings(row.heartbeat_timeout_s, row.boot_phase_s, row.rebalance_trigger_pct)
+    return Settings(
+        row.heartbeat_timeout_s, row.boot_phase_s, row.rebalance_trigger_pct, row.audit_days
+    )
 
 
 class SettingsService:
@@ -108,6 +120,7 @@ class SettingsService:
         heartbeat_timeout_s: float | None = None,
         boot_phase_s: float | None = None,
         rebalance_trigger_pct: float | None = None,
+        audit_days: int | None = None,
         actor: str | None = None,
     ) -> Settings:
         """Change the given settings; return them all. Audited as `farm.set`.
@@ -118,11 +131,15 @@ class SettingsService:
             "heartbeat_timeout_s": heartbeat_timeout_s,
             "boot_phase_s": boot_phase_s,
             "rebalance_trigger_pct": rebalance_trigger_pct,
+            "audit_days": audit_days,
         }
-        changes = {name: checked(name, value) for name, value in given.items() if value is not None}
+        changes: dict[str, Any] = {
+            name: checked(name, value) for name, value in given.items() if value is not None
+        }
         if not changes:
             raise Invalid(
-                "nothing to change: give a heartbeat timeout, boot phase or rebalance trigger"
+                "nothing to change: give a heartbeat timeout, boot phase, rebalance "
+                "trigger or audit retention"
             )
         with self._session() as session:
             row = session.get(FarmSettings, 1)

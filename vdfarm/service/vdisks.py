@@ -45,6 +45,7 @@ from vdfarm.service.chains import (
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
+from vdfarm.service.records import to_plain
 from vdfarm.service.validation import (
     UNCHANGED,
     check_cache_limit,
@@ -145,9 +146,11 @@ class VdiskService:
         description: str = "",
         actor: str | None = None,
         source_format: str | None = None,
+        audit_source: str | None = None,
     ) -> VdiskInfo:
         """Import the image file SOURCE (raw, qcow2, vpc, vhdx, vmdk: SOURCE_FORMAT,
-        or detected among those if None) as vDisk NAME.
+        or detected among those if None) as vDisk NAME. The audit row names
+        the source (AUDIT_SOURCE if given: the caller's name for it).
 
         Raises Invalid (bad name/option/source, a source naming other files),
         Conflict (name taken), Unavailable (store or DB failure).
@@ -181,6 +184,7 @@ class VdiskService:
                 cache_limit_mb,
                 description,
                 actor,
+                audit_source or str(source.absolute()),
             )
         except BaseException:
             self._unimport(name)
@@ -202,6 +206,7 @@ class VdiskService:
         cache_limit_mb: int | None,
         description: str,
         actor: str | None,
+        source: str,
     ) -> VdiskInfo:
         now = self._clock()
         with self._session() as session:
@@ -243,7 +248,7 @@ class VdiskService:
                 target_type="vdisk",
                 target_name=name,
                 before=None,
-                after=info,
+                after={**to_plain(info), "source": source},
             )
             return info
 

@@ -12,7 +12,9 @@ def test_show_and_change(admin, local, farm):
         "heartbeat_timeout_s": 3.0,
         "boot_phase_s": 60.0,
         "rebalance_trigger_pct": 25.0,
+        "audit_days": 365,
     }
+    assert admin.patch("/api/v1/settings", json={"audit_days": 90}).json()["audit_days"] == 90
     answer = admin.patch("/api/v1/settings", json={"heartbeat_timeout_s": 8}).json()
     assert answer["heartbeat_timeout_s"] == 8.0 and answer["boot_phase_s"] == 60.0
     assert farm.settings.show().heartbeat_timeout_s == 8.0
@@ -28,6 +30,8 @@ def test_show_and_change(admin, local, farm):
         ({"boot_phase_s": 99999}, 400, "invalid boot phase"),
         ({"rebalance_trigger_pct": "lots"}, 422, "rebalance_trigger_pct"),
         ({"grace": 3}, 422, "grace"),
+        ({"audit_days": -5}, 400, "invalid audit retention"),
+        ({"audit_days": 1.5}, 422, "audit_days"),
     ],
 )
 def test_refusals_change_nothing(admin, farm, body, status, says):

@@ -56,10 +56,12 @@ def test_import_defaults(admin, raw_image):
     "body, status, says",
     [
         ({"name": "w", "source_path": "{src}"}, 409, "vDisk w already exists"),
-        ({"name": "w2", "source_path": "/no/such.raw"}, 400, "does not exist"),
+        ({"name": "w2", "source_path": "/no/such.raw"}, 400, "outside the transfer directory"),
+        ({"name": "w2", "source_path": "{folder}/no/such.raw"}, 400, "does not exist"),
         ({"name": "bad name!", "source_path": "{src}"}, 400, "bad name!"),
-        ({"name": "w2", "source_path": "{folder}"}, 400, "is not a file"),
-        ({"name": "w2", "source_path": "relative.raw"}, 422, "give an absolute path"),
+        ({"name": "w2", "source_path": "{folder}/data"}, 400, "is not a file"),
+        ({"name": "w2", "source_path": "relative.raw"}, 400, "does not exist"),
+        ({"name": "w2", "source_path": ""}, 422, "transfer directory"),
         ({"name": "w2", "source_path": "{src}", "mode": "shared"}, 422, "body field mode"),
         ({"name": "w2", "source_path": "{src}", "cache_limit_mb": 0}, 422, "cache_limit_mb"),
         ({"source_path": "{src}"}, 422, "body field name: Field required"),
@@ -191,9 +193,7 @@ def test_export(admin, farm, populated, tmp_path):
         assert "already exists" in error_of(
             admin.post("/api/v1/vdisks/w/export", json={"path": str(out), "format": "raw"}), 409
         )
-        error_of(
-            admin.post("/api/v1/vdisks/w/export", json={"path": "x.raw", "format": "raw"}), 422
-        )
+        error_of(admin.post("/api/v1/vdisks/w/export", json={"path": "", "format": "raw"}), 422)
         error_of(
             admin.post(
                 "/api/v1/vdisks/w/export", json={"path": str(tmp_path / "y.vhd"), "format": "vhd"}

@@ -1,7 +1,9 @@
 """/vdisks: import, list, show, change, delete, verify, export (like `vdfarm vdisk …`).
 
 Rules: paths, bodies and status codes only; every decision is the
-service's. Import and export name files ON THE SERVER (absolute paths).
+service's. Import and export name files in the server's transfer directory
+(`TransferService`: relative to it or absolute inside it, no links, an
+export never overwrites), audited with the caller.
 A failed verification is an answer (`ok: false`), not an error. PATCH with
 `subnet_affinity` (the login service's setting) is refused (422) together
 with other fields, because two service calls could half-succeed.
@@ -9,11 +11,9 @@ with other fields, because two service calls could half-succeed.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import HTTPException
 
-from vdfarm.api.deps import ActorDep, FarmDep, make_router
+from vdfarm.api.deps import ActorDep, FarmDep, TransfersDep, make_router
 from vdfarm.api.schemas import VdiskExport, VdiskImport, VdiskPatch, VerifyReport
 from vdfarm.service.merges import ExportResult
 from vdfarm.service.vdisks import VdiskInfo
@@ -33,11 +33,12 @@ def list_vdisks(farm: FarmDep) -> list[VdiskInfo]:
 
 
 @router.post("/vdisks", response_model=VdiskInfo, status_code=201)
-def import_vdisk(body: VdiskImport, farm: FarmDep, actor: ActorDep) -> VdiskInfo:
-    """Import the image file SOURCE_PATH (raw, qcow2, vpc, vhdx, vmdk) as a new vDisk."""
-    return farm.vdisks.import_image(
+def import_vdisk(body: VdiskImport, transfers: TransfersDep, actor: ActorDep) -> VdiskInfo:
+    """Import the image file SOURCE_PATH (raw, qcow2, vpc, vhdx, vmdk) of the
+    transfer directory as a new vDisk."""
+    return transfers.import_image(
         body.name,
-        Path(body.source_path),
+        body.source_path,
         mode=body.mode,
         write_cache=body.write_cache,
         cache_limit_mb=body.cache_limit_mb,
@@ -83,6 +84,9 @@ def verify_vdisk(name: str, farm: FarmDep) -> VerifyReport:
 
 
 @router.post("/vdisks/{name}/export", response_model=ExportResult, status_code=201)
-def export_vdisk(name: str, body: VdiskExport, farm: FarmDep) -> ExportResult:
-    """Write a version of NAME, flattened, as a new image file on the server."""
-    return farm.versions.export(name, Path(body.path), body.format, body.version)
+def export_vdisk(
+    name: str, body: VdiskExport, transfers: TransfersDep, actor: ActorDep
+) -> ExportResult:
+    """Write a version of NAME, flattened, as a new image file (0600) in the
+    server's transfer directory."""
+    return transfers.export(name, body.path, body.format, body.version, actor=actor)
