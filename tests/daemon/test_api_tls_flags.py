@@ -71,3 +71,42 @@ def test_unusable_tls_files_are_one_line_before_anything_starts(farm, tls, tmp_p
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("vdfarm: error: "), run.stderr
         assert "serving NBD" not in run.stdout
+
+
+def test_server_run_confines_api_exports_to_its_transfer_dir(farm, test_image, tmp_path):
+    farm.cli("vdisk", "import", "golden", str(test_image))
+    transfer = tmp_path / "transfer-here"
+    api_port = free_port()
+    with open(farm.log_path, "ab") as log:
+        proc = subprocess.Popen(
+            farm.base_args()
+            + ["server", "run", "--nbd-port", str(free_port()), "--api-port", str(api_port)]
+            + ["--transfer-dir", str(transfer)],
+            stdout=log,
+            stderr=log,
+        )
+    farm.server = proc
+    wait_port(api_port, proc)
+    token = (farm.data_dir / "api-token").read_text().strip()
+    remote = VDFARM + ["--farm", f"http://127.0.0.1:{api_port}", "--token", token]
+    deadline = time.monotonic() + 10
+    while True:
+        done = subprocess.run(
+            [*remote, "vdisk", "export", "golden", "copy.raw", "--format", "raw"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert done.returncode == 0, done.stderr
+    exported = transfer / "copy.raw"
+    assert exported.read_bytes() == test_image.read_bytes()
+    assert exported.stat().st_mode & 0o777 == 0o600
+    outside = subprocess.run(
+        [*remote, "vdisk", "export", "golden", str(tmp_path / "outside.raw"), "--format", "raw"],
+        capture_output=True,
+        text=True,
+    )
+    assert outside.returncode != 0 and "outside the transfer directory" in outside.stderr
+    assert not (tmp_path / "outside.raw").exists()

@@ -29,12 +29,14 @@ EVERY_TASK = {
     "move-orders",
     "cache-usage",
     "reconcile",
+    "audit-retention",
     "auto-rebalance",
 }
 STOP_ORDER = [  # by phase: stop accepting, API, periodic, sessions, executors
     "nbd-listener",
     "api",
     "auto-rebalance",
+    "audit-retention",
     "reconcile",
     "cache-usage",
     "move-orders",

@@ -157,6 +157,13 @@ def server() -> None:
     is_flag=True,
     help="Answer NBD_OPT_LIST with the device names (off: an empty list).",
 )
+@click.option(
+    "--transfer-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The only directory whose files `vdisk import`/`export` through the REST API "
+    "may read or write [default: DATA_DIR/transfer].",
+)
 def run_cmd(
     nbd_port: int,
     host: str,
@@ -179,6 +186,7 @@ def run_cmd(
     handshake_timeout: float,
     max_reply_buffer_kib: int,
     list_exports: bool,
+    transfer_dir: Path | None,
 ) -> int:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.daemon.parts import ServerOptions
@@ -207,6 +215,7 @@ def run_cmd(
             advertise=advertise,
             api_tls_cert=api_tls_cert,
             api_tls_key=api_tls_key,
+            transfer_dir=transfer_dir,
             api_limits=ApiLimits(
                 max_body_bytes=api_max_body_kib * 1024,
                 login_rate_per_s=login_rate,

@@ -30,6 +30,7 @@ from vdfarm.daemon.supervisor import API, Task
 log = logging.getLogger("vdfarm.daemon")
 
 HEARTBEAT_INTERVAL = 1.0
+AUDIT_PRUNE_EVERY = 3600.0  # seconds
 INVENTORY_EVERY = 10  # beats
 
 
@@ -69,6 +70,7 @@ class RestApi(Task):
             tls_cert=options.api_tls_cert,
             tls_key=options.api_tls_key,
             limits=options.api_limits,
+            transfer_dir=options.transfer_dir,
         )
         parts.api_port = await self.api.start()
 
@@ -119,6 +121,29 @@ class Heartbeat(Task):
             await asyncio.sleep(self.interval)
 
 
+class AuditRetention(Task):
+    """Deletes audit rows past the farm's retention (`farm set --audit-days`),
+    at start and every `every` seconds, in bounded batches."""
+
+    name = "audit-retention"
+
+    def __init__(self, parts: ServerParts, every: float = AUDIT_PRUNE_EVERY) -> None:
+        self.parts = parts
+        self.every = every
+
+    async def run(self) -> None:
+        farm, registry = self.parts.farm, self.parts.stream.registry
+        while True:
+            try:
+                deleted = await registry.run_db(farm.audit.prune, farm.now())
+            except Exception as exc:  # database away: try again next time
+                log.warning("audit retention failed: %s", exc)
+            else:
+                if deleted:
+                    log.info("audit retention deleted %d rows", deleted)
+            await asyncio.sleep(self.every)
+
+
 class AutoRebalance(Task):
     """The farm's automatic rebalance, every `every` seconds."""
 
@@ -151,6 +176,10 @@ def rest_api(parts: ServerParts) -> Task | None:
 
 def heartbeat(parts: ServerParts) -> Task:
     return Heartbeat(parts)
+
+
+def audit_retention(parts: ServerParts) -> Task:
+    return AuditRetention(parts)
 
 
 def auto_rebalance(parts: ServerParts) -> Task | None:

@@ -42,6 +42,7 @@ class ServerOptions:
     api_tls_cert: Path | None = None  # PEM; None: plain HTTP
     api_tls_key: Path | None = None  # None: the key is in the certificate file
     api_limits: ApiLimits = field(default_factory=ApiLimits)
+    transfer_dir: Path | None = None  # None: DATA_DIR/transfer
     nbd_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 

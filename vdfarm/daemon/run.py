@@ -47,6 +47,7 @@ TASKS: tuple[TaskFactory, ...] = (
     stream_tasks.move_orders,
     stream_tasks.cache_usage,
     stream_tasks.reconcile,
+    farm_tasks.audit_retention,
     farm_tasks.auto_rebalance,
 )
 
