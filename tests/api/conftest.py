@@ -14,7 +14,7 @@ from tests.service import conftest as service_fixtures
 from tests.service.helpers import dump, make_raw
 from vdfarm.api.app import create_app
 from vdfarm.api.auth import read_token
-from vdfarm.service.servers import default_server_name
+from vdfarm.service.identity import default_server_name
 
 LOOPBACK = ("127.0.0.1", 40001)
 OTHER_HOST = ("192.0.2.7", 40002)
