@@ -1,4 +1,4 @@
-"""/vdisks: import, list, show, change, delete, verify, export (like `vdfarm vdisk …`).
+"""/vdisks: import, list, show, change, delete, verify, export, repair (like `vdfarm vdisk …`).
 
 Rules: paths, bodies and status codes only; every decision is the
 service's. Import and export name files ON THE SERVER (absolute paths).
@@ -16,6 +16,7 @@ from fastapi import HTTPException
 from vdfarm.api.deps import ActorDep, FarmDep, make_router
 from vdfarm.api.schemas import VdiskExport, VdiskImport, VdiskPatch, VerifyReport
 from vdfarm.service.merges import ExportResult
+from vdfarm.service.repairs import RepairResult
 from vdfarm.service.vdisks import VdiskInfo
 
 router = make_router("vdisks")
@@ -86,3 +87,10 @@ def verify_vdisk(name: str, farm: FarmDep) -> VerifyReport:
 def export_vdisk(name: str, body: VdiskExport, farm: FarmDep) -> ExportResult:
     """Write a version of NAME, flattened, as a new image file on the server."""
     return farm.versions.export(name, Path(body.path), body.format, body.version)
+
+
+@router.post("/vdisks/{name}/repair", response_model=RepairResult)
+def repair_vdisk(name: str, farm: FarmDep, actor: ActorDep) -> RepairResult:
+    """Complete or roll back NAME's half-done merge or seal in this server's
+    store; re-hash its private copy if its device wrote it."""
+    return farm.repairs.repair(name, actor=actor)
