@@ -62,3 +62,18 @@ def test_repair_rehashes_too(farm, raw_image):
     result = farm.repairs.repair("mine")
     assert result.step is None and result.notes
     assert farm.vdisks.verify("mine").ok
+
+
+def test_server_start_rehashes_written_copies(farm, raw_image):
+    farm.vdisks.import_image("mine", raw_image, mode="private")
+    farm.devices.add("pc1", vdisk="mine")
+    target = farm.exports.resolve("pc1")
+    grant = farm.locks.acquire(target.vdisk_id, target.device_id, 30)
+    device_writes(target)
+    assert farm.repairs.resume_all() == []  # still locked: its device may write
+    farm.locks.release(target.vdisk_id, target.device_id, grant.token)
+    [result] = farm.repairs.resume_all()
+    assert result.vdisk == "mine" and result.notes
+    assert farm.repairs.resume_all() == []
+    beat(farm)
+    assert ("mine", 0) in held(farm)

@@ -34,7 +34,7 @@ def test_resolve_then_promote_then_lock_is_refused(vfarm):
     assert target.writes_vdisk and target.version == 2
     vfarm.versions.promote("w", "test")  # seals version 2
     with pytest.raises(Conflict, match="version 2 of vDisk w is not open for maintenance"):
-        vfarm.locks.acquire(target.vdisk_id, target.device_id, 30, target.version)
+        vfarm.locks.acquire(target.vdisk_id, target.device_id, 30)
     assert vfarm.locks.list()[0].state == "free"
 
 
@@ -53,7 +53,7 @@ def test_through_the_stream_port_even_when_a_new_version_opened_meanwhile(vfarm)
 
 def test_lock_first_then_promote_is_refused(vfarm):
     target = vfarm.exports.resolve("pm")
-    vfarm.locks.acquire(target.vdisk_id, target.device_id, 30, target.version)
+    vfarm.locks.acquire(target.vdisk_id, target.device_id, 30)
     with pytest.raises(Conflict, match="maintenance device is connected"):
         vfarm.versions.promote("w", "test")
     assert vfarm.versions.list("w")[-1].access == "maintenance"

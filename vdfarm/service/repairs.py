@@ -21,7 +21,8 @@ Rules:
 - Every repair writes one `vdisk.repair` audit row; completing also writes
   the step's own row, marked `repaired`.
 - `resume_all` is what a server runs at start (the daemon's store task,
-  in a thread: it may hash big files): every intent of THIS server's store.
+  in a thread: it may hash big files): every intent of THIS server's store,
+  and every private copy here a device wrote (re-hashed if its lock is free).
 """
 
 from __future__ import annotations
@@ -119,27 +120,37 @@ class RepairService:
         return RepairResult(vdisk, step, outcome, (note,) if note else ())
 
     def resume_all(self) -> list[RepairResult]:
-        """Repair every half-done step of THIS server's store (call at server
-        start, off the event loop); a step another live process still runs
-        is skipped and logged. Returns what was repaired.
+        """Repair every half-done step of THIS server's store and re-hash
+        every private copy here a device wrote (its lock free now): call at
+        server start, off the event loop (it may hash big files). A step
+        another live process still runs is skipped and logged. Returns what
+        was repaired.
 
         Raises Unavailable (DB down).
         """
         with self._session() as session:
-            names = session.scalars(
-                select(Vdisk.name)
-                .join(VdiskIntent, VdiskIntent.vdisk_id == Vdisk.id)
-                .where(VdiskIntent.server_id == self._here.id)
-                .order_by(Vdisk.name)
-            ).all()
+            names = set(
+                session.scalars(
+                    select(Vdisk.name)
+                    .join(VdiskIntent, VdiskIntent.vdisk_id == Vdisk.id)
+                    .where(VdiskIntent.server_id == self._here.id)
+                ).all()
+            )
+        try:
+            written = {m.vdisk for m in self._store.scan() if any(f.unverified for f in m.files)}
+        except StoreError as exc:
+            log.warning("cannot list the store to re-hash written copies: %s", exc)
+            written = set()
         done = []
-        for name in names:
+        for name in sorted(names | written):
             try:
                 result = self.repair(name, actor=f"server:{self._here.name}")
             except ServiceError as exc:
                 log.warning("cannot repair vDisk %s at start: %s", name, exc)
                 continue
-            log.info("vDisk %s: the half-done %s was %s", name, result.step, result.outcome)
+            if result.step is None and not result.notes:
+                continue
+            log.info("vDisk %s repaired: %s %s %s", name, result.step, result.outcome, result.notes)
             done.append(result)
         return done
 
