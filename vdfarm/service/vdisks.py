@@ -296,6 +296,8 @@ class VdiskService:
             before = self._info(session, vdisk)
             changed = [c for c in LIVE_COLUMNS if c in changes and changes[c] != getattr(vdisk, c)]
             if changed:
+                if changes.get("access_mode") == "private":  # never possible: say so first
+                    check_private_allowed(session, vdisk)
                 check_no_intent(session, vdisk)
                 lock = lock_of(session, vdisk.id)
                 what = LIVE_COLUMNS[changed[0]]
@@ -306,8 +308,6 @@ class VdiskService:
                         f"cannot change the {what} of vDisk {name} while it is in use by "
                         f"{', '.join(users)}: they read it as it is; change it when they are off"
                     )
-                if changes.get("access_mode") == "private":
-                    check_private_allowed(session, vdisk)
             for column, value in changes.items():
                 setattr(vdisk, column, value)
             session.flush()
