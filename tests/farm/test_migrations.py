@@ -31,6 +31,7 @@ TABLES = {
     "farm_settings",
     "login_reservations",
     "api_tokens",
+    "vdisk_intents",
 }
 
 

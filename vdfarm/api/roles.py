@@ -5,7 +5,7 @@ Rules:
   `read` may GET everything (but the token list); `operator` runs devices
   and their sessions (add, change, assign, delete a device; release a lock;
   rebalance; verify a copy; log a device in for another address); `admin`
-  does everything else: vDisks (import, change, delete, export), versions
+  does everything else: vDisks (import, change, delete, export, repair), versions
   (open, promote, revert, override, merge, delete), servers, farm settings,
   lock homes and tokens.
 - A route is named by its method and its path under /api/v1 as FastAPI
@@ -42,6 +42,7 @@ MINIMAL_ROLE: dict[tuple[str, str], str] = {
     ("PATCH", "/vdisks/{name}"): ADMIN,
     ("DELETE", "/vdisks/{name}"): ADMIN,
     ("POST", "/vdisks/{name}/export"): ADMIN,
+    ("POST", "/vdisks/{name}/repair"): ADMIN,
     ("POST", "/vdisks/{name}/versions"): ADMIN,
     ("POST", "/vdisks/{name}/versions/promote"): ADMIN,
     ("POST", "/vdisks/{name}/versions/revert"): ADMIN,

@@ -1,4 +1,4 @@
-"""`vdfarm vdisk …`: import, list, show, set, delete, verify, export vDisks.
+"""`vdfarm vdisk …`: import, list, show, set, delete, verify, repair, export vDisks.
 
 Rules: flags, help and output only; every decision is the service's.
 `set --subnet-affinity` is the login service's setting and comes alone (two
@@ -236,6 +236,26 @@ def verify_cmd(name: str) -> None:
     if not result.ok:
         raise Invalid(f"vDisk {name} failed verification: {'; '.join(result.problems)}")
     emit({"vdisk": name, "ok": True, "problems": []}, lambda: click.echo(f"vDisk {name} is intact"))
+
+
+@vdisk.command("repair")
+@click.argument("name")
+@json_option
+def repair_cmd(name: str) -> None:
+    """Complete or roll back a merge or promote of vDisk NAME that a crash or
+    a database failure cut short (run it on the server whose store it
+    changed); re-hash its private copy if its device wrote it."""
+    result = open_farm().repairs.repair(name)
+
+    def text() -> None:
+        step = (
+            f"the half-done {result.step} was {result.outcome}" if result.step else result.outcome
+        )
+        click.echo(f"vDisk {name}: {step}")
+        for note in result.notes:
+            click.echo(note)
+
+    emit(result, text)
 
 
 @vdisk.command("export")

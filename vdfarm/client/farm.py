@@ -40,6 +40,7 @@ from vdfarm.service.locks import LockInfo
 from vdfarm.service.login import LoginResult
 from vdfarm.service.merges import ExportResult, MergeResult
 from vdfarm.service.moves import RebalanceResult
+from vdfarm.service.repairs import RepairResult
 from vdfarm.service.servers import ServerInfo
 from vdfarm.service.settings import Settings
 from vdfarm.service.tokens import NewToken, TokenInfo
@@ -198,6 +199,13 @@ class RemoteVdisks(_Noun):
 
     def verify(self, name: str) -> VerifyResult:
         return self.one(_verify_result, "POST", f"/vdisks/{segment(name)}/verify")
+
+
+class RemoteRepairs(_Noun):
+    """`RepairService` over the API."""
+
+    def repair(self, vdisk: str, actor: str | None = None) -> RepairResult:
+        return self.one(_as(RepairResult), "POST", f"/vdisks/{segment(vdisk)}/repair")
 
 
 class RemoteVersions(_Noun):
@@ -384,6 +392,7 @@ class FarmClient:
         self.servers = RemoteServers(self.http)
         self.settings = RemoteSettings(self.http)
         self.tokens = RemoteTokens(self.http)
+        self.repairs = RemoteRepairs(self.http)
         self._calls = _Noun(self.http)
 
     def rebalance(

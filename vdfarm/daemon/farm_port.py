@@ -4,7 +4,9 @@ Rules:
 - One adapter, `ServiceFarmPort`, wraps a `vdfarm.service.Farm`: every port
   call is one service call; service records become the port's frozen
   dataclasses; service errors become the port's error types, message kept
-  (`_translated`). Nothing else: no caching, no retries, no decisions.
+  (`_translated`). Nothing else: no caching, no retries, no decisions —
+  but one memo: the version a device's last resolution said it writes,
+  handed to the lock's acquire so a version promoted in between is refused.
 - It lives in the daemon because the service may not import the stream,
   and the stream may not import the service: the daemon is the one package
   that sees both. If the service moves an operation, only this file changes.
@@ -68,13 +70,20 @@ class ServiceFarmPort:
 
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
+        # device id -> the version its last resolution said it writes: the
+        # lock is granted only for that version (a promote in between
+        # refuses it); the one thing this adapter remembers
+        self._writes: dict[int, int] = {}
 
     def now(self) -> datetime:
         return self.farm.now()
 
     def resolve_export(self, name_or_mac: str) -> port.ExportTarget:
         with _translated():
-            return export_target(self.farm.exports.resolve(name_or_mac))
+            target = export_target(self.farm.exports.resolve(name_or_mac))
+        if target.writes_vdisk:
+            self._writes[target.device_id] = target.version
+        return target
 
     def resolve_vdisk_view(self, vdisk_name: str) -> port.VdiskView:
         with _translated():
@@ -95,7 +104,9 @@ class ServiceFarmPort:
 
     def acquire_lock(self, vdisk_id: int, device_id: int, lease_seconds: float) -> port.LockGrant:
         with _translated():
-            grant = self.farm.locks.acquire(vdisk_id, device_id, lease_seconds)
+            grant = self.farm.locks.acquire(
+                vdisk_id, device_id, lease_seconds, self._writes.get(device_id)
+            )
         return port.LockGrant(token=grant.token, expires_at=grant.expires_at)
 
     def renew_lock(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool:

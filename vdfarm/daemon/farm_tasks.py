@@ -4,7 +4,10 @@ the heartbeat (with this server's registration) and the automatic rebalance.
 Rules:
 - The store task's start removes what a crashed import, delete or merge
   left in the store (`Store.remove_leftovers`, which skips anything a live
-  process is still building), on a worker thread.
+  process is still building), then completes or rolls back every half-done
+  merge or seal and re-hashes private copies their device wrote
+  (`RepairService.resume_all`), on a worker thread; a database away at
+  start is logged, not fatal.
 - The heartbeat task's start ends the sessions this server recorded before
   it last stopped (none of them is connected any more) and registers the
   server: its advertised address and the ports the listeners bound. Its
@@ -26,6 +29,7 @@ import logging
 from vdfarm.api.server import ApiServer
 from vdfarm.daemon.parts import ServerParts, advertised_address
 from vdfarm.daemon.supervisor import API, Task
+from vdfarm.service.errors import ServiceError
 
 log = logging.getLogger("vdfarm.daemon")
 
@@ -44,7 +48,12 @@ class LocalStore(Task):
         self.parts = parts
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.parts.farm.store.remove_leftovers)
+        farm = self.parts.farm
+        await asyncio.to_thread(farm.store.remove_leftovers)
+        try:  # half-done merges and seals, private copies to re-hash
+            await asyncio.to_thread(farm.repairs.resume_all)
+        except ServiceError as exc:  # database away: the next start (or `vdisk repair`) does it
+            log.warning("could not resume half-done store work: %s", exc)
 
 
 class RestApi(Task):

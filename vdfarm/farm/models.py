@@ -296,6 +296,27 @@ class LoginReservation(Base):
     reserved_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+INTENT_KINDS = ("merge", "seal")
+
+
+class VdiskIntent(Base):
+    """A change of a vDisk's files under way on one server's store (a merge,
+    or the seal of a promote): written before the file work, deleted with
+    the result. One left behind is a half-done step to repair."""
+
+    __tablename__ = "vdisk_intents"
+    __table_args__ = (CheckConstraint(_in("kind", INTENT_KINDS), name="kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"), unique=True)
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(16))
+    plan: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    server: Mapped[Server | None] = relationship()
+
+
 class StoreVersion(Base):
     """A vDisk version a server holds complete and verified in its store."""
 

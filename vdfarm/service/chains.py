@@ -22,7 +22,14 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Device, DeviceSession, Vdisk, VdiskVersion
+from vdfarm.farm.models import (
+    Device,
+    DeviceSession,
+    LoginReservation,
+    Server,
+    Vdisk,
+    VdiskVersion,
+)
 from vdfarm.service import version_rules as rules
 from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
@@ -118,6 +125,27 @@ def maintenance_in_use(session: Session, vdisk: Vdisk, number: int, now: datetim
     if devices:
         return f"device(s) {', '.join(devices)} booted version {number} of vDisk {vdisk.name}"
     return None
+
+
+def live_users(session: Session, vdisk: Vdisk, reserved_after: datetime) -> list[str]:
+    """Who reads VDISK now or is about to: 'device D on server S' for each
+    session (any server) and each login reservation made after
+    RESERVED_AFTER (a device on its way), by device name."""
+    sessions = session.execute(
+        select(Device.name, Server.name)
+        .join(DeviceSession, DeviceSession.device_id == Device.id)
+        .join(Server, Server.id == DeviceSession.server_id)
+        .where(DeviceSession.vdisk_id == vdisk.id)
+    ).all()
+    reserved = session.execute(
+        select(Device.name, Server.name)
+        .join(LoginReservation, LoginReservation.device_id == Device.id)
+        .join(Server, Server.id == LoginReservation.server_id)
+        .where(Device.vdisk_id == vdisk.id, LoginReservation.reserved_at > reserved_after)
+    ).all()
+    users = {f"device {d} on server {s}" for d, s in sessions}
+    users |= {f"device {d} (logging in to server {s})" for d, s in reserved}
+    return sorted(users)
 
 
 def store_manifest(store: Store, vdisk_name: str) -> Manifest:

@@ -48,6 +48,8 @@ from vdfarm.service.locks import LockService
 from vdfarm.service.login import LoginService
 from vdfarm.service.merges import MergeService
 from vdfarm.service.moves import MoveService
+from vdfarm.service.promotions import PromotionService
+from vdfarm.service.repairs import RepairService
 from vdfarm.service.servers import ServerService
 from vdfarm.service.sessions import SessionService
 from vdfarm.service.settings import SettingsService
@@ -119,11 +121,13 @@ class Farm:
         writer = AuditWriter(clock, self.actor)
         self.audit = AuditService(session)
         self.settings = SettingsService(session, writer)
-        self.locks = LockService(session, clock, writer, here, self.settings)
+        self.locks = LockService(session, clock, writer, here, self.settings, store)
         self.servers = ServerService(session, clock, writer, here, store, self.settings)
         self.sessions = SessionService(session, clock, writer, here, store)
-        self.merges = MergeService(session, clock, writer, store)
-        self.versions = VersionService(session, clock, writer, store, self.merges)
+        self.merges = MergeService(session, clock, writer, store, here)
+        self.promotions = PromotionService(session, clock, writer, store, self.merges, here)
+        self.versions = VersionService(session, clock, writer, store, self.merges, self.promotions)
+        self.repairs = RepairService(session, clock, writer, store, here, self.promotions)
         self.vdisks = VdiskService(session, clock, writer, store)
         self.devices = DeviceService(session, clock, writer)
         self.exports = ExportService(session, clock, store)

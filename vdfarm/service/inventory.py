@@ -5,6 +5,8 @@ Rules:
   manifest with the format and hash the database sealed (`chain_in_store`),
   and is on disk with the manifest's size. Hashes are computed when a file
   is written, imported or replicated — not here, which runs every second.
+- A file a private device wrote since it was hashed (`unverified` in the
+  manifest, set when its lock is granted) does not count until re-hashed.
 - An unsealed (maintenance) version counts where its store lists it:
   replication never copies unsealed files.
 - `store_inventory` rewrites only the rows of THIS server that changed;
@@ -61,7 +63,7 @@ def _chain_present(store: Store, manifest: Manifest, rows: list[VdiskVersion], n
             size = path.stat().st_size
         except OSError:
             return False
-        if entry is None or (entry.size is not None and size != entry.size):
+        if entry is None or entry.unverified or (entry.size is not None and size != entry.size):
             return False
     return True
 

@@ -13,6 +13,10 @@ Rules (the database is the only lock; there are no lock files):
   server that first took it. No other server may take the lock until the
   admin moves the home (`move_home`, audited), knowing that the writes made
   on the old home are not in the new home's copy.
+- A lock is a promise to write: it is granted only while the device
+  still writes its vDisk (`version_rules.writes_vdisk`, re-checked with the
+  vDisk row locked, so a promote that seals the version and a device that
+  connects serialize) and no merge or seal is under way (`intents`).
 - Only the admin's release and home moves are audited; the stream
   service's acquire/renew/release are not changes made by a person.
 """
@@ -25,13 +29,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Device, Lock, Server, Vdisk
+from vdfarm.farm.models import Device, Lock, Server, Vdisk, VdiskVersion
 from vdfarm.farm.placement import is_up
+from vdfarm.service import version_rules as rules
 from vdfarm.service.audit import AuditWriter
 from vdfarm.service.deps import Clock, SessionFactory, ThisServer, changed_rows
 from vdfarm.service.errors import Conflict, NotFound
+from vdfarm.service.intents import check_no_intent
+from vdfarm.service.private_copies import mark_written
 from vdfarm.service.settings import SettingsService
 from vdfarm.service.validation import check_lease
+from vdfarm.store.store import Store
 
 HELD, EXPIRED, FREE = "held", "expired", "free"
 _NO_SYNC = {"synchronize_session": False}
@@ -101,6 +109,31 @@ def home_message(lock: Lock, here: str, up: bool) -> str:
     )
 
 
+def _check_still_writes(
+    session: Session, vdisk: Vdisk, device: Device, version: int | None, now: datetime
+) -> None:
+    """Refuse the lock of a standard vDisk to a maintenance DEVICE (or one
+    that resolved a writable VERSION) unless it boots a version open for
+    maintenance now (VERSION, if given, that one). Raises Conflict."""
+    if vdisk.access_mode != rules.STANDARD or (
+        device.device_type != rules.MAINTENANCE and version is None
+    ):
+        return
+    rows = session.scalars(select(VdiskVersion).where(VdiskVersion.vdisk_id == vdisk.id)).all()
+    states = [
+        rules.VersionState(r.number, r.parent_number, r.access, r.production_at) for r in rows
+    ]
+    choice = rules.device_boot(
+        states, vdisk.access_mode, device.device_type, vdisk.override_version, now
+    )
+    if not choice.writable or (version is not None and choice.number != version):
+        shown = version if version is not None else choice.number
+        raise Conflict(
+            f"version {shown} of vDisk {vdisk.name} is not open for maintenance any more "
+            f"(promoted or sealed): device {device.name} may not write it; reconnect"
+        )
+
+
 def lock_of(session: Session, vdisk_id: int) -> Lock | None:
     query = select(Lock).where(Lock.vdisk_id == vdisk_id)
     return session.scalars(query.execution_options(populate_existing=True)).one_or_none()
@@ -125,14 +158,18 @@ class LockService:
         audit: AuditWriter,
         here: ThisServer,
         settings: SettingsService,
+        store: Store,
     ) -> None:
         self._session = session
         self._clock = clock
         self._audit = audit
         self._here = here
         self._settings = settings
+        self._store = store
 
-    def acquire(self, vdisk_id: int, device_id: int, lease_seconds: float) -> LockGrant:
+    def acquire(
+        self, vdisk_id: int, device_id: int, lease_seconds: float, version: int | None = None
+    ) -> LockGrant:
         """Take the lock of VDISK_ID for DEVICE_ID for LEASE_SECONDS.
 
         Succeeds if the lock is free, expired, or already this device's on
@@ -141,14 +178,22 @@ class LockService:
         for the lease: the first server may still be writing. And only the
         vDisk's home server (the first to take it; the admin moves it with
         `move_home`) may take it: each server writes its own copy.
+        In the same transaction (the vDisk row locked, as promote and merge
+        lock it) the device must still write its vDisk: a standard vDisk's
+        version must still be open for maintenance (VERSION, if given, is the
+        one the device resolved) and no seal or merge under way. A private
+        vDisk's copy here is marked unverified (`private_copies.mark_written`).
         Raises Invalid (bad lease), NotFound (no such vDisk or device),
-        Conflict (held by another device), Unavailable (DB down).
+        Conflict (held by another device; the version was sealed or is
+        being sealed), Unavailable (DB down).
         """
         lease = check_lease(lease_seconds)
         now = self._clock()
         expires = now + timedelta(seconds=lease)
         with self._session() as session:
-            self._check_exists(session, vdisk_id, device_id)
+            vdisk, device = self._check_exists(session, vdisk_id, device_id)
+            check_no_intent(session, vdisk)
+            _check_still_writes(session, vdisk, device, version, now)
             result = session.execute(
                 update(Lock)
                 .where(Lock.vdisk_id == vdisk_id)
@@ -183,13 +228,21 @@ class LockService:
                     lock.home.last_heartbeat, now, self._settings.heartbeat_timeout()
                 )
                 raise Conflict(home_message(lock, self._here.name, up))
+            if vdisk.access_mode == rules.PRIVATE:
+                mark_written(session, self._store, self._here.id, vdisk)
             return LockGrant(token=lock.fencing_token, expires_at=expires)
 
-    def _check_exists(self, session: Session, vdisk_id: int, device_id: int) -> None:
-        if session.get(Vdisk, vdisk_id) is None:
+    def _check_exists(
+        self, session: Session, vdisk_id: int, device_id: int
+    ) -> tuple[Vdisk, Device]:
+        query = select(Vdisk).where(Vdisk.id == vdisk_id).with_for_update()
+        vdisk = session.scalars(query).one_or_none()
+        if vdisk is None:
             raise NotFound(f"no vDisk with id {vdisk_id}")
-        if session.get(Device, device_id) is None:
+        device = session.get(Device, device_id)
+        if device is None:
             raise NotFound(f"no device with id {device_id}")
+        return vdisk, device
 
     def renew(self, vdisk_id: int, device_id: int, token: int, lease_seconds: float) -> bool:
         """Extend the lease of a lock still held with TOKEN by DEVICE_ID.

@@ -15,7 +15,9 @@ Rules:
 - A device that writes to its vDisk (`version_rules.home_server_only`:
   private mode, or a maintenance boot of the open version) may only stream
   from the vDisk's home server (the lock row's `home_server_id`): every
-  server writes its own copy, so only the home's is current.
+  server writes its own copy, so only the home's is current — and it
+  counts as holding the version even while it is not re-hashed after its
+  device's writes (`private_copies`): it is the one current copy.
 - Login records one thing: a short reservation (`login_reservations`) of
   the chosen server, which counts on its load and booting until the
   device's session is recorded (when it connects) or `RESERVATION_LIFETIME`
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -308,7 +310,9 @@ class LoginService:
             candidates = _candidates(servers, need.key)
             home = device.home_server_id if home_only else None
             if home is not None:  # only the home's copy holds the writes
-                candidates = [c for c in candidates if c.id == home]
+                candidates = [
+                    replace(c, versions=frozenset({need.key})) for c in candidates if c.id == home
+                ]
             timeout = self._settings.heartbeat_timeout()
             placement = place(need, candidates, now, timeout, preferred=device.move_to_server_id)
             if placement.primary is None:  # (the transaction rolls back: nothing written)

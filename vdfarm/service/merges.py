@@ -9,16 +9,26 @@ Rules:
 - A merge is refused while a device has a session on a version it would
   delete. The files that leave the chain are retired, and deleted only once
   no session may still read them (`sessions.release_retired_files`).
+- Crash-safe and short in the database: the checks and the merge's intent
+  are committed first (`intents`), the fold (qemu-img, hashing) runs with
+  no transaction open, then one short transaction applies the result
+  (`apply_merge`) and deletes the intent. A failure after the fold leaves
+  the intent for `RepairService`, which completes it.
 - `auto_merge` (after a promote past max-versions) runs the same merge and
   reports why it could not instead of raising.
 - `export` writes one version, flattened, through qemu-img into a new file
-  (never over an existing one); it changes nothing in the farm.
+  (never over an existing one); it changes nothing in the farm, and
+  qemu-img runs after the reading transaction has closed.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,13 +48,21 @@ from vdfarm.service.chains import (
     store_failure,
     version_rows,
 )
-from vdfarm.service.deps import Clock, SessionFactory
+from vdfarm.service.deps import Clock, SessionFactory, ThisServer
 from vdfarm.service.errors import Conflict, Invalid, NotFound, ServiceError
+from vdfarm.service.intents import (
+    MERGE,
+    check_no_intent,
+    drop_intent,
+    record_intent,
+    take_intent,
+)
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
+from vdfarm.store.manifest import VDISK_NAME_RE, ManifestFile
 from vdfarm.store.qemu_img import QemuImgError
-from vdfarm.store.store import Store
+from vdfarm.store.store import Store, busy
 
 EXPORT_FORMATS = store_versions.EXPORT_FORMATS
 
@@ -76,6 +94,61 @@ class ExportResult:
     size: int
 
 
+@contextlib.contextmanager
+def working_on(store: Store, vdisk: str) -> Iterator[None]:
+    """Hold `busy` on VDISK's store directory (if it has one) for a whole
+    change, so a repair elsewhere on this host leaves it alone."""
+    directory = store.root / vdisk
+    with contextlib.ExitStack() as stack:
+        if VDISK_NAME_RE.fullmatch(vdisk) and directory.is_dir():
+            try:
+                stack.enter_context(busy(directory))
+            except StoreError as exc:
+                raise store_failure(vdisk, exc) from exc
+        yield
+
+
+def apply_merge(
+    session: Session,
+    audit: AuditWriter,
+    row: Vdisk,
+    plan: dict[str, Any],
+    entry: ManifestFile,
+    now: datetime,
+    repaired: bool = False,
+) -> None:
+    """Record in the database a fold the store has done (PLAN as recorded in
+    the merge's intent; ENTRY the kept file's new manifest entry), with its
+    audit row. Raises nothing of its own."""
+    rows = version_rows(session, row.id)
+    for number in plan["removed"]:
+        if gone := next((r for r in rows if r.number == number), None):
+            session.delete(gone)
+    session.flush()
+    keep = row_of(rows, plan["keep"])
+    keep.parent_number = None if plan["new_base"] else plan["base"]
+    keep.format, keep.size, keep.sha256 = entry.format, entry.size, entry.sha256
+    if plan["new_base"]:
+        row.format, row.sha256 = entry.format, sealed_hash(entry, row.name)
+    chain_before = plan["chain_before"]
+    audit.record(
+        session,
+        actor=plan["actor"],
+        at=now,
+        action="version.merge",
+        target_type="vdisk",
+        target_name=row.name,
+        before={"versions": chain_before},
+        after={
+            "versions": [n for n in chain_before if n not in plan["removed"]],
+            "kept": plan["keep"],
+            "new_base": plan["new_base"],
+            "automatic": plan["automatic"],
+            **({"repaired": True} if repaired else {}),
+        },
+    )
+
+
 def _check_no_session_on(session: Session, vdisk: Vdisk, removed: tuple[int, ...]) -> None:
     booted = booted_devices(session, vdisk.id)
     for number in removed:
@@ -90,12 +163,18 @@ class MergeService:
     """Merge a vDisk's chain; export one version flattened."""
 
     def __init__(
-        self, session: SessionFactory, clock: Clock, audit: AuditWriter, store: Store
+        self,
+        session: SessionFactory,
+        clock: Clock,
+        audit: AuditWriter,
+        store: Store,
+        here: ThisServer,
     ) -> None:
         self._session = session
         self._clock = clock
         self._audit = audit
         self._store = store
+        self._here = here
 
     def merge(
         self,
@@ -108,62 +187,76 @@ class MergeService:
         """Fold VDISK's chain (see the module rules).
 
         Raises NotFound, Invalid (nothing to merge), Conflict (a device booted a
-        version the merge would delete), Unavailable (store, qemu-img or DB
-        trouble).
+        version the merge would delete; another merge or seal under way),
+        Unavailable (store, qemu-img or DB trouble; a failure after the fold
+        leaves the intent for `vdfarm vdisk repair`).
         """
         now = self._clock()
+        with working_on(self._store, vdisk):
+            intent_id, plan = self._begin(vdisk, new_base, actor, automatic, now)
+            try:
+                entry, _ = store_versions.fold(
+                    self._store, vdisk, plan["keep_file"], new_base=new_base, retired_at=now
+                )
+            except (StoreError, QemuImgError) as exc:
+                self._abandon(vdisk, intent_id)
+                raise store_failure(vdisk, exc) from exc
+            with self._session() as session:
+                row = locked_vdisk(session, vdisk)
+                take_intent(session, row, intent_id)
+                apply_merge(session, self._audit, row, plan, entry, now)
+                drop_intent(session, row.id, intent_id)
+                vdisk_id = row.id
+        retired = list(plan["leaving_files"])
+        deleted = release_retired_files(self._session, self._store, vdisk_id)
+        return MergeResult(
+            vdisk=vdisk,
+            kept=plan["keep"],
+            base=plan["base"],
+            new_base=new_base,
+            removed=tuple(plan["removed"]),
+            deleted=tuple(n for n in retired if n in deleted),
+            retained=tuple(n for n in retired if n not in deleted),
+            automatic=automatic,
+        )
+
+    def _begin(
+        self, vdisk: str, new_base: bool, actor: str | None, automatic: bool, now: datetime
+    ) -> tuple[int, dict[str, Any]]:
+        """Check everything and record the merge's intent (committed)."""
         with self._session() as session:
             row = locked_vdisk(session, vdisk)
+            check_no_intent(session, row)
             rows = version_rows(session, row.id)
             plan = rules.merge_plan(
                 states_of(rows), row.override_version, now, new_base=new_base, vdisk=vdisk
             )
             _check_no_session_on(session, row, plan.removed)
-            check_store_matches(self._store, vdisk, rows)
+            manifest = check_store_matches(self._store, vdisk, rows)
             keep = row_of(rows, plan.keep)
-            base = keep.number if new_base else rows[0].number
-            chain_before = [r.number for r in rows]
-            for number in plan.removed:
-                session.delete(row_of(rows, number))
-            session.flush()
-            try:
-                entry, retired = store_versions.fold(
-                    self._store, vdisk, keep.file_name, new_base=new_base, retired_at=now
-                )
-            except (StoreError, QemuImgError) as exc:
-                raise store_failure(vdisk, exc) from exc
-            keep.parent_number = None if new_base else base
-            keep.format, keep.size, keep.sha256 = entry.format, entry.size, entry.sha256
-            if new_base:
-                row.format, row.sha256 = entry.format, sealed_hash(entry, vdisk)
-            self._audit.record(
-                session,
-                actor=actor,
-                at=now,
-                action="version.merge",
-                target_type="vdisk",
-                target_name=vdisk,
-                before={"versions": chain_before},
-                after={
-                    "versions": [n for n in chain_before if n not in plan.removed],
-                    "kept": plan.keep,
-                    "new_base": new_base,
-                    "automatic": automatic,
-                },
-            )
-            vdisk_id = row.id
-        deleted = release_retired_files(self._session, self._store, vdisk_id)
-        names = tuple(r.name for r in retired)
-        return MergeResult(
-            vdisk=vdisk,
-            kept=plan.keep,
-            base=base,
-            new_base=new_base,
-            removed=plan.removed,
-            deleted=tuple(n for n in names if n in deleted),
-            retained=tuple(n for n in names if n not in deleted),
-            automatic=automatic,
-        )
+            index = [f.name for f in manifest.files].index(keep.file_name)
+            leaving = manifest.files[:index] if new_base else manifest.files[1:index]
+            details = {
+                "keep": keep.number,
+                "keep_file": keep.file_name,
+                "base": keep.number if new_base else rows[0].number,
+                "new_base": new_base,
+                "removed": list(plan.removed),
+                "leaving_files": [f.name for f in leaving],
+                "chain_before": [r.number for r in rows],
+                "automatic": automatic,
+                "actor": actor,
+            }
+            intent = record_intent(session, row, self._here.id, MERGE, details, now)
+            return intent.id, details
+
+    def _abandon(self, vdisk: str, intent_id: int) -> None:
+        """Forget an intent whose file work failed before it changed anything
+        (the store stays as it was); if the database fails too, repair rolls
+        it back later."""
+        with contextlib.suppress(ServiceError), self._session() as session:
+            row = locked_vdisk(session, vdisk)
+            drop_intent(session, row.id, intent_id)
 
     def auto_merge(self, vdisk: str, actor: str | None) -> tuple[MergeResult | None, str | None]:
         """Merge VDISK's updates because its chain outgrew max-versions:

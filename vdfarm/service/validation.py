@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from vdfarm.farm.models import ACCESS_MODES, WRITE_CACHE_TYPES
 from vdfarm.service.errors import Invalid
 from vdfarm.store.manifest import VDISK_NAME_RE
 
@@ -141,3 +142,35 @@ def check_max_versions(count: object) -> int:
             f"{MIN_MAX_VERSIONS} to {MAX_MAX_VERSIONS}"
         )
     return count
+
+
+def vdisk_changes(
+    mode: str | None,
+    write_cache: str | None,
+    cache_limit_mb: Any,
+    description: str | None,
+    max_versions: int | None,
+) -> dict[str, Any]:
+    """The checked column changes of `vdisk set` (only those given).
+
+    Raises Invalid (a bad value, or nothing to change).
+    """
+    changes: dict[str, Any] = {}
+    if mode is not None:
+        changes["access_mode"] = check_choice("mode", mode, ACCESS_MODES)
+    if write_cache is not None:
+        changes["write_cache_type"] = check_choice(
+            "write-cache type", write_cache, WRITE_CACHE_TYPES
+        )
+    if cache_limit_mb is not UNCHANGED:
+        changes["write_cache_limit_mb"] = check_cache_limit(cache_limit_mb)
+    if description is not None:
+        changes["description"] = check_description(description)
+    if max_versions is not None:
+        changes["max_versions"] = check_max_versions(max_versions)
+    if not changes:
+        raise Invalid(
+            "nothing to change: give a mode, write-cache type, cache limit, "
+            "description or max-versions"
+        )
+    return changes

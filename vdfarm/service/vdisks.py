@@ -8,6 +8,10 @@ Rules:
   transaction; if that transaction fails, the store entry is removed again.
 - Delete is refused while devices are assigned or the lock is held; the rows
   are removed (flushed) before the files, and committed after them.
+- A change of the mode or the write-cache type is refused while any device
+  uses the vDisk (a session on any server, or a login reservation not yet
+  expired), or a merge or seal is under way: connected devices read it as
+  it was. Description, cache limit and max-versions change any time.
 - Private mode needs a vDisk that is one raw file: it is refused for a vDisk
   with versions above its base (versions are a standard-mode feature).
 - `vdisk.sha256`/`format` describe the base file; each version's own hash is
@@ -37,6 +41,8 @@ from vdfarm.farm.models import (
 from vdfarm.service.audit import AuditWriter
 from vdfarm.service.chains import (
     check_private_allowed,
+    live_users,
+    locked_vdisk,
     qemu_check_problems,
     sealed_hash,
     version_problems,
@@ -44,20 +50,27 @@ from vdfarm.service.chains import (
 )
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
+from vdfarm.service.intents import check_no_intent
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
+from vdfarm.service.login import RESERVATION_LIFETIME
+from vdfarm.service.private_copies import rehash_copy
 from vdfarm.service.records import to_plain
 from vdfarm.service.validation import (
     UNCHANGED,
     check_cache_limit,
     check_choice,
     check_description,
-    check_max_versions,
     check_name,
+    vdisk_changes,
 )
 from vdfarm.store import errors as store_errors
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.sources import SOURCE_FORMATS as SOURCE_FORMATS  # re-exported for the CLI
 from vdfarm.store.store import Store, VerifyResult
+
+# Columns whose change alters what a connected device reads or where its
+# writes go -> the words for it: refused while any device uses the vDisk.
+LIVE_COLUMNS = {"access_mode": "mode", "write_cache_type": "write-cache type"}
 
 
 @dataclass(frozen=True)
@@ -281,19 +294,25 @@ class VdiskService:
         with versions), NotFound, Conflict (mode change while the lock is
         held), Unavailable.
         """
-        changes = self._checked_changes(
-            mode, write_cache, cache_limit_mb, description, max_versions
-        )
+        changes = vdisk_changes(mode, write_cache, cache_limit_mb, description, max_versions)
         now = self._clock()
         with self._session() as session:
-            vdisk = find_vdisk(session, name)
+            vdisk = locked_vdisk(session, name)
             before = self._info(session, vdisk)
-            if "access_mode" in changes and changes["access_mode"] != vdisk.access_mode:
-                lock = lock_of(session, vdisk.id)
-                if lock is not None and lock_state(lock, now) == HELD:
-                    raise Conflict(f"cannot change the mode now: {held_message(lock)}")
-                if changes["access_mode"] == "private":
+            changed = [c for c in LIVE_COLUMNS if c in changes and changes[c] != getattr(vdisk, c)]
+            if changed:
+                if changes.get("access_mode") == "private":  # never possible: say so first
                     check_private_allowed(session, vdisk)
+                check_no_intent(session, vdisk)
+                lock = lock_of(session, vdisk.id)
+                what = LIVE_COLUMNS[changed[0]]
+                if lock is not None and lock_state(lock, now) == HELD:
+                    raise Conflict(f"cannot change the {what} now: {held_message(lock)}")
+                if users := live_users(session, vdisk, now - RESERVATION_LIFETIME):
+                    raise Conflict(
+                        f"cannot change the {what} of vDisk {name} while it is in use by "
+                        f"{', '.join(users)}: they read it as it is; change it when they are off"
+                    )
             for column, value in changes.items():
                 setattr(vdisk, column, value)
             session.flush()
@@ -310,34 +329,6 @@ class VdiskService:
             )
             return after
 
-    @staticmethod
-    def _checked_changes(
-        mode: str | None,
-        write_cache: str | None,
-        cache_limit_mb: Any,
-        description: str | None,
-        max_versions: int | None,
-    ) -> dict[str, Any]:
-        changes: dict[str, Any] = {}
-        if mode is not None:
-            changes["access_mode"] = check_choice("mode", mode, ACCESS_MODES)
-        if write_cache is not None:
-            changes["write_cache_type"] = check_choice(
-                "write-cache type", write_cache, WRITE_CACHE_TYPES
-            )
-        if cache_limit_mb is not UNCHANGED:
-            changes["write_cache_limit_mb"] = check_cache_limit(cache_limit_mb)
-        if description is not None:
-            changes["description"] = check_description(description)
-        if max_versions is not None:
-            changes["max_versions"] = check_max_versions(max_versions)
-        if not changes:
-            raise Invalid(
-                "nothing to change: give a mode, write-cache type, cache limit, "
-                "description or max-versions"
-            )
-        return changes
-
     def delete(self, name: str, actor: str | None = None) -> VdiskInfo:
         """Remove vDisk NAME from the farm and this server's store; returns it as it was.
 
@@ -345,7 +336,8 @@ class VdiskService:
         """
         now = self._clock()
         with self._session() as session:
-            vdisk = find_vdisk(session, name)
+            vdisk = locked_vdisk(session, name)
+            check_no_intent(session, vdisk)
             before = self._info(session, vdisk)
             if before.devices:
                 raise Conflict(
@@ -383,8 +375,11 @@ class VdiskService:
         """Check vDisk NAME's files in this store against its manifest (size,
         sha256, qemu-img check) and the manifest against the farm's versions.
 
+        A private copy its device wrote since its last hash is hashed
+        again first, once no device holds its lock (`rehash_copy`).
         Raises NotFound (not in the farm), Unavailable (not in this store).
         """
+        rehash_copy(self._session, self._clock, self._audit, self._store, name)
         with self._session() as session:
             vdisk = find_vdisk(session, name)
             expected_sha = vdisk.sha256

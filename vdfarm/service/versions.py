@@ -5,9 +5,14 @@ Rules:
   reads the rows, checks who is connected, then changes the database and
   this server's store together.
 - Every check runs before anything is written: a call that raises has
-  changed neither the database nor the store. Store changes run inside the
-  database transaction, after the rows are flushed; the transaction commits
-  after them (a failed `new` removes its file again).
+  changed neither the database nor the store. Quick store changes (open,
+  unseal, drop) run inside the database transaction, after the rows are
+  flushed; the transaction commits after them (a failed `new` removes its
+  file again). The seal (qemu-img check, hashing: slow) runs with no
+  transaction open, under an intent (`intents`): checks + intent commit,
+  then the seal, then a short transaction applies it (`apply_promotion`).
+- While a seal or merge is under way (an intent exists), nothing else may
+  change the vDisk's versions: each call refuses with a Conflict.
 - A version is sealed (qemu-img check, size and sha256 into the row and the
   manifest) when it leaves maintenance, and never written again; revert to
   maintenance opens it again and is refused while devices booted it.
@@ -32,7 +37,6 @@ from vdfarm.farm.models import Vdisk, VdiskVersion
 from vdfarm.service import version_rules as rules
 from vdfarm.service.audit import AuditWriter
 from vdfarm.service.chains import (
-    booted_devices,
     check_store_matches,
     check_unused,
     check_versioned,
@@ -45,44 +49,21 @@ from vdfarm.service.chains import (
 )
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound
+from vdfarm.service.intents import (
+    check_no_intent,
+)
 from vdfarm.service.merges import ExportResult, MergeResult, MergeService
+from vdfarm.service.promotions import PromotionService
+from vdfarm.service.version_records import (
+    PromoteResult,
+    VersionInfo,
+    version_infos,
+    version_target,
+)
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import Store
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """One version as the front ends show it.
-
-    `access` is maintenance / test / production / pending; `size` and
-    `sha256` are the sealed file's (size is the current file size while
-    open); `devices` booted it; `boots` are the device types that get it now.
-    """
-
-    vdisk: str
-    number: int
-    access: str
-    parent: int | None
-    file: str
-    format: str
-    size: int | None
-    sha256: str | None
-    created_at: datetime
-    sealed_at: datetime | None
-    production_at: datetime | None
-    devices: tuple[str, ...]
-    boots: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PromoteResult:
-    """A promoted version, and the automatic merge that followed (if any)."""
-
-    version: VersionInfo
-    merged: MergeResult | None
-    merge_skipped: str | None
 
 
 @dataclass(frozen=True)
@@ -92,49 +73,6 @@ class OverrideInfo:
     vdisk: str
     version: int | None
     previous: int | None
-
-
-def version_infos(store: Store, session: Session, vdisk: Vdisk, now: datetime) -> list[VersionInfo]:
-    """Every version of VDISK as VersionInfo at NOW, oldest first (sizes of
-    open versions from STORE)."""
-    rows = version_rows(session, vdisk.id)
-    states = states_of(rows)
-    booted = booted_devices(session, vdisk.id)
-    boots: dict[int, list[str]] = {}
-    for device_type in rules.DEVICE_TYPES:
-        choice = rules.device_boot(
-            states, vdisk.access_mode, device_type, vdisk.override_version, now
-        )
-        boots.setdefault(choice.number, []).append(device_type)
-    return [
-        VersionInfo(
-            vdisk=vdisk.name,
-            number=r.number,
-            access=rules.shown_access(s, now),
-            parent=r.parent_number,
-            file=r.file_name,
-            format=r.format,
-            size=r.size if r.sha256 else _current_size(store, vdisk.name, r.file_name),
-            sha256=r.sha256,
-            created_at=r.created_at,
-            sealed_at=r.sealed_at,
-            production_at=r.production_at,
-            devices=booted.get(r.number, ()),
-            boots=tuple(boots.get(r.number, ())),
-        )
-        for r, s in zip(rows, states, strict=True)
-    ]
-
-
-def _current_size(store: Store, vdisk_name: str, file_name: str) -> int | None:
-    try:
-        return store_versions.file_path(store, vdisk_name, file_name).stat().st_size
-    except OSError:
-        return None
-
-
-def _target(vdisk: str, number: int) -> str:
-    return f"{vdisk} v{number}"
 
 
 class VersionService:
@@ -147,7 +85,9 @@ class VersionService:
         audit: AuditWriter,
         store: Store,
         merges: MergeService,
+        promotions: PromotionService,
     ) -> None:
+        self._promotions = promotions
         self._session = session
         self._clock = clock
         self._audit_writer = audit
@@ -191,6 +131,7 @@ class VersionService:
             with self._session() as session:
                 row = locked_vdisk(session, vdisk)
                 check_versioned(row)
+                check_no_intent(session, row)
                 rows = version_rows(session, row.id)
                 if (open_one := rules.open_maintenance(states_of(rows))) is not None:
                     raise Conflict(
@@ -219,7 +160,9 @@ class VersionService:
                     raise store_failure(vdisk, exc) from exc
                 opened = file_name
                 info = self._info_of(session, row, number)
-                self._audit(session, "version.new", _target(vdisk, number), None, info, actor)
+                self._audit(
+                    session, "version.new", version_target(vdisk, number), None, info, actor
+                )
             return info
         except BaseException:
             if opened is not None:
@@ -244,54 +187,8 @@ class VersionService:
     def promote(
         self, vdisk: str, to: str, at: datetime | None = None, actor: str | None = None
     ) -> PromoteResult:
-        """Promote VDISK's newest version to TO ("test" or "production"; for
-        production, in effect from AT, else now). Leaving maintenance seals it.
-        Then merges the chain if it is longer than the vDisk's max-versions.
-
-        Raises NotFound, Invalid (bad target or time, no version to promote),
-        Conflict (its maintenance device is still connected), Unavailable.
-        """
-        if at is not None and at.tzinfo is None:
-            raise Invalid("invalid --at: give a time with a zone, e.g. 2030-01-31T22:00:00Z")
-        if at is not None and to != rules.PRODUCTION:
-            raise Invalid("--at is only for a promotion to production")
-        now = self._clock()
-        with self._session() as session:
-            row = locked_vdisk(session, vdisk)
-            check_versioned(row)
-            rows = version_rows(session, row.id)
-            top, access, seal = rules.promotion(states_of(rows), to, now, vdisk)
-            if top.access == rules.MAINTENANCE and (
-                busy := maintenance_in_use(session, row, top.number, now)
-            ):
-                raise Conflict(
-                    f"cannot promote version {top.number} while its maintenance "
-                    f"device is connected: {busy}"
-                )
-            check_store_matches(self._store, vdisk, rows)
-            before = self._info_of(session, row, top.number)
-            version = row_of(rows, top.number)
-            version.access = access
-            version.production_at = (at or now) if access == rules.PRODUCTION else None
-            if seal:
-                self._seal(session, vdisk, version, now)
-            info = self._info_of(session, row, top.number)
-            self._audit(session, "version.promote", _target(vdisk, top.number), before, info, actor)
-            too_long = len(rows) > row.max_versions
-        merged, skipped = self._merges.auto_merge(vdisk, actor) if too_long else (None, None)
-        return PromoteResult(version=info, merged=merged, merge_skipped=skipped)
-
-    def _seal(self, session: Session, vdisk: str, version: VdiskVersion, now: datetime) -> None:
-        session.flush()
-        try:
-            entry = store_versions.seal_top(self._store, vdisk)
-        except QemuImgError as exc:
-            raise Invalid(
-                f"version {version.number} of vDisk {vdisk} cannot be sealed: {exc}"
-            ) from exc
-        except StoreError as exc:
-            raise store_failure(vdisk, exc) from exc
-        version.size, version.sha256, version.sealed_at = entry.size, entry.sha256, now
+        """Promote VDISK's newest version (see `PromotionService.promote`)."""
+        return self._promotions.promote(vdisk, to, at, actor)
 
     def revert(self, vdisk: str, actor: str | None = None) -> VersionInfo:
         """Take VDISK's newest version back one step: production (or pending)
@@ -305,6 +202,7 @@ class VersionService:
         with self._session() as session:
             row = locked_vdisk(session, vdisk)
             check_versioned(row)
+            check_no_intent(session, row)
             rows = version_rows(session, row.id)
             top, access = rules.reversion(states_of(rows), now, vdisk)
             if access == rules.MAINTENANCE:
@@ -321,7 +219,9 @@ class VersionService:
                 except StoreError as exc:
                     raise store_failure(vdisk, exc) from exc
             info = self._info_of(session, row, top.number)
-            self._audit(session, "version.revert", _target(vdisk, top.number), before, info, actor)
+            self._audit(
+                session, "version.revert", version_target(vdisk, top.number), before, info, actor
+            )
             return info
 
     def override(self, vdisk: str, number: int | None, actor: str | None = None) -> OverrideInfo:
@@ -337,6 +237,7 @@ class VersionService:
         with self._session() as session:
             row = locked_vdisk(session, vdisk)
             check_versioned(row)
+            check_no_intent(session, row)
             states = states_of(version_rows(session, row.id))
             if number is None and row.override_version is None:
                 raise Invalid(f"vDisk {vdisk} has no override to clear")
@@ -368,6 +269,7 @@ class VersionService:
         now = self._clock()
         with self._session() as session:
             row = locked_vdisk(session, vdisk)
+            check_no_intent(session, row)
             rows = version_rows(session, row.id)
             top = rules.newest(states_of(rows))
             if top.parent is None:
@@ -385,7 +287,9 @@ class VersionService:
                 store_versions.drop_top(self._store, vdisk)
             except StoreError as exc:
                 raise store_failure(vdisk, exc) from exc
-            self._audit(session, "version.delete", _target(vdisk, top.number), before, None, actor)
+            self._audit(
+                session, "version.delete", version_target(vdisk, top.number), before, None, actor
+            )
             return before
 
     def merge(self, vdisk: str, new_base: bool = False, actor: str | None = None) -> MergeResult:

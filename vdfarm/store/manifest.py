@@ -13,8 +13,12 @@ Rules:
   number (absent in manifests written before versions existed).
 - `retired` lists files that left the chain (merged away) but stay on disk
   while a connected device may still read them; they are never served anew.
-- Optional keys (`version`, `retired`, `virtual_size`) are written only when
-  set, so a manifest without versions reads and writes as before.
+- Optional keys (`version`, `retired`, `virtual_size`, `unverified`) are
+  written only when set, so a manifest without versions reads and writes as
+  before.
+- `unverified` marks a sealed file a private-mode device has written since
+  it was hashed: its `sha256` is the last one known, not the file's; the
+  copy counts as held again only once re-hashed (`versions.rehash`).
 - Reading validates everything and raises ManifestError on any breach.
 """
 
@@ -63,6 +67,7 @@ class ManifestFile:
     sha256: str | None
     parent: str | None = None
     version: int | None = None
+    unverified: bool = False
 
     @property
     def sealed(self) -> bool:
@@ -79,6 +84,8 @@ class ManifestFile:
         }
         if self.version is not None:
             data["version"] = self.version
+        if self.unverified:
+            data["unverified"] = True
         return data
 
 
@@ -198,12 +205,21 @@ def _file_from_dict(raw: Any, earlier_names: list[str]) -> ManifestFile:
         raise ManifestError(f"manifest file {name}: bad sha256 {sha256!r}")
     if version is not None and not _is_count(version):
         raise ManifestError(f"manifest file {name}: bad version {version!r}")
+    unverified = raw.get("unverified", False)
+    if unverified not in (True, False) or (unverified and sha256 is None):
+        raise ManifestError(f"manifest file {name}: bad unverified {unverified!r}")
     if earlier_names and parent != earlier_names[-1]:
         raise ManifestError(f"manifest file {name}: parent must be {earlier_names[-1]!r}")
     if not earlier_names and parent is not None:
         raise ManifestError(f"manifest file {name}: the base file has no parent")
     return ManifestFile(
-        name=name, format=fmt, size=size, sha256=sha256, parent=parent, version=version
+        name=name,
+        format=fmt,
+        size=size,
+        sha256=sha256,
+        parent=parent,
+        version=version,
+        unverified=bool(unverified),
     )
 
 

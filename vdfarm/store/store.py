@@ -97,6 +97,19 @@ def _idle(directory: str) -> int | None:
     return fd
 
 
+@contextlib.contextmanager
+def exclusive(directory: Path) -> Iterator[bool]:
+    """Hold DIRECTORY's exclusive flock while the block runs, if nobody is
+    `busy` in it: yields True then, False if a live process builds something
+    there (or the directory is gone). Raises nothing."""
+    fd = _idle(str(directory))
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def sha256_of(path: Path) -> str:
     """The hex sha256 of a file, read in 1 MiB chunks. Raises OSError."""
     digest = hashlib.sha256()
@@ -187,6 +200,11 @@ class Store:
             return f"{entry.name} is missing"
         if not entry.sealed:
             return None
+        if entry.unverified:
+            return (
+                f"{entry.name} was written by its private device since it was hashed "
+                f"(not re-hashed yet)"
+            )
         if size != entry.size:
             return f"{entry.name} has size {size}, manifest says {entry.size}"
         if sha256_of(path) != entry.sha256:

@@ -1,4 +1,4 @@
-"""/vdisks: import, list, show, change, delete, verify, export (like `vdfarm vdisk …`).
+"""/vdisks: import, list, show, change, delete, verify, export, repair (like `vdfarm vdisk …`).
 
 Rules: paths, bodies and status codes only; every decision is the
 service's. Import and export name files in the server's transfer directory
@@ -16,6 +16,7 @@ from fastapi import HTTPException
 from vdfarm.api.deps import ActorDep, FarmDep, TransfersDep, make_router
 from vdfarm.api.schemas import VdiskExport, VdiskImport, VdiskPatch, VerifyReport
 from vdfarm.service.merges import ExportResult
+from vdfarm.service.repairs import RepairResult
 from vdfarm.service.vdisks import VdiskInfo
 
 router = make_router("vdisks")
@@ -90,3 +91,10 @@ def export_vdisk(
     """Write a version of NAME, flattened, as a new image file (0600) in the
     server's transfer directory."""
     return transfers.export(name, body.path, body.format, body.version, actor=actor)
+
+
+@router.post("/vdisks/{name}/repair", response_model=RepairResult)
+def repair_vdisk(name: str, farm: FarmDep, actor: ActorDep) -> RepairResult:
+    """Complete or roll back NAME's half-done merge or seal in this server's
+    store; re-hash its private copy if its device wrote it."""
+    return farm.repairs.repair(name, actor=actor)
