@@ -442,16 +442,10 @@ class NBDConnection(asyncio.Protocol):
                 old, self, context, server_side=True, ssl_handshake_timeout=timeout
             )
         except Exception as exc:  # any failure (SSLError, reset, timeout): no way back
-            self._tls_early = None
-            self.server.refusals.refused(
-                self.client_ip or "?", "TLS handshake failed", f" ({self.peer}: {exc!s:.200})"
-            )
-            self._closed = True
-            old.abort()
-            self.connection_lost(None)  # the TLS layer never reported us connected
+            self._tls_failed(old, str(exc) or type(exc).__name__)
             return
-        if transport is None or self._closed:  # closed while the handshake ran
-            self._tls_early = None
+        if transport is None or self._closed or transport.is_closing():
+            self._tls_failed(old, "closed during the handshake")  # e.g. the handshake timeout
             return
         self.transport = transport
         self._sock_fd = -1  # sendfile would bypass TLS
@@ -475,6 +469,17 @@ class NBDConnection(asyncio.Protocol):
             else ", ".join(sorted(printable(n) for n in self.cert_names))
         )
         log.info("%s: TLS started (%s)", self.peer, names or "a certificate with no name")
+
+    def _tls_failed(self, old: asyncio.Transport, why: str) -> None:
+        """The TLS handshake did not finish: close, and clean up here (the
+        TLS layer never reports a connection whose handshake failed)."""
+        self._tls_early = None
+        self.server.refusals.refused(
+            self.client_ip or "?", "TLS handshake failed", f" ({self.peer}: {printable(why)})"
+        )
+        self._closed = True
+        old.abort()
+        self.connection_lost(None)
 
     def _capabilities_for(self, target: ExportTarget) -> Capabilities:
         session = self.registry.sessions.get(target.device_id)
