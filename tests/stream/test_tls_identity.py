@@ -15,6 +15,7 @@ import logging
 import ssl
 
 import pytest
+import uvloop
 
 from tests.stream import test_port_fake as base
 from tests.stream.fake_port import FakeFarm, target
@@ -28,7 +29,7 @@ from tests.stream.rawclient import (
     NBDOptionError,
     RawClient,
 )
-from tests.stream.test_port_fake import eventually, goodbye, run, serving
+from tests.stream.test_port_fake import eventually, goodbye, serving
 from vdfarm.nbd.tls import TLSPolicy
 from vdfarm.nbd.tls_config import TLSFilesError, TLSSettings
 from vdfarm.stream import access as access_module
@@ -45,6 +46,23 @@ MAC = "52:54:00:12:34:01"
 
 db_kind = base.db_kind
 image = base.image
+
+
+LOOPS = {"asyncio": asyncio.run, "uvloop": uvloop.run}
+_loop = ["asyncio"]
+
+
+@pytest.fixture(params=sorted(LOOPS), autouse=True)
+def event_loop_kind(request) -> str:
+    """Each test on asyncio's loop and on uvloop (the server's): their TLS
+    layers differ in when they hand over the first decrypted bytes and in
+    what they report after a failed handshake."""
+    _loop[0] = request.param
+    return request.param
+
+
+def run(scenario) -> None:
+    LOOPS[_loop[0]](asyncio.wait_for(scenario(), 30))
 
 
 @pytest.fixture
