@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
+# A worktree without its own venv: the tools on PATH (e.g. another checkout's venv).
+[ -x "$bin/ruff" ] || bin=$(dirname "$(command -v ruff)")
 step() { echo "check: $*"; }
 step "ruff check";         "$bin/ruff" check --quiet .
 step "ruff format --check"; "$bin/ruff" format --check --quiet .

@@ -73,9 +73,17 @@ class Farm:
             )
         return proc
 
-    def start(self, grace: float = 5.0, port: int | None = None, lease: float | None = None) -> int:
+    def start(
+        self,
+        grace: float = 5.0,
+        port: int | None = None,
+        lease: float | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> int:
+        """Start `server run` (EXTRA_ARGS appended); return its NBD port."""
         self.port = port or free_port()
         extra = ["--lease", str(lease)] if lease is not None else []
+        extra += extra_args
         with open(self.log_path, "ab") as log:  # the child keeps its own copy
             self.server = subprocess.Popen(
                 self.base_args()

@@ -14,7 +14,7 @@ from tests.stream import test_port_fake as base
 from tests.stream.rawclient import CMD_READ, REP_ERR_POLICY, NBDOptionError, RawClient
 from tests.stream.test_port_fake import connect, eventually, goodbye, run, serving
 from vdfarm.nbd.limits import ConnectionLimits
-from vdfarm.stream import connection as connection_module
+from vdfarm.stream import access as access_module
 from vdfarm.stream.access import is_loopback, peer_refusal
 from vdfarm.stream.limits import Admission, RefusalLog
 
@@ -126,7 +126,7 @@ def test_a_live_session_is_bound_to_its_first_address(fake, tmp_path):
 
 def test_a_vdisk_view_is_served_to_this_host_only(fake, tmp_path, monkeypatch):
     # 127.0.0.0/8 is all loopback; here only 127.0.0.1 counts as this host.
-    monkeypatch.setattr(connection_module, "is_loopback", lambda ip: ip == "127.0.0.1")
+    monkeypatch.setattr(access_module, "is_loopback", lambda ip: ip == "127.0.0.1")
 
     async def scenario() -> None:
         async with serving(fake, tmp_path) as (_server, port):

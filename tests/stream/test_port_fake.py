@@ -31,6 +31,7 @@ from tests.stream.rawclient import (
     RawClient,
 )
 from vdfarm.nbd.limits import ConnectionLimits
+from vdfarm.nbd.tls_config import TLSSettings
 from vdfarm.stream.farm_link import reconcile_after_outage_forever
 from vdfarm.stream.moves import carry_out_moves
 from vdfarm.stream.port import LiveSession
@@ -72,9 +73,15 @@ async def serving(
     grace: float = 30,
     lease: float = 30,
     limits: ConnectionLimits | None = None,
+    tls: TLSSettings | None = None,
 ) -> AsyncIterator[tuple[StreamServer, int]]:
     server = StreamServer(
-        farm, tmp_path / "cache", grace_seconds=grace, lease_seconds=lease, limits=limits
+        farm,
+        tmp_path / "cache",
+        grace_seconds=grace,
+        lease_seconds=lease,
+        limits=limits,
+        tls=tls,
     )
     port = await server.start("127.0.0.1", 0)
     try:

@@ -19,6 +19,8 @@ from vdfarm.api.server import ApiTlsError, check_tls_files
 from vdfarm.cli.common import emit, json_option, open_farm, open_local_farm
 from vdfarm.cli.output import print_table
 from vdfarm.nbd.limits import ConnectionLimits
+from vdfarm.nbd.tls import TLSPolicy
+from vdfarm.nbd.tls_config import TLSFilesError, TLSSettings
 from vdfarm.service.servers import check_advertise
 from vdfarm.service.validation import UNCHANGED
 
@@ -164,6 +166,35 @@ def server() -> None:
     help="The only directory whose files `vdisk import`/`export` through the REST API "
     "may read or write [default: DATA_DIR/transfer].",
 )
+@click.option(
+    "--tls",
+    "tls_policy",
+    type=click.Choice([p.value for p in TLSPolicy]),
+    default=TLSPolicy.OFF.value,
+    show_default=True,
+    help="NBD over TLS (NBD_OPT_STARTTLS, TLS 1.2+): off, optional (plain clients "
+    "too) or require (recommended; off is the default so existing plain clients "
+    "keep working).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The NBD server's PEM certificate (needed by --tls optional/require).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The PEM key of --tls-cert.",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM CA: TLS clients must show a certificate it signed, whose CN/DNS names "
+    "name the device it may open (or 'admin': every device and vdisk/NAME).",
+)
 def run_cmd(
     nbd_port: int,
     host: str,
@@ -187,11 +218,20 @@ def run_cmd(
     max_reply_buffer_kib: int,
     list_exports: bool,
     transfer_dir: Path | None,
+    tls_policy: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
 ) -> int:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.daemon.parts import ServerOptions
-    from vdfarm.daemon.run import run_server
+    from vdfarm.daemon.run import check_nbd_tls, run_server
 
+    try:
+        nbd_tls = TLSSettings(TLSPolicy(tls_policy), tls_cert, tls_key, tls_ca)
+        check_nbd_tls(nbd_tls)
+    except (ValueError, TLSFilesError) as exc:
+        raise click.UsageError(str(exc)) from exc
     if api_tls_key is not None and api_tls_cert is None:
         raise click.UsageError("--api-tls-key needs --api-tls-cert")
     if api_tls_cert is not None:
@@ -230,6 +270,7 @@ def run_cmd(
                 max_reply_buffer=max_reply_buffer_kib * 1024,
                 list_exports=list_exports,
             ),
+            nbd_tls=nbd_tls,
         ),
     )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from vdfarm.api.limits import ApiLimits
 from vdfarm.nbd.limits import ConnectionLimits
+from vdfarm.nbd.tls_config import TLSSettings
 from vdfarm.service.context import Farm
 from vdfarm.service.servers import is_wildcard
 from vdfarm.stream.server import StreamServer
@@ -44,6 +45,7 @@ class ServerOptions:
     api_limits: ApiLimits = field(default_factory=ApiLimits)
     transfer_dir: Path | None = None  # None: DATA_DIR/transfer
     nbd_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    nbd_tls: TLSSettings = field(default_factory=TLSSettings)
 
 
 @dataclass

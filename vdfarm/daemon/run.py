@@ -27,10 +27,12 @@ from vdfarm.daemon import farm_tasks, logs, stream_tasks
 from vdfarm.daemon.farm_port import ServiceFarmPort
 from vdfarm.daemon.parts import ServerOptions, ServerParts
 from vdfarm.daemon.supervisor import EXIT_TASK_DIED, Supervisor, Task
+from vdfarm.nbd.tls_config import TLSSettings
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import ServiceError
 from vdfarm.stream.runtime_dirs import ram_cache_dir
 from vdfarm.stream.server import StreamServer
+from vdfarm.stream.tls import server_context
 
 log = logging.getLogger("vdfarm.daemon")
 
@@ -52,8 +54,20 @@ TASKS: tuple[TaskFactory, ...] = (
 )
 
 
+def check_nbd_tls(settings: TLSSettings) -> None:
+    """Read the NBD TLS files of SETTINGS once, so `server run` can refuse
+    them in one line before anything starts.
+
+    Raises TLSFilesError.
+    """
+    server_context(settings)
+
+
 def build_parts(farm: Farm, options: ServerOptions) -> ServerParts:
-    """The stream server over FARM's port, and what the tasks share."""
+    """The stream server over FARM's port, and what the tasks share.
+
+    Raises TLSFilesError (the NBD TLS files cannot be used).
+    """
     stream = StreamServer(
         ServiceFarmPort(farm),
         farm.cache_dir,
@@ -61,6 +75,7 @@ def build_parts(farm: Farm, options: ServerOptions) -> ServerParts:
         lease_seconds=options.lease_seconds,
         ram_cache_dir=ram_cache_dir(farm.server_uuid, farm.cache_dir),
         limits=options.nbd_limits,
+        tls=options.nbd_tls,
     )
     return ServerParts(farm=farm, stream=stream, options=options)
 

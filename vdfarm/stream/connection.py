@@ -15,6 +15,13 @@ Rules:
 - `leave` (a move order) closes the connection once the requests already
   received are answered; a request that arrives meanwhile gets ESHUTDOWN
   (the NBD spec's "server is shutting down, reconnect").
+- STARTTLS (the listener's TLS policy, vdfarm.nbd.tls): reading stops at
+  once, the ACK is written, the TLS handshake runs as a handshake step on
+  the same socket (`loop.start_tls`, a new transport), then the machine is
+  told (`tls_started`). A failed handshake closes the connection. Under TLS
+  sendfile(2) is off for good (`_sock_fd = -1`): it would write plaintext
+  past the TLS layer. With a client CA the verified certificate's names
+  decide what may be opened (vdfarm.stream.access).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import asyncio
 import errno
 import logging
 import os
+import ssl
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from typing import Any, Protocol, cast
@@ -32,11 +40,26 @@ from vdfarm.block.raw import pread_exact
 from vdfarm.block.stack import CheckedStack
 from vdfarm.nbd import constants as c
 from vdfarm.nbd.errors import RemoteProtocolError, errno_to_nbd
-from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
+from vdfarm.nbd.events import (
+    BadRequest,
+    Disconnect,
+    ExportRequest,
+    ListRequest,
+    Request,
+    StartTLS,
+)
 from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
 from vdfarm.nbd.text import printable
-from vdfarm.stream.access import PeerMismatch, ViewRefused, is_loopback
+from vdfarm.nbd.tls_config import TLSSettings
+from vdfarm.stream.access import (
+    CertificateRefused,
+    PeerMismatch,
+    ViewRefused,
+    certificate_binding,
+    certificate_grant,
+    may_open_views,
+)
 from vdfarm.stream.device_session import DeviceSession
 from vdfarm.stream.flags import transmission_flags
 from vdfarm.stream.limits import Admission, RefusalLog
@@ -50,6 +73,7 @@ from vdfarm.stream.port import (
     VdiskView,
 )
 from vdfarm.stream.sessions import SessionRegistry
+from vdfarm.stream.tls import certificate_names
 
 log = logging.getLogger("vdfarm.stream")
 
@@ -63,6 +87,7 @@ _FARM_ERRORS_TO_REP: dict[type[Exception], int] = {
     LockConflict: c.REP_ERR_POLICY,
     ViewRefused: c.REP_ERR_POLICY,
     PeerMismatch: c.REP_ERR_POLICY,
+    CertificateRefused: c.REP_ERR_POLICY,
     FarmError: c.REP_ERR_UNKNOWN,
 }
 
@@ -89,6 +114,12 @@ class ConnectionOwner(Protocol):
     @property
     def refusals(self) -> RefusalLog: ...
 
+    @property
+    def tls(self) -> TLSSettings: ...
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None: ...
+
     def capabilities_for_mode(self, mode: str) -> Capabilities: ...
 
     def list_exports(self) -> list[tuple[str, str]]: ...
@@ -105,12 +136,18 @@ class NBDConnection(asyncio.Protocol):
     def __init__(self, server: ConnectionOwner) -> None:
         self.server = server
         self.registry = server.registry
-        self.nbd = ServerConnection(max_payload=c.MAX_PAYLOAD)
-        self._sock_fd = -1  # for sendfile(2) of big reads
+        self.nbd = ServerConnection(max_payload=c.MAX_PAYLOAD, tls=server.tls.policy)
+        self._sock_fd = -1  # for sendfile(2) of big reads; -1 for good once TLS starts
         self.session: DeviceSession | None = None
         self.view: VdiskView | None = None  # set when a read-only vDisk view is served
         self.peer = "?"
         self.client_ip: str | None = None
+        # Names of the verified client certificate (None: no verified
+        # certificate, the address rules apply), and what a device session
+        # this connection opens is bound to (None: its address).
+        self.cert_names: frozenset[str] | None = None
+        self.peer_binding: str | None = None
+        self._tls_early: list[bytes] | None = None  # decrypted before tls_started()
         self._leaving: str | None = None  # why the connection is being closed
         self._busy = False  # a handshake task is running
         self._clean = False
@@ -152,6 +189,9 @@ class NBDConnection(asyncio.Protocol):
         self.transport.write(self.nbd.start())
 
     def data_received(self, data: bytes) -> None:
+        if self._tls_early is not None:  # the TLS layer's first bytes, before tls_started()
+            self._tls_early.append(data)
+            return
         self.nbd.receive_data(data)
         if not self._busy:
             if not self._write_paused:
@@ -164,6 +204,9 @@ class NBDConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
+        if self._tls_early is not None:
+            self._tls_early.append(b"")
+            return False
         self.nbd.receive_data(b"")
         if not self._busy:
             self._process()
@@ -171,8 +214,9 @@ class NBDConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        if not self._admitted:
+        if not self._admitted:  # refused at accept, or already cleaned up
             return
+        self._admitted = False
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         self.server.admission.left(self.client_ip or "?", self._handshaking)
@@ -240,6 +284,13 @@ class NBDConnection(asyncio.Protocol):
                     self._write_batch()
                     self._start_task(self._list_request())
                     return
+                elif type(ev) is StartTLS:
+                    # No plaintext may be read past STARTTLS: stop reading
+                    # before the ACK (already in `out`) leaves.
+                    self.transport.pause_reading()
+                    self._write_batch()
+                    self._start_task(self._start_tls())
+                    return
                 elif type(ev) is Disconnect:
                     self._clean = ev.clean
                     self._write_batch()
@@ -301,6 +352,7 @@ class NBDConnection(asyncio.Protocol):
             return
         try:
             target = await self.registry.resolve(ev.name)
+            self._check_certificate(ev, target)
         except Exception as exc:
             self._reject(ev, exc)
             return
@@ -330,8 +382,13 @@ class NBDConnection(asyncio.Protocol):
         )
 
     async def _view_request(self, ev: ExportRequest) -> None:
-        if not is_loopback(self.client_ip):
-            self._reject(ev, ViewRefused("vDisk views are served to this server's own host only"))
+        if not may_open_views(self.client_ip, self.cert_names):
+            self._reject(
+                ev,
+                ViewRefused(
+                    "vDisk views are served to this server's own host or an admin certificate only"
+                ),
+            )
             return
         try:
             target = await self.registry.resolve_view(ev.name[len(VIEW_PREFIX) :])
@@ -349,6 +406,80 @@ class NBDConnection(asyncio.Protocol):
         self.transport.write(self.nbd.accept_export(info))
         if ev.go:
             self._entered_transmission()
+
+    def _check_certificate(self, ev: ExportRequest, target: ExportTarget) -> None:
+        """With a verified client certificate: refuse a device it does not
+        name, else bind the session to it. Raises CertificateRefused."""
+        names = self.cert_names
+        if names is None:  # no certificate identity: the address rules
+            return
+        granted = certificate_grant(names, target.device_name)
+        if granted is None:
+            shown = ", ".join(sorted(printable(n) for n in names)) or "no name"
+            log.warning(
+                "%s: certificate (%s) refused device %s (export %s)",
+                self.peer,
+                shown,
+                target.device_name,
+                printable(ev.name),
+            )
+            raise CertificateRefused(
+                f"this client certificate does not name device {target.device_name}"
+            )
+        self.peer_binding = certificate_binding(granted)
+
+    async def _start_tls(self) -> None:
+        """The TLS handshake after STARTTLS's ACK; then the machine goes on
+        over TLS. A failed handshake closes the connection. Raises nothing."""
+        old = self.transport
+        context = self.server.ssl_context
+        timeout = self.server.limits.handshake_timeout_s or None  # None: asyncio's 60 s
+        self._tls_early = []
+        try:
+            if context is None:  # the policy says TLS, the listener has none
+                raise ssl.SSLError("no TLS context")
+            transport = await asyncio.get_running_loop().start_tls(
+                old, self, context, server_side=True, ssl_handshake_timeout=timeout
+            )
+        except Exception as exc:  # any failure (SSLError, reset, timeout): no way back
+            self._tls_failed(old, str(exc) or type(exc).__name__)
+            return
+        if transport is None or self._closed or transport.is_closing():
+            self._tls_failed(old, "closed during the handshake")  # e.g. the handshake timeout
+            return
+        self.transport = transport
+        self._sock_fd = -1  # sendfile would bypass TLS
+        limits = self.server.limits
+        if limits.max_reply_buffer:
+            transport.set_write_buffer_limits(high=limits.max_reply_buffer)
+        if self.server.tls.verifies_clients:
+            self.cert_names = certificate_names(transport.get_extra_info("peercert"))
+        early, self._tls_early = self._tls_early, None
+        try:
+            self.nbd.tls_started()
+        except RemoteProtocolError as exc:
+            log.warning("%s: protocol error: %s; closing", self.peer, printable(str(exc)))
+            self._close()
+            return
+        for data in early:
+            self.nbd.receive_data(data)
+        names = (
+            "no client certificate"
+            if self.cert_names is None
+            else ", ".join(sorted(printable(n) for n in self.cert_names))
+        )
+        log.info("%s: TLS started (%s)", self.peer, names or "a certificate with no name")
+
+    def _tls_failed(self, old: asyncio.Transport, why: str) -> None:
+        """The TLS handshake did not finish: close, and clean up here (the
+        TLS layer never reports a connection whose handshake failed)."""
+        self._tls_early = None
+        self.server.refusals.refused(
+            self.client_ip or "?", "TLS handshake failed", f" ({self.peer}: {printable(why)})"
+        )
+        self._closed = True
+        old.abort()
+        self.connection_lost(None)
 
     def _capabilities_for(self, target: ExportTarget) -> Capabilities:
         session = self.registry.sessions.get(target.device_id)

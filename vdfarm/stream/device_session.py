@@ -56,7 +56,8 @@ class DeviceSession:
     lock_token: int | None = None
     fenced: bool = False
     cache_full_reported: bool = False
-    client_ip: str | None = None
+    client_ip: str | None = None  # address of the first connection (the farm's record)
+    bound_to: str | None = None  # its address or certificate identity (access.peer_refusal)
     moving_to: str | None = None  # name of the server a move order sends it to
     connections: int = 0
     grace_handle: asyncio.TimerHandle | None = None

@@ -12,6 +12,8 @@ Rules:
   `stop` does all three.
 - Write caches are process state: stale cache files from an earlier process
   are removed at start.
+- TLS is the listener's: one policy and one ssl.SSLContext, built from its
+  TLSSettings when the server is made (so unusable files fail at once).
 """
 
 from __future__ import annotations
@@ -24,17 +26,22 @@ from pathlib import Path
 
 from vdfarm.block.layer import FULL_CAPABILITIES, Capabilities
 from vdfarm.nbd.limits import ConnectionLimits
+from vdfarm.nbd.tls_config import TLSSettings
 from vdfarm.stream.connection import NBDConnection
 from vdfarm.stream.limits import Admission, RefusalLog
 from vdfarm.stream.port import FarmPort
 from vdfarm.stream.runtime_dirs import private_dir
 from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
+from vdfarm.stream.tls import server_context
 
 log = logging.getLogger("vdfarm.stream")
 
 
 class StreamServer:
-    """NBD listener + device sessions over a farm reached through its port."""
+    """NBD listener + device sessions over a farm reached through its port.
+
+    Raises TLSFilesError (from the constructor) when TLS's files cannot be used.
+    """
 
     def __init__(
         self,
@@ -44,8 +51,11 @@ class StreamServer:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         ram_cache_dir: Path | None = None,
         limits: ConnectionLimits | None = None,
+        tls: TLSSettings | None = None,
     ) -> None:
         self.farm = farm
+        self.tls = tls if tls is not None else TLSSettings()
+        self.ssl_context = server_context(self.tls)
         self.limits = limits if limits is not None else ConnectionLimits()
         self.admission = Admission(self.limits)
         self.refusals = RefusalLog()

@@ -157,8 +157,11 @@ class SessionRegistry:
     async def attach(self, target: ExportTarget, connection: Any) -> DeviceSession:
         """Join (or create) the session of `target`'s device for `connection`.
 
-        Raises PeerMismatch (the device's live session belongs to another
-        client address), LockConflict when the vDisk is locked elsewhere (and the
+        The session is bound to `connection.peer_binding` (a certificate
+        identity) if the connection has one, else to its `client_ip`.
+
+        Raises PeerMismatch (the device's live session is bound to another
+        client address or certificate), LockConflict when the vDisk is locked elsewhere (and the
         other port errors of `acquire_lock`), OSError (EBUSY: the device is
         still connected to another vDisk; or the vDisk file cannot be
         opened), ValueError (a format we do not serve).
@@ -181,10 +184,10 @@ class SessionRegistry:
                     f"device {target.device_name} is still connected to vDisk "
                     f"{session.target.vdisk_name}",
                 )
+        client_ip = getattr(connection, "client_ip", None)
+        binding = getattr(connection, "peer_binding", None) or client_ip
         if session is not None:
-            why = peer_refusal(
-                session.client_ip, getattr(connection, "client_ip", None), target.device_name
-            )
+            why = peer_refusal(session.bound_to, binding, target.device_name)
             if why is not None:
                 raise PeerMismatch(why)
         if session is None:
@@ -192,7 +195,8 @@ class SessionRegistry:
             self._opening[device_id] = fut
             try:
                 session = await self._open(target)
-                session.client_ip = getattr(connection, "client_ip", None)
+                session.client_ip = client_ip
+                session.bound_to = binding
                 self.sessions[device_id] = session
                 await self._record(
                     self.farm.session_started,
