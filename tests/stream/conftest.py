@@ -114,9 +114,9 @@ def serve_copy(tmp_path, served_template) -> Iterator:
     `serve_copy(grace=..., lease=...)`; stopped and dropped at teardown."""
     with contextlib.ExitStack() as stack:
 
-        def start(grace: float = 2, lease: float | None = None) -> Farm:
+        def start(grace: float = 2, lease: float | None = None, extra_args=()) -> Farm:
             farm = stack.enter_context(farm_copy(served_template, tmp_path / "data"))
-            farm.start(grace=grace, lease=lease)
+            farm.start(grace=grace, lease=lease, extra_args=tuple(extra_args))
             return farm
 
         yield start

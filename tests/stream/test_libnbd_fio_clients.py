@@ -52,8 +52,11 @@ def test_nbdinfo_reports_size_and_writability(served, test_image):
     assert "golden" in export.get("description", "")
 
 
-def test_nbdinfo_list_shows_the_devices(served):
+def test_nbdinfo_list_shows_the_devices_only_when_asked(served, serve_copy):
     out = run("nbdinfo", "--list", "--json", f"nbd://127.0.0.1:{served.port}").stdout
+    assert json.loads(out)["exports"] == []  # names are for those who know them
+    listing = serve_copy(extra_args=["--list-exports"])
+    out = run("nbdinfo", "--list", "--json", f"nbd://127.0.0.1:{listing.port}").stdout
     names = {e["export-name"] for e in json.loads(out)["exports"]}
     assert {"pc1", "solo"} <= names
 
