@@ -1,4 +1,4 @@
-"""Handshake phase of vdfarm.nbd.server: every option, every bad input."""
+"""Handshake phase (vdfarm.nbd.handshake): every option, every bad input."""
 
 from __future__ import annotations
 

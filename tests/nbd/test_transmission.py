@@ -1,4 +1,4 @@
-"""Transmission phase of vdfarm.nbd.server: requests in, replies out."""
+"""Transmission phase (vdfarm.nbd.transmission): requests in, replies out."""
 
 from __future__ import annotations
 
