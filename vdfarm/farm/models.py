@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -39,6 +40,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -186,6 +188,7 @@ class Vdisk(Base):
     )
     override_version: Mapped[int | None] = mapped_column(Integer)
     subnet_affinity: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    require_tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class VdiskVersion(Base):
