@@ -74,6 +74,23 @@ def test_set(icli, image):
     assert icli.json("vdisk", "set", "w", "--cache-limit-mb", "0")["write_cache_limit_mb"] is None
 
 
+def test_set_require_tls(icli, image):
+    icli.ok("vdisk", "import", "w", str(image))
+    assert "require TLS      no" in icli.ok("vdisk", "show", "w").stdout
+    assert icli.ok("vdisk", "set", "w", "--require-tls").stdout == "updated vDisk w\n"
+    assert "require TLS      yes" in icli.ok("vdisk", "show", "w").stdout
+    assert icli.json("vdisk", "show", "w")["require_tls"] is True
+    assert icli.json("vdisk", "set", "w", "--no-require-tls")["require_tls"] is False
+    before = icli.dump()
+    assert_one_line_error(
+        icli("vdisk", "set", "w", "--require-tls", "--subnet-affinity", "fixed"),
+        2,
+        "give --subnet-affinity alone (not with --require-tls/--no-require-tls)",
+    )
+    assert_one_line_error(icli("vdisk", "set", "nope", "--require-tls"), 1, "no vDisk named nope")
+    assert icli.dump() == before
+
+
 def test_delete(icli, image):
     icli.ok("vdisk", "import", "w", str(image))
     assert icli.ok("vdisk", "delete", "w").stdout == "deleted vDisk w\n"

@@ -55,6 +55,9 @@ def test_vdisk_changes(client, farm, raw_image, tmp_path):
     assert client.vdisks.set("w", description="new").description == "new"
     assert client.vdisks.set("w", cache_limit_mb=None).write_cache_limit_mb is None
     assert client.vdisks.set("w", mode="standard").access_mode == "standard"
+    assert client.vdisks.set("w", require_tls=True) == farm.vdisks.show("w")
+    assert farm.vdisks.show("w").require_tls and last_actor(farm) == OTHER_ACTOR
+    assert client.vdisks.set("w", require_tls=False).require_tls is False
     assert client.set_subnet_affinity("w", "best-effort") == farm.vdisks.show("w")
     assert farm.audit.list(limit=1)[0].after == {"subnet_affinity": "best-effort"}
     out = tmp_path / "out.qcow2"

@@ -37,6 +37,15 @@ def test_an_export_target_crosses_as_the_ports_dataclass(farm):
     assert solo.writes_vdisk and solo.access_mode == "private"
     view = adapter.resolve_vdisk_view("golden")
     assert isinstance(view, port.VdiskView) and view.chain == pc1.chain
+    assert not pc1.require_tls and not view.require_tls
+
+
+def test_require_tls_crosses_the_port(farm):
+    farm.vdisks.set("golden", require_tls=True)
+    adapter = ServiceFarmPort(farm)
+    assert adapter.resolve_export("pc1").require_tls
+    assert adapter.resolve_vdisk_view("golden").require_tls
+    assert not adapter.resolve_export("solo").require_tls
 
 
 @pytest.mark.parametrize(

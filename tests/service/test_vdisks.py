@@ -143,6 +143,8 @@ def test_set_changes_and_audits(farm, raw_image):
         ({"write_cache": "x"}, Invalid),
         ({"cache_limit_mb": -5}, Invalid),
         ({"description": "x" * 5000}, Invalid),
+        ({"require_tls": "yes"}, Invalid),
+        ({"require_tls": 1}, Invalid),
     ],
 )
 def test_set_refusals_change_nothing(farm, raw_image, kwargs, error):
@@ -226,6 +228,30 @@ def test_set_max_versions(farm, raw_image):
     assert farm.vdisks.set("w", max_versions=8).max_versions == 8
     entry = farm.audit.list()[-1]
     assert (entry.before["max_versions"], entry.after["max_versions"]) == (5, 8)
+
+
+def test_require_tls_is_set_shown_audited_and_resolved(farm, raw_image):
+    assert farm.vdisks.import_image("w", raw_image).require_tls is False
+    farm.devices.add("pc1", vdisk="w")
+    target = farm.exports.resolve("pc1")
+    farm.sessions.started(target.device_id, target.vdisk_id, target.version)
+    # in use: require-TLS still changes (it is checked at the next connection)
+    assert farm.vdisks.set("w", require_tls=True).require_tls is True
+    entry = farm.audit.list()[-1]
+    assert entry.action == "vdisk.set"
+    assert (entry.before["require_tls"], entry.after["require_tls"]) == (False, True)
+    assert farm.exports.resolve("pc1").require_tls and farm.exports.view("w").require_tls
+    assert farm.vdisks.set("w", require_tls=False).require_tls is False
+    assert not farm.exports.resolve("pc1").require_tls
+
+
+def test_require_tls_bad_value_is_one_line(farm, raw_image):
+    farm.vdisks.import_image("w", raw_image)
+    before = dump(farm)
+    with pytest.raises(Invalid) as raised:
+        farm.vdisks.set("w", require_tls="on")
+    assert str(raised.value) == "invalid require-tls 'on': give true or false"
+    assert dump(farm) == before
 
 
 def test_verify_checks_every_version(farm, tmp_path):

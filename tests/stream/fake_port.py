@@ -40,6 +40,7 @@ def target(
     vdisk_id: int = 1,
     vdisk: str = "golden",
     limit: int | None = None,
+    require_tls: bool = False,
 ) -> ExportTarget:
     """A device's export over the one raw file PATH (a chain of one)."""
     return ExportTarget(
@@ -55,6 +56,7 @@ def target(
         write_cache_type="server-disk",
         write_cache_limit_bytes=limit,
         writes_vdisk=mode == "private",
+        require_tls=require_tls,
     )
 
 
@@ -107,7 +109,7 @@ class FakeFarm:
             if t.vdisk_name == vdisk_name:
                 return VdiskView(
                     t.vdisk_id, t.vdisk_name, t.access_mode, t.version, t.chain,
-                    t.chain_formats, t.size,
+                    t.chain_formats, t.size, t.require_tls,
                 )  # fmt: skip
         raise UnknownExport(f"no vDisk named {vdisk_name}")
 

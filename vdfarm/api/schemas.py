@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from vdfarm.farm.models import ACCESS_MODES, DEVICE_TYPES, WRITE_CACHE_TYPES
 from vdfarm.farm.placement import AFFINITIES
@@ -85,6 +85,9 @@ class VdiskPatch(Body):
     cache_limit_mb: int | None = Field(default=None, ge=1)
     description: str | None = None
     max_versions: int | None = None
+    require_tls: StrictBool | None = Field(
+        default=None, description="true: served over NBD only to clients that started TLS."
+    )
     subnet_affinity: SubnetAffinity = Field(
         default="none", description="none, best-effort (same subnet first) or fixed (only)."
     )
@@ -106,6 +109,7 @@ class VdiskPatch(Body):
             "cache_limit_mb": self.cache_limit_mb if "cache_limit_mb" in sent else UNCHANGED,
             "description": self.description,
             "max_versions": self.max_versions,
+            "require_tls": self.require_tls,
         }
 
 

@@ -46,6 +46,7 @@ def _show(info: VdiskInfo) -> None:
             ("max versions", info.max_versions),
             ("override", info.override_version),
             ("subnet affinity", info.subnet_affinity),
+            ("require TLS", "yes" if info.require_tls else "no"),
             ("created", info.created_at),
         ]
     )
@@ -174,6 +175,12 @@ def show_cmd(name: str) -> None:
     help="Placement: any server (none), a server on the device's subnet first "
     "(best-effort) or only (fixed). Give it alone.",
 )
+@click.option(
+    "--require-tls/--no-require-tls",
+    default=None,
+    help="Serve this vDisk over NBD only to clients that started TLS "
+    "(needs the servers' --tls optional or require).",
+)
 @json_option
 def set_cmd(
     name: str,
@@ -183,9 +190,10 @@ def set_cmd(
     description: str | None,
     max_versions: int | None,
     subnet_affinity: str | None,
+    require_tls: bool | None,
 ) -> None:
-    """Change the mode, write cache, description, max-versions or subnet affinity
-    of vDisk NAME."""
+    """Change the mode, write cache, description, max-versions, require-TLS or
+    subnet affinity of vDisk NAME."""
     if subnet_affinity is not None:
         others = [
             flag
@@ -195,6 +203,7 @@ def set_cmd(
                 ("--cache-limit-mb", cache_limit_mb),
                 ("--description", description),
                 ("--max-versions", max_versions),
+                ("--require-tls/--no-require-tls", require_tls),
             )
             if value is not None
         ]
@@ -214,6 +223,7 @@ def set_cmd(
         cache_limit_mb=limit,
         description=description,
         max_versions=max_versions,
+        require_tls=require_tls,
     )
     emit(info, lambda: click.echo(f"updated vDisk {info.name}"))
 

@@ -186,9 +186,14 @@ class RemoteVdisks(_Noun):
         cache_limit_mb: Any = UNCHANGED,
         description: str | None = None,
         max_versions: int | None = None,
+        require_tls: bool | None = None,
     ) -> VdiskInfo:
         body = _present(
-            mode=mode, write_cache=write_cache, description=description, max_versions=max_versions
+            mode=mode,
+            write_cache=write_cache,
+            description=description,
+            max_versions=max_versions,
+            require_tls=require_tls,
         )
         if cache_limit_mb is not UNCHANGED:
             body["cache_limit_mb"] = cache_limit_mb

@@ -61,6 +61,7 @@ def export_target(target: ServiceExportTarget) -> port.ExportTarget:
         write_cache_type=target.write_cache_type,
         write_cache_limit_bytes=target.write_cache_limit_bytes,
         writes_vdisk=target.writes_vdisk,
+        require_tls=target.require_tls,
     )
 
 
@@ -96,6 +97,7 @@ class ServiceFarmPort:
             chain=tuple(view.chain),
             chain_formats=tuple(view.chain_formats),
             size=view.size,
+            require_tls=view.require_tls,
         )
 
     def list_exports(self) -> list[tuple[str, str]]:

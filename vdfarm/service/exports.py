@@ -50,6 +50,8 @@ class ExportTarget:
     maintenance device on the open maintenance version): then it needs the
     vDisk's lock and cannot move to another server. `writable` is the same
     answer under its older name. `description` is the vDisk's description.
+    `require_tls` says the vDisk is served only over TLS (`vdisk set
+    --require-tls`): the stream refuses a plaintext client.
     """
 
     device_id: int
@@ -69,6 +71,7 @@ class ExportTarget:
     chain_formats: tuple[str, ...]
     writable: bool
     writes_vdisk: bool
+    require_tls: bool
 
 
 def device_match(name_or_mac: str) -> ColumnElement[bool]:
@@ -112,7 +115,7 @@ class VdiskView:
     """A vDisk served read-only by name (export `vdisk/NAME`): no device, no lock.
 
     It shows the version production devices boot: `chain`/`chain_formats` as
-    in ExportTarget, `path` = `chain[-1]`.
+    in ExportTarget, `path` = `chain[-1]`; `require_tls` as in ExportTarget.
     """
 
     vdisk_id: int
@@ -124,6 +127,7 @@ class VdiskView:
     version: int
     chain: tuple[Path, ...]
     chain_formats: tuple[str, ...]
+    require_tls: bool
 
 
 class ExportService:
@@ -163,6 +167,7 @@ class ExportService:
                 chain_formats=chain.formats,
                 writable=writes,
                 writes_vdisk=writes,
+                require_tls=vdisk.require_tls,
             )
 
     def _device_chain(self, session: Session, vdisk: Vdisk, device_type: str) -> tuple[Chain, bool]:
@@ -200,6 +205,7 @@ class ExportService:
                 version=chain.number,
                 chain=chain.paths,
                 chain_formats=chain.formats,
+                require_tls=vdisk.require_tls,
             )
 
     def list(self) -> list[tuple[str, str]]:

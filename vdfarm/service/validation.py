@@ -144,12 +144,20 @@ def check_max_versions(count: object) -> int:
     return count
 
 
+def check_require_tls(value: object) -> bool:
+    """Return a require-TLS setting (exactly True or False). Raises Invalid."""
+    if not isinstance(value, bool):
+        raise Invalid(f"invalid require-tls {value!r}: give true or false")
+    return value
+
+
 def vdisk_changes(
     mode: str | None,
     write_cache: str | None,
     cache_limit_mb: Any,
     description: str | None,
     max_versions: int | None,
+    require_tls: bool | None = None,
 ) -> dict[str, Any]:
     """The checked column changes of `vdisk set` (only those given).
 
@@ -168,9 +176,11 @@ def vdisk_changes(
         changes["description"] = check_description(description)
     if max_versions is not None:
         changes["max_versions"] = check_max_versions(max_versions)
+    if require_tls is not None:
+        changes["require_tls"] = check_require_tls(require_tls)
     if not changes:
         raise Invalid(
             "nothing to change: give a mode, write-cache type, cache limit, "
-            "description or max-versions"
+            "description, max-versions or require-tls"
         )
     return changes

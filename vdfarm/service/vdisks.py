@@ -11,7 +11,9 @@ Rules:
 - A change of the mode or the write-cache type is refused while any device
   uses the vDisk (a session on any server, or a login reservation not yet
   expired), or a merge or seal is under way: connected devices read it as
-  it was. Description, cache limit and max-versions change any time.
+  it was. Description, cache limit, max-versions and require-TLS change any
+  time (require-TLS is checked when a client opens the export: connections
+  already open are not dropped).
 - Private mode needs a vDisk that is one raw file: it is refused for a vDisk
   with versions above its base (versions are a standard-mode feature).
 - `vdisk.sha256`/`format` describe the base file; each version's own hash is
@@ -92,6 +94,7 @@ class VdiskInfo:
     max_versions: int
     override_version: int | None
     subnet_affinity: str
+    require_tls: bool
 
 
 def find_vdisk(session: Session, name: str) -> Vdisk:
@@ -146,6 +149,7 @@ class VdiskService:
             max_versions=vdisk.max_versions,
             override_version=vdisk.override_version,
             subnet_affinity=vdisk.subnet_affinity,
+            require_tls=vdisk.require_tls,
         )
 
     def import_image(
@@ -285,16 +289,20 @@ class VdiskService:
         cache_limit_mb: Any = UNCHANGED,
         description: str | None = None,
         max_versions: int | None = None,
+        require_tls: bool | None = None,
         actor: str | None = None,
     ) -> VdiskInfo:
         """Change the mode, write-cache type, cache limit (None clears it),
-        description or max-versions of vDisk NAME.
+        description, max-versions or require-TLS (served over NBD only to
+        clients that started TLS) of vDisk NAME.
 
         Raises Invalid (bad value, nothing to change, private mode for a vDisk
         with versions), NotFound, Conflict (mode change while the lock is
         held), Unavailable.
         """
-        changes = vdisk_changes(mode, write_cache, cache_limit_mb, description, max_versions)
+        changes = vdisk_changes(
+            mode, write_cache, cache_limit_mb, description, max_versions, require_tls
+        )
         now = self._clock()
         with self._session() as session:
             vdisk = locked_vdisk(session, name)

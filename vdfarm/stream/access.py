@@ -17,6 +17,13 @@ Rules:
 - The read-only view of a vDisk (export `vdisk/NAME`) reads the golden
   image itself, not a device's: it is served to this server's own host
   (loopback) or to an `admin` certificate only (`ViewRefused`).
+- A vDisk set to require TLS (`vdisk set NAME --require-tls`: its devices'
+  exports and its view) is refused to a client that has not started TLS
+  (`tls_refusal`): with STARTTLS possible (`--tls optional`) as
+  `TLSRequired` (NBD_REP_ERR_TLS_REQD: start TLS and ask again); with
+  `--tls off` as `TLSUnavailable` (NBD_REP_ERR_POLICY: no client can open
+  it here, the operator must fix the setting). Under `--tls require` no
+  export is asked for before TLS.
 - Pure functions and error types; no sockets.
 """
 
@@ -43,6 +50,16 @@ class ViewRefused(AccessRefused):
 
 class CertificateRefused(AccessRefused):
     """A client certificate that does not name the device asked for."""
+
+
+class TLSRequired(AccessRefused):
+    """A vDisk that requires TLS, asked for in plaintext where STARTTLS is
+    possible (NBD_REP_ERR_TLS_REQD)."""
+
+
+class TLSUnavailable(AccessRefused):
+    """A vDisk that requires TLS, asked for from a server whose TLS is off:
+    an operator's error, no client can open it here."""
 
 
 def is_loopback(address: str | None) -> bool:
@@ -99,3 +116,15 @@ def certificate_grant(names: frozenset[str], device: str) -> str | None:
 def may_open_views(address: str | None, names: frozenset[str] | None) -> bool:
     """True for a loopback client or a verified `admin` certificate."""
     return is_loopback(address) or (names is not None and ADMIN_NAME in names)
+
+
+def tls_refusal(
+    vdisk: str, require_tls: bool, tls_active: bool, starttls_possible: bool
+) -> AccessRefused | None:
+    """Why a connection may not open an export of VDISK (which REQUIRE_TLS
+    or not) with its TLS state, or None if it may."""
+    if not require_tls or tls_active:
+        return None
+    if starttls_possible:
+        return TLSRequired(f"vDisk {vdisk} requires TLS: send NBD_OPT_STARTTLS and ask again")
+    return TLSUnavailable(f"vDisk {vdisk} requires TLS; this server's --tls is off")

@@ -21,7 +21,10 @@ Rules:
   told (`tls_started`). A failed handshake closes the connection. Under TLS
   sendfile(2) is off for good (`_sock_fd = -1`): it would write plaintext
   past the TLS layer. With a client CA the verified certificate's names
-  decide what may be opened (vdfarm.stream.access).
+  decide what may be opened (vdfarm.stream.access). A vDisk that requires
+  TLS is refused to a plaintext client once its export resolves:
+  NBD_REP_ERR_TLS_REQD under `--tls optional`, NBD_REP_ERR_POLICY (and an
+  error line for the operator) under `--tls off`.
 """
 
 from __future__ import annotations
@@ -55,10 +58,13 @@ from vdfarm.nbd.tls_config import TLSSettings
 from vdfarm.stream.access import (
     CertificateRefused,
     PeerMismatch,
+    TLSRequired,
+    TLSUnavailable,
     ViewRefused,
     certificate_binding,
     certificate_grant,
     may_open_views,
+    tls_refusal,
 )
 from vdfarm.stream.device_session import DeviceSession
 from vdfarm.stream.flags import transmission_flags
@@ -88,6 +94,8 @@ _FARM_ERRORS_TO_REP: dict[type[Exception], int] = {
     ViewRefused: c.REP_ERR_POLICY,
     PeerMismatch: c.REP_ERR_POLICY,
     CertificateRefused: c.REP_ERR_POLICY,
+    TLSRequired: c.REP_ERR_TLS_REQD,
+    TLSUnavailable: c.REP_ERR_POLICY,
     FarmError: c.REP_ERR_UNKNOWN,
 }
 
@@ -352,6 +360,7 @@ class NBDConnection(asyncio.Protocol):
             return
         try:
             target = await self.registry.resolve(ev.name)
+            self._check_tls(target)
             self._check_certificate(ev, target)
         except Exception as exc:
             self._reject(ev, exc)
@@ -392,6 +401,7 @@ class NBDConnection(asyncio.Protocol):
             return
         try:
             target = await self.registry.resolve_view(ev.name[len(VIEW_PREFIX) :])
+            self._check_tls(target)
         except Exception as exc:
             self._reject(ev, exc)
             return
@@ -406,6 +416,24 @@ class NBDConnection(asyncio.Protocol):
         self.transport.write(self.nbd.accept_export(info))
         if ev.go:
             self._entered_transmission()
+
+    def _check_tls(self, target: ExportTarget | VdiskView) -> None:
+        """Refuse a vDisk that requires TLS to a connection without it.
+        Raises TLSRequired (STARTTLS possible), TLSUnavailable (TLS off)."""
+        refusal = tls_refusal(
+            target.vdisk_name, target.require_tls, self.nbd.tls_active, self.server.tls.enabled
+        )
+        if refusal is None:
+            return
+        if isinstance(refusal, TLSUnavailable):  # no client can open it here: the operator's
+            log.error(
+                "%s: %s: start the servers with --tls optional or require, "
+                "or run 'vdfarm vdisk set %s --no-require-tls'",
+                self.peer,
+                refusal,
+                target.vdisk_name,
+            )
+        raise refusal
 
     def _check_certificate(self, ev: ExportRequest, target: ExportTarget) -> None:
         """With a verified client certificate: refuse a device it does not

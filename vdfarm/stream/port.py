@@ -40,7 +40,8 @@ class ExportTarget:
     maintenance version): the chain's top is opened read/write under the
     vDisk lock. Otherwise the chain is shared read-only under a write cache
     of `write_cache_type` holding at most `write_cache_limit_bytes` (None:
-    the vDisk's size).
+    the vDisk's size). `require_tls`: the vDisk is served only to a client
+    that started TLS (NBD_OPT_STARTTLS); a plaintext client is refused.
     """
 
     device_id: int
@@ -55,12 +56,14 @@ class ExportTarget:
     write_cache_type: str
     write_cache_limit_bytes: int | None
     writes_vdisk: bool
+    require_tls: bool
 
 
 @dataclass(frozen=True)
 class VdiskView:
     """A vDisk served read-only by name (export `vdisk/NAME`): no device, no
-    lock; the version production devices boot, `chain` as in ExportTarget."""
+    lock; the version production devices boot, `chain` and `require_tls` as
+    in ExportTarget."""
 
     vdisk_id: int
     vdisk_name: str
@@ -69,6 +72,7 @@ class VdiskView:
     chain: tuple[Path, ...]
     chain_formats: tuple[str, ...]
     size: int
+    require_tls: bool
 
 
 @dataclass(frozen=True)

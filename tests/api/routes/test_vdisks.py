@@ -139,6 +139,17 @@ def test_patch_changes_and_clears(admin, farm, populated):
     assert farm.vdisks.show("w").access_mode == "private"
 
 
+def test_patch_require_tls(admin, local, farm, populated):
+    assert local.get("/api/v1/vdisks/w").json()["require_tls"] is False
+    info = admin.patch("/api/v1/vdisks/w", json={"require_tls": True}).json()
+    assert info["require_tls"] is True and farm.vdisks.show("w").require_tls
+    entry = farm.audit.list()[-1]
+    assert (entry.action, entry.actor) == ("vdisk.set", OTHER_ACTOR)
+    assert (entry.before["require_tls"], entry.after["require_tls"]) == (False, True)
+    info = admin.patch("/api/v1/vdisks/w", json={"require_tls": False, "description": "d"}).json()
+    assert (info["require_tls"], info["description"]) == (False, "d")
+
+
 @pytest.mark.parametrize(
     "name, body, status, says",
     [
@@ -147,6 +158,10 @@ def test_patch_changes_and_clears(admin, farm, populated):
         ("nope", {"description": "x"}, 404, "no vDisk named nope"),
         ("w", {"mdoe": "private"}, 422, "body field mdoe"),
         ("w", {"mode": "exclusive"}, 422, "body field mode"),
+        ("w", {"require_tls": "yes"}, 422, "body field require_tls"),
+        ("w", {"require_tls": 1}, 422, "body field require_tls"),
+        ("w", {"require_tls": True, "subnet_affinity": "fixed"}, 422, "cannot also change"),
+        ("nope", {"require_tls": True}, 404, "no vDisk named nope"),
     ],
 )
 def test_patch_refusals_change_nothing(admin, farm, populated, name, body, status, says):

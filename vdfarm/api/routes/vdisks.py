@@ -57,8 +57,8 @@ def show_vdisk(name: str, farm: FarmDep) -> VdiskInfo:
 
 @router.patch("/vdisks/{name}", response_model=VdiskInfo)
 def change_vdisk(name: str, body: VdiskPatch, farm: FarmDep, actor: ActorDep) -> VdiskInfo:
-    """Change the mode, write cache, cache limit, description or max-versions of
-    NAME, or (alone) its subnet affinity."""
+    """Change the mode, write cache, cache limit, description, max-versions or
+    require-TLS of NAME, or (alone) its subnet affinity."""
     if body.sets_affinity():
         others = body.other_fields()
         if others:
