@@ -19,6 +19,7 @@ import struct
 import pytest
 
 from tests.stream import test_port_fake as base
+from tests.stream import test_tls_identity as tls
 from tests.stream.fake_port import FakeFarm, target
 from tests.stream.pki import Pki
 from tests.stream.rawclient import (
@@ -31,19 +32,13 @@ from tests.stream.rawclient import (
     RawClient,
 )
 from tests.stream.test_port_fake import goodbye, serving
-from tests.stream.test_tls_identity import (  # noqa: F401 (fixtures)
-    REP_ERR_TLS_REQD,
-    event_loop_kind,
-    opened,
-    pki,
-    read,
-    run,
-    settings,
-)
+from tests.stream.test_tls_identity import REP_ERR_TLS_REQD, opened, read, run, settings
 from vdfarm.stream.access import TLSRequired, TLSUnavailable, tls_refusal
 
 db_kind = base.db_kind
 image = base.image
+pki = tls.pki
+event_loop_kind = tls.event_loop_kind  # every test on asyncio's loop and on uvloop
 
 OFF_LINE = "vDisk golden requires TLS; this server's --tls is off"
 
