@@ -21,9 +21,10 @@ import pytest
 
 from tests.stream.fake_port import FakeFarm, target
 from tests.stream.rawclient import CMD_READ, CMD_TRIM, CMD_WRITE, FLAG_FUA
-from tests.stream.test_port_fake import connect, goodbye, run, serving
+from tests.stream.test_port_fake import connect, eventually, goodbye, run, serving
 from vdfarm.block.layer import Layer
 from vdfarm.block.nowait import ColdRead
+from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.stream import chains
 
 SIZE = 1 << 20
@@ -195,5 +196,46 @@ def test_a_slow_fua_sync_does_not_delay_another_devices_reads(
                 gate.opened.set()
                 solo.close()
                 fast.close()
+
+    run(scenario)
+
+
+def test_cold_reads_in_flight_are_bounded(tmp_path, farm, images, monkeypatch) -> None:
+    """Past 4 x the reply bound of reads waiting for the executor, the
+    connection reads no more requests; they are served once the reads end."""
+    slow_path, _, _ = images
+    gate = Gate()
+    real_open = chains.open_file
+
+    def open_file(path: Path, fmt: str, backing: Layer | None, read_only: bool) -> Layer:
+        layer = real_open(path, fmt, backing, read_only)
+        return SlowFile(layer, gate) if path == slow_path else layer
+
+    monkeypatch.setattr(chains, "open_file", open_file)
+    limits = ConnectionLimits(max_reply_buffer=64 * 1024)  # deferred bound: 256 KiB
+
+    async def scenario() -> None:
+        async with serving(farm, tmp_path, limits=limits) as (server, port):
+            slow = await connect(port, "slowpc")
+            try:
+                cookies = [slow.request(CMD_READ, i * 65536, 65536) for i in range(10)]
+                (conn,) = server.connections
+                await eventually(lambda: conn._deferred == 5, "5 reads deferred")
+                await asyncio.sleep(0.2)
+                assert conn._deferred == 5  # the 5th passed the bound: parsing stopped
+                gate.opened.set()
+                image = slow_path.read_bytes()
+                answered = set()
+                for _ in cookies:
+                    error, got, data = await asyncio.to_thread(slow.reply, 65536)
+                    assert error == 0
+                    start = (got - cookies[0]) * 65536
+                    assert data == image[start : start + 65536], got
+                    answered.add(got)
+                assert answered == set(cookies)
+                await goodbye(slow)
+            finally:
+                gate.opened.set()
+                slow.close()
 
     run(scenario)

@@ -685,7 +685,7 @@ class NBDConnection(asyncio.Protocol):
                 self._deferred_bytes -= read_length
             if self._closed:
                 return
-            exc = f.exception()
+            exc = OSError(errno.EIO, "cancelled") if f.cancelled() else f.exception()
             nbd = self.nbd
             if exc is not None:
                 err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
