@@ -16,7 +16,8 @@ Rules:
   trim is advisory: where a partial block would need new cache space beyond
   the limit, it is left as it is instead of failing.
 - Reads split the range into runs of equal state; a range all in one state
-  costs one call (one next.pread when it is all BELOW).
+  costs one call (one next.pread when it is all BELOW). try_pread does the
+  same for a range in one state and reads a mixed range at once.
 - `limit_bytes` bounds the CACHED blocks (count x block_size). A write or
   zero that would pass it raises OSError(ENOSPC) before changing anything.
 - flush and FUA do nothing: the cache lives only as long as this process and
@@ -46,6 +47,7 @@ from vdfarm.block.layer import (
     add_extent,
     add_extents_below,
 )
+from vdfarm.block.nowait import ColdRead, try_pread_fd
 from vdfarm.block.raw import pread_exact, pread_into, pwrite_all
 
 _CAPABILITIES = FULL_CAPABILITIES
@@ -114,6 +116,24 @@ class WriteCacheOverlay(Layer):
             return self.next.pread(offset, length)
         if state == CACHED:
             return pread_exact(self._fd, offset, length)
+        if state == ZERO:
+            return bytes(length)
+        return self._pread_mixed(offset, length, first, end)
+
+    def try_pread(self, offset: int, length: int) -> bytes | bytearray | memoryview | ColdRead:
+        """pread from the page cache, else a ColdRead: all BELOW asks the
+        layer below, all CACHED the cache file; a range of mixed states is
+        read at once (rare: a partly written range). Raises like pread."""
+        if length <= 0:
+            return b""
+        bs = self.block_size
+        first = offset // bs
+        end = (offset + length + bs - 1) // bs
+        state = self._map.uniform_state(first, end)
+        if state == BELOW:
+            return self.next.try_pread(offset, length)
+        if state == CACHED:
+            return try_pread_fd(self._fd, offset, length)
         if state == ZERO:
             return bytes(length)
         return self._pread_mixed(offset, length, first, end)

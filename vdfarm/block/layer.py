@@ -9,7 +9,10 @@ Rules (the nbdkit filter pattern):
   service maps them to NBD errors with `vdfarm.nbd.errors.errno_to_nbd`.
 - Calls are synchronous. Reads of page-cached files are fast enough to run on
   the event loop; slow calls (flush/fsync) may be moved to a thread by the
-  caller.
+  caller. `try_pread` is the event loop's read: it answers from the page
+  cache or hands back a ColdRead (vdfarm.block.nowait) to run in a thread;
+  what it resolves (metadata, maps, caches) it resolves on the caller's
+  thread, so no layer state is touched from the worker.
 - State lives in the layer instance: a fresh stack per device, shared
   read-only layers underneath.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+
+from vdfarm.block.nowait import ColdRead
 
 # Extent flags, equal to NBD's base:allocation bits on purpose.
 EXTENT_HOLE = 1
@@ -106,6 +111,15 @@ class Layer:
         The result belongs to the caller: no layer keeps or reuses it
         (immutable bytes, or a fresh bytearray)."""
         return self.next.pread(offset, length)
+
+    def try_pread(self, offset: int, length: int) -> bytes | bytearray | memoryview | ColdRead:
+        """pread without waiting for the disk: the bytes (as pread) when
+        they are in memory or the page cache, else a ColdRead the caller runs
+        in a worker thread for them. A layer that changes what a read returns
+        must override this (the default passes through; a bottom layer
+        overrides it). Raises what pread raises (a ColdRead raises those of
+        its file reads when run)."""
+        return self.next.try_pread(offset, length)
 
     def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """Write the bytes-like `data` (of bytes) at `offset`. No layer keeps

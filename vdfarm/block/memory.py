@@ -57,6 +57,10 @@ class MemoryDisk(Layer):
     def pread(self, offset: int, length: int) -> bytes:
         return bytes(self._data[offset : offset + length])
 
+    def try_pread(self, offset: int, length: int) -> bytes:
+        """In RAM: always the bytes."""
+        return bytes(self._data[offset : offset + length])
+
     def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         view = memoryview(data).cast("B")
         self._data[offset : offset + len(view)] = view

@@ -131,6 +131,7 @@ class Qcow2File(Qcow2Zeroer):
         # (same signature), so a read is one closure call. mypy types an
         # instance override of a method as an error whatever its signature.
         self.pread = self._make_fast_pread()  # type: ignore[method-assign,assignment]
+        self.try_pread = self._make_fast_try_pread()  # type: ignore[method-assign,assignment]
 
     @property
     def size(self) -> int:

@@ -31,6 +31,7 @@ from vdfarm.block.layer import (
     Layer,
     file_capabilities,
 )
+from vdfarm.block.nowait import RWF_NOWAIT, ColdRead, nowait_failed, try_pread_fd
 
 _ZERO_CHUNK = bytes(1 << 20)
 
@@ -121,6 +122,18 @@ class RawFile(Layer):
         if len(data) == length:
             return data
         return pread_exact(self._fd, offset, length)
+
+    def try_pread(self, offset: int, length: int) -> bytearray | ColdRead:
+        """From the page cache (RWF_NOWAIT), else a ColdRead. Raises the
+        OSError of preadv; OSError(EIO) on a short file (the ColdRead too)."""
+        buf = bytearray(length)
+        try:
+            got = os.preadv(self._fd, [buf], offset, RWF_NOWAIT)
+        except OSError as exc:
+            return nowait_failed(exc, self._fd, offset, length)
+        if got == length:
+            return buf
+        return try_pread_fd(self._fd, offset, length)
 
     def file_ranges(self, offset: int, length: int) -> list[tuple[int, int, int]] | None:
         """The file itself; None past its end (pread pads that with zeroes)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 
 from vdfarm.block.layer import Buffer, Capabilities, Extent, Layer
+from vdfarm.block.nowait import ColdRead
 
 
 class CheckedStack(Layer):
@@ -46,6 +47,22 @@ class CheckedStack(Layer):
         if length == 0:
             return b""
         return self.next.pread(offset, length)
+
+    def try_pread(self, offset: int, length: int) -> bytes | bytearray | memoryview | ColdRead:
+        """Raises OSError(EINVAL) for a bad range, else what the stack raises."""
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise self._range_error("read", offset, length, errno.EINVAL)
+        if length == 0:
+            return b""
+        return self.next.try_pread(offset, length)
+
+    def check_fua(self, what: str) -> None:
+        """For a caller that does a FUA change as the change without FUA
+        followed by a flush (so the flush may run in a thread): raises what
+        the change with FUA would raise for the flag — OSError(EPERM) when
+        read-only, OSError(EINVAL) without can_fua (or can_flush)."""
+        self._check_writable(what, True)
+        self._require(self._caps.can_flush, "flush")
 
     def file_ranges(self, offset: int, length: int) -> list[tuple[int, int, int]] | None:
         """Raises OSError(EINVAL) for a bad range, like pread."""

@@ -10,8 +10,16 @@ Rules:
   a protocol violation (RemoteProtocolError) closes the connection.
 - A refused export answers with the NBD error the farm's error type maps to
   (`_FARM_ERRORS_TO_REP`: the port's types, one table) and its one line.
-- Flushes run in a thread (fsync can be slow); other requests go on meanwhile,
-  which NBD allows: a flush covers the writes answered before it was sent.
+- Slow file I/O runs in a thread (`server.io_executor`) with its reply
+  written when it is done; other requests go on meanwhile, which NBD allows
+  (replies carry their cookie, any order): flushes (a flush covers the
+  writes answered before it was sent); FUA writes, trims and zeroes, done
+  as the change on the loop (page cache) then a flush in the thread, the
+  reply only once both are done; reads that miss the page cache
+  (`try_pread` hands back a ColdRead, vdfarm.block.nowait). Page-cache hits
+  stay on the hot path. sendfile(2) blocks on a cold file, so a big read
+  is sent with it only when its ranges look cached (`probably_cached`).
+  Bytes of deferred reads count against the reply bound like queued ones.
 - `leave` (a move order) closes the connection once the requests already
   received are answered; a request that arrives meanwhile gets ESHUTDOWN
   (the NBD spec's "server is shutting down, reconnect").
@@ -39,6 +47,7 @@ from concurrent.futures import Executor
 from typing import Any, Protocol, cast
 
 from vdfarm.block.layer import Capabilities
+from vdfarm.block.nowait import ColdRead, probably_cached
 from vdfarm.block.raw import pread_exact
 from vdfarm.block.stack import CheckedStack
 from vdfarm.nbd import constants as c
@@ -86,6 +95,10 @@ log = logging.getLogger("vdfarm.stream")
 VIEW_PREFIX = "vdisk/"  # export "vdisk/NAME": read-only view of a vDisk
 _WRITE_NOW = 64 * 1024  # a read reply this large is written without waiting for the batch
 _SENDFILE_MIN = 64 * 1024  # reads this large go out with sendfile(2) when they can
+# Reads waiting for the io executor may hold this many times the reply bound
+# (limits.max_reply_buffer) before parsing stops: a few big cold reads in
+# flight at once, as many as the executor has threads.
+_DEFERRED_READS_PER_BOUND = 4
 _FARM_ERRORS_TO_REP: dict[type[Exception], int] = {
     UnknownExport: c.REP_ERR_UNKNOWN,
     ExportRefused: c.REP_ERR_UNKNOWN,
@@ -160,7 +173,9 @@ class NBDConnection(asyncio.Protocol):
         self._busy = False  # a handshake task is running
         self._clean = False
         self._closed = False
-        self._flushes_pending = 0
+        self._deferred = 0  # requests whose reply waits for the io executor
+        self._deferred_bytes = 0  # of which reads: their lengths
+        self._deferred_full = False  # deferred read bytes past the bound: stop parsing
         self._out: list[Any] = []  # replies of the current batch, written at once
         self._admitted = False
         self._handshaking = True  # until the export is accepted for transmission
@@ -244,7 +259,7 @@ class NBDConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if not self._closed:
+        if not self._closed and not self._deferred_full:
             self.transport.resume_reading()
             if not self._busy:
                 self._process()
@@ -272,7 +287,7 @@ class NBDConnection(asyncio.Protocol):
         next_event: Callable[[], Any] = nbd.next_event
         out = self._out
         try:
-            while not self._closed and not self._write_paused:
+            while not self._closed and not self._write_paused and not self._deferred_full:
                 ev = next_event()
                 if ev is NEED_DATA:
                     break
@@ -302,7 +317,7 @@ class NBDConnection(asyncio.Protocol):
                 elif type(ev) is Disconnect:
                     self._clean = ev.clean
                     self._write_batch()
-                    if not self._flushes_pending:  # else the last flush closes
+                    if not self._deferred:  # else the last deferred reply closes
                         self._close()
                     return
             pending = nbd.data_to_send()
@@ -345,12 +360,12 @@ class NBDConnection(asyncio.Protocol):
 
     def leave(self, reason: str) -> None:
         """Close this connection after the requests already received are
-        answered (pending flushes included); later ones get ESHUTDOWN."""
+        answered (deferred ones included); later ones get ESHUTDOWN."""
         if self._closed:
             return
         self._leaving = reason
         log.info("%s: closing: %s", self.peer, reason)
-        if not self._flushes_pending:
+        if not self._deferred:
             self._close()
 
     # -- handshake ---------------------------------------------------------
@@ -558,11 +573,14 @@ class NBDConnection(asyncio.Protocol):
             if cmd == c.CMD_READ:
                 if req.length >= _SENDFILE_MIN and self._sock_fd >= 0:
                     ranges = stack.file_ranges(req.offset, req.length)
-                    if ranges is not None:
+                    if ranges is not None and probably_cached(ranges):
                         out.append(nbd.reply_read_header(req.cookie, req.offset, req.length))
                         self._send_file_ranges(ranges, out)
                         return
-                data = stack.pread(req.offset, req.length)
+                data = stack.try_pread(req.offset, req.length)
+                if data.__class__ is ColdRead:
+                    self._read_cold(req, data)
+                    return
                 out.append(nbd.reply_read_header(req.cookie, req.offset, req.length))
                 out.append(data)
                 if req.length >= _WRITE_NOW:  # big replies leave at once
@@ -572,20 +590,37 @@ class NBDConnection(asyncio.Protocol):
             if cmd == c.CMD_WRITE:
                 # A WRITE event always carries its payload (vdfarm.nbd.events); no
                 # check on the hot path for what the machine guarantees.
-                stack.pwrite(req.offset, req.data, bool(req.flags & c.CMD_FLAG_FUA))  # type: ignore[arg-type]
+                # FUA: the write here (page cache), the sync in a thread.
+                if req.flags & c.CMD_FLAG_FUA:
+                    stack.check_fua("write")
+                    stack.pwrite(req.offset, req.data)  # type: ignore[arg-type]
+                    self._flush(req.cookie)
+                    return
+                stack.pwrite(req.offset, req.data)  # type: ignore[arg-type]
             elif cmd == c.CMD_FLUSH:
                 self._flush(req.cookie)
                 return
             elif cmd == c.CMD_WRITE_ZEROES:
+                fua = req.flags & c.CMD_FLAG_FUA
+                if fua:
+                    stack.check_fua("write zeroes")
                 stack.zero(
                     req.offset,
                     req.length,
                     may_trim=not (req.flags & c.CMD_FLAG_NO_HOLE),
-                    fua=bool(req.flags & c.CMD_FLAG_FUA),
                     fast=bool(req.flags & c.CMD_FLAG_FAST_ZERO),
                 )
+                if fua:
+                    self._flush(req.cookie)
+                    return
             elif cmd == c.CMD_TRIM:
-                stack.trim(req.offset, req.length, bool(req.flags & c.CMD_FLAG_FUA))
+                fua = req.flags & c.CMD_FLAG_FUA
+                if fua:
+                    stack.check_fua("trim")
+                stack.trim(req.offset, req.length)
+                if fua:
+                    self._flush(req.cookie)
+                    return
             elif cmd == c.CMD_CACHE:
                 stack.cache(req.offset, req.length)
             elif cmd == c.CMD_BLOCK_STATUS:
@@ -643,21 +678,64 @@ class NBDConnection(asyncio.Protocol):
         transport.writelines([pread_exact(fd, offset, length) for fd, offset, length in ranges])
 
     def _flush(self, cookie: int) -> None:
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.server.io_executor, self.stack.flush)
-        self._flushes_pending += 1
+        """Flush in the io executor; answer `cookie` when it is done (a FLUSH,
+        or the sync of a FUA change already made)."""
+        self._defer(cookie, self.stack.flush, 0, None)
 
-        def done(f: asyncio.Future[None]) -> None:
-            self._flushes_pending -= 1
+    def _read_cold(self, req: Request, cold: ColdRead) -> None:
+        """A read that missed the page cache: run it in the io executor and
+        answer it when done. Past the bound of deferred read bytes, parse no
+        further request until some are answered."""
+        length = req.length
+        self._defer(req.cookie, cold, length, req.offset)
+        self._deferred_bytes += length
+        if self.server.limits.max_reply_buffer and self._deferred_bytes > self._deferred_bound():
+            self._deferred_full = True
+            self.transport.pause_reading()
+
+    def _defer(
+        self,
+        cookie: int,
+        work: Callable[[], Any],
+        read_length: int,
+        read_offset: int | None,
+    ) -> None:
+        """Run `work` in the io executor; then write its reply: the data of
+        a read (`read_offset` not None), else OK; its error as an NBD error.
+        The last deferred reply closes a connection that is ending."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.server.io_executor, work)
+        self._deferred += 1
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._deferred -= 1
+            if read_offset is not None:
+                self._deferred_bytes -= read_length
             if self._closed:
                 return
-            exc = f.exception()
-            if exc is None:
-                self.transport.write(self.nbd.reply_ok(cookie))
-            else:
+            exc = OSError(errno.EIO, "cancelled") if f.cancelled() else f.exception()
+            nbd = self.nbd
+            if exc is not None:
                 err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
-                self.transport.write(self.nbd.reply_error(cookie, errno_to_nbd(err), str(exc)))
-            if (self._clean or self._leaving) and not self._flushes_pending:
+                if not isinstance(exc, OSError):
+                    log.error("%s: deferred request failed: %r", self.peer, exc)
+                self.transport.write(nbd.reply_error(cookie, errno_to_nbd(err), str(exc)))
+            elif read_offset is not None:
+                header = nbd.reply_read_header(cookie, read_offset, read_length)
+                self.transport.writelines([header, f.result()])
+            else:
+                self.transport.write(nbd.reply_ok(cookie))
+            if (self._clean or self._leaving) and not self._deferred:
                 self._close()
+                return
+            if self._deferred_full and self._deferred_bytes <= self._deferred_bound():
+                self._deferred_full = False
+                if not self._write_paused:
+                    self.transport.resume_reading()
+                    if not self._busy:
+                        self._process()
 
         fut.add_done_callback(done)
+
+    def _deferred_bound(self) -> int:
+        return self.server.limits.max_reply_buffer * _DEFERRED_READS_PER_BOUND
