@@ -52,7 +52,7 @@ from vdfarm.service.records import to_plain
 from vdfarm.service.version_records import (
     PromoteResult,
     VersionInfo,
-    version_infos,
+    version_info,
     version_target,
 )
 from vdfarm.store import versions as store_versions
@@ -82,9 +82,7 @@ class PromotionService:
         self._here = here
 
     def _info_of(self, session: Session, vdisk: Vdisk, number: int) -> VersionInfo:
-        session.flush()
-        infos = version_infos(self._store, session, vdisk, self._clock())
-        return next(i for i in infos if i.number == number)
+        return version_info(self._store, session, vdisk, number, self._clock())
 
     def promote(
         self, vdisk: str, to: str, at: datetime | None = None, actor: str | None = None

@@ -85,6 +85,16 @@ def version_infos(store: Store, session: Session, vdisk: Vdisk, now: datetime) -
     ]
 
 
+def version_info(
+    store: Store, session: Session, vdisk: Vdisk, number: int, now: datetime
+) -> VersionInfo:
+    """Version NUMBER of VDISK as VersionInfo at NOW, after flushing SESSION's
+    pending changes (so the answer shows them). Raises StopIteration if
+    VDISK has no such version (callers pass a number they just read)."""
+    session.flush()
+    return next(i for i in version_infos(store, session, vdisk, now) if i.number == number)
+
+
 def _current_size(store: Store, vdisk_name: str, file_name: str) -> int | None:
     try:
         return store_versions.file_path(store, vdisk_name, file_name).stat().st_size

@@ -57,6 +57,7 @@ from vdfarm.service.promotions import PromotionService
 from vdfarm.service.version_records import (
     PromoteResult,
     VersionInfo,
+    version_info,
     version_infos,
     version_target,
 )
@@ -95,9 +96,7 @@ class VersionService:
         self._merges = merges
 
     def _info_of(self, session: Session, vdisk: Vdisk, number: int) -> VersionInfo:
-        session.flush()
-        infos = version_infos(self._store, session, vdisk, self._clock())
-        return next(i for i in infos if i.number == number)
+        return version_info(self._store, session, vdisk, number, self._clock())
 
     def _audit(
         self, session: Session, action: str, target: str, before: Any, after: Any, actor: str | None
