@@ -195,6 +195,35 @@ def server() -> None:
     help="PEM CA: TLS clients must show a certificate it signed, whose CN/DNS names "
     "name the device it may open (or 'admin': every device and vdisk/NAME).",
 )
+@click.option(
+    "--no-replication",
+    is_flag=True,
+    help="Do not pull versions this server's stores lack from the other servers.",
+)
+@click.option(
+    "--inventory-interval",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often the store's file names and sizes are checked against the manifests.",
+)
+@click.option(
+    "--rehash-interval",
+    type=click.FloatRange(min=1),
+    default=6 * 3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often every file of the store is re-hashed (a file that changed behind "
+    "vdfarm's back is quarantined and fetched again).",
+)
+@click.option(
+    "--peer-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM CA that signed the other servers' API certificates (for replication "
+    "over HTTPS) [default: the system's CAs].",
+)
 def run_cmd(
     nbd_port: int,
     host: str,
@@ -222,6 +251,10 @@ def run_cmd(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
+    no_replication: bool,
+    inventory_interval: float,
+    rehash_interval: float,
+    peer_ca: Path | None,
 ) -> int:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
     from vdfarm.daemon.parts import ServerOptions
@@ -271,6 +304,10 @@ def run_cmd(
                 list_exports=list_exports,
             ),
             nbd_tls=nbd_tls,
+            replication=not no_replication,
+            inventory_every=inventory_interval,
+            rehash_every=rehash_interval,
+            peer_ca=peer_ca,
         ),
     )
 

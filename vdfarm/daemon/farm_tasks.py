@@ -11,7 +11,7 @@ Rules:
 - The heartbeat task's start ends the sessions this server recorded before
   it last stopped (none of them is connected any more) and registers the
   server: its advertised address and the ports the listeners bound. Its
-  life is one beat a second (the store inventory rides on every tenth);
+  life is one beat a second (the store inventory rides on one beat every `--inventory-interval`);
   after each, the stream learns whether the database answered
   (`SessionRegistry.set_farm_reachable`). A database outage never stops
   streaming: it is logged once and tried again.
@@ -35,7 +35,6 @@ log = logging.getLogger("vdfarm.daemon")
 
 HEARTBEAT_INTERVAL = 1.0
 AUDIT_PRUNE_EVERY = 3600.0  # seconds
-INVENTORY_EVERY = 10  # beats
 
 
 class LocalStore(Task):
@@ -113,11 +112,12 @@ class Heartbeat(Task):
 
     async def run(self) -> None:
         farm, registry = self.parts.farm, self.parts.stream.registry
+        inventory_every = max(1, round(self.parts.options.inventory_every / self.interval))
         beat = 0
         failing = False
         while True:
             try:
-                await registry.run_link(farm.servers.heartbeat, beat % INVENTORY_EVERY == 0)
+                await registry.run_link(farm.servers.heartbeat, beat % inventory_every == 0)
                 if failing:
                     log.info("farm database reachable again: heartbeats resume")
                 failing = False

@@ -46,6 +46,10 @@ class ServerOptions:
     transfer_dir: Path | None = None  # None: DATA_DIR/transfer
     nbd_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     nbd_tls: TLSSettings = field(default_factory=TLSSettings)
+    replication: bool = True  # pull what this server's stores lack from the peers
+    inventory_every: float = 10.0  # seconds between checks of the store's names and sizes
+    rehash_every: float = 6 * 3600.0  # seconds between full re-hashes of the store
+    peer_ca: Path | None = None  # PEM CA of the peers' HTTPS APIs; None: the system's
 
 
 @dataclass

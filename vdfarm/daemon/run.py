@@ -23,7 +23,7 @@ import ctypes
 import logging
 from collections.abc import Callable, Sequence
 
-from vdfarm.daemon import farm_tasks, logs, stream_tasks
+from vdfarm.daemon import farm_tasks, logs, replication_task, stream_tasks
 from vdfarm.daemon.farm_port import ServiceFarmPort
 from vdfarm.daemon.parts import ServerOptions, ServerParts
 from vdfarm.daemon.supervisor import EXIT_TASK_DIED, Supervisor, Task
@@ -51,6 +51,7 @@ TASKS: tuple[TaskFactory, ...] = (
     stream_tasks.reconcile,
     farm_tasks.audit_retention,
     farm_tasks.auto_rebalance,
+    replication_task.replication,
 )
 
 

@@ -1,0 +1,355 @@
+"""The replication task: this server's store follows the database by itself.
+
+Rules:
+- Every round (a second) it asks the database what this server's stores
+  must hold (`ReplicationService.work_for`), looks at the store
+  (`store.snapshot`) and acts on the pure plan (`replication.planner`):
+  adopt complete chains into the manifest, remove partial copies nobody
+  wants, remove vDisks the database forgot (once they stayed orphans for
+  `ORPHAN_GRACE` seconds: an import publishes its directory a moment
+  before its row), delete retired files no session reads, and start the
+  next copy.
+- One copy at a time, on a worker thread, while the rounds go on. A copy
+  runs only inside its store's windows (in this server's local time,
+  `local_clock`) unless `replication start --now` asked for its version;
+  outside them it pauses between chunks and waits, its partial file kept.
+  The store's cap is one token bucket for the server's copies.
+- Everything it does about a version it lacks is written in `replicas`
+  (queued and why, copying with bytes and rate, failed and why); once the
+  inventory lists the version, the row goes.
+- Peers are called with a `replica` token this server makes for itself at
+  start (kept in memory only; its older ones are revoked).
+- Drift: every `rehash_every` seconds (and at start) each sealed file of
+  the store is re-hashed; one that differs from its manifest is moved to
+  quarantine and reported `mismatch`, then fetched again like any missing
+  file. Names and sizes are checked by the inventory every
+  `inventory_every` seconds: a file whose size changed is quarantined too.
+- Each round also applies the promotions that waited for replication
+  (`promote --when-replicated`) whose version is now everywhere; the
+  service makes that safe when every server does it.
+- A database away or a store error is logged once, then tried again; it
+  never stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from vdfarm.daemon.parts import ServerParts
+from vdfarm.daemon.supervisor import Task
+from vdfarm.farm.windows import is_open
+from vdfarm.replication import planner
+from vdfarm.replication.drift import find_drift
+from vdfarm.replication.fetch import FetchOutcome, FileWant, PeerAddress, Progress, fetch_file
+from vdfarm.replication.throttle import Throttle
+from vdfarm.service.replication import Peer, WantedVdisk
+from vdfarm.service.sessions import release_retired_files
+from vdfarm.store.replica_files import adopt_chain, quarantine
+from vdfarm.store.snapshot import snapshot
+
+log = logging.getLogger("vdfarm.replication")
+
+ROUND_EVERY = 1.0
+ORPHAN_GRACE = 30.0  # seconds a vDisk directory the database does not know is left alone
+PURGE_EVERY = 10  # rounds
+REPORT_EVERY = 1.0  # seconds between progress rows of a copy
+TOKEN_PREFIX = "replica-"
+
+
+def peer_url(peer: Peer) -> str:
+    scheme = "https" if peer.api_tls else "http"
+    host = f"[{peer.host}]" if ":" in peer.host else peer.host
+    return f"{scheme}://{host}:{peer.api_port}"
+
+
+class Replication(Task):
+    """Pulls what this server's stores lack; see the module's rules."""
+
+    name = "replication"
+
+    def __init__(
+        self,
+        parts: ServerParts,
+        every: float = ROUND_EVERY,
+        local_clock: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.parts = parts
+        self.every = every
+        self.local_clock = local_clock
+        self.rehash_every = parts.options.rehash_every
+        self.inventory_every = parts.options.inventory_every
+        self.token: str | None = None
+        self.throttle = Throttle(None)
+        self.copying: asyncio.Task[None] | None = None
+        self.copy_key: tuple[int, int] | None = None
+        self.stopping = threading.Event()
+        self.orphans_since: dict[str, float] = {}
+        self.rounds = 0
+        self.failing = False
+        self.next_rehash = 0.0
+        self.next_inventory = 0.0
+
+    # -- the loop ----------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.round()
+                if self.failing:
+                    log.info("replication: working again")
+                self.failing = False
+            except Exception as exc:
+                if not self.failing:
+                    log.warning("replication round failed (tried again): %s", exc)
+                self.failing = True
+            self.rounds += 1
+            await asyncio.sleep(self.every)
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self.copying is not None:
+            await asyncio.gather(self.copying, return_exceptions=True)
+
+    async def round(self) -> None:
+        farm, registry = self.parts.farm, self.parts.stream.registry
+        if self.token is None:
+            self.token = await registry.run_db(self._make_token)
+        now = time.monotonic()
+        changed = False
+        work = await registry.run_db(farm.replication.work_for, farm.server_id, farm.now())
+        if now >= self.next_rehash or now >= self.next_inventory:
+            full = now >= self.next_rehash
+            ids = {w.name: w.vdisk_id for w in work.vdisks}
+            changed |= await self._check_drift(full, ids)
+            self.next_inventory = now + self.inventory_every
+            if full:
+                self.next_rehash = now + self.rehash_every
+        snap = await asyncio.to_thread(snapshot, farm.store)
+        decided = planner.plan(work.vdisks, work.all_vdisk_names, snap.manifests, snap.partials)
+        for adopt in decided.adopts:
+            if self._copying_into(adopt.name):
+                continue
+            await asyncio.to_thread(
+                adopt_chain, farm.store, adopt.name, list(adopt.files), adopt.virtual_size, farm.now()
+            )
+            log.info("replication: vDisk %s now holds %d file(s)", adopt.name, len(adopt.files))
+            changed = True
+        changed |= await self._remove_orphans(decided.orphans, now)
+        for vdisk, partial in decided.remove_partials:
+            if not self._copying_into(vdisk):
+                (farm.store.root / vdisk / partial).unlink(missing_ok=True)
+        if changed:
+            await registry.run_db(farm.servers.record_inventory)
+        await self._report_waiting(decided.waiting)
+        await self._start_copy(decided.fetches)
+        for promoted in await registry.run_db(farm.replication.apply_due_promotions, farm.now()):
+            log.info("replication: %s", promoted)
+        if self.rounds % PURGE_EVERY == 0:
+            for wanted in work.vdisks:
+                await registry.run_db(
+                    release_retired_files, farm.session, farm.store, wanted.vdisk_id
+                )
+
+    # -- steps -------------------------------------------------------------
+
+    def _make_token(self) -> str:
+        """A new `replica` token for this server; its older ones revoked."""
+        farm = self.parts.farm
+        prefix = f"{TOKEN_PREFIX}{farm.server_name}-"
+        for token in farm.tokens.list():
+            if token.name.startswith(prefix) and token.revoked_at is None:
+                farm.tokens.revoke(token.name, actor=f"server:{farm.server_name}")
+        name = f"{prefix}{int(time.time() * 1000)}"
+        made = farm.tokens.add(name, "replica", actor=f"server:{farm.server_name}")
+        return made.secret
+
+    def _copying_into(self, vdisk: str) -> bool:
+        return self.copying is not None and not self.copying.done() and self._copy_vdisk == vdisk
+
+    _copy_vdisk: str | None = None
+
+    async def _remove_orphans(self, orphans: tuple[str, ...], now: float) -> bool:
+        for name in list(self.orphans_since):
+            if name not in orphans:
+                del self.orphans_since[name]
+        removed = False
+        for name in orphans:
+            since = self.orphans_since.setdefault(name, now)
+            if now - since < ORPHAN_GRACE:
+                continue
+            store = self.parts.farm.store
+            try:
+                await asyncio.to_thread(store.delete, name)
+            except Exception as exc:
+                log.warning("replication: cannot remove vDisk %s: %s", name, exc)
+                continue
+            log.info("replication: removed vDisk %s (the farm deleted it)", name)
+            del self.orphans_since[name]
+            removed = True
+        return removed
+
+    async def _report_waiting(self, waiting: tuple[planner.Waiting, ...]) -> None:
+        farm, registry = self.parts.farm, self.parts.stream.registry
+        for item in waiting:
+            await registry.run_db(
+                farm.replication.report,
+                farm.server_id,
+                item.wanted.vdisk_id,
+                item.file.version,
+                item.file.file_name,
+                "queued",
+                item.why,
+                0,
+                item.file.size,
+            )
+
+    def _may_run(self, wanted: WantedVdisk, version: int) -> bool:
+        if self.stopping.is_set():
+            return False
+        return version in wanted.now_versions or is_open(
+            wanted.windows, self.local_clock().time()
+        )
+
+    async def _start_copy(self, fetches: tuple[planner.Fetch, ...]) -> None:
+        farm, registry = self.parts.farm, self.parts.stream.registry
+        if self.copying is not None and not self.copying.done():
+            return
+        for fetch in fetches:
+            version = fetch.file.version
+            if not self._may_run(fetch.wanted, version):
+                await registry.run_db(
+                    farm.replication.report,
+                    farm.server_id,
+                    fetch.wanted.vdisk_id,
+                    version,
+                    fetch.file.file_name,
+                    "queued",
+                    "window closed",
+                    0,
+                    fetch.file.size,
+                )
+                continue
+            self._copy_vdisk = fetch.wanted.name
+            self.copying = asyncio.create_task(self._copy(fetch))
+            return
+
+    async def _copy(self, fetch: planner.Fetch) -> None:
+        farm, registry = self.parts.farm, self.parts.stream.registry
+        wanted, file = fetch.wanted, fetch.file
+        peers = [PeerAddress(p.name, peer_url(p)) for p in wanted.peers.get(file.version, ())]
+        by_name = {p.name: p.server_id for p in wanted.peers.get(file.version, ())}
+        want = FileWant(wanted.name, file.file_name, file.size, file.sha256)
+        self.throttle.set_rate(wanted.max_rate_bps)
+        last = [0.0]
+        loop = asyncio.get_running_loop()
+
+        def report(state: str, reason: str, done: int, rate: float, peer: str | None) -> None:
+            farm.replication.report(
+                farm.server_id,
+                wanted.vdisk_id,
+                file.version,
+                file.file_name,
+                state,
+                reason,
+                done,
+                file.size,
+                rate,
+                by_name.get(peer) if peer else None,
+            )
+
+        def progress(p: Progress) -> None:
+            now = time.monotonic()
+            if now - last[0] < REPORT_EVERY:
+                return
+            last[0] = now
+            try:
+                report("copying", "", p.bytes_done, p.rate_bps, p.peer)
+            except Exception as exc:  # database away: the copy goes on
+                log.debug("replication: progress not recorded: %s", exc)
+
+        def copy() -> FetchOutcome:
+            return fetch_file(
+                want,
+                farm.store.root / wanted.name,
+                peers,
+                self.token or "",
+                throttle=self.throttle,
+                may_run=lambda: self._may_run(wanted, file.version),
+                progress=progress,
+                ca_file=self.parts.options.peer_ca,
+            )
+
+        log.info(
+            "replication: copying %s/%s (version %d) from %s",
+            wanted.name,
+            file.file_name,
+            file.version,
+            ", ".join(p.name for p in peers),
+        )
+        try:
+            outcome = await loop.run_in_executor(None, copy)
+        except Exception as exc:
+            log.warning("replication: copy of %s/%s failed: %s", wanted.name, file.file_name, exc)
+            await registry.run_db(report, "failed", str(exc), 0, 0.0, None)
+            return
+        if outcome.published:
+            log.info(
+                "replication: %s/%s verified (%d bytes from %s)",
+                wanted.name,
+                file.file_name,
+                outcome.bytes_received,
+                outcome.peer,
+            )
+            await registry.run_db(
+                farm.replication.clear, farm.server_id, wanted.vdisk_id, file.version
+            )
+        elif outcome.paused:
+            await registry.run_db(report, "queued", "window closed", 0, 0.0, None)
+        else:
+            why = "; ".join(outcome.failures) or "no peer could send it"
+            log.warning("replication: copy of %s/%s failed: %s", wanted.name, file.file_name, why)
+            await registry.run_db(report, "failed", why, 0, 0.0, None)
+
+    async def _check_drift(self, full: bool, ids: dict[str, int]) -> bool:
+        """Quarantine the store's files that changed behind vdfarm's back
+        (sizes every time, hashes when FULL); True if any went."""
+        farm, registry = self.parts.farm, self.parts.stream.registry
+        drifted = await asyncio.to_thread(find_drift, farm.store, full)
+        for item in drifted:
+            if self._copying_into(item.vdisk):
+                continue
+            moved: Path = await asyncio.to_thread(
+                quarantine, farm.store, item.vdisk, item.file_name, farm.now()
+            )
+            log.warning(
+                "replication: %s/%s %s: moved to %s, to be fetched again",
+                item.vdisk,
+                item.file_name,
+                item.why,
+                moved,
+            )
+            vdisk_id = ids.get(item.vdisk)
+            if item.version is not None and vdisk_id is not None:
+                await registry.run_db(
+                    farm.replication.report,
+                    farm.server_id,
+                    vdisk_id,
+                    item.version,
+                    item.file_name,
+                    "mismatch",
+                    item.why,
+                )
+        if drifted:
+            await registry.run_db(farm.servers.record_inventory)
+        return bool(drifted)
+
+
+def replication(parts: ServerParts) -> Task | None:
+    return Replication(parts) if parts.options.replication else None
+

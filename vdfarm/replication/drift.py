@@ -1,0 +1,67 @@
+"""Drift: files of this server's store that changed behind vdfarm's back.
+
+Rules:
+- Only sealed, verified files are checked (an open maintenance version or
+  a private copy a device writes changes by design).
+- The quick check (names and sizes) runs often; the full check re-hashes
+  every file against its manifest's sha256 (`Store.sha256_of`, which does
+  not keep what it read in the page cache).
+- Reads only: the caller moves what drifted to quarantine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from vdfarm.store.errors import StoreError
+from vdfarm.store.store import Store, sha256_of
+
+log = logging.getLogger("vdfarm.replication")
+
+
+@dataclass(frozen=True)
+class Drift:
+    """FILE_NAME of vDisk VDISK (its version, if the manifest says) is not
+    what its manifest says: WHY."""
+
+    vdisk: str
+    file_name: str
+    version: int | None
+    why: str
+
+
+def find_drift(store: Store, full: bool) -> list[Drift]:
+    """The sealed files of STORE whose size (and, if FULL, sha256) differs
+    from their manifest, or that are gone. A store that cannot be listed
+    has no drift to report (the inventory says it holds nothing)."""
+    try:
+        manifests = store.scan()
+    except StoreError:
+        return []
+    drifted: list[Drift] = []
+    for manifest in manifests:
+        directory = store.root / manifest.vdisk
+        for entry in manifest.files:
+            if not entry.sealed or entry.unverified:
+                continue
+            path = directory / entry.name
+            why: str | None = None
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                why = "vanished from the store"
+            except OSError as exc:
+                why = f"cannot be read ({exc.strerror})"
+            else:
+                if size != entry.size:
+                    why = f"size changed from {entry.size} to {size} bytes"
+                elif full:
+                    try:
+                        if sha256_of(path) != entry.sha256:
+                            why = "content changed (sha256 differs from the manifest)"
+                    except OSError as exc:
+                        why = f"cannot be read ({exc.strerror})"
+            if why is not None:
+                drifted.append(Drift(manifest.vdisk, entry.name, entry.version, why))
+    return drifted
