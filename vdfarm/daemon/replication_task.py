@@ -17,8 +17,9 @@ Rules:
 - Everything it does about a version it lacks is written in `replicas`
   (queued and why, copying with bytes and rate, failed and why); once the
   inventory lists the version, the row goes.
-- Peers are called with a `replica` token this server makes for itself at
-  start (kept in memory only; its older ones are revoked).
+- Peers are called with a `replica` token this server makes for itself
+  before its first copy (kept in memory only; its older ones are revoked),
+  so a server that never copies makes none.
 - Drift: every `rehash_every` seconds (and at start) each sealed file of
   the store is re-hashed; one that differs from its manifest is moved to
   quarantine and reported `mismatch`, then fetched again like any missing
@@ -118,8 +119,6 @@ class Replication(Task):
 
     async def round(self) -> None:
         farm, registry = self.parts.farm, self.parts.stream.registry
-        if self.token is None:
-            self.token = await registry.run_db(self._make_token)
         now = time.monotonic()
         changed = False
         work = await registry.run_db(farm.replication.work_for, farm.server_id, farm.now())
@@ -235,6 +234,8 @@ class Replication(Task):
                     fetch.file.size,
                 )
                 continue
+            if self.token is None:
+                self.token = await registry.run_db(self._make_token)
             self._copy_vdisk = fetch.wanted.name
             self.copying = asyncio.create_task(self._copy(fetch))
             return
