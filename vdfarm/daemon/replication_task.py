@@ -91,6 +91,7 @@ class Replication(Task):
         self.copy_key: tuple[int, int] | None = None
         self.stopping = threading.Event()
         self.orphans_since: dict[str, float] = {}
+        self.latest: dict[int, WantedVdisk] = {}  # vDisk id -> this round's view (windows, cap)
         self.rounds = 0
         self.failing = False
         self.next_rehash = 0.0
@@ -122,6 +123,9 @@ class Replication(Task):
         now = time.monotonic()
         changed = False
         work = await registry.run_db(farm.replication.work_for, farm.server_id, farm.now())
+        self.latest = {w.vdisk_id: w for w in work.vdisks}
+        if self.copying is not None and not self.copying.done() and self._copy_id in self.latest:
+            self.throttle.set_rate(self.latest[self._copy_id].max_rate_bps)  # a cap set mid-copy
         if now >= self.next_rehash or now >= self.next_inventory:
             full = now >= self.next_rehash
             ids = {w.name: w.vdisk_id for w in work.vdisks}
@@ -172,6 +176,7 @@ class Replication(Task):
         return self.copying is not None and not self.copying.done() and self._copy_vdisk == vdisk
 
     _copy_vdisk: str | None = None
+    _copy_id: int | None = None
 
     async def _remove_orphans(self, orphans: tuple[str, ...], now: float) -> bool:
         for name in list(self.orphans_since):
@@ -209,8 +214,11 @@ class Replication(Task):
             )
 
     def _may_run(self, wanted: WantedVdisk, version: int) -> bool:
+        """True while a copy of VERSION may go on: not stopping, and inside
+        a window of its store as the last round saw it (or asked for now)."""
         if self.stopping.is_set():
             return False
+        wanted = self.latest.get(wanted.vdisk_id, wanted)
         return version in wanted.now_versions or is_open(
             wanted.windows, self.local_clock().time()
         )
@@ -237,6 +245,7 @@ class Replication(Task):
             if self.token is None:
                 self.token = await registry.run_db(self._make_token)
             self._copy_vdisk = fetch.wanted.name
+            self._copy_id = fetch.wanted.vdisk_id
             self.copying = asyncio.create_task(self._copy(fetch))
             return
 
