@@ -1,0 +1,298 @@
+"""Replication between real `vdfarm server run` processes on one real
+PostgreSQL: a vDisk imported on one server reaches the others by itself,
+a new version moves as its delta only, copies survive a dead receiver and
+a dead sender, a corrupted copy is quarantined and fetched again, a full
+disk fails cleanly, the cap and the windows hold, and a promotion can wait
+for the copies.
+
+Bytes are counted by the senders (`GET /replication/sent`), states read
+from `vdfarm replication status --json` (the farm database), files hashed
+here with sha256.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_test_image, sha256
+from tests.farm.postgres import fresh_postgres_url
+from tests.stream.cluster import Cluster, ClusterServer, wait_until
+from vdfarm.image import sample, vm
+
+MIB = 1 << 20
+BOOT_TIMEOUT = 180
+
+
+def status_rows_locked(server: "ClusterServer") -> bool:
+    """True while a lock of the farm is held (the maintenance device's)."""
+    return any(row.get("holder") for row in server.cli_json("lock", "list"))
+
+
+@pytest.fixture(scope="session")
+def db_kind() -> str:
+    return "postgresql"
+
+
+def token_of(server: ClusterServer) -> str:
+    return (server.data_dir / "api-token").read_text().strip()
+
+
+def sent(server: ClusterServer) -> dict[str, int]:
+    """What SERVER sent to its peers since it started, by 'vDisk/file'."""
+    response = server.api(
+        "GET", "/replication/sent", headers={"Authorization": f"Bearer {token_of(server)}"}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def status(server: ClusterServer, vdisk: str) -> dict[tuple[int, str], dict]:
+    """(version, server) -> its status row, as SERVER's CLI reads the database."""
+    rows = server.cli_json("replication", "status", vdisk)
+    return {(row["version"], row["server"]): row for row in rows}
+
+
+def present_everywhere(server: ClusterServer, vdisk: str, version: int, names) -> bool:
+    rows = status(server, vdisk)
+    return all(rows.get((version, n), {}).get("state") == "present" for n in names)
+
+
+def store_file(server: ClusterServer, vdisk: str, name: str) -> Path:
+    return server.data_dir / "store" / vdisk / name
+
+
+def version_rows(server: ClusterServer, vdisk: str) -> dict[int, dict]:
+    return {row["number"]: row for row in server.cli_json("version", "list", vdisk)}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    made: list[Cluster] = []
+
+    def make(names=("a", "b", "c"), *extra: str) -> Cluster:
+        url = stack.enter_context(fresh_postgres_url())
+        farm = Cluster(tmp_path / f"farm{len(made)}", url, list(names))
+        (tmp_path / f"farm{len(made)}").mkdir()
+        made.append(farm)
+        farm.init()
+        farm.start(*extra)
+        return farm
+
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        try:
+            yield make
+        finally:
+            for farm in made:
+                farm.stop()
+
+
+@pytest.mark.vm
+def test_a_new_vdisk_and_its_new_version_reach_every_server_as_deltas(cluster, tmp_path):
+    """Import on a; b and c get the base by themselves. A VM writes a
+    maintenance version on a; promoted, it reaches b and c as its delta
+    alone; all three serve the same disk; with a stopped, a VM boots the
+    version from b."""
+    farm = cluster()
+    a, b, c = farm.servers["a"], farm.servers["b"], farm.servers["c"]
+    image = sample.build(tmp_path / "sample.raw", size_mib=64)
+    a.cli("vdisk", "import", "golden", str(image), "--mode", "standard")
+    a.cli("device", "add", "vmnt", "--vdisk", "golden", "--type", "maintenance")
+    a.cli("device", "add", "vprod", "--vdisk", "golden")
+    wait_until(lambda: present_everywhere(a, "golden", 0, "abc"), "the base on every server")
+    for server in (b, c):
+        assert sha256(store_file(server, "golden", "base.raw")) == sha256(image)
+
+    a.cli("version", "new", "golden")
+    top = version_rows(a, "golden")[1]["file_name"]
+    result = vm.boot(f"nbd://127.0.0.1:{a.nbd_port}/vmnt", "maint1", timeout=BOOT_TIMEOUT)
+    assert result.ok, result.serial_output
+    wait_until(lambda: not status_rows_locked(a), "the maintenance session ended")
+    before = {s.name: sent(s) for s in (a, b, c)}
+    a.cli("version", "promote", "golden", "--to", "test")
+    wait_until(lambda: present_everywhere(a, "golden", 1, "abc"), "version 1 on every server")
+    after = {s.name: sent(s) for s in (a, b, c)}
+    moved: dict[str, int] = {}
+    for name, counts in after.items():
+        for key, value in counts.items():
+            moved[key] = moved.get(key, 0) + value - before[name].get(key, 0)
+    delta = store_file(a, "golden", top)
+    delta_size = delta.stat().st_size
+    assert moved.get("golden/base.raw", 0) == 0, moved
+    # b and c each received the delta once (from a, or one from the other)
+    assert 0 < moved[f"golden/{top}"] <= 2 * (1.05 * delta_size + 64 * 1024), (moved, delta_size)
+    for server in (b, c):
+        assert sha256(store_file(server, "golden", top)) == sha256(delta)
+    a.cli("version", "promote", "golden", "--to", "production")
+    views = [f"nbd://127.0.0.1:{s.nbd_port}/vdisk/golden" for s in (a, b, c)]
+    for other in views[1:]:
+        subprocess.run(["qemu-img", "compare", views[0], other], check=True, capture_output=True)
+
+    a.stop()
+    booted = vm.boot(f"nbd://127.0.0.1:{b.nbd_port}/vprod", "prod1", timeout=BOOT_TIMEOUT)
+    assert booted.ok, booted.serial_output
+    shown = sample.expected_pattern("maint1").rstrip(b"\0").decode()
+    assert booted.pattern_before == shown, booted.serial_output
+
+
+def test_a_corrupted_copy_is_quarantined_and_fetched_again(cluster, tmp_path):
+    farm = cluster(("a", "b"), "--rehash-interval", "2")
+    a, b = farm.servers["a"], farm.servers["b"]
+    image = make_test_image(tmp_path / "golden.raw", size=16 * MIB, seed=4)
+    a.cli("vdisk", "import", "golden", str(image), "--mode", "standard")
+    wait_until(lambda: present_everywhere(a, "golden", 0, "ab"), "the base on b")
+    copy = store_file(b, "golden", "base.raw")
+    with open(copy, "r+b") as fh:  # one byte, same size: only a re-hash sees it
+        fh.seek(5 * MIB)
+        byte = fh.read(1)
+        fh.seek(5 * MIB)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    quarantine = b.data_dir / "store" / ".quarantine" / "golden"
+    wait_until(lambda: quarantine.exists() and any(quarantine.iterdir()), "the copy quarantined")
+    assert "content changed" in b.log()
+    wait_until(lambda: present_everywhere(a, "golden", 0, "ab"), "b holds the base again")
+    assert sha256(copy) == sha256(image)
+    [moved] = list(quarantine.iterdir())
+    assert sha256(moved) != sha256(image)
+
+
+def test_a_killed_receiver_resumes_and_a_killed_sender_is_replaced(cluster, tmp_path):
+    farm = cluster(("a", "b", "c"))
+    a, b, c = farm.servers["a"], farm.servers["b"], farm.servers["c"]
+    a.cli("store", "set", "default", "--servers", "a,c")
+    image = make_test_image(tmp_path / "big.raw", size=256 * MIB, seed=5)
+    a.cli("vdisk", "import", "big", str(image), "--mode", "standard")
+    wait_until(lambda: present_everywhere(a, "big", 0, "ac"), "the base on c", timeout=120)
+    # b joins the store at 40 MB/s: about 7 s for the file
+    a.cli("store", "set", "default", "--servers", "all", "--max-rate", "40MB/s")
+
+    def copying_on_b() -> dict | None:
+        row = status(a, "big").get((0, "b"))
+        return row if row and row["state"] == "copying" and row["bytes_done"] > 64 * MIB else None
+
+    wait_until(copying_on_b, "b copying past 64 MiB", timeout=120)
+    b.kill()
+    partial = store_file(b, "big", ".repl-base.raw")
+    assert partial.exists() and not store_file(b, "big", "base.raw").exists()
+    b.start()
+    wait_until(lambda: copying_on_b() is not None, "b copying again", timeout=120)
+    senders = [s for s in (a, c) if sent(s).get("big/base.raw", 0) > 0]
+    # kill the server b copies from now; the other one finishes the copy
+    row = status(a, "big")[(0, "b")]
+    serving = next(s for s in senders if s.name == row.get("peer")) if row.get("peer") else None
+    victim = serving or senders[-1]
+    sent_by_victim = sent(victim).get("big/base.raw", 0)
+    victim.kill()
+    survivor = c if victim is a else a
+    wait_until(lambda: present_everywhere(survivor, "big", 0, "b"), "b done", timeout=180)
+    assert sha256(store_file(b, "big", "base.raw")) == sha256(image)
+    total = sent_by_victim + sent(survivor).get("big/base.raw", 0)
+    assert total < 1.3 * image.stat().st_size, total
+
+
+def test_the_cap_holds_and_the_windows_pause_and_resume_a_copy(cluster, tmp_path):
+    farm = cluster(("a", "b"))
+    a, b = farm.servers["a"], farm.servers["b"]
+    a.cli("store", "set", "default", "--max-rate", "20MB/s")
+    image = make_test_image(tmp_path / "big.raw", size=200 * 1000 * 1000 // MIB * MIB, seed=6)
+    started = time.monotonic()
+    a.cli("vdisk", "import", "big", str(image), "--mode", "standard")
+    rates: list[float] = []
+
+    def done() -> bool:
+        row = status(a, "big").get((0, "b"), {})
+        if row.get("state") == "copying" and row.get("rate_bps"):
+            rates.append(row["rate_bps"])
+        return row.get("state") == "present"
+
+    wait_until(done, "the capped copy", timeout=120)
+    took = time.monotonic() - started
+    assert took >= 9, f"200 MB at 20 MB/s took {took:.1f} s"
+    assert rates and max(rates) <= 1.1 * 20e6, rates
+
+    # a window that is closed now: the next copy waits, then one that is open
+    now = datetime.now()
+    closed = f"{(now + timedelta(hours=2)):%H:%M}-{(now + timedelta(hours=3)):%H:%M}"
+    a.cli("store", "set", "default", "--window", closed, "--max-rate", "none")
+    a.cli("vdisk", "import", "later", str(image), "--mode", "standard")
+    wait_until(
+        lambda: status(a, "later").get((0, "b"), {}).get("reason") == "window closed",
+        "the copy queued by the window",
+    )
+    time.sleep(3)
+    assert status(a, "later")[(0, "b")]["state"] == "queued"
+    a.cli("replication", "start", "later", "--now")
+    wait_until(lambda: present_everywhere(a, "later", 0, "ab"), "the copy done with --now")
+
+
+def test_a_full_disk_fails_the_copy_cleanly_and_it_resumes_once_freed(cluster, tmp_path):
+    farm = cluster(("a", "b"))
+    a, b = farm.servers["a"], farm.servers["b"]
+    store = b.data_dir / "store"
+    small = make_test_image(tmp_path / "small.raw", size=4 * MIB, seed=7)
+    a.cli("vdisk", "import", "small", str(small), "--mode", "standard")
+    wait_until(lambda: present_everywhere(a, "small", 0, "ab"), "small on b")
+    # b's store moves onto a 24 MiB tmpfs
+    b.stop()
+    saved = tmp_path / "b-store"
+    shutil.copytree(store, saved, symlinks=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(store)], check=True)
+    try:
+        shutil.copytree(saved, store, symlinks=True, dirs_exist_ok=True)
+        held = files_of(store)
+        b.start()
+        big = make_test_image(tmp_path / "big.raw", size=48 * MIB, seed=8)
+        a.cli("vdisk", "import", "big", str(big), "--mode", "standard")
+
+        def failed() -> dict | None:
+            row = status(a, "big").get((0, "b"), {})
+            return row if row.get("state") == "failed" else None
+
+        row = wait_until(failed, "the copy failed on a full disk")
+        assert "disk full" in row["reason"].lower() or "space" in row["reason"].lower(), row
+        assert {k: v for k, v in files_of(store).items() if k.parts[0] == "small"} == held
+        assert not (store / "big" / "base.raw").exists()
+        subprocess.run(["mount", "-o", "remount,size=128m", str(store)], check=True)
+        wait_until(lambda: present_everywhere(a, "big", 0, "ab"), "the copy done after freeing")
+        assert sha256(store / "big" / "base.raw") == sha256(big)
+    finally:
+        b.stop()
+        subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+def files_of(root: Path) -> dict[Path, str]:
+    """Every visible file under ROOT (relative path -> sha256)."""
+    return {
+        p.relative_to(root): sha256(p)
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
+
+
+def test_promote_when_replicated_waits_for_the_last_server(cluster, tmp_path):
+    farm = cluster(("a", "b"))
+    a, b = farm.servers["a"], farm.servers["b"]
+    image = make_test_image(tmp_path / "golden.raw", size=16 * MIB, seed=9)
+    a.cli("vdisk", "import", "golden", str(image), "--mode", "standard")
+    wait_until(lambda: present_everywhere(a, "golden", 0, "ab"), "the base on b")
+    a.cli("version", "new", "golden")
+    top = version_rows(a, "golden")[1]["file_name"]
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 12M", str(store_file(a, "golden", top))],
+        check=True,
+        capture_output=True,
+    )
+    a.cli("store", "set", "default", "--max-rate", "2MB/s")  # about 6 s for the delta
+    a.cli("version", "promote", "golden", "--to", "production", "--when-replicated")
+    rows = version_rows(a, "golden")
+    assert rows[1]["access"] == "test"
+    assert status(a, "golden").get((1, "b"), {}).get("state") != "present"
+    wait_until(lambda: version_rows(a, "golden")[1]["access"] == "production", "the switch")
+    assert status(a, "golden")[(1, "b")]["state"] == "present"

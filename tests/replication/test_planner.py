@@ -1,0 +1,95 @@
+"""The replication planner: which file to fetch, when to adopt a chain,
+what to leave alone, what to remove — pure decisions on plain data."""
+
+from __future__ import annotations
+
+from vdfarm.replication.planner import Adopt, Fetch, Waiting, chain_entries, plan, plan_vdisk
+from vdfarm.service.replication import Peer, WantedFile, WantedVdisk
+from vdfarm.store.manifest import Manifest, ManifestFile
+
+PEER = Peer(server_id=2, name="b", host="127.0.0.1", api_port=8081, api_tls=False, busy=0)
+BASE = WantedFile(1, "base.raw", "raw", 1 << 20, "a" * 64, None)
+V2 = WantedFile(2, "v2.qcow2", "qcow2", 4096, "b" * 64, "base.raw")
+
+
+def wanted(*files: WantedFile, peers: dict | None = None, name: str = "golden") -> WantedVdisk:
+    return WantedVdisk(
+        vdisk_id=7,
+        name=name,
+        virtual_size=1 << 20,
+        chain=tuple(files),
+        peers={f.version: (PEER,) for f in files} if peers is None else peers,
+        now_versions=frozenset(),
+        max_rate_bps=None,
+        windows=(),
+    )
+
+
+def manifest(*entries: ManifestFile, name: str = "golden") -> Manifest:
+    return Manifest(vdisk=name, files=tuple(entries), virtual_size=1 << 20)
+
+
+def entry(f: WantedFile, **changes) -> ManifestFile:
+    data = dict(
+        name=f.file_name,
+        format=f.format,
+        size=f.size,
+        sha256=f.sha256,
+        parent=f.parent_file,
+        version=f.version,
+    )
+    data.update(changes)
+    return ManifestFile(**data)
+
+
+def test_a_new_vdisk_fetches_its_base_first():
+    step = plan_vdisk(wanted(BASE, V2), None)
+    assert step == Fetch(wanted(BASE, V2), BASE)
+
+
+def test_a_new_version_fetches_only_its_delta():
+    step = plan_vdisk(wanted(BASE, V2), manifest(entry(BASE)))
+    assert isinstance(step, Fetch) and step.file == V2
+
+
+def test_a_complete_chain_is_adopted_into_the_manifest():
+    w = wanted(BASE, V2)
+    # v2 arrived (listed by nobody yet): the manifest must become the chain
+    step = plan_vdisk(w, manifest(entry(BASE), entry(V2)))
+    assert step is None  # already the chain
+    merged_base = WantedFile(1, "base-2.raw", "raw", 1 << 20, "c" * 64, None)
+    w2 = wanted(merged_base)
+    local = manifest(entry(merged_base), entry(V2, parent="base-2.raw"))
+    assert plan_vdisk(w2, local) == Adopt("golden", chain_entries(w2), 1 << 20)
+
+
+def test_a_file_with_another_hash_is_fetched_again():
+    step = plan_vdisk(wanted(BASE), manifest(entry(BASE, sha256="f" * 64)))
+    assert isinstance(step, Fetch) and step.file == BASE
+
+
+def test_no_peer_means_waiting_not_fetching():
+    step = plan_vdisk(wanted(BASE, peers={}), None)
+    assert isinstance(step, Waiting) and "no up server" in step.why
+
+
+def test_a_vdisk_written_here_is_left_alone():
+    open_top = ManifestFile("v3.qcow2", "qcow2", None, None, parent="base.raw", version=3)
+    assert plan_vdisk(wanted(BASE, V2), manifest(entry(BASE), open_top)) is None
+    private = manifest(entry(BASE, unverified=True))
+    assert plan_vdisk(wanted(BASE), private) is None
+
+
+def test_orphans_and_stale_partials():
+    decided = plan(
+        [wanted(BASE, V2)],
+        frozenset({"golden", "other"}),
+        {"golden": manifest(entry(BASE)), "gone": None, "other": None},
+        {
+            "golden": [".repl-v2.qcow2", ".repl-v1.qcow2"],
+            "other": [".repl-x.raw"],  # a store this server is not in: left alone
+        },
+    )
+    assert decided.orphans == ("gone",)
+    assert decided.remove_partials == (("golden", ".repl-v1.qcow2"),)
+    assert [f.file for f in decided.fetches] == [V2]
