@@ -47,16 +47,26 @@ from vdfarm.daemon.supervisor import Task
 from vdfarm.farm.windows import is_open
 from vdfarm.replication import planner
 from vdfarm.replication.drift import find_drift
-from vdfarm.replication.fetch import FetchOutcome, FileWant, PeerAddress, Progress, fetch_file
+from vdfarm.replication.fetch import (
+    FetchOutcome,
+    FileWant,
+    Paused,
+    PeerAddress,
+    Progress,
+    fetch_file,
+)
 from vdfarm.replication.throttle import Throttle
 from vdfarm.service.replication import Peer, WantedVdisk
 from vdfarm.service.sessions import release_retired_files
+from vdfarm.store.errors import StoreFull
 from vdfarm.store.replica_files import adopt_chain, quarantine
 from vdfarm.store.snapshot import snapshot
 
 log = logging.getLogger("vdfarm.replication")
 
 ROUND_EVERY = 1.0
+FULL_BACKOFF = 10.0  # seconds before a copy that found the disk full is tried again
+FAILED_BACKOFF = 5.0  # seconds before a copy every peer failed is tried again
 ORPHAN_GRACE = 30.0  # seconds a vDisk directory the database does not know is left alone
 PURGE_EVERY = 10  # rounds
 REPORT_EVERY = 1.0  # seconds between progress rows of a copy
@@ -91,6 +101,7 @@ class Replication(Task):
         self.copy_key: tuple[int, int] | None = None
         self.stopping = threading.Event()
         self.orphans_since: dict[str, float] = {}
+        self.backoff_until: dict[tuple[int, int], float] = {}  # (vDisk id, version) -> monotonic
         self.latest: dict[int, WantedVdisk] = {}  # vDisk id -> this round's view (windows, cap)
         self.rounds = 0
         self.failing = False
@@ -229,6 +240,8 @@ class Replication(Task):
             return
         for fetch in fetches:
             version = fetch.file.version
+            if self.backoff_until.get((fetch.wanted.vdisk_id, version), 0.0) > time.monotonic():
+                continue
             if not self._may_run(fetch.wanted, version):
                 await registry.run_db(
                     farm.replication.report,
@@ -304,6 +317,15 @@ class Replication(Task):
         )
         try:
             outcome = await loop.run_in_executor(None, copy)
+        except Paused as paused:
+            why = "server stopping" if self.stopping.is_set() else "window closed"
+            await registry.run_db(report, "queued", why, paused.bytes_received, 0.0, paused.peer)
+            return
+        except StoreFull as exc:
+            log.warning("replication: copy of %s/%s: %s", wanted.name, file.file_name, exc)
+            self.backoff_until[(wanted.vdisk_id, file.version)] = time.monotonic() + FULL_BACKOFF
+            await registry.run_db(report, "failed", f"disk full: {exc}", 0, 0.0, None)
+            return
         except Exception as exc:
             log.warning("replication: copy of %s/%s failed: %s", wanted.name, file.file_name, exc)
             await registry.run_db(report, "failed", str(exc), 0, 0.0, None)
@@ -319,10 +341,9 @@ class Replication(Task):
             await registry.run_db(
                 farm.replication.clear, farm.server_id, wanted.vdisk_id, file.version
             )
-        elif outcome.paused:
-            await registry.run_db(report, "queued", "window closed", 0, 0.0, None)
         else:
             why = "; ".join(outcome.failures) or "no peer could send it"
+            self.backoff_until[(wanted.vdisk_id, file.version)] = time.monotonic() + FAILED_BACKOFF
             log.warning("replication: copy of %s/%s failed: %s", wanted.name, file.file_name, why)
             await registry.run_db(report, "failed", why, 0, 0.0, None)
 
@@ -334,15 +355,15 @@ class Replication(Task):
         for item in drifted:
             if self._copying_into(item.vdisk):
                 continue
-            moved: Path = await asyncio.to_thread(
+            moved: Path | None = await asyncio.to_thread(
                 quarantine, farm.store, item.vdisk, item.file_name, farm.now()
             )
             log.warning(
-                "replication: %s/%s %s: moved to %s, to be fetched again",
+                "replication: %s/%s %s: %s, to be fetched again",
                 item.vdisk,
                 item.file_name,
                 item.why,
-                moved,
+                f"moved to {moved}" if moved else "out of the manifest",
             )
             vdisk_id = ids.get(item.vdisk)
             if item.version is not None and vdisk_id is not None:
