@@ -21,7 +21,8 @@ Rules:
 - A full disk raises StoreFull: checked before the copy (a partial with
   verified bytes stays: it takes no more room) and on every write (then the
   partial is thrown away to give the room back to the devices). Other local failures raise
-  StoreError. Memory held: one chunk plus httpx's buffers.
+  StoreError. Memory held: two chunk buffers (one arriving, one being
+  checked and written on the pipe's thread: `chunk_pipe`) plus httpx's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from vdfarm.replication.chunk_pipe import ChunkPipe
 from vdfarm.replication.peer_http import PeerFailed, get_chunk_list, get_range, make_client
 from vdfarm.replication.rate import RateMeter
 from vdfarm.replication.throttle import Throttle
@@ -186,47 +188,50 @@ class _Copy:
                 self._fetch_run(peer, partial, chunks, run)
 
     def _fetch_run(self, peer: PeerAddress, partial: Partial, chunks: ChunkList, run: _Run) -> None:
-        """Fetch the chunks of RUN in one range request, each checked and
-        written as soon as it is complete (one chunk's buffer, reused)."""
+        """Fetch the chunks of RUN in one range request; each is checked and
+        written (on the pipe's thread) as soon as it is complete."""
         start = chunks.span(run.first)[0]
         end = sum(chunks.span(run.last))
         index, filled = run.first, 0
-        chunk = memoryview(bytearray(chunks.chunk_size))
-        with get_range(
-            self.client,
-            peer.base_url,
-            self.want.vdisk,
-            self.want.file_name,
-            start,
-            end,
-            chunks.size,
-        ) as blocks:
-            for block in blocks:
-                self.meter.add(len(block))
-                self.throttle.take(len(block))
-                arrived, used = memoryview(block), 0
-                while used < len(arrived):
-                    length = chunks.span(index)[1]
-                    take = min(length - filled, len(arrived) - used)
-                    chunk[filled : filled + take] = arrived[used : used + take]
-                    filled, used = filled + take, used + take
-                    if filled < length:
-                        continue
-                    self._write(partial, index, chunk[:length])
-                    self._report(peer, sum(chunks.span(index)))
-                    index, filled = index + 1, 0
-                    if index <= run.last and not self.may_run():
-                        raise self.paused(peer.name)
+
+        def written(done: int) -> None:
+            self._report(peer, sum(chunks.span(done)))
+
+        try:
+            with (
+                ChunkPipe(partial, chunks.chunk_size, written) as pipe,
+                get_range(
+                    self.client,
+                    peer.base_url,
+                    self.want.vdisk,
+                    self.want.file_name,
+                    start,
+                    end,
+                    chunks.size,
+                ) as blocks,
+            ):
+                for block in blocks:
+                    self.meter.add(len(block))
+                    self.throttle.take(len(block))
+                    arrived, used = memoryview(block), 0
+                    while used < len(arrived):
+                        length = chunks.span(index)[1]
+                        take = min(length - filled, len(arrived) - used)
+                        pipe.buffer[filled : filled + take] = arrived[used : used + take]
+                        filled, used = filled + take, used + take
+                        if filled < length:
+                            continue
+                        pipe.submit(index, length)
+                        index, filled = index + 1, 0
+                        if index <= run.last and not self.may_run():
+                            pipe.settle()
+                            raise self.paused(peer.name)
+                pipe.settle()
+        except BadChunk as exc:
+            raise PeerFailed(f"sent a wrong chunk ({exc})") from exc
         if index <= run.last:
             got = chunks.span(index)[0] + filled - start
             raise PeerFailed(f"short body: {got} of the {end - start} bytes asked for")
-
-    @staticmethod
-    def _write(partial: Partial, index: int, data: memoryview) -> None:
-        try:
-            partial.write_chunk(index, data)
-        except BadChunk as exc:
-            raise PeerFailed(f"sent a wrong chunk {index} ({exc})") from exc
 
     def _report(self, peer: PeerAddress, done: int) -> None:
         self.progress(Progress(peer.name, done, self.want.size, self.meter.rate_bps()))

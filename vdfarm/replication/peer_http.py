@@ -152,7 +152,7 @@ def get_range(
 
 def _capped(response: httpx.Response, limit: int) -> Iterator[bytes]:
     got = 0
-    for block in response.iter_raw(RAW_BLOCK):
+    for block in response.iter_raw():  # as read off the socket: no re-chunking copies
         got += len(block)
         if got > limit:
             raise PeerFailed(f"sent more than the {limit} bytes asked for")

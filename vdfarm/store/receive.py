@@ -16,8 +16,10 @@ Rules:
 - `write_chunk` checks the length and sha256 against the chunk list before
   a byte is written (BadChunk: nothing written). An all-zero chunk is left
   as a hole, so a sparse file stays sparse.
-- Written pages are synced every SYNC_EVERY bytes and dropped from the page
-  cache (DONTNEED), so a copy does not evict the devices' hot pages.
+- Written pages leave the page cache a chunk later (DONTNEED starts their
+  writeback, the next one drops them once clean), so a copy does not evict
+  the devices' hot pages; durability comes from the fsync at `publish`
+  (until then a crash costs only a re-hash: `resume_offset`).
 - `publish` checks the whole file's sha256 (kept running while chunks come in
   order, else read again uncached), fsyncs it, renames it to the real name
   (replacing a file of that name: a stray, or the older content of a file a
@@ -45,7 +47,6 @@ from vdfarm.store.manifest import check_file_name, check_vdisk_name
 from vdfarm.store.uncached import drop, read_block
 
 TEMP_PREFIX = ".repl-"
-SYNC_EVERY = 64 * 1024 * 1024
 SPACE_MARGIN = 1024 * 1024
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 MIB = 1024 * 1024
@@ -92,7 +93,7 @@ class Partial:
             raise
         self._written = 0  # the verified prefix, written in order from 0
         self._whole: Any = hashlib.sha256()  # its sha256 so far; None once out of order
-        self._synced = 0
+        self._lag = 0  # where the chunk written before the last one starts
         self._closed = False
 
     # -- opening -------------------------------------------------------------
@@ -158,7 +159,7 @@ class Partial:
         except OSError as exc:
             raise StoreError(f"cannot read {self.temp_name}: {exc.strerror}") from exc
         drop(self._fd, 0, offset)
-        self._written, self._whole, self._synced = offset, whole, offset
+        self._written, self._whole, self._lag = offset, whole, offset
         return offset
 
     def _hash_range(self, start: int, length: int, whole: Any) -> str:
@@ -227,8 +228,10 @@ class Partial:
             self._written = start + length
         else:
             self._whole = None
-        if self._written - self._synced >= SYNC_EVERY:
-            self._sync()
+        # DONTNEED starts the writeback of this chunk and drops the previous
+        # one, written back by now: the cache holds about two chunks of ours.
+        drop(self._fd, min(self._lag, start), start + length - min(self._lag, start))
+        self._lag = start
 
     def _store(self, start: int, data: bytes | bytearray | memoryview, zero: bool) -> None:
         try:
@@ -260,14 +263,6 @@ class Partial:
                 free = 0
             return _full(self.file_name, free)
         return StoreError(f"cannot write {self.temp_name}: {exc.strerror}")
-
-    def _sync(self) -> None:
-        try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            raise self._write_error(exc) from exc
-        drop(self._fd, self._synced, self._written - self._synced)
-        self._synced = self._written
 
     # -- ending ---------------------------------------------------------------
 
