@@ -29,7 +29,7 @@ Variants, in the same run (so their ratios share the machine's noise):
                nbds://…?tls-certificates=DIR (fio's nbd engine, nbdcopy).
 
 Usage: .venv/bin/python bench/nbd_bench.py [--size-mib 1024] [--runtime 8] [--rounds 3]
-       [--tls] [--no-limits]
+       [--tls] [--no-limits] [--only vdfarm,vdfarm-nolim]
 """
 
 from __future__ import annotations
@@ -383,6 +383,11 @@ def main() -> int:
     ap.add_argument(
         "--no-limits", action="store_true", help="also run vdfarm with every NBD bound off"
     )
+    ap.add_argument(
+        "--only",
+        help="comma-separated server names to run (e.g. vdfarm,vdfarm-nolim): a focused A/B "
+        "with more rounds in the same time",
+    )
     args = ap.parse_args()
     for tool in ("fio", "nbdkit", "qemu-nbd", "nbdcopy", *(("openssl",) if args.tls else ())):
         if shutil.which(tool) is None:
@@ -395,6 +400,12 @@ def main() -> int:
         make_image(image, args.size_mib)
         tls = make_pki(work / "pki") if args.tls else None
         peers = servers(work, image, no_limits=args.no_limits, tls=tls)
+        if args.only:
+            wanted = set(args.only.split(","))
+            unknown = wanted - {srv.name for srv in peers}
+            if unknown:
+                sys.exit(f"bench: --only names no server of this run: {', '.join(sorted(unknown))}")
+            peers = [srv for srv in peers if srv.name in wanted]
         try:
             for srv in peers:  # all up at once; idle ones cost nothing
                 srv.start()
@@ -458,7 +469,7 @@ def report(results, args, names_run: list[str]) -> None:
             )
             print(f"{name:18} {kind:5} {row}")
     print()
-    for name in names:
+    for name in names if "vdfarm" in names_run else ():
         r = ratio(results, ("vdfarm", "cow", name), ("vdfarm", "plain", name))
         print(f"vdfarm write-cache path / plain path, {name}: {r:.2f}")
     if args.json:

@@ -13,7 +13,10 @@ want_test=0
 
 debs=(python3-venv qemu-utils qemu-system-x86 libnbd-bin syslinux syslinux-common
       mtools dosfstools fdisk busybox-static kmod)
-[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd)
+# nbd-client: the kernel's NBD client, run by the tests on the host and inside a
+# test VM's initramfs. Its postinst loads no module (it only refreshes the
+# host's initramfs when initramfs-tools is there) and asks nothing.
+[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd nbd-client)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || debs+=(linux-image-amd64)
 
 missing=()

@@ -42,6 +42,8 @@ def lint_imports(where: Path) -> subprocess.CompletedProcess:
         ("vdfarm/service/errors.py", "import vdfarm.stream.port", "Floors"),
         ("vdfarm/stream/flags.py", "import vdfarm.farm.models", "The stream reaches the farm"),
         ("vdfarm/api/errors.py", "import vdfarm.stream.port", "Only the daemon"),
+        ("vdfarm/replication/rate.py", "import vdfarm.api.ranges", "Floors"),
+        ("vdfarm/replication/rate.py", "import vdfarm.stream.port", "Only the daemon"),
         ("vdfarm/service/audit.py", "import vdfarm.service.context", "No import circles"),
         ("vdfarm/stream/flags.py", "import vdfarm.stream.server", "No import circles"),
     ],

@@ -166,6 +166,10 @@ def test_loopback_read_with_another_host_header_needs_the_token():
         ("operator", "admin", 403),
         ("admin", "admin", None),
         ("admin", "read", None),
+        ("replica", "replica", None),
+        ("admin", "replica", None),
+        ("read", "replica", 403),
+        ("replica", "read", 403),
     ],
 )
 def test_check_role(role, needed, status):
@@ -177,6 +181,12 @@ def test_check_role(role, needed, status):
         auth.check_role(principal, needed, "POST /x")
     assert refused.value.status == status
     assert f"token t1 has role {role}; POST /x needs role {needed}" == refused.value.message
+
+
+def test_an_anonymous_loopback_reader_downloads_no_vdisk():
+    with pytest.raises(auth.AccessRefused) as refused:
+        auth.check_role(auth.ANONYMOUS_LOOPBACK, "replica", "GET /replication/files/w/base.raw")
+    assert refused.value.status == 401 and "role replica" in refused.value.message
 
 
 def test_an_anonymous_reader_is_asked_for_a_token():

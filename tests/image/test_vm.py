@@ -8,6 +8,7 @@ the next boot, and the guest fails loudly when it has no virtio disk.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +104,23 @@ def test_ids_qemu_or_the_guest_would_mangle_are_refused(tmp_path, bad_id):
 def test_missing_qemu_raises_vm_error():
     with pytest.raises(vm.VmError, match="no-such-qemu"):
         vm.start("nbd://127.0.0.1:1/x", "a", qemu="no-such-qemu")
+    with pytest.raises(vm.VmError, match="no-such-qemu"):
+        vm.start_kernel(Path("k"), Path("i"), "", "a", qemu="no-such-qemu")
+
+
+def test_kernel_command_boots_kernel_and_initrd_with_no_disk(tmp_path):
+    argv = vm.kernel_command(
+        Path("/boot/vmlinuz-x"), tmp_path / "i.gz", "console=ttyS0 a=b", "vm-1", tmp_path / "s",
+        extra_args=tuple(vm.user_nic_args()),
+    )  # fmt: skip
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-kernel") + 1] == "/boot/vmlinuz-x"
+    assert argv[argv.index("-initrd") + 1] == str(tmp_path / "i.gz")
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 a=b"
+    assert argv[argv.index("-nic") + 1] == "user,model=virtio-net-pci"
+    assert "-drive" not in argv and "-nodefaults" in argv
+    with pytest.raises(ValueError):
+        vm.kernel_command(Path("k"), Path("i"), "", "a b", tmp_path / "s")
 
 
 needs_qemu = pytest.mark.skipif(shutil.which(vm.QEMU) is None, reason="qemu not installed")

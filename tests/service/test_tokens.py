@@ -110,6 +110,14 @@ def test_the_service_needs_no_farm(farm, clock):
         ("operator", "admin", False),
         ("admin", "operator", True),
         ("nobody", "read", False),
+        # replica stands outside the ranking: its own routes, and admin's
+        ("replica", "replica", True),
+        ("admin", "replica", True),
+        ("operator", "replica", False),
+        ("read", "replica", False),
+        ("replica", "read", False),
+        ("replica", "operator", False),
+        ("replica", "admin", False),
     ],
 )
 def test_role_order(role, needed, allowed):

@@ -165,6 +165,8 @@ def test_scan_lists_published_only(store, tmp_path):
     (store.root / "broken").mkdir()
     (store.root / "broken" / "manifest.json").write_text("{}")
     (store.root / "stray-file").write_text("x")
+    (store.root / "arriving").mkdir()  # a replica copy of a vDisk new here: no manifest yet
+    (store.root / "arriving" / ".repl-base.raw").write_bytes(b"x")
     assert [m.vdisk for m in store.scan()] == ["a", "b"]
     assert store.remove_leftovers() == [".import-c-123"]
 

@@ -46,6 +46,13 @@ class Pki:
         """The tls-certificates directory of client NAME."""
         return self.root / "clients" / name
 
+    def server_args(self) -> tuple[str, ...]:
+        """`server run` options: TLS required, client certificates verified by the farm CA."""
+        return (
+            "--tls", "require", "--tls-cert", str(self.cert), "--tls-key", str(self.key),
+            "--tls-ca", str(self.ca),
+        )  # fmt: skip
+
 
 # Client name -> (subject, subjectAltName or ""): pc1 names itself by CN only,
 # pc2 by a DNS subjectAltName only (its CN is something else).

@@ -6,6 +6,8 @@ Rules:
   its role (`deps.make_router`, `roles.MINIMAL_ROLE`). The OpenAPI document
   is at /openapi.json (interactive docs at /docs); they need no token (they
   hold no farm data).
+- Version files go to peers only by /replication/files (role `replica`);
+  the bytes sent are counted in memory (`app.state.replication_sent`).
 - Every request body is capped (`limits.BodyLimit`, 413 past
   `ApiLimits.max_body_bytes`); login is rate-limited and its reservations
   capped per source address, in memory, per server (`ratelimit`).
@@ -35,6 +37,7 @@ from vdfarm.api.routes import (
     locks,
     login,
     rebalance,
+    replication_files,
     servers,
     settings,
     stores,
@@ -42,6 +45,7 @@ from vdfarm.api.routes import (
     vdisks,
     versions,
 )
+from vdfarm.api.sent_bytes import SentBytes
 from vdfarm.service.context import Farm
 from vdfarm.service.transfer import TRANSFER_DIR, ensure_transfer_dir
 
@@ -51,7 +55,8 @@ DESCRIPTION = """The REST API of a vdfarm server: the same verbs as the `vdfarm`
 
 Changes need `Authorization: Bearer <token>`: a token from `vdfarm token add` (roles
 read, operator, admin) or the server's DATA_DIR/api-token (admin). Reads need it too,
-except from loopback with a loopback Host header. Errors answer `{"detail": "<one line>"}`:
+except from loopback with a loopback Host header. Version files (/replication/files)
+are for the servers' own `replica` tokens (and admin) only. Errors answer `{"detail": "<one line>"}`:
 400 refused value, 401 token, 403 role too low, 404 unknown, 409 conflict, 413 body too
 large, 422 unparsable request, 429 too many logins, 503 database unreachable. A request
 that fails has changed nothing.
@@ -82,6 +87,7 @@ def create_app(
     root = transfer_dir if transfer_dir is not None else farm.data_dir / TRANSFER_DIR
     ensure_transfer_dir(root)
     app.state.transfers = farm.transfers(root)
+    app.state.replication_sent = SentBytes()
     app.state.login_limiter = RateLimiter(limits.login_rate_per_s, limits.login_burst)
     app.state.reservation_cap = ReservationCap(
         limits.reservations_per_source, limits.reservation_window_s
@@ -99,6 +105,7 @@ def create_app(
         rebalance,
         settings,
         tokens,
+        replication_files,
     )
     for module in routers:
         app.include_router(module.router, prefix=API_PREFIX)

@@ -1,8 +1,12 @@
 """Who may call what: the one table of route → the least role it needs.
 
 Rules:
-- Roles rank read < operator < admin (`vdfarm.service.tokens.role_allows`).
-  `read` may GET everything (but the token list); `operator` runs devices
+- Roles rank read < operator < admin (`vdfarm.service.tokens.role_allows`);
+  `replica` stands outside that ranking: the token a server makes for itself
+  to fetch version files from its peers may call the replication file
+  routes (a file's chunk list and bytes) and nothing else; `admin` may call
+  them too, `read` and `operator` may not (they never download a vDisk).
+  `read` may GET everything else (but the token list); `operator` runs devices
   and their sessions (add, change, assign, delete a device; release a lock;
   rebalance; verify a copy; log a device in for another address); `admin`
   does everything else: vDisks (import, change, delete, export, repair), versions
@@ -16,7 +20,7 @@ Rules:
 
 from __future__ import annotations
 
-READ, OPERATOR, ADMIN = "read", "operator", "admin"
+READ, OPERATOR, ADMIN, REPLICA = "read", "operator", "admin", "replica"
 
 MINIMAL_ROLE: dict[tuple[str, str], str] = {
     # reads
@@ -30,6 +34,10 @@ MINIMAL_ROLE: dict[tuple[str, str], str] = {
     ("GET", "/vdisks"): READ,
     ("GET", "/vdisks/{name}"): READ,
     ("GET", "/vdisks/{name}/versions"): READ,
+    ("GET", "/replication/sent"): READ,
+    # version files, between servers
+    ("GET", "/replication/files/{vdisk}/{file_name}/chunks"): REPLICA,
+    ("GET", "/replication/files/{vdisk}/{file_name}"): REPLICA,
     # devices and their sessions
     ("POST", "/devices"): OPERATOR,
     ("PATCH", "/devices/{name}"): OPERATOR,

@@ -58,7 +58,7 @@ DEVICE_TYPES = ("production", "test", "maintenance")
 VERSION_ACCESS = ("maintenance", "test", "production")
 FILE_FORMATS = ("raw", "qcow2")
 SUBNET_AFFINITIES = ("none", "best-effort", "fixed")
-TOKEN_ROLES = ("read", "operator", "admin")
+TOKEN_ROLES = ("read", "operator", "admin", "replica")
 DEFAULT_MAX_VERSIONS = 5
 DEFAULT_MAX_BOOTING = 500
 

@@ -1,4 +1,4 @@
-"""Pick the host kernel modules a guest needs for a virtio disk, in load order.
+"""Pick the host kernel modules a guest needs (a virtio disk, a network card, nbd), in load order.
 
 Rules: the dependency logic (`parse_modules_dep`, `load_order`) is pure and
 works on the text of `modules.dep`; only `collect_modules` touches files.
@@ -22,6 +22,9 @@ from vdfarm.image.errors import ImageBuildError
 # What a guest needs to see /dev/vda. The PCI transport helpers exist as
 # separate modules only in some kernels; they come in through modules.dep.
 VIRTIO_BLK_MODULES = ("virtio_ring", "virtio", "virtio_pci", "virtio_blk")
+# What a guest needs for eth0 on qemu's virtio-net-pci, and for /dev/nbdN.
+VIRTIO_NET_MODULES = ("virtio_pci", "virtio_net")
+NBD_MODULES = ("nbd",)
 
 _MODULE_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
 
@@ -96,7 +99,7 @@ def load_order(
         order.append(path)
 
     for name in wanted:
-        visit(name, "the virtio disk")
+        visit(name, "the image")
     return order
 
 

@@ -1,9 +1,10 @@
-"""Boot the sample image in a qemu VM (TCG) from an NBD URL and read what its serial console said.
+"""Boot a qemu VM (TCG): the sample image from an NBD URL, or a kernel and an
+initramfs directly (`start_kernel`); read what its serial console said.
 
-Rules: always `-accel tcg` (KVM is not usable on the test hosts), no network,
-no display; the serial console goes to a file, so a running VM can be watched
-(`VmHandle.serial_text`, `wait_for`) and several VMs can run at once (`start`
-returns at once; `boot` = start + wait). A VM that outlives its timeout is
+Rules: always `-accel tcg` (KVM is not usable on the test hosts), no network
+unless asked for (`user_nic_args`), no display; the serial console goes to a
+file, so a running VM can be watched (`VmHandle.serial_text`, `wait_for`) and
+several VMs can run at once (`start` returns at once; `boot` = start + wait). A VM that outlives its timeout is
 killed, never left behind. The guest's id is passed as the SMBIOS serial number
 (`-smbios type=1,serial=ID`), which the image's /init prints back.
 Parsing the serial text (`parse_serial`) is pure.
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,16 @@ def qemu_command(
     interface: str = "virtio",
 ) -> list[str]:
     """The full qemu argv. Raises ValueError for a bad URL or an id outside [A-Za-z0-9._-]{1,64}."""
+    return [
+        *_machine_args(serial_id, serial_path, memory_mib, qemu),
+        "-drive",
+        nbd_drive_option(nbd_url, reconnect_delay, interface),
+        *extra_args,
+    ]
+
+
+def _machine_args(serial_id: str, serial_path: Path, memory_mib: int, qemu: str) -> list[str]:
+    """qemu, TCG, no devices but the serial console to a file, and the SMBIOS serial."""
     if not _ID_RE.fullmatch(serial_id):
         raise ValueError(f"serial id must match [A-Za-z0-9._-]{{1,64}}: {serial_id!r}")
     return [
@@ -184,8 +196,37 @@ def qemu_command(
         f"file:{serial_path}",
         "-smbios",
         f"type=1,serial={serial_id}",
-        "-drive",
-        nbd_drive_option(nbd_url, reconnect_delay, interface),
+    ]
+
+
+def user_nic_args(model: str = "virtio-net-pci") -> list[str]:
+    """One NIC on qemu's user-mode network: the guest is 10.0.2.15/24 and
+    reaches the host's loopback at 10.0.2.2 (connections arrive from 127.0.0.1)."""
+    return ["-nic", f"user,model={_qemu_value(model)}"]
+
+
+def kernel_command(
+    kernel: Path,
+    initrd: Path,
+    append: str,
+    serial_id: str,
+    serial_path: Path,
+    memory_mib: int = 256,
+    extra_args: tuple[str, ...] = (),
+    qemu: str = QEMU,
+) -> list[str]:
+    """The qemu argv booting `kernel` and `initrd` directly (no disk, no firmware boot).
+
+    Raises ValueError for an id outside [A-Za-z0-9._-]{1,64}.
+    """
+    return [
+        *_machine_args(serial_id, serial_path, memory_mib, qemu),
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        append,
         *extra_args,
     ]
 
@@ -269,6 +310,50 @@ class VmHandle:
         self._workdir.cleanup()
 
 
+def _start_argv(
+    build: Callable[[Path], list[str]], serial_id: str, serial_log: str | Path | None, qemu: str
+) -> VmHandle:
+    """Run the argv `build(serial_path)` makes, in a new work directory."""
+    if shutil.which(qemu) is None:
+        raise VmError(f"missing {qemu} (apt-get install qemu-system-x86)")
+    workdir = tempfile.TemporaryDirectory(prefix="vdfarm-vm-")
+    serial_path = Path(serial_log) if serial_log else Path(workdir.name) / "serial.txt"
+    try:
+        return VmHandle(build(serial_path), serial_id, serial_path, workdir)
+    except ValueError:
+        workdir.cleanup()
+        raise
+    except OSError as exc:
+        workdir.cleanup()
+        raise VmError(f"cannot start {qemu}: {exc}") from exc
+
+
+def start_kernel(
+    kernel: Path,
+    initrd: Path,
+    append: str,
+    serial_id: str,
+    memory_mib: int = 256,
+    extra_args: tuple[str, ...] = (),
+    *,
+    serial_log: str | Path | None = None,
+    qemu: str = QEMU,
+) -> VmHandle:
+    """Start a VM booting `kernel` with `initrd` and command line `append`; return at once.
+
+    No disk and no network unless `extra_args` add them (e.g. `user_nic_args()`).
+    Raises ValueError for a bad id, VmError if qemu is missing or cannot be started.
+    """
+    return _start_argv(
+        lambda serial_path: kernel_command(
+            kernel, initrd, append, serial_id, serial_path, memory_mib, tuple(extra_args), qemu
+        ),
+        serial_id,
+        serial_log,
+        qemu,
+    )
+
+
 def start(
     nbd_url: str,
     serial_id: str,
@@ -289,12 +374,8 @@ def start(
     Raises ValueError for a bad URL or id, VmError if qemu is missing or
     cannot be started.
     """
-    if shutil.which(qemu) is None:
-        raise VmError(f"missing {qemu} (apt-get install qemu-system-x86)")
-    workdir = tempfile.TemporaryDirectory(prefix="vdfarm-vm-")
-    serial_path = Path(serial_log) if serial_log else Path(workdir.name) / "serial.txt"
-    try:
-        argv = qemu_command(
+    return _start_argv(
+        lambda serial_path: qemu_command(
             nbd_url,
             serial_id,
             serial_path,
@@ -303,14 +384,11 @@ def start(
             reconnect_delay,
             qemu,
             interface,
-        )
-        return VmHandle(argv, serial_id, serial_path, workdir)
-    except ValueError:
-        workdir.cleanup()
-        raise
-    except OSError as exc:
-        workdir.cleanup()
-        raise VmError(f"cannot start {qemu}: {exc}") from exc
+        ),
+        serial_id,
+        serial_log,
+        qemu,
+    )
 
 
 def boot(

@@ -2,7 +2,9 @@
 
 Rules:
 - A token is a name (unique, never reused, even after a revoke), a role
-  ('read' < 'operator' < 'admin') and a secret of 32 random bytes shown ONCE
+  ('read' < 'operator' < 'admin', or 'replica': outside that ranking, it may
+  fetch version files between servers and nothing else, which `admin` may
+  too) and a secret of 32 random bytes shown ONCE
   by `add`. The database keeps only the secret's sha256 (the secret is
   random, so a plain hash is enough); every server of the farm reads the same
   rows, so a token made on one server works on all of them.
@@ -39,7 +41,10 @@ from vdfarm.service.validation import check_name
 SECRET_BYTES = 32
 LAST_USED_EVERY = timedelta(minutes=1)
 RESERVED_PREFIX = "local"  # `local:<server>` names the data directory's api-token file
-ROLE_RANK = {role: rank for rank, role in enumerate(TOKEN_ROLES)}
+RANKED_ROLES = ("read", "operator", "admin")
+ROLE_RANK = {role: rank for rank, role in enumerate(RANKED_ROLES)}
+REPLICA = "replica"
+REPLICA_HOLDERS = frozenset({REPLICA, "admin"})
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 Clock = Callable[[], datetime]
@@ -88,13 +93,17 @@ def secret_hash(secret: str) -> str:
 
 
 def role_allows(role: str, needed: str) -> bool:
-    """True if ROLE is NEEDED or above it (read < operator < admin)."""
+    """True if ROLE may do what needs NEEDED: NEEDED or above it (read <
+    operator < admin); `replica` work needs `replica` or `admin`, and
+    `replica` may do nothing else."""
+    if needed == REPLICA:
+        return role in REPLICA_HOLDERS
     return ROLE_RANK.get(role, -1) >= ROLE_RANK[needed]
 
 
 def check_role(role: object) -> str:
     """ROLE if it is one of TOKEN_ROLES. Raises Invalid."""
-    if not isinstance(role, str) or role not in ROLE_RANK:
+    if not isinstance(role, str) or role not in TOKEN_ROLES:
         raise Invalid(f"invalid token role {role!r}: use {', '.join(TOKEN_ROLES)}")
     return role
 

@@ -31,3 +31,19 @@ class VdiskMissing(StoreError):
 
 class ManifestError(StoreError):
     """A manifest that is missing, unreadable or breaks the manifest rules."""
+
+
+class StoreFull(StoreError):
+    """The store's disk (or the owner's quota) has no room left for a write."""
+
+
+class BadChunkList(StoreError):
+    """A chunk list (from a peer: untrusted) that breaks the chunk list rules."""
+
+
+class BadChunk(StoreError):
+    """A chunk whose length or sha256 is not the one its chunk list names."""
+
+
+class FileMismatch(StoreError):
+    """A received file whose whole sha256 or size is not the one expected."""

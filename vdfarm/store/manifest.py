@@ -56,6 +56,25 @@ def check_vdisk_name(name: str) -> str:
     return name
 
 
+def check_file_name(name: str) -> str:
+    """Return NAME if it is a plain file name a manifest may hold.
+
+    Raises InvalidName (letters, digits, '.', '_', '-'; 1-128 chars; starting
+    with a letter or digit; no '..'; not the manifest's own name).
+    """
+    if (
+        not isinstance(name, str)
+        or not _FILE_NAME_RE.fullmatch(name)
+        or ".." in name
+        or name == MANIFEST_NAME
+    ):
+        raise InvalidName(
+            f"invalid file name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class ManifestFile:
     """One file of a vDisk: a relative name, its format, size and sha256

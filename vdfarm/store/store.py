@@ -8,7 +8,8 @@ Rules:
   the store (`.import-*`) and renamed into place only when its file, hash and
   manifest are complete; a delete renames the directory away (`.delete-*`)
   before removing it. A half-made or half-deleted vDisk is never visible.
-- Entries whose name starts with '.' are never vDisks (scan ignores them).
+- Entries whose name starts with '.' are never vDisks (scan ignores them),
+  nor are directories without a manifest.
 - Versions (qcow2 deltas, sealing, merging) live in `vdfarm.store.versions`.
 - Sources are untrusted: `vdfarm.store.sources` opens them once, decides
   their format among raw, qcow2, vpc, vhdx and vmdk (given, or detected
@@ -44,6 +45,7 @@ from vdfarm.store.errors import (
     VdiskMissing,
 )
 from vdfarm.store.manifest import (
+    MANIFEST_NAME,
     Manifest,
     ManifestFile,
     check_vdisk_name,
@@ -174,7 +176,9 @@ class Store:
     def scan(self) -> list[Manifest]:
         """Manifests of every published vDisk, sorted by name.
 
-        Directories with a broken manifest are skipped with a warning.
+        A directory without a manifest is not a vDisk (yet: a replica copy
+        of a vDisk new here, or one whose base was quarantined) and is
+        skipped; one with a broken manifest is skipped with a warning.
         Raises StoreError if the store root cannot be listed.
         """
         try:
@@ -184,6 +188,8 @@ class Store:
         manifests = []
         for entry in entries:
             if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            if not os.path.lexists(os.path.join(entry.path, MANIFEST_NAME)):
                 continue
             try:
                 manifests.append(read_manifest(Path(entry.path)))

@@ -1,0 +1,273 @@
+"""Copy one version file from the first peer that gives it whole and right.
+
+Rules:
+- What to fetch (`FileWant`: size and sha256) is the farm database's, the
+  only thing trusted. A peer's chunk list must name that size and sha256
+  ("chunk list differs from the database") before a byte is asked for.
+- Bytes go into a `store.receive.Partial` (`.repl-<file>`): the chunks
+  already there are re-hashed and the copy resumes at the first missing
+  or wrong one; every chunk is checked as it completes; the file gets its
+  real name only when its whole sha256 is the database's.
+- Peers are tried in the order given. A peer that refuses, sends a wrong
+  chunk, a short body, a non-2xx, cannot be reached, or sends nothing for
+  READ_TIMEOUT seconds is dropped for this file ("peer NAME: why" in
+  `failures`) and the next one is tried; the verified prefix stays. A file
+  whose whole hash is wrong (its chunk list lied) is thrown away.
+- All-zero chunks are not fetched: the chunk list names them, and they
+  stay holes in the received file.
+- Bytes are asked for in ranges of at most REQUEST_BYTES; the throttle is
+  paid for every block received; `may_run()` is asked before the copy and
+  between chunks: False raises Paused (the partial stays for later).
+- A full disk raises StoreFull: checked before the copy (a partial with
+  verified bytes stays: it takes no more room) and on every write (then the
+  partial is thrown away to give the room back to the devices). Other local failures raise
+  StoreError. Memory held: two chunk buffers (one arriving, one being
+  checked and written on the pipe's thread: `chunk_pipe`) plus httpx's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from vdfarm.replication.chunk_pipe import ChunkPipe
+from vdfarm.replication.peer_http import PeerFailed, get_chunk_list, get_range, make_client
+from vdfarm.replication.rate import RateMeter
+from vdfarm.replication.throttle import Throttle
+from vdfarm.store.chunks import ChunkList
+from vdfarm.store.errors import BadChunk, FileMismatch, StoreFull
+from vdfarm.store.receive import Partial
+
+REQUEST_BYTES = 64 * 1024 * 1024
+READ_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class FileWant:
+    """A file to fetch as the farm database knows it (trusted)."""
+
+    vdisk: str
+    file_name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """A server that holds the file: its name and API URL (https://host:port)."""
+
+    name: str
+    base_url: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a copy is: bytes of the file here (verified), of all, and the rate now."""
+
+    peer: str
+    bytes_done: int
+    bytes_total: int
+    rate_bps: int
+
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    """How a fetch ended: published from PEER, or not (every peer failed:
+    FAILURES say why); BYTES_RECEIVED counts the file's bytes off the wire."""
+
+    published: bool
+    peer: str | None
+    bytes_received: int
+    failures: tuple[str, ...]
+
+
+class Paused(Exception):
+    """`may_run()` said no between chunks: the copy stopped, its verified
+    prefix stays for the next fetch."""
+
+    def __init__(self, peer: str | None, bytes_received: int, failures: tuple[str, ...]) -> None:
+        super().__init__("the copy paused (window closed)")
+        self.peer = peer
+        self.bytes_received = bytes_received
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Chunks FIRST..LAST, all zero (written as holes) or all to fetch."""
+
+    first: int
+    last: int
+    zero: bool
+
+
+def _runs(chunks: ChunkList, first: int) -> Iterator[_Run]:
+    """The chunks from FIRST on, grouped: zero runs, and fetch runs of at
+    most REQUEST_BYTES."""
+    index, count = first, len(chunks.chunks)
+    per_request = max(1, REQUEST_BYTES // chunks.chunk_size)
+    while index < count:
+        zero = chunks.is_zero(index)
+        last = index
+        while (
+            last + 1 < count
+            and chunks.is_zero(last + 1) == zero
+            and (zero or last + 1 - index < per_request)
+        ):
+            last += 1
+        yield _Run(index, last, zero)
+        index = last + 1
+
+
+class _Copy:
+    """One fetch_file call: its client, counters and callbacks."""
+
+    def __init__(
+        self,
+        want: FileWant,
+        vdisk_dir: Path,
+        client: httpx.Client,
+        throttle: Throttle,
+        may_run: Callable[[], bool],
+        progress: Callable[[Progress], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.want = want
+        self.vdisk_dir = vdisk_dir
+        self.client = client
+        self.throttle = throttle
+        self.may_run = may_run
+        self.progress = progress
+        self.meter = RateMeter(clock)
+        self.failures: list[str] = []
+
+    def paused(self, peer: str | None) -> Paused:
+        return Paused(peer, self.meter.total, tuple(self.failures))
+
+    def from_peer(self, peer: PeerAddress) -> None:
+        """Fetch the whole file from PEER and publish it.
+
+        Raises PeerFailed, Paused, StoreFull, StoreError.
+        """
+        chunks = get_chunk_list(self.client, peer.base_url, self.want.vdisk, self.want.file_name)
+        if chunks.size != self.want.size or chunks.sha256 != self.want.sha256:
+            raise PeerFailed("chunk list differs from the database")
+        with Partial(self.vdisk_dir, self.want.file_name, chunks) as partial:
+            offset = partial.resume_offset()
+            try:
+                partial.ensure_space(offset)
+            except StoreFull:
+                if offset == 0:
+                    partial.discard()  # nothing worth keeping
+                raise
+            self._report(peer, offset)
+            try:
+                self._copy(peer, partial, chunks, offset)
+                partial.publish()
+            except StoreFull:
+                partial.discard()
+                raise
+            except FileMismatch as exc:
+                partial.discard()
+                raise PeerFailed(f"{exc} (its chunk list lied)") from exc
+
+    def _copy(self, peer: PeerAddress, partial: Partial, chunks: ChunkList, offset: int) -> None:
+        first = offset // chunks.chunk_size if offset < chunks.size else len(chunks.chunks)
+        for run in _runs(chunks, first):
+            if not self.may_run():
+                raise self.paused(peer.name)
+            if run.zero:
+                for index in range(run.first, run.last + 1):
+                    partial.write_zero_chunk(index)
+                self._report(peer, sum(chunks.span(run.last)))
+            else:
+                self._fetch_run(peer, partial, chunks, run)
+
+    def _fetch_run(self, peer: PeerAddress, partial: Partial, chunks: ChunkList, run: _Run) -> None:
+        """Fetch the chunks of RUN in one range request; each is checked and
+        written (on the pipe's thread) as soon as it is complete."""
+        start = chunks.span(run.first)[0]
+        end = sum(chunks.span(run.last))
+        index, filled = run.first, 0
+
+        def written(done: int) -> None:
+            self._report(peer, sum(chunks.span(done)))
+
+        try:
+            with (
+                ChunkPipe(partial, chunks.chunk_size, written) as pipe,
+                get_range(
+                    self.client,
+                    peer.base_url,
+                    self.want.vdisk,
+                    self.want.file_name,
+                    start,
+                    end,
+                    chunks.size,
+                ) as blocks,
+            ):
+                for block in blocks:
+                    self.meter.add(len(block))
+                    self.throttle.take(len(block))
+                    arrived, used = memoryview(block), 0
+                    while used < len(arrived):
+                        length = chunks.span(index)[1]
+                        take = min(length - filled, len(arrived) - used)
+                        pipe.buffer[filled : filled + take] = arrived[used : used + take]
+                        filled, used = filled + take, used + take
+                        if filled < length:
+                            continue
+                        pipe.submit(index, length)
+                        index, filled = index + 1, 0
+                        if index <= run.last and not self.may_run():
+                            pipe.settle()
+                            raise self.paused(peer.name)
+                pipe.settle()
+        except BadChunk as exc:
+            raise PeerFailed(f"sent a wrong chunk ({exc})") from exc
+        if index <= run.last:
+            got = chunks.span(index)[0] + filled - start
+            raise PeerFailed(f"short body: {got} of the {end - start} bytes asked for")
+
+    def _report(self, peer: PeerAddress, done: int) -> None:
+        self.progress(Progress(peer.name, done, self.want.size, self.meter.rate_bps()))
+
+
+def fetch_file(
+    want: FileWant,
+    vdisk_dir: Path,
+    peers: Sequence[PeerAddress],
+    token: str,
+    *,
+    throttle: Throttle,
+    may_run: Callable[[], bool],
+    progress: Callable[[Progress], None],
+    ca_file: Path | None = None,
+    read_timeout: float = READ_TIMEOUT,
+    clock: Callable[[], float] = time.monotonic,
+) -> FetchOutcome:
+    """Fetch WANT into VDISK_DIR (the vDisk's directory in this store, made
+    if missing) from the first of PEERS that gives it whole and right, with
+    TOKEN (a `replica` token), THROTTLE on the bytes received, MAY_RUN asked
+    between chunks and PROGRESS told after each one.
+
+    Raises Paused (MAY_RUN said no), StoreFull (the disk is full), StoreError
+    (the store cannot be written; another copy of the file runs), InvalidName,
+    OSError/ssl.SSLError (CA_FILE unusable).
+    """
+    with make_client(token, ca_file, read_timeout) as client:
+        copy = _Copy(want, Path(vdisk_dir), client, throttle, may_run, progress, clock)
+        for peer in peers:
+            if not may_run():
+                raise copy.paused(None)
+            try:
+                copy.from_peer(peer)
+            except PeerFailed as exc:
+                copy.failures.append(f"peer {peer.name}: {exc}")
+                continue
+            return FetchOutcome(True, peer.name, copy.meter.total, tuple(copy.failures))
+        return FetchOutcome(False, None, copy.meter.total, tuple(copy.failures))

@@ -1,0 +1,261 @@
+"""The chunk list of a sealed store file: its size, its sha256 and the sha256
+of every CHUNK_SIZE piece, the map a receiver checks a replica copy against.
+
+Rules:
+- A chunk list is computed in one pass over the file (every chunk's hash and
+  the whole file's), reading through `uncached.read_block`, so listing a
+  file does not evict the devices' hot pages.
+- It is cached beside the file in `.chunks-<file>.json` (a dot-name: never a
+  vDisk, never served), keyed by the file's (size, mtime_ns, inode); a key
+  that differs, or a cache that cannot be read or does not parse, means
+  "compute again". The cache is written under a `.new-` temporary while the
+  directory is `busy`, then renamed over the old one; a cache that cannot be
+  written costs the next caller a re-hash, nothing else.
+- Files are opened O_NOFOLLOW: a link planted in a vDisk directory is not
+  read.
+- A chunk list that comes from a peer is untrusted: `ChunkList.from_dict`
+  checks every field, the count of chunks against the size, and caps the
+  chunk size and the number of chunks (MAX_CHUNKS), raising BadChunkList.
+- The sha256 of an all-zero chunk is known without reading it (`zero_hash`),
+  so a receiver may leave holes instead of fetching zeroes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+import stat
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from vdfarm.store.errors import BadChunkList, StoreError
+from vdfarm.store.manifest import fsync_dir
+from vdfarm.store.store import busy
+from vdfarm.store.uncached import read_block
+
+CHUNK_SIZE = 4 * 1024 * 1024
+MIN_CHUNK_SIZE = 64 * 1024
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+MAX_CHUNKS = 1 << 19  # 2 TiB of 4 MiB chunks; a peer cannot make us hold more hashes
+READ_BLOCK = 1024 * 1024
+CACHE_PREFIX = ".chunks-"
+CACHE_SUFFIX = ".json"
+MAX_CACHE_BYTES = MAX_CHUNKS * 72 + 4096
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_sha256(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and _SHA256_RE.fullmatch(value) is not None
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    """How many chunks of CHUNK_SIZE a file of SIZE bytes has (the last may be short)."""
+    return -(-size // chunk_size)
+
+
+@functools.lru_cache(maxsize=8)
+def zero_hash(length: int) -> str:
+    """The sha256 of LENGTH zero bytes."""
+    return hashlib.sha256(bytes(length)).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChunkList:
+    """A file's size, sha256, chunk size and the sha256 of each chunk in order."""
+
+    size: int
+    sha256: str
+    chunk_size: int
+    chunks: tuple[str, ...]
+
+    def span(self, index: int) -> tuple[int, int]:
+        """(offset, length) of chunk INDEX. Raises IndexError."""
+        if not 0 <= index < len(self.chunks):
+            raise IndexError(f"chunk {index} out of range")
+        offset = index * self.chunk_size
+        return offset, min(self.chunk_size, self.size - offset)
+
+    def is_zero(self, index: int) -> bool:
+        """True if chunk INDEX is all zero bytes (by its hash)."""
+        return self.chunks[index] == zero_hash(self.span(index)[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "sha256": self.sha256,
+            "chunk_size": self.chunk_size,
+            "chunks": list(self.chunks),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ChunkList:
+        """Build and check a chunk list (from a peer: untrusted).
+
+        Raises BadChunkList.
+        """
+        if not isinstance(data, dict):
+            raise BadChunkList("the chunk list is not a JSON object")
+        size, sha256 = data.get("size"), data.get("sha256")
+        chunk_size, chunks = data.get("chunk_size"), data.get("chunks")
+        if not _is_count(size):
+            raise BadChunkList(f"bad size {size!r} in the chunk list")
+        if not _is_sha256(sha256):
+            raise BadChunkList("bad sha256 in the chunk list")
+        if not _is_count(chunk_size) or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise BadChunkList(
+                f"bad chunk size {chunk_size!r} in the chunk list "
+                f"(allowed {MIN_CHUNK_SIZE}-{MAX_CHUNK_SIZE} bytes)"
+            )
+        expected = chunk_count(size, chunk_size)
+        if expected > MAX_CHUNKS:
+            raise BadChunkList(f"the file is too large for a chunk list ({expected} chunks)")
+        if not isinstance(chunks, list) or len(chunks) != expected:
+            raise BadChunkList(f"the chunk list should hold {expected} chunk hashes")
+        if not all(_is_sha256(c) for c in chunks):
+            raise BadChunkList("a chunk hash in the chunk list is not a sha256")
+        return cls(size=size, sha256=sha256, chunk_size=chunk_size, chunks=tuple(chunks))
+
+
+def cache_path(path: Path) -> Path:
+    """Where the chunk list of the file at PATH is cached."""
+    return path.with_name(f"{CACHE_PREFIX}{path.name}{CACHE_SUFFIX}")
+
+
+def _open_file(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"cannot read {path.name}: {exc.strerror}") from exc
+
+
+def _key(st: os.stat_result) -> dict[str, int]:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def chunk_list(path: Path, chunk_size: int = CHUNK_SIZE) -> ChunkList:
+    """The chunk list of the file at PATH: from its cache if the cache's key
+    is the file's, else computed (one pass, uncached reads) and cached.
+
+    Raises StoreError (missing, a link, not a regular file, unreadable).
+    """
+    fd = _open_file(path)
+    try:
+        before = os.fstat(fd)
+        if not _is_regular(before):
+            raise StoreError(f"{path.name} is not a regular file")
+        key = _key(before)
+        cached = _read_cache(path, key, chunk_size)
+        if cached is not None:
+            return cached
+        found = _compute(fd, before.st_size, chunk_size)
+        if _key(os.fstat(fd)) == key:  # not changed while it was read
+            _write_cache(path, key, found)
+        return found
+    except OSError as exc:
+        raise StoreError(f"cannot read {path.name}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def _is_regular(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode)
+
+
+def _compute(fd: int, size: int, chunk_size: int) -> ChunkList:
+    whole = hashlib.sha256()
+    chunks: list[str] = []
+    offset = 0
+    while offset < size:
+        piece = hashlib.sha256()
+        end = min(offset + chunk_size, size)
+        while offset < end:
+            block = read_block(fd, offset, min(READ_BLOCK, end - offset))
+            if not block:
+                raise StoreError("the file shrank while it was hashed")
+            whole.update(block)
+            piece.update(block)
+            offset += len(block)
+        chunks.append(piece.hexdigest())
+    return ChunkList(
+        size=size, sha256=whole.hexdigest(), chunk_size=chunk_size, chunks=tuple(chunks)
+    )
+
+
+def _read_cache(path: Path, key: dict[str, int], chunk_size: int) -> ChunkList | None:
+    try:
+        fd = os.open(cache_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read(MAX_CACHE_BYTES + 1)
+        if len(raw) > MAX_CACHE_BYTES:
+            return None
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None
+        found = ChunkList.from_dict(data.get("chunks"))
+    except (OSError, ValueError, BadChunkList):
+        return None
+    if found.size != key["size"] or found.chunk_size != chunk_size:
+        return None
+    return found
+
+
+def _write_cache(path: Path, key: dict[str, int], found: ChunkList) -> None:
+    """Best effort: a cache that cannot be written is computed again next time."""
+    final = cache_path(path)
+    temp = path.with_name(f".new-{uuid.uuid4().hex[:12]}{final.name}")
+    text = json.dumps({"key": key, "chunks": found.to_dict()}, separators=(",", ":"))
+    try:
+        with busy(path.parent):
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temp, final)
+        fsync_dir(path.parent)
+    except (OSError, StoreError):
+        with contextlib.suppress(OSError):
+            temp.unlink()
+
+
+def forget_cache(path: Path) -> None:
+    """Remove the cached chunk list of the file at PATH, if any. Raises nothing."""
+    with contextlib.suppress(OSError):
+        cache_path(path).unlink()
+
+
+def read_range(path: Path, start: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
+    """LENGTH bytes of the file at PATH from START, in blocks of at most
+    BLOCK bytes, read uncached. The file is opened (O_NOFOLLOW) at the first
+    block and closed when the iterator ends or is closed.
+
+    Raises StoreError (cannot open; the file ends before START + LENGTH).
+    """
+    fd = _open_file(path)
+    try:
+        offset, end = start, start + length
+        while offset < end:
+            try:
+                data = read_block(fd, offset, min(block, end - offset))
+            except OSError as exc:
+                raise StoreError(f"cannot read {path.name}: {exc.strerror}") from exc
+            if not data:
+                raise StoreError(f"{path.name} ends at {offset}, before {end}")
+            offset += len(data)
+            yield data
+    finally:
+        os.close(fd)
