@@ -32,6 +32,9 @@ TABLES = {
     "login_reservations",
     "api_tokens",
     "vdisk_intents",
+    "store_sets",
+    "store_set_servers",
+    "replicas",
 }
 
 
