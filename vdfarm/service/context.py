@@ -50,6 +50,7 @@ from vdfarm.service.merges import MergeService
 from vdfarm.service.moves import MoveService
 from vdfarm.service.promotions import PromotionService
 from vdfarm.service.repairs import RepairService
+from vdfarm.service.replication import ReplicationService
 from vdfarm.service.servers import ServerService
 from vdfarm.service.sessions import SessionService
 from vdfarm.service.settings import SettingsService
@@ -134,6 +135,9 @@ class Farm:
         self.logins = LoginService(session, clock, writer, self.settings)
         self.moves = MoveService(session, clock, writer, here, self.settings)
         self.tokens = TokenService(session, clock, audit_record)
+        self.replication = ReplicationService(
+            session, clock, writer, self.settings, self.promotions
+        )
 
     # -- opening -----------------------------------------------------------
 
