@@ -35,6 +35,7 @@ from vdfarm.api.routes import (
     locks,
     login,
     rebalance,
+    replication,
     servers,
     settings,
     stores,
@@ -99,6 +100,7 @@ def create_app(
         rebalance,
         settings,
         tokens,
+        replication,
     )
     for module in routers:
         app.include_router(module.router, prefix=API_PREFIX)
