@@ -81,7 +81,6 @@ BAD_INPUT = [
     (["store", "add", "x", "--servers", "ghost"], "no server named ghost"),
     (["store", "add", "x", "--servers", "all,srv1"], "not both"),
     (["store", "add", "bad/name"], "invalid store name"),
-    (["store", "add", "default"], "store default already exists"),
     (["store", "set", "nope", "--max-rate", "1M"], "no store named nope"),
     (["store", "set", "default"], "nothing to change"),
     (["store", "set", "default", "--window", "22:00-06:00", "--no-window"], "not both"),
@@ -115,6 +114,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(farm_w, args, says):
     farm_w.ok("version", "new", "w")  # open: `wait --version 1` is refused too
     before = farm_w.dump()
     assert_one_line_error(farm_w(*args), USAGE, says)
+    assert farm_w.dump() == before
+
+
+def test_a_taken_store_name_is_a_conflict_exit_1(farm_w):
+    before = farm_w.dump()
+    assert_one_line_error(farm_w("store", "add", "default"), 1, "store default already exists")
     assert farm_w.dump() == before
 
 
