@@ -206,7 +206,7 @@ def test_a_down_server_is_shown_down_and_not_waited_for(trio, clock):
 
 def test_report_refuses_bad_values_and_changes_nothing(trio):
     c = trio["c"]
-    vid = vdisk_id(c)
+    vid = vdisk_id(trio["a"])
     before = dump_db(c.engine)
     for kwargs, error in [
         ({"state": "done"}, Invalid),

@@ -125,7 +125,8 @@ def checked_windows(windows: Sequence[str]) -> str:
 
 
 def _server_ids(session: Session, names: tuple[str, ...]) -> list[int]:
-    found = dict(session.execute(select(Server.name, Server.id).where(Server.name.in_(names))))
+    query = select(Server.name, Server.id).where(Server.name.in_(names))
+    found = {name: server_id for name, server_id in session.execute(query).all()}
     for name in names:
         if name not in found:
             raise NotFound(f"no server named {name}")
