@@ -44,7 +44,8 @@ def test_server_run_serves_the_api_over_https(farm, tls):
             break
         time.sleep(0.2)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)[0]["api_port"] == api_port
+    [me] = json.loads(ok.stdout)
+    assert me["api_port"] == api_port and me["api_tls"] is True  # peers replicate over HTTPS
     wrong = subprocess.run(
         [*remote, "--ca-file", str(tls.other_ca), "server", "list"], capture_output=True, text=True
     )

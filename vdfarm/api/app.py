@@ -37,6 +37,7 @@ from vdfarm.api.routes import (
     locks,
     login,
     rebalance,
+    replication,
     replication_files,
     servers,
     settings,
@@ -105,6 +106,7 @@ def create_app(
         rebalance,
         settings,
         tokens,
+        replication,
         replication_files,
     )
     for module in routers:

@@ -10,8 +10,8 @@ Rules:
   and their sessions (add, change, assign, delete a device; release a lock;
   rebalance; verify a copy; log a device in for another address); `admin`
   does everything else: vDisks (import, change, delete, export, repair), versions
-  (open, promote, revert, override, merge, delete), servers, farm settings,
-  lock homes and tokens.
+  (open, promote, revert, override, merge, delete), servers, store sets,
+  replication start, farm settings, lock homes and tokens.
 - A route is named by its method and its path under /api/v1 as FastAPI
   spells it. A route missing from the table needs `admin` (fail closed); a
   test checks every route of the app is in it.
@@ -29,7 +29,9 @@ MINIMAL_ROLE: dict[tuple[str, str], str] = {
     ("GET", "/devices/{name}"): READ,
     ("GET", "/locks"): READ,
     ("GET", "/servers"): READ,
+    ("GET", "/replication"): READ,
     ("GET", "/settings"): READ,
+    ("GET", "/store-sets"): READ,
     ("GET", "/stores"): READ,
     ("GET", "/vdisks"): READ,
     ("GET", "/vdisks/{name}"): READ,
@@ -60,6 +62,9 @@ MINIMAL_ROLE: dict[tuple[str, str], str] = {
     ("POST", "/locks/{vdisk}/home"): ADMIN,
     ("PATCH", "/servers/{name}"): ADMIN,
     ("PATCH", "/settings"): ADMIN,
+    ("POST", "/stores"): ADMIN,
+    ("PATCH", "/stores/{name}"): ADMIN,
+    ("POST", "/replication/start"): ADMIN,
     ("GET", "/tokens"): ADMIN,
     ("POST", "/tokens"): ADMIN,
     ("POST", "/tokens/{name}/revoke"): ADMIN,

@@ -20,6 +20,7 @@ from vdfarm.farm.models import ACCESS_MODES, DEVICE_TYPES, WRITE_CACHE_TYPES
 from vdfarm.farm.placement import AFFINITIES
 from vdfarm.service.merges import EXPORT_FORMATS
 from vdfarm.service.moves import MAX_TRIGGER_PCT
+from vdfarm.service.store_sets import DEFAULT_STORE
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.version_rules import PROMOTE_TARGETS
 
@@ -69,6 +70,7 @@ class VdiskImport(Body):
     source_format: str | None = Field(
         default=None, description="raw, qcow2, vpc, vhdx or vmdk; detected among those if null."
     )
+    store: str = Field(default=DEFAULT_STORE, description="The store set it belongs to.")
 
     @field_validator("source_path")
     @classmethod
@@ -91,6 +93,7 @@ class VdiskPatch(Body):
     subnet_affinity: SubnetAffinity = Field(
         default="none", description="none, best-effort (same subnet first) or fixed (only)."
     )
+    store: str | None = Field(default=None, description="Move it to this store set.")
 
     def sets_affinity(self) -> bool:
         """True if this patch changes the subnet affinity."""
@@ -110,6 +113,7 @@ class VdiskPatch(Body):
             "description": self.description,
             "max_versions": self.max_versions,
             "require_tls": self.require_tls,
+            "store": self.store,
         }
 
 
@@ -251,10 +255,16 @@ class DevicePatch(Body):
 
 
 class PromoteBody(Body):
-    """Promote the newest version to test or production (from `at`, else now)."""
+    """Promote the newest version to test or production (from `at`, else now;
+    or, with `when_replicated`, once every up server of its store holds it)."""
 
     to: PromoteTarget
     at: AwareDatetime | None = None
+    when_replicated: StrictBool = Field(
+        default=False,
+        description="To production: switch once every up server of the vDisk's store holds "
+        "the version (sealed, and test, now).",
+    )
 
 
 class OverrideBody(Body):
@@ -267,3 +277,49 @@ class MergeBody(Body):
     """Fold the chain into one delta on the base, or into a new full base."""
 
     new_base: bool = False
+
+
+RATE_DESCRIPTION = (
+    "Copy cap: bytes per second as a number, or text like 50MB/s, 1.5GB/s, 100M, "
+    '512KiB/s (MB = 10^6 bytes, MiB = 2^20); 0 or "none": no cap.'
+)
+WINDOWS_DESCRIPTION = (
+    "Copy windows, HH:MM-HH:MM in each server's local time (22:00-06:00 wraps "
+    "midnight); none: copies run at any time."
+)
+
+
+class StoreAdd(Body):
+    """A new store set."""
+
+    name: str
+    servers: list[str] = Field(
+        default_factory=list, description='Server names; empty (or ["all"]): every server.'
+    )
+    max_rate: int | str | None = Field(default=None, description=RATE_DESCRIPTION)
+    windows: list[str] = Field(default_factory=list, description=WINDOWS_DESCRIPTION)
+
+
+class StorePatch(Body):
+    """Fields of a store set to change; absent fields stay as they are
+    (`max_rate: null` removes the cap, `windows: []` opens every hour,
+    `servers: []` means every server)."""
+
+    servers: list[str] | None = None
+    max_rate: int | str | None = Field(default=None, description=RATE_DESCRIPTION)
+    windows: list[str] | None = Field(default=None, description=WINDOWS_DESCRIPTION)
+
+    def changes(self) -> dict[str, Any]:
+        """Keyword arguments for ReplicationService.set_store."""
+        sent = self.model_fields_set
+        rate = (
+            self.max_rate if self.max_rate is not None else ("none" if "max_rate" in sent else None)
+        )
+        return {"servers": self.servers, "max_rate": rate, "windows": self.windows}
+
+
+class ReplicationStartBody(Body):
+    """Let the copies of one version ignore the windows."""
+
+    vdisk: str
+    version: int | None = Field(default=None, ge=0, description="Default: the newest sealed.")

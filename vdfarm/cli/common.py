@@ -14,7 +14,8 @@ host's data directory call `open_local_farm` / `refuse_remote`.
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ import click
 from vdfarm.cli.output import print_json
 from vdfarm.client.local import LocalFarm
 from vdfarm.service.context import Farm
+from vdfarm.service.errors import Invalid, NotFound
 
 if TYPE_CHECKING:
     from vdfarm.client.farm import FarmClient
@@ -184,6 +186,18 @@ def farm_options(command: Callable[..., Any]) -> Callable[..., Any]:
         metavar="PATH",
         help="Data directory (as before the verb).",
     )(command)
+
+
+@contextmanager
+def typed_wrong() -> Iterator[None]:
+    """Turn the service's refusal of what was typed (an unknown name, a bad
+    value: NotFound, Invalid) into a usage error: one line, exit 2, as for
+    a flag click refused. For verbs whose every argument is a name or a
+    value the user typed."""
+    try:
+        yield
+    except (NotFound, Invalid) as exc:
+        raise click.UsageError(exc.message) from exc
 
 
 def emit(value: Any, human: Callable[[], None]) -> None:

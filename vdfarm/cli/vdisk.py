@@ -19,6 +19,7 @@ from vdfarm.farm.models import ACCESS_MODES, WRITE_CACHE_TYPES
 from vdfarm.farm.placement import AFFINITIES
 from vdfarm.service.errors import Invalid
 from vdfarm.service.merges import EXPORT_FORMATS
+from vdfarm.service.store_sets import DEFAULT_STORE
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.vdisks import SOURCE_FORMATS, VdiskInfo
 
@@ -47,6 +48,7 @@ def _show(info: VdiskInfo) -> None:
             ("override", info.override_version),
             ("subnet affinity", info.subnet_affinity),
             ("require TLS", "yes" if info.require_tls else "no"),
+            ("store", info.store),
             ("created", info.created_at),
         ]
     )
@@ -84,6 +86,12 @@ def vdisk() -> None:
     help="Image format of FILE (vpc is VHD); auto detects it among these only. "
     "A raw disk is read as raw bytes, whatever its first bytes look like.",
 )
+@click.option(
+    "--store",
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="The store set it belongs to (the servers it is copied to).",
+)
 @json_option
 def import_cmd(
     name: str,
@@ -93,6 +101,7 @@ def import_cmd(
     cache_limit_mb: int | None,
     description: str,
     source_format: str,
+    store: str,
 ) -> None:
     """Import image FILE (raw, qcow2, vpc, vhdx, vmdk) as vDisk NAME
     (with --farm: a file in the server's transfer directory). A FILE that
@@ -106,6 +115,7 @@ def import_cmd(
         cache_limit_mb=cache_limit_mb,
         description=description,
         source_format=None if source_format == "auto" else source_format,
+        store=store,
     )
     emit(
         info,
@@ -181,6 +191,11 @@ def show_cmd(name: str) -> None:
     help="Serve this vDisk over NBD only to clients that started TLS "
     "(needs the servers' --tls optional or require).",
 )
+@click.option(
+    "--store",
+    default=None,
+    help="Move it to this store set (its servers get a copy by themselves).",
+)
 @json_option
 def set_cmd(
     name: str,
@@ -191,9 +206,10 @@ def set_cmd(
     max_versions: int | None,
     subnet_affinity: str | None,
     require_tls: bool | None,
+    store: str | None,
 ) -> None:
-    """Change the mode, write cache, description, max-versions, require-TLS or
-    subnet affinity of vDisk NAME."""
+    """Change the mode, write cache, description, max-versions, require-TLS,
+    store set or subnet affinity of vDisk NAME."""
     if subnet_affinity is not None:
         others = [
             flag
@@ -204,6 +220,7 @@ def set_cmd(
                 ("--description", description),
                 ("--max-versions", max_versions),
                 ("--require-tls/--no-require-tls", require_tls),
+                ("--store", store),
             )
             if value is not None
         ]
@@ -224,6 +241,7 @@ def set_cmd(
         description=description,
         max_versions=max_versions,
         require_tls=require_tls,
+        store=store,
     )
     emit(info, lambda: click.echo(f"updated vDisk {info.name}"))
 

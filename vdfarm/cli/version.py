@@ -109,16 +109,29 @@ def new_cmd(vdisk: str) -> None:
     default=None,
     help="Production from this time on (ISO 8601; default: now).",
 )
+@click.option(
+    "--when-replicated",
+    is_flag=True,
+    help="To production: switch once every up server of the vDisk's store holds the "
+    "version (it is sealed, and test, now).",
+)
 @json_option
-def promote_cmd(vdisk: str, to: str, at: datetime | None) -> None:
+def promote_cmd(vdisk: str, to: str, at: datetime | None, when_replicated: bool) -> None:
     """Promote the newest version of VDISK to test or production."""
-    result = open_farm().versions.promote(vdisk, to, at=at)
+    if at is not None and when_replicated:
+        raise click.UsageError("give --at or --when-replicated, not both")
+    result = open_farm().versions.promote(vdisk, to, at=at, when_replicated=when_replicated)
 
     def human() -> None:
         info = result.version
         at = info.production_at
         when = f" from {at.isoformat()}" if info.access == "pending" and at is not None else ""
         click.echo(f"version {info.number} of vDisk {vdisk} is now {info.access}{when}")
+        if info.when_replicated:
+            click.echo(
+                f"it becomes {info.when_replicated} once every up server of its store holds "
+                f"it (vdfarm replication wait {vdisk} --version {info.number})"
+            )
         if result.merged:
             click.echo(_merge_line(result.merged))
         elif result.merge_skipped:

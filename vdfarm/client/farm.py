@@ -3,7 +3,7 @@ a local one (`vdfarm.client.local.LocalFarm`).
 
 Rules:
 - The nouns (`vdisks`, `versions`, `devices`, `locks`, `audit`, `servers`,
-  `settings`, `tokens`)
+  `settings`, `tokens`, `replication`: its front-end half)
   have the methods of the services of the same name, with the same
   arguments, and return the same records (rebuilt from the JSON by
   `records.from_plain`), so the CLI prints a remote answer with the code
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import builtins
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,8 +41,11 @@ from vdfarm.service.login import LoginResult
 from vdfarm.service.merges import ExportResult, MergeResult
 from vdfarm.service.moves import RebalanceResult
 from vdfarm.service.repairs import RepairResult
+from vdfarm.service.replica_status import ReplicaStatus, ReplicationProgress, progress_of
+from vdfarm.service.replication import ReplicationStart
 from vdfarm.service.servers import ServerInfo
 from vdfarm.service.settings import Settings
+from vdfarm.service.store_sets import DEFAULT_STORE, StoreSetInfo
 from vdfarm.service.tokens import NewToken, TokenInfo
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.vdisks import VdiskInfo
@@ -165,6 +168,7 @@ class RemoteVdisks(_Noun):
         cache_limit_mb: int | None = None,
         description: str = "",
         source_format: str | None = None,
+        store: str = DEFAULT_STORE,
     ) -> VdiskInfo:
         body = {
             "name": name,
@@ -174,6 +178,7 @@ class RemoteVdisks(_Noun):
             "cache_limit_mb": cache_limit_mb,
             "description": description,
             "source_format": source_format,
+            "store": store,
         }
         return self.one(_as(VdiskInfo), "POST", "/vdisks", body=body)
 
@@ -187,6 +192,7 @@ class RemoteVdisks(_Noun):
         description: str | None = None,
         max_versions: int | None = None,
         require_tls: bool | None = None,
+        store: str | None = None,
     ) -> VdiskInfo:
         body = _present(
             mode=mode,
@@ -194,6 +200,7 @@ class RemoteVdisks(_Noun):
             description=description,
             max_versions=max_versions,
             require_tls=require_tls,
+            store=store,
         )
         if cache_limit_mb is not UNCHANGED:
             body["cache_limit_mb"] = cache_limit_mb
@@ -225,8 +232,14 @@ class RemoteVersions(_Noun):
     def new(self, vdisk: str) -> VersionInfo:
         return self.one(_as(VersionInfo), "POST", self._path(vdisk))
 
-    def promote(self, vdisk: str, to: str, at: datetime | None = None) -> PromoteResult:
-        body = {"to": to, "at": at.isoformat() if at is not None else None}
+    def promote(
+        self, vdisk: str, to: str, at: datetime | None = None, when_replicated: bool = False
+    ) -> PromoteResult:
+        body = {
+            "to": to,
+            "at": at.isoformat() if at is not None else None,
+            "when_replicated": when_replicated,
+        }
         return self.one(_as(PromoteResult), "POST", self._path(vdisk, "/promote"), body=body)
 
     def revert(self, vdisk: str) -> VersionInfo:
@@ -373,6 +386,54 @@ class RemoteServers(_Noun):
         return dict(self.many(_holding, "GET", "/stores"))
 
 
+class RemoteReplication(_Noun):
+    """`ReplicationService` (its front-end half: status, start, store sets)
+    over the API."""
+
+    def status(self, vdisk: str | None = None, version: int | None = None) -> list[ReplicaStatus]:
+        params = _present(vdisk=vdisk, version=version)
+        return self.many(_as(ReplicaStatus), "GET", "/replication", params=params)
+
+    def progress(self, vdisk: str, version: int) -> ReplicationProgress:
+        return progress_of(self.status(vdisk, version), vdisk, version)
+
+    def start_now(self, vdisk: str, version: int | None = None) -> ReplicationStart:
+        body = {"vdisk": vdisk, "version": version}
+        return self.one(_as(ReplicationStart), "POST", "/replication/start", body=body)
+
+    def store_sets(self) -> builtins.list[StoreSetInfo]:
+        return self.many(_as(StoreSetInfo), "GET", "/store-sets")
+
+    def add_store(
+        self,
+        name: str,
+        servers: Sequence[str] | None = None,
+        max_rate: str | int | None = None,
+        windows: Sequence[str] | None = None,
+    ) -> StoreSetInfo:
+        body = {
+            "name": name,
+            "servers": list(servers or ()),
+            "max_rate": max_rate,
+            "windows": list(windows or ()),
+        }
+        return self.one(_as(StoreSetInfo), "POST", "/stores", body=body)
+
+    def set_store(
+        self,
+        name: str,
+        servers: Sequence[str] | None = None,
+        max_rate: str | int | None = None,
+        windows: Sequence[str] | None = None,
+    ) -> StoreSetInfo:
+        body = _present(
+            servers=None if servers is None else list(servers),
+            max_rate=max_rate,
+            windows=None if windows is None else list(windows),
+        )
+        return self.one(_as(StoreSetInfo), "PATCH", f"/stores/{segment(name)}", body=body)
+
+
 class FarmClient:
     """The farm whose REST API is at URL (a server's http://HOST:API_PORT).
 
@@ -398,6 +459,7 @@ class FarmClient:
         self.settings = RemoteSettings(self.http)
         self.tokens = RemoteTokens(self.http)
         self.repairs = RemoteRepairs(self.http)
+        self.replication = RemoteReplication(self.http)
         self._calls = _Noun(self.http)
 
     def rebalance(

@@ -2,7 +2,8 @@
 
 Rules:
 - The nouns are the Farm's own services (`vdisks`, `versions`, `devices`,
-  `locks`, `audit`, `servers`, `settings`, `tokens`, `repairs`); the calls of its
+  `locks`, `audit`, `servers`, `settings`, `tokens`, `repairs`,
+  `replication`); the calls of its
   `moves` and `logins` services (rebalance, login, subnet affinity) are
   methods here, so a front end calls `farm.rebalance(...)` whether the farm
   is local or remote.
@@ -33,6 +34,7 @@ class LocalFarm:
         self.settings = farm.settings
         self.tokens = farm.tokens
         self.repairs = farm.repairs
+        self.replication = farm.replication
 
     def rebalance(
         self, *, apply: bool, trigger_pct: float | None = None, auto: bool = False

@@ -10,8 +10,9 @@ Rules:
   start is logged, not fatal.
 - The heartbeat task's start ends the sessions this server recorded before
   it last stopped (none of them is connected any more) and registers the
-  server: its advertised address and the ports the listeners bound. Its
-  life is one beat a second (the store inventory rides on one beat every `--inventory-interval`);
+  server: its advertised address, the ports the listeners bound and whether
+  its REST API speaks HTTPS. Its life is one beat a second (the store
+  inventory rides on one beat every `--inventory-interval` seconds);
   after each, the stream learns whether the database answered
   (`SessionRegistry.set_farm_reachable`). A database outage never stops
   streaming: it is logged once and tried again.
@@ -106,8 +107,9 @@ class Heartbeat(Task):
             raise RuntimeError("the heartbeat starts after the NBD listener")
         advertise = advertised_address(parts.options.host, parts.options.advertise)
         await registry.run_db(parts.farm.sessions.end_all)
+        api_tls = parts.api_port is not None and parts.options.api_tls_cert is not None
         await registry.run_db(
-            parts.farm.servers.register, parts.nbd_port, parts.api_port, advertise
+            parts.farm.servers.register, parts.nbd_port, parts.api_port, advertise, api_tls
         )
 
     async def run(self) -> None:

@@ -11,6 +11,11 @@ Rules:
   one 0600 (O_EXCL, never through a link) before SQLite opens it, so its
   -wal/-shm files (SQLite gives them the database's mode) are 0600 too;
   `upgrade` closes an existing one (and its side files) to 0600.
+- SQLite migrates with foreign keys off (`PRAGMA foreign_keys=OFF` before
+  the migration's transaction starts: SQLite's documented way to change a
+  table others reference without their ON DELETE actions firing), and
+  `PRAGMA foreign_key_check` must find nothing before the migration
+  commits.
 - Alembic is imported only when migrating (it is slow to import and every
   CLI command would pay for it).
 - `postgresql://` means psycopg 3 (the driver vdfarm installs); connects
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.engine.interfaces import DBAPIConnection
 
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30
 SQLITE_FILE_MODE = 0o600
@@ -64,6 +69,10 @@ POSTGRES_CONNECT_ARGS: dict[str, int | str] = {
 
 class BadDatabaseURL(ValueError):
     """A database URL that SQLAlchemy cannot parse or has no driver for."""
+
+
+class BrokenForeignKeys(RuntimeError):
+    """A migration left rows whose foreign keys point nowhere (SQLite)."""
 
 
 def sqlite_url(path: Path) -> str:
@@ -174,12 +183,20 @@ def _run(url: str, action: Callable[[Config, str], None], revision: str) -> None
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":  # a migration may take long
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:  # no transaction is open yet (pysqlite begins at the first write)
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            else:  # a migration may take long
                 connection.exec_driver_sql("SET statement_timeout = 0")
                 connection.exec_driver_sql("SET lock_timeout = 0")
             config = alembic_config()
             config.attributes["connection"] = connection
             action(config, revision)
+            if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()):
+                raise BrokenForeignKeys(
+                    f"the migration left {len(broken)} row(s) whose foreign keys point "
+                    f"nowhere (first: {tuple(broken[0])})"
+                )
     finally:
         engine.dispose()
 
@@ -189,7 +206,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     side files) is left 0600.
 
     Raises BadDatabaseURL, sqlalchemy.exc.OperationalError (unreachable DB),
-    OSError (the SQLite file's mode cannot be set).
+    OSError (the SQLite file's mode cannot be set), BrokenForeignKeys.
     """
     from alembic import command
 
@@ -200,7 +217,8 @@ def upgrade(url: str, revision: str = "head") -> None:
 def downgrade(url: str, revision: str = "base") -> None:
     """Migrate the database at URL down to REVISION.
 
-    Raises BadDatabaseURL, sqlalchemy.exc.OperationalError (unreachable DB).
+    Raises BadDatabaseURL, sqlalchemy.exc.OperationalError (unreachable DB),
+    BrokenForeignKeys.
     """
     from alembic import command
 

@@ -21,6 +21,11 @@ Rules:
   revoked token keeps its row (and name) with `revoked_at` set.
 - `store_versions` says which server holds a complete, verified copy of which
   vDisk version; placement and failover consider only those servers.
+- A vDisk belongs to one store set (`store_sets`, id 1 `default` made by the
+  migration); a store set without `store_set_servers` rows is on every
+  server of the farm. A `replicas` row says what a server is doing about a
+  sealed version it does not hold verified yet (queued, copying, failed,
+  mismatch); once it holds it, `store_versions` says so instead.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ VERSION_ACCESS = ("maintenance", "test", "production")
 FILE_FORMATS = ("raw", "qcow2")
 SUBNET_AFFINITIES = ("none", "best-effort", "fixed")
 TOKEN_ROLES = ("read", "operator", "admin", "replica")
+REPLICA_STATES = ("queued", "copying", "failed", "mismatch")
+DEFAULT_STORE_SET_ID = 1  # the store set `default`, made by migration 0012
 DEFAULT_MAX_VERSIONS = 5
 DEFAULT_MAX_BOOTING = 500
 
@@ -132,6 +139,9 @@ class Server(Base):
     max_booting: Mapped[int] = mapped_column(
         Integer, default=DEFAULT_MAX_BOOTING, server_default=str(DEFAULT_MAX_BOOTING)
     )
+    # Whether its REST API speaks HTTPS (set at registration), so peers
+    # replicating from it know the scheme.
+    api_tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class FarmSettings(Base):
@@ -146,6 +156,33 @@ class FarmSettings(Base):
     boot_phase_s: Mapped[float] = mapped_column(Float, default=60.0, server_default="60.0")
     rebalance_trigger_pct: Mapped[float] = mapped_column(Float, default=25.0, server_default="25.0")
     audit_days: Mapped[int] = mapped_column(Integer, default=365, server_default="365")
+
+
+class StoreSet(Base):
+    """A named set of vDisks and the servers whose stores hold them (every
+    server of the farm when it has no `store_set_servers` rows), with the
+    copy cap (bytes/s, None: none) and windows ("HH:MM-HH:MM,...", "":
+    always) of replication."""
+
+    __tablename__ = "store_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    max_rate_bps: Mapped[int | None] = mapped_column(BigInteger)
+    windows: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class StoreSetServer(Base):
+    """A server a store set is narrowed to."""
+
+    __tablename__ = "store_set_servers"
+
+    store_set_id: Mapped[int] = mapped_column(
+        ForeignKey("store_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("servers.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class StoreLocation(Base):
@@ -189,6 +226,11 @@ class Vdisk(Base):
     override_version: Mapped[int | None] = mapped_column(Integer)
     subnet_affinity: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     require_tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    store_set_id: Mapped[int] = mapped_column(
+        ForeignKey("store_sets.id"),
+        default=DEFAULT_STORE_SET_ID,
+        server_default=str(DEFAULT_STORE_SET_ID),
+    )
 
 
 class VdiskVersion(Base):
@@ -213,6 +255,11 @@ class VdiskVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sealed_at: Mapped[datetime | None]
     production_at: Mapped[datetime | None]
+    # `replication start --now`: copies of this version ignore the windows.
+    replicate_now_at: Mapped[datetime | None]
+    # 'production' (or 'test'): promote it so once every up server of its
+    # store holds it (`version promote --when-replicated`).
+    promote_when_replicated: Mapped[str | None] = mapped_column(String(16))
 
 
 class Device(Base):
@@ -336,6 +383,35 @@ class StoreVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))
     verified_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Replica(Base):
+    """What one server is doing about a sealed vDisk version it does not
+    hold verified yet: queued (and why), copying (bytes, rate, from which
+    peer), failed (why), mismatch (its copy differs from the database)."""
+
+    __tablename__ = "replicas"
+    __table_args__ = (
+        UniqueConstraint(
+            "server_id", "vdisk_id", "version", name="uq_replicas_server_id_vdisk_id_version"
+        ),
+        CheckConstraint(_in("state", REPLICA_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    file_name: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    rate_bps: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    peer_server_id: Mapped[int | None] = mapped_column(
+        ForeignKey("servers.id", ondelete="SET NULL")
+    )
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEvent(Base):

@@ -51,6 +51,7 @@ from vdfarm.service.moves import MoveService
 from vdfarm.service.promotions import PromotionService
 from vdfarm.service.repairs import RepairService
 from vdfarm.service.replica_source import ReplicaSourceService
+from vdfarm.service.replication import ReplicationService
 from vdfarm.service.servers import ServerService
 from vdfarm.service.sessions import SessionService
 from vdfarm.service.settings import SettingsService
@@ -136,6 +137,9 @@ class Farm:
         self.moves = MoveService(session, clock, writer, here, self.settings)
         self.tokens = TokenService(session, clock, audit_record)
         self.replica_source = ReplicaSourceService(session, store)
+        self.replication = ReplicationService(
+            session, clock, writer, self.settings, self.promotions
+        )
 
     # -- opening -----------------------------------------------------------
 

@@ -15,6 +15,13 @@ Rules:
 - A promotion that does not seal (test → production, a new time) is one
   transaction. Every promotion writes one audit row; a chain longer than
   max-versions is merged after (`MergeService.auto_merge`).
+- Promote when replicated: `promote(..., when_replicated=True)` to
+  production records the target on the version (`promote_when_replicated`)
+  and leaves it in test (sealing it first if it was open: only a sealed
+  version replicates); `apply_scheduled` later applies it through the same
+  `apply_promotion`, claimed by a conditional update so that one server
+  applies it when several try at once. Any other promotion or a revert of
+  the version clears the schedule.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Vdisk
+from vdfarm.farm.models import Vdisk, VdiskVersion
 from vdfarm.service import version_rules as rules
 from vdfarm.service.audit import AuditWriter
 from vdfarm.service.chains import (
@@ -38,12 +46,13 @@ from vdfarm.service.chains import (
     store_failure,
     version_rows,
 )
-from vdfarm.service.deps import Clock, SessionFactory, ThisServer
+from vdfarm.service.deps import Clock, SessionFactory, ThisServer, changed_rows
 from vdfarm.service.errors import Conflict, Invalid, ServiceError
 from vdfarm.service.intents import (
     SEAL,
     check_no_intent,
     drop_intent,
+    intent_of,
     record_intent,
     take_intent,
 )
@@ -60,6 +69,10 @@ from vdfarm.store.errors import StoreError
 from vdfarm.store.manifest import ManifestFile
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import Store
+
+SYSTEM_ACTOR = "system"
+SCHEDULED = "when_replicated: scheduled"  # audit detail of a promotion put off
+APPLIED = "when_replicated"  # audit detail of one applied once replicated
 
 
 class PromotionService:
@@ -85,19 +98,36 @@ class PromotionService:
         return version_info(self._store, session, vdisk, number, self._clock())
 
     def promote(
-        self, vdisk: str, to: str, at: datetime | None = None, actor: str | None = None
+        self,
+        vdisk: str,
+        to: str,
+        at: datetime | None = None,
+        actor: str | None = None,
+        when_replicated: bool = False,
     ) -> PromoteResult:
         """Promote VDISK's newest version to TO ("test" or "production"; for
         production, in effect from AT, else now). Leaving maintenance seals it.
         Then merges the chain if it is longer than the vDisk's max-versions.
 
-        Raises NotFound, Invalid (bad target or time, no version to promote),
-        Conflict (its maintenance device is still connected), Unavailable.
+        WHEN_REPLICATED (to production): the switch waits until every up
+        server of the vDisk's store holds the version (`apply_scheduled`,
+        which the servers' replication task runs); the version is test
+        until then, sealed now if it was open (only a sealed version
+        replicates). To test it changes nothing: leaving maintenance makes
+        a version test in the same step that seals it, so there is nothing
+        left to wait for, and the promotion happens now.
+
+        Raises NotFound, Invalid (bad target or time, no version to promote,
+        AT with WHEN_REPLICATED, a version pending production), Conflict (its
+        maintenance device is still connected), Unavailable.
         """
         if at is not None and at.tzinfo is None:
             raise Invalid("invalid --at: give a time with a zone, e.g. 2030-01-31T22:00:00Z")
         if at is not None and to != rules.PRODUCTION:
             raise Invalid("--at is only for a promotion to production")
+        if at is not None and when_replicated:
+            raise Invalid("give --at or --when-replicated, not both")
+        scheduled = when_replicated and to == rules.PRODUCTION
         now = self._clock()
         with working_on(self._store, vdisk):
             with self._session() as session:
@@ -106,6 +136,8 @@ class PromotionService:
                 check_no_intent(session, row)
                 rows = version_rows(session, row.id)
                 top, access, seal = rules.promotion(states_of(rows), to, now, vdisk)
+                if scheduled:
+                    access = self._scheduled_access(top, now, vdisk)
                 if top.access == rules.MAINTENANCE and (
                     busy := maintenance_in_use(session, row, top.number, now)
                 ):
@@ -122,6 +154,7 @@ class PromotionService:
                     "production_at": effective.isoformat() if effective else None,
                     "actor": actor,
                     "before": to_plain(self._info_of(session, row, top.number)),
+                    "when_replicated": rules.PRODUCTION if scheduled else None,
                 }
                 too_long = len(rows) > row.max_versions
                 if not seal:
@@ -138,6 +171,66 @@ class PromotionService:
         merged, skipped = self._merges.auto_merge(vdisk, actor) if too_long else (None, None)
         return PromoteResult(version=info, merged=merged, merge_skipped=skipped)
 
+    @staticmethod
+    def _scheduled_access(top: rules.VersionState, now: datetime, vdisk: str) -> str:
+        """The access a version gets now when its move to production waits
+        for replication: test (sealed now if open). Raises Invalid (the
+        version is pending production already)."""
+        if rules.shown_access(top, now) == rules.PENDING:
+            raise Invalid(
+                f"version {top.number} of vDisk {vdisk} is pending production; revert it "
+                f"(vdfarm version revert {vdisk}) to promote it when it is replicated instead"
+            )
+        return rules.TEST
+
+    def apply_scheduled(self, vdisk_id: int, number: int) -> PromoteResult | None:
+        """Apply the promotion to production scheduled for version NUMBER of
+        vDisk VDISK_ID (`promote(..., when_replicated=True)`), as `promote`
+        applies one (`apply_promotion`, then the merge of a chain past
+        max-versions), by actor `system`, audited with detail
+        `when_replicated`. The schedule is claimed by a conditional update
+        in the same transaction (the vDisk row locked), so when several
+        servers try at once exactly one applies it; the others get None, as
+        does a version no longer scheduled (or no longer test) and a vDisk
+        whose seal or merge is under way (tried again later).
+
+        Raises Unavailable (database down).
+        """
+        now = self._clock()
+        with self._session() as session:
+            query = select(Vdisk).where(Vdisk.id == vdisk_id).with_for_update()
+            row = session.scalars(query).one_or_none()
+            if row is None or intent_of(session, row.id) is not None:
+                return None
+            rows = version_rows(session, row.id)
+            version = next((r for r in rows if r.number == number), None)
+            if version is None or version.access != rules.TEST:
+                return None
+            claim = (
+                update(VdiskVersion)
+                .where(
+                    VdiskVersion.id == version.id,
+                    VdiskVersion.promote_when_replicated == rules.PRODUCTION,
+                )
+                .values(promote_when_replicated=None)
+            )
+            if changed_rows(session.execute(claim)) != 1:
+                return None
+            plan = {
+                "number": number,
+                "file": version.file_name,
+                "access": rules.PRODUCTION,
+                "production_at": now.isoformat(),
+                "actor": SYSTEM_ACTOR,
+                "before": to_plain(self._info_of(session, row, number)),
+                "when_replicated": None,
+                "detail": APPLIED,
+            }
+            info = self.apply_promotion(session, row, plan, None, now)
+            too_long, name = len(rows) > row.max_versions, row.name
+        merged, skipped = self._merges.auto_merge(name, SYSTEM_ACTOR) if too_long else (None, None)
+        return PromoteResult(version=info, merged=merged, merge_skipped=skipped)
+
     def apply_promotion(
         self,
         session: Session,
@@ -147,18 +240,26 @@ class PromotionService:
         now: datetime,
         repaired: bool = False,
     ) -> VersionInfo:
-        """Record a promotion (PLAN as `promote` makes it; SEALED the top
-        file's sealed manifest entry when it left maintenance) with its audit
-        row; returns the version after. Raises nothing of its own."""
+        """Record a promotion (PLAN as `promote` or `apply_scheduled` makes
+        it; SEALED the top file's sealed manifest entry when it left
+        maintenance) with its audit row; returns the version after. The
+        version's schedule becomes PLAN's `when_replicated` (None: cleared).
+        Raises nothing of its own."""
         number = plan["number"]
         version = row_of(version_rows(session, row.id), number)
         version.access = plan["access"]
         at = plan["production_at"]
         version.production_at = datetime.fromisoformat(at) if at else None
+        version.promote_when_replicated = plan.get("when_replicated")
         if sealed is not None:
             version.size, version.sha256, version.sealed_at = sealed.size, sealed.sha256, now
         info = self._info_of(session, row, number)
-        after: Any = {**to_plain(info), "repaired": True} if repaired else info
+        notes: dict[str, Any] = {"repaired": True} if repaired else {}
+        if plan.get("when_replicated"):
+            notes["detail"] = SCHEDULED
+        if plan.get("detail"):
+            notes["detail"] = plan["detail"]
+        after: Any = {**to_plain(info), **notes} if notes else info
         self._audit_writer.record(
             session,
             actor=plan["actor"],

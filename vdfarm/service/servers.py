@@ -5,6 +5,7 @@ Rules:
   also keeps server.json); `register` (called by the stream
   server at start) and `heartbeat` only update it.
 - `hostname` is the address devices and other servers reach this server at
+  (with `api_port` and `api_tls`, the URL of its REST API for its peers)
   (`server run --advertise`; by default the listening address, or the host
   name when that is a wildcard): the login answer tells devices to use it.
 - Liveness: a server is *up* when its last heartbeat is at most the farm's
@@ -74,6 +75,7 @@ class ServerInfo:
     up: bool = False
     connected: int = 0
     booting: int = 0
+    api_tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def server_info(row: Server, *, up: bool = False, counts: LoadCounts = LoadCount
         up=up,
         connected=counts.connected,
         booting=counts.booting,
+        api_tls=row.api_tls,
     )
 
 
@@ -225,10 +228,15 @@ class ServerService:
         return self._settings.boot_cutoff(now)
 
     def register(
-        self, nbd_port: int, api_port: int | None = None, advertise: str | None = None
+        self,
+        nbd_port: int,
+        api_port: int | None = None,
+        advertise: str | None = None,
+        api_tls: bool = False,
     ) -> ServerInfo:
         """Record this server's advertised address (ADVERTISE; None: the
-        host name), ports, version and a heartbeat.
+        host name), ports, whether its REST API speaks HTTPS (API_TLS: peers
+        replicating from it need the scheme), version and a heartbeat.
 
         Raises Invalid (bad port or address; nothing changed), NotFound (row
         gone), Unavailable (DB down).
@@ -242,6 +250,7 @@ class ServerService:
             row = self._this_row(session)
             row.hostname = hostname
             row.nbd_port, row.api_port = nbd_port, api_port
+            row.api_tls = bool(api_tls)
             row.version = vdfarm.__version__
             row.last_heartbeat = now
             session.flush()

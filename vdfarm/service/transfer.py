@@ -44,6 +44,7 @@ from vdfarm.service.audit import AuditWriter
 from vdfarm.service.deps import SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, ServiceError, Unavailable
 from vdfarm.service.merges import ExportResult
+from vdfarm.service.store_sets import DEFAULT_STORE
 from vdfarm.service.vdisks import VdiskInfo, VdiskService
 from vdfarm.service.versions import VersionService
 
@@ -209,6 +210,7 @@ class TransferService:
         cache_limit_mb: int | None = None,
         description: str = "",
         source_format: str | None = None,
+        store: str = DEFAULT_STORE,
     ) -> VdiskInfo:
         """Import NAMED (a file in the transfer directory) as vDisk NAME; the
         options as for `VdiskService.import_image`. Audited (`vdisk.import`,
@@ -230,6 +232,7 @@ class TransferService:
                 actor=actor,
                 source_format=source_format,
                 audit_source=str(shown),
+                store=store,
             )
         except ServiceError as exc:
             raise _renamed(exc, (hidden, shown)) from exc

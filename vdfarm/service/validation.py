@@ -158,8 +158,11 @@ def vdisk_changes(
     description: str | None,
     max_versions: int | None,
     require_tls: bool | None = None,
+    *,
+    allow_none: bool = False,
 ) -> dict[str, Any]:
-    """The checked column changes of `vdisk set` (only those given).
+    """The checked column changes of `vdisk set` (only those given; none at
+    all only with ALLOW_NONE, when the caller changes something else).
 
     Raises Invalid (a bad value, or nothing to change).
     """
@@ -178,9 +181,9 @@ def vdisk_changes(
         changes["max_versions"] = check_max_versions(max_versions)
     if require_tls is not None:
         changes["require_tls"] = check_require_tls(require_tls)
-    if not changes:
+    if not changes and not allow_none:
         raise Invalid(
             "nothing to change: give a mode, write-cache type, cache limit, "
-            "description, max-versions or require-tls"
+            "description, max-versions, require-tls or store"
         )
     return changes

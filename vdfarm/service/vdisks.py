@@ -18,6 +18,9 @@ Rules:
   with versions above its base (versions are a standard-mode feature).
 - `vdisk.sha256`/`format` describe the base file; each version's own hash is
   in its version row. Verify checks every sealed file against both.
+- Every vDisk belongs to one store set (`store_sets`): `default` unless its
+  import names another; `set --store` moves it any time (replication then
+  copies it to the new set's servers; copies elsewhere stay until removed).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from vdfarm.farm.models import (
     Device,
     DeviceSession,
     Lock,
+    StoreSet,
     Vdisk,
     VdiskVersion,
 )
@@ -57,6 +61,7 @@ from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
 from vdfarm.service.login import RESERVATION_LIFETIME
 from vdfarm.service.private_copies import rehash_copy
 from vdfarm.service.records import to_plain
+from vdfarm.service.store_sets import DEFAULT_STORE, find_store_set
 from vdfarm.service.validation import (
     UNCHANGED,
     check_cache_limit,
@@ -95,6 +100,7 @@ class VdiskInfo:
     override_version: int | None
     subnet_affinity: str
     require_tls: bool
+    store: str = DEFAULT_STORE
 
 
 def find_vdisk(session: Session, name: str) -> Vdisk:
@@ -103,6 +109,11 @@ def find_vdisk(session: Session, name: str) -> Vdisk:
     if vdisk is None:
         raise NotFound(f"no vDisk named {name}")
     return vdisk
+
+
+def _store_name(session: Session, vdisk: Vdisk) -> str:
+    store_set = session.get(StoreSet, vdisk.store_set_id)  # cached per session
+    return store_set.name if store_set is not None else DEFAULT_STORE
 
 
 def _device_names(session: Session, vdisk_id: int) -> tuple[str, ...]:
@@ -150,6 +161,7 @@ class VdiskService:
             override_version=vdisk.override_version,
             subnet_affinity=vdisk.subnet_affinity,
             require_tls=vdisk.require_tls,
+            store=_store_name(session, vdisk),
         )
 
     def import_image(
@@ -164,13 +176,16 @@ class VdiskService:
         actor: str | None = None,
         source_format: str | None = None,
         audit_source: str | None = None,
+        store: str = DEFAULT_STORE,
     ) -> VdiskInfo:
         """Import the image file SOURCE (raw, qcow2, vpc, vhdx, vmdk: SOURCE_FORMAT,
-        or detected among those if None) as vDisk NAME. The audit row names
-        the source (AUDIT_SOURCE if given: the caller's name for it).
+        or detected among those if None) as vDisk NAME of store set STORE. The
+        audit row names the source (AUDIT_SOURCE if given: the caller's name
+        for it).
 
         Raises Invalid (bad name/option/source, a source naming other files),
-        Conflict (name taken), Unavailable (store or DB failure).
+        NotFound (no such store), Conflict (name taken), Unavailable (store
+        or DB failure).
         """
         check_name("vDisk", name)
         check_choice("mode", mode, ACCESS_MODES)
@@ -183,6 +198,7 @@ class VdiskService:
         if not source.is_file():
             raise Invalid(f"source file {source} does not exist or is not a file")
         with self._session() as session:
+            store_set_id = find_store_set(session, store).id
             if session.scalars(select(Vdisk.id).where(Vdisk.name == name)).first():
                 raise Conflict(f"vDisk {name} already exists")
         try:
@@ -202,6 +218,7 @@ class VdiskService:
                 description,
                 actor,
                 audit_source or str(source.absolute()),
+                store_set_id,
             )
         except BaseException:
             self._unimport(name)
@@ -224,6 +241,7 @@ class VdiskService:
         description: str,
         actor: str | None,
         source: str,
+        store_set_id: int,
     ) -> VdiskInfo:
         now = self._clock()
         with self._session() as session:
@@ -237,6 +255,7 @@ class VdiskService:
                 description=description,
                 sha256=sha256,
                 created_at=now,
+                store_set_id=store_set_id,
             )
             session.add(vdisk)
             session.flush()
@@ -290,22 +309,31 @@ class VdiskService:
         description: str | None = None,
         max_versions: int | None = None,
         require_tls: bool | None = None,
+        store: str | None = None,
         actor: str | None = None,
     ) -> VdiskInfo:
         """Change the mode, write-cache type, cache limit (None clears it),
-        description, max-versions or require-TLS (served over NBD only to
-        clients that started TLS) of vDisk NAME.
+        description, max-versions, require-TLS (served over NBD only to
+        clients that started TLS) or store set of vDisk NAME.
 
         Raises Invalid (bad value, nothing to change, private mode for a vDisk
-        with versions), NotFound, Conflict (mode change while the lock is
-        held), Unavailable.
+        with versions), NotFound (vDisk or store), Conflict (mode change
+        while the lock is held), Unavailable.
         """
         changes = vdisk_changes(
-            mode, write_cache, cache_limit_mb, description, max_versions, require_tls
+            mode,
+            write_cache,
+            cache_limit_mb,
+            description,
+            max_versions,
+            require_tls,
+            allow_none=store is not None,
         )
         now = self._clock()
         with self._session() as session:
             vdisk = locked_vdisk(session, name)
+            if store is not None:
+                changes["store_set_id"] = find_store_set(session, store).id
             before = self._info(session, vdisk)
             changed = [c for c in LIVE_COLUMNS if c in changes and changes[c] != getattr(vdisk, c)]
             if changed:

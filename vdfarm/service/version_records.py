@@ -26,7 +26,9 @@ class VersionInfo:
 
     `access` is maintenance / test / production / pending; `size` and
     `sha256` are the sealed file's (size is the current file size while
-    open); `devices` booted it; `boots` are the device types that get it now.
+    open); `devices` booted it; `boots` are the device types that get it now;
+    `when_replicated` is the access it is promoted to once every up server
+    of its store holds it (`version promote --when-replicated`), if any.
     """
 
     vdisk: str
@@ -42,6 +44,7 @@ class VersionInfo:
     production_at: datetime | None
     devices: tuple[str, ...]
     boots: tuple[str, ...]
+    when_replicated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def version_infos(store: Store, session: Session, vdisk: Vdisk, now: datetime) -
             production_at=r.production_at,
             devices=booted.get(r.number, ()),
             boots=tuple(boots.get(r.number, ())),
+            when_replicated=r.promote_when_replicated,
         )
         for r, s in zip(rows, states, strict=True)
     ]

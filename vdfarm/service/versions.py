@@ -184,14 +184,20 @@ class VersionService:
             pass
 
     def promote(
-        self, vdisk: str, to: str, at: datetime | None = None, actor: str | None = None
+        self,
+        vdisk: str,
+        to: str,
+        at: datetime | None = None,
+        actor: str | None = None,
+        when_replicated: bool = False,
     ) -> PromoteResult:
         """Promote VDISK's newest version (see `PromotionService.promote`)."""
-        return self._promotions.promote(vdisk, to, at, actor)
+        return self._promotions.promote(vdisk, to, at, actor, when_replicated)
 
     def revert(self, vdisk: str, actor: str | None = None) -> VersionInfo:
         """Take VDISK's newest version back one step: production (or pending)
-        → test, test → maintenance (opened again).
+        → test, test → maintenance (opened again). A promotion scheduled for
+        when it is replicated is dropped.
 
         Raises NotFound, Invalid (the base, already in maintenance, private
         vDisk), Conflict (reopening a version devices booted or production is
@@ -210,6 +216,7 @@ class VersionService:
             before = self._info_of(session, row, top.number)
             version = row_of(rows, top.number)
             version.access, version.production_at = access, None
+            version.promote_when_replicated = None
             if access == rules.MAINTENANCE:
                 version.size = version.sha256 = version.sealed_at = None
                 session.flush()

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from vdfarm.store.errors import ManifestError, StoreError
 from vdfarm.store.manifest import Manifest, read_manifest
+from vdfarm.store.receive import TEMP_PREFIX as PARTIAL_PREFIX
 from vdfarm.store.store import Store
-
-PARTIAL_PREFIX = ".repl-"
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def import_vdisk(body: VdiskImport, transfers: TransfersDep, actor: ActorDep) ->
         description=body.description,
         actor=actor,
         source_format=body.source_format,
+        store=body.store,
     )
 
 
@@ -57,8 +58,8 @@ def show_vdisk(name: str, farm: FarmDep) -> VdiskInfo:
 
 @router.patch("/vdisks/{name}", response_model=VdiskInfo)
 def change_vdisk(name: str, body: VdiskPatch, farm: FarmDep, actor: ActorDep) -> VdiskInfo:
-    """Change the mode, write cache, cache limit, description, max-versions or
-    require-TLS of NAME, or (alone) its subnet affinity."""
+    """Change the mode, write cache, cache limit, description, max-versions,
+    require-TLS or store set of NAME, or (alone) its subnet affinity."""
     if body.sets_affinity():
         others = body.other_fields()
         if others:

@@ -35,8 +35,11 @@ def open_version(name: str, farm: FarmDep, actor: ActorDep) -> VersionInfo:
 
 @router.post(f"{PREFIX}/promote", response_model=PromoteResult)
 def promote_version(name: str, body: PromoteBody, farm: FarmDep, actor: ActorDep) -> PromoteResult:
-    """Promote the newest version of NAME to test or production (from `at`)."""
-    return farm.versions.promote(name, body.to, at=body.at, actor=actor)
+    """Promote the newest version of NAME to test or production (from `at`,
+    or once every up server of its store holds it: `when_replicated`)."""
+    return farm.versions.promote(
+        name, body.to, at=body.at, actor=actor, when_replicated=body.when_replicated
+    )
 
 
 @router.post(f"{PREFIX}/revert", response_model=VersionInfo)
