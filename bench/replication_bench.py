@@ -99,14 +99,14 @@ class Server:
         return done.stdout
 
     def start(self) -> None:
-        log = open(self.data.parent / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen(
-            VDFARM
-            + ["--data-dir", str(self.data), "--db", self.db, "server", "run"]
-            + ["--nbd-port", str(self.nbd_port), "--api-port", str(self.api_port)],
-            stdout=log,
-            stderr=log,
-        )
+        with open(self.data.parent / f"{self.name}.log", "ab") as log:  # the child keeps a copy
+            self.proc = subprocess.Popen(
+                VDFARM
+                + ["--data-dir", str(self.data), "--db", self.db, "server", "run"]
+                + ["--nbd-port", str(self.nbd_port), "--api-port", str(self.api_port)],
+                stdout=log,
+                stderr=log,
+            )
         wait_port(self.nbd_port, self.proc)
         wait_port(self.api_port, self.proc)
 
@@ -149,8 +149,14 @@ def rsync_daemon(root: Path) -> Iterator[str]:
         f"use chroot = no\nuid = root\ngid = root\n[m]\npath = {root}\nread only = no\n"
     )
     proc = subprocess.Popen(
-        ["rsync", "--daemon", "--no-detach", f"--port={port}", f"--config={conf}",
-         "--address=127.0.0.1"]  # fmt: skip
+        [
+            "rsync",
+            "--daemon",
+            "--no-detach",
+            f"--port={port}",
+            f"--config={conf}",
+            "--address=127.0.0.1",
+        ]  # fmt: skip
     )
     wait_port(port, proc)
     try:

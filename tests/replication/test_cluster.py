@@ -29,7 +29,7 @@ MIB = 1 << 20
 BOOT_TIMEOUT = 180
 
 
-def status_rows_locked(server: "ClusterServer") -> bool:
+def status_rows_locked(server: ClusterServer) -> bool:
     """True while a lock of the farm is held (the maintenance device's)."""
     return any(row.get("holder") for row in server.cli_json("lock", "list"))
 
@@ -199,7 +199,7 @@ def test_a_killed_receiver_resumes_and_a_killed_sender_is_replaced(cluster, tmp_
 
 def test_the_cap_holds_and_the_windows_pause_and_resume_a_copy(cluster, tmp_path):
     farm = cluster(("a", "b"))
-    a, b = farm.servers["a"], farm.servers["b"]
+    a = farm.servers["a"]
     a.cli("store", "set", "default", "--max-rate", "20MB/s")
     image = make_test_image(tmp_path / "big.raw", size=200 * 1000 * 1000 // MIB * MIB, seed=6)
     started = time.monotonic()
@@ -243,7 +243,9 @@ def test_a_full_disk_fails_the_copy_cleanly_and_it_resumes_once_freed(cluster, t
     b.stop()
     saved = tmp_path / "b-store"
     shutil.copytree(store, saved, symlinks=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(store)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(store)], check=True
+    )
     try:
         shutil.copytree(saved, store, symlinks=True, dirs_exist_ok=True)
         held = files_of(store)
@@ -278,7 +280,7 @@ def files_of(root: Path) -> dict[Path, str]:
 
 def test_promote_when_replicated_waits_for_the_last_server(cluster, tmp_path):
     farm = cluster(("a", "b"))
-    a, b = farm.servers["a"], farm.servers["b"]
+    a = farm.servers["a"]
     image = make_test_image(tmp_path / "golden.raw", size=16 * MIB, seed=9)
     a.cli("vdisk", "import", "golden", str(image), "--mode", "standard")
     wait_until(lambda: present_everywhere(a, "golden", 0, "ab"), "the base on b")

@@ -150,7 +150,12 @@ class Replication(Task):
             if self._copying_into(adopt.name):
                 continue
             await asyncio.to_thread(
-                adopt_chain, farm.store, adopt.name, list(adopt.files), adopt.virtual_size, farm.now()
+                adopt_chain,
+                farm.store,
+                adopt.name,
+                list(adopt.files),
+                adopt.virtual_size,
+                farm.now(),
             )
             log.info("replication: vDisk %s now holds %d file(s)", adopt.name, len(adopt.files))
             changed = True
@@ -230,9 +235,7 @@ class Replication(Task):
         if self.stopping.is_set():
             return False
         wanted = self.latest.get(wanted.vdisk_id, wanted)
-        return version in wanted.now_versions or is_open(
-            wanted.windows, self.local_clock().time()
-        )
+        return version in wanted.now_versions or is_open(wanted.windows, self.local_clock().time())
 
     async def _start_copy(self, fetches: tuple[planner.Fetch, ...]) -> None:
         farm, registry = self.parts.farm, self.parts.stream.registry
@@ -383,4 +386,3 @@ class Replication(Task):
 
 def replication(parts: ServerParts) -> Task | None:
     return Replication(parts) if parts.options.replication else None
-
