@@ -56,7 +56,7 @@ from vdfarm.replication.fetch import (
     fetch_file,
 )
 from vdfarm.replication.throttle import Throttle
-from vdfarm.service.replication import Peer, WantedVdisk
+from vdfarm.service.replication import Peer, WantedFile, WantedVdisk
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store.errors import StoreFull
 from vdfarm.store.replica_files import adopt_chain, quarantine
@@ -341,6 +341,7 @@ class Replication(Task):
                 outcome.bytes_received,
                 outcome.peer,
             )
+            await self._adopt_up_to(wanted, file)
             await registry.run_db(
                 farm.replication.clear, farm.server_id, wanted.vdisk_id, file.version
             )
@@ -349,6 +350,22 @@ class Replication(Task):
             self.backoff_until[(wanted.vdisk_id, file.version)] = time.monotonic() + FAILED_BACKOFF
             log.warning("replication: copy of %s/%s failed: %s", wanted.name, file.file_name, why)
             await registry.run_db(report, "failed", why, 0, 0.0, None)
+
+    async def _adopt_up_to(self, wanted: WantedVdisk, file: WantedFile) -> None:
+        """Put FILE (just verified) in the manifest, with the chain below it,
+        so the inventory and the next round see it."""
+        farm = self.parts.farm
+        entries = planner.chain_entries(wanted)
+        upto = [e.name for e in entries].index(file.file_name) + 1
+        await asyncio.to_thread(
+            adopt_chain,
+            farm.store,
+            wanted.name,
+            list(entries[:upto]),
+            wanted.virtual_size,
+            farm.now(),
+        )
+        await self.parts.stream.registry.run_db(farm.servers.record_inventory)
 
     async def _check_drift(self, full: bool, ids: dict[str, int]) -> bool:
         """Quarantine the store's files that changed behind vdfarm's back

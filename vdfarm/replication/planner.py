@@ -8,6 +8,8 @@ Rules:
 - Files are fetched in chain order, one at a time: the first file of the
   chain that is not here, from the peers holding its version (the service
   lists only up servers that hold it verified). A file with no peer waits.
+- A fetched file joins the manifest at once (the task adopts the chain up
+  to it: every file below it is here already, fetches go in chain order).
 - Once every file of the chain is here and the manifest's chain differs
   (new vDisk, new version, merge, deleted version), the manifest is
   rewritten to the chain (`Adopt`); the files that left it are retired and
@@ -117,9 +119,17 @@ def plan_vdisk(wanted: WantedVdisk, manifest: Manifest | None) -> Fetch | Adopt 
             return Waiting(wanted, file, "no up server holds it verified")
         return Fetch(wanted, file)
     entries = chain_entries(wanted)
-    if manifest is not None and manifest.files == entries:
+    if manifest is not None and [_identity(f) for f in manifest.files] == [
+        _identity(f) for f in entries
+    ]:
         return None
     return Adopt(wanted.name, entries, wanted.virtual_size)
+
+
+def _identity(entry: ManifestFile) -> tuple[str, str, str | None]:
+    """What makes two manifest entries the same file (an import writes no
+    version number, the database has one: that is no difference)."""
+    return (entry.name, entry.format, entry.sha256)
 
 
 def plan(
