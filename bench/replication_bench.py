@@ -236,7 +236,7 @@ def main() -> int:
                 a.cli("store", "set", "default", "--servers", "a")
                 a.cli("version", "new", "big")
                 rows = json.loads(a.cli("--json", "version", "list", "big"))
-                top = a.data / "store" / "big" / rows[-1]["file_name"]
+                top = a.data / "store" / "big" / rows[-1]["file"]
                 spread_writes(top, args.size_mib, max(1, args.size_mib // 100))
                 a.cli("version", "promote", "big", "--to", "test")
                 key = f"big/{top.name}"

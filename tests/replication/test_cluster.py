@@ -22,7 +22,8 @@ import pytest
 
 from tests.conftest import make_test_image, sha256
 from tests.farm.postgres import fresh_postgres_url
-from tests.stream.cluster import Cluster, ClusterServer, wait_until
+from tests.stream.cluster import Cluster, ClusterServer
+from tests.stream.cluster import wait_until as cluster_wait
 from vdfarm.image import sample, vm
 
 MIB = 1 << 20
@@ -60,7 +61,20 @@ def status(server: ClusterServer, vdisk: str) -> dict[tuple[int, str], dict]:
 
 def present_everywhere(server: ClusterServer, vdisk: str, version: int, names) -> bool:
     rows = status(server, vdisk)
-    return all(rows.get((version, n), {}).get("state") == "present" for n in names)
+    done = all(rows.get((version, n), {}).get("state") == "present" for n in names)
+    if not done:
+        LAST_STATUS[vdisk] = rows  # shown if the wait gives up
+    return done
+
+
+LAST_STATUS: dict[str, dict] = {}
+
+
+def wait_until(condition, what: str, timeout: float = 60.0):
+    try:
+        return cluster_wait(condition, what, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last status seen: {LAST_STATUS}") from None
 
 
 def store_file(server: ClusterServer, vdisk: str, name: str) -> Path:
@@ -111,7 +125,7 @@ def test_a_new_vdisk_and_its_new_version_reach_every_server_as_deltas(cluster, t
         assert sha256(store_file(server, "golden", "base.raw")) == sha256(image)
 
     a.cli("version", "new", "golden")
-    top = version_rows(a, "golden")[1]["file_name"]
+    top = version_rows(a, "golden")[1]["file"]
     result = vm.boot(f"nbd://127.0.0.1:{a.nbd_port}/vmnt", "maint1", timeout=BOOT_TIMEOUT)
     assert result.ok, result.serial_output
     wait_until(lambda: not status_rows_locked(a), "the maintenance session ended")
@@ -285,7 +299,7 @@ def test_promote_when_replicated_waits_for_the_last_server(cluster, tmp_path):
     a.cli("vdisk", "import", "golden", str(image), "--mode", "standard")
     wait_until(lambda: present_everywhere(a, "golden", 0, "ab"), "the base on b")
     a.cli("version", "new", "golden")
-    top = version_rows(a, "golden")[1]["file_name"]
+    top = version_rows(a, "golden")[1]["file"]
     subprocess.run(
         ["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 12M", str(store_file(a, "golden", top))],
         check=True,

@@ -20,6 +20,9 @@ Rules:
 - Peers are called with a `replica` token this server makes for itself
   before its first copy (kept in memory only; its older ones are revoked),
   so a server that never copies makes none.
+- A change of the store's manifests (an import, a seal, a merge made
+  here, or a copy adopted) updates the inventory in the same round, so
+  peers learn within a second that this server holds a version.
 - Drift: every `rehash_every` seconds (and at start) each sealed file of
   the store is re-hashed; one that differs from its manifest is moved to
   quarantine and reported `mismatch`, then fetched again like any missing
@@ -102,7 +105,10 @@ class Replication(Task):
         self.stopping = threading.Event()
         self.orphans_since: dict[str, float] = {}
         self.backoff_until: dict[tuple[int, int], float] = {}  # (vDisk id, version) -> monotonic
-        self.latest: dict[int, WantedVdisk] = {}  # vDisk id -> this round's view (windows, cap)
+        self.latest: dict[int, WantedVdisk] = {}
+        self.last_manifests: dict[str, object] | None = (
+            None  # vDisk id -> this round's view (windows, cap)
+        )
         self.rounds = 0
         self.failing = False
         self.next_rehash = 0.0
@@ -145,6 +151,9 @@ class Replication(Task):
             if full:
                 self.next_rehash = now + self.rehash_every
         snap = await asyncio.to_thread(snapshot, farm.store)
+        if snap.manifests != self.last_manifests:  # an import, seal or merge here: tell peers now
+            changed = True
+            self.last_manifests = snap.manifests
         decided = planner.plan(work.vdisks, work.all_vdisk_names, snap.manifests, snap.partials)
         for adopt in decided.adopts:
             if self._copying_into(adopt.name):
