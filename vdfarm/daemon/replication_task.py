@@ -62,6 +62,7 @@ from vdfarm.replication.throttle import Throttle
 from vdfarm.service.replication import Peer, WantedFile, WantedVdisk
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store.errors import StoreFull
+from vdfarm.store.manifest import Manifest
 from vdfarm.store.replica_files import adopt_chain, quarantine
 from vdfarm.store.snapshot import snapshot
 
