@@ -106,10 +106,8 @@ class Replication(Task):
         self.stopping = threading.Event()
         self.orphans_since: dict[str, float] = {}
         self.backoff_until: dict[tuple[int, int], float] = {}  # (vDisk id, version) -> monotonic
-        self.latest: dict[int, WantedVdisk] = {}
-        self.last_manifests: dict[str, object] | None = (
-            None  # vDisk id -> this round's view (windows, cap)
-        )
+        self.latest: dict[int, WantedVdisk] = {}  # vDisk id -> this round's view (windows, cap)
+        self.last_manifests: dict[str, Manifest | None] | None = None
         self.rounds = 0
         self.failing = False
         self.next_rehash = 0.0
