@@ -12,6 +12,7 @@ here with sha256.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -313,3 +314,89 @@ def test_promote_when_replicated_waits_for_the_last_server(cluster, tmp_path):
     assert status(a, "golden").get((1, "b"), {}).get("state") != "present"
     wait_until(lambda: version_rows(a, "golden")[1]["access"] == "production", "the switch")
     assert status(a, "golden")[(1, "b")]["state"] == "present"
+
+
+def chain_of(server: ClusterServer, vdisk: str) -> list[tuple[str, str]]:
+    """(file, sha256) of SERVER's manifest chain of VDISK, base first."""
+    manifest = json.loads((server.data_dir / "store" / vdisk / "manifest.json").read_text())
+    return [(f["name"], f["sha256"]) for f in manifest["files"]]
+
+
+def test_merges_and_deletes_follow_and_store_verify_finds_drift(cluster, tmp_path):
+    """A merge result reaches b, which retires and removes the merged-away
+    files; a deleted vDisk leaves b's store; `store verify` on b finds a
+    changed file at once and the server fetches it again."""
+    farm = cluster(("a", "b"))
+    a, b = farm.servers["a"], farm.servers["b"]
+    image = make_test_image(tmp_path / "golden.raw", size=16 * MIB, seed=10)
+    a.cli("vdisk", "import", "golden", str(image), "--mode", "standard")
+    a.cli("version", "new", "golden")
+    top = version_rows(a, "golden")[1]["file"]
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x44 4M 1M", str(store_file(a, "golden", top))],
+        check=True,
+        capture_output=True,
+    )
+    a.cli("version", "promote", "golden", "--to", "test")
+    wait_until(lambda: present_everywhere(a, "golden", 1, "ab"), "version 1 on b")
+
+    a.cli("version", "merge", "golden", "--new-base")
+    wait_until(lambda: chain_of(b, "golden") == chain_of(a, "golden"), "b's chain is a's")
+    kept = {name for name, _ in chain_of(a, "golden")}
+    assert top not in kept or len(kept) == 1
+    wait_until(
+        lambda: {p.name for p in (b.data_dir / "store" / "golden").iterdir()
+                 if not p.name.startswith(".") and p.name != "manifest.json"} == kept,
+        "the merged-away files removed from b",
+    )  # fmt: skip
+    newest = max(version_rows(a, "golden"))
+    wait_until(lambda: present_everywhere(a, "golden", newest, "ab"), "the merge result on b")
+    subprocess.run(
+        ["qemu-img", "compare", f"nbd://127.0.0.1:{a.nbd_port}/vdisk/golden",
+         f"nbd://127.0.0.1:{b.nbd_port}/vdisk/golden"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    # drift found by `store verify`, now
+    [(name, digest)] = [chain_of(b, "golden")[0]]
+    with open(store_file(b, "golden", name), "r+b") as fh:
+        fh.seek(1 * MIB)
+        fh.write(b"\xa5")
+    verify = b.cli("store", "verify", check=False)
+    assert verify.returncode == 1 and name in verify.stdout, verify.stdout + verify.stderr
+    wait_until(lambda: present_everywhere(a, "golden", newest, "ab"), "b fetched it again")
+    assert sha256(store_file(b, "golden", name)) == digest
+
+    a.cli("vdisk", "delete", "golden")
+    wait_until(lambda: not (b.data_dir / "store" / "golden").exists(), "golden gone from b")
+
+
+def test_a_window_closing_pauses_a_running_copy_and_opening_resumes_it(cluster, tmp_path):
+    farm = cluster(("a", "b"))
+    a = farm.servers["a"]
+    a.cli("store", "set", "default", "--max-rate", "8MB/s")
+    image = make_test_image(tmp_path / "big.raw", size=64 * MIB, seed=11)
+    a.cli("vdisk", "import", "big", str(image), "--mode", "standard")
+
+    def copying() -> dict | None:
+        row = status(a, "big").get((0, "b"), {})
+        return row if row.get("state") == "copying" and row["bytes_done"] >= 8 * MIB else None
+
+    wait_until(copying, "the copy under way")
+    now = datetime.now()
+    closed = f"{(now + timedelta(hours=2)):%H:%M}-{(now + timedelta(hours=3)):%H:%M}"
+    a.cli("store", "set", "default", "--window", closed)
+
+    def paused() -> dict | None:
+        row = status(a, "big").get((0, "b"), {})
+        return row if row.get("state") == "queued" and row["reason"] == "window closed" else None
+
+    held = wait_until(paused, "the copy paused by the window")
+    assert store_file(farm.servers["b"], "big", ".repl-base.raw").exists()
+    sent_then = sent(a).get("big/base.raw", 0)
+    time.sleep(3)
+    assert sent(a).get("big/base.raw", 0) == sent_then, "bytes kept going with the window closed"
+    assert status(a, "big")[(0, "b")]["state"] == "queued", held
+    a.cli("store", "set", "default", "--no-window", "--max-rate", "none")
+    wait_until(lambda: present_everywhere(a, "big", 0, "ab"), "the copy resumed and done")
+    assert sent(a).get("big/base.raw", 0) < 1.1 * image.stat().st_size

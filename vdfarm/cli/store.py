@@ -1,4 +1,6 @@
 """`vdfarm store list`: which vDisk versions each server's store holds;
+`vdfarm store verify`: re-hash this server's store now, quarantining what
+changed behind vdfarm's back (the running server fetches it again);
 `vdfarm store sets|add|set`: the store sets (which vDisks go to which
 servers, the copy cap and windows).
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import click
 
-from vdfarm.cli.common import emit, json_option, open_farm, typed_wrong
+from vdfarm.cli.common import emit, json_option, open_farm, open_local_farm, typed_wrong
 from vdfarm.cli.output import print_table
 from vdfarm.cli.params import (
     RATE_OPTION_HELP,
@@ -23,6 +25,8 @@ from vdfarm.cli.params import (
     WindowText,
 )
 from vdfarm.farm.windows import rate_text
+from vdfarm.replication.drift import find_drift
+from vdfarm.replication.verify import quarantine_drifted
 from vdfarm.service.store_sets import StoreSetInfo
 
 Inventory = dict[str, list[tuple[str, int]]]
@@ -143,3 +147,36 @@ def set_cmd(
     with typed_wrong():
         info = farm.replication.set_store(name, servers, max_rate, new_windows)
     emit(info, lambda: click.echo(f"updated store {info.name}"))
+
+
+@store.command("verify")
+@json_option
+def verify_cmd() -> None:
+    """Re-hash every sealed file of THIS server's store against its manifest
+    now (the server does it every --rehash-interval). A file that changed
+    behind vdfarm's back is moved to the store's .quarantine directory and
+    out of the manifest; the running server fetches it again from a peer.
+    Exits 1 if any file was quarantined."""
+    farm = open_local_farm("store verify")
+    gone = quarantine_drifted(farm.store, find_drift(farm.store, full=True), farm.now())
+    farm.servers.record_inventory()
+    found = [
+        {
+            "vdisk": q.drift.vdisk,
+            "file": q.drift.file_name,
+            "version": q.drift.version,
+            "why": q.drift.why,
+            "quarantined_to": str(q.moved_to) if q.moved_to else None,
+        }
+        for q in gone
+    ]
+    emit(
+        found,
+        lambda: print_table(
+            ["VDISK", "FILE", "VERSION", "WHY", "QUARANTINED TO"],
+            [tuple(f.values()) for f in found],
+            empty="every file of this store matches its manifest",
+        ),
+    )
+    if found:
+        raise SystemExit(1)

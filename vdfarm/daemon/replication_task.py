@@ -23,6 +23,9 @@ Rules:
 - A change of the store's manifests (an import, a seal, a merge made
   here, or a copy adopted) updates the inventory in the same round, so
   peers learn within a second that this server holds a version.
+- Every `PURGE_EVERY` rounds the chunk lists of the store's sealed files
+  are computed where missing (cached beside each file), so a peer asking
+  for one does not wait for a hash of the whole file.
 - Drift: every `rehash_every` seconds (and at start) each sealed file of
   the store is re-hashed; one that differs from its manifest is moved to
   quarantine and reported `mismatch`, then fetched again like any missing
@@ -59,19 +62,22 @@ from vdfarm.replication.fetch import (
     fetch_file,
 )
 from vdfarm.replication.throttle import Throttle
+from vdfarm.replication.verify import quarantine_drifted
 from vdfarm.service.replication import Peer, WantedFile, WantedVdisk
 from vdfarm.service.sessions import release_retired_files
-from vdfarm.store.errors import StoreFull
+from vdfarm.store.chunks import chunk_list
+from vdfarm.store.errors import StoreError, StoreFull
 from vdfarm.store.manifest import Manifest
-from vdfarm.store.replica_files import adopt_chain, quarantine
+from vdfarm.store.replica_files import adopt_chain
 from vdfarm.store.snapshot import snapshot
+from vdfarm.store.store import Store
 
 log = logging.getLogger("vdfarm.replication")
 
 ROUND_EVERY = 1.0
 FULL_BACKOFF = 10.0  # seconds before a copy that found the disk full is tried again
 FAILED_BACKOFF = 5.0  # seconds before a copy every peer failed is tried again
-ORPHAN_GRACE = 30.0  # seconds a vDisk directory the database does not know is left alone
+ORPHAN_GRACE = 10.0  # seconds a vDisk directory the database does not know is left alone
 PURGE_EVERY = 10  # rounds
 REPORT_EVERY = 1.0  # seconds between progress rows of a copy
 TOKEN_PREFIX = "replica-"
@@ -102,6 +108,7 @@ class Replication(Task):
         self.token: str | None = None
         self.throttle = Throttle(None)
         self.copying: asyncio.Task[None] | None = None
+        self.warming: asyncio.Task[None] | None = None
         self.copy_key: tuple[int, int] | None = None
         self.stopping = threading.Event()
         self.orphans_since: dict[str, float] = {}
@@ -131,8 +138,9 @@ class Replication(Task):
 
     async def stop(self) -> None:
         self.stopping.set()
-        if self.copying is not None:
-            await asyncio.gather(self.copying, return_exceptions=True)
+        for task in (self.copying, self.warming):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
 
     async def round(self) -> None:
         farm, registry = self.parts.farm, self.parts.stream.registry
@@ -177,6 +185,8 @@ class Replication(Task):
         await self._start_copy(decided.fetches)
         for promoted in await registry.run_db(farm.replication.apply_due_promotions, farm.now()):
             log.info("replication: %s", promoted)
+        if self.rounds % PURGE_EVERY == 0 and (self.warming is None or self.warming.done()):
+            self.warming = asyncio.create_task(self._warm_chunk_lists())
         if self.rounds % PURGE_EVERY == 0:
             for wanted in work.vdisks:
                 await registry.run_db(
@@ -380,33 +390,50 @@ class Replication(Task):
         (sizes every time, hashes when FULL); True if any went."""
         farm, registry = self.parts.farm, self.parts.stream.registry
         drifted = await asyncio.to_thread(find_drift, farm.store, full)
-        for item in drifted:
-            if self._copying_into(item.vdisk):
-                continue
-            moved: Path | None = await asyncio.to_thread(
-                quarantine, farm.store, item.vdisk, item.file_name, farm.now()
-            )
-            log.warning(
-                "replication: %s/%s %s: %s, to be fetched again",
-                item.vdisk,
-                item.file_name,
-                item.why,
-                f"moved to {moved}" if moved else "out of the manifest",
-            )
-            vdisk_id = ids.get(item.vdisk)
-            if item.version is not None and vdisk_id is not None:
+        if not drifted:
+            return False
+        gone = await asyncio.to_thread(
+            quarantine_drifted, farm.store, drifted, farm.now(), self._copying_into
+        )
+        for item in gone:
+            vdisk_id = ids.get(item.drift.vdisk)
+            if item.drift.version is not None and vdisk_id is not None:
                 await registry.run_db(
                     farm.replication.report,
                     farm.server_id,
                     vdisk_id,
-                    item.version,
-                    item.file_name,
+                    item.drift.version,
+                    item.drift.file_name,
                     "mismatch",
-                    item.why,
+                    item.drift.why,
                 )
-        if drifted:
-            await registry.run_db(farm.servers.record_inventory)
-        return bool(drifted)
+        return bool(gone)
+
+    async def _warm_chunk_lists(self) -> None:
+        """Hash the store's sealed files into their chunk lists ahead of
+        the first peer that asks (a cached list is read, not recomputed)."""
+        store = self.parts.farm.store
+        for directory, name in await asyncio.to_thread(sealed_files, store):
+            if self.stopping.is_set():
+                return
+            try:
+                await asyncio.to_thread(chunk_list, directory / name)
+            except (OSError, StoreError) as exc:
+                log.debug("replication: no chunk list for %s/%s: %s", directory.name, name, exc)
+
+
+def sealed_files(store: Store) -> list[tuple[Path, str]]:
+    """(vDisk directory, file name) of every sealed, verified file of STORE."""
+    try:
+        manifests = store.scan()
+    except StoreError:
+        return []
+    return [
+        (store.root / m.vdisk, f.name)
+        for m in manifests
+        for f in m.files
+        if f.sealed and not f.unverified
+    ]
 
 
 def replication(parts: ServerParts) -> Task | None:
