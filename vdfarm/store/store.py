@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vdfarm.store import qemu_img, sources
+from vdfarm.store import qemu_img, sources, uncached
 from vdfarm.store.errors import (
     ManifestError,
     StoreError,
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 SOURCE_FORMATS = sources.SOURCE_FORMATS
 BASE_FILE = "base.raw"
 HASH_CHUNK = 1024 * 1024
-DROP_CACHE_EVERY = 32 * HASH_CHUNK
 LEFTOVER_DIRS = (".import-", ".delete-")
 LEFTOVER_FILES = (".new-", ".merge-")
 
@@ -114,20 +113,18 @@ def exclusive(directory: Path) -> Iterator[bool]:
 
 
 def sha256_of(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks; what it read is
-    dropped from the page cache as it goes (hashing a store must not push
-    the devices' hot blocks out). Raises OSError."""
+    """The hex sha256 of a file, read in 1 MiB blocks that leave the page
+    cache as they found it (`uncached.read_block`: hashing a store must not
+    push the devices' hot blocks out). Raises OSError."""
     digest = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    done = 0
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-            done += n
-            if done % DROP_CACHE_EVERY == 0:
-                os.posix_fadvise(fh.fileno(), 0, done, os.POSIX_FADV_DONTNEED)
-        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        offset = 0
+        while block := uncached.read_block(fd, offset, HASH_CHUNK):
+            digest.update(block)
+            offset += len(block)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
