@@ -20,6 +20,7 @@ from tests.stream.rawclient import CMD_READ, RawClient
 REPO = Path(__file__).resolve().parents[2]
 SHUTDOWN_BOUND_S = 5.0  # a correctness bound the issue sets, not a speed figure
 EVERY_TASK = {
+    "replication",
     "executors",
     "sessions",
     "store",
@@ -35,6 +36,7 @@ EVERY_TASK = {
 STOP_ORDER = [  # by phase: stop accepting, API, periodic, sessions, executors
     "nbd-listener",
     "api",
+    "replication",
     "auto-rebalance",
     "audit-retention",
     "reconcile",

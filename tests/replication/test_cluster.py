@@ -337,7 +337,7 @@ def test_merges_and_deletes_follow_and_store_verify_finds_drift(cluster, tmp_pat
         check=True,
         capture_output=True,
     )
-    a.cli("version", "promote", "golden", "--to", "test")
+    a.cli("version", "promote", "golden", "--to", "production")
     wait_until(lambda: present_everywhere(a, "golden", 1, "ab"), "version 1 on b")
 
     a.cli("version", "merge", "golden", "--new-base")

@@ -1,5 +1,6 @@
 """The token bucket with a fake clock: the average never passes the rate
-(a lower bound on time, asked for), the burst is one second, a live
+(a lower bound on time, asked for), the bucket starts empty and holds a
+quarter second of rate, a live
 change of the rate takes effect at the next take."""
 
 from __future__ import annotations
@@ -30,26 +31,27 @@ def test_200_mb_at_20_mb_per_s_takes_at_least_9_s():
         throttle.take(256 * 1024)
     elapsed = time.now - start
     assert elapsed >= 9.0
-    assert elapsed == pytest.approx(200 * MB / (20 * MB) - 1.0, rel=0.02)  # minus the burst
+    assert elapsed == pytest.approx(200 * MB / (20 * MB), rel=0.02)  # the bucket starts empty
 
 
-def test_the_burst_is_one_second_of_rate():
+def test_the_bucket_starts_empty_and_holds_a_quarter_second():
     time = FakeTime()
     throttle = Throttle(10 * MB, time.clock, time.sleep)
-    throttle.take(10 * MB)  # the full bucket
-    assert time.slept == []
-    time.now += 60  # idle for a minute: the bucket refills to one second only
-    throttle.take(10 * MB)
-    assert time.slept == []
+    throttle.take(1 * MB)  # nothing saved yet: a tenth of a second
+    assert time.slept == [pytest.approx(0.1)]
+    time.now += 0.1  # the sleep passed
+    time.now += 60  # idle for a minute: the bucket refills to a quarter second only
+    throttle.take(int(2.5 * MB))
+    assert len(time.slept) == 1
     throttle.take(5 * MB)
-    assert time.slept == [pytest.approx(0.5)]
+    assert time.slept[-1] == pytest.approx(0.5)
 
 
 def test_a_take_larger_than_the_bucket_goes_into_debt():
     time = FakeTime()
     throttle = Throttle(1 * MB, time.clock, time.sleep)
     throttle.take(3 * MB)
-    assert time.slept == [pytest.approx(2.0)]
+    assert time.slept == [pytest.approx(3.0)]
     throttle.take(1 * MB)
     assert time.slept[-1] == pytest.approx(1.0)
 
@@ -57,7 +59,6 @@ def test_a_take_larger_than_the_bucket_goes_into_debt():
 def test_set_rate_takes_effect_at_the_next_take():
     time = FakeTime()
     throttle = Throttle(10 * MB, time.clock, time.sleep)
-    throttle.take(10 * MB)
     throttle.set_rate(1 * MB)
     assert throttle.rate_bps == 1 * MB
     throttle.take(1 * MB)
@@ -65,9 +66,9 @@ def test_set_rate_takes_effect_at_the_next_take():
     throttle.set_rate(None)
     throttle.take(100 * MB)
     assert len(time.slept) == 1
-    throttle.set_rate(2 * MB)  # a new cap starts with a full bucket
+    throttle.set_rate(2 * MB)  # a new cap starts with an empty bucket
     throttle.take(2 * MB)
-    assert len(time.slept) == 1
+    assert time.slept[-1] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, "fast", True])
@@ -89,7 +90,6 @@ def test_threads_share_the_cap():
             slept.append(seconds)
 
     throttle = Throttle(1 * MB, lambda: 100.0, sleep)
-    throttle.take(1 * MB)  # empty the bucket
     threads = [threading.Thread(target=throttle.take, args=(MB,)) for _ in range(4)]
     for thread in threads:
         thread.start()

@@ -2,13 +2,14 @@
 
 Rules:
 - `take(n)` returns once N more bytes may pass at `rate_bps` on average;
-  with no rate (None) it returns at once. The bucket holds at most one
-  second of rate (the burst), and starts full.
+  with no rate (None) it returns at once. The bucket holds at most a
+  quarter second of rate (the burst) and starts empty, so the rate over
+  any few seconds (what `replication status` shows) stays at the cap.
 - A take larger than the bucket is allowed: the bucket goes into debt and
   the caller sleeps until it is paid, so the average never exceeds the rate.
 - `set_rate` changes the cap at once, for the next take (a live
   `vdfarm store set --max-rate`); the bytes already owed stay owed; a cap
-  set where there was none starts with a full bucket.
+  set where there was none starts with an empty bucket.
 - Pure apart from the injected clock and sleep; safe to share between
   threads (the state is behind a lock, the sleep outside it).
 """
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-BURST_S = 1.0
+BURST_S = 0.25
 
 
 def check_rate(rate_bps: int | None) -> int | None:
@@ -44,7 +45,7 @@ class Throttle:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._tokens = float(self._burst())
+        self._tokens = 0.0
         self._at = clock()
 
     @property
@@ -83,4 +84,4 @@ class Throttle:
             elif was_capped:
                 self._tokens = min(self._tokens, self._burst())
             else:
-                self._tokens = self._burst()
+                self._tokens = 0.0
