@@ -185,13 +185,17 @@ def spread_writes(path: Path, size_mib: int, count: int) -> None:
                    capture_output=True)  # fmt: skip
 
 
-def fio_iops(uri: str, runtime: int) -> float:
-    out = subprocess.run(
+def fio_iops(uri: str, runtime: int, size: int = 1 << 30) -> float:
+    proc = subprocess.run(
         ["fio", "--name=dev", "--ioengine=nbd", f"--uri={uri}", "--rw=randread", "--bs=4k",
-         "--iodepth=32", f"--runtime={runtime}", "--time_based", "--output-format=json"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    return float(json.loads(out)["jobs"][0]["read"]["iops"])
+         "--iodepth=32", f"--runtime={runtime}", "--time_based", f"--size={size}",
+         "--output-format=json", "--numjobs=1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        sys.exit(f"bench: fio on {uri} failed: {proc.stdout[-300:]}{proc.stderr[-300:]}")
+    out = proc.stdout
+    return float(json.loads(out[out.index("{") :])["jobs"][0]["read"]["iops"])
 
 
 def main() -> int:
@@ -203,7 +207,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed (run scripts/install.sh --test)")
     size = args.size_mib * MIB
-    results: dict[str, float] = {}
+    results = Results()
     with tempfile.TemporaryDirectory(prefix="vdfarm-repl-bench-", dir="/var/tmp") as tmp, \
             throwaway_database() as db:  # fmt: skip
         work = Path(tmp)
@@ -282,6 +286,14 @@ def main() -> int:
             b.stop()
     report(results, size)
     return 0
+
+
+class Results(dict[str, float]):
+    """The figures, each printed as it is measured (a later failure keeps them)."""
+
+    def __setitem__(self, key: str, value: float) -> None:
+        super().__setitem__(key, value)
+        print(f"{key}: {value:.3f}", flush=True)
 
 
 def report(r: dict[str, float], size: int) -> None:
