@@ -147,7 +147,11 @@ class OverflowNoRamMachine(CacheMachine):
     disk_blocks = 3
 
 
-TestRamCacheModel = MODEL_SETTINGS(CacheMachine.TestCase)
-TestDiskCacheModel = MODEL_SETTINGS(DiskMachine.TestCase)
-TestOverflowCacheModel = MODEL_SETTINGS(OverflowMachine.TestCase)
-TestOverflowNoRamCacheModel = MODEL_SETTINGS(OverflowNoRamMachine.TestCase)
+TestRamCacheModel = CacheMachine.TestCase
+TestRamCacheModel.settings = MODEL_SETTINGS
+TestDiskCacheModel = DiskMachine.TestCase
+TestDiskCacheModel.settings = MODEL_SETTINGS
+TestOverflowCacheModel = OverflowMachine.TestCase
+TestOverflowCacheModel.settings = MODEL_SETTINGS
+TestOverflowNoRamCacheModel = OverflowNoRamMachine.TestCase
+TestOverflowNoRamCacheModel.settings = MODEL_SETTINGS
