@@ -128,3 +128,16 @@ def test_pinned_sessions_are_never_planned(lopsided):
     a, _, ids = lopsided
     a.sessions.report_cache_usage({device_id: 4096 for device_id in ids})
     assert rebalance(a, apply=False).moves == ()
+
+
+def test_a_write_cache_on_the_device_never_pins(lopsided):
+    """Data counted in a device-side cache type travels with the device's
+    agent: the planner moves such devices as if their cache were empty."""
+    a, _, ids = lopsided
+    empty = rebalance(a, apply=False).moves
+    assert empty
+    a.vdisks.set("w", write_cache="device-ram")
+    a.sessions.report_cache_usage({device_id: 4096 for device_id in ids})
+    assert rebalance(a, apply=False).moves == empty
+    a.vdisks.set("w", write_cache="server-ram")  # the same bytes on the server: pinned
+    assert rebalance(a, apply=False).moves == ()

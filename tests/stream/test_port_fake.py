@@ -63,6 +63,7 @@ def fake(tmp_path, image) -> FakeFarm:
         target(1, "pc1", image),
         target(2, "pc2", image),
         target(3, "solo", private, mode="private", vdisk_id=2, vdisk="mine"),
+        target(4, "pc4", image, sha256="ab" * 32, cache="device-ram"),
     )
 
 
@@ -297,5 +298,28 @@ def test_a_vdisk_locked_elsewhere_is_refused_by_policy(fake, tmp_path):
                 await connect(port, "solo")
             assert refused.value.rtype == REP_ERR_POLICY
             assert refused.value.message == "vDisk 2 is locked by device 99"
+
+    run(scenario)
+
+
+# -- the export's description: what the agent checks after a failover ---------
+
+
+@pytest.mark.parametrize(
+    ("export", "expected"),
+    [
+        ("pc4", f"vdfarm vdisk=golden version=0 sha256={'ab' * 32} size={SIZE}"),
+        ("solo", f"vdfarm vdisk=mine version=0 sha256=- size={SIZE}"),
+        ("vdisk/golden", f"vdfarm vdisk=golden version=0 sha256=- size={SIZE}"),
+    ],
+)
+def test_an_opened_export_describes_the_copy_it_serves(fake, tmp_path, export, expected):
+    async def scenario() -> None:
+        async with serving(fake, tmp_path) as (_server, port):
+            client = RawClient(port)
+            await asyncio.to_thread(client.greeting)
+            client.send_client_flags()
+            assert await asyncio.to_thread(client.description, export) == expected
+            client.close()
 
     run(scenario)
