@@ -82,6 +82,10 @@ def _present(**fields: Any) -> dict[str, Any]:
 
 def _device(data: Any) -> DeviceInfo:
     info = from_plain(DeviceInfo, data)
+    if info.failovers is not None and isinstance(info.failovers["last"].get("at"), str):
+        last = {**info.failovers["last"]}
+        last["at"] = datetime.fromisoformat(last["at"])
+        info = replace(info, failovers={**info.failovers, "last": last})
     if info.session is None:
         return info
     live = dict(info.session)
