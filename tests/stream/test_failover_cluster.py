@@ -85,6 +85,8 @@ def test_a_device_whose_server_died_is_served_at_once_by_another(cluster):
     assert on_b.call(CMD_READ, 0, 4096) == first
     shown = b.cli_json("device", "show", "pc1")
     assert shown["session"]["server"] == "b" and shown["failovers"] is None
+    rows = cluster.server_rows(b)  # A's stale row is gone: it counts nothing
+    assert (rows["a"]["connected"], rows["b"]["connected"]) == (0, 1)
 
     token = operator_token(b)
     report = {"from": "a", "to": "b", "pause_ms": 420, "retried": 3, "reason": "a died"}

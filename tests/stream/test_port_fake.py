@@ -323,3 +323,22 @@ def test_an_opened_export_describes_the_copy_it_serves(fake, tmp_path, export, e
             client.close()
 
     run(scenario)
+
+
+def test_a_device_back_within_grace_is_recorded_here_again(fake, tmp_path):
+    """Its agent failed over to another server (whose record replaced this
+    one's) and came back before the grace ran out: the record says here."""
+
+    async def scenario() -> None:
+        async with serving(fake, tmp_path) as (server, port):
+            client = await connect(port, "pc1")
+            await eventually(lambda: 1 in fake.records, "pc1 recorded")
+            client.close()  # an unclean drop: the session waits out its grace
+            await eventually(lambda: server.registry.sessions[1].grace_handle is not None, "grace")
+            del fake.records[1]  # another server recorded pc1 meanwhile
+            again = await connect(port, "pc1")
+            await eventually(lambda: 1 in fake.records, "pc1 recorded again")
+            assert fake.calls.count("session_started") == 2
+            await goodbye(again)
+
+    run(scenario)
