@@ -15,8 +15,10 @@ the same files, page cache dropped before each copy:
               (`--inplace --no-whole-file`) of the flattened images to the
               daemon holding the flattened base (bytes from `--stats`).
   iops        a device on a reads 4 KiB at random (fio's nbd engine, QD32)
-              over a hot 1 GiB vDisk: idle, while b pulls a 4 GiB base with
-              no cap, and with `--max-rate 100MB/s`.
+              over a hot 1 GiB vDisk (read whole first, as a busy server's
+              working set is): idle, while b pulls a 4 GiB base with no
+              cap, and with `--max-rate 100MB/s` (the copies' source pages
+              are not in the cache).
 
 Figures are times and rates of one run; the ratios are what to read.
 
@@ -128,6 +130,13 @@ class Server:
         return int(response.json().get(key, 0))
 
 
+def warm(path: Path) -> None:
+    """Read PATH whole, so its pages are in the page cache."""
+    with open(path, "rb", buffering=0) as fh:
+        while fh.read(MIB):
+            pass
+
+
 def make_random_image(path: Path, size_mib: int) -> None:
     with open(path, "wb") as fh:
         for _ in range(size_mib):
@@ -185,13 +194,17 @@ def spread_writes(path: Path, size_mib: int, count: int) -> None:
                    capture_output=True)  # fmt: skip
 
 
-def fio_iops(uri: str, runtime: int) -> float:
-    out = subprocess.run(
+def fio_iops(uri: str, runtime: int, size: int = 1 << 30) -> float:
+    proc = subprocess.run(
         ["fio", "--name=dev", "--ioengine=nbd", f"--uri={uri}", "--rw=randread", "--bs=4k",
-         "--iodepth=32", f"--runtime={runtime}", "--time_based", "--output-format=json"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    return float(json.loads(out)["jobs"][0]["read"]["iops"])
+         "--iodepth=32", f"--runtime={runtime}", "--time_based", f"--size={size}",
+         "--output-format=json", "--numjobs=1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        sys.exit(f"bench: fio on {uri} failed: {proc.stdout[-300:]}{proc.stderr[-300:]}")
+    out = proc.stdout
+    return float(json.loads(out[out.index("{") :])["jobs"][0]["read"]["iops"])
 
 
 def main() -> int:
@@ -203,7 +216,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed (run scripts/install.sh --test)")
     size = args.size_mib * MIB
-    results: dict[str, float] = {}
+    results = Results()
     with tempfile.TemporaryDirectory(prefix="vdfarm-repl-bench-", dir="/var/tmp") as tmp, \
             throwaway_database() as db:  # fmt: skip
         work = Path(tmp)
@@ -266,13 +279,13 @@ def main() -> int:
             a.cli("vdisk", "import", "hot", str(hot), "--mode", "private")
             a.cli("device", "add", "dev1", "--vdisk", "hot")
             uri = f"nbd://127.0.0.1:{a.nbd_port}/dev1"
-            fio_iops(uri, 2)  # warm the page cache
+            hot_copy = a.data / "store" / "hot" / "base.raw"
+            warm(hot_copy)  # the device's working set is hot, as on a busy server
             results["iops idle"] = fio_iops(uri, args.iops_runtime)
             for label, rate, name in (("uncapped", "none", "c1"), ("100MB/s", "100MB/s", "c2")):
                 a.cli("store", "set", "default", "--servers", "a", "--max-rate", rate)
                 a.cli("vdisk", "import", name, str(image), "--mode", "standard")
-                drop_caches()
-                fio_iops(uri, 1)  # hot again after the drop
+                warm(hot_copy)  # the import read 4 GiB through the cache: warm again
                 a.cli("store", "set", "default", "--servers", "all")
                 time.sleep(2)  # the copy is under way
                 results[f"iops during copy {label}"] = fio_iops(uri, args.iops_runtime)
@@ -282,6 +295,14 @@ def main() -> int:
             b.stop()
     report(results, size)
     return 0
+
+
+class Results(dict[str, float]):
+    """The figures, each printed as it is measured (a later failure keeps them)."""
+
+    def __setitem__(self, key: str, value: float) -> None:
+        super().__setitem__(key, value)
+        print(f"{key}: {value:.3f}", flush=True)
 
 
 def report(r: dict[str, float], size: int) -> None:

@@ -141,5 +141,6 @@ def new_sealed_version(farm, pattern, to="production", vdisk="w", device="pm"):
 
 
 def store_files(farm, vdisk="w"):
-    """The names in VDISK's store directory."""
-    return sorted(os.listdir(farm.store.root / vdisk))
+    """The names in VDISK's store directory (but the chunk lists cached for
+    peers, `.chunks-FILE.json`)."""
+    return sorted(n for n in os.listdir(farm.store.root / vdisk) if not n.startswith(".chunks-"))

@@ -157,7 +157,7 @@ def test_resume_all_repairs_this_servers_steps_at_start(vfarm, monkeypatch, tmp_
 
 
 def test_repair_refuses_a_step_still_running_here(vfarm, monkeypatch):
-    from vdfarm.store.store import busy
+    from vdfarm.store.locking import busy
 
     with monkeypatch.context() as patch:
         patch.setattr(merges_module, "apply_merge", db_failure)

@@ -37,13 +37,18 @@ def test_leftovers_of_a_crashed_import_and_delete_are_removed(store):
         "w/.new-0123456789ab-v1.qcow2",
     ]
     assert sorted(os.listdir(store.root)) == ["w"]
-    assert sorted(os.listdir(store.root / "w")) == ["base.raw", "manifest.json"]
+    # what stays: the file, its manifest, and the chunk list the import cached for peers
+    assert sorted(os.listdir(store.root / "w")) == [
+        ".chunks-base.raw.json",
+        "base.raw",
+        "manifest.json",
+    ]
     assert store.verify("w").ok
     assert store.remove_leftovers() == []
 
 
 def test_leftovers_being_built_by_a_live_process_are_kept(store):
-    from vdfarm.store.store import busy
+    from vdfarm.store.locking import busy
 
     live = store.root / ".import-z-0123456789ab"
     live.mkdir()

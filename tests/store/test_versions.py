@@ -27,6 +27,11 @@ SIZE = 4 << 20
 AT = datetime(2030, 1, 1, tzinfo=UTC)
 
 
+def listed(directory) -> list[str]:
+    """DIRECTORY's names but the chunk lists cached for peers (`.chunks-*`)."""
+    return sorted(n for n in os.listdir(directory) if not n.startswith(".chunks-"))
+
+
 @pytest.fixture
 def store(tmp_path):
     root = tmp_path / "store"
@@ -68,7 +73,7 @@ def test_open_delta_is_a_qcow2_on_the_relative_base(store):
     assert str(store.root) not in manifest_text(store)
     assert store.verify("w").ok
     assert_qemu_clean(store.root / "w")
-    assert sorted(os.listdir(store.root / "w")) == ["base.raw", "manifest.json", "v1.qcow2"]
+    assert listed(store.root / "w") == ["base.raw", "manifest.json", "v1.qcow2"]
 
 
 def test_open_delta_refusals_change_nothing(store):
@@ -134,7 +139,10 @@ def test_unseal_and_drop_never_touch_the_base(store):
     assert sv.unseal_top(store, "w") == opened
     dropped = sv.drop_top(store, "w")
     assert dropped.name == "v1.qcow2"
-    assert sorted(os.listdir(store.root / "w")) == ["base.raw", "manifest.json"]
+    assert sorted(n for n in os.listdir(store.root / "w") if not n.startswith(".chunks-")) == [
+        "base.raw",
+        "manifest.json",
+    ]
     assert len(store.manifest("w").files) == 1
 
 
@@ -170,7 +178,7 @@ def test_fold_updates_keeps_content_and_the_files_above(chain):
     assert manifest.retired == retired
     assert (directory / "v1.qcow2").exists() and (directory / "v2.qcow2").exists()
     assert store.verify("w").ok
-    assert not [n for n in os.listdir(directory) if n.startswith(".")]
+    assert not [n for n in os.listdir(directory) if n.startswith(".") and ".chunks-" not in n]
     assert_qemu_clean(directory)
 
 
@@ -217,7 +225,7 @@ def test_purge_deletes_only_what_is_not_needed(chain):
     assert sv.purge_retired(store, "w", lambda r: True) == []
     assert sv.purge_retired(store, "w", lambda r: False) == ["v2.qcow2"]
     assert "retired" not in json.loads(manifest_text(store))
-    assert sorted(os.listdir(store.root / "w")) == ["base.raw", "manifest.json", "v4.qcow2"]
+    assert listed(store.root / "w") == ["base.raw", "manifest.json", "v4.qcow2"]
 
 
 @pytest.mark.parametrize("fmt", sv.EXPORT_FORMATS)
@@ -249,4 +257,7 @@ def test_remove_leftovers_clears_temp_version_files(store):
     (store.root / "w" / ".new-0123456789ab-v2.qcow2").write_bytes(b"x")
     removed = store.remove_leftovers()
     assert sorted(removed) == ["w/.merge-0123456789ab-v1.qcow2", "w/.new-0123456789ab-v2.qcow2"]
-    assert sorted(os.listdir(store.root / "w")) == ["base.raw", "manifest.json"]
+    assert sorted(n for n in os.listdir(store.root / "w") if not n.startswith(".chunks-")) == [
+        "base.raw",
+        "manifest.json",
+    ]

@@ -60,9 +60,10 @@ from vdfarm.service.intents import (
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
+from vdfarm.store.locking import busy
 from vdfarm.store.manifest import VDISK_NAME_RE, ManifestFile
 from vdfarm.store.qemu_img import QemuImgError
-from vdfarm.store.store import Store, busy
+from vdfarm.store.store import Store
 
 EXPORT_FORMATS = store_versions.EXPORT_FORMATS
 

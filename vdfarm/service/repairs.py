@@ -46,9 +46,10 @@ from vdfarm.service.sessions import release_retired_files
 from vdfarm.store import recovery
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
+from vdfarm.store.locking import exclusive
 from vdfarm.store.manifest import ManifestFile
 from vdfarm.store.qemu_img import QemuImgError
-from vdfarm.store.store import Store, exclusive
+from vdfarm.store.store import Store
 
 log = logging.getLogger(__name__)
 

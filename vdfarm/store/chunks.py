@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from vdfarm.store.errors import BadChunkList, StoreError
+from vdfarm.store.locking import busy
 from vdfarm.store.manifest import fsync_dir
-from vdfarm.store.store import busy
 from vdfarm.store.uncached import read_block
 
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -214,12 +214,13 @@ def _read_cache(path: Path, key: dict[str, int], chunk_size: int) -> ChunkList |
 
 
 def _write_cache(path: Path, key: dict[str, int], found: ChunkList) -> None:
-    """Best effort: a cache that cannot be written is computed again next time."""
+    """Best effort: a cache that cannot be written (the directory held
+    exclusively, by a merge of this very process) is computed again next time."""
     final = cache_path(path)
     temp = path.with_name(f".new-{uuid.uuid4().hex[:12]}{final.name}")
     text = json.dumps({"key": key, "chunks": found.to_dict()}, separators=(",", ":"))
     try:
-        with busy(path.parent):
+        with busy(path.parent, wait=False):
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as fh:
                 fh.write(text)

@@ -26,24 +26,22 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vdfarm.store import qemu_img, sources, uncached
+from vdfarm.store import chunks, qemu_img, sources, uncached
 from vdfarm.store.errors import (
     ManifestError,
     StoreError,
     VdiskExists,
     VdiskMissing,
 )
+from vdfarm.store.locking import _idle, busy
 from vdfarm.store.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -61,55 +59,6 @@ BASE_FILE = "base.raw"
 HASH_CHUNK = 1024 * 1024
 LEFTOVER_DIRS = (".import-", ".delete-")
 LEFTOVER_FILES = (".new-", ".merge-")
-
-
-@contextlib.contextmanager
-def busy(directory: Path) -> Iterator[None]:
-    """Hold a shared flock on DIRECTORY while temporaries are built in it,
-    so `Store.remove_leftovers` leaves them alone.
-
-    Raises StoreError if DIRECTORY is gone (removed as a leftover before the
-    flock was taken) or cannot be opened.
-    """
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StoreError(f"cannot use the store directory {directory}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        if os.fstat(fd).st_nlink == 0:
-            raise StoreError(f"the store directory {directory} was removed while in use")
-        yield
-    finally:
-        os.close(fd)
-
-
-def _idle(directory: str) -> int | None:
-    """An fd holding DIRECTORY's exclusive flock, or None if someone is busy
-    in it (or it is not a directory of ours: a symlink, gone)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-@contextlib.contextmanager
-def exclusive(directory: Path) -> Iterator[bool]:
-    """Hold DIRECTORY's exclusive flock while the block runs, if nobody is
-    `busy` in it: yields True then, False if a live process builds something
-    there (or the directory is gone). Raises nothing."""
-    fd = _idle(str(directory))
-    try:
-        yield fd is not None
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def sha256_of(path: Path) -> str:
@@ -281,7 +230,7 @@ class Store:
                 name=BASE_FILE,
                 format="raw",
                 size=target.stat().st_size,
-                sha256=sha256_of(target),
+                sha256=chunks.chunk_list(target).sha256,  # one pass: the peers' chunk list too
                 parent=None,
             )
             manifest = Manifest(vdisk=name, files=(entry,))

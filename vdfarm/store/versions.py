@@ -33,7 +33,9 @@ from datetime import datetime
 from pathlib import Path
 
 from vdfarm.store import qemu_img
+from vdfarm.store.chunks import chunk_list, forget_cache
 from vdfarm.store.errors import StoreError, VdiskExists
+from vdfarm.store.locking import busy
 from vdfarm.store.manifest import (
     Manifest,
     ManifestFile,
@@ -41,7 +43,7 @@ from vdfarm.store.manifest import (
     fsync_dir,
     write_manifest,
 )
-from vdfarm.store.store import Store, busy, sha256_of
+from vdfarm.store.store import Store, sha256_of
 
 EXPORT_FORMATS = ("raw", "qcow2", "vpc", "vhdx", "vmdk")
 
@@ -72,7 +74,11 @@ def _sealed_entry(path: Path, entry: ManifestFile) -> ManifestFile:
     try:
         with open(path, "rb+") as fh:
             os.fsync(fh.fileno())
-        return replace(entry, size=path.stat().st_size, sha256=sha256_of(path))
+        # A file under its real name: one pass hashes it and caches the chunk
+        # list peers will ask for. A temporary (a fold) is hashed alone: its
+        # chunk list would be cached under a name that goes away.
+        digest = sha256_of(path) if path.name.startswith(".") else chunk_list(path).sha256
+        return replace(entry, size=path.stat().st_size, sha256=digest)
     except OSError as exc:
         raise StoreError(f"cannot read {path.name}: {exc.strerror}") from exc
 
@@ -171,7 +177,9 @@ def drop_top(store: Store, name: str) -> ManifestFile:
         raise StoreError(f"vDisk {name} has only its base file")
     top = manifest.top
     _write(store, name, replace(manifest, files=manifest.files[:-1]))
-    file_path(store, name, top.name).unlink(missing_ok=True)
+    top_path = file_path(store, name, top.name)
+    top_path.unlink(missing_ok=True)
+    forget_cache(top_path)
     return top
 
 
@@ -249,7 +257,9 @@ def purge_retired(
     if not doomed:
         return []
     for retired in doomed:
-        file_path(store, name, retired.name).unlink(missing_ok=True)
+        retired_path = file_path(store, name, retired.name)
+        retired_path.unlink(missing_ok=True)
+        forget_cache(retired_path)
     kept = tuple(r for r in manifest.retired if r not in doomed)
     _write(store, name, replace(manifest, retired=kept))
     return [r.name for r in doomed]
