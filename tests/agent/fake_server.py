@@ -120,7 +120,10 @@ class _Conn(asyncio.Protocol):
             self.transport.write(nbd.reply_error(req.cookie, c.NBD_EINVAL))
         elif req.command == c.CMD_READ:
             self.transport.writelines(
-                [nbd.reply_read_header(req.cookie, req.offset, req.length), bytes(owner.data[req.offset : end])]
+                [
+                    nbd.reply_read_header(req.cookie, req.offset, req.length),
+                    bytes(owner.data[req.offset : end]),
+                ]
             )
         elif req.command == c.CMD_WRITE:
             owner.data[req.offset : end] = bytes(req.data or b"")
@@ -135,8 +138,13 @@ class _Conn(asyncio.Protocol):
 class FakeFarm:
     """Login over FakeServers: the first one up, in order, not excluded."""
 
-    def __init__(self, servers: list[FakeServer], data: bytes, failover: bool = True,
-                 write_cache_type: str = "none"):
+    def __init__(
+        self,
+        servers: list[FakeServer],
+        data: bytes,
+        failover: bool = True,
+        write_cache_type: str = "none",
+    ):
         self.servers = servers
         self.data = data
         self.failover = failover

@@ -53,7 +53,12 @@ def farm(tmp_path):
             return 404, {"detail": f"no device named {body['device']!r}"}
         for server in servers:
             if server.up and server.name not in body.get("exclude", []):
-                ref = {"name": server.name, "host": "127.0.0.1", "nbd_port": server.port, "api_port": None}
+                ref = {
+                    "name": server.name,
+                    "host": "127.0.0.1",
+                    "nbd_port": server.port,
+                    "api_port": None,
+                }
                 return 200, login_answer(DEVICE, ref, sha, len(DATA))
         return 503, {"detail": "no server up"}
 
@@ -67,13 +72,24 @@ def farm(tmp_path):
 
 def start_agent(tmp_path, url, *extra):
     sock = tmp_path / "run" / f"{DEVICE}.sock"
-    log = open(tmp_path / "agent.log", "ab")
-    proc = subprocess.Popen(
-        [*VDFARM, "agent", "--farm", url, "--device", DEVICE, "--listen", f"unix:{sock}",
-         "--io-timeout", "0.5", *extra],
-        stdout=log,
-        stderr=log,
-    )
+    with open(tmp_path / "agent.log", "ab") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [
+                *VDFARM,
+                "agent",
+                "--farm",
+                url,
+                "--device",
+                DEVICE,
+                "--listen",
+                f"unix:{sock}",
+                "--io-timeout",
+                "0.5",
+                *extra,
+            ],
+            stdout=log,
+            stderr=log,
+        )
     deadline = time.monotonic() + 20
     while not sock.exists():
         assert proc.poll() is None, (tmp_path / "agent.log").read_text()
@@ -90,7 +106,10 @@ def stop(proc):
 def status(sock):
     out = subprocess.run(
         [*VDFARM, "agent", "status", "--listen", f"unix:{sock}", "--json"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return json.loads(out.stdout)
 
@@ -104,24 +123,39 @@ def test_the_whole_disk_through_the_agent_and_a_kill_under_reads(farm, tmp_path)
         uri = f"nbd+unix:///{DEVICE}?socket={sock}"
         image = tmp_path / "image.raw"
         image.write_bytes(DATA)
-        subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(image), uri],
-                       check=True, timeout=60, capture_output=True)
-        info = subprocess.run(["nbdinfo", "--json", uri], check=True, capture_output=True,
-                              text=True, timeout=30)
+        subprocess.run(
+            ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(image), uri],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        info = subprocess.run(
+            ["nbdinfo", "--json", uri], check=True, capture_output=True, text=True, timeout=30
+        )
         assert json.loads(info.stdout)["exports"][0]["export-size"] == len(DATA)
 
         # A loop of reads; s1 dies in the middle: no error, one failover.
         reads = subprocess.Popen(
             ["qemu-io", "-f", "raw", "-r", uri]
-            + [a for n in range(300) for a in ("-c", f"read {(n * 65536) % len(DATA)} 65536")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            + [a for n in range(3000) for a in ("-c", f"read {(n * 65536) % len(DATA)} 65536")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        time.sleep(0.3)
+        start = s1.requests
+        deadline = time.monotonic() + 30
+        while s1.requests < start + 100:  # the loop is reading: kill its server now
+            assert time.monotonic() < deadline and reads.poll() is None
+            time.sleep(0.01)
         loop.run(s1.kill)
         out, err = reads.communicate(timeout=60)
         assert reads.returncode == 0 and "error" not in (out + err).lower(), err
-        subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(image), uri],
-                       check=True, timeout=60, capture_output=True)
+        subprocess.run(
+            ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(image), uri],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
         shown = status(sock)
         assert shown["server"] == "s2"
         [record] = shown["failovers"]
@@ -134,8 +168,13 @@ def test_the_whole_disk_through_the_agent_and_a_kill_under_reads(farm, tmp_path)
             time.sleep(0.05)
         [(_, body, _)] = [r for r in stub.requests if r[0].endswith("/failover")]
         assert body["from"] == "s1" and body["to"] == "s2" and isinstance(body["pause_ms"], int)
-        human = subprocess.run([*VDFARM, "agent", "status", "--listen", f"unix:{sock}"],
-                               capture_output=True, text=True, timeout=30, check=True).stdout
+        human = subprocess.run(
+            [*VDFARM, "agent", "status", "--listen", f"unix:{sock}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
         assert "s1 -> s2" in human
     finally:
         stop(proc)

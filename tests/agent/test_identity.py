@@ -14,15 +14,23 @@ def test_the_identity_is_read_alone_or_inside_a_description():
 
 
 def test_no_identity_is_none():
-    for text in (None, "", "vDisk golden (standard)", TEXT.replace("size=", "size=x"),
-                 TEXT.replace(SHA, SHA[:-1]), "xvdfarm" + TEXT[6:]):
+    for text in (
+        None,
+        "",
+        "vDisk golden (standard)",
+        TEXT.replace("size=", "size=x"),
+        TEXT.replace(SHA, SHA[:-1]),
+        "xvdfarm" + TEXT[6:],
+    ):
         assert parse_identity(text) is None, text
 
 
 def test_the_copy_check_names_what_differs():
     assert identity_problem(EXPECTED, 1048576, TEXT) is None
     assert "no vdfarm identity" in identity_problem(EXPECTED, 1048576, "vDisk golden")
-    assert "version 4" in identity_problem(EXPECTED, 1048576, TEXT.replace("version=3", "version=4"))
+    assert "version 4" in identity_problem(
+        EXPECTED, 1048576, TEXT.replace("version=3", "version=4")
+    )
     assert "sha256" in identity_problem(EXPECTED, 1048576, TEXT.replace(SHA, "cd" * 32))
     assert "bytes" in identity_problem(EXPECTED, 4096, TEXT)
     assert "vDisk other" in identity_problem(EXPECTED, 1048576, TEXT.replace("golden", "other"))

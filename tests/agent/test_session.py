@@ -32,12 +32,10 @@ async def farm_of(*names: str, failover: bool = True, cache: str = "none", data:
 
 def session_for(farm: FakeFarm, **options) -> Session:
     first = farm.answer(farm.servers[0])
+    cache = options.pop("cache", None)
+    io_timeout = options.pop("io_timeout", 0.3)
     return Session(
-        first,
-        farm.login,
-        connect,
-        SessionOptions(io_timeout=options.pop("io_timeout", 0.3), **options),
-        cache=options.pop("cache", None),
+        first, farm.login, connect, SessionOptions(io_timeout=io_timeout, **options), cache=cache
     )
 
 
@@ -194,7 +192,9 @@ class DictCache:
                 self.blocks[b] = bytearray(fills.get(b * self.BLOCK, bytes(self.BLOCK)))
             lo = max(offset, b * self.BLOCK)
             hi = min(offset + len(data), (b + 1) * self.BLOCK)
-            self.blocks[b][lo - b * self.BLOCK : hi - b * self.BLOCK] = data[lo - offset : hi - offset]
+            self.blocks[b][lo - b * self.BLOCK : hi - b * self.BLOCK] = data[
+                lo - offset : hi - offset
+            ]
 
     def zero(self, offset, length, fills):
         self.write(offset, bytes(length), fills)
@@ -205,14 +205,21 @@ class DictCache:
             b = pos // self.BLOCK
             hi = min(end, (b + 1) * self.BLOCK)
             piece = self.blocks.get(b)
-            data = None if piece is None else bytes(piece[pos - b * self.BLOCK : hi - b * self.BLOCK])
+            data = (
+                None if piece is None else bytes(piece[pos - b * self.BLOCK : hi - b * self.BLOCK])
+            )
             out.append((pos, hi - pos, data))
             pos = hi
         return out
 
     def stats(self):
-        return {"ram_bytes": len(self.blocks) * self.BLOCK, "disk_bytes": 0, "ram_hits": 0,
-                "disk_hits": 0, "full": False}
+        return {
+            "ram_bytes": len(self.blocks) * self.BLOCK,
+            "disk_bytes": 0,
+            "ram_hits": 0,
+            "disk_hits": 0,
+            "full": False,
+        }
 
 
 def test_writes_stay_in_the_device_cache_across_a_failover():
@@ -232,7 +239,9 @@ def test_writes_stay_in_the_device_cache_across_a_failover():
         # Full: ENOSPC on exactly the write that does not fit, earlier data intact.
         for block in range(1, 4):
             assert (await session.handle(c.CMD_WRITE, 0, block * 65536, 4096, b"x" * 4096))[0] == 0
-        assert (await session.handle(c.CMD_WRITE, 0, 9 * 65536, 4096, b"y" * 4096))[0] == c.NBD_ENOSPC
+        assert (await session.handle(c.CMD_WRITE, 0, 9 * 65536, 4096, b"y" * 4096))[
+            0
+        ] == c.NBD_ENOSPC
         assert session.cache_full and session.status()["cache_full"]
         error, data = await session.handle(c.CMD_READ, 0, 65536, 4096, None)
         assert (error, data) == (0, b"x" * 4096)

@@ -25,11 +25,10 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vdfarm.agent.session import Session
 from vdfarm.nbd import constants as c
-from vdfarm.nbd.errors import RemoteProtocolError
+from vdfarm.nbd.errors import RemoteProtocolError, errno_to_nbd
 from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
 from vdfarm.nbd.text import printable
@@ -196,7 +195,11 @@ class LocalConnection(asyncio.Protocol):
             self._write(nbd.reply_block_status(req.cookie, [(req.length, 0)]))
             return
         data = bytes(req.data) if req.data is not None else None
-        error, payload = await self.session.handle(cmd, req.flags, req.offset, req.length, data)
+        try:
+            error, payload = await self.session.handle(cmd, req.flags, req.offset, req.length, data)
+        except OSError as exc:  # the device cache's disk, for one
+            log.error("local request %d failed: %s", cmd, exc)
+            error, payload = errno_to_nbd(exc.errno or 0), b""
         if self.closed:
             return
         if error:
@@ -231,11 +234,11 @@ async def listen(address: ListenAddress, session: Session, device: str) -> async
         _prepare_socket_dir(address.path)
         old = os.umask(0o177)  # the socket file is born 0600
         try:
-            server: Any = await loop.create_unix_server(factory, str(address.path))
+            server = await loop.create_unix_server(factory, str(address.path))
         finally:
             os.umask(old)
         os.chmod(address.path, 0o600)
-        return server  # type: ignore[no-any-return]
+        return server
     return await loop.create_server(factory, address.host, address.port)
 
 

@@ -156,7 +156,7 @@ def login_once(
     except urllib.error.HTTPError as exc:
         raw = exc.read(MAX_ANSWER)
         detail = _detail(raw)
-        if exc.code == 404 and detail != "no detail":
+        if exc.code == 404 and detail not in ("no detail", "Not Found"):  # not a bare 404
             raise UnknownDevice(f"{where}: {detail}") from exc
         if exc.code in (400, 401, 403, 422) and detail != "no detail":
             raise LoginRefused(f"{where}: {detail}") from exc

@@ -143,7 +143,9 @@ class Agent:
         cache: WriteCache | None = None
         if first.write_cache_type.startswith("device-"):
             disk = o.cache_dir / f"{o.device}.wcache" if o.cache_dir is not None else None
-            cache = make_device_cache(first.write_cache_type, first.size, o.cache_size_mib * MIB, disk)
+            cache = make_device_cache(
+                first.write_cache_type, first.size, o.cache_size_mib * MIB, disk
+            )
         if not first.failover:
             log.warning(
                 "device %s stays on server %s (%s: no failover to another server)",

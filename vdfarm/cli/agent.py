@@ -23,9 +23,7 @@ import click
     help="Login URLs of the farm (http(s)://HOST:API_PORT), tried in turn.",
 )
 @click.option("--device", metavar="NAME", help="This device's name in the farm.")
-@click.option(
-    "--listen", metavar="ADDR", help="unix:/run/vdfarm/NAME.sock or tcp:127.0.0.1:PORT."
-)
+@click.option("--listen", metavar="ADDR", help="unix:/run/vdfarm/NAME.sock or tcp:127.0.0.1:PORT.")
 @click.option(
     "--io-timeout",
     type=click.FloatRange(min=0.05),
@@ -96,7 +94,9 @@ def agent(
     from vdfarm.agent.run import AgentError, AgentOptions, run_agent
     from vdfarm.agent.upstream import TLSFiles
 
-    missing = [n for n, v in (("--farm", farm_urls), ("--device", device), ("--listen", listen)) if not v]
+    missing = [
+        n for n, v in (("--farm", farm_urls), ("--device", device), ("--listen", listen)) if not v
+    ]
     if missing:
         raise click.UsageError(f"vdfarm agent needs {', '.join(missing)}")
     assert farm_urls and device and listen
