@@ -34,3 +34,12 @@ def test_the_copy_check_names_what_differs():
     assert "sha256" in identity_problem(EXPECTED, 1048576, TEXT.replace(SHA, "cd" * 32))
     assert "bytes" in identity_problem(EXPECTED, 4096, TEXT)
     assert "vDisk other" in identity_problem(EXPECTED, 1048576, TEXT.replace("golden", "other"))
+
+
+def test_a_copy_without_a_fixed_hash_matches_only_one_without():
+    text = TEXT.replace(SHA, "-")
+    unhashed = Identity("golden", 3, None, 1048576)
+    assert parse_identity(text) == unhashed
+    assert identity_problem(unhashed, 1048576, text) is None
+    assert identity_problem(unhashed, 1048576, TEXT) is not None
+    assert identity_problem(EXPECTED, 1048576, text) is not None

@@ -78,3 +78,8 @@ def test_the_parser_refuses_missing_and_mistyped_fields():
     del without["write_cache_type"]
     with pytest.raises(NotAFarm):
         parse_answer("u", without)
+
+
+def test_a_version_without_a_fixed_hash_has_sha256_none():
+    answer = parse_answer("u", login_answer("pc1", SERVER, None, 4096, failover=False))
+    assert answer.sha256 is None and not answer.failover

@@ -70,7 +70,7 @@ class LoginAnswer:
     device: str
     vdisk: str
     version: int
-    sha256: str
+    sha256: str | None  # None: the version has no fixed hash (written, maintenance)
     size: int
     write_cache_type: str
     failover: bool  # False: stay on this server (private, maintenance, server-side cache)
@@ -105,8 +105,14 @@ def parse_answer(url: str, obj: Any) -> LoginAnswer:
     """The LoginAnswer in OBJ (parsed JSON). Raises NotAFarm."""
     if not isinstance(obj, dict):
         raise NotAFarm("the login answer is not a JSON object")
-    sha256 = _field(obj, "sha256", str)
-    if len(sha256) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in sha256):
+    if "sha256" not in obj:
+        raise NotAFarm("the login answer has no 'sha256'")
+    sha256 = obj["sha256"]
+    if sha256 is not None and (
+        not isinstance(sha256, str)
+        or len(sha256) != 64
+        or any(ch not in "0123456789abcdefABCDEF" for ch in sha256)
+    ):
         raise NotAFarm("the login answer's sha256 is not a SHA-256")
     alternatives = obj.get("alternatives")
     if not isinstance(alternatives, list):
@@ -116,7 +122,7 @@ def parse_answer(url: str, obj: Any) -> LoginAnswer:
         device=_field(obj, "device", str),
         vdisk=_field(obj, "vdisk", str),
         version=_field(obj, "version", int),
-        sha256=sha256.lower(),
+        sha256=sha256.lower() if sha256 is not None else None,
         size=_field(obj, "size", int),
         write_cache_type=_field(obj, "write_cache_type", str),
         failover=_field(obj, "failover", bool),

@@ -146,7 +146,7 @@ class Agent:
             cache = make_device_cache(
                 first.write_cache_type, first.size, o.cache_size_mib * MIB, disk
             )
-        if not first.failover:
+        if not first.failover or first.sha256 is None:
             log.warning(
                 "device %s stays on server %s (%s: no failover to another server)",
                 o.device,

@@ -17,8 +17,9 @@ Rules:
   after NBD_ESHUTDOWN (a move order) excludes nobody: the login names the
   new server. NBD_ESHUTDOWN replies are never passed on: the request is
   sent again.
-- `failover` False (private mode, maintenance, server-side cache): the
-  device stays on its first server; the agent reconnects to it when it
+- `failover` False (private mode, maintenance, server-side cache), or a
+  version with no fixed sha256 (nothing to check another copy against):
+  the device stays on its first server; the agent reconnects to it when it
   returns, and never logs in elsewhere.
 - No server: retry with back-off (0.2 s doubling to 5 s); waiting requests
   wait, up to `give_up` seconds since the outage began, then get EIO.
@@ -133,6 +134,7 @@ class Session:
     ) -> None:
         self.first = first
         self.expected = Identity(first.vdisk, first.version, first.sha256, first.size)
+        self.may_fail_over = first.failover and first.sha256 is not None
         self.options = options
         self.cache = cache
         self._login = login
@@ -344,7 +346,7 @@ class Session:
         """Find a server with the right copy and make it the upstream.
         FIRST_TARGET: try it before any login (the start). Never raises."""
         excluded: set[str] = set()
-        if exclude is not None and self.first.failover:
+        if exclude is not None and self.may_fail_over:
             excluded.add(exclude)
         delay = 0.0
         target = first_target
@@ -360,14 +362,14 @@ class Session:
             if up is not None:
                 self._install(up)
                 return
-            if self.first.failover:
+            if self.may_fail_over:
                 excluded.add(target.name)
             target = None
 
     async def _choose(self, excluded: set[str]) -> ServerRef | None:
         """The server to try next: the home without failover, else the
         login's answer (None after a failed login)."""
-        if not self.first.failover:
+        if not self.may_fail_over:
             return self.first.server
         try:
             answer = await self._login(sorted(excluded))
@@ -458,7 +460,7 @@ class Session:
             "version": self.first.version,
             "server": self.server,
             "state": "streaming" if self._up is not None else "waiting for a server",
-            "failover_allowed": self.first.failover,
+            "failover_allowed": self.may_fail_over,
             "write_cache_type": self.first.write_cache_type,
             "failovers": [record.plain() for record in self.failovers],
             "retried_requests": self.retried_requests,
