@@ -54,10 +54,11 @@ def test_reads_go_on_when_the_server_dies():
         session = session_for(farm)
         await session.start()
         assert session.server == "s1"
-        reader = asyncio.create_task(read_loop(session, 400))
-        await asyncio.sleep(0.05)
+        reads = [asyncio.create_task(read_loop(session, 10)) for _ in range(32)]
+        await asyncio.sleep(0)  # the first reads are on their way
         s1.kill()
-        await reader
+        await asyncio.gather(*reads)
+        await read_loop(session, 10)
         assert session.server == "s2"
         [record] = session.failovers
         assert (record.from_server, record.to_server) == ("s1", "s2")

@@ -239,6 +239,7 @@ async def listen(address: ListenAddress, session: Session, device: str) -> async
             os.umask(old)
         os.chmod(address.path, 0o600)
         return server
+    assert address.port is not None  # parse_listen sets a port for TCP
     return await loop.create_server(factory, address.host, address.port)
 
 

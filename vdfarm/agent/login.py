@@ -204,7 +204,7 @@ def login(
         except LoginError as exc:
             errors.append(exc)
     for kind in (NoServer, NotAFarm, FarmUnreachable):
-        for exc in errors:
-            if isinstance(exc, kind):
-                raise exc
+        for error in errors:
+            if isinstance(error, kind):
+                raise error
     raise FarmUnreachable("no farm URL given")
