@@ -45,6 +45,7 @@ class AgentOptions:
     io_timeout: float = 1.0
     give_up: float | None = None
     cache_size_mib: int = 256
+    cache_disk_mib: int | None = None  # None: as large as the vDisk (a sparse file)
     cache_dir: Path | None = None
     tls: TLSFiles | None = None
     login_ca: str | None = None  # CA for https farm URLs
@@ -52,7 +53,9 @@ class AgentOptions:
     status_file: str | None = None
 
 
-def make_device_cache(kind: str, size: int, ram_bytes: int, disk_path: Path | None) -> WriteCache:
+def make_device_cache(
+    kind: str, size: int, ram_bytes: int, disk_path: Path | None, disk_bytes: int
+) -> WriteCache:
     """The device cache of KIND (vdfarm.agent.cache, loaded when asked for).
 
     Raises AgentError when this build has no device caches or refuses KIND.
@@ -62,7 +65,9 @@ def make_device_cache(kind: str, size: int, ram_bytes: int, disk_path: Path | No
     except ImportError as exc:
         raise AgentError(f"write cache {kind}: device-side caches are not built in") from exc
     try:
-        return module.make_cache(kind, size, ram_bytes, disk_path)  # type: ignore[no-any-return]
+        return module.make_cache(  # type: ignore[no-any-return]
+            kind, size, ram_bytes, disk_path, disk_bytes
+        )
     except (ValueError, OSError) as exc:
         raise AgentError(f"write cache {kind}: {exc}") from exc
 
@@ -143,8 +148,9 @@ class Agent:
         cache: WriteCache | None = None
         if first.write_cache_type.startswith("device-"):
             disk = o.cache_dir / f"{o.device}.wcache" if o.cache_dir is not None else None
+            disk_bytes = first.size if o.cache_disk_mib is None else o.cache_disk_mib * MIB
             cache = make_device_cache(
-                first.write_cache_type, first.size, o.cache_size_mib * MIB, disk
+                first.write_cache_type, first.size, o.cache_size_mib * MIB, disk, disk_bytes
             )
         if not first.failover or first.sha256 is None:
             log.warning(

@@ -188,6 +188,9 @@ class Session:
         if self._up is not None:
             await self._up.close()
             self._up = None
+        close_cache = getattr(self.cache, "close", None)  # a disk tier has a file
+        if close_cache is not None:
+            close_cache()
 
     # -- requests ----------------------------------------------------------
     async def handle(

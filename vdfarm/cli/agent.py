@@ -46,6 +46,14 @@ import click
     help="MiB of RAM for a device-side write cache.",
 )
 @click.option(
+    "--cache-disk-size",
+    "cache_disk_mib",
+    type=click.IntRange(min=0),
+    default=None,
+    help="MiB of the disk file of a device-disk or device-ram-overflow write cache "
+    "[default: the vDisk's size; the file is sparse].",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -78,6 +86,7 @@ def agent(
     io_timeout: float,
     give_up: float | None,
     cache_size_mib: int,
+    cache_disk_mib: int | None,
     cache_dir: Path | None,
     tls_ca: str | None,
     tls_cert: str | None,
@@ -124,6 +133,7 @@ def agent(
         io_timeout=io_timeout,
         give_up=give_up,
         cache_size_mib=cache_size_mib,
+        cache_disk_mib=cache_disk_mib,
         cache_dir=cache_dir,
         tls=TLSFiles(tls_ca, tls_cert, tls_key) if tls_ca else None,
         login_ca=ca_file,
