@@ -16,6 +16,7 @@ import importlib
 import logging
 import signal
 import ssl
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,25 @@ def make_device_cache(
         raise AgentError(f"write cache {kind}: {exc}") from exc
 
 
+def urls_in_order(
+    urls: tuple[str, ...], known: dict[str, ServerRef], exclude: list[str], last: str | None
+) -> list[str]:
+    """The farm URLs to try: the one that answered last first, those that
+    reach an excluded (failed) server's API last (a hung server's API would
+    only time out)."""
+
+    def failed(url: str) -> bool:
+        netloc = urllib.parse.urlsplit(url).netloc
+        return any(
+            (ref := known.get(name)) is not None
+            and ref.api_port is not None
+            and netloc in (f"{ref.host}:{ref.api_port}", f"[{ref.host}]:{ref.api_port}")
+            for name in exclude
+        )
+
+    return sorted(urls, key=lambda url: (failed(url), url != last))
+
+
 class Agent:
     """The running agent: session, listener, status."""
 
@@ -81,10 +101,17 @@ class Agent:
         self.tls_context: ssl.SSLContext | None = None
         self.session: Session | None = None
         self._dirty = asyncio.Event()
+        self._known: dict[str, ServerRef] = {}  # servers the logins named
+        self._last_url: str | None = None  # the farm URL that answered last
 
     async def _login(self, exclude: list[str]) -> LoginAnswer:
         o = self.options
-        return await asyncio.to_thread(login, list(o.farm_urls), o.device, exclude, o.login_ca)
+        urls = urls_in_order(o.farm_urls, self._known, exclude, self._last_url)
+        answer = await asyncio.to_thread(login, urls, o.device, exclude, o.login_ca)
+        self._last_url = answer.url
+        for server in (answer.server, *answer.alternatives):
+            self._known[server.name] = server
+        return answer
 
     async def _connect(self, server: ServerRef, on_lost: Any) -> Upstream:
         return await open_upstream(
@@ -104,19 +131,18 @@ class Agent:
         asyncio.get_running_loop().create_task(self._report(record))
 
     async def _report(self, record: FailoverRecord) -> None:
-        assert self.session is not None
-        try:
-            status = await asyncio.to_thread(
-                report_failover,
-                self.session.first.url,
-                self.options.device,
-                record,
-                self.options.token,
-                self.options.login_ca,
-            )
-            log.info("failover reported to the farm (HTTP %d)", status)
-        except Exception as exc:  # never fatal
-            log.warning("could not report the failover to the farm: %s", exc)
+        o = self.options
+        exclude = [record.from_server]
+        for url in urls_in_order(o.farm_urls, self._known, exclude, self._last_url):
+            try:
+                status = await asyncio.to_thread(
+                    report_failover, url, o.device, record, o.token, o.login_ca
+                )
+            except Exception as exc:  # never fatal: the next URL, or a log line
+                log.warning("could not report the failover to %s: %s", url, exc)
+                continue
+            log.info("failover reported to %s (HTTP %d)", url, status)
+            return
 
     async def _write_status_loop(self) -> None:
         while True:
