@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import ssl
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vdfarm.agent.cache import make_cache
 from vdfarm.agent.local import ListenAddress, listen, remove_socket
 from vdfarm.agent.login import LoginAnswer, LoginError, ServerRef, login
 from vdfarm.agent.report import report_failover
@@ -57,18 +57,12 @@ class AgentOptions:
 def make_device_cache(
     kind: str, size: int, ram_bytes: int, disk_path: Path | None, disk_bytes: int
 ) -> WriteCache:
-    """The device cache of KIND (vdfarm.agent.cache, loaded when asked for).
+    """The device cache of KIND (vdfarm.agent.cache).
 
-    Raises AgentError when this build has no device caches or refuses KIND.
+    Raises AgentError when KIND or its sizes are refused.
     """
     try:
-        module: Any = importlib.import_module("vdfarm.agent.cache")
-    except ImportError as exc:
-        raise AgentError(f"write cache {kind}: device-side caches are not built in") from exc
-    try:
-        return module.make_cache(  # type: ignore[no-any-return]
-            kind, size, ram_bytes, disk_path, disk_bytes
-        )
+        return make_cache(kind, size, ram_bytes, disk_path, disk_bytes)
     except (ValueError, OSError) as exc:
         raise AgentError(f"write cache {kind}: {exc}") from exc
 
