@@ -46,6 +46,10 @@ def lint_imports(where: Path) -> subprocess.CompletedProcess:
         ("vdfarm/replication/rate.py", "import vdfarm.stream.port", "Only the daemon"),
         ("vdfarm/service/audit.py", "import vdfarm.service.context", "No import circles"),
         ("vdfarm/stream/flags.py", "import vdfarm.stream.server", "No import circles"),
+        ("vdfarm/agent/identity.py", "import vdfarm.farm.models", "The device agent imports only"),
+        ("vdfarm/agent/identity.py", "import vdfarm.stream.flags", "The device agent imports only"),
+        ("vdfarm/agent/identity.py", "import vdfarm.service.errors", "Floors"),
+        ("vdfarm/agent/identity.py", "import vdfarm.api.errors", "Floors"),
     ],
 )
 def test_a_bad_import_breaks_its_contract(tmp_path, module, bad_import, contract):

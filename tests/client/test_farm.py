@@ -157,3 +157,16 @@ def test_wrong_or_missing_token(app, populated):
         client = FarmClient("http://testserver", token, http=TestClient(app, client=OTHER_HOST))
         with unchanged(populated), pytest.raises(TokenRefused, match=says):
             client.devices.delete("pc1")
+
+
+def test_a_failover_report_through_the_api_reads_back_as_locally(client, local, populated):
+    report = client.failovers.report(
+        "pc1", from_server="s1", to_server="s2", pause_ms=250, retried=1, reason="reset"
+    )
+    assert (report.device, report.from_server, report.to_server) == ("pc1", "s1", "s2")
+    local.failovers.report("pc1", from_server="s2", to_server="s1", pause_ms=90, retried=0)
+    shown = client.devices.show("pc1")
+    assert shown == local.devices.show("pc1")
+    assert shown.failovers["count"] == 2 and shown.failovers["last"]["pause_ms"] == 90
+    with pytest.raises(NotFound, match="no device named nobody"):
+        client.failovers.report("nobody", from_server="a", to_server="b", pause_ms=0, retried=0)

@@ -12,7 +12,7 @@ from vdfarm.service.errors import Invalid, NotFound
 
 def test_nouns_are_the_farms_services(farm):
     local = LocalFarm(farm)
-    for noun in ("vdisks", "versions", "devices", "locks", "audit", "servers"):
+    for noun in ("vdisks", "versions", "devices", "failovers", "locks", "audit", "servers"):
         assert getattr(local, noun) is getattr(farm, noun)
 
 

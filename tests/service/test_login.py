@@ -6,7 +6,7 @@ sees."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.service.helpers import dump_db, make_raw
 from tests.service.multi import (
@@ -271,3 +271,53 @@ def test_an_admins_question_reserves_nothing(duo):
     first = chosen(login(a, "pc000"))[0]
     assert reservations(a) == {"pc000": first}
     assert chosen(login(a, "pc001"))[0] != first  # the reservation counted
+
+
+def test_the_answer_tells_the_agent_what_to_check_and_whether_to_fail_over(duo, tmp_path):
+    a = duo["a"]
+    add_devices(a, 1)
+    a.devices.add("t1", vdisk="w", device_type="maintenance")
+    result = login(a, "pc000")
+    info = a.vdisks.show("w")
+    assert (result.sha256, result.size) == (a.versions.list("w")[0].sha256, info.size)
+    assert len(result.sha256 or "") == 64
+    assert (result.write_cache_type, result.failover) == ("server-disk", False)  # on the server
+    a.sessions.end_all()  # the login's reservation: the vDisk is off again
+    with a.session() as session:
+        session.execute(delete(LoginReservation))
+    a.vdisks.set("w", write_cache="device-ram-overflow")
+    result = login(a, "pc000")
+    assert (result.write_cache_type, result.failover) == ("device-ram-overflow", True)
+    assert target_sha(a, "pc000") == result.sha256  # the stream describes the same copy
+    a.versions.new("w")  # t1 boots the open version: no fixed hash, one writer
+    a.servers.record_inventory()  # a's store holds it (its heartbeat would say so)
+    maintenance = login(a, "t1")
+    assert (maintenance.version, maintenance.sha256, maintenance.failover) == (1, None, False)
+    assert target_sha(a, "t1") is None
+
+
+def target_sha(farm, device):
+    return farm.exports.resolve(device).sha256
+
+
+def test_excluded_servers_are_skipped(duo):
+    a = duo["a"]
+    add_devices(a, 1)
+    assert chosen(login(a, "pc000", exclude=["a"])) == ["b"]
+    assert chosen(login(a, "pc000", exclude=["b", "nobody"])) == ["a"]
+    with pytest.raises(Unavailable, match=r"\(excluded by the device: a, b\)"):
+        login(a, "pc000", exclude=["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("exclude", "text"),
+    [
+        (["../a"], "invalid server name"),
+        ([f"s{n}" for n in range(17)], "at most 16 server names"),
+        ("a", "give a list of server names"),
+    ],
+)
+def test_bad_exclusions_are_refused(duo, exclude, text):
+    add_devices(duo["a"], 1)
+    with pytest.raises(Invalid, match=text):
+        login(duo["a"], "pc000", exclude=exclude)

@@ -5,6 +5,7 @@ the stream's view of its orders, the auto mode's guards and runner."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import update
 
 from tests.service.helpers import audit_actions, dump_db
 from tests.service.multi import (
@@ -13,6 +14,7 @@ from tests.service.multi import (
     duo_fixture,  # noqa: F401  (the fixture)
     vdisk_id,
 )
+from vdfarm.farm.models import Vdisk
 from vdfarm.service.errors import Invalid
 from vdfarm.service.moves import auto_rebalance, cancel_move, pending_moves, rebalance
 
@@ -128,3 +130,23 @@ def test_pinned_sessions_are_never_planned(lopsided):
     a, _, ids = lopsided
     a.sessions.report_cache_usage({device_id: 4096 for device_id in ids})
     assert rebalance(a, apply=False).moves == ()
+
+
+def test_a_write_cache_on_the_device_never_pins(lopsided):
+    """Data counted in a device-side cache type travels with the device's
+    agent: the planner moves such devices as if their cache were empty."""
+    a, _, ids = lopsided
+    empty = rebalance(a, apply=False).moves
+    assert empty
+    # (the type as if chosen before the devices booted: changing it under
+    # running devices is refused, so the row is set straight)
+    set_cache_type(a, "device-ram")
+    a.sessions.report_cache_usage({device_id: 4096 for device_id in ids})
+    assert rebalance(a, apply=False).moves == empty
+    set_cache_type(a, "server-ram")  # the same bytes on the server: pinned
+    assert rebalance(a, apply=False).moves == ()
+
+
+def set_cache_type(farm, kind: str) -> None:
+    with farm.session() as session:
+        session.execute(update(Vdisk).where(Vdisk.name == "w").values(write_cache_type=kind))

@@ -164,3 +164,22 @@ def test_find():
     assert rules.find(chain(P, T), 1, "w").access == T
     with pytest.raises(NotFound, match="vDisk w has no version 4"):
         rules.find(chain(P, T), 4, "w")
+
+
+@pytest.mark.parametrize(
+    ("mode", "device_type", "state", "cache", "pinned", "fails_over"),
+    [
+        ("standard", "production", "production", "device-ram", False, True),
+        ("standard", "test", "test", "device-disk", False, True),
+        ("standard", "production", "production", "device-ram-overflow", False, True),
+        ("standard", "production", "production", "server-disk", True, False),
+        ("standard", "production", "production", "server-ram", True, False),
+        ("standard", "maintenance", "maintenance", "device-ram", True, False),
+        ("private", "production", "production", "device-ram", True, False),
+    ],
+)
+def test_a_write_cache_on_the_device_never_pins_and_may_fail_over(
+    mode, device_type, state, cache, pinned, fails_over
+):
+    assert rules.is_pinned(mode, device_type, state, 4096, cache) is pinned
+    assert rules.may_fail_over(mode, device_type, state, cache) is fails_over

@@ -41,6 +41,8 @@ def target(
     vdisk: str = "golden",
     limit: int | None = None,
     require_tls: bool = False,
+    sha256: str | None = None,
+    cache: str = "server-disk",
 ) -> ExportTarget:
     """A device's export over the one raw file PATH (a chain of one)."""
     return ExportTarget(
@@ -53,10 +55,11 @@ def target(
         chain=(path,),
         chain_formats=("raw",),
         size=path.stat().st_size,
-        write_cache_type="server-disk",
+        write_cache_type=cache,
         write_cache_limit_bytes=limit,
         writes_vdisk=mode == "private",
         require_tls=require_tls,
+        sha256=sha256,
     )
 
 
@@ -109,7 +112,7 @@ class FakeFarm:
             if t.vdisk_name == vdisk_name:
                 return VdiskView(
                     t.vdisk_id, t.vdisk_name, t.access_mode, t.version, t.chain,
-                    t.chain_formats, t.size, t.require_tls,
+                    t.chain_formats, t.size, t.require_tls, t.sha256,
                 )  # fmt: skip
         raise UnknownExport(f"no vDisk named {vdisk_name}")
 

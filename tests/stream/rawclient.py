@@ -102,6 +102,23 @@ class RawClient:
             elif rtype & 0x80000000:
                 raise NBDOptionError(rtype, data.decode(errors="replace"))
 
+    def description(self, name: str) -> str | None:
+        """NBD_OPT_INFO on `name` asking for NBD_INFO_DESCRIPTION; the
+        description the server gave (None: none). Raises on error."""
+        raw = name.encode()
+        info_description = 2
+        payload = struct.pack(">I", len(raw)) + raw + struct.pack(">HH", 1, info_description)
+        self.send_option(OPT_INFO, payload)
+        found = None
+        while True:
+            _, rtype, data = self.option_reply()
+            if rtype == REP_ACK:
+                return found
+            if rtype == REP_INFO and struct.unpack(">H", data[:2])[0] == info_description:
+                found = data[2:].decode()
+            elif rtype & 0x80000000:
+                raise NBDOptionError(rtype, data.decode(errors="replace"))
+
     def connect(self, name: str, structured: bool = False) -> tuple[int, int]:
         self.greeting()
         self.send_client_flags()

@@ -63,6 +63,7 @@ def fake(tmp_path, image) -> FakeFarm:
         target(1, "pc1", image),
         target(2, "pc2", image),
         target(3, "solo", private, mode="private", vdisk_id=2, vdisk="mine"),
+        target(4, "pc4", image, sha256="ab" * 32, cache="device-ram"),
     )
 
 
@@ -297,5 +298,47 @@ def test_a_vdisk_locked_elsewhere_is_refused_by_policy(fake, tmp_path):
                 await connect(port, "solo")
             assert refused.value.rtype == REP_ERR_POLICY
             assert refused.value.message == "vDisk 2 is locked by device 99"
+
+    run(scenario)
+
+
+# -- the export's description: what the agent checks after a failover ---------
+
+
+@pytest.mark.parametrize(
+    ("export", "expected"),
+    [
+        ("pc4", f"vdfarm vdisk=golden version=0 sha256={'ab' * 32} size={SIZE}"),
+        ("solo", f"vdfarm vdisk=mine version=0 sha256=- size={SIZE}"),
+        ("vdisk/golden", f"vdfarm vdisk=golden version=0 sha256=- size={SIZE}"),
+    ],
+)
+def test_an_opened_export_describes_the_copy_it_serves(fake, tmp_path, export, expected):
+    async def scenario() -> None:
+        async with serving(fake, tmp_path) as (_server, port):
+            client = RawClient(port)
+            await asyncio.to_thread(client.greeting)
+            client.send_client_flags()
+            assert await asyncio.to_thread(client.description, export) == expected
+            client.close()
+
+    run(scenario)
+
+
+def test_a_device_back_within_grace_is_recorded_here_again(fake, tmp_path):
+    """Its agent failed over to another server (whose record replaced this
+    one's) and came back before the grace ran out: the record says here."""
+
+    async def scenario() -> None:
+        async with serving(fake, tmp_path) as (server, port):
+            client = await connect(port, "pc1")
+            await eventually(lambda: 1 in fake.records, "pc1 recorded")
+            client.close()  # an unclean drop: the session waits out its grace
+            await eventually(lambda: server.registry.sessions[1].grace_handle is not None, "grace")
+            del fake.records[1]  # another server recorded pc1 meanwhile
+            again = await connect(port, "pc1")
+            await eventually(lambda: 1 in fake.records, "pc1 recorded again")
+            assert fake.calls.count("session_started") == 2
+            await goodbye(again)
 
     run(scenario)

@@ -7,7 +7,8 @@ Rules:
   routes (a file's chunk list and bytes) and nothing else; `admin` may call
   them too, `read` and `operator` may not (they never download a vDisk).
   `read` may GET everything else (but the token list); `operator` runs devices
-  and their sessions (add, change, assign, delete a device; release a lock;
+  and their sessions (add, change, assign, delete a device; report a
+  device's failover, as its agent does; release a lock;
   rebalance; verify a copy; log a device in for another address); `admin`
   does everything else: vDisks (import, change, delete, export, repair), versions
   (open, promote, revert, override, merge, delete), servers, store sets,
@@ -44,6 +45,7 @@ MINIMAL_ROLE: dict[tuple[str, str], str] = {
     ("POST", "/devices"): OPERATOR,
     ("PATCH", "/devices/{name}"): OPERATOR,
     ("DELETE", "/devices/{name}"): OPERATOR,
+    ("POST", "/devices/{name}/failover"): OPERATOR,
     ("POST", "/locks/{vdisk}/release"): OPERATOR,
     ("POST", "/rebalance"): OPERATOR,
     ("POST", "/vdisks/{name}/verify"): OPERATOR,

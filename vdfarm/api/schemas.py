@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, fi
 
 from vdfarm.farm.models import ACCESS_MODES, DEVICE_TYPES, WRITE_CACHE_TYPES
 from vdfarm.farm.placement import AFFINITIES
+from vdfarm.service.failovers import MAX_COUNT, MAX_REASON
 from vdfarm.service.merges import EXPORT_FORMATS
 from vdfarm.service.moves import MAX_TRIGGER_PCT
 from vdfarm.service.store_sets import DEFAULT_STORE
@@ -252,6 +253,18 @@ class DevicePatch(Body):
             "mac": self.mac if "mac" in self.model_fields_set else UNCHANGED,
             "description": self.description,
         }
+
+
+class FailoverBody(Body):
+    """A device's agent reporting that it left server `from` for `to`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_server: str = Field(alias="from", min_length=1, max_length=64)
+    to_server: str = Field(alias="to", min_length=1, max_length=64)
+    pause_ms: int = Field(ge=0, le=MAX_COUNT, description="The pause the device saw.")
+    retried: int = Field(ge=0, le=MAX_COUNT, description="Requests sent again.")
+    reason: str = Field(default="", max_length=MAX_REASON)
 
 
 class PromoteBody(Body):

@@ -7,6 +7,8 @@ A device may be named by its name or its MAC wherever NAME is asked.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from vdfarm.cli.common import emit, json_option, open_farm
@@ -46,7 +48,19 @@ def _show(info: DeviceInfo) -> None:
                 else f"{used / MIB:.1f} MiB used" + (f" of {limit / MIB:.0f} MiB" if limit else ""),
             ),
         ]
+    fields.append(("failovers", _failovers(info.failovers)))
     print_fields(fields)
+
+
+def _failovers(summary: dict[str, Any] | None) -> str:
+    """`N, last at T from A to B (pause P ms)`, or `none`."""
+    if not summary:
+        return "none"
+    last = summary["last"]
+    return (
+        f"{summary['count']}, last at {last['at']} from {last.get('from')} "
+        f"to {last.get('to')} (pause {last.get('pause_ms')} ms)"
+    )
 
 
 def _endpoint(server: ServerEndpoint) -> str:
@@ -61,6 +75,10 @@ def _show_login(result: LoginResult) -> None:
             ("server", _endpoint(result.server)),
             ("alternatives", [_endpoint(s) for s in result.alternatives]),
             ("reason", result.reason),
+            ("sha256", result.sha256 or "-"),
+            ("size", result.size),
+            ("write cache", result.write_cache_type),
+            ("failover", "yes" if result.failover else "no (its writes live on one server)"),
         ]
     )
 

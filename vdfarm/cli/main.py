@@ -25,6 +25,7 @@ from click.core import ParameterSource
 
 from vdfarm.api.auth import TokenFileError, ensure_token, read_token, token_path
 from vdfarm.cli import (
+    agent,
     audit,
     db,
     device,
@@ -242,11 +243,12 @@ for group in (
     db.db,
     farm.farm,
     token_group,
+    agent.agent,
 ):
     cli.add_command(group)
 
 # Verbs that open no data directory: no --data-dir/--db after them.
-NO_DATA_DIR = {("image", "sample")}
+NO_DATA_DIR = {("image", "sample"), ("agent", "status")}
 
 
 def accept_farm_options_after_verbs(group: click.Group, path: tuple[str, ...] = ()) -> None:

@@ -2,7 +2,7 @@
 a local one (`vdfarm.client.local.LocalFarm`).
 
 Rules:
-- The nouns (`vdisks`, `versions`, `devices`, `locks`, `audit`, `servers`,
+- The nouns (`vdisks`, `versions`, `devices`, `failovers`, `locks`, `audit`, `servers`,
   `settings`, `tokens`, `replication`: its front-end half)
   have the methods of the services of the same name, with the same
   arguments, and return the same records (rebuilt from the JSON by
@@ -24,6 +24,7 @@ from __future__ import annotations
 import builtins
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from vdfarm.client.records import from_plain
 from vdfarm.service.audit import AuditEntry
 from vdfarm.service.devices import DeviceInfo
 from vdfarm.service.errors import Invalid
+from vdfarm.service.failovers import FailoverReport
 from vdfarm.service.locks import LockInfo
 from vdfarm.service.login import LoginResult
 from vdfarm.service.merges import ExportResult, MergeResult
@@ -80,6 +82,10 @@ def _present(**fields: Any) -> dict[str, Any]:
 
 def _device(data: Any) -> DeviceInfo:
     info = from_plain(DeviceInfo, data)
+    if info.failovers is not None and isinstance(info.failovers["last"].get("at"), str):
+        last = {**info.failovers["last"]}
+        last["at"] = datetime.fromisoformat(last["at"])
+        info = replace(info, failovers={**info.failovers, "last": last})
     if info.session is None:
         return info
     live = dict(info.session)
@@ -87,6 +93,13 @@ def _device(data: Any) -> DeviceInfo:
         if isinstance(live.get(key), str):
             live[key] = datetime.fromisoformat(live[key])
     return DeviceInfo(**{**info.__dict__, "session": live})
+
+
+def _failover(data: Any) -> FailoverReport:
+    report = from_plain(FailoverReport, data)
+    if isinstance(report.at, str):
+        return replace(report, at=datetime.fromisoformat(report.at))
+    return report
 
 
 def _as(kind: type) -> Callable[[Any], Any]:
@@ -263,6 +276,30 @@ class RemoteVersions(_Noun):
     ) -> ExportResult:
         body = {"path": server_path(out, "output file"), "format": fmt, "version": version}
         return self.one(_as(ExportResult), "POST", f"/vdisks/{segment(vdisk)}/export", body=body)
+
+
+class RemoteFailovers(_Noun):
+    """`FailoverService` over the API (a device's agent reporting)."""
+
+    def report(
+        self,
+        name_or_mac: str,
+        *,
+        from_server: str,
+        to_server: str,
+        pause_ms: int,
+        retried: int,
+        reason: str = "",
+    ) -> FailoverReport:
+        body = {
+            "from": from_server,
+            "to": to_server,
+            "pause_ms": pause_ms,
+            "retried": retried,
+            "reason": reason,
+        }
+        path = f"/devices/{segment(name_or_mac)}/failover"
+        return self.one(_failover, "POST", path, body=body)
 
 
 class RemoteDevices(_Noun):
@@ -453,6 +490,7 @@ class FarmClient:
         self.vdisks = RemoteVdisks(self.http)
         self.versions = RemoteVersions(self.http)
         self.devices = RemoteDevices(self.http)
+        self.failovers = RemoteFailovers(self.http)
         self.locks = RemoteLocks(self.http)
         self.audit = RemoteAudit(self.http)
         self.servers = RemoteServers(self.http)
@@ -469,9 +507,18 @@ class FarmClient:
         return self._calls.one(_as(RebalanceResult), "POST", "/rebalance", body=body)
 
     def login(
-        self, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+        self,
+        name_or_mac: str,
+        client_ip: str | None = None,
+        reserve: bool = True,
+        exclude: Sequence[str] | None = None,
     ) -> LoginResult:
-        body = {"device": name_or_mac, "client_ip": client_ip or NO_ADDRESS, "reserve": reserve}
+        body = {
+            "device": name_or_mac,
+            "client_ip": client_ip or NO_ADDRESS,
+            "reserve": reserve,
+            "exclude": list(exclude or ()),
+        }
         return self._calls.one(_as(LoginResult), "POST", "/login", body=body)
 
     def set_subnet_affinity(self, vdisk_name: str, affinity: str) -> VdiskInfo:

@@ -14,6 +14,8 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from vdfarm.service.context import Farm
 from vdfarm.service.login import LoginResult
 from vdfarm.service.moves import RebalanceResult
@@ -28,6 +30,7 @@ class LocalFarm:
         self.vdisks = farm.vdisks
         self.versions = farm.versions
         self.devices = farm.devices
+        self.failovers = farm.failovers
         self.locks = farm.locks
         self.audit = farm.audit
         self.servers = farm.servers
@@ -45,10 +48,14 @@ class LocalFarm:
         )
 
     def login(
-        self, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+        self,
+        name_or_mac: str,
+        client_ip: str | None = None,
+        reserve: bool = True,
+        exclude: Sequence[str] | None = None,
     ) -> LoginResult:
         """See `LoginService.login`. Raises NotFound, Invalid, Unavailable."""
-        return self.farm.logins.login(name_or_mac, client_ip, reserve)
+        return self.farm.logins.login(name_or_mac, client_ip, reserve, exclude)
 
     def set_subnet_affinity(self, vdisk_name: str, affinity: str) -> VdiskInfo:
         """Set the subnet affinity of a vDisk; answer the vDisk.

@@ -62,6 +62,7 @@ def export_target(target: ServiceExportTarget) -> port.ExportTarget:
         write_cache_limit_bytes=target.write_cache_limit_bytes,
         writes_vdisk=target.writes_vdisk,
         require_tls=target.require_tls,
+        sha256=target.sha256,
     )
 
 
@@ -98,6 +99,7 @@ class ServiceFarmPort:
             chain_formats=tuple(view.chain_formats),
             size=view.size,
             require_tls=view.require_tls,
+            sha256=view.sha256,
         )
 
     def list_exports(self) -> list[tuple[str, str]]:

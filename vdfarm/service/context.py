@@ -35,6 +35,7 @@ from vdfarm.service.deps import Clock, Database, ThisServer, first_line
 from vdfarm.service.devices import DeviceService
 from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
 from vdfarm.service.exports import ExportService
+from vdfarm.service.failovers import FailoverService
 from vdfarm.service.identity import (
     PRIVATE_DIR_MODE,
     ServerIdentity,
@@ -132,6 +133,7 @@ class Farm:
         self.repairs = RepairService(session, clock, writer, store, here, self.promotions)
         self.vdisks = VdiskService(session, clock, writer, store)
         self.devices = DeviceService(session, clock, writer)
+        self.failovers = FailoverService(session, writer)
         self.exports = ExportService(session, clock, store)
         self.logins = LoginService(session, clock, writer, self.settings)
         self.moves = MoveService(session, clock, writer, here, self.settings)

@@ -22,6 +22,7 @@ from vdfarm.service.audit import AuditWriter
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound
 from vdfarm.service.exports import find_device
+from vdfarm.service.failovers import summary as failover_summary
 from vdfarm.service.locks import HELD, lock_state
 from vdfarm.service.validation import (
     UNCHANGED,
@@ -49,6 +50,9 @@ class DeviceInfo:
     # connected_at, last_seen, write_cache_used_bytes, write_cache_limit_bytes})
     # or None when it is not connected.
     session: dict[str, Any] | None = None
+    # Only in `show`: the failovers its agent reported ({count, last: {at,
+    # from, to, pause_ms, retried, reason}}; `failovers.summary`), or None.
+    failovers: dict[str, Any] | None = None
 
 
 def device_info(device: Device) -> DeviceInfo:
@@ -169,7 +173,11 @@ class DeviceService:
         connected. Raises NotFound, Unavailable."""
         with self._session() as session:
             device = get_device(session, name_or_mac)
-            return replace(device_info(device), session=_live_session(session, device))
+            return replace(
+                device_info(device),
+                session=_live_session(session, device),
+                failovers=failover_summary(session, device.name),
+            )
 
     def assign(self, name_or_mac: str, vdisk: str | None, actor: str | None = None) -> DeviceInfo:
         """Assign vDisk VDISK to the device (None: no vDisk). Takes effect at its next connect.

@@ -13,6 +13,12 @@ chain of one file, written to, as before versions existed. Whether the
 device writes to the vDisk (the stream then opens the top read/write under
 the vDisk lock) is `version_rules.writes_vdisk`'s answer, carried as
 `ExportTarget.writes_vdisk` (and, as before, `writable`).
+
+Identity: `sha256` is the served version's hash from `vdisk_versions` (what
+login tells the device's agent, and the stream repeats in the export's NBD
+description so the agent can check a new server serves the same copy); None
+while the copy served is written (a private vDisk, an open maintenance
+version): it has no fixed hash.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Device, Vdisk
+from vdfarm.farm.models import Device, Vdisk, VdiskVersion
 from vdfarm.service import version_rules as rules
 from vdfarm.service.chains import (
     Chain,
@@ -50,7 +56,8 @@ class ExportTarget:
     maintenance device on the open maintenance version): then it needs the
     vDisk's lock and cannot move to another server. `writable` is the same
     answer under its older name. `description` is the vDisk's description.
-    `require_tls` says the vDisk is served only over TLS (`vdisk set
+    `sha256` is the served version's hash (None: the copy is written, see
+    the module rules). `require_tls` says the vDisk is served only over TLS (`vdisk set
     --require-tls`): the stream refuses a plaintext client.
     """
 
@@ -72,6 +79,19 @@ class ExportTarget:
     writable: bool
     writes_vdisk: bool
     require_tls: bool
+    sha256: str | None = None
+
+
+def served_sha256(rows: list[VdiskVersion], number: int, writes: bool) -> str | None:
+    """The hash of version NUMBER as served: None if the device writes to
+    it (its copy has no fixed hash), it is open for maintenance, or it has
+    no row (a private vDisk's store top)."""
+    if writes:
+        return None
+    row = next((r for r in rows if r.number == number), None)
+    if row is None or row.access == rules.MAINTENANCE:
+        return None
+    return row.sha256
 
 
 def device_match(name_or_mac: str) -> ColumnElement[bool]:
@@ -115,7 +135,8 @@ class VdiskView:
     """A vDisk served read-only by name (export `vdisk/NAME`): no device, no lock.
 
     It shows the version production devices boot: `chain`/`chain_formats` as
-    in ExportTarget, `path` = `chain[-1]`; `require_tls` as in ExportTarget.
+    in ExportTarget, `path` = `chain[-1]`; `require_tls` and `sha256` as in
+    ExportTarget.
     """
 
     vdisk_id: int
@@ -128,6 +149,12 @@ class VdiskView:
     chain: tuple[Path, ...]
     chain_formats: tuple[str, ...]
     require_tls: bool
+    sha256: str | None = None
+
+
+def _is_private(vdisk: Vdisk) -> bool:
+    """True if VDISK is in private mode (its one file is written: no fixed hash)."""
+    return vdisk.access_mode == rules.PRIVATE
 
 
 class ExportService:
@@ -148,7 +175,8 @@ class ExportService:
         """
         with self._session() as session:
             device, vdisk = device_and_vdisk(session, name_or_mac)
-            chain, writes = self._device_chain(session, vdisk, device.device_type)
+            rows = version_rows(session, vdisk.id)
+            chain, writes = self._device_chain(vdisk, rows, device.device_type)
             return ExportTarget(
                 device_id=device.id,
                 device_name=device.name,
@@ -168,12 +196,14 @@ class ExportService:
                 writable=writes,
                 writes_vdisk=writes,
                 require_tls=vdisk.require_tls,
+                sha256=served_sha256(rows, chain.number, writes or _is_private(vdisk)),
             )
 
-    def _device_chain(self, session: Session, vdisk: Vdisk, device_type: str) -> tuple[Chain, bool]:
-        """The chain a device of DEVICE_TYPE boots from VDISK, and whether it
-        writes to it."""
-        rows = version_rows(session, vdisk.id)
+    def _device_chain(
+        self, vdisk: Vdisk, rows: list[VdiskVersion], device_type: str
+    ) -> tuple[Chain, bool]:
+        """The chain a device of DEVICE_TYPE boots from VDISK (whose version
+        rows are ROWS), and whether it writes to it."""
         choice = rules.device_boot(
             states_of(rows), vdisk.access_mode, device_type, vdisk.override_version, self._clock()
         )
@@ -194,7 +224,8 @@ class ExportService:
             vdisk = session.scalars(select(Vdisk).where(Vdisk.name == vdisk_name)).one_or_none()
             if vdisk is None:
                 raise NotFound(f"no vDisk named {vdisk_name}")
-            chain, _ = self._device_chain(session, vdisk, rules.PRODUCTION)
+            rows = version_rows(session, vdisk.id)
+            chain, _ = self._device_chain(vdisk, rows, rules.PRODUCTION)
             return VdiskView(
                 vdisk_id=vdisk.id,
                 vdisk_name=vdisk.name,
@@ -206,6 +237,7 @@ class ExportService:
                 chain=chain.paths,
                 chain_formats=chain.formats,
                 require_tls=vdisk.require_tls,
+                sha256=served_sha256(rows, chain.number, _is_private(vdisk)),
             )
 
     def list(self) -> list[tuple[str, str]]:

@@ -18,6 +18,15 @@ Rules:
   server writes its own copy, so only the home's is current — and it
   counts as holding the version even while it is not re-hashed after its
   device's writes (`private_copies`): it is the one current copy.
+- What the device's agent needs to check and fail over: the served
+  version's `sha256` (None while it is written or open for maintenance:
+  no fixed hash), the vDisk's virtual `size` and `write_cache_type`, and
+  `failover` (`version_rules.may_fail_over`: any server holding a verified
+  copy may serve it; False when its writes live on one server).
+- `exclude` names servers placement must skip (at most `MAX_EXCLUDED`
+  valid server names): an agent failing over away from a server that is
+  dead or hung before its heartbeat times out. Every holder excluded:
+  Unavailable, saying so.
 - Login records one thing: a short reservation (`login_reservations`) of
   the chosen server, which counts on its load and booting until the
   device's session is recorded (when it connects) or `RESERVATION_LIFETIME`
@@ -61,9 +70,10 @@ from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
 from vdfarm.service.servers import load_subquery
 from vdfarm.service.settings import SettingsService
-from vdfarm.service.validation import name_wins, parse_mac
+from vdfarm.service.validation import check_name, name_wins, parse_mac
 
 RESERVATION_LIFETIME = timedelta(seconds=30)  # login to connect: seconds at most
+MAX_EXCLUDED = 16  # servers one login may exclude
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,22 @@ class LoginResult:
     server: ServerEndpoint
     alternatives: tuple[ServerEndpoint, ...]
     reason: str
+    sha256: str | None = None
+    size: int = 0
+    write_cache_type: str = "server-disk"
+    failover: bool = False
+
+
+def check_exclude(names: Sequence[str] | None) -> frozenset[str]:
+    """NAMES (server names a login must skip) as a set. Raises Invalid (not
+    a list of at most MAX_EXCLUDED valid server names)."""
+    if names is None:
+        return frozenset()
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise Invalid("invalid exclude: give a list of server names")
+    if len(names) > MAX_EXCLUDED:
+        raise Invalid(f"invalid exclude: at most {MAX_EXCLUDED} server names")
+    return frozenset(check_name("server", name) for name in names)
 
 
 def endpoint_of(row: Any) -> ServerEndpoint:
@@ -117,6 +143,8 @@ def _device_query(by_mac: bool) -> Select[*tuple[Any, ...]]:
             Device.device_type,
             Device.vdisk_id,
             Vdisk.name.label("vdisk_name"),
+            Vdisk.size.label("vdisk_size"),
+            Vdisk.write_cache_type,
             Vdisk.access_mode,
             Vdisk.override_version,
             Vdisk.subnet_affinity,
@@ -124,6 +152,7 @@ def _device_query(by_mac: bool) -> Select[*tuple[Any, ...]]:
             VdiskVersion.parent_number,
             VdiskVersion.access,
             VdiskVersion.production_at,
+            VdiskVersion.sha256,
             DeviceSession.move_to_server_id,
             Lock.home_server_id,
         )
@@ -201,10 +230,21 @@ def _candidates(rows: Sequence[Row[Any]], key: tuple[str, int]) -> list[Candidat
     ]
 
 
-def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, timeout: timedelta) -> str:
+def _home_reason(
+    need: DeviceNeed,
+    home: list[Candidate],
+    now: datetime,
+    timeout: timedelta,
+    excluded: frozenset[str],
+) -> str:
     """Why a device whose vDisk lives on one server cannot stream from it."""
     if not home:
         return f"vDisk {need.vdisk} is written on a server that is no longer in the farm"
+    if home[0].name in excluded:
+        return (
+            f"vDisk {need.vdisk} is written on server {home[0].name} only, "
+            f"which device {need.name} excluded"
+        )
     server = home[0]
     state = "up" if is_up(server.last_heartbeat, now, timeout) else "down"
     return (
@@ -212,6 +252,14 @@ def _home_reason(need: DeviceNeed, home: list[Candidate], now: datetime, timeout
         f"holds its only current copy; it cannot take device {need.name} now "
         f"(`vdfarm lock home {need.vdisk} SERVER` makes another server's copy current)"
     )
+
+
+def _excluded_reason(reason: str, candidates: list[Candidate], allowed: list[Candidate]) -> str:
+    """REASON, naming the servers the device excluded if it left any out."""
+    left_out = sorted(c.name for c in candidates if c not in allowed)
+    if not left_out:
+        return reason
+    return f"{reason} (excluded by the device: {', '.join(left_out)})"
 
 
 def _reservation_upsert(dialect: str) -> Insert:
@@ -250,19 +298,25 @@ class LoginService:
         self._settings = settings
 
     def login(
-        self, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+        self,
+        name_or_mac: str,
+        client_ip: str | None = None,
+        reserve: bool = True,
+        exclude: Sequence[str] | None = None,
     ) -> LoginResult:
         """Where the device NAME_OR_MAC (logging in from CLIENT_IP, if known)
         should stream from: the destination of its pending rebalance move if
-        that server may serve it, else the least busy. RESERVE=False answers
-        without reserving (an admin's question, not a device on its way).
+        that server may serve it, else the least busy, never a server named
+        in EXCLUDE. RESERVE=False answers without reserving (an admin's
+        question, not a device on its way).
 
         Raises NotFound ("no device named X"), Invalid (no vDisk assigned, bad
-        CLIENT_IP), Unavailable (no server is up; the vDisk version is held by
-        no up server; fixed subnet affinity unmet; every holder at its
-        max-booting limit; DB down).
+        CLIENT_IP, bad EXCLUDE), Unavailable (no server is up; the vDisk
+        version is held by no up server, or only by excluded ones; fixed
+        subnet affinity unmet; every holder at its max-booting limit; DB down).
         """
         address = parse_address(client_ip)
+        excluded = check_exclude(exclude)
         now = self._clock()
         with self._session() as session:
             connection = session.connection()
@@ -290,6 +344,7 @@ class LoginService:
             version = choice.number
             state = rules.shown_access(rules.find(states, version, device.vdisk_name), now)
             home_only = rules.home_server_only(device.access_mode, device.device_type, state)
+            booted = next(r for r in rows if r.number == version)
             servers = connection.execute(
                 _SERVERS,
                 {
@@ -314,12 +369,13 @@ class LoginService:
                     replace(c, versions=frozenset({need.key})) for c in candidates if c.id == home
                 ]
             timeout = self._settings.heartbeat_timeout()
-            placement = place(need, candidates, now, timeout, preferred=device.move_to_server_id)
+            allowed = [c for c in candidates if c.name not in excluded]
+            placement = place(need, allowed, now, timeout, preferred=device.move_to_server_id)
             if placement.primary is None:  # (the transaction rolls back: nothing written)
                 raise Unavailable(
-                    _home_reason(need, candidates, now, timeout)
+                    _home_reason(need, candidates, now, timeout, excluded)
                     if home is not None
-                    else placement.reason
+                    else _excluded_reason(placement.reason, candidates, allowed)
                 )
             if reserve:
                 connection.execute(
@@ -334,6 +390,12 @@ class LoginService:
             server=endpoints[placement.primary.id],
             alternatives=tuple(endpoints[c.id] for c in placement.alternatives),
             reason=placement.reason,
+            sha256=None if home_only or state == rules.MAINTENANCE else booted.sha256,
+            size=device.vdisk_size,
+            write_cache_type=device.write_cache_type,
+            failover=rules.may_fail_over(
+                device.access_mode, device.device_type, state, device.write_cache_type
+            ),
         )
 
     def set_subnet_affinity(self, vdisk_name: str, affinity: str, actor: str | None = None) -> str:
@@ -369,13 +431,17 @@ class HasLogins(Protocol):
 
 
 def login(
-    farm: HasLogins, name_or_mac: str, client_ip: str | None = None, reserve: bool = True
+    farm: HasLogins,
+    name_or_mac: str,
+    client_ip: str | None = None,
+    reserve: bool = True,
+    exclude: Sequence[str] | None = None,
 ) -> LoginResult:
     """`farm.logins.login(...)` for a caller holding a Farm (see `LoginService.login`).
 
     Raises NotFound, Invalid, Unavailable.
     """
-    return farm.logins.login(name_or_mac, client_ip, reserve)
+    return farm.logins.login(name_or_mac, client_ip, reserve, exclude)
 
 
 def set_subnet_affinity(

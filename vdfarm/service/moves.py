@@ -10,7 +10,8 @@ Rules:
   runner's) never plan from the same snapshot.
 - A session with a pending order counts on its destination and is not
   planned again. A pinned session (`version_rules.is_pinned`: it writes to
-  its vDisk, or its write cache on its server holds data) is never planned;
+  its vDisk, or its write cache on its server holds data; a device-side
+  cache type never pins) is never planned;
   the stream server checks again, against its live write cache, before it
   carries an order out. The order is carried out by the stream server the
   device is connected to: it polls `pending_moves`, asks the device to reconnect to
@@ -117,6 +118,7 @@ def farm_state(
             Vdisk.access_mode,
             Vdisk.subnet_affinity,
             VdiskVersion.access,
+            Vdisk.write_cache_type,
         )
         .join(Device, Device.id == DeviceSession.device_id)
         .join(Vdisk, Vdisk.id == DeviceSession.vdisk_id)
@@ -127,7 +129,7 @@ def farm_state(
         )
     ).all()
     sessions = []
-    for row, device_name, device_type, vdisk_name, access_mode, affinity, access in rows:
+    for row, device_name, device_type, vdisk_name, access_mode, affinity, access, cache in rows:
         moving_to = row.move_to_server_id if row.move_to_server_id in up else None
         sessions.append(
             planner.SessionState(
@@ -144,6 +146,7 @@ def farm_state(
                     # a version gone from the rows: as if open (the safe side)
                     access or rules.MAINTENANCE,
                     row.cache_used_bytes,
+                    cache,
                 ),
                 affinity=affinity,
                 address=_address(row.client_ip),

@@ -16,7 +16,12 @@ Rules:
   maintenance device on a version open for maintenance). Everything else
   derives from it: the vDisk lock (`needs_lock`), the home-server rule of
   login (`home_server_only`), and rebalance's `is_pinned` (which adds data
-  in a server-side write cache).
+  in a server-side write cache), and login's `may_fail_over`.
+- Write caches: `server-disk`/`server-ram` live on the server (data there
+  pins the device to it); `device-ram`/`device-disk`/`device-ram-overflow`
+  live in the device's agent (`DEVICE_CACHES`): they travel with the
+  device, so they never pin it, and such a device may fail over to any
+  server holding a verified copy (`may_fail_over`).
 - A merge keeps every version some device type boots now or later (`needed`)
   and folds the versions under the lowest of them; a merge that would fold
   nothing is refused.
@@ -33,6 +38,7 @@ from vdfarm.service.errors import Invalid, NotFound
 
 MAINTENANCE, TEST, PRODUCTION, PENDING = "maintenance", "test", "production", "pending"
 PRIVATE, STANDARD = "private", "standard"  # access modes of a vDisk
+DEVICE_CACHES = ("device-ram", "device-disk", "device-ram-overflow")  # the agent's
 DEVICE_TYPES = (PRODUCTION, TEST, MAINTENANCE)
 VERSION_STATES = (MAINTENANCE, TEST, PRODUCTION, PENDING)
 PROMOTE_TARGETS = (TEST, PRODUCTION)
@@ -150,13 +156,36 @@ def home_server_only(access_mode: str, device_type: str, version_state: str) -> 
 
 
 def is_pinned(
-    access_mode: str, device_type: str, version_state: str, server_cache_bytes: int | None
+    access_mode: str,
+    device_type: str,
+    version_state: str,
+    server_cache_bytes: int | None,
+    write_cache_type: str = "server-disk",
 ) -> bool:
     """True if the device would lose state by moving to another server: it
     writes to its vDisk (`writes_vdisk`: one writer, on this server's copy),
     or its write cache on this server holds data (SERVER_CACHE_BYTES > 0).
-    A write cache on the device itself travels with it (the agent's job)."""
-    return writes_vdisk(access_mode, device_type, version_state) or bool(server_cache_bytes)
+    A write cache on the device itself (WRITE_CACHE_TYPE in `DEVICE_CACHES`)
+    travels with it (the agent's job): it never pins."""
+    if writes_vdisk(access_mode, device_type, version_state):
+        return True
+    return write_cache_type not in DEVICE_CACHES and bool(server_cache_bytes)
+
+
+def may_fail_over(
+    access_mode: str, device_type: str, version_state: str, write_cache_type: str
+) -> bool:
+    """True if a device may be served by any server holding a verified copy
+    of its version (its agent fails over on its own): a standard-mode
+    vDisk, a production or test device not writing its vDisk, and a write
+    cache on the device. False for private mode, maintenance, or a cache on
+    the server (its writes live on one server)."""
+    return (
+        access_mode == STANDARD
+        and device_type in (PRODUCTION, TEST)
+        and not writes_vdisk(access_mode, device_type, version_state)
+        and write_cache_type in DEVICE_CACHES
+    )
 
 
 def boot_choice(

@@ -18,6 +18,9 @@ Rules:
   TLS is refused to a plaintext client once its export resolves:
   NBD_REP_ERR_TLS_REQD under `--tls optional`, NBD_REP_ERR_POLICY (and an
   error line for the operator) under `--tls off`.
+- An opened export's NBD description (NBD_INFO_DESCRIPTION, when the client
+  asks) is `port.export_description`: vDisk, version, sha256 and size, so a
+  device's agent can check a server it fails over to serves the same copy.
 - The attributes are declared here, set by NBDConnection.__init__ and
   connection_made; these methods are inherited, never delegated to.
 """
@@ -61,6 +64,7 @@ from vdfarm.stream.port import (
     LockConflict,
     UnknownExport,
     VdiskView,
+    export_description,
 )
 from vdfarm.stream.sessions import SessionRegistry
 from vdfarm.stream.tls import certificate_names
@@ -315,7 +319,7 @@ class HandshakeSteps(asyncio.Protocol):
         return ExportInfo(
             size=target.size,
             transmission_flags=flags,
-            description=f"vDisk {target.vdisk_name} ({target.access_mode})",
+            description=export_description(target),
         )
 
     def _reject(self, ev: ExportRequest, exc: Exception) -> None:

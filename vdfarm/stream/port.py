@@ -42,6 +42,9 @@ class ExportTarget:
     of `write_cache_type` holding at most `write_cache_limit_bytes` (None:
     the vDisk's size). `require_tls`: the vDisk is served only to a client
     that started TLS (NBD_OPT_STARTTLS); a plaintext client is refused.
+    `sha256` is the served version's hash (None while the copy served is
+    written: a private vDisk, an open maintenance version); the export's
+    NBD description repeats it (`export_description`).
     """
 
     device_id: int
@@ -57,13 +60,14 @@ class ExportTarget:
     write_cache_limit_bytes: int | None
     writes_vdisk: bool
     require_tls: bool
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
 class VdiskView:
     """A vDisk served read-only by name (export `vdisk/NAME`): no device, no
-    lock; the version production devices boot, `chain` and `require_tls` as
-    in ExportTarget."""
+    lock; the version production devices boot, `chain`, `require_tls` and
+    `sha256` as in ExportTarget."""
 
     vdisk_id: int
     vdisk_name: str
@@ -73,6 +77,18 @@ class VdiskView:
     chain_formats: tuple[str, ...]
     size: int
     require_tls: bool
+    sha256: str | None = None
+
+
+def export_description(target: ExportTarget | VdiskView) -> str:
+    """The NBD description of an export: `vdfarm vdisk=NAME version=N
+    sha256=HEX size=BYTES` (`sha256=-` when the copy has no fixed hash), so
+    a device's agent can check that a server it fails over to serves the
+    same copy login named."""
+    return (
+        f"vdfarm vdisk={target.vdisk_name} version={target.version} "
+        f"sha256={target.sha256 or '-'} size={target.size}"
+    )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ Rules:
   mode: the chain's top is opened read/write over the shared lower chain,
   under the vDisk lock.
 - Each session is recorded in the farm (which version the device booted),
-  so merges never delete a file a device still reads; a database outage
+  so merges never delete a file a device still reads; a device that
+  comes back within grace is recorded again (its agent may have streamed
+  from another server meanwhile, whose record replaced this one's); a database outage
   only costs the record, never the stream. The farm is reached only
   through the port (vdfarm.stream.port); its errors are the port's types.
 - Database calls are blocking; they run on the `db_executor` thread, never on
@@ -208,12 +210,22 @@ class SessionRegistry:
             finally:
                 del self._opening[device_id]
                 fut.set_result(None)
+        rejoined = session.grace_handle is not None
         if session.grace_handle is not None:
             session.grace_handle.cancel()
             session.grace_handle = None
             log.info("device %s reconnected within grace; session kept", target.device_name)
         session.connections += 1
         session.connections_set.add(connection)
+        if rejoined:  # it may have streamed from another server meanwhile (its agent
+            # failed over and back): the farm's record must say here again
+            await self._record(
+                self.farm.session_started,
+                device_id,
+                target.vdisk_id,
+                target.version,
+                session.client_ip,
+            )
         return session
 
     def detach(self, session: DeviceSession, connection: Any, clean: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.api.conftest import error_of, unchanged
 
@@ -124,3 +125,43 @@ def test_delete(admin, local, farm, populated):
     error_of(local.get("/api/v1/devices/pc1"), 404)
     with unchanged(farm):
         error_of(admin.delete("/api/v1/devices/pc1"), 404)
+
+
+FAILOVER = {"from": "s1", "to": "s2", "pause_ms": 380, "retried": 2, "reason": "s1 died"}
+
+
+def test_an_agents_failover_report_is_audited_and_shown(app, farm, populated):
+    secret = farm.tokens.add("agent-pc1", "operator", actor="test").secret
+    agent = TestClient(app, headers={"Authorization": f"Bearer {secret}"})
+    answer = agent.post("/api/v1/devices/aa-bb-cc-00-00-01/failover", json=FAILOVER)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["device"] == "pc1" and answer.json()["pause_ms"] == 380
+    [event] = [e for e in farm.audit.list() if e.action == "device.failover"]
+    assert (event.target_name, event.actor.split("@")[0]) == ("pc1", "token:agent-pc1")
+    shown = agent.get("/api/v1/devices/pc1").json()["failovers"]
+    assert shown["count"] == 1
+    assert {k: shown["last"][k] for k in FAILOVER} == FAILOVER
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "status", "says"),
+    [
+        ("nobody", FAILOVER, 404, "no device named nobody"),
+        ("pc1", {**FAILOVER, "pause_ms": -1}, 422, "pause_ms"),
+        ("pc1", {**FAILOVER, "retried": "x"}, 422, "retried"),
+        ("pc1", {**FAILOVER, "reason": "r" * 201}, 422, "reason"),
+        ("pc1", {**FAILOVER, "extra": 1}, 422, "extra"),
+        ("pc1", {k: v for k, v in FAILOVER.items() if k != "to"}, 422, "to"),
+        ("pc1", {**FAILOVER, "from": "../etc"}, 400, "invalid server name"),
+        ("pc1", {**FAILOVER, "reason": "two\nlines"}, 400, "one line"),
+    ],
+)
+def test_bad_failover_reports_change_nothing(admin, farm, populated, name, body, status, says):
+    with unchanged(farm):
+        assert says in error_of(admin.post(f"/api/v1/devices/{name}/failover", json=body), status)
+
+
+def test_a_read_token_may_not_report_a_failover(app, farm, populated):
+    secret = farm.tokens.add("watcher", "read", actor="test").secret
+    reader = TestClient(app, headers={"Authorization": f"Bearer {secret}"})
+    assert reader.post("/api/v1/devices/pc1/failover", json=FAILOVER).status_code == 403

@@ -168,3 +168,22 @@ def test_a_login_reserves_its_server_unless_asked_not_to(served, remote):
     assert reserved() == []
     assert remote.post(URL, json={"device": "pc1"}).status_code == 200
     assert reserved() == [served.server_id]
+
+
+def test_the_answer_names_the_copy_and_whether_the_device_may_fail_over(served, remote):
+    body = remote.post(URL, json={"device": "pc1", "reserve": False}).json()
+    assert body["sha256"] == served.versions.list("w")[0].sha256
+    assert body["size"] == served.vdisks.show("w").size
+    assert (body["write_cache_type"], body["failover"]) == ("server-disk", False)
+    served.vdisks.set("w", write_cache="device-disk")
+    body = remote.post(URL, json={"device": "pc1", "reserve": False}).json()
+    assert (body["write_cache_type"], body["failover"]) == ("device-disk", True)
+
+
+def test_excluding_the_only_holder_is_503_and_bad_exclusions_are_refused(served, remote):
+    answer = remote.post(URL, json={"device": "pc1", "exclude": [served.server_name]})
+    assert answer.status_code == 503 and "excluded by the device" in answer.json()["detail"]
+    many = remote.post(URL, json={"device": "pc1", "exclude": [f"s{n}" for n in range(17)]})
+    assert many.status_code == 422
+    bad = remote.post(URL, json={"device": "pc1", "exclude": ["a/b"]})
+    assert bad.status_code == 400 and "invalid server name" in bad.json()["detail"]

@@ -4,6 +4,8 @@ Rules: paths, bodies and status codes only; every decision is the
 service's. A device may be named by its name or its MAC. PATCH with
 `vdisk` assigns (one service call); it is refused (422) together with other
 fields, because two service calls could half-succeed.
+POST /devices/{name}/failover is a device's agent reporting a failover
+(role operator: the agent's `--token-file`), audited as `device.failover`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 from fastapi import HTTPException
 
 from vdfarm.api.deps import ActorDep, FarmDep, make_router
-from vdfarm.api.schemas import DeviceCreate, DevicePatch
+from vdfarm.api.schemas import DeviceCreate, DevicePatch, FailoverBody
 from vdfarm.service.devices import DeviceInfo
+from vdfarm.service.failovers import FailoverReport
 
 router = make_router("devices")
 
@@ -63,3 +66,19 @@ def change_device(name: str, body: DevicePatch, farm: FarmDep, actor: ActorDep) 
 def delete_device(name: str, farm: FarmDep, actor: ActorDep) -> DeviceInfo:
     """Delete NAME (refused while it holds a vDisk lock); answers it as it was."""
     return farm.devices.delete(name, actor=actor)
+
+
+@router.post("/devices/{name}/failover", response_model=FailoverReport, status_code=201)
+def report_failover(
+    name: str, body: FailoverBody, farm: FarmDep, actor: ActorDep
+) -> FailoverReport:
+    """A device's agent left server `from` for `to`: record it (audited)."""
+    return farm.failovers.report(
+        name,
+        from_server=body.from_server,
+        to_server=body.to_server,
+        pause_ms=body.pause_ms,
+        retried=body.retried,
+        reason=body.reason,
+        actor=actor,
+    )

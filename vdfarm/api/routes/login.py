@@ -16,10 +16,14 @@ Rules:
   most `ApiLimits.reservations_per_source` devices within the reservation
   window (counted in memory on this server): 429 past it; `reserve: false`
   still answers.
-- Answers 200 {device, vdisk, version, server, alternatives, reason}; errors
-  are {"detail": "<one line>"}: 404 unknown device, 400 no vDisk assigned or
-  bad address, 401 wrong token, 429 too many, 503 nothing can serve it (no
-  server up, version held by no up server, ...), 422 unparsable body.
+- `exclude` (at most 16 server names) lists servers placement must skip:
+  an agent failing over away from a dead or hung server.
+- Answers 200 {device, vdisk, version, server, alternatives, reason, sha256,
+  size, write_cache_type, failover}; errors are {"detail": "<one line>"}:
+  404 unknown device, 400 no vDisk assigned, bad address or bad server
+  name in exclude, 401 wrong token, 429 too many, 503 nothing can serve it
+  (no server up, version held by no up server or only by excluded ones,
+  ...), 422 unparsable body (or more than 16 names in exclude).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from vdfarm.api.limits import ApiLimits
 from vdfarm.api.ratelimit import RateLimiter, ReservationCap, source_key
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import ServiceError
-from vdfarm.service.login import LoginResult, ServerEndpoint
+from vdfarm.service.login import MAX_EXCLUDED, LoginResult, ServerEndpoint
 from vdfarm.service.tokens import role_allows
 
 
@@ -83,6 +87,12 @@ class LoginRequest(BaseModel):
         description="Count the device on the chosen server until it "
         "connects (false: only ask, as an admin).",
     )
+    exclude: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=MAX_EXCLUDED,
+        description="Servers not to send the device to (an agent failing over "
+        "away from a dead or hung server).",
+    )
 
 
 class ServerOut(BaseModel):
@@ -103,6 +113,16 @@ class LoginResponse(BaseModel):
     server: ServerOut
     alternatives: list[ServerOut]
     reason: str
+    sha256: str | None = Field(
+        description="The booted version's sha256 (null while it is written or "
+        "open for maintenance: no fixed hash)."
+    )
+    size: int = Field(description="The vDisk's virtual size in bytes.")
+    write_cache_type: str = Field(description="The vDisk's write cache type.")
+    failover: bool = Field(
+        description="True if any server holding a verified copy may serve the "
+        "device (standard mode, not maintenance, a write cache on the device)."
+    )
 
 
 class LoginError(BaseModel):
@@ -126,6 +146,10 @@ def _response(result: LoginResult) -> LoginResponse:
         server=_server_out(result.server),
         alternatives=[_server_out(e) for e in result.alternatives],
         reason=result.reason,
+        sha256=result.sha256,
+        size=result.size,
+        write_cache_type=result.write_cache_type,
+        failover=result.failover,
     )
 
 
@@ -188,6 +212,9 @@ def login_device(
     if body.reserve and not trusted:
         _count_reservation(request, body.device)
     try:
-        return _response(farm.logins.login(body.device, client_ip, reserve=body.reserve))
+        result = farm.logins.login(
+            body.device, client_ip, reserve=body.reserve, exclude=body.exclude
+        )
+        return _response(result)
     except ServiceError as exc:
         raise HTTPException(status_code=exc.http_status, detail=exc.message) from exc
