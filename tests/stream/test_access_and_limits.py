@@ -165,7 +165,8 @@ def test_the_export_list_is_empty_unless_asked_for(fake, tmp_path):
             _server,
             port,
         ):
-            assert sorted(await asyncio.to_thread(export_list, port)) == [b"pc1", b"pc2", b"solo"]
+            listed = sorted(await asyncio.to_thread(export_list, port))
+            assert listed == [b"pc1", b"pc2", b"pc4", b"solo"]
 
     run(scenario)
 

@@ -56,7 +56,8 @@ def image(tmp_path) -> Path:
 
 @pytest.fixture
 def fake(tmp_path, image) -> FakeFarm:
-    """pc1, pc2: standard on golden; solo: private on its own file."""
+    """pc1, pc2: standard on golden; solo: private on its own file; pc4:
+    standard on golden with a device-side cache and a sealed hash."""
     private = tmp_path / "mine.raw"
     private.write_bytes(image.read_bytes())
     return FakeFarm(

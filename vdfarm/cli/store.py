@@ -152,13 +152,15 @@ def set_cmd(
 @store.command("verify")
 @json_option
 def verify_cmd() -> None:
-    """Re-hash every sealed file of THIS server's store against its manifest
+    """Re-hash every sealed file of THIS server's store (but private vDisks',
+    which their devices write) against its manifest
     now (the server does it every --rehash-interval). A file that changed
     behind vdfarm's back is moved to the store's .quarantine directory and
     out of the manifest; the running server fetches it again from a peer.
     Exits 1 if any file was quarantined."""
     farm = open_local_farm("store verify")
-    gone = quarantine_drifted(farm.store, find_drift(farm.store, full=True), farm.now())
+    kept = {v.name for v in farm.vdisks.list() if v.access_mode != "private"}  # private: moves
+    gone = quarantine_drifted(farm.store, find_drift(farm.store, True, kept), farm.now())
     farm.servers.record_inventory()
     found = [
         {

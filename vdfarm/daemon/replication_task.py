@@ -389,7 +389,7 @@ class Replication(Task):
         """Quarantine the store's files that changed behind vdfarm's back
         (sizes every time, hashes when FULL); True if any went."""
         farm, registry = self.parts.farm, self.parts.stream.registry
-        drifted = await asyncio.to_thread(find_drift, farm.store, full)
+        drifted = await asyncio.to_thread(find_drift, farm.store, full, set(ids))
         if not drifted:
             return False
         gone = await asyncio.to_thread(

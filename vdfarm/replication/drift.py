@@ -1,8 +1,10 @@
 """Drift: files of this server's store that changed behind vdfarm's back.
 
 Rules:
-- Only sealed, verified files are checked (an open maintenance version or
-  a private copy a device writes changes by design).
+- Only sealed, verified files of the vDisks the caller names are checked:
+  an open maintenance version, or a private vDisk's file (its device
+  writes it; the home's copy is the only current one), changes by design
+  and is never quarantined.
 - The quick check (names and sizes) runs often; the full check re-hashes
   every file against its manifest's sha256 (`Store.sha256_of`, which does
   not keep what it read in the page cache).
@@ -12,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from vdfarm.store.errors import StoreError
@@ -31,16 +34,20 @@ class Drift:
     why: str
 
 
-def find_drift(store: Store, full: bool) -> list[Drift]:
-    """The sealed files of STORE whose size (and, if FULL, sha256) differs
-    from their manifest, or that are gone. A store that cannot be listed
-    has no drift to report (the inventory says it holds nothing)."""
+def find_drift(store: Store, full: bool, vdisks: Collection[str]) -> list[Drift]:
+    """The sealed files of STORE's VDISKS (the ones replication keeps:
+    never a private vDisk, whose device writes its file) whose size (and,
+    if FULL, sha256) differs from their manifest, or that are gone. A store
+    that cannot be listed has no drift to report (the inventory says it
+    holds nothing)."""
     try:
         manifests = store.scan()
     except StoreError:
         return []
     drifted: list[Drift] = []
     for manifest in manifests:
+        if manifest.vdisk not in vdisks:
+            continue
         directory = store.root / manifest.vdisk
         for entry in manifest.files:
             if not entry.sealed or entry.unverified:

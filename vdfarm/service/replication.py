@@ -235,7 +235,15 @@ class ReplicationService:
             narrowed = narrowed_servers(session)
             store_sets = {row.id: row for row in session.scalars(select(StoreSet)).all()}
             vdisks = session.scalars(select(Vdisk).order_by(Vdisk.name)).all()
-            mine = [v for v in vdisks if server_id in servers_of(narrowed, v.store_set_id, every)]
+            # A private vDisk is not replicated: its home's copy, which its
+            # device writes, is the only current one (login sends the device
+            # nowhere else), and a copy of a moving disk would be stale.
+            mine = [
+                v
+                for v in vdisks
+                if v.access_mode != "private"
+                and server_id in servers_of(narrowed, v.store_set_id, every)
+            ]
             ids = [v.id for v in mine]
             sealed = self._sealed_rows(session, ids)
             held = self._holders(session, ids)
