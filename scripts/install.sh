@@ -16,7 +16,8 @@ debs=(python3-venv qemu-utils qemu-system-x86 libnbd-bin syslinux syslinux-commo
 # nbd-client: the kernel's NBD client, run by the tests on the host and inside a
 # test VM's initramfs. Its postinst loads no module (it only refreshes the
 # host's initramfs when initramfs-tools is there) and asks nothing.
-[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd nbd-client)
+# rsync: the peer of bench/replication_bench.py.
+[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd nbd-client rsync)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || debs+=(linux-image-amd64)
 
 missing=()
