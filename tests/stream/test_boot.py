@@ -14,7 +14,9 @@ from tests.conftest import sha256
 from tests.stream.conftest import store_file
 from vdfarm.image import sample, vm
 
-pytestmark = pytest.mark.vm
+# VM boots are the suite's main cost: these run on PostgreSQL only (the
+# farm's logic runs on both database kinds in the tests without a VM).
+pytestmark = [pytest.mark.vm, pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)]
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,13 @@ WRITE_BLOCK = 3 * 1024  # 4 KiB block 3072 = 12 MiB, past the hashed range
 WRITE_TEXT = "VDFARM-NBD-TLS-WRITE"
 BOOT_TIMEOUT = 300  # seconds; a TCG boot takes about 10-20
 
-pytestmark = pytest.mark.skipif(
-    not (NBD_CLIENT.is_file() and shutil.which(vm.QEMU) and shutil.which("openssl")),
-    reason="nbd-client, qemu-system-x86_64 or openssl not installed",
-)
-
-
-@pytest.fixture(scope="session")
-def db_kind() -> str:
-    return "sqlite"
+pytestmark = [
+    pytest.mark.skipif(
+        not (NBD_CLIENT.is_file() and shutil.which(vm.QEMU) and shutil.which("openssl")),
+        reason="nbd-client, qemu-system-x86_64 or openssl not installed",
+    ),
+    pytest.mark.parametrize("db_kind", ["sqlite"], indirect=True),  # one boot is enough
+]
 
 
 @pytest.fixture(scope="module")

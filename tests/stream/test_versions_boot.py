@@ -23,7 +23,9 @@ from tests.stream.conftest import (
 )
 from vdfarm.image import sample, vm
 
-pytestmark = pytest.mark.vm
+# Five boots, the suite's costliest test: it runs on SQLite only (the
+# versions' logic runs on both database kinds in test_versions.py).
+pytestmark = [pytest.mark.vm, pytest.mark.parametrize("db_kind", ["sqlite"], indirect=True)]
 
 VDISK = "bootgold"
 BOOT_TIMEOUT = 180
