@@ -8,7 +8,10 @@ Rules:
   wants, remove vDisks the database forgot (once they stayed orphans for
   `ORPHAN_GRACE` seconds: an import publishes its directory a moment
   before its row), delete retired files no session reads, and start the
-  next copy.
+  next copy. A seal or merge made here writes the manifest before the
+  database, so an adopt (and a fetched file's adopt) happens only if the
+  database, read again, still has that chain, and only onto the manifest
+  the plan saw (`ManifestChanged` otherwise: the next round decides).
 - One copy at a time, on a worker thread, while the rounds go on. A copy
   runs only inside its store's windows (in this server's local time,
   `local_clock`) unless `replication start --now` asked for its version;
@@ -29,7 +32,8 @@ Rules:
 - Drift: every `rehash_every` seconds (and at start) each sealed file of
   the store is re-hashed; one that differs from its manifest is moved to
   quarantine and reported `mismatch`, then fetched again like any missing
-  file. Names and sizes are checked by the inventory every
+  file (unless its manifest entry changed while it was hashed: a version
+  reopened or sealed again here). Names and sizes are checked by the inventory every
   `inventory_every` seconds: a file whose size changed is quarantined too.
 - Each round also applies the promotions that waited for replication
   (`promote --when-replicated`) whose version is now everywhere; the
@@ -63,10 +67,10 @@ from vdfarm.replication.fetch import (
 )
 from vdfarm.replication.throttle import Throttle
 from vdfarm.replication.verify import quarantine_drifted
-from vdfarm.service.replication import Peer, WantedFile, WantedVdisk
+from vdfarm.service.replication import Peer, ReplicationWork, WantedFile, WantedVdisk
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store.chunks import chunk_list
-from vdfarm.store.errors import StoreError, StoreFull
+from vdfarm.store.errors import ManifestChanged, StoreError, StoreFull
 from vdfarm.store.manifest import Manifest
 from vdfarm.store.replica_files import adopt_chain
 from vdfarm.store.snapshot import snapshot
@@ -162,17 +166,21 @@ class Replication(Task):
             changed = True
             self.last_manifests = snap.manifests
         decided = planner.plan(work.vdisks, work.all_vdisk_names, snap.manifests, snap.partials)
-        for adopt in decided.adopts:
+        for adopt in await self._still_decided(decided.adopts, work):
             if self._copying_into(adopt.name):
                 continue
-            await asyncio.to_thread(
-                adopt_chain,
-                farm.store,
-                adopt.name,
-                list(adopt.files),
-                adopt.virtual_size,
-                farm.now(),
-            )
+            try:
+                await asyncio.to_thread(
+                    adopt_chain,
+                    farm.store,
+                    adopt.name,
+                    list(adopt.files),
+                    adopt.virtual_size,
+                    farm.now(),
+                    snap.manifests.get(adopt.name),
+                )
+            except ManifestChanged:
+                continue  # a step here wrote it: the next round decides again
             log.info("replication: vDisk %s now holds %d file(s)", adopt.name, len(adopt.files))
             changed = True
         changed |= await self._remove_orphans(decided.orphans, now)
@@ -194,6 +202,19 @@ class Replication(Task):
                 )
 
     # -- steps -------------------------------------------------------------
+
+    async def _still_decided(
+        self, adopts: tuple[planner.Adopt, ...], work: ReplicationWork
+    ) -> list[planner.Adopt]:
+        """ADOPTS still decided by a second read of the database
+        (`planner.still_decided`)."""
+        if not adopts:
+            return []
+        farm = self.parts.farm
+        again = await self.parts.stream.registry.run_db(
+            farm.replication.work_for, farm.server_id, farm.now()
+        )
+        return planner.still_decided(adopts, work.vdisks, again.vdisks)
 
     def _make_token(self) -> str:
         """A new `replica` token for this server; its older ones revoked."""
@@ -373,6 +394,16 @@ class Replication(Task):
         """Put FILE (just verified) in the manifest, with the chain below it,
         so the inventory and the next round see it."""
         farm = self.parts.farm
+        again = await self.parts.stream.registry.run_db(
+            farm.replication.work_for, farm.server_id, farm.now()
+        )
+        if not any(w.name == wanted.name and w.chain == wanted.chain for w in again.vdisks):
+            log.info(
+                "replication: the chain of %s changed during the copy of %s: decided again",
+                wanted.name,
+                file.file_name,
+            )
+            return
         entries = planner.chain_entries(wanted)
         upto = [e.name for e in entries].index(file.file_name) + 1
         await asyncio.to_thread(
