@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stream.conftest import farm_copy, store_file
+from tests.stream.conftest import farm_copy, on_kind, store_file
 from tests.stream.pki import Pki, make_pki
 from vdfarm.image import initramfs, kmod, sample, vm
 
@@ -38,7 +38,7 @@ pytestmark = [
         not (NBD_CLIENT.is_file() and shutil.which(vm.QEMU) and shutil.which("openssl")),
         reason="nbd-client, qemu-system-x86_64 or openssl not installed",
     ),
-    pytest.mark.parametrize("db_kind", ["sqlite"], indirect=True),  # one boot is enough
+    on_kind("sqlite"),  # one boot is enough
 ]
 
 
