@@ -136,7 +136,8 @@ class _Conn(asyncio.Protocol):
 
 
 class FakeFarm:
-    """Login over FakeServers: the first one up, in order, not excluded."""
+    """Login over FakeServers: the first one up (any, with `names_dead`), in
+    order, not excluded."""
 
     def __init__(
         self,
@@ -151,6 +152,8 @@ class FakeFarm:
         self.write_cache_type = write_cache_type
         self.logins: list[list[str]] = []
         self.home: str | None = None  # the server logins name first (a move target)
+        # Name dead servers too, as a real farm does until their heartbeat times out.
+        self.names_dead = False
 
     def answer(self, server: FakeServer) -> LoginAnswer:
         return LoginAnswer(
@@ -171,6 +174,6 @@ class FakeFarm:
         self.logins.append(list(exclude))
         order = sorted(self.servers, key=lambda s: s.name != self.home)
         for server in order:
-            if server.up and server.name not in exclude:
+            if (server.up or self.names_dead) and server.name not in exclude:
                 return self.answer(server)
         raise NoServer("no server can serve the device")

@@ -86,6 +86,44 @@ def test_a_hung_server_is_failed_after_the_io_timeout():
     asyncio.run(main())
 
 
+def test_a_server_that_failed_lately_is_not_tried_again_at_the_next_failover():
+    async def main():
+        (s1, s2, s3), farm = await farm_of("s1", "s2", "s3")
+        farm.names_dead = True  # the farm has not noticed that s1 died
+        session = session_for(farm)
+        await session.start()
+        s1.kill()
+        await read_loop(session, 5)
+        assert session.server == "s2"
+        s2.mode = "hang"
+        await read_loop(session, 5)
+        assert session.server == "s3"
+        # One login for each failover; the dead s1 was never named again.
+        assert farm.logins == [["s1"], ["s1", "s2"]]
+        assert [r.to_server for r in session.failovers] == ["s2", "s3"]
+        await session.close()
+
+    asyncio.run(main())
+
+
+def test_a_server_that_failed_lately_is_asked_for_when_no_other_is_left():
+    async def main():
+        (s1, s2), farm = await farm_of("s1", "s2")
+        session = session_for(farm)
+        await session.start()
+        s1.kill()
+        await read_loop(session, 5)
+        await s1.start()  # back, on its port
+        s2.kill()
+        await read_loop(session, 5)
+        assert session.server == "s1"
+        # Without the lately failed s1 nothing was left: asked again at once.
+        assert farm.logins == [["s1"], ["s1", "s2"], ["s2"]]
+        await session.close()
+
+    asyncio.run(main())
+
+
 def test_a_server_with_another_copy_is_never_used():
     async def main():
         (s1, s2), farm = await farm_of("s1", "s2")
