@@ -1,8 +1,9 @@
 """A small NBD server for the agent's tests, on the project's NBD machine:
 serves bytes from memory under one export name, with an export description
 that carries (or not) a vdfarm identity. It can die (every connection reset,
-nothing listens), hang (stop answering, like SIGSTOP), or answer every
-request with NBD_ESHUTDOWN (a move order).
+nothing listens), hang (stop answering, like SIGSTOP), be deaf (open
+connections, never answer a request), or answer every request with
+NBD_ESHUTDOWN (a move order).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class FakeServer:
         self.export = export
         self.data = bytearray(data)
         self.description = identity(data) if description is None else description
-        self.mode = "serve"  # serve | hang | shutdown
+        self.mode = "serve"  # serve | hang | deaf (handshakes, never answers) | shutdown
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections: set[asyncio.Transport] = set()
@@ -108,7 +109,7 @@ class _Conn(asyncio.Protocol):
 
     def _request(self, req: Request) -> None:
         owner = self.owner
-        if owner.mode == "hang":
+        if owner.mode in ("hang", "deaf"):
             return
         owner.requests += 1
         nbd = self.nbd

@@ -34,7 +34,10 @@ Rules:
   A write that does not fit gets ENOSPC, with a loud log line and the
   status flag `cache_full`; earlier writes stay intact.
 - Every failover is recorded (time, from, to, reason, pause, retried
-  requests) and handed to `on_failover` once its pause is known.
+  requests) and handed to `on_failover` once its pause is known: at the
+  first good reply after it, or when its new server fails before giving
+  any (then the next failover's pause counts from the same stall, and so
+  does `give_up`).
 """
 
 from __future__ import annotations
@@ -332,9 +335,15 @@ class Session:
             return
         now = time.monotonic()
         sent = [t for u, t in self._inflight.values() if u is up]
+        stalled_from = min(sent, default=now)
         self._up = None
         self._ready.clear()
         self._outage_since = now
+        unanswered = self._unsettled  # the failover to UP, which never answered
+        if unanswered is not None:
+            self._settle(now)  # its pause: until UP failed too
+            stalled_from = min(stalled_from, unanswered.stalled_from)
+            self._outage_since = stalled_from  # no server has answered since
         record = FailoverRecord(
             at=_now_iso(),
             from_server=up.name,
@@ -342,10 +351,9 @@ class Session:
             reason=reason,
             pause_ms=None,
             retried=0,
-            stalled_from=min(sent, default=now),
+            stalled_from=stalled_from,
         )
         self.failovers.append(record)
-        self._unsettled = None
         self.last_error = f"{up.name}: {reason}"
         log.warning("server %s failed: %s; failing over", up.name, reason)
         up.abort(reason)
@@ -456,13 +464,15 @@ class Session:
             log.info("streaming from %s", up.name)
         self._on_change()
 
-    def _settle(self) -> None:
-        """The first good reply after a failover: its pause is known."""
+    def _settle(self, at: float | None = None) -> None:
+        """The first good reply after a failover (or, AT, the failure of its
+        new server before any): its pause is known."""
         record = self._unsettled
         if record is None:
             return
         self._unsettled = None
-        record.pause_ms = int((time.monotonic() - record.stalled_from) * 1000)
+        end = time.monotonic() if at is None else at
+        record.pause_ms = int((end - record.stalled_from) * 1000)
         log.warning(
             "failover %s -> %s: pause %d ms, %d requests sent again",
             record.from_server,
