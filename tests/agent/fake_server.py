@@ -138,7 +138,7 @@ class _Conn(asyncio.Protocol):
 
 class FakeFarm:
     """Login over FakeServers: the first one up (any, with `names_dead`), in
-    order, not excluded."""
+    order, not excluded; the others as the alternatives."""
 
     def __init__(
         self,
@@ -156,7 +156,7 @@ class FakeFarm:
         # Name dead servers too, as a real farm does until their heartbeat times out.
         self.names_dead = False
 
-    def answer(self, server: FakeServer) -> LoginAnswer:
+    def answer(self, server: FakeServer, alternatives: tuple[FakeServer, ...] = ()) -> LoginAnswer:
         return LoginAnswer(
             url="http://fake",
             device=server.export,
@@ -167,14 +167,14 @@ class FakeFarm:
             write_cache_type=self.write_cache_type,
             failover=self.failover,
             server=server.ref,
-            alternatives=(),
+            alternatives=tuple(alt.ref for alt in alternatives),
             reason="test",
         )
 
     async def login(self, exclude: list[str]) -> LoginAnswer:
         self.logins.append(list(exclude))
         order = sorted(self.servers, key=lambda s: s.name != self.home)
-        for server in order:
-            if (server.up or self.names_dead) and server.name not in exclude:
-                return self.answer(server)
-        raise NoServer("no server can serve the device")
+        named = [s for s in order if (s.up or self.names_dead) and s.name not in exclude]
+        if not named:
+            raise NoServer("no server can serve the device")
+        return self.answer(named[0], tuple(named[1:]))

@@ -13,12 +13,11 @@ Rules:
   identity (vDisk, version, sha256: vdfarm.agent.identity) differs from the
   first login's is excluded and the next is tried; with none left, wait.
 - A failed server is excluded from the next logins until the farm says no
-  server is left (then every server is tried again). Servers that failed
-  in earlier failovers, up to FAILED_MEMORY_S seconds ago (at most the
-  MAX_REMEMBERED latest), are left out too while the farm has another
-  server (else it is asked again at once without them): the farm counts
-  a dead or hung server as up until its heartbeat times out, and each
-  such server it names costs the device a connect and a back-off. A connection that ends
+  server is left (then every server is tried again). A server that failed
+  in an earlier failover, up to FAILED_MEMORY_S seconds ago, is passed
+  over when the login names it and lists an alternative that did not: the
+  farm counts a dead or hung server as up until its heartbeat times out,
+  and each such server it names costs the device a connect and a back-off. A connection that ends
   after NBD_ESHUTDOWN (a move order) excludes nobody: the login names the
   new server. NBD_ESHUTDOWN replies are never passed on: the request is
   sent again.
@@ -61,9 +60,7 @@ log = logging.getLogger("vdfarm.agent")
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 5.0
 WATCH_PERIOD_S = 0.1
-FAILED_MEMORY_S = 30.0  # how long a failed server stays excluded from logins
-MAX_REMEMBERED = 8  # lately failed servers a login leaves out
-LOGIN_MAX_EXCLUDED = 16  # the farm refuses a login that excludes more
+FAILED_MEMORY_S = 30.0  # how long a failed server is passed over when the login names it
 CACHE_FLAGS = (
     c.FLAG_SEND_FLUSH
     | c.FLAG_SEND_FUA
@@ -389,49 +386,40 @@ class Session:
             target = None
 
     def _remember_failed(self, name: str) -> None:
-        self._failed_at.pop(name, None)
-        self._failed_at[name] = time.monotonic()  # the latest last
+        self._failed_at[name] = time.monotonic()
 
     def _failed_lately(self) -> set[str]:
-        """Servers that failed in the last FAILED_MEMORY_S seconds (the
-        MAX_REMEMBERED latest)."""
+        """Servers that failed in the last FAILED_MEMORY_S seconds."""
         now = time.monotonic()
         for name, at in list(self._failed_at.items()):
             if now - at > FAILED_MEMORY_S:
                 del self._failed_at[name]
-        return set(list(self._failed_at)[-MAX_REMEMBERED:])
+        return set(self._failed_at)
 
     async def _choose(self, excluded: set[str]) -> ServerRef | None:
         """The server to try next: the home without failover, else the
-        login's answer (None after a failed login). EXCLUDED: the servers
-        this failover saw fail; those that failed lately are left out too
-        while the farm has another server."""
+        login's answer (None after a failed login) or, if that failed
+        lately, its first alternative that did not. EXCLUDED: the servers
+        this failover saw fail."""
         if not self.may_fail_over:
             return self.first.server
-        leave_out = excluded | self._failed_lately()
-        if len(leave_out) > LOGIN_MAX_EXCLUDED:
-            leave_out = set(excluded)
         try:
-            try:
-                answer = await self._login(sorted(leave_out))
-            except NoServer:
-                if leave_out == excluded:
-                    raise
-                leave_out = set(excluded)  # the lately failed may be back: ask without them
-                answer = await self._login(sorted(leave_out))
+            answer = await self._login(sorted(excluded))
         except NoServer as exc:
             self._note(f"no server can serve the device: {exc}")
             excluded.clear()  # try them all again next time
-            self._failed_at.clear()
             return None
         except LoginError as exc:
             self._note(f"login failed: {exc}")
             return None
-        if answer.server.name in leave_out:  # the farm did not honour the exclusion
+        if answer.server.name in excluded:  # the farm did not honour the exclusion
             self._note(f"login named excluded server {answer.server.name}")
             excluded.clear()
-            self._failed_at.clear()
             return None
+        lately = self._failed_lately()
+        for server in (answer.server, *answer.alternatives):
+            if server.name not in lately and server.name not in excluded:
+                return server
         return answer.server
 
     async def _open(self, target: ServerRef) -> Upstream | None:
