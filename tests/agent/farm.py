@@ -1,6 +1,7 @@
 """One real three-server farm for every agent test of a run: three `vdfarm
 server run` processes on one PostgreSQL database, each vDisk imported once
-and copied into every store (identical copies), devices made for each test.
+(with the devices of the tests that use it) and copied into every store
+(identical copies).
 
 Rules: built once (starting three servers is the cost; tests share it) by
 the package fixture in tests/agent/conftest.py; every test begins and ends
