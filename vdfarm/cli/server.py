@@ -215,7 +215,8 @@ def server() -> None:
     show_default=True,
     metavar="SECONDS",
     help="How often every file of the store is re-hashed (a file that changed behind "
-    "vdfarm's back is quarantined and fetched again).",
+    "vdfarm's back is quarantined and fetched again); counted from the last re-hash, "
+    "across restarts.",
 )
 @click.option(
     "--peer-ca",

@@ -29,7 +29,8 @@ Rules:
 - Every `PURGE_EVERY` rounds the chunk lists of the store's sealed files
   are computed where missing (cached beside each file), so a peer asking
   for one does not wait for a hash of the whole file.
-- Drift: every `rehash_every` seconds (and at start) each sealed file of
+- Drift: every `rehash_every` seconds (the first one that long after the
+  last one ended, across restarts: `rehash_clock`) each sealed file of
   the store is re-hashed; one that differs from its manifest is moved to
   quarantine and reported `mismatch`, then fetched again like any missing
   file (unless its manifest entry changed while it was hashed: a version
@@ -53,6 +54,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vdfarm.daemon.parts import ServerParts
+from vdfarm.daemon.rehash_clock import first_rehash_in, read_last_rehash, write_last_rehash
 from vdfarm.daemon.supervisor import Task
 from vdfarm.farm.windows import is_open
 from vdfarm.replication import planner
@@ -121,7 +123,8 @@ class Replication(Task):
         self.last_manifests: dict[str, Manifest | None] | None = None
         self.rounds = 0
         self.failing = False
-        self.next_rehash = 0.0
+        last = read_last_rehash(parts.farm.data_dir)
+        self.next_rehash = time.monotonic() + first_rehash_in(last, time.time(), self.rehash_every)
         self.next_inventory = 0.0
 
     # -- the loop ----------------------------------------------------------
@@ -161,6 +164,7 @@ class Replication(Task):
             self.next_inventory = now + self.inventory_every
             if full:
                 self.next_rehash = now + self.rehash_every
+                await asyncio.to_thread(write_last_rehash, farm.data_dir, time.time())
         snap = await asyncio.to_thread(snapshot, farm.store)
         if snap.manifests != self.last_manifests:  # an import, seal or merge here: tell peers now
             changed = True
