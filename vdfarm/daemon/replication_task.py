@@ -16,7 +16,8 @@ Rules:
   runs only inside its store's windows (in this server's local time,
   `local_clock`) unless `replication start --now` asked for its version;
   outside them it pauses between chunks and waits, its partial file kept.
-  The store's cap is one token bucket for the server's copies.
+  The store's cap, or this server's own if lower (`--max-replication-rate`),
+  is one token bucket for the server's copies.
 - Everything it does about a version it lacks is written in `replicas`
   (queued and why, copying with bytes and rate, failed and why); once the
   inventory lists the version, the row goes.
@@ -56,7 +57,7 @@ from pathlib import Path
 from vdfarm.daemon.parts import ServerParts
 from vdfarm.daemon.rehash_clock import first_rehash_in, read_last_rehash, write_last_rehash
 from vdfarm.daemon.supervisor import Task
-from vdfarm.farm.windows import is_open
+from vdfarm.farm.windows import is_open, lowest_cap
 from vdfarm.replication import planner
 from vdfarm.replication.drift import find_drift
 from vdfarm.replication.fetch import (
@@ -156,7 +157,7 @@ class Replication(Task):
         work = await registry.run_db(farm.replication.work_for, farm.server_id, farm.now())
         self.latest = {w.vdisk_id: w for w in work.vdisks}
         if self.copying is not None and not self.copying.done() and self._copy_id in self.latest:
-            self.throttle.set_rate(self.latest[self._copy_id].max_rate_bps)  # a cap set mid-copy
+            self.throttle.set_rate(self._cap(self.latest[self._copy_id]))  # a cap set mid-copy
         if now >= self.next_rehash or now >= self.next_inventory:
             full = now >= self.next_rehash
             ids = {w.name: w.vdisk_id for w in work.vdisks}
@@ -230,6 +231,11 @@ class Replication(Task):
         name = f"{prefix}{int(time.time() * 1000)}"
         made = farm.tokens.add(name, "replica", actor=f"server:{farm.server_name}")
         return made.secret
+
+    def _cap(self, wanted: WantedVdisk) -> int | None:
+        """The rate a copy of WANTED may use: the lower of its store's cap
+        and this server's own (`--max-replication-rate`), None for none."""
+        return lowest_cap(wanted.max_rate_bps, self.parts.options.replication_max_rate_bps)
 
     def _copying_into(self, vdisk: str) -> bool:
         return self.copying is not None and not self.copying.done() and self._copy_vdisk == vdisk
@@ -314,7 +320,7 @@ class Replication(Task):
         peers = [PeerAddress(p.name, peer_url(p)) for p in wanted.peers.get(file.version, ())]
         by_name = {p.name: p.server_id for p in wanted.peers.get(file.version, ())}
         want = FileWant(wanted.name, file.file_name, file.size, file.sha256)
-        self.throttle.set_rate(wanted.max_rate_bps)
+        self.throttle.set_rate(self._cap(wanted))
         last = [0.0]
         loop = asyncio.get_running_loop()
 
