@@ -10,7 +10,6 @@ shows the failover. The guest's script is nbd_client_agent_init.sh.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import time
 from pathlib import Path
@@ -18,11 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from vdfarm.image import initramfs, kmod, sample, vm
+from tests.kernel_guest import APPEND, NBD_CLIENT, markers, nbd_client_initramfs
+from vdfarm.image import sample, vm
 
-NBD_CLIENT = Path("/usr/sbin/nbd-client")
 INIT_SCRIPT = Path(__file__).with_name("nbd_client_agent_init.sh")
-APPEND = "console=ttyS0,115200 quiet loglevel=3 panic=1"
 READ_BLOCK = 256 * 1024  # dd's O_DIRECT reads: many requests, so the kill lands among them
 BOOT_TIMEOUT = 300  # seconds; a TCG boot takes about 10-20
 
@@ -37,34 +35,8 @@ pytestmark = [
 
 def guest_initramfs(path: Path, export: str, port: int, version: str) -> Path:
     """An initramfs for kernel VERSION that reads EXPORT at the host's PORT."""
-    settings = {
-        "GUEST_ADDRESS": "10.0.2.15/24",
-        "NBD_HOST": "10.0.2.2",  # the host's loopback, through qemu's user network
-        "NBD_PORT": port,
-        "EXPORT": export,
-        "READ_BLOCK": READ_BLOCK,
-    }
-    data = initramfs.build_initramfs(
-        version,
-        sample.MODULES_ROOT / version,
-        sample.BUSYBOX,
-        settings,
-        modules=kmod.VIRTIO_NET_MODULES + kmod.NBD_MODULES,
-        programs=[NBD_CLIENT],
-        init_script=INIT_SCRIPT,
-    )
-    path.write_bytes(data)
-    return path
-
-
-def markers(serial: str) -> dict[str, str]:
-    """VDFARM-NAME value lines of the serial console: the first of each name."""
-    found: dict[str, str] = {}
-    for line in serial.replace("\r", "").splitlines():
-        match = re.match(r"VDFARM-([A-Z-]+)(?: (.*))?$", line.strip())
-        if match:
-            found.setdefault(match.group(1), (match.group(2) or "").strip())
-    return found
+    settings = {"NBD_PORT": port, "EXPORT": export, "READ_BLOCK": READ_BLOCK}
+    return nbd_client_initramfs(path, version, INIT_SCRIPT, settings)
 
 
 def test_dd_through_the_kernel_client_survives_a_killed_server(agent_farm, tmp_path):
