@@ -5,9 +5,11 @@ fresh PostgreSQL database (skips without one), with every vDisk the farm
 tests use: `golden` (a small test image; device pc1), `sample` (the
 bootable sample image; vm1 boots it, kc1 reads it through the kernel's
 client) and `pattern` (fio's verify pattern in its first PATTERN_MIB MiB,
-zeroes after; device fio1). An image whose tools are missing (the sample
-image's, fio) is left out: its tests skip. Each test gets the farm with
-all servers up, and leaves it so.
+zeroes after; device fio1), `diary` (private mode, on its home s1 only;
+device pv1) and `mirror` (device mm1, whose copy the hash-mismatch test
+replaces on one server for a while). An image whose tools are missing (the
+sample image's, fio) is left out: its tests skip. Each test gets the farm
+with all servers up, and leaves it so.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from vdfarm.image import sample
 from vdfarm.image.errors import ImageBuildError
 
 GOLDEN_SIZE = 8 << 20
+SMALL_SIZE = 4 << 20  # the private and the hash-mismatch tests' vDisks
 SAMPLE_MIB = 64
 PATTERN_MIB = 32  # fio's read-verify region; the write-verify region follows
 PATTERN_IMAGE_MIB = 48
@@ -67,7 +70,9 @@ def shared_farm(tmp_path_factory) -> Iterator[AgentFarm]:
             pattern = fio_pattern_image(root / "pattern.raw")
             if pattern is not None:
                 vdisks["pattern"] = (pattern, ("fio1",))
-            farm.build(vdisks)
+            vdisks["diary"] = (make_test_image(root / "diary.raw", SMALL_SIZE, seed=3), ("pv1",))
+            vdisks["mirror"] = (make_test_image(root / "mirror.raw", SMALL_SIZE, seed=5), ("mm1",))
+            farm.build(vdisks, private=("diary",))
             yield farm
         finally:
             farm.cluster.stop()

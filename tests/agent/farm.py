@@ -1,7 +1,8 @@
 """One real three-server farm for every agent test of a run: three `vdfarm
 server run` processes on one PostgreSQL database, each vDisk imported once
 (with the devices of the tests that use it) and copied into every store
-(identical copies).
+(identical copies) — but a private vDisk, which lives on its home (the
+first server) only, as replication leaves it (docs/replication.md).
 
 Rules: built once (starting three servers is the cost; tests share it) by
 the package fixture in tests/agent/conftest.py; every test begins and ends
@@ -42,11 +43,15 @@ class AgentFarm:
     def servers(self) -> dict[str, ClusterServer]:
         return self.cluster.servers
 
-    def build(self, vdisks: dict[str, tuple[Path, tuple[str, ...]]]) -> None:
+    def build(
+        self, vdisks: dict[str, tuple[Path, tuple[str, ...]]], private: tuple[str, ...] = ()
+    ) -> None:
         """Initialise the servers, import each vDisk NAME: (IMAGE, DEVICES)
         as a standard vDisk with a device-side RAM cache, copy it into
-        every store, start the servers. Independent commands run side by
-        side (each is a process that spends most of its time starting)."""
+        every store, start the servers; a vDisk named in PRIVATE is
+        imported in private mode and stays in the first server's store
+        (its home). Independent commands run side by side (each is a
+        process that spends most of its time starting)."""
         first = self.cluster.first
         others = [s for s in self.servers.values() if s is not first]
         first.cli("init", "--name", first.name)  # makes the database's tables
@@ -56,7 +61,7 @@ class AgentFarm:
                 pool,
                 [
                     lambda n=name, i=image: first.cli(
-                        "vdisk", "import", n, str(i), "--write-cache", "device-ram"
+                        "vdisk", "import", n, str(i), *_import_options(n in private)
                     )
                     for name, (image, _) in vdisks.items()
                 ],
@@ -70,7 +75,8 @@ class AgentFarm:
                 ],
             )
         for name, (image, _) in vdisks.items():
-            self.cluster.copy_store(name)
+            if name not in private:
+                self.cluster.copy_store(name)
             self.images[name] = image
         self.cluster.start()
         self.token = first.cli_json("token", "add", "agents", "--role", "operator")["secret"]
@@ -124,6 +130,12 @@ class AgentFarm:
                 return rows
             assert time.monotonic() < deadline, f"audited failovers of {device}: {rows}"
             time.sleep(0.5)
+
+
+def _import_options(private: bool) -> tuple[str, ...]:
+    """`vdisk import` options: private mode (its device writes the vDisk on
+    the home; no device-side cache), else a device-side RAM cache."""
+    return ("--mode", "private") if private else ("--write-cache", "device-ram")
 
 
 def _all(pool: ThreadPoolExecutor, calls: list[Callable[[], object]]) -> None:
