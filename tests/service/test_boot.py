@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.service.helpers import dump, new_sealed_version, store_files
-from vdfarm.farm.models import StoreBootFile, Vdisk
+from vdfarm.farm.models import StoreBootFile, Vdisk, VersionBootFile
 from vdfarm.service.boot_records import MAX_CMDLINE
 from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
 from vdfarm.service.intents import SEAL, drop_intent, record_intent
@@ -219,3 +219,15 @@ def test_the_inventory_lists_the_boot_files_held(w, files):
     (w.store.root / "w" / info.boot.kernel.file).write_bytes(b"short")
     w.servers.record_inventory()
     assert rows() == [("initrd", sha(INITRD))]
+
+
+def test_deleting_the_vdisk_takes_its_boot_files_and_rows(w, files):
+    w.boot.attach("w", kernel=files["vmlinuz"], initrd=files["initrd.gz"])
+    w.versions.new("w")
+    w.servers.heartbeat()
+    w.devices.delete("pm")
+    w.vdisks.delete("w")
+    with w.session() as session:
+        for table in (VersionBootFile, StoreBootFile):
+            assert session.scalars(select(table)).all() == []
+    assert not (w.store.root / "w").exists()
