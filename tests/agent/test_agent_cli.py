@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests.agent.fake_server import FakeServer
 from tests.agent.stub_farm import StubFarm, login_answer
+from tests.agent.test_lean_imports import heavy_among, imported_modules
 from tests.conftest import VDFARM, free_port
 from tests.stream.rawclient import CMD_READ, RawClient
 
@@ -70,12 +72,13 @@ def farm(tmp_path):
     loop.loop.call_soon_threadsafe(loop.loop.stop)
 
 
-def start_agent(tmp_path, url, *extra):
+def start_agent(tmp_path, url, *extra, python_flags=()):
     sock = tmp_path / "run" / f"{DEVICE}.sock"
+    vdfarm = [sys.executable, *python_flags, "-m", "vdfarm"] if python_flags else VDFARM
     with open(tmp_path / "agent.log", "ab") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             [
-                *VDFARM,
+                *vdfarm,
                 "agent",
                 "--farm",
                 url,
@@ -178,6 +181,28 @@ def test_the_whole_disk_through_the_agent_and_a_kill_under_reads(farm, tmp_path)
         assert "s1 -> s2" in human
     finally:
         stop(proc)
+
+
+def test_the_running_agent_loads_no_heavy_package(farm, tmp_path):
+    """Started for real (login, upstream, listener, a read served): what
+    `-X importtime` says the process imported holds no database driver,
+    web framework or HTTP library."""
+    _, _, stub = farm
+    proc, sock = start_agent(tmp_path, stub.url, python_flags=("-X", "importtime"))
+    try:
+        out = subprocess.run(
+            ["nbdinfo", "--size", f"nbd+unix:///{DEVICE}?socket={sock}"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert int(out.stdout) == len(DATA)
+    finally:
+        stop(proc)
+    modules = imported_modules((tmp_path / "agent.log").read_text())
+    assert {"vdfarm.agent.session", "vdfarm.agent.local"} <= modules
+    assert heavy_among(modules) == []
 
 
 def test_a_bad_local_client_loses_only_its_own_connection(farm, tmp_path):
