@@ -1,9 +1,11 @@
 """The agent in front of a real farm: three `vdfarm server run` on one real
 PostgreSQL, the vDisk in every store, real clients (qemu-img, qemu-io) on
-the agent's socket. The whole disk is read and compared; the serving server
-is SIGKILLed under a loop of reads, then the next one is SIGSTOPped (hung):
-no client error, the status shows both failovers with their pauses, the
-farm's audit has them.
+the agent's socket. The whole disk is read and compared; a rebalance moves
+the device to another server under loops of reads (the agent switches
+servers with no client error and the old server's session ends); then the
+serving server is SIGKILLed under a loop of reads, then the next one is
+SIGSTOPped (hung): no client error, the status shows both failovers with
+their pauses, the farm's audit has them.
 
 Needs the farm side of issue 11 (login's sha256/size/failover, the export's
 identity, the failover route) and the device caches (vdfarm.agent.cache):
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import time
 
@@ -22,6 +25,7 @@ import pytest
 from tests.conftest import VDFARM, make_test_image
 from tests.farm.postgres import fresh_postgres_url
 from tests.stream.cluster import Cluster
+from tests.stream.rawclient import RawClient
 
 SIZE = 8 << 20
 
@@ -46,6 +50,7 @@ def cluster(tmp_path):
             image = make_test_image(tmp_path / "golden.raw", size=SIZE)
             farm.first.cli("vdisk", "import", "golden", str(image), "--write-cache", "device-ram")
             farm.first.cli("device", "add", "pc1", "--vdisk", "golden")
+            farm.first.cli("device", "add", "pc2", "--vdisk", "golden")  # for the rebalance
             farm.copy_store("golden")
             farm.start()
             yield farm, image
@@ -63,6 +68,63 @@ def read_loop(uri: str, count: int) -> subprocess.Popen:
     )
 
 
+def slowest_read_ms(qemu_io_output: str) -> float:
+    """The longest single read of a qemu-io loop (each line gives its ops/sec)."""
+    rates = [float(r) for r in re.findall(r"and ([0-9.]+) ops/sec", qemu_io_output)]
+    return 1000 / min(rates) if rates else 0.0
+
+
+def move_under_reads(farm, sock, uri: str) -> None:
+    """Order a move of pc1 and read through the agent until it is carried
+    out. The order comes from a rebalance: pc1 and pc2 (a plain client) on
+    one server, whose power rating makes it overloaded, and one server
+    rated to take them; the planner moves devices in name order, and one
+    move is enough."""
+    names = sorted(farm.servers)
+    serving = status(sock)["server"]
+    target = next(name for name in names if name != serving)
+    other = RawClient(farm.servers[serving].nbd_port)
+    other.connect("pc2")
+    for name in names:
+        rating = "100" if name == target else "0.01"
+        farm.first.cli("server", "set", name, "--power-rating", rating)
+    plan = farm.first.cli_json("rebalance")
+    assert [(m["device_name"], m["from_server"], m["to_server"]) for m in plan["moves"]] == [
+        ("pc1", serving, target)
+    ], plan
+    slowest, rounds = 0.0, 0
+    deadline = time.monotonic() + 60
+    while True:  # loops of reads until the move happened, then one more
+        moved = bool(status(sock)["moves"])
+        out, err = read_loop(uri, 1000).communicate(timeout=120)
+        assert "failed" not in out + err and "error" not in (out + err).lower(), err
+        slowest = max(slowest, slowest_read_ms(out))
+        rounds += 1
+        if moved:
+            break
+        assert time.monotonic() < deadline, "the move never reached the agent"
+    shown = status(sock)
+    [move] = shown["moves"]
+    assert (move["from_server"], move["to_server"]) == (serving, target)
+    assert shown["server"] == target and shown["failovers"] == []
+    old = farm.servers[serving]
+    deadline = time.monotonic() + 20
+    while "device pc1: session ended" not in old.log():  # the old session ended
+        assert time.monotonic() < deadline, old.log()[-3000:]
+        time.sleep(0.1)
+    deadline = time.monotonic() + 20
+    while farm.first.cli_json("device", "show", "pc1")["session"]["server"] != target:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    print(
+        f"move {serving} -> {target}: switched {move['switch_ms']} ms after the order showed, "
+        f"{move['retried']} sent again; slowest 64 KiB read over {rounds} loops: {slowest:.1f} ms"
+    )
+    other.close()
+    for name in names:
+        farm.first.cli("server", "set", name, "--power-rating", "1")
+
+
 def status(sock) -> dict:
     out = subprocess.run(
         [*VDFARM, "agent", "status", "--listen", f"unix:{sock}", "--json"],
@@ -74,7 +136,7 @@ def status(sock) -> dict:
     return json.loads(out.stdout)
 
 
-def test_reads_survive_a_killed_and_a_hung_server(cluster, tmp_path):
+def test_a_move_and_reads_surviving_a_killed_and_a_hung_server(cluster, tmp_path):
     farm, image = cluster
     token = tmp_path / "token"
     token.write_text(
@@ -112,6 +174,8 @@ def test_reads_survive_a_killed_and_a_hung_server(cluster, tmp_path):
         uri = f"nbd+unix:///pc1?socket={sock}"
         compare = ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(image), uri]
         subprocess.run(compare, check=True, timeout=60, capture_output=True)
+
+        move_under_reads(farm, sock, uri)
 
         for n, (how, act) in enumerate((("SIGKILL", "kill"), ("SIGSTOP", "pause"))):
             serving = farm.servers[status(sock)["server"]]

@@ -128,18 +128,77 @@ def test_requests_wait_for_a_server_to_return():
     asyncio.run(main())
 
 
-def test_a_move_order_switches_servers_without_an_error():
+def test_a_move_order_hands_over_between_two_requests():
+    """The server answers the probe ESHUTDOWN and serves the rest: the agent
+    connects to the new server while reads go on, switches, and leaves the
+    old one with NBD_CMD_DISC. No failover, no read sent again."""
+
+    async def main():
+        (s1, s2), farm = await farm_of("s1", "s2")
+        session = session_for(farm, io_timeout=1.0)
+        await session.start()
+
+        async def reads_until_moved() -> int:
+            count = 0
+            while not session.moves or count < 50:  # then 50 more on the new server
+                count = count + 1 if session.moves else 0
+                await read_loop(session, 1, 4096)
+            return count
+
+        reads = [asyncio.create_task(reads_until_moved()) for _ in range(8)]
+        await asyncio.sleep(0.1)
+        farm.home = "s2"  # the farm moved the device
+        s1.mode = "moving"
+        await asyncio.wait_for(asyncio.gather(*reads), 30)
+        assert session.server == "s2"
+        assert session.failovers == []
+        [move] = session.moves
+        assert (move.from_server, move.to_server, move.retried) == ("s1", "s2", 0)
+        print(f"move: switched {move.switch_ms} ms after the order showed")
+        assert farm.logins[-1] == []  # the old server was not excluded
+        for _ in range(100):  # the old connection is left, politely
+            if s1.disconnects:
+                break
+            await asyncio.sleep(0.05)
+        assert s1.disconnects == 1 and not s1.connections
+        await read_loop(session, 20)
+        await session.close()
+
+    asyncio.run(main())
+
+
+def test_a_server_that_answers_everything_eshutdown_is_left_for_the_login_answer():
     async def main():
         (s1, s2), farm = await farm_of("s1", "s2")
         session = session_for(farm)
         await session.start()
-        farm.home = "s2"  # the farm moved the device
+        farm.home = "s2"
         s1.mode = "shutdown"
         await read_loop(session, 20)
         assert session.server == "s2"
+        assert session.failovers == []
+        [move] = session.moves
+        assert move.from_server == "s1" and move.to_server == "s2"
+        assert farm.logins[-1] == []
+        await session.close()
+
+    asyncio.run(main())
+
+
+def test_an_idle_device_leaves_a_hung_server_before_it_reads():
+    async def main():
+        (s1, s2), farm = await farm_of("s1", "s2")
+        session = session_for(farm, io_timeout=0.3)
+        await session.start()
+        s1.mode = "hang"
+        for _ in range(100):  # no request from the device: the probe finds it
+            if session.server == "s2":
+                break
+            await asyncio.sleep(0.05)
+        assert session.server == "s2"
         [record] = session.failovers
-        assert "ESHUTDOWN" in record.reason
-        assert farm.logins[-1] == []  # the old server was not excluded
+        assert "unanswered" in record.reason
+        await read_loop(session, 5)
         await session.close()
 
     asyncio.run(main())

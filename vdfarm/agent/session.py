@@ -17,10 +17,24 @@ Rules:
   after NBD_ESHUTDOWN (a move order) excludes nobody: the login names the
   new server. NBD_ESHUTDOWN replies are never passed on: the request is
   sent again.
+- Idle or not, the upstream is probed every PROBE_PERIOD_S with a small
+  NBD_CMD_CACHE (the device's own CACHE requests are advice, answered
+  here): an unanswered probe fails a hung server like any request, and a
+  server carrying out a move order answers it with NBD_ESHUTDOWN while it
+  still serves everything else (vdfarm.stream.sessions, the handover).
+  Then the agent logs in (the login names the new server), connects and
+  checks the new server while the old one keeps serving, and switches
+  between two requests: later requests go to the new server, those on
+  their way are answered by the old one, which is then left with
+  NBD_CMD_DISC (the spec's soft disconnect). Each move is recorded (from,
+  to, the time from the order to the switch). A request answered
+  NBD_ESHUTDOWN waits for the switch (or a failover) and is sent again.
 - `failover` False (private mode, maintenance, server-side cache), or a
   version with no fixed sha256 (nothing to check another copy against):
   the device stays on its first server; the agent reconnects to it when it
-  returns, and never logs in elsewhere.
+  returns, and never logs in elsewhere (a move order is not followed: the
+  server closes the connection when its handover ends, the agent
+  reconnects to it, and that new session drops the order).
 - No server: retry with back-off (0.2 s doubling to 5 s); waiting requests
   wait, up to `give_up` seconds since the outage began, then get EIO.
 - A device-side cache (write_cache_type "device-..."): WRITE, WRITE_ZEROES
@@ -53,6 +67,9 @@ log = logging.getLogger("vdfarm.agent")
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 5.0
 WATCH_PERIOD_S = 0.1
+PROBE_PERIOD_S = 0.5
+PROBE_LENGTH = 4096
+SETTLE_PROBE_S = 0.02  # probe this often while a failover waits for its first reply
 CACHE_FLAGS = (
     c.FLAG_SEND_FLUSH
     | c.FLAG_SEND_FUA
@@ -115,6 +132,20 @@ class FailoverRecord:
         return out
 
 
+@dataclass
+class MoveRecord:
+    """One move order followed: the switch from one server to another."""
+
+    at: str  # wall time of the switch (UTC, ISO 8601)
+    from_server: str
+    to_server: str
+    switch_ms: int  # from the order's first sign (a probe's ESHUTDOWN) to the switch
+    retried: int  # requests answered ESHUTDOWN and sent again to the new server
+
+    def plain(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -142,9 +173,16 @@ class Session:
         self._on_change = on_change
         self._on_failover = on_failover
         self._up: Upstream | None = None
+        self._up_changed = asyncio.Event()  # set (and replaced) whenever _up changes
         self._ready = asyncio.Event()
         self._establishing: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._moving_from: Upstream | None = None  # its server told us to move
+        self._move_started = 0.0  # monotonic: the first sign of the move order
+        self._move_retried = 0
+        self._handover: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._outage_since: float | None = time.monotonic()
         self._inflight: dict[object, tuple[Upstream, float]] = {}
         self._unsettled: FailoverRecord | None = None  # awaiting its first good reply
@@ -152,6 +190,7 @@ class Session:
         self._closed = False
         self.transmission_flags = 0
         self.failovers: list[FailoverRecord] = []
+        self.moves: list[MoveRecord] = []
         self.retried_requests = 0
         self.cache_full = False
         self.last_error: str | None = None
@@ -178,13 +217,17 @@ class Session:
             assert self._up is not None
             flags = self._up.export.transmission_flags & PASSED_FLAGS
             self.transmission_flags = flags | c.FLAG_CAN_MULTI_CONN  # one upstream for all
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.create_task(self._watch())
+        self._prober = loop.create_task(self._probe_forever())
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._watchdog, self._establishing):
+        for task in (self._watchdog, self._prober, self._establishing, self._handover):
             if task is not None:
                 task.cancel()
+        for task in list(self._retiring):
+            task.cancel()
         if self._up is not None:
             await self._up.close()
             self._up = None
@@ -197,6 +240,8 @@ class Session:
         self, cmd: int, flags: int, offset: int, length: int, data: bytes | None
     ) -> Reply:
         """Serve one local request: (NBD error, data of a read)."""
+        if cmd == c.CMD_CACHE:
+            return 0, b""  # advice; upstream, CACHE is the agent's own probe
         cache = self.cache
         if cache is None:
             return await self._call(cmd, flags, offset, length, data)
@@ -283,10 +328,21 @@ class Session:
             finally:
                 del self._inflight[token]
             if error == c.NBD_ESHUTDOWN:
-                self._fail(up, "the server is moving this device (NBD_ESHUTDOWN)", exclude=False)
+                self._move_signalled(up)
+                if self._moving_from is up:  # handing over: wait for the switch
+                    self._move_retried += 1
+                    self.retried_requests += 1
+                    await self._switched_from(up)
+                    continue
+                if self._up is not None and self._up is not up:  # switched meanwhile
+                    continue
             if error == -1 or error == c.NBD_ESHUTDOWN:
                 record = self.failovers[-1] if self.failovers else None
-                if record is not None and record is not counted_in:
+                if (
+                    record is not None
+                    and record is not counted_in
+                    and record.from_server == up.name
+                ):
                     record.retried += 1
                     self.retried_requests += 1
                     counted_in = record
@@ -323,7 +379,7 @@ class Session:
             return
         now = time.monotonic()
         sent = [t for u, t in self._inflight.values() if u is up]
-        self._up = None
+        self._set_up(None)
         self._ready.clear()
         self._outage_since = now
         record = FailoverRecord(
@@ -406,8 +462,15 @@ class Session:
             return None
         return up
 
-    def _install(self, up: Upstream) -> None:
+    def _set_up(self, up: Upstream | None) -> None:
+        """Make UP the upstream; wake whoever waits for a change."""
         self._up = up
+        self._moving_from = None
+        changed, self._up_changed = self._up_changed, asyncio.Event()
+        changed.set()
+
+    def _install(self, up: Upstream) -> None:
+        self._set_up(up)
         self._outage_since = None
         self._ready.set()
         if self.failovers and self.failovers[-1].to_server is None:
@@ -442,6 +505,115 @@ class Session:
             self.last_error = message
             self._on_change()
 
+    # -- move orders --------------------------------------------------------
+    def _move_signalled(self, up: Upstream) -> None:
+        """UP answered NBD_ESHUTDOWN: its server carries out a move order.
+        Hand over to the new server while UP still serves; without
+        failover, or with no way to hand over, leave UP now as before."""
+        if up is not self._up or self._closed or self._moving_from is up:
+            return
+        if not self.may_fail_over:
+            self._fail(up, "the server is moving this device (NBD_ESHUTDOWN)", exclude=False)
+            return
+        self._moving_from = up
+        self._move_started = time.monotonic()
+        self._move_retried = 0
+        log.info("server %s is moving this device: handing over", up.name)
+        self._handover = asyncio.get_running_loop().create_task(self._hand_over(up))
+
+    async def _switched_from(self, old: Upstream) -> None:
+        """Wait until OLD is no longer the upstream (switched, or failed)."""
+        while self._up is old and not self._closed:
+            await self._up_changed.wait()
+
+    async def _hand_over(self, old: Upstream) -> None:
+        """Log in, connect to the server the login names and check it, while
+        OLD serves; then switch. Gives up when OLD is no longer the upstream
+        or its server stops telling us to move (the order was cancelled)."""
+        delay = 0.0
+        while self._moving_from is old and self._up is old and not self._closed:
+            if delay:
+                await asyncio.sleep(delay)
+                if self._moving_from is not old or self._up is not old:
+                    return
+            delay = min(max(delay * 2, self.options.first_retry), self.options.max_retry)
+            try:
+                answer = await self._login([])
+            except LoginError as exc:
+                self._note(f"move from {old.name}: login failed: {exc}")
+                continue
+            if answer.server.name == old.name:
+                self._note(f"move from {old.name}: the login still names it")
+                continue
+            new = await self._open(answer.server)
+            if new is None:
+                continue
+            if self._up is not old or self._closed:
+                await new.close()
+                return
+            self._switch(old, new)
+            return
+
+    def _switch(self, old: Upstream, new: Upstream) -> None:
+        """NEW takes every later request; OLD answers those on their way, then
+        is left (soft disconnect)."""
+        switch_ms = int((time.monotonic() - self._move_started) * 1000)
+        retried = self._move_retried
+        self._set_up(new)
+        record = MoveRecord(_now_iso(), old.name, new.name, switch_ms, retried)
+        self.moves.append(record)
+        log.warning(
+            "moved from %s to %s (a move order): switched %d ms after the order showed, "
+            "%d requests sent again",
+            old.name,
+            new.name,
+            switch_ms,
+            retried,
+        )
+        self._on_change()
+        task = asyncio.get_running_loop().create_task(self._retire(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: Upstream) -> None:
+        """Leave OLD once its requests are answered (NBD_CMD_DISC); a request
+        still unanswered after the I/O timeout is failed and sent again."""
+        deadline = time.monotonic() + self.options.io_timeout
+        while old.pending and old.lost is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if old.pending and old.lost is None:
+            old.abort(f"requests unanswered for over {self.options.io_timeout:g} s after a move")
+        await old.close()
+
+    async def _probe_forever(self) -> None:
+        """Probe the upstream with CACHE: a hung server is noticed while the
+        device is idle, a move order when its server tells."""
+        while not self._closed:
+            waiting = self._unsettled is not None
+            await asyncio.sleep(SETTLE_PROBE_S if waiting else PROBE_PERIOD_S)
+            up = self._up
+            if up is None or not up.export.transmission_flags & c.FLAG_SEND_CACHE:
+                continue
+            length = min(PROBE_LENGTH, up.size)
+            if length <= 0:
+                continue
+            token = object()
+            self._inflight[token] = (up, time.monotonic())
+            try:
+                error, _ = await up.request(c.CMD_CACHE, 0, length, None, 0)
+            except ConnectionLost:
+                self._upstream_lost(up)
+                continue
+            finally:
+                del self._inflight[token]
+            if error == c.NBD_ESHUTDOWN:
+                self._move_signalled(up)
+                continue
+            if self._moving_from is up:  # the order was cancelled: stay
+                self._moving_from = None
+            if self._unsettled is not None and up is self._up:
+                self._settle()
+
     async def _watch(self) -> None:
         """Fail the upstream when its oldest request is unanswered past io_timeout."""
         timeout = self.options.io_timeout
@@ -466,6 +638,7 @@ class Session:
             "failover_allowed": self.may_fail_over,
             "write_cache_type": self.first.write_cache_type,
             "failovers": [record.plain() for record in self.failovers],
+            "moves": [record.plain() for record in self.moves],
             "retried_requests": self.retried_requests,
             "cache": self.cache.stats() if self.cache is not None else None,
             "cache_full": self.cache_full,
