@@ -172,14 +172,14 @@ class Farm:
 class Agent:
     """One `vdfarm agent` process for DEVICE."""
 
-    def __init__(self, farm: Farm, device: str, *extra: str) -> None:
+    def __init__(self, farm: Farm, device: str, *extra: str, cache_mib: int = 0) -> None:
         self.device = device
         self.sock = farm.work / "run" / f"{device}.sock"
         self.log = farm.work / f"agent-{device}.log"
         with contextlib.suppress(FileNotFoundError):
             self.sock.unlink()
         argv = VDFARM + ["agent", "--farm", farm.urls, "--device", device]
-        argv += ["--listen", f"unix:{self.sock}", "--cache-size", "0", *extra]
+        argv += ["--listen", f"unix:{self.sock}", "--cache-size", str(cache_mib), *extra]
         with open(self.log, "ab") as log:
             self.started = time.perf_counter()
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
@@ -296,7 +296,7 @@ def boot_once(url: str, serial_id: str) -> tuple[float, float]:
 def part_boot(farm: Farm, boots: int) -> dict:
     out: dict[str, list[float]] = {k: [] for k in ("direct", "agent", "direct_done", "agent_done")}
     for n in range(boots):
-        agent = Agent(farm, "vm1")  # a fresh agent (an empty device cache) per boot
+        agent = Agent(farm, "vm1", cache_mib=64)  # a fresh agent (an empty cache) per boot
         try:
             server = farm.servers[agent.status()["server"]]
             a_boot, a_done = boot_once(agent.uri, f"agent{n}")

@@ -70,6 +70,64 @@ def test_reads_go_on_when_the_server_dies():
     asyncio.run(main())
 
 
+class RecordingClient:
+    """A local connection as the session sees it: answers by cookie."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, tuple[int, bytes]] = {}
+        self.flushes = 0
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    def answer(self, cookie, cmd, offset, length, error, payload):
+        self.answers[cookie] = (error, b"".join(payload or ()))
+        if len(self.answers) == self.expected:
+            self.done.set()
+
+    def flush(self):
+        self.flushes += 1
+
+
+def test_fast_path_requests_are_sent_again_after_a_kill_and_a_server_leaving():
+    """Requests queued by `submit` (no task each, replies by batch): the
+    ones in flight when the server dies, or answered ESHUTDOWN by a server
+    that leaves, are answered by the next server, none with an error."""
+
+    async def main():
+        (s1, s2, s3), farm = await farm_of("s1", "s2", "s3")
+        session = session_for(farm, io_timeout=1.0)
+        await session.start()
+        client = RecordingClient()
+        offsets = {}
+        for round_no, trouble in enumerate(("kill", "leave")):
+            client.expected += 64
+            client.done.clear()
+            for n in range(64):
+                cookie = round_no * 64 + n + 1
+                offsets[cookie] = (n * 8192) % len(DATA)
+                session.submit(client, cookie, c.CMD_READ, 0, offsets[cookie], 8192, None)
+            session.flush()
+            await asyncio.sleep(0)
+            serving = {"s1": s1, "s2": s2, "s3": s3}[session.server]
+            if trouble == "kill":
+                serving.kill()
+            else:
+                farm.home = next(s.name for s in (s1, s2, s3) if s.up and s is not serving)
+                serving.mode = "shutdown"
+            await asyncio.wait_for(client.done.wait(), 30)
+        for cookie, (error, data) in client.answers.items():
+            assert error == 0 and data == DATA[offsets[cookie] : offsets[cookie] + 8192]
+        assert client.flushes >= 1
+        [failover] = session.failovers
+        assert failover.from_server == "s1" and failover.retried >= 1
+        [move] = session.moves
+        assert move.from_server == failover.to_server and move.retried >= 1
+        print(f"sent again: {failover.retried} after the kill, {move.retried} after the leave")
+        await session.close()
+
+    asyncio.run(main())
+
+
 def test_a_hung_server_is_failed_after_the_io_timeout():
     async def main():
         (s1, s2), farm = await farm_of("s1", "s2")
@@ -233,6 +291,10 @@ class DictCache:
     def __init__(self, limit: int) -> None:
         self.blocks: dict[int, bytearray] = {}
         self.limit = limit
+
+    def all_upstream(self, offset, length):
+        first, last = offset // self.BLOCK, (offset + length - 1) // self.BLOCK
+        return not any(b in self.blocks for b in range(first, last + 1))
 
     def needs_fill(self, offset, length):
         out = []

@@ -220,4 +220,9 @@ def run_agent(options: AgentOptions) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await Agent(options).run()
 
-    asyncio.run(main())
+    try:
+        import uvloop  # the stream server's event loop; the agent runs without it too
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(main())

@@ -59,8 +59,16 @@ from typing import Any, Protocol
 
 from vdfarm.agent.identity import Identity, identity_problem
 from vdfarm.agent.login import LoginAnswer, LoginError, NoServer, ServerRef
-from vdfarm.agent.upstream import ConnectionLost, Reply, Upstream, UpstreamRefused
+from vdfarm.agent.upstream import (
+    LOST,
+    ConnectionLost,
+    Payload,
+    Reply,
+    Upstream,
+    UpstreamRefused,
+)
 from vdfarm.nbd import constants as c
+from vdfarm.nbd.errors import errno_to_nbd
 
 log = logging.getLogger("vdfarm.agent")
 
@@ -92,8 +100,27 @@ LoginFn = Callable[[list[str]], Awaitable[LoginAnswer]]
 ConnectFn = Callable[[ServerRef, Callable[[Upstream], None]], Awaitable[Upstream]]
 
 
+class Client(Protocol):
+    """A local connection the session answers (vdfarm.agent.local)."""
+
+    def answer(
+        self, cookie: int, cmd: int, offset: int, length: int, error: int, payload: Payload | None
+    ) -> None:
+        """Queue the reply of request COOKIE (a READ's data: PAYLOAD's buffers)."""
+
+    def flush(self) -> None:
+        """Write the queued replies."""
+
+
+# What a request sent by the fast path carries to its reply handler.
+Context = tuple[Client, int, int, int, int, int, Any, Upstream]
+# (client, cookie, command, flags, offset, length, data, upstream)
+
+
 class WriteCache(Protocol):
     """The device-side write cache (vdfarm.agent.cache builds it)."""
+
+    def all_upstream(self, offset: int, length: int) -> bool: ...
 
     def needs_fill(self, offset: int, length: int) -> list[tuple[int, int]]: ...
 
@@ -184,7 +211,8 @@ class Session:
         self._handover: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._outage_since: float | None = time.monotonic()
-        self._inflight: dict[object, tuple[Upstream, float]] = {}
+        self._dirty: set[Client] = set()  # clients with replies queued
+        self._tasks: set[asyncio.Task[None]] = set()  # requests on the slow path
         self._unsettled: FailoverRecord | None = None  # awaiting its first good reply
         self._write_lock = asyncio.Lock()
         self._closed = False
@@ -226,7 +254,7 @@ class Session:
         for task in (self._watchdog, self._prober, self._establishing, self._handover):
             if task is not None:
                 task.cancel()
-        for task in list(self._retiring):
+        for task in [*self._retiring, *self._tasks]:
             task.cancel()
         if self._up is not None:
             await self._up.close()
@@ -235,7 +263,108 @@ class Session:
         if close_cache is not None:
             close_cache()
 
-    # -- requests ----------------------------------------------------------
+    # -- requests: the fast path -------------------------------------------
+    def submit(
+        self,
+        client: Client,
+        cookie: int,
+        cmd: int,
+        flags: int,
+        offset: int,
+        length: int,
+        data: Any,
+    ) -> None:
+        """Serve one local request; CLIENT.answer gets its reply later (then
+        CLIENT.flush, at the end of a batch of replies). The common case —
+        an upstream is up, the request goes there whole — is queued on the
+        upstream at once (sent by `flush`, after the client's batch); the
+        rest (device cache writes and mixed reads, no upstream, CACHE) runs
+        as a task through `handle`."""
+        up = self._up
+        if up is not None:
+            cache = self.cache
+            if (
+                cmd != c.CMD_CACHE
+                if cache is None
+                else cmd == c.CMD_READ
+                and length > 0
+                and offset + length <= self.size
+                and cache.all_upstream(offset, length)
+            ):
+                context = (client, cookie, cmd, flags, offset, length, data, up)
+                up.send(cmd, flags, offset, length, data, self._upstream_reply, context)
+                return
+        self._start_slow(client, cookie, cmd, flags, offset, length, data, None)
+
+    def flush(self) -> None:
+        """Send the requests `submit` queued."""
+        up = self._up
+        if up is not None:
+            up.flush()
+
+    def _upstream_reply(self, context: Context, error: int, payload: Payload | None) -> None:
+        """A fast-path request's reply: to its client; a lost connection or
+        NBD_ESHUTDOWN goes to the slow path, which sends it again."""
+        client, cookie, cmd, flags, offset, length, data, up = context
+        if error == LOST or error == c.NBD_ESHUTDOWN:
+            self._start_slow(client, cookie, cmd, flags, offset, length, data, (up, error))
+            return
+        if self._unsettled is not None:
+            self._settle()
+        client.answer(cookie, cmd, offset, length, error, payload)
+        self._dirty.add(client)
+
+    def _flush_clients(self) -> None:
+        """Write every client's queued replies (an upstream's batch ended)."""
+        dirty = self._dirty
+        if dirty:
+            self._dirty = set()
+            for client in dirty:
+                client.flush()
+
+    def _start_slow(
+        self,
+        client: Client,
+        cookie: int,
+        cmd: int,
+        flags: int,
+        offset: int,
+        length: int,
+        data: Any,
+        failed: tuple[Upstream, int] | None,
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._serve(client, cookie, cmd, flags, offset, length, data, failed)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(
+        self,
+        client: Client,
+        cookie: int,
+        cmd: int,
+        flags: int,
+        offset: int,
+        length: int,
+        data: Any,
+        failed: tuple[Upstream, int] | None,
+    ) -> None:
+        try:
+            if failed is None:
+                error, payload = await self.handle(cmd, flags, offset, length, data)
+            else:
+                error, payload = await self._call(cmd, flags, offset, length, data, failed)
+        except OSError as exc:  # the device cache's disk, for one
+            log.error("local request %d failed: %s", cmd, exc)
+            error, payload = errno_to_nbd(exc.errno or 0), b""
+        except Exception:
+            log.exception("local request %d failed", cmd)
+            error, payload = c.NBD_EIO, b""
+        client.answer(cookie, cmd, offset, length, error, [payload] if payload else None)
+        client.flush()
+
+    # -- requests: the slow path -------------------------------------------
     async def handle(
         self, cmd: int, flags: int, offset: int, length: int, data: bytes | None
     ) -> Reply:
@@ -307,26 +436,38 @@ class Session:
         self._on_change()
 
     async def _call(
-        self, cmd: int, flags: int, offset: int, length: int, data: bytes | None
+        self,
+        cmd: int,
+        flags: int,
+        offset: int,
+        length: int,
+        data: bytes | None,
+        failed: tuple[Upstream, int] | None = None,
     ) -> Reply:
         """One request upstream, sent again after every failover until a
-        server answers it; EIO only when `give_up` ran out."""
+        server answers it; EIO only when `give_up` ran out. FAILED: it was
+        sent already, to that upstream, which answered that (LOST or
+        NBD_ESHUTDOWN)."""
         counted_in: FailoverRecord | None = None
         while True:
-            up = self._up
-            if up is None:
-                if not await self._wait_for_upstream():
-                    return c.NBD_EIO, b""
-                continue
-            token = object()
-            self._inflight[token] = (up, time.monotonic())
-            try:
-                error, payload = await up.request(cmd, offset, length, data, flags)
-            except ConnectionLost:
-                self._upstream_lost(up)
-                error = -1
-            finally:
-                del self._inflight[token]
+            payload = b""
+            if failed is not None:
+                up, error = failed
+                failed = None
+                if error == LOST:
+                    self._upstream_lost(up)
+            else:
+                current = self._up
+                if current is None:
+                    if not await self._wait_for_upstream():
+                        return c.NBD_EIO, b""
+                    continue
+                up = current
+                try:
+                    error, payload = await up.request(cmd, offset, length, data, flags)
+                except ConnectionLost:
+                    self._upstream_lost(up)
+                    error = LOST
             if error == c.NBD_ESHUTDOWN:
                 self._move_signalled(up)
                 if self._moving_from is up:  # handing over: wait for the switch
@@ -336,7 +477,7 @@ class Session:
                     continue
                 if self._up is not None and self._up is not up:  # switched meanwhile
                     continue
-            if error == -1 or error == c.NBD_ESHUTDOWN:
+            if error == LOST or error == c.NBD_ESHUTDOWN:
                 record = self.failovers[-1] if self.failovers else None
                 if (
                     record is not None
@@ -378,7 +519,7 @@ class Session:
         if up is not self._up or self._closed:
             return
         now = time.monotonic()
-        sent = [t for u, t in self._inflight.values() if u is up]
+        oldest = up.oldest_sent()
         self._set_up(None)
         self._ready.clear()
         self._outage_since = now
@@ -389,7 +530,7 @@ class Session:
             reason=reason,
             pause_ms=None,
             retried=0,
-            stalled_from=min(sent, default=now),
+            stalled_from=min(oldest, now) if oldest is not None else now,
         )
         self.failovers.append(record)
         self._unsettled = None
@@ -452,6 +593,7 @@ class Session:
         except UpstreamRefused as exc:
             self._note(str(exc))
             return None
+        up.on_batch_end = self._flush_clients
         problem = identity_problem(self.expected, up.size, up.export.description)
         if problem is not None:
             self._note(f"{target.name} refused: {problem}")
@@ -597,15 +739,11 @@ class Session:
             length = min(PROBE_LENGTH, up.size)
             if length <= 0:
                 continue
-            token = object()
-            self._inflight[token] = (up, time.monotonic())
             try:
                 error, _ = await up.request(c.CMD_CACHE, 0, length, None, 0)
             except ConnectionLost:
                 self._upstream_lost(up)
                 continue
-            finally:
-                del self._inflight[token]
             if error == c.NBD_ESHUTDOWN:
                 self._move_signalled(up)
                 continue
@@ -623,8 +761,8 @@ class Session:
             up = self._up
             if up is None:
                 continue
-            oldest = next((t for u, t in self._inflight.values() if u is up), None)
-            if oldest is not None and time.monotonic() - oldest > timeout:
+            oldest = up.oldest_sent()
+            if oldest is not None and up.lost is None and time.monotonic() - oldest > timeout:
                 self._fail(up, f"a request unanswered for over {timeout:g} s", exclude=True)
 
     # -- status ------------------------------------------------------------
