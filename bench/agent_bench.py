@@ -176,8 +176,10 @@ class Agent:
         self.device = device
         self.sock = farm.work / "run" / f"{device}.sock"
         self.log = farm.work / f"agent-{device}.log"
-        with contextlib.suppress(FileNotFoundError):
-            self.sock.unlink()
+        self.status_file = self.sock.with_name(self.sock.name + ".status.json")
+        for stale in (self.sock, self.status_file):  # an earlier agent's (of the same device)
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         argv = VDFARM + ["agent", "--farm", farm.urls, "--device", device]
         argv += ["--listen", f"unix:{self.sock}", "--cache-size", str(cache_mib), *extra]
         with open(self.log, "ab") as log:
@@ -196,10 +198,9 @@ class Agent:
         return f"nbd+unix:///{self.device}?socket={self.sock}"
 
     def status(self) -> dict:
-        path = self.sock.with_name(self.sock.name + ".status.json")
-        for _ in range(50):  # replaced atomically; absent only before the first write
+        for _ in range(500):  # replaced atomically; absent only before the first write
             with contextlib.suppress(FileNotFoundError, ValueError):
-                return json.loads(path.read_text())
+                return json.loads(self.status_file.read_text())
             time.sleep(0.02)
         raise RuntimeError("bench: no agent status")
 
@@ -317,10 +318,14 @@ def part_boot(farm: Farm, boots: int) -> dict:
 
 
 class Reader:
-    """fio reading through the agent until stopped; an I/O error ends it early."""
+    """fio reading through the agent until stopped; an I/O error ends it early.
+    With LAT_LOG, every read's completion time and latency are logged."""
 
-    def __init__(self, uri: str, size: int, work: Path) -> None:
-        self.out = work / f"reader-{uuid.uuid4().hex[:6]}.json"
+    def __init__(self, uri: str, size: int, work: Path, lat_log: bool = False) -> None:
+        name = f"reader-{uuid.uuid4().hex[:6]}"
+        self.out = work / f"{name}.json"
+        self.lat_prefix = work / name if lat_log else None
+        logs = [f"--write_lat_log={self.lat_prefix}"] if lat_log else []
         self.proc = subprocess.Popen(
             [
                 "fio",
@@ -335,6 +340,7 @@ class Reader:
                 f"--size={size}",
                 "--output-format=json",
                 f"--output={self.out}",
+                *logs,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -355,7 +361,29 @@ class Reader:
         if job.get("error"):
             raise RuntimeError(f"bench: fio reported error {job['error']}")
         read = job["read"]
-        return {"ios": read["total_ios"], "max_lat_ms": read["lat_ns"]["max"] / 1e6}
+        out = {"ios": read["total_ios"], "max_lat_ms": read["lat_ns"]["max"] / 1e6}
+        if self.lat_prefix is not None:
+            log = Path(f"{self.lat_prefix}_lat.1.log")
+            reads = [
+                (int(t), int(lat) / 1e6)
+                for t, lat, *_ in (line.split(",") for line in log.read_text().splitlines())
+            ]
+            end_ms = json.loads(text[text.index("{") :])["timestamp_ms"]
+            start_ms = end_ms - max(t for t, _ in reads)  # fio's time 0, as wall time
+            out["reads"] = [(start_ms + t, lat) for t, lat in reads]  # (done at, ms)
+        return out
+
+
+def epoch_ms(iso: str) -> float:
+    """Wall time in ms of the agent's ISO 8601 UTC time stamps."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def slowest_near(reads: list[tuple[float, float]], at_ms: float, window_ms: float) -> float:
+    """The longest read that completed within WINDOW_MS of AT_MS."""
+    return max((lat for done, lat in reads if abs(done - at_ms) <= window_ms), default=0.0)
 
 
 def part_failover(farm: Farm, kills: int, hangs: int, size: int) -> dict:
@@ -398,8 +426,9 @@ def part_move(farm: Farm, moves: int, size: int) -> dict:
     """Move orders under reads: each makes the agent's server overloaded by
     power rating (plus a plain client of device mv2 on it) and rebalances."""
     agent = Agent(farm, "mv1")
-    reader = Reader(agent.uri, size, farm.work)
+    reader = Reader(agent.uri, size, farm.work, lat_log=True)
     switches: list[int] = []
+    records: list[dict] = []
     names = sorted(farm.servers)
     try:
         time.sleep(1)
@@ -436,6 +465,7 @@ def part_move(farm: Farm, moves: int, size: int) -> dict:
                 other.kill()
                 other.wait()
             switches.append(record["switch_ms"])
+            records.append(record)
             print(
                 f"  move {n + 1}: {record['from_server']} -> {record['to_server']}, switched "
                 f"{record['switch_ms']} ms after the order showed, {record['retried']} sent again"
@@ -450,7 +480,20 @@ def part_move(farm: Farm, moves: int, size: int) -> dict:
         if reader.proc.poll() is None:
             reader.proc.kill()
         agent.stop()
-    return {"switch_ms": switches, "reader": reads}
+    done = reads.pop("reads")
+    latencies = sorted(lat for _, lat in done)
+    around = [slowest_near(done, epoch_ms(r["at"]), 1000) for r in records]
+    for n, worst in enumerate(around):
+        print(
+            f"  move {n + 1}: the slowest read completing within 1 s of the switch: {worst:.1f} ms"
+        )
+    return {
+        "switch_ms": switches,
+        "reader": reads,
+        "around_switch_ms": around,
+        "p50_ms": latencies[len(latencies) // 2],
+        "p999_ms": latencies[int(len(latencies) * 0.999)],
+    }
 
 
 # -- the run ------------------------------------------------------------------
@@ -511,6 +554,11 @@ def report(results: dict, args: argparse.Namespace) -> None:
             f"moves ({len(m['switch_ms'])}): switch median {median(m['switch_ms']):.0f} ms, "
             f"worst {max(m['switch_ms'])} ms after the order showed; fio through them: "
             f"{m['reader']['ios']} reads, no error, longest {m['reader']['max_lat_ms']:.1f} ms"
+        )
+        print(
+            f"  slowest read within 1 s of a switch: median {median(m['around_switch_ms']):.1f} ms, "
+            f"worst {max(m['around_switch_ms']):.1f} ms (all reads of the run: median "
+            f"{m['p50_ms']:.2f} ms, 99.9th percentile {m['p999_ms']:.1f} ms)"
         )
 
 
