@@ -1,10 +1,11 @@
 """A small NBD server for the agent's tests, on the project's NBD machine:
 serves bytes from memory under one export name, with an export description
 that carries (or not) a vdfarm identity. It can die (every connection reset,
-nothing listens), hang (stop answering, like SIGSTOP), answer every
-request with NBD_ESHUTDOWN (a server leaving), or carry out a move order
-as vdfarm's servers do (`moving`: CACHE, the agent's probe, gets
-NBD_ESHUTDOWN; everything else is served).
+nothing listens), hang (stop answering, like SIGSTOP), be deaf (open
+connections, never answer a request), answer every request with
+NBD_ESHUTDOWN (a server leaving), or carry out a move order as vdfarm's
+servers do (`moving`: CACHE, the agent's probe, gets NBD_ESHUTDOWN;
+everything else is served).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class FakeServer:
         self.export = export
         self.data = bytearray(data)
         self.description = identity(data) if description is None else description
-        self.mode = "serve"  # serve | hang | shutdown | moving
+        # serve | hang | deaf (handshakes, never answers) | shutdown | moving
+        self.mode = "serve"
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections: set[asyncio.Transport] = set()
@@ -119,7 +121,7 @@ class _Conn(asyncio.Protocol):
 
     def _request(self, req: Request) -> None:
         owner = self.owner
-        if owner.mode == "hang":
+        if owner.mode in ("hang", "deaf"):
             return
         owner.requests += 1
         nbd = self.nbd
@@ -149,7 +151,8 @@ class _Conn(asyncio.Protocol):
 
 
 class FakeFarm:
-    """Login over FakeServers: the first one up, in order, not excluded."""
+    """Login over FakeServers: the first one up (any, with `names_dead`), in
+    order, not excluded; the others as the alternatives."""
 
     def __init__(
         self,
@@ -164,8 +167,10 @@ class FakeFarm:
         self.write_cache_type = write_cache_type
         self.logins: list[list[str]] = []
         self.home: str | None = None  # the server logins name first (a move target)
+        # Name dead servers too, as a real farm does until their heartbeat times out.
+        self.names_dead = False
 
-    def answer(self, server: FakeServer) -> LoginAnswer:
+    def answer(self, server: FakeServer, alternatives: tuple[FakeServer, ...] = ()) -> LoginAnswer:
         return LoginAnswer(
             url="http://fake",
             device=server.export,
@@ -176,14 +181,14 @@ class FakeFarm:
             write_cache_type=self.write_cache_type,
             failover=self.failover,
             server=server.ref,
-            alternatives=(),
+            alternatives=tuple(alt.ref for alt in alternatives),
             reason="test",
         )
 
     async def login(self, exclude: list[str]) -> LoginAnswer:
         self.logins.append(list(exclude))
         order = sorted(self.servers, key=lambda s: s.name != self.home)
-        for server in order:
-            if server.up and server.name not in exclude:
-                return self.answer(server)
-        raise NoServer("no server can serve the device")
+        named = [s for s in order if (s.up or self.names_dead) and s.name not in exclude]
+        if not named:
+            raise NoServer("no server can serve the device")
+        return self.answer(named[0], tuple(named[1:]))

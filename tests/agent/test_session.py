@@ -34,8 +34,15 @@ def session_for(farm: FakeFarm, **options) -> Session:
     first = farm.answer(farm.servers[0])
     cache = options.pop("cache", None)
     io_timeout = options.pop("io_timeout", 0.3)
+    on_failover = options.pop("on_failover", lambda record: None)
+    connect_to = options.pop("connect", connect)
     return Session(
-        first, farm.login, connect, SessionOptions(io_timeout=io_timeout, **options), cache=cache
+        first,
+        farm.login,
+        connect_to,
+        SessionOptions(io_timeout=io_timeout, **options),
+        cache=cache,
+        on_failover=on_failover,
     )
 
 
@@ -139,6 +146,74 @@ def test_a_hung_server_is_failed_after_the_io_timeout():
         [record] = session.failovers
         assert "unanswered" in record.reason and record.retried >= 1
         print(f"pause after a hang: {record.pause_ms} ms")
+        await session.close()
+
+    asyncio.run(main())
+
+
+def test_a_failover_to_a_server_that_never_answers_gets_its_pause_too():
+    async def main():
+        (s1, s2, s3), farm = await farm_of("s1", "s2", "s3")
+        reported = []
+        session = session_for(farm, io_timeout=0.3, on_failover=reported.append)
+        await session.start()
+        s2.mode = "deaf"  # takes the device, then answers nothing
+        s1.kill()
+        await read_loop(session, 5)
+        assert session.server == "s3"
+        first, second = session.failovers
+        assert (first.from_server, first.to_server) == ("s1", "s2")
+        assert (second.from_server, second.to_server) == ("s2", "s3")
+        assert first.pause_ms is not None and second.pause_ms is not None
+        assert second.pause_ms >= first.pause_ms  # the device's stall spans both
+        assert reported == [first, second]  # both reach the farm
+        await session.close()
+
+    asyncio.run(main())
+
+
+def recording(tried: list[str]):
+    """`connect`, noting the name of every server it is asked for in TRIED."""
+
+    async def connect_noting(ref, on_lost):
+        tried.append(ref.name)
+        return await connect(ref, on_lost)
+
+    return connect_noting
+
+
+def test_a_server_that_failed_lately_is_passed_over_at_the_next_failover():
+    async def main():
+        (s1, s2, s3), farm = await farm_of("s1", "s2", "s3")
+        farm.names_dead = True  # the farm has not noticed that s1 died
+        tried: list[str] = []
+        session = session_for(farm, connect=recording(tried))
+        await session.start()
+        s1.kill()
+        await read_loop(session, 5)
+        assert session.server == "s2"
+        s2.mode = "hang"
+        await read_loop(session, 5)
+        # The login named the dead s1 first; its alternative s3 was taken.
+        assert farm.logins == [["s1"], ["s2"]]
+        assert tried == ["s1", "s2", "s3"] and session.server == "s3"
+        await session.close()
+
+    asyncio.run(main())
+
+
+def test_a_server_that_failed_lately_is_taken_when_the_farm_names_no_other():
+    async def main():
+        (s1, s2), farm = await farm_of("s1", "s2")
+        tried: list[str] = []
+        session = session_for(farm, connect=recording(tried))
+        await session.start()
+        s1.kill()
+        await read_loop(session, 5)
+        await s1.start()  # back, on its port
+        s2.kill()
+        await read_loop(session, 5)
+        assert tried == ["s1", "s2", "s1"] and session.server == "s1"
         await session.close()
 
     asyncio.run(main())

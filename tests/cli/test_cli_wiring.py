@@ -136,3 +136,17 @@ def test_cli_import_loads_no_stream_daemon_image_or_demo_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_server_run_takes_its_own_replication_cap_and_refuses_a_bad_one(icli, monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        vdfarm.daemon.run, "run_server", lambda farm, options: seen.append(options) or 0
+    )
+    icli.ok("server", "run", "--max-replication-rate", "50MB/s")
+    icli.ok("server", "run")
+    assert [o.replication_max_rate_bps for o in seen] == [50_000_000, None]
+    before = icli.dump()
+    result = icli("server", "run", "--max-replication-rate", "fast")
+    assert_one_line_error(result, 2, "invalid rate 'fast'")
+    assert len(seen) == 2 and icli.dump() == before

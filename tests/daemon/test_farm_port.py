@@ -4,6 +4,7 @@ one process, on SQLite."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -66,6 +67,22 @@ def test_service_errors_become_the_ports_errors_with_the_same_line(farm, call, e
     assert str(raised.value) == line
 
 
+def test_another_copy_in_the_store_is_not_in_store_not_the_database_away(farm, tmp_path):
+    """Another image imported under the vDisk's name into this store (its
+    own manifest and sha256): not the copy the farm sealed. The stream must
+    tell it from a database outage (it never serves a cached target then)."""
+    adapter = ServiceFarmPort(farm)
+    adapter.resolve_export("pc1")
+    shutil.rmtree(farm.store.root / "golden")
+    farm.store.import_image("golden", make_raw(tmp_path / "other.raw", fill=b"\x33"), "raw")
+    with pytest.raises(port.NotInStore) as raised:
+        adapter.resolve_export("pc1")
+    assert str(raised.value) == "version 0 of vDisk golden is not in this server's store"
+    shutil.rmtree(farm.store.root / "golden")
+    with pytest.raises(port.NotInStore, match="vDisk golden is not in this server's store"):
+        adapter.resolve_export("pc1")
+
+
 def test_a_lock_held_elsewhere_is_a_lock_conflict_and_a_stale_token_renews_false(farm):
     adapter = ServiceFarmPort(farm)
     solo = adapter.resolve_export("solo")
@@ -105,3 +122,4 @@ def test_database_away_is_farm_unavailable_with_the_same_line(farm, monkeypatch)
             call()
         assert str(raised.value) == "farm database error: connection refused"
         assert isinstance(raised.value.__cause__, Unavailable)
+        assert not isinstance(raised.value, port.NotInStore)  # the cache may stand in

@@ -13,6 +13,7 @@ from vdfarm.farm.windows import (
     MAX_WINDOWS,
     Window,
     is_open,
+    lowest_cap,
     next_change,
     parse_rate,
     parse_window,
@@ -164,3 +165,10 @@ def test_a_window_and_its_complement_split_the_day(start, end, minute):
 @given(bps=st.integers(min_value=1, max_value=10**13))
 def test_a_rate_printed_reads_back_close(bps):
     assert abs(parse_rate(rate_text(bps)) - bps) <= bps * 1e-3 + 1
+
+
+def test_the_lowest_cap_wins_and_none_means_no_cap():
+    assert lowest_cap(None, None) is None
+    assert lowest_cap(50_000_000, None) == 50_000_000
+    assert lowest_cap(None, 20_000_000) == 20_000_000
+    assert lowest_cap(50_000_000, 20_000_000) == 20_000_000

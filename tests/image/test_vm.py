@@ -64,6 +64,32 @@ def test_boot_result_ok_needs_our_id_a_readback_and_a_clean_exit():
     assert not result(GOOD_SERIAL, exit_code=-9, timed_out=True).ok
 
 
+def test_parse_loop_reads_the_rounds_and_the_end():
+    digest = "ab" * 32
+    text = (
+        "VDFARM-PATTERN-READBACK ok pc1\r\n"
+        f"VDFARM-LOOP 1 7 {digest}\r\n"
+        "[    5.1] a kernel line\r\n"
+        f"VDFARM-LOOP 2 14 {digest}\r\n"
+        f"VDFARM-LOOP 3 1 {digest[:-1]}\r\n"  # cut short: not a round
+        "VDFARM-LOOP-END 2 ok\r\n"
+    )
+    rounds, ended = vm.parse_loop(text)
+    assert rounds == [vm.LoopRound(1, 7, digest), vm.LoopRound(2, 14, digest)]
+    assert ended == 2
+    assert vm.parse_loop(text.replace("END 2 ok", "END 2 mismatch"))[1] is None
+    assert vm.parse_loop("") == ([], None)
+
+
+def test_control_disk_is_a_second_virtio_disk_until_stopped(tmp_path):
+    disk = tmp_path / "con,trol.img"
+    args = vm.make_control_disk(disk)
+    assert args == ["-drive", f"file={tmp_path}/con,,trol.img,format=raw,if=virtio"]
+    assert disk.read_bytes() == bytes(vm.CONTROL_DISK_BYTES)
+    vm.stop_loop(disk)
+    assert disk.read_bytes() == vm.LOOP_STOP + bytes(vm.CONTROL_DISK_BYTES - len(vm.LOOP_STOP))
+
+
 def test_drive_option_for_tcp_url():
     option = vm.nbd_drive_option("nbd://127.0.0.1:10999/pc,1", reconnect_delay=5)
     parts = option.replace(",,", "\0").split(",")

@@ -3,7 +3,15 @@ what to leave alone, what to remove — pure decisions on plain data."""
 
 from __future__ import annotations
 
-from vdfarm.replication.planner import Adopt, Fetch, Waiting, chain_entries, plan, plan_vdisk
+from vdfarm.replication.planner import (
+    Adopt,
+    Fetch,
+    Waiting,
+    chain_entries,
+    plan,
+    plan_vdisk,
+    still_decided,
+)
 from vdfarm.service.replication import Peer, WantedFile, WantedVdisk
 from vdfarm.store.manifest import Manifest, ManifestFile
 
@@ -61,6 +69,22 @@ def test_a_complete_chain_is_adopted_into_the_manifest():
     w2 = wanted(merged_base)
     local = manifest(entry(merged_base), entry(V2, parent="base-2.raw"))
     assert plan_vdisk(w2, local) == Adopt("golden", chain_entries(w2), 1 << 20)
+
+
+def test_a_manifest_ahead_of_the_chain_is_adopted_only_if_a_second_read_agrees():
+    # A seal here wrote v2 into the manifest; the chain read before it ends
+    # at the base, so the plan would retire v2 ...
+    before = wanted(BASE)
+    [adopt] = plan(
+        [before], frozenset({"golden"}), {"golden": manifest(entry(BASE), entry(V2))}, {}
+    ).adopts
+    assert adopt == Adopt("golden", chain_entries(before), 1 << 20)
+    # ... but the database, read again, has v2 now (or the vDisk is under an
+    # intent and out of the work): the adopt is dropped.
+    assert still_decided([adopt], [before], [wanted(BASE, V2)]) == []
+    assert still_decided([adopt], [before], []) == []
+    # a chain that really shrank (a merge or delete elsewhere) is adopted
+    assert still_decided([adopt], [before], [wanted(BASE)]) == [adopt]
 
 
 def test_a_file_with_another_hash_is_fetched_again():

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from vdfarm.service.errors import Invalid, NotFound, Unavailable
+from vdfarm.service.errors import Invalid, NotFound, NotInStore, Unavailable
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_device_without_vdisk(setup):
 
 def test_vdisk_not_in_this_store(setup):
     setup.store.delete("w")
-    with pytest.raises(Unavailable) as info:
+    with pytest.raises(NotInStore) as info:
         setup.exports.resolve("pc1")
     assert str(info.value) == "vDisk w is not in this server's store"
 

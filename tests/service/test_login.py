@@ -5,6 +5,8 @@ sees."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import delete, select
 
@@ -20,6 +22,7 @@ from vdfarm.farm.models import Device, LoginReservation, Server
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
 from vdfarm.service.login import login, set_subnet_affinity
 from vdfarm.service.moves import pending_moves, rebalance
+from vdfarm.store.manifest import write_manifest
 
 
 def connect(farm, device_ids, version=0):
@@ -321,3 +324,20 @@ def test_bad_exclusions_are_refused(duo, exclude, text):
     add_devices(duo["a"], 1)
     with pytest.raises(Invalid, match=text):
         login(duo["a"], "pc000", exclude=exclude)
+
+
+def test_a_server_whose_copy_has_another_hash_is_never_chosen(duo, clock):
+    """b's copy of version 0 differs from the database's (the manifest says
+    another sha256, as a copy made from other bytes would): its inventory
+    drops it and login never places a device there."""
+    a, b = duo["a"], duo["b"]
+    add_devices(a, 1)
+    assert set(chosen(login(a, "pc000"))) == {"a", "b"}
+    manifest = b.store.manifest("w")
+    other = replace(manifest.files[0], sha256="0" * 64)
+    write_manifest(b.store.root / "w", replace(manifest, files=(other, *manifest.files[1:])))
+    clock.advance(4)
+    beat(a, b)
+    assert ("w", 0) not in b.servers.inventory()["b"]
+    for _ in range(3):
+        assert chosen(login(a, "pc000")) == ["a"]

@@ -10,9 +10,10 @@ from sqlalchemy import update
 
 from tests.service.helpers import dump_db, make_raw, new_sealed_version
 from tests.service.multi import beat, copy_vdisk, database_url, servers, vdisk_id
-from vdfarm.farm.models import StoreVersion
+from vdfarm.farm.models import StoreVersion, Vdisk
 from vdfarm.farm.windows import parse_windows
 from vdfarm.service.errors import Conflict, Invalid, NotFound
+from vdfarm.service.intents import SEAL, drop_intent, record_intent
 from vdfarm.service.replica_status import progress_of
 
 
@@ -272,3 +273,19 @@ def test_a_deleted_vdisk_leaves_the_work_and_its_rows(trio, tmp_path):
     vdisk, work = wanted(c)
     assert work.all_vdisk_names == {"w"} and [v.name for v in work.vdisks] == ["w"]
     assert {s.vdisk for s in a.replication.status()} == {"w"}
+
+
+def test_a_vdisk_being_merged_or_sealed_leaves_the_work_until_the_step_is_done(trio):
+    """A seal or merge writes its store first and the database after (under
+    an intent): a replication round must not rewrite that manifest from
+    the older chain in between."""
+    a, c = trio["a"], trio["c"]
+    with a.session() as session:
+        row = session.get(Vdisk, vdisk_id(a))
+        intent = record_intent(session, row, a.server_id, SEAL, {"file": "v1.qcow2"}, a.now())
+        intent_id = intent.id
+    assert wanted(c)[0] is None and wanted(a)[0] is None
+    assert wanted(c)[1].all_vdisk_names == {"w"}  # still known: never an orphan
+    with a.session() as session:
+        drop_intent(session, vdisk_id(a), intent_id)
+    assert wanted(c)[0] is not None

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from vdfarm.store.errors import InvalidName, ManifestError, StoreError
+from vdfarm.store.errors import InvalidName, ManifestChanged, ManifestError, StoreError
 from vdfarm.store.manifest import Manifest, ManifestFile, RetiredFile, write_manifest
 from vdfarm.store.replica_files import QUARANTINE_DIR, adopt_chain, quarantine
 from vdfarm.store.store import Store
@@ -84,6 +84,23 @@ def test_adopt_retires_what_left_the_chain(store):
     assert (store.root / "w" / "v1.qcow2").exists()  # kept until no session reads it
     assert purge_retired(store, "w", lambda _: False) == ["v1.qcow2", "v2.qcow2"]
     assert not (store.root / "w" / "v1.qcow2").exists()
+
+
+def test_adopt_refuses_a_manifest_that_changed_since_the_decision(store):
+    base, v1, v2 = chain(store)
+    seen = store.manifest("w")
+    put(store, "w", "v3.qcow2", V3)  # a seal here: the manifest gets v3 first
+    sealed = entry("v3.qcow2", V3, "v2.qcow2", 3)
+    write_manifest(store.root / "w", Manifest(vdisk="w", files=(base, v1, v2, sealed)))
+    before = manifest_bytes(store)
+    with pytest.raises(ManifestChanged, match="manifest of vDisk w changed"):
+        adopt_chain(store, "w", [base, v1, v2], 400, AT, seen)  # the older chain
+    assert manifest_bytes(store) == before  # v3 neither dropped nor retired
+    put(store, "x", "base.raw", BASE)
+    with pytest.raises(ManifestChanged):
+        adopt_chain(store, "x", [base], 400, AT, seen)  # expected a manifest, there is none
+    made = adopt_chain(store, "w", [base, v1, v2, sealed], 400, AT, store.manifest("w"))
+    assert made.files[-1] == sealed
 
 
 def test_a_retired_file_back_in_the_chain_is_not_retired_any_more(store):

@@ -50,6 +50,11 @@ class ClusterServer:
         return json.loads(self.cli("--json", *args).stdout)
 
     def start(self, *extra: str) -> None:
+        self.launch(*extra)
+        self.wait_up()
+
+    def launch(self, *extra: str) -> None:
+        """Start the process; `wait_up` waits for its ports."""
         with open(self.log_path, "ab") as log:  # the child keeps its own copy
             self.proc = subprocess.Popen(
                 VDFARM
@@ -69,6 +74,8 @@ class ClusterServer:
                 stdout=log,
                 stderr=log,
             )
+
+    def wait_up(self) -> None:
         wait_port(self.nbd_port, self.proc)
         wait_port(self.api_port, self.proc)
 
@@ -130,8 +137,11 @@ class Cluster:
                 shutil.copytree(source, target)
 
     def start(self, *extra: str) -> None:
+        """Start every server at once; return when all listen."""
         for server in self.servers.values():
-            server.start(*extra)
+            server.launch(*extra)
+        for server in self.servers.values():
+            server.wait_up()
 
     def stop(self) -> None:
         for server in self.servers.values():

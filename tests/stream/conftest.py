@@ -2,7 +2,9 @@
 on each database kind.
 
 Rules: every stream test runs once per database kind (`db_kind`: sqlite,
-postgresql; ids say which). A template farm (a data dir and its database) is
+postgresql; ids say which), but a costly one (VM boots, long device
+cycles) may run on one kind (`on_kind`): the farm's logic runs on both in
+the service tests and the cheaper stream tests. A template farm (a data dir and its database) is
 built once through the CLI; each test gets a copy: `cp -a` of the data dir,
 and for PostgreSQL `CREATE DATABASE ... TEMPLATE`, passed to every command
 with `--db`. Copies are dropped at teardown, templates when their scope
@@ -40,6 +42,14 @@ def store_file(farm, vdisk: str):
 
 
 # -- database kinds and template farms -----------------------------------------
+
+
+def on_kind(kind: str) -> pytest.MarkDecorator:
+    """Run the marked test (or module, as `pytestmark`) on database KIND
+    only. An indirect parameter, so the session's template farms of that
+    kind are the ones used (a plain `db_kind` fixture override would reuse
+    whichever kind's templates were made last)."""
+    return pytest.mark.parametrize("db_kind", [kind], indirect=True)
 
 
 @pytest.fixture(scope="session", params=DB_KINDS, autouse=True)

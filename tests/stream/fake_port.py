@@ -4,7 +4,8 @@ Rules: implements every call of vdfarm.stream.port.FarmPort with dicts, no
 database and no threads of its own; raises the port's error types as the
 real adapter would. Switches a test flips: `available` (False: every call
 raises FarmUnavailable, the database is away), `refuse_renewals` (renewals
-answer False: the lock was taken over). It records what the stream told
+answer False: the lock was taken over), `not_here` (devices whose copy this
+store does not hold as sealed: resolve raises NotInStore). It records what the stream told
 it (`records`, `cancelled`, `released`, `reconciled`, `calls`) so a test
 can check it.
 """
@@ -24,6 +25,7 @@ from vdfarm.stream.port import (
     LockConflict,
     LockGrant,
     MoveOrder,
+    NotInStore,
     UnknownExport,
     VdiskView,
 )
@@ -70,6 +72,7 @@ class FakeFarm:
         self.targets = {t.device_name: t for t in targets}
         self.available = True
         self.refuse_renewals = False
+        self.not_here: set[str] = set()  # device names whose copy is not in the store
         self.clock = NOW
         self.locks: dict[int, tuple[int, int]] = {}  # vdisk id -> (device id, token)
         self.tokens = 0
@@ -104,6 +107,10 @@ class FakeFarm:
         found = self.targets.get(name_or_mac)
         if found is None:
             raise UnknownExport(f"no device named {name_or_mac}")
+        if name_or_mac in self.not_here:
+            raise NotInStore(
+                f"version {found.version} of vDisk {found.vdisk_name} is not in this server's store"
+            )
         return found
 
     def resolve_vdisk_view(self, vdisk_name: str) -> VdiskView:

@@ -11,10 +11,12 @@ import time
 import pytest
 
 from tests.conftest import sha256
-from tests.stream.conftest import store_file
+from tests.stream.conftest import on_kind, store_file
 from vdfarm.image import sample, vm
 
-pytestmark = pytest.mark.vm
+# VM boots are the suite's main cost: these run on PostgreSQL only (the
+# farm's logic runs on both database kinds in the tests without a VM).
+pytestmark = [pytest.mark.vm, on_kind("postgresql")]
 
 
 @pytest.fixture(scope="module")

@@ -13,35 +13,31 @@ database.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.stream.conftest import farm_copy, store_file
+from tests.kernel_guest import APPEND, NBD_CLIENT, markers, nbd_client_initramfs
+from tests.stream.conftest import farm_copy, on_kind, store_file
 from tests.stream.pki import Pki, make_pki
-from vdfarm.image import initramfs, kmod, sample, vm
+from vdfarm.image import sample, vm
 
-NBD_CLIENT = Path("/usr/sbin/nbd-client")
 INIT_SCRIPT = Path(__file__).with_name("nbd_client_tls_init.sh")
 GUEST_TLS_DIR = "/etc/vdfarm/tls"
-APPEND = "console=ttyS0,115200 quiet loglevel=3 panic=1"
 READ_MIB = 8  # the test image holds data at 0 and 4 MiB, holes between
 WRITE_BLOCK = 3 * 1024  # 4 KiB block 3072 = 12 MiB, past the hashed range
 WRITE_TEXT = "VDFARM-NBD-TLS-WRITE"
 BOOT_TIMEOUT = 300  # seconds; a TCG boot takes about 10-20
 
-pytestmark = pytest.mark.skipif(
-    not (NBD_CLIENT.is_file() and shutil.which(vm.QEMU) and shutil.which("openssl")),
-    reason="nbd-client, qemu-system-x86_64 or openssl not installed",
-)
-
-
-@pytest.fixture(scope="session")
-def db_kind() -> str:
-    return "sqlite"
+pytestmark = [
+    pytest.mark.skipif(
+        not (NBD_CLIENT.is_file() and shutil.which(vm.QEMU) and shutil.which("openssl")),
+        reason="nbd-client, qemu-system-x86_64 or openssl not installed",
+    ),
+    on_kind("sqlite"),  # one boot is enough
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +61,6 @@ def guest_initramfs(path: Path, pki: Pki, who: str, port: int, version: str) -> 
         for name in ("client-cert.pem", "client-key.pem", "ca-cert.pem")
     }
     settings = {
-        "GUEST_ADDRESS": "10.0.2.15/24",
-        "NBD_HOST": "10.0.2.2",  # the host's loopback, through qemu's user network
         "NBD_PORT": port,
         "TLS_HOSTNAME": "127.0.0.1",  # what the server's certificate names
         "EXPORT": "pc1",
@@ -75,28 +69,7 @@ def guest_initramfs(path: Path, pki: Pki, who: str, port: int, version: str) -> 
         "WRITE_BLOCK": WRITE_BLOCK,
         "WRITE_TEXT": WRITE_TEXT,
     }
-    data = initramfs.build_initramfs(
-        version,
-        sample.MODULES_ROOT / version,
-        sample.BUSYBOX,
-        settings,
-        modules=kmod.VIRTIO_NET_MODULES + kmod.NBD_MODULES,
-        programs=[NBD_CLIENT],
-        files=files,
-        init_script=INIT_SCRIPT,
-    )
-    path.write_bytes(data)
-    return path
-
-
-def markers(serial: str) -> dict[str, str]:
-    """VDFARM-NAME value lines of the serial console: the first of each name."""
-    found: dict[str, str] = {}
-    for line in serial.replace("\r", "").splitlines():
-        match = re.match(r"VDFARM-([A-Z-]+)(?: (.*))?$", line.strip())
-        if match:
-            found.setdefault(match.group(1), (match.group(2) or "").strip())
-    return found
+    return nbd_client_initramfs(path, version, INIT_SCRIPT, settings, files)
 
 
 def sha256(data: bytes) -> str:

@@ -274,6 +274,32 @@ def test_database_away_a_known_device_is_served_from_cache_and_records_are_recon
     run(scenario)
 
 
+def test_a_known_device_whose_copy_left_the_store_is_refused_not_cached(fake, tmp_path):
+    """Another copy (or none) where the device's version was: the database
+    says so, and what the server knew of the device must not stand in (it
+    would serve whatever file now has the old name, under the sealed hash)."""
+
+    async def scenario() -> None:
+        async with serving(fake, tmp_path) as (server, port):
+            first = await connect(port, "pc4")  # known from now on
+            await goodbye(first)
+            await eventually(lambda: 4 not in server.registry.sessions, "session ended")
+
+            fake.not_here.add("pc4")
+            with pytest.raises(NBDOptionError) as refused:
+                await connect(port, "pc4")
+            assert refused.value.rtype == REP_ERR_UNKNOWN
+            not_here = "version 0 of vDisk golden is not in this server's store"
+            assert refused.value.message == not_here
+
+            fake.available = False  # and then the database goes away: still nothing known
+            with pytest.raises(NBDOptionError) as unknown:
+                await connect(port, "pc4")
+            assert "database" in unknown.value.message
+
+    run(scenario)
+
+
 # -- port errors on the wire ------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ directory, and each device's export compared (`qemu-img compare`, `nbdcopy`)
 with qemu's own flattening of its version's chain (`qemu-img convert`),
 independent of vdfarm's qcow2 reader. Writers: qemu-io, and a raw NBD client
 that knows which of its writes a FLUSH (or FUA) made durable before a kill -9.
+Each test runs on one database kind (`on_kind`): the chain's tests on
+PostgreSQL, the single-version cycles on SQLite.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tests.stream.conftest import (
     flatten,
     lock_is_free,
     new_farm,
+    on_kind,
     run,
     version_file,
     version_rows,
@@ -164,6 +167,7 @@ MARK = ("write -P 0x5c 960k 128k", "write -P 0x5d 4195304 5000")
 MARK_READ = ("read -P 0x5c 960k 128k", "read -P 0x5d 4195304 5000")
 
 
+@on_kind("sqlite")
 def test_maintenance_test_production_cycle(vfarm, test_image, tmp_path):
     farm, check = vfarm, Checker(vfarm, tmp_path)
     original = str(test_image)
@@ -208,6 +212,7 @@ def test_maintenance_test_production_cycle(vfarm, test_image, tmp_path):
     check.step({"prod": 1, "tst": 1, "mnt": 1})
 
 
+@on_kind("sqlite")
 def test_the_maintenance_device_holds_the_vdisk_lock(vfarm):
     farm = vfarm
     farm.cli("version", "new", VDISK)
@@ -259,6 +264,7 @@ def test_the_maintenance_device_holds_the_vdisk_lock(vfarm):
     assert_qemu_clean(store)
 
 
+@on_kind("sqlite")
 def test_revert_to_maintenance_reopens_the_version_once_no_device_reads_it(vfarm, tmp_path):
     farm = vfarm
     cycle(farm, ("write -P 0x11 0 64k",), to="test")
@@ -282,6 +288,7 @@ def test_revert_to_maintenance_reopens_the_version_once_no_device_reads_it(vfarm
 # -- reads through a chain -----------------------------------------------------
 
 
+@on_kind("postgresql")
 def test_every_export_of_a_chain_matches_qemus_flattening(cfarm, tmp_path):
     farm, check = cfarm, Checker(cfarm, tmp_path)
     farm.cli("version", "override", VDISK, "1")
@@ -364,6 +371,7 @@ def merge(farm: Farm, *flags: str) -> dict:
     return json.loads(farm.cli("--json", "version", "merge", VDISK, *flags).stdout)
 
 
+@on_kind("postgresql")
 def test_merges_under_connected_devices_keep_their_reads_and_files(cfarm, tmp_path):
     farm, check = cfarm, Checker(cfarm, tmp_path)
     store = farm.data_dir / "store" / VDISK
@@ -416,6 +424,7 @@ def test_merges_under_connected_devices_keep_their_reads_and_files(cfarm, tmp_pa
 # -- kill -9 during a write load on the maintenance version ------------------
 
 
+@on_kind("sqlite")
 def test_kill_9_during_writes_keeps_every_flushed_write(vfarm, test_image, tmp_path):
     farm = vfarm
     farm.cli("version", "new", VDISK)

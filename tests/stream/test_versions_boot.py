@@ -17,13 +17,16 @@ from tests.service.helpers import assert_qemu_clean
 from tests.stream.conftest import (
     flatten,
     lock_is_free,
+    on_kind,
     version_file,
     version_rows,
     wait_until,
 )
 from vdfarm.image import sample, vm
 
-pytestmark = pytest.mark.vm
+# Five boots, the suite's costliest test: it runs on SQLite only (the
+# versions' logic runs on both database kinds in test_versions.py).
+pytestmark = [pytest.mark.vm, on_kind("sqlite")]
 
 VDISK = "bootgold"
 BOOT_TIMEOUT = 180

@@ -13,7 +13,11 @@ Rules:
   identity (vDisk, version, sha256: vdfarm.agent.identity) differs from the
   first login's is excluded and the next is tried; with none left, wait.
 - A failed server is excluded from the next logins until the farm says no
-  server is left (then every server is tried again). A connection that ends
+  server is left (then every server is tried again). A server that failed
+  in an earlier failover, up to FAILED_MEMORY_S seconds ago, is passed
+  over when the login names it and lists an alternative that did not: the
+  farm counts a dead or hung server as up until its heartbeat times out,
+  and each such server it names costs the device a connect and a back-off. A connection that ends
   after NBD_ESHUTDOWN (a move order) excludes nobody: the login names the
   new server. NBD_ESHUTDOWN replies are never passed on: the request is
   sent again.
@@ -43,7 +47,10 @@ Rules:
   A write that does not fit gets ENOSPC, with a loud log line and the
   status flag `cache_full`; earlier writes stay intact.
 - Every failover is recorded (time, from, to, reason, pause, retried
-  requests) and handed to `on_failover` once its pause is known.
+  requests) and handed to `on_failover` once its pause is known: at the
+  first good reply after it, or when its new server fails before giving
+  any (then the next failover's pause counts from the same stall, and so
+  does `give_up`).
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ log = logging.getLogger("vdfarm.agent")
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 5.0
 WATCH_PERIOD_S = 0.1
+FAILED_MEMORY_S = 30.0  # how long a failed server is passed over when the login names it
 PROBE_PERIOD_S = 0.5
 PROBE_LENGTH = 4096
 SETTLE_PROBE_S = 0.02  # probe this often while a failover waits for its first reply
@@ -213,6 +221,7 @@ class Session:
         self._outage_since: float | None = time.monotonic()
         self._dirty: set[Client] = set()  # clients with replies queued
         self._tasks: set[asyncio.Task[None]] = set()  # requests on the slow path
+        self._failed_at: dict[str, float] = {}  # server -> when it last failed (monotonic)
         self._unsettled: FailoverRecord | None = None  # awaiting its first good reply
         self._write_lock = asyncio.Lock()
         self._closed = False
@@ -520,9 +529,15 @@ class Session:
             return
         now = time.monotonic()
         oldest = up.oldest_sent()
+        stalled_from = min(oldest, now) if oldest is not None else now
         self._set_up(None)
         self._ready.clear()
         self._outage_since = now
+        unanswered = self._unsettled  # the failover to UP, which never answered
+        if unanswered is not None:
+            self._settle(now)  # its pause: until UP failed too
+            stalled_from = min(stalled_from, unanswered.stalled_from)
+            self._outage_since = stalled_from  # no server has answered since
         record = FailoverRecord(
             at=_now_iso(),
             from_server=up.name,
@@ -530,10 +545,9 @@ class Session:
             reason=reason,
             pause_ms=None,
             retried=0,
-            stalled_from=min(oldest, now) if oldest is not None else now,
+            stalled_from=stalled_from,
         )
         self.failovers.append(record)
-        self._unsettled = None
         self.last_error = f"{up.name}: {reason}"
         log.warning("server %s failed: %s; failing over", up.name, reason)
         up.abort(reason)
@@ -545,9 +559,10 @@ class Session:
     async def _establish(self, first_target: ServerRef | None, exclude: str | None) -> None:
         """Find a server with the right copy and make it the upstream.
         FIRST_TARGET: try it before any login (the start). Never raises."""
-        excluded: set[str] = set()
+        excluded: set[str] = set()  # the servers this failover saw fail
         if exclude is not None and self.may_fail_over:
             excluded.add(exclude)
+            self._remember_failed(exclude)
         delay = 0.0
         target = first_target
         while not self._closed:
@@ -564,11 +579,25 @@ class Session:
                 return
             if self.may_fail_over:
                 excluded.add(target.name)
+                self._remember_failed(target.name)
             target = None
+
+    def _remember_failed(self, name: str) -> None:
+        self._failed_at[name] = time.monotonic()
+
+    def _failed_lately(self) -> set[str]:
+        """Servers that failed in the last FAILED_MEMORY_S seconds."""
+        now = time.monotonic()
+        for name, at in list(self._failed_at.items()):
+            if now - at > FAILED_MEMORY_S:
+                del self._failed_at[name]
+        return set(self._failed_at)
 
     async def _choose(self, excluded: set[str]) -> ServerRef | None:
         """The server to try next: the home without failover, else the
-        login's answer (None after a failed login)."""
+        login's answer (None after a failed login) or, if that failed
+        lately, its first alternative that did not. EXCLUDED: the servers
+        this failover saw fail."""
         if not self.may_fail_over:
             return self.first.server
         try:
@@ -584,6 +613,10 @@ class Session:
             self._note(f"login named excluded server {answer.server.name}")
             excluded.clear()
             return None
+        lately = self._failed_lately()
+        for server in (answer.server, *answer.alternatives):
+            if server.name not in lately and server.name not in excluded:
+                return server
         return answer.server
 
     async def _open(self, target: ServerRef) -> Upstream | None:
@@ -624,13 +657,15 @@ class Session:
             log.info("streaming from %s", up.name)
         self._on_change()
 
-    def _settle(self) -> None:
-        """The first good reply after a failover: its pause is known."""
+    def _settle(self, at: float | None = None) -> None:
+        """The first good reply after a failover (or, AT, the failure of its
+        new server before any): its pause is known."""
         record = self._unsettled
         if record is None:
             return
         self._unsettled = None
-        record.pause_ms = int((time.monotonic() - record.stalled_from) * 1000)
+        end = time.monotonic() if at is None else at
+        record.pause_ms = int((end - record.stalled_from) * 1000)
         log.warning(
             "failover %s -> %s: pause %d ms, %d requests sent again",
             record.from_server,

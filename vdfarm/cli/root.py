@@ -13,32 +13,20 @@ Rules:
   `vdfarm: error: <message>` with exit 1 (service) or 2 (usage); no
   traceback. Commands hold flags, help and output only — the logic is in
   `vdfarm.service`.
+- The noun groups load when named (`NOUNS`): `vdfarm vdisk list` imports
+  the database layer but never the REST API's server. `--help` loads them
+  all to list them.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from vdfarm.api.auth import TokenFileError, ensure_token, read_token, token_path
-from vdfarm.cli import (
-    agent,
-    audit,
-    db,
-    device,
-    farm,
-    image,
-    lock,
-    rebalance,
-    replication,
-    server,
-    store,
-    vdisk,
-    version,
-)
 from vdfarm.cli.common import (
     DEFAULT_DATA_DIR,
     CliState,
@@ -50,13 +38,44 @@ from vdfarm.cli.common import (
     state,
 )
 from vdfarm.cli.oneline import run_with_one_line_errors
-from vdfarm.cli.token import token as token_group
-from vdfarm.service.context import Farm
 from vdfarm.service.errors import Invalid, ServiceError
+
+# The noun groups: name -> (module, attribute), imported when named.
+NOUNS: dict[str, tuple[str, str]] = {
+    "vdisk": ("vdfarm.cli.vdisk", "vdisk"),
+    "version": ("vdfarm.cli.version", "version"),
+    "device": ("vdfarm.cli.device", "device"),
+    "lock": ("vdfarm.cli.lock", "lock"),
+    "audit": ("vdfarm.cli.audit", "audit"),
+    "server": ("vdfarm.cli.server", "server"),
+    "store": ("vdfarm.cli.store", "store"),
+    "replication": ("vdfarm.cli.replication", "replication"),
+    "image": ("vdfarm.cli.image", "image"),
+    "rebalance": ("vdfarm.cli.rebalance", "rebalance"),
+    "db": ("vdfarm.cli.db", "db"),
+    "farm": ("vdfarm.cli.farm", "farm"),
+    "token": ("vdfarm.cli.token", "token"),
+    "agent": ("vdfarm.cli.agent", "agent"),
+}
 
 
 class VdfarmGroup(click.Group):
-    """The root group: turns every expected failure into one error line."""
+    """The root group: loads a noun group when it is named (`NOUNS`) and
+    turns every expected failure into one error line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *NOUNS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in NOUNS:
+            module, attribute = NOUNS[cmd_name]
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command)
+            if isinstance(command, click.Group):
+                accept_farm_options_after_verbs(command, (cmd_name,))
+            self.add_command(command, cmd_name)
+        return command
 
     def main(
         self,
@@ -159,6 +178,8 @@ def init_cmd(name: str | None) -> None:
     """Create the data directory, migrate the farm database, register this
     server, make the REST API's token (kept if there is one)."""
     refuse_remote("init")
+    from vdfarm.service.context import Farm
+
     current = state()
     _check_token(Path(current.data_dir))
     farm = Farm.init(current.data_dir, current.db_url, server_name=name, actor=cli_actor())
@@ -188,6 +209,8 @@ def _check_token(data_dir: Path) -> None:
 
     Raises Invalid.
     """
+    from vdfarm.api.auth import TokenFileError, read_token
+
     try:
         read_token(data_dir)
     except TokenFileError as exc:
@@ -199,6 +222,8 @@ def _make_token(data_dir: Path) -> Path:
 
     Raises Invalid (unusable token file, directory not writable).
     """
+    from vdfarm.api.auth import TokenFileError, ensure_token, token_path
+
     try:
         ensure_token(data_dir)
     except (TokenFileError, OSError) as exc:
@@ -215,31 +240,14 @@ def demo_cmd() -> None:
     demo.run(state().data_dir)
 
 
-for group in (
-    vdisk.vdisk,
-    version.version,
-    device.device,
-    lock.lock,
-    audit.audit,
-    server.server,
-    store.store,
-    replication.replication,
-    image.image,
-    rebalance.rebalance,
-    db.db,
-    farm.farm,
-    token_group,
-    agent.agent,
-):
-    cli.add_command(group)
-
 # Verbs that open no data directory: no --data-dir/--db after them.
 NO_DATA_DIR = {("image", "sample"), ("agent", "status")}
 
 
 def accept_farm_options_after_verbs(group: click.Group, path: tuple[str, ...] = ()) -> None:
-    """Give every verb under GROUP (but those in NO_DATA_DIR) --data-dir and
-    --db after the verb, so `vdfarm server run --db URL` works."""
+    """Give every verb under GROUP (named PATH; but those in NO_DATA_DIR)
+    --data-dir and --db after the verb, so `vdfarm server run --db URL`
+    works."""
     for name, command in group.commands.items():
         where = (*path, name)
         if isinstance(command, click.Group):

@@ -18,6 +18,8 @@ from vdfarm.api.limits import ApiLimits
 from vdfarm.api.server import ApiTlsError, check_tls_files
 from vdfarm.cli.common import emit, json_option, open_farm, open_local_farm
 from vdfarm.cli.output import print_table
+from vdfarm.cli.params import RateText
+from vdfarm.farm.windows import parse_rate
 from vdfarm.nbd.limits import ConnectionLimits
 from vdfarm.nbd.tls import TLSPolicy
 from vdfarm.nbd.tls_config import TLSFilesError, TLSSettings
@@ -215,7 +217,15 @@ def server() -> None:
     show_default=True,
     metavar="SECONDS",
     help="How often every file of the store is re-hashed (a file that changed behind "
-    "vdfarm's back is quarantined and fetched again).",
+    "vdfarm's back is quarantined and fetched again); counted from the last re-hash, "
+    "across restarts.",
+)
+@click.option(
+    "--max-replication-rate",
+    type=RateText(),
+    default=None,
+    help="This server's own cap on the copies it receives (RATE as for `store set "
+    "--max-rate`); a store's cap still holds: the lower one wins.",
 )
 @click.option(
     "--peer-ca",
@@ -254,6 +264,7 @@ def run_cmd(
     no_replication: bool,
     inventory_interval: float,
     rehash_interval: float,
+    max_replication_rate: str | None,
     peer_ca: Path | None,
 ) -> int:
     """Serve the vDisks of this store over NBD (and the REST API) until SIGTERM/SIGINT."""
@@ -307,6 +318,7 @@ def run_cmd(
             replication=not no_replication,
             inventory_every=inventory_interval,
             rehash_every=rehash_interval,
+            replication_max_rate_bps=parse_rate(max_replication_rate or "none"),
             peer_ca=peer_ca,
         ),
     )

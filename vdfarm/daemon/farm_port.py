@@ -29,6 +29,7 @@ _ERRORS: tuple[tuple[type[service_errors.ServiceError], type[port.FarmError]], .
     (service_errors.NotFound, port.UnknownExport),
     (service_errors.Invalid, port.ExportRefused),
     (service_errors.Conflict, port.LockConflict),
+    (service_errors.NotInStore, port.NotInStore),
     (service_errors.Unavailable, port.FarmUnavailable),
     (service_errors.NotInitialised, port.FarmUnavailable),
     (service_errors.ServiceError, port.FarmError),

@@ -6,11 +6,12 @@ Rules:
   left in the store (`Store.remove_leftovers`, which skips anything a live
   process is still building), then completes or rolls back every half-done
   merge or seal and re-hashes private copies their device wrote
-  (`RepairService.resume_all`), on a worker thread; a database away at
-  start is logged, not fatal.
-- The heartbeat task's start ends the sessions this server recorded before
-  it last stopped (none of them is connected any more) and registers the
-  server: its advertised address, the ports the listeners bound and whether
+  (`RepairService.resume_all`), on a worker thread, and ends the sessions
+  this server recorded before it last stopped (none of them is connected
+  any more). It runs before the NBD listener opens, so a device that
+  connects at once keeps the session it records. A database away at start
+  is logged, not fatal (the stream reconciles its records when it is back).
+- The heartbeat task's start registers the server: its advertised address, the ports the listeners bound and whether
   its REST API speaks HTTPS. Its life is one beat a second (the store
   inventory rides on one beat every `--inventory-interval` seconds);
   after each, the stream learns whether the database answered
@@ -54,6 +55,11 @@ class LocalStore(Task):
             await asyncio.to_thread(farm.repairs.resume_all)
         except ServiceError as exc:  # database away: the next start (or `vdisk repair`) does it
             log.warning("could not resume half-done store work: %s", exc)
+        try:  # before the listener: a device connecting at once keeps its record
+            await asyncio.to_thread(farm.sessions.end_all)
+        except ServiceError as exc:
+            self.parts.stream.registry.dirty = True
+            log.warning("could not end the sessions of this server's last run: %s", exc)
 
 
 class RestApi(Task):
@@ -106,7 +112,6 @@ class Heartbeat(Task):
         if parts.nbd_port is None:
             raise RuntimeError("the heartbeat starts after the NBD listener")
         advertise = advertised_address(parts.options.host, parts.options.advertise)
-        await registry.run_db(parts.farm.sessions.end_all)
         api_tls = parts.api_port is not None and parts.options.api_tls_cert is not None
         await registry.run_db(
             parts.farm.servers.register, parts.nbd_port, parts.api_port, advertise, api_tls

@@ -49,6 +49,7 @@ class ServerOptions:
     replication: bool = True  # pull what this server's stores lack from the peers
     inventory_every: float = 10.0  # seconds between checks of the store's names and sizes
     rehash_every: float = 6 * 3600.0  # seconds between full re-hashes of the store
+    replication_max_rate_bps: int | None = None  # this server's own cap on copies; None: none
     peer_ca: Path | None = None  # PEM CA of the peers' HTTPS APIs; None: the system's
 
 

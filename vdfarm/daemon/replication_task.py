@@ -8,12 +8,16 @@ Rules:
   wants, remove vDisks the database forgot (once they stayed orphans for
   `ORPHAN_GRACE` seconds: an import publishes its directory a moment
   before its row), delete retired files no session reads, and start the
-  next copy.
+  next copy. A seal or merge made here writes the manifest before the
+  database, so an adopt (and a fetched file's adopt) happens only if the
+  database, read again, still has that chain, and only onto the manifest
+  the plan saw (`ManifestChanged` otherwise: the next round decides).
 - One copy at a time, on a worker thread, while the rounds go on. A copy
   runs only inside its store's windows (in this server's local time,
   `local_clock`) unless `replication start --now` asked for its version;
   outside them it pauses between chunks and waits, its partial file kept.
-  The store's cap is one token bucket for the server's copies.
+  The store's cap, or this server's own if lower (`--max-replication-rate`),
+  is one token bucket for the server's copies.
 - Everything it does about a version it lacks is written in `replicas`
   (queued and why, copying with bytes and rate, failed and why); once the
   inventory lists the version, the row goes.
@@ -26,10 +30,12 @@ Rules:
 - Every `PURGE_EVERY` rounds the chunk lists of the store's sealed files
   are computed where missing (cached beside each file), so a peer asking
   for one does not wait for a hash of the whole file.
-- Drift: every `rehash_every` seconds (and at start) each sealed file of
+- Drift: every `rehash_every` seconds (the first one that long after the
+  last one ended, across restarts: `rehash_clock`) each sealed file of
   the store is re-hashed; one that differs from its manifest is moved to
   quarantine and reported `mismatch`, then fetched again like any missing
-  file. Names and sizes are checked by the inventory every
+  file (unless its manifest entry changed while it was hashed: a version
+  reopened or sealed again here). Names and sizes are checked by the inventory every
   `inventory_every` seconds: a file whose size changed is quarantined too.
 - Each round also applies the promotions that waited for replication
   (`promote --when-replicated`) whose version is now everywhere; the
@@ -49,8 +55,9 @@ from datetime import datetime
 from pathlib import Path
 
 from vdfarm.daemon.parts import ServerParts
+from vdfarm.daemon.rehash_clock import first_rehash_in, read_last_rehash, write_last_rehash
 from vdfarm.daemon.supervisor import Task
-from vdfarm.farm.windows import is_open
+from vdfarm.farm.windows import is_open, lowest_cap
 from vdfarm.replication import planner
 from vdfarm.replication.drift import find_drift
 from vdfarm.replication.fetch import (
@@ -63,10 +70,10 @@ from vdfarm.replication.fetch import (
 )
 from vdfarm.replication.throttle import Throttle
 from vdfarm.replication.verify import quarantine_drifted
-from vdfarm.service.replication import Peer, WantedFile, WantedVdisk
+from vdfarm.service.replication import Peer, ReplicationWork, WantedFile, WantedVdisk
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store.chunks import chunk_list
-from vdfarm.store.errors import StoreError, StoreFull
+from vdfarm.store.errors import ManifestChanged, StoreError, StoreFull
 from vdfarm.store.manifest import Manifest
 from vdfarm.store.replica_files import adopt_chain
 from vdfarm.store.snapshot import snapshot
@@ -117,7 +124,8 @@ class Replication(Task):
         self.last_manifests: dict[str, Manifest | None] | None = None
         self.rounds = 0
         self.failing = False
-        self.next_rehash = 0.0
+        last = read_last_rehash(parts.farm.data_dir)
+        self.next_rehash = time.monotonic() + first_rehash_in(last, time.time(), self.rehash_every)
         self.next_inventory = 0.0
 
     # -- the loop ----------------------------------------------------------
@@ -149,7 +157,7 @@ class Replication(Task):
         work = await registry.run_db(farm.replication.work_for, farm.server_id, farm.now())
         self.latest = {w.vdisk_id: w for w in work.vdisks}
         if self.copying is not None and not self.copying.done() and self._copy_id in self.latest:
-            self.throttle.set_rate(self.latest[self._copy_id].max_rate_bps)  # a cap set mid-copy
+            self.throttle.set_rate(self._cap(self.latest[self._copy_id]))  # a cap set mid-copy
         if now >= self.next_rehash or now >= self.next_inventory:
             full = now >= self.next_rehash
             ids = {w.name: w.vdisk_id for w in work.vdisks}
@@ -157,22 +165,27 @@ class Replication(Task):
             self.next_inventory = now + self.inventory_every
             if full:
                 self.next_rehash = now + self.rehash_every
+                await asyncio.to_thread(write_last_rehash, farm.data_dir, time.time())
         snap = await asyncio.to_thread(snapshot, farm.store)
         if snap.manifests != self.last_manifests:  # an import, seal or merge here: tell peers now
             changed = True
             self.last_manifests = snap.manifests
         decided = planner.plan(work.vdisks, work.all_vdisk_names, snap.manifests, snap.partials)
-        for adopt in decided.adopts:
+        for adopt in await self._still_decided(decided.adopts, work):
             if self._copying_into(adopt.name):
                 continue
-            await asyncio.to_thread(
-                adopt_chain,
-                farm.store,
-                adopt.name,
-                list(adopt.files),
-                adopt.virtual_size,
-                farm.now(),
-            )
+            try:
+                await asyncio.to_thread(
+                    adopt_chain,
+                    farm.store,
+                    adopt.name,
+                    list(adopt.files),
+                    adopt.virtual_size,
+                    farm.now(),
+                    snap.manifests.get(adopt.name),
+                )
+            except ManifestChanged:
+                continue  # a step here wrote it: the next round decides again
             log.info("replication: vDisk %s now holds %d file(s)", adopt.name, len(adopt.files))
             changed = True
         changed |= await self._remove_orphans(decided.orphans, now)
@@ -195,6 +208,19 @@ class Replication(Task):
 
     # -- steps -------------------------------------------------------------
 
+    async def _still_decided(
+        self, adopts: tuple[planner.Adopt, ...], work: ReplicationWork
+    ) -> list[planner.Adopt]:
+        """ADOPTS still decided by a second read of the database
+        (`planner.still_decided`)."""
+        if not adopts:
+            return []
+        farm = self.parts.farm
+        again = await self.parts.stream.registry.run_db(
+            farm.replication.work_for, farm.server_id, farm.now()
+        )
+        return planner.still_decided(adopts, work.vdisks, again.vdisks)
+
     def _make_token(self) -> str:
         """A new `replica` token for this server; its older ones revoked."""
         farm = self.parts.farm
@@ -205,6 +231,11 @@ class Replication(Task):
         name = f"{prefix}{int(time.time() * 1000)}"
         made = farm.tokens.add(name, "replica", actor=f"server:{farm.server_name}")
         return made.secret
+
+    def _cap(self, wanted: WantedVdisk) -> int | None:
+        """The rate a copy of WANTED may use: the lower of its store's cap
+        and this server's own (`--max-replication-rate`), None for none."""
+        return lowest_cap(wanted.max_rate_bps, self.parts.options.replication_max_rate_bps)
 
     def _copying_into(self, vdisk: str) -> bool:
         return self.copying is not None and not self.copying.done() and self._copy_vdisk == vdisk
@@ -289,7 +320,7 @@ class Replication(Task):
         peers = [PeerAddress(p.name, peer_url(p)) for p in wanted.peers.get(file.version, ())]
         by_name = {p.name: p.server_id for p in wanted.peers.get(file.version, ())}
         want = FileWant(wanted.name, file.file_name, file.size, file.sha256)
-        self.throttle.set_rate(wanted.max_rate_bps)
+        self.throttle.set_rate(self._cap(wanted))
         last = [0.0]
         loop = asyncio.get_running_loop()
 
@@ -373,6 +404,16 @@ class Replication(Task):
         """Put FILE (just verified) in the manifest, with the chain below it,
         so the inventory and the next round see it."""
         farm = self.parts.farm
+        again = await self.parts.stream.registry.run_db(
+            farm.replication.work_for, farm.server_id, farm.now()
+        )
+        if not any(w.name == wanted.name and w.chain == wanted.chain for w in again.vdisks):
+            log.info(
+                "replication: the chain of %s changed during the copy of %s: decided again",
+                wanted.name,
+                file.file_name,
+            )
+            return
         entries = planner.chain_entries(wanted)
         upto = [e.name for e in entries].index(file.file_name) + 1
         await asyncio.to_thread(

@@ -163,6 +163,12 @@ def parse_rate(text: str | int) -> int | None:
     return round(value)
 
 
+def lowest_cap(*caps: int | None) -> int | None:
+    """The strictest of CAPS (bytes per second; None: no cap), None if none caps."""
+    given = [cap for cap in caps if cap is not None]
+    return min(given) if given else None
+
+
 def rate_text(bps: int | None) -> str:
     """BPS as people read it ("50MB/s", "1.5GB/s", "none")."""
     if bps is None:

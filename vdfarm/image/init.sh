@@ -10,12 +10,23 @@
 #   VDFARM-PATTERN-WRITE direct|buffered  how the pattern was written (O_DIRECT or not)
 #   VDFARM-PATTERN-READBACK ok|mismatch <id>
 #   VDFARM-ERROR <why>                  then power off at once
+#   VDFARM-LOOP <round> <MiB> <sha256>  (with a control disk) one round: the
+#                                       sha256 of LOOP_READ_MIB MiB read at MiB <MiB>
+#   VDFARM-LOOP-END <rounds> ok         the blocks the rounds wrote, read back
 #   VDFARM-DONE <id>                    just before power off
 # Rules: fail loudly, never silently. Without virtio_blk /dev/vda does not
 # exist and `dd of=/dev/vda` would create a plain file in devtmpfs, so the
 # block device is checked before any write. The pattern block lies outside the
 # FAT partition, PATTERN_OFFSET_FROM_END bytes before the end of the disk
 # (both numbers come from /etc/vdfarm.conf, written by vdfarm.image.sample).
+# With a second virtio disk (/dev/vdb, the host's control disk) the guest then
+# keeps reading and writing its disk in rounds until the control disk's first
+# bytes say "stop": each round reads LOOP_READ_MIB MiB (O_DIRECT, moving over
+# the first LOOP_SPAN_MIB MiB, where the kernel and initramfs lie) and prints
+# their hash, writes one block of the tail after the
+# pattern block and reads it back; at the end every block the rounds wrote is
+# read back once more. So the host can make things happen (kill a server)
+# while the guest does I/O, for as long as it needs.
 
 PATH=/bin
 export PATH
@@ -122,6 +133,48 @@ if cmp -s /tmp/pattern.blk /tmp/after.blk; then
 else
     echo "VDFARM-PATTERN-READBACK mismatch $id"
 fi
+
+# write_loop_block ROUND BLOCK: ROUND's block onto tail block BLOCK, read back.
+write_loop_block() {
+    printf 'VDFARM-LOOP %s %s' "$id" "$1" > /tmp/loop.txt
+    dd if=/tmp/loop.txt of=/tmp/loop.blk bs="$PATTERN_BLOCK_SIZE" count=1 conv=sync 2>/dev/null
+    dd if=/tmp/loop.blk of=/dev/vda bs="$PATTERN_BLOCK_SIZE" count=1 seek="$2" \
+        oflag=direct conv=notrunc,fsync 2>/dev/null || die "round $1: write failed"
+    dd if=/dev/vda of=/tmp/loop.back bs="$PATTERN_BLOCK_SIZE" count=1 skip="$2" \
+        iflag=direct 2>/dev/null || die "round $1: read-back failed"
+    cmp -s /tmp/loop.blk /tmp/loop.back || die "round $1: block $2 read back wrong"
+    dd if=/tmp/loop.blk of=/tmp/tail.img bs="$PATTERN_BLOCK_SIZE" count=1 \
+        seek=$(($2 - pattern_block - 1)) conv=notrunc 2>/dev/null
+}
+
+stop_asked() {
+    [ "$(dd if=/dev/vdb bs=4096 count=1 iflag=direct 2>/dev/null | head -c 4)" = stop ]
+}
+
+# loop_rounds: read and write /dev/vda in rounds until the control disk says stop.
+loop_rounds() {
+    tail_blocks=$((PATTERN_OFFSET_FROM_END / PATTERN_BLOCK_SIZE - 1))
+    span=$((pattern_offset / 1048576))
+    [ "$span" -gt "$LOOP_SPAN_MIB" ] && span=$LOOP_SPAN_MIB
+    read_mibs=$((span - LOOP_READ_MIB + 1))
+    dd if=/dev/vda of=/tmp/tail.img bs="$PATTERN_BLOCK_SIZE" count="$tail_blocks" \
+        skip=$((pattern_block + 1)) iflag=direct 2>/dev/null || die "tail read failed"
+    round=0
+    until stop_asked; do
+        round=$((round + 1))
+        mib=$(( (round * 7) % read_mibs ))
+        dd if=/dev/vda of=/tmp/loop.read bs=1048576 count="$LOOP_READ_MIB" skip="$mib" \
+            iflag=direct 2>/dev/null || die "round $round: read failed"
+        echo "VDFARM-LOOP $round $mib $(sha256sum < /tmp/loop.read | cut -d' ' -f1)"
+        write_loop_block "$round" $((pattern_block + 1 + (round - 1) % tail_blocks))
+    done
+    dd if=/dev/vda of=/tmp/tail.back bs="$PATTERN_BLOCK_SIZE" count="$tail_blocks" \
+        skip=$((pattern_block + 1)) iflag=direct 2>/dev/null || die "tail read-back failed"
+    cmp -s /tmp/tail.img /tmp/tail.back || die "the blocks written in $round rounds read back wrong"
+    echo "VDFARM-LOOP-END $round ok"
+}
+
+[ -b /dev/vdb ] && loop_rounds
 
 sync
 echo "VDFARM-DONE $id"

@@ -4,7 +4,8 @@ Layout of the raw image (sizes for the default 64 MiB):
     [0, 440)                 syslinux mbr.bin boot code; then the MBR partition table
     [1 MiB, size - 1 MiB)    partition 1: FAT16, bootable, syslinux + vmlinuz + initrd.gz
     [size - 1 MiB, size)     unpartitioned; the guest writes its pattern block at
-                             size - PATTERN_OFFSET_FROM_END
+                             size - PATTERN_OFFSET_FROM_END, and the blocks after
+                             it in its I/O loop (init.sh, with a control disk)
 
 Rules: no loop devices, no mounts: sfdisk, mkfs.fat --offset, mtools and the
 mtools-based `syslinux --offset` all work on the image file itself. The image
@@ -43,6 +44,10 @@ PARTITION_START = 1 * MIB
 PATTERN_OFFSET_FROM_END = 1 * MIB  # also the size of the unpartitioned tail
 PATTERN_BLOCK_SIZE = 4096
 PATTERN_PREFIX = b"VDFARM-PATTERN "
+# Each round of the guest's I/O loop (init.sh) reads LOOP_READ_MIB MiB within
+# the first LOOP_SPAN_MIB MiB of the disk, where the kernel and initramfs lie.
+LOOP_READ_MIB = 2
+LOOP_SPAN_MIB = 16
 MIN_SIZE_MIB, MAX_SIZE_MIB = 16, 2048
 FAT16_LBA_TYPE = "e"
 VOLUME_LABEL = "VDFARM"
@@ -208,6 +213,8 @@ def build(out_path: str | Path, size_mib: int = 64, kernel: str | None = None) -
     settings = {
         "PATTERN_OFFSET_FROM_END": PATTERN_OFFSET_FROM_END,
         "PATTERN_BLOCK_SIZE": PATTERN_BLOCK_SIZE,
+        "LOOP_READ_MIB": LOOP_READ_MIB,
+        "LOOP_SPAN_MIB": LOOP_SPAN_MIB,
     }
     initrd = build_initramfs(version, MODULES_ROOT / version, BUSYBOX, settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)

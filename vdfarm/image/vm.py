@@ -6,8 +6,10 @@ unless asked for (`user_nic_args`), no display; the serial console goes to a
 file, so a running VM can be watched (`VmHandle.serial_text`, `wait_for`) and
 several VMs can run at once (`start` returns at once; `boot` = start + wait). A VM that outlives its timeout is
 killed, never left behind. The guest's id is passed as the SMBIOS serial number
-(`-smbios type=1,serial=ID`), which the image's /init prints back.
-Parsing the serial text (`parse_serial`) is pure.
+(`-smbios type=1,serial=ID`), which the image's /init prints back. A
+control disk (`make_control_disk`) keeps the guest doing I/O until the host
+says stop (`stop_loop`). Parsing the serial text (`parse_serial`,
+`parse_loop`) is pure.
 """
 
 from __future__ import annotations
@@ -94,6 +96,12 @@ _LINE_PATTERNS = {
     "error": re.compile(r"VDFARM-ERROR (.*)"),
     "done": re.compile(r"VDFARM-DONE\b"),
 }
+
+
+_LOOP_ROUND = re.compile(r"VDFARM-LOOP (\d+) (\d+) ([0-9a-f]{64})$")
+_LOOP_END = re.compile(r"VDFARM-LOOP-END (\d+) ok$")
+CONTROL_DISK_BYTES = 1 << 20
+LOOP_STOP = b"stop"
 
 
 def parse_serial(text: str) -> SerialFields:
@@ -197,6 +205,44 @@ def _machine_args(serial_id: str, serial_path: Path, memory_mib: int, qemu: str)
         "-smbios",
         f"type=1,serial={serial_id}",
     ]
+
+
+def make_control_disk(path: Path) -> list[str]:
+    """Make PATH (CONTROL_DISK_BYTES of zeroes) and return the qemu options
+    that give it to the guest as its second virtio disk. With it, the sample
+    image's /init keeps reading and writing its disk in rounds (init.sh)
+    until `stop_loop(PATH)`; `parse_loop` reads the rounds back."""
+    path.write_bytes(bytes(CONTROL_DISK_BYTES))
+    return ["-drive", f"file={_qemu_value(str(path))},format=raw,if=virtio"]
+
+
+def stop_loop(path: Path) -> None:
+    """Tell the guest's loop (see `make_control_disk`) to end after its round."""
+    with open(path, "r+b") as f:
+        f.write(LOOP_STOP)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopRound:
+    """One round of the guest's I/O loop: it read LOOP_READ_MIB MiB at MiB
+    `mib` and hashed them (sha256, hex)."""
+
+    number: int
+    mib: int
+    sha256: str
+
+
+def parse_loop(text: str) -> tuple[list[LoopRound], int | None]:
+    """The loop's rounds in serial console TEXT, and the round count its
+    end line reported (None: no `VDFARM-LOOP-END n ok`)."""
+    rounds = []
+    ended: int | None = None
+    for line in text.replace("\r", "").splitlines():
+        if match := _LOOP_ROUND.search(line):
+            rounds.append(LoopRound(int(match[1]), int(match[2]), match[3]))
+        elif (match := _LOOP_END.search(line)) and ended is None:
+            ended = int(match[1])
+    return rounds, ended
 
 
 def user_nic_args(model: str = "virtio-net-pci") -> list[str]:

@@ -8,7 +8,9 @@ Rules:
 - The quick check (names and sizes) runs often; the full check re-hashes
   every file against its manifest's sha256 (`Store.sha256_of`, which does
   not keep what it read in the page cache).
-- Reads only: the caller moves what drifted to quarantine.
+- Reads only: the caller moves what drifted to quarantine. A drift names
+  the sha256 its manifest entry had, so the caller can leave alone a file
+  whose entry changed while it was hashed (a version reopened here).
 """
 
 from __future__ import annotations
@@ -26,12 +28,25 @@ log = logging.getLogger("vdfarm.replication")
 @dataclass(frozen=True)
 class Drift:
     """FILE_NAME of vDisk VDISK (its version, if the manifest says) is not
-    what its manifest says: WHY."""
+    what its manifest said (sealed with SHA256): WHY."""
 
     vdisk: str
     file_name: str
     version: int | None
     why: str
+    sha256: str | None = None
+
+
+def still_as_found(store: Store, drift: Drift) -> bool:
+    """True if DRIFT's manifest entry is still the sealed one it was found
+    against (no step here reopened, resealed or removed it since)."""
+    try:
+        entry = store.manifest(drift.vdisk).file(drift.file_name)
+    except StoreError:
+        return False
+    return (
+        entry is not None and entry.sealed and not entry.unverified and entry.sha256 == drift.sha256
+    )
 
 
 def find_drift(store: Store, full: bool, vdisks: Collection[str]) -> list[Drift]:
@@ -70,5 +85,5 @@ def find_drift(store: Store, full: bool, vdisks: Collection[str]) -> list[Drift]
                     except OSError as exc:
                         why = f"cannot be read ({exc.strerror})"
             if why is not None:
-                drifted.append(Drift(manifest.vdisk, entry.name, entry.version, why))
+                drifted.append(Drift(manifest.vdisk, entry.name, entry.version, why, entry.sha256))
     return drifted

@@ -23,6 +23,10 @@ Rules:
   directory a moment before its database row). A vDisk of a store this
   server is not part of is left as it is.
 - Partial copies (`.repl-FILE`) of files no chain wants any more go.
+- An adopt is carried out only if a second read of the database, after
+  the manifests were read, still has the vDisk with the same chain
+  (`still_decided`): a seal or merge here writes the manifest before the
+  database, so a manifest can be ahead of a chain read before it.
 """
 
 from __future__ import annotations
@@ -124,6 +128,20 @@ def plan_vdisk(wanted: WantedVdisk, manifest: Manifest | None) -> Fetch | Adopt 
     ]:
         return None
     return Adopt(wanted.name, entries, wanted.virtual_size)
+
+
+def still_decided(
+    adopts: Iterable[Adopt], before: Iterable[WantedVdisk], after: Iterable[WantedVdisk]
+) -> list[Adopt]:
+    """ADOPTS whose vDisk has the same chain in AFTER (the database read
+    again) as in BEFORE (the read they were decided on)."""
+    chain_before = {w.name: w.chain for w in before}
+    chain_after = {w.name: w.chain for w in after}
+    return [
+        a
+        for a in adopts
+        if a.name in chain_after and chain_after[a.name] == chain_before.get(a.name)
+    ]
 
 
 def _identity(entry: ManifestFile) -> tuple[str, str, str | None]:

@@ -3,7 +3,8 @@
 Rules:
 - The database says which versions exist and what they are; the store must
   hold every file of a chain, listed in its manifest, with the sealed hash
-  the database recorded, or that chain is not served here (Unavailable).
+  the database recorded, or that chain is not served here (NotInStore, an
+  Unavailable: the stream never serves what it knew of such a copy).
 - Helpers only read (and lock the vDisk row for the caller's transaction);
   the services that change versions live in `versions.py` and `merges.py`.
 - The checks both vDisk and version services make live here once: versions
@@ -31,7 +32,7 @@ from vdfarm.farm.models import (
     VdiskVersion,
 )
 from vdfarm.service import version_rules as rules
-from vdfarm.service.errors import Conflict, Invalid, NotFound, Unavailable
+from vdfarm.service.errors import Conflict, Invalid, NotFound, NotInStore, Unavailable
 from vdfarm.service.locks import HELD, held_message, lock_of, lock_state
 from vdfarm.store import qemu_img
 from vdfarm.store.errors import StoreError, VdiskExists, VdiskMissing
@@ -64,7 +65,7 @@ def locked_vdisk(session: Session, name: str) -> Vdisk:
 def store_failure(name: str, exc: Exception) -> Exception:
     """The service error for a store or qemu-img failure on vDisk NAME."""
     if isinstance(exc, VdiskMissing):
-        return Unavailable(f"vDisk {name} is not in this server's store")
+        return NotInStore(f"vDisk {name} is not in this server's store")
     if isinstance(exc, VdiskExists):
         return Conflict(str(exc))
     if isinstance(exc, QemuImgError):
@@ -149,13 +150,13 @@ def live_users(session: Session, vdisk: Vdisk, reserved_after: datetime) -> list
 
 
 def store_manifest(store: Store, vdisk_name: str) -> Manifest:
-    """STORE's manifest of a vDisk. Raises Unavailable."""
+    """STORE's manifest of a vDisk. Raises NotInStore (an Unavailable)."""
     try:
         return store.manifest(vdisk_name)
     except VdiskMissing as exc:
-        raise Unavailable(f"vDisk {vdisk_name} is not in this server's store") from exc
+        raise NotInStore(f"vDisk {vdisk_name} is not in this server's store") from exc
     except StoreError as exc:
-        raise Unavailable(f"vDisk {vdisk_name} in this server's store: {exc}") from exc
+        raise NotInStore(f"vDisk {vdisk_name} in this server's store: {exc}") from exc
 
 
 def chain_in_store(
@@ -167,8 +168,8 @@ def chain_in_store(
 ) -> Chain:
     """Version NUMBER's chain as files of this store.
 
-    Raises Unavailable (vDisk or one of the chain's files not here, or not
-    the file the database sealed).
+    Raises NotInStore, an Unavailable (vDisk or one of the chain's files
+    not here, or not the file the database sealed).
     """
     manifest = manifest or store_manifest(store, vdisk_name)
     numbers = rules.chain_numbers(states_of(rows), number)
@@ -181,7 +182,7 @@ def chain_in_store(
             or entry.format != row.format
             or (row.sha256 is not None and entry.sha256 != row.sha256)
         ):
-            raise Unavailable(
+            raise NotInStore(
                 f"version {row.number} of vDisk {vdisk_name} is not in this server's store"
             )
         paths.append(directory / row.file_name)

@@ -43,6 +43,11 @@ class Unavailable(ServiceError):
     http_status = 503
 
 
+class NotInStore(Unavailable):
+    """A file the answer needs is not in this server's store as the farm
+    sealed it (missing, or another copy): nothing older stands in for it."""
+
+
 class NotInitialised(ServiceError):
     """The data directory (or its database) has not been set up by `init`."""
 

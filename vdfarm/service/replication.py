@@ -8,8 +8,10 @@ Rules:
   (the versions with a sha256, base first; an open maintenance version is
   never replicated) and, per version, the up servers (but this one, and
   only those with a REST API) whose inventory lists it with the database's
-  sha256, least busy first. The daemon's replication task (elsewhere) does
-  the copying and reports back with `report` / `clear`.
+  sha256, least busy first. A vDisk with an intent (a merge or a seal
+  under way: its files and rows change in two steps) is left out until the
+  step is done. The daemon's replication task (elsewhere) does the copying
+  and reports back with `report` / `clear`.
 - The inventory (`store_versions`, verified) is the truth about what a
   server holds; a `replicas` row only says what a server is doing about a
   version it does not hold yet. `status` joins both: `present`, `server
@@ -43,6 +45,7 @@ from vdfarm.farm.models import (
     StoreSet,
     StoreVersion,
     Vdisk,
+    VdiskIntent,
     VdiskVersion,
 )
 from vdfarm.farm.placement import is_up
@@ -235,6 +238,7 @@ class ReplicationService:
             narrowed = narrowed_servers(session)
             store_sets = {row.id: row for row in session.scalars(select(StoreSet)).all()}
             vdisks = session.scalars(select(Vdisk).order_by(Vdisk.name)).all()
+            changing = set(session.scalars(select(VdiskIntent.vdisk_id)).all())
             # A private vDisk is not replicated: its home's copy, which its
             # device writes, is the only current one (login sends the device
             # nowhere else), and a copy of a moving disk would be stale.
@@ -242,6 +246,7 @@ class ReplicationService:
                 v
                 for v in vdisks
                 if v.access_mode != "private"
+                and v.id not in changing
                 and server_id in servers_of(narrowed, v.store_set_id, every)
             ]
             ids = [v.id for v in mine]

@@ -37,6 +37,11 @@ class StoreFull(StoreError):
     """The store's disk (or the owner's quota) has no room left for a write."""
 
 
+class ManifestChanged(StoreError):
+    """A vDisk's manifest is no longer the one a decision was made on (a
+    step of this server changed it meanwhile)."""
+
+
 class BadChunkList(StoreError):
     """A chunk list (from a peer: untrusted) that breaks the chunk list rules."""
 

@@ -8,7 +8,10 @@ Rules:
   retires every file of the old chain that left it; retired files stay on
   disk until `versions.purge_retired` says no session reads them. It never
   retires an open (unsealed) file: that is a maintenance version's only
-  copy. It makes the manifest of a vDisk the store did not list yet.
+  copy. It makes the manifest of a vDisk the store did not list yet. Given
+  the manifest its caller decided on, it refuses (`ManifestChanged`) when
+  the manifest changed since: a seal, merge or revert here wrote it, and
+  the database says so a moment later.
 - `quarantine` moves a file to `<store>/.quarantine/<vdisk>/<file>.<UTC
   time>` (directories 0700) and takes it out of the manifest first, with
   every file above it in the chain (their parent is gone: they are retired,
@@ -27,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vdfarm.store.chunks import forget_cache
-from vdfarm.store.errors import ManifestError, StoreError
+from vdfarm.store.errors import ManifestChanged, ManifestError, StoreError
 from vdfarm.store.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -42,6 +45,13 @@ from vdfarm.store.store import Store
 from vdfarm.store.versions import _write
 
 QUARANTINE_DIR = ".quarantine"
+
+
+class _Unchecked:
+    """`adopt_chain` without an expected manifest: whatever is there."""
+
+
+UNCHECKED = _Unchecked()
 PRIVATE_DIR_MODE = 0o700
 
 
@@ -77,14 +87,18 @@ def adopt_chain(
     files: list[ManifestFile],
     virtual_size: int | None,
     retired_at: datetime,
+    expected: Manifest | None | _Unchecked = UNCHECKED,
 ) -> Manifest:
     """Make vDisk VDISK's manifest list exactly FILES (base first) with
     VIRTUAL_SIZE; the old chain's files not in FILES are retired at
-    RETIRED_AT. Makes the manifest if the vDisk had none. Returns it.
+    RETIRED_AT. Makes the manifest if the vDisk had none. Returns it. With
+    EXPECTED (a manifest, or None for none), the current manifest must be
+    that one.
 
-    Raises InvalidName, ManifestError (FILES break the manifest rules, or the
-    old manifest is unreadable), StoreError (a file missing, not regular, of
-    another size or unsealed; an open file would be retired; unwritable).
+    Raises InvalidName, ManifestChanged (not EXPECTED), ManifestError (FILES
+    break the manifest rules, or the old manifest is unreadable), StoreError
+    (a file missing, not regular, of another size or unsealed; an open file
+    would be retired; unwritable).
     """
     vdisk_dir = store.root / check_vdisk_name(vdisk)
     if not files:
@@ -92,6 +106,8 @@ def adopt_chain(
     for entry in files:
         _check_on_disk(vdisk_dir, entry)
     old = _old_manifest(vdisk_dir)
+    if not isinstance(expected, _Unchecked) and old != expected:
+        raise ManifestChanged(f"the manifest of vDisk {vdisk} changed meanwhile")
     names = {f.name for f in files}
     retired = [r for r in old.retired if r.name not in names] if old else []
     for entry in old.files if old else ():

@@ -142,7 +142,14 @@ class LockConflict(FarmError):
 
 class FarmUnavailable(FarmError):
     """The farm database is away (or busy), or a file the answer needs is
-    not in this server's store. Streaming what is known goes on."""
+    not in this server's store (NotInStore). Streaming what is known goes
+    on while the database is away."""
+
+
+class NotInStore(FarmUnavailable):
+    """The device's vDisk version is not in this server's store as the farm
+    sealed it (missing, or another copy): what the server knew of the
+    device before must not stand in for it."""
 
 
 # -- the port ---------------------------------------------------------------------

@@ -30,7 +30,10 @@ Rules:
   remembered, so while the database is away a known device can still
   connect (a standard-mode device from what was cached; a private or
   maintenance device only by rejoining its live session, since a lock cannot
-  be taken without the database). While the heartbeat says the database is
+  be taken without the database). Only the database's absence lets the
+  cache stand in: when the database says the device's copy is not in this
+  store (NotInStore: a different copy, or none), what was cached is
+  forgotten, never served. While the heartbeat says the database is
   away (`set_farm_reachable(False)`), known devices do not wait on it at all and
   session records are not tried. Records that failed or were skipped mark
   the registry *dirty*; `reconcile` repairs them once the database is back.
@@ -68,6 +71,7 @@ from vdfarm.stream.port import (
     FarmPort,
     FarmUnavailable,
     LiveSession,
+    NotInStore,
     UnknownExport,
     VdiskView,
 )
@@ -123,10 +127,13 @@ class SessionRegistry:
 
     async def resolve(self, export_name: str) -> ExportTarget:
         """The device's export target. While the database is unreachable,
-        the target last resolved for this export name (if any) stands in.
+        the target last resolved for this export name (if any) stands in —
+        never when the database answered that the device's copy is not in
+        this store (NotInStore: gone, or another copy than the farm sealed;
+        the old target would serve whatever file now has its name).
 
-        Raises UnknownExport, ExportRefused, FarmUnavailable (database away
-        and the device unknown here).
+        Raises UnknownExport, ExportRefused, NotInStore, FarmUnavailable
+        (database away and the device unknown here).
         """
         cached = self.known.get(export_name)
         if cached is not None and not self.database_reachable:
@@ -134,7 +141,7 @@ class SessionRegistry:
             return cached
         try:
             target = await self.run_db(self.farm.resolve_export, export_name)
-        except UnknownExport:
+        except (UnknownExport, NotInStore):
             self.known.pop(export_name, None)
             raise
         except FarmUnavailable as exc:
