@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.stream.rawclient import RawClient
 
@@ -64,22 +65,29 @@ def slowest_read_ms(qemu_io_output: str) -> float:
 
 def test_a_move_order_reaches_a_running_agent(agent_farm):
     """A rebalance orders mv1 away from its server: mv1 and mv2 (a plain
-    client) sit on it, its power rating makes it overloaded and one other
+    client) sit on it, its power rating makes it overloaded and another
     server is rated to take them; the planner moves devices in name order,
     and one move is enough. The agent switches under loops of reads: no
     client error, no failover, the old server's session ends, the farm's
     record names the new server."""
     names = sorted(agent_farm.servers)
     admin = agent_farm.cluster.first
+
+    def rate(ratings: dict[str, str]) -> None:
+        with ThreadPoolExecutor(len(ratings)) as pool:
+            for done in [
+                pool.submit(admin.cli, "server", "set", name, "--power-rating", rating)
+                for name, rating in ratings.items()
+            ]:
+                done.result()
+
     with agent_farm.agent("mv1", extra=("--cache-size", "16")) as agent:
         serving = agent_farm.serving(agent).name
         target = next(name for name in names if name != serving)
         other = RawClient(agent_farm.servers[serving].nbd_port)
         other.connect("mv2")
         try:
-            for name in names:
-                rating = "100" if name == target else "0.01"
-                admin.cli("server", "set", name, "--power-rating", rating)
+            rate({serving: "0.01", target: "100"})
             plan = admin.cli_json("rebalance")
             moves = {m["device_name"]: (m["from_server"], m["to_server"]) for m in plan["moves"]}
             assert moves.get("mv1") == (serving, target) and "mv2" not in moves, plan
@@ -96,8 +104,7 @@ def test_a_move_order_reaches_a_running_agent(agent_farm):
                 assert time.monotonic() < deadline, f"no move reached the agent: {agent.log()}"
         finally:
             other.close()
-            for name in names:
-                admin.cli("server", "set", name, "--power-rating", "1")
+            rate({serving: "1", target: "1"})
         shown = agent.status()
         [move] = shown["moves"]
         assert (move["from_server"], move["to_server"]) == (serving, target)
