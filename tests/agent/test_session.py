@@ -9,7 +9,8 @@ import errno
 import os
 
 from tests.agent.fake_server import FakeFarm, FakeServer, identity
-from vdfarm.agent.session import Session, SessionOptions
+from vdfarm.agent.session import Session
+from vdfarm.agent.session_types import SessionOptions
 from vdfarm.agent.upstream import open_upstream
 from vdfarm.nbd import constants as c
 
