@@ -205,6 +205,38 @@ def test_the_running_agent_loads_no_heavy_package(farm, tmp_path):
     assert heavy_among(modules) == []
 
 
+def test_more_requests_than_the_agent_holds_at_once_are_all_answered(farm, tmp_path):
+    """Past 128 requests or 64 MiB of reads in flight the agent stops
+    reading the connection, and reads on once answers went out: 300 small
+    reads and then 80 of 1 MiB sent in a row all come back, right."""
+    _, _, stub = farm
+    proc, sock = start_agent(tmp_path, stub.url)
+    try:
+        client = RawClient.__new__(RawClient)
+        client.sock, client.cookie = socket.socket(socket.AF_UNIX), 0
+        client.sock.connect(str(sock))
+        client.sock.settimeout(30)  # a connection never read again fails, not hangs
+        client.greeting()
+        client.send_client_flags()
+        client.go(DEVICE)
+        for size, count in ((4096, 300), (1 << 20, 80)):
+            offsets = [(n * size) % len(DATA) for n in range(count)]
+            sent: dict[int, int] = {}
+
+            def send_all(size=size, offsets=offsets, sent=sent):
+                for offset in offsets:
+                    sent[client.request(CMD_READ, offset, size)] = offset
+
+            sender = threading.Thread(target=send_all)
+            sender.start()  # replies are read meanwhile: the agent's writes never block
+            replies = [client.reply(size) for _ in range(count)]
+            sender.join(30)
+            for error, cookie, data in replies:
+                assert error == 0 and data == DATA[sent[cookie] : sent[cookie] + size]
+    finally:
+        stop(proc)
+
+
 def test_a_bad_local_client_loses_only_its_own_connection(farm, tmp_path):
     _, _, stub = farm
     proc, sock = start_agent(tmp_path, stub.url)

@@ -190,7 +190,7 @@ class LocalConnection(asyncio.Protocol):
             return
         data = bytes(req.data) if req.data is not None else None
         self.in_flight += 1
-        self.in_flight_bytes += req.length
+        self.in_flight_bytes += _data_bytes(cmd, req.length)
         self.session.submit(self, req.cookie, cmd, req.flags, req.offset, req.length, data)
         if (
             self.in_flight >= MAX_IN_FLIGHT or self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES
@@ -203,7 +203,7 @@ class LocalConnection(asyncio.Protocol):
     ) -> None:
         """Queue the reply of request COOKIE (written by `flush`)."""
         self.in_flight -= 1
-        self.in_flight_bytes -= length
+        self.in_flight_bytes -= _data_bytes(cmd, length)
         if self.closed:
             return
         nbd = self.nbd
@@ -236,6 +236,11 @@ class LocalConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.resume_reading()
             self._process()
+
+
+def _data_bytes(cmd: int, length: int) -> int:
+    """The bytes a request holds while in flight: a READ's reply, a WRITE's payload."""
+    return length if cmd == c.CMD_READ or cmd == c.CMD_WRITE else 0
 
 
 def _prepare_socket_dir(path: Path) -> None:
