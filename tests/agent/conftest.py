@@ -2,9 +2,9 @@
 
 Rules: the farm (tests/agent/farm.py) is made once for the package, on a
 fresh PostgreSQL database (skips without one), with every vDisk the farm
-tests use: `golden` (a small test image; device pc1), `sample` (the
-bootable sample image; vm1 boots it, kc1 reads it through the kernel's
-client) and `pattern` (fio's verify pattern in its first PATTERN_MIB MiB,
+tests use: `golden` (a small test image; devices pc1, and mv1 and mv2 of
+the move test), `sample` (the bootable sample image; vm1 boots it, kc1
+reads it through the kernel's client) and `pattern` (fio's verify pattern in its first PATTERN_MIB MiB,
 zeroes after; device fio1), `diary` (private mode, on its home s1 only;
 device pv1) and `mirror` (device mm1, whose copy the hash-mismatch test
 replaces on one server for a while). An image whose tools are missing (the
@@ -61,7 +61,7 @@ def shared_farm(tmp_path_factory) -> Iterator[AgentFarm]:
         farm = AgentFarm(Cluster(root, url, list(SERVERS)), root)
         try:
             golden = make_test_image(root / "golden.raw", size=GOLDEN_SIZE)
-            vdisks = {"golden": (golden, ("pc1",))}
+            vdisks = {"golden": (golden, ("pc1", "mv1", "mv2"))}
             try:
                 image = sample.build(root / "sample.raw", size_mib=SAMPLE_MIB)
                 vdisks["sample"] = (image, ("vm1", "kc1"))

@@ -2,8 +2,10 @@
 serves bytes from memory under one export name, with an export description
 that carries (or not) a vdfarm identity. It can die (every connection reset,
 nothing listens), hang (stop answering, like SIGSTOP), be deaf (open
-connections, never answer a request), or answer every request with
-NBD_ESHUTDOWN (a move order).
+connections, never answer a request), answer every request with
+NBD_ESHUTDOWN (a server leaving), or carry out a move order as vdfarm's
+servers do (`moving`: CACHE, the agent's probe, gets NBD_ESHUTDOWN;
+everything else is served).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from vdfarm.nbd.errors import RemoteProtocolError
 from vdfarm.nbd.events import Disconnect, ExportRequest, Request
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
 
-FLAGS = c.FLAG_SEND_FLUSH | c.FLAG_SEND_FUA | c.FLAG_SEND_TRIM | c.FLAG_SEND_WRITE_ZEROES
+FLAGS = (
+    c.FLAG_SEND_FLUSH
+    | c.FLAG_SEND_FUA
+    | c.FLAG_SEND_TRIM
+    | c.FLAG_SEND_WRITE_ZEROES
+    | c.FLAG_SEND_CACHE
+)
 
 
 def identity(data: bytes, version: int = 1, vdisk: str = "golden") -> str:
@@ -31,11 +39,14 @@ class FakeServer:
         self.export = export
         self.data = bytearray(data)
         self.description = identity(data) if description is None else description
-        self.mode = "serve"  # serve | hang | deaf (handshakes, never answers) | shutdown
+        # serve | hang | deaf (handshakes, never answers) | shutdown | moving
+        self.mode = "serve"
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections: set[asyncio.Transport] = set()
         self.requests = 0
+        self.probes = 0  # CACHE requests
+        self.disconnects = 0  # NBD_CMD_DISC received (soft disconnects)
 
     @property
     def ref(self) -> ServerRef:
@@ -99,6 +110,7 @@ class _Conn(asyncio.Protocol):
                 elif isinstance(ev, Request):
                     self._request(ev)
                 elif isinstance(ev, Disconnect):
+                    self.owner.disconnects += ev.clean
                     self.transport.close()
                     return
             out = nbd.data_to_send()
@@ -113,7 +125,9 @@ class _Conn(asyncio.Protocol):
             return
         owner.requests += 1
         nbd = self.nbd
-        if owner.mode == "shutdown":
+        if req.command == c.CMD_CACHE:
+            owner.probes += 1
+        if owner.mode == "shutdown" or (owner.mode == "moving" and req.command == c.CMD_CACHE):
             self.transport.write(nbd.reply_error(req.cookie, c.NBD_ESHUTDOWN))
             return
         end = req.offset + req.length

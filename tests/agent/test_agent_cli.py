@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests.agent.fake_server import FakeServer
 from tests.agent.stub_farm import StubFarm, login_answer
+from tests.agent.test_lean_imports import heavy_among, imported_modules
 from tests.conftest import VDFARM, free_port
 from tests.stream.rawclient import CMD_READ, RawClient
 
@@ -70,12 +72,13 @@ def farm(tmp_path):
     loop.loop.call_soon_threadsafe(loop.loop.stop)
 
 
-def start_agent(tmp_path, url, *extra):
+def start_agent(tmp_path, url, *extra, python_flags=()):
     sock = tmp_path / "run" / f"{DEVICE}.sock"
+    vdfarm = [sys.executable, *python_flags, "-m", "vdfarm"] if python_flags else VDFARM
     with open(tmp_path / "agent.log", "ab") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             [
-                *VDFARM,
+                *vdfarm,
                 "agent",
                 "--farm",
                 url,
@@ -176,6 +179,60 @@ def test_the_whole_disk_through_the_agent_and_a_kill_under_reads(farm, tmp_path)
             check=True,
         ).stdout
         assert "s1 -> s2" in human
+    finally:
+        stop(proc)
+
+
+def test_the_running_agent_loads_no_heavy_package(farm, tmp_path):
+    """Started for real (login, upstream, listener, a read served): what
+    `-X importtime` says the process imported holds no database driver,
+    web framework or HTTP library."""
+    _, _, stub = farm
+    proc, sock = start_agent(tmp_path, stub.url, python_flags=("-X", "importtime"))
+    try:
+        out = subprocess.run(
+            ["nbdinfo", "--size", f"nbd+unix:///{DEVICE}?socket={sock}"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert int(out.stdout) == len(DATA)
+    finally:
+        stop(proc)
+    modules = imported_modules((tmp_path / "agent.log").read_text())
+    assert {"vdfarm.agent.session", "vdfarm.agent.local"} <= modules
+    assert heavy_among(modules) == []
+
+
+def test_more_requests_than_the_agent_holds_at_once_are_all_answered(farm, tmp_path):
+    """Past 128 requests or 64 MiB of reads in flight the agent stops
+    reading the connection, and reads on once answers went out: 300 small
+    reads and then 80 of 1 MiB sent in a row all come back, right."""
+    _, _, stub = farm
+    proc, sock = start_agent(tmp_path, stub.url)
+    try:
+        client = RawClient.__new__(RawClient)
+        client.sock, client.cookie = socket.socket(socket.AF_UNIX), 0
+        client.sock.connect(str(sock))
+        client.sock.settimeout(30)  # a connection never read again fails, not hangs
+        client.greeting()
+        client.send_client_flags()
+        client.go(DEVICE)
+        for size, count in ((4096, 300), (1 << 20, 80)):
+            offsets = [(n * size) % len(DATA) for n in range(count)]
+            sent: dict[int, int] = {}
+
+            def send_all(size=size, offsets=offsets, sent=sent):
+                for offset in offsets:
+                    sent[client.request(CMD_READ, offset, size)] = offset
+
+            sender = threading.Thread(target=send_all)
+            sender.start()  # replies are read meanwhile: the agent's writes never block
+            replies = [client.reply(size) for _ in range(count)]
+            sender.join(30)
+            for error, cookie, data in replies:
+                assert error == 0 and data == DATA[sent[cookie] : sent[cookie] + size]
     finally:
         stop(proc)
 

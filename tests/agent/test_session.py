@@ -9,7 +9,8 @@ import errno
 import os
 
 from tests.agent.fake_server import FakeFarm, FakeServer, identity
-from vdfarm.agent.session import Session, SessionOptions
+from vdfarm.agent.session import Session
+from vdfarm.agent.session_types import SessionOptions
 from vdfarm.agent.upstream import open_upstream
 from vdfarm.nbd import constants as c
 
@@ -72,6 +73,64 @@ def test_reads_go_on_when_the_server_dies():
         assert record.pause_ms is not None
         print(f"pause after a kill: {record.pause_ms} ms, {record.retried} sent again")
         assert ["s1"] in farm.logins  # the failed server was excluded
+        await session.close()
+
+    asyncio.run(main())
+
+
+class RecordingClient:
+    """A local connection as the session sees it: answers by cookie."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, tuple[int, bytes]] = {}
+        self.flushes = 0
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    def answer(self, cookie, cmd, offset, length, error, payload):
+        self.answers[cookie] = (error, b"".join(payload or ()))
+        if len(self.answers) == self.expected:
+            self.done.set()
+
+    def flush(self):
+        self.flushes += 1
+
+
+def test_fast_path_requests_are_sent_again_after_a_kill_and_a_server_leaving():
+    """Requests queued by `submit` (no task each, replies by batch): the
+    ones in flight when the server dies, or answered ESHUTDOWN by a server
+    that leaves, are answered by the next server, none with an error."""
+
+    async def main():
+        (s1, s2, s3), farm = await farm_of("s1", "s2", "s3")
+        session = session_for(farm, io_timeout=1.0)
+        await session.start()
+        client = RecordingClient()
+        offsets = {}
+        for round_no, trouble in enumerate(("kill", "leave")):
+            client.expected += 64
+            client.done.clear()
+            for n in range(64):
+                cookie = round_no * 64 + n + 1
+                offsets[cookie] = (n * 8192) % len(DATA)
+                session.submit(client, cookie, c.CMD_READ, 0, offsets[cookie], 8192, None)
+            session.flush()
+            await asyncio.sleep(0)
+            serving = {"s1": s1, "s2": s2, "s3": s3}[session.server]
+            if trouble == "kill":
+                serving.kill()
+            else:
+                farm.home = next(s.name for s in (s1, s2, s3) if s.up and s is not serving)
+                serving.mode = "shutdown"
+            await asyncio.wait_for(client.done.wait(), 30)
+        for cookie, (error, data) in client.answers.items():
+            assert error == 0 and data == DATA[offsets[cookie] : offsets[cookie] + 8192]
+        assert client.flushes >= 1
+        [failover] = session.failovers
+        assert failover.from_server == "s1" and failover.retried >= 1
+        [move] = session.moves
+        assert move.from_server == failover.to_server and move.retried >= 1
+        print(f"sent again: {failover.retried} after the kill, {move.retried} after the leave")
         await session.close()
 
     asyncio.run(main())
@@ -203,18 +262,77 @@ def test_requests_wait_for_a_server_to_return():
     asyncio.run(main())
 
 
-def test_a_move_order_switches_servers_without_an_error():
+def test_a_move_order_hands_over_between_two_requests():
+    """The server answers the probe ESHUTDOWN and serves the rest: the agent
+    connects to the new server while reads go on, switches, and leaves the
+    old one with NBD_CMD_DISC. No failover, no read sent again."""
+
+    async def main():
+        (s1, s2), farm = await farm_of("s1", "s2")
+        session = session_for(farm, io_timeout=1.0)
+        await session.start()
+
+        async def reads_until_moved() -> int:
+            count = 0
+            while not session.moves or count < 50:  # then 50 more on the new server
+                count = count + 1 if session.moves else 0
+                await read_loop(session, 1, 4096)
+            return count
+
+        reads = [asyncio.create_task(reads_until_moved()) for _ in range(8)]
+        await asyncio.sleep(0.1)
+        farm.home = "s2"  # the farm moved the device
+        s1.mode = "moving"
+        await asyncio.wait_for(asyncio.gather(*reads), 30)
+        assert session.server == "s2"
+        assert session.failovers == []
+        [move] = session.moves
+        assert (move.from_server, move.to_server, move.retried) == ("s1", "s2", 0)
+        print(f"move: switched {move.switch_ms} ms after the order showed")
+        assert farm.logins[-1] == []  # the old server was not excluded
+        for _ in range(100):  # the old connection is left, politely
+            if s1.disconnects:
+                break
+            await asyncio.sleep(0.05)
+        assert s1.disconnects == 1 and not s1.connections
+        await read_loop(session, 20)
+        await session.close()
+
+    asyncio.run(main())
+
+
+def test_a_server_that_answers_everything_eshutdown_is_left_for_the_login_answer():
     async def main():
         (s1, s2), farm = await farm_of("s1", "s2")
         session = session_for(farm)
         await session.start()
-        farm.home = "s2"  # the farm moved the device
+        farm.home = "s2"
         s1.mode = "shutdown"
         await read_loop(session, 20)
         assert session.server == "s2"
+        assert session.failovers == []
+        [move] = session.moves
+        assert move.from_server == "s1" and move.to_server == "s2"
+        assert farm.logins[-1] == []
+        await session.close()
+
+    asyncio.run(main())
+
+
+def test_an_idle_device_leaves_a_hung_server_before_it_reads():
+    async def main():
+        (s1, s2), farm = await farm_of("s1", "s2")
+        session = session_for(farm, io_timeout=0.3)
+        await session.start()
+        s1.mode = "hang"
+        for _ in range(100):  # no request from the device: the probe finds it
+            if session.server == "s2":
+                break
+            await asyncio.sleep(0.05)
+        assert session.server == "s2"
         [record] = session.failovers
-        assert "ESHUTDOWN" in record.reason
-        assert farm.logins[-1] == []  # the old server was not excluded
+        assert "unanswered" in record.reason
+        await read_loop(session, 5)
         await session.close()
 
     asyncio.run(main())
@@ -249,6 +367,10 @@ class DictCache:
     def __init__(self, limit: int) -> None:
         self.blocks: dict[int, bytearray] = {}
         self.limit = limit
+
+    def all_upstream(self, offset, length):
+        first, last = offset // self.BLOCK, (offset + length - 1) // self.BLOCK
+        return not any(b in self.blocks for b in range(first, last + 1))
 
     def needs_fill(self, offset, length):
         out = []

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.service.helpers import dump_db, dump_files, make_raw
-from vdfarm.cli.main import cli as vdfarm_cli
+from vdfarm.cli.root import cli as vdfarm_cli
 from vdfarm.farm import db
 
 CLEAN_ENV = {"VDFARM_DATA_DIR": None, "VDFARM_DB": None}

@@ -130,7 +130,7 @@ def test_demo_calls_demo_run(cli, monkeypatch):
 
 def test_cli_import_loads_no_stream_daemon_image_or_demo_code():
     code = (
-        "import sys, vdfarm.cli.main; "
+        "import sys, vdfarm.cli.root; "
         "print(sorted(m for m in sys.modules if m.startswith("
         "('vdfarm.stream', 'vdfarm.daemon', 'vdfarm.image', 'vdfarm.demo'))))"
     )

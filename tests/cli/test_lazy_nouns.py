@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from vdfarm.cli.main import NOUNS
+from vdfarm.cli.root import NOUNS
 
 HEAVY = ("fastapi", "uvicorn", "vdfarm.api.server", "vdfarm.cli.server")
 

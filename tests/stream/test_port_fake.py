@@ -76,6 +76,7 @@ async def serving(
     lease: float = 30,
     limits: ConnectionLimits | None = None,
     tls: TLSSettings | None = None,
+    handover: float = 5,
 ) -> AsyncIterator[tuple[StreamServer, int]]:
     server = StreamServer(
         farm,
@@ -84,6 +85,7 @@ async def serving(
         lease_seconds=lease,
         limits=limits,
         tls=tls,
+        handover_seconds=handover,
     )
     port = await server.start("127.0.0.1", 0)
     try:
@@ -124,7 +126,9 @@ def test_a_move_order_answers_in_flight_requests_then_closes_without_grace(fake,
     release_flush = threading.Event()
 
     async def scenario() -> None:
-        async with serving(fake, tmp_path) as (server, port):
+        # No handover window: the close step at once (tests/stream/test_moves.py
+        # has the window).
+        async with serving(fake, tmp_path, handover=0) as (server, port):
             client = await connect(port, "pc1")
             session = server.registry.sessions[1]
             real_flush = session.stack.flush

@@ -96,8 +96,17 @@ class DeviceCache:
         self._full = False
         self._refused_writes = 0
         self._broken: str | None = None  # why the cache can no longer be trusted
+        self._touched = False  # a write, zero or trim ever reached the map
 
     # ---- the interface the session calls ----
+
+    def all_upstream(self, offset: int, length: int) -> bool:
+        """True if no block of [offset, offset+length) is held here (a read
+        of it goes upstream whole): the session's fast check before
+        `read_plan`. The range must be inside the disk and not empty."""
+        if not self._touched or self._broken is not None:
+            return not self._touched
+        return self._map.uniform_state(offset // BLOCK, -(-(offset + length) // BLOCK)) == BELOW
 
     def needs_fill(self, offset: int, length: int) -> list[tuple[int, int]]:
         """The blocks (offset, length) a write of [offset, offset+length)
@@ -207,6 +216,7 @@ class DeviceCache:
     ) -> None:
         """Write DATA (None: zeroes) over [offset, offset+length), all or nothing."""
         self._check_range(offset, length)
+        self._touched = True
         updates: list[tuple[int, bytes]] = []  # block -> new bytes, not all zero
         zero_blocks: list[int] = []  # blocks that become ZERO one by one
         zero_runs: list[tuple[int, int]] = []  # whole-block runs zeroed

@@ -11,8 +11,13 @@ Rules:
 - A client that breaks the protocol or vanishes mid-request loses its own
   connection and nothing else; its requests still running are dropped.
 - Requests run concurrently (replies carry their cookie, any order); past
-  MAX_IN_FLIGHT requests of one connection, reading stops until some are
-  answered.
+  MAX_IN_FLIGHT requests or MAX_IN_FLIGHT_BYTES of read and write data of
+  one connection, reading stops until some are answered: with the device
+  cache's own bound, that is what bounds the agent's memory.
+- The hot path has no task per request: the requests of one batch of
+  bytes are handed to the session (`Session.submit`) and sent upstream in
+  one write; replies are queued (`answer`) and written in one write when
+  the upstream's batch of replies ends (`flush`).
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from vdfarm.agent.session import Session
+from vdfarm.agent.upstream import Payload
 from vdfarm.nbd import constants as c
-from vdfarm.nbd.errors import RemoteProtocolError, errno_to_nbd
+from vdfarm.nbd.errors import RemoteProtocolError
 from vdfarm.nbd.events import BadRequest, Disconnect, ExportRequest, ListRequest, Request
 from vdfarm.nbd.server import NEED_DATA, ExportInfo, ServerConnection
 from vdfarm.nbd.text import printable
@@ -36,6 +44,8 @@ from vdfarm.nbd.text import printable
 log = logging.getLogger("vdfarm.agent")
 
 MAX_IN_FLIGHT = 128
+MAX_IN_FLIGHT_BYTES = 64 << 20
+SEND_BUFFER_BYTES = 4 << 20  # asked of the local socket (the system may grant less)
 
 
 class ListenError(ValueError):
@@ -88,15 +98,20 @@ class LocalConnection(asyncio.Protocol):
         self.device = device
         self.nbd = ServerConnection()
         self.transport: asyncio.Transport | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = 0  # requests handed to the session, not yet answered
+        self.in_flight_bytes = 0  # their read lengths and write payloads
+        self._out: list[Any] = []  # replies queued by `answer`
         self.closed = False
         self.paused = False
         self.ending = False  # the client said goodbye: close once answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.nbd.start())
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a 1 MiB read reply leaves in one write, not five
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        self.transport.write(self.nbd.start())
 
     def data_received(self, data: bytes) -> None:
         self.nbd.receive_data(data)
@@ -108,9 +123,7 @@ class LocalConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        for task in self.tasks:
-            task.cancel()
+        self.closed = True  # requests still running are answered into nothing
 
     def _write(self, data: bytes | list[bytes]) -> None:
         if self.closed or self.transport is None or not data:
@@ -132,10 +145,11 @@ class LocalConnection(asyncio.Protocol):
                 ev = nbd.next_event()
                 if ev is NEED_DATA:
                     break
-                self._write(nbd.data_to_send())
                 if type(ev) is Request:
                     self._start(ev)
-                elif type(ev) is BadRequest:
+                    continue
+                self._write(nbd.data_to_send())
+                if type(ev) is BadRequest:
                     self._write(nbd.reply_error(ev.cookie, ev.error, ev.message))
                 elif type(ev) is ExportRequest:
                     self._export(ev)
@@ -143,11 +157,13 @@ class LocalConnection(asyncio.Protocol):
                     self._write(nbd.send_export_list([(self.device, "")]))
                 elif type(ev) is Disconnect:
                     self.ending = True
-                    if not self.tasks:
+                    if not self.in_flight:
                         self._close()
-                    return
+                    break
+            self.session.flush()
             self._write(nbd.data_to_send())
         except RemoteProtocolError as exc:
+            self.session.flush()
             log.warning("local client: protocol error: %s; closing", printable(str(exc)))
             self._close()
 
@@ -167,47 +183,64 @@ class LocalConnection(asyncio.Protocol):
         self._write(self.nbd.accept_export(info))
 
     def _start(self, req: Request) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(req))
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-        if len(self.tasks) >= MAX_IN_FLIGHT and self.transport is not None:
+        cmd = req.command
+        if cmd == c.CMD_BLOCK_STATUS:  # we know no holes: all of it is data
+            self._out.append(self.nbd.reply_block_status(req.cookie, [(req.length, 0)]))
+            self.flush()
+            return
+        data = bytes(req.data) if req.data is not None else None
+        self.in_flight += 1
+        self.in_flight_bytes += _data_bytes(cmd, req.length)
+        self.session.submit(self, req.cookie, cmd, req.flags, req.offset, req.length, data)
+        if (
+            self.in_flight >= MAX_IN_FLIGHT or self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES
+        ) and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("local request failed: %r", task.exception())
-            self._close()
+    def answer(
+        self, cookie: int, cmd: int, offset: int, length: int, error: int, payload: Payload | None
+    ) -> None:
+        """Queue the reply of request COOKIE (written by `flush`)."""
+        self.in_flight -= 1
+        self.in_flight_bytes -= _data_bytes(cmd, length)
+        if self.closed:
             return
-        if self.ending and not self.tasks:
-            self._close()
-        elif self.paused and len(self.tasks) < MAX_IN_FLIGHT // 2 and not self.closed:
+        nbd = self.nbd
+        if error:
+            self._out.append(nbd.reply_error(cookie, error))
+        elif cmd == c.CMD_READ:
+            self._out.append(nbd.reply_read_header(cookie, offset, length))
+            self._out.extend(payload or ())
+        else:
+            self._out.append(nbd.reply_ok(cookie))
+
+    def flush(self) -> None:
+        """Write the queued replies at once; resume reading, or close a
+        connection whose client said goodbye, as the answers allow."""
+        out = self._out
+        if out:
+            self._out = []
+            self._write(out)
+        if self.closed:
+            return
+        if self.ending:
+            if not self.in_flight:
+                self._close()
+        elif (
+            self.paused
+            and self.in_flight < MAX_IN_FLIGHT // 2
+            and self.in_flight_bytes < MAX_IN_FLIGHT_BYTES // 2
+        ):
             self.paused = False
             assert self.transport is not None
             self.transport.resume_reading()
             self._process()
 
-    async def _serve(self, req: Request) -> None:
-        nbd = self.nbd
-        cmd = req.command
-        if cmd == c.CMD_BLOCK_STATUS:  # we know no holes: all of it is data
-            self._write(nbd.reply_block_status(req.cookie, [(req.length, 0)]))
-            return
-        data = bytes(req.data) if req.data is not None else None
-        try:
-            error, payload = await self.session.handle(cmd, req.flags, req.offset, req.length, data)
-        except OSError as exc:  # the device cache's disk, for one
-            log.error("local request %d failed: %s", cmd, exc)
-            error, payload = errno_to_nbd(exc.errno or 0), b""
-        if self.closed:
-            return
-        if error:
-            self._write(nbd.reply_error(req.cookie, error))
-        elif cmd == c.CMD_READ:
-            self._write([nbd.reply_read_header(req.cookie, req.offset, req.length), payload])
-        else:
-            self._write(nbd.reply_ok(req.cookie))
+
+def _data_bytes(cmd: int, length: int) -> int:
+    """The bytes a request holds while in flight: a READ's reply, a WRITE's payload."""
+    return length if cmd == c.CMD_READ or cmd == c.CMD_WRITE else 0
 
 
 def _prepare_socket_dir(path: Path) -> None:

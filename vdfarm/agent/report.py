@@ -12,7 +12,7 @@ import ssl
 import urllib.parse
 import urllib.request
 
-from vdfarm.agent.session import FailoverRecord
+from vdfarm.agent.session_types import FailoverRecord
 
 
 def failover_body(record: FailoverRecord) -> dict[str, object]:

@@ -24,7 +24,8 @@ from vdfarm.agent.cache import make_cache
 from vdfarm.agent.local import ListenAddress, listen, remove_socket
 from vdfarm.agent.login import LoginAnswer, LoginError, ServerRef, login
 from vdfarm.agent.report import report_failover
-from vdfarm.agent.session import FailoverRecord, Session, SessionOptions, WriteCache
+from vdfarm.agent.session import Session
+from vdfarm.agent.session_types import FailoverRecord, SessionOptions, WriteCache
 from vdfarm.agent.status import status_path, write_status
 from vdfarm.agent.upstream import TLSFiles, Upstream, client_context, open_upstream
 
@@ -220,4 +221,9 @@ def run_agent(options: AgentOptions) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await Agent(options).run()
 
-    asyncio.run(main())
+    try:
+        import uvloop  # the stream server's event loop; the agent runs without it too
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(main())

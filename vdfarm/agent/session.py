@@ -1,508 +1,198 @@
-"""The device's session with the farm: one upstream at a time, failover,
-and the device-side write cache. The heart of the agent.
+"""The device's session with the farm: the failover session
+(vdfarm.agent.failover) plus the probe and the moves.
 
-Job: answer the local clients' requests (`handle`) through the current
-upstream, with every request in an in-flight table; fail the upstream
-when its connection breaks or a request stays unanswered past the I/O
-timeout; then log in again, connect to the answer's server, check that it
-serves the same copy as the first login promised, and send again every
-request that had no answer. The local client sees a pause, never an error.
+Job: probe the upstream, so a hung server is found while the device is
+idle and a move order when its server tells; follow a move order from one
+server to the next between two requests.
 
 Rules:
-- Never serve bytes of another copy: a server whose export size or
-  identity (vDisk, version, sha256: vdfarm.agent.identity) differs from the
-  first login's is excluded and the next is tried; with none left, wait.
-- A failed server is excluded from the next logins until the farm says no
-  server is left (then every server is tried again). A server that failed
-  in an earlier failover, up to FAILED_MEMORY_S seconds ago, is passed
-  over when the login names it and lists an alternative that did not: the
-  farm counts a dead or hung server as up until its heartbeat times out,
-  and each such server it names costs the device a connect and a back-off. A connection that ends
-  after NBD_ESHUTDOWN (a move order) excludes nobody: the login names the
-  new server. NBD_ESHUTDOWN replies are never passed on: the request is
-  sent again.
-- `failover` False (private mode, maintenance, server-side cache), or a
-  version with no fixed sha256 (nothing to check another copy against):
-  the device stays on its first server; the agent reconnects to it when it
-  returns, and never logs in elsewhere.
-- No server: retry with back-off (0.2 s doubling to 5 s); waiting requests
-  wait, up to `give_up` seconds since the outage began, then get EIO.
-- A device-side cache (write_cache_type "device-..."): WRITE, WRITE_ZEROES
-  and TRIM never go upstream; reads merge the cache and the upstream; FLUSH
-  is answered here (the cache is volatile by design: empty at every boot).
-  A write that does not fit gets ENOSPC, with a loud log line and the
-  status flag `cache_full`; earlier writes stay intact.
-- Every failover is recorded (time, from, to, reason, pause, retried
-  requests) and handed to `on_failover` once its pause is known: at the
-  first good reply after it, or when its new server fails before giving
-  any (then the next failover's pause counts from the same stall, and so
-  does `give_up`).
+- Idle or not, the upstream is probed every PROBE_PERIOD_S with a small
+  NBD_CMD_CACHE (the device's own CACHE requests are advice, answered
+  without the server): an unanswered probe fails a hung server like any
+  request, and a server carrying out a move order answers it with
+  NBD_ESHUTDOWN while it still serves everything else
+  (vdfarm.stream.sessions, the handover).
+- Then the agent logs in (no server excluded: the login names the new
+  server), connects and checks the new server while the old one keeps
+  serving, and switches between two requests: later requests go to the new
+  server, those on their way are answered by the old one, which is then
+  left with NBD_CMD_DISC (the spec's soft disconnect); one still
+  unanswered after the I/O timeout is failed and sent again. A request
+  answered NBD_ESHUTDOWN (a server closing the connection) waits for the
+  switch, or a failover, and is sent again. The handover gives up when the
+  old server is no longer the upstream or answers the probe again (the
+  order was cancelled).
+- Each move is recorded (time, from, to, the time from the order's first
+  sign to the switch, requests sent again); a move is not a failover.
+- Without failover (private mode, maintenance, server-side cache, no
+  fixed sha256) a move order is not followed: the server closes the
+  connection when its handover ends, the agent reconnects to it, and that
+  new session drops the order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from vdfarm.agent.identity import Identity, identity_problem
-from vdfarm.agent.login import LoginAnswer, LoginError, NoServer, ServerRef
-from vdfarm.agent.upstream import ConnectionLost, Reply, Upstream, UpstreamRefused
+from vdfarm.agent.failover import FailoverSession
+from vdfarm.agent.login import LoginError
+from vdfarm.agent.session_types import MoveRecord, now_iso
+from vdfarm.agent.upstream import ConnectionLost, Upstream
 from vdfarm.nbd import constants as c
 
 log = logging.getLogger("vdfarm.agent")
 
-FIRST_RETRY_S = 0.2
-MAX_RETRY_S = 5.0
-WATCH_PERIOD_S = 0.1
-FAILED_MEMORY_S = 30.0  # how long a failed server is passed over when the login names it
-CACHE_FLAGS = (
-    c.FLAG_SEND_FLUSH
-    | c.FLAG_SEND_FUA
-    | c.FLAG_SEND_TRIM
-    | c.FLAG_SEND_WRITE_ZEROES
-    | c.FLAG_CAN_MULTI_CONN
-)
-PASSED_FLAGS = (
-    c.FLAG_READ_ONLY
-    | c.FLAG_SEND_FLUSH
-    | c.FLAG_SEND_FUA
-    | c.FLAG_ROTATIONAL
-    | c.FLAG_SEND_TRIM
-    | c.FLAG_SEND_WRITE_ZEROES
-    | c.FLAG_SEND_CACHE
-    | c.FLAG_SEND_FAST_ZERO
-)
-
-LoginFn = Callable[[list[str]], Awaitable[LoginAnswer]]
-ConnectFn = Callable[[ServerRef, Callable[[Upstream], None]], Awaitable[Upstream]]
+PROBE_PERIOD_S = 0.5
+PROBE_LENGTH = 4096
+SETTLE_PROBE_S = 0.02  # probe this often while a failover waits for its first reply
 
 
-class WriteCache(Protocol):
-    """The device-side write cache (vdfarm.agent.cache builds it)."""
+class Session(FailoverSession):
+    """See the module docstring."""
 
-    def needs_fill(self, offset: int, length: int) -> list[tuple[int, int]]: ...
-
-    def write(self, offset: int, data: bytes, fills: dict[int, bytes]) -> None: ...
-
-    def zero(self, offset: int, length: int, fills: dict[int, bytes]) -> None: ...
-
-    def read_plan(self, offset: int, length: int) -> list[tuple[int, int, bytes | None]]: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    io_timeout: float = 1.0  # a request unanswered this long fails its server
-    give_up: float | None = None  # seconds of outage before waiting requests get EIO
-    first_retry: float = FIRST_RETRY_S
-    max_retry: float = MAX_RETRY_S
-
-
-@dataclass
-class FailoverRecord:
-    """One failover; `pause_ms` is None until the first good reply after it."""
-
-    at: str  # wall time of the detection (UTC, ISO 8601)
-    from_server: str
-    to_server: str | None
-    reason: str
-    pause_ms: int | None
-    retried: int
-    stalled_from: float  # monotonic: the oldest request that waited, or the detection
-
-    def plain(self) -> dict[str, Any]:
-        out = asdict(self)
-        del out["stalled_from"]
-        return out
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class Session:
-    """See the module docstring. `start` connects; `handle` serves requests."""
-
-    def __init__(
-        self,
-        first: LoginAnswer,
-        login: LoginFn,
-        connect: ConnectFn,
-        options: SessionOptions = SessionOptions(),
-        cache: WriteCache | None = None,
-        on_change: Callable[[], None] = lambda: None,
-        on_failover: Callable[[FailoverRecord], None] = lambda record: None,
-    ) -> None:
-        self.first = first
-        self.expected = Identity(first.vdisk, first.version, first.sha256, first.size)
-        self.may_fail_over = first.failover and first.sha256 is not None
-        self.options = options
-        self.cache = cache
-        self._login = login
-        self._connect = connect
-        self._on_change = on_change
-        self._on_failover = on_failover
-        self._up: Upstream | None = None
-        self._ready = asyncio.Event()
-        self._establishing: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        self._outage_since: float | None = time.monotonic()
-        self._inflight: dict[object, tuple[Upstream, float]] = {}
-        self._failed_at: dict[str, float] = {}  # server -> when it last failed (monotonic)
-        self._unsettled: FailoverRecord | None = None  # awaiting its first good reply
-        self._write_lock = asyncio.Lock()
-        self._closed = False
-        self.transmission_flags = 0
-        self.failovers: list[FailoverRecord] = []
-        self.retried_requests = 0
-        self.cache_full = False
-        self.last_error: str | None = None
-
-    # -- life --------------------------------------------------------------
-    @property
-    def size(self) -> int:
-        return self.first.size
-
-    @property
-    def server(self) -> str | None:
-        return self._up.name if self._up is not None else None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prober: asyncio.Task[None] | None = None
+        self._moving_from: Upstream | None = None  # its server told us to move
+        self._move_started = 0.0  # monotonic: the first sign of the move order
+        self._move_retried = 0
+        self._handover: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.moves: list[MoveRecord] = []
 
     async def start(self) -> None:
-        """Connect to the first login's server (or, if it cannot serve, the
-        next one); returns once an upstream is up. Waits while none is."""
-        self._establishing = asyncio.get_running_loop().create_task(
-            self._establish(first_target=self.first.server, exclude=None)
-        )
-        await self._ready.wait()
-        if self.cache is not None:
-            self.transmission_flags = CACHE_FLAGS
-        else:
-            assert self._up is not None
-            flags = self._up.export.transmission_flags & PASSED_FLAGS
-            self.transmission_flags = flags | c.FLAG_CAN_MULTI_CONN  # one upstream for all
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        await super().start()
+        self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
 
     async def close(self) -> None:
-        self._closed = True
-        for task in (self._watchdog, self._establishing):
+        for task in (self._prober, self._handover, *self._retiring):
             if task is not None:
                 task.cancel()
-        if self._up is not None:
-            await self._up.close()
-            self._up = None
-        close_cache = getattr(self.cache, "close", None)  # a disk tier has a file
-        if close_cache is not None:
-            close_cache()
+        await super().close()
 
-    # -- requests ----------------------------------------------------------
-    async def handle(
-        self, cmd: int, flags: int, offset: int, length: int, data: bytes | None
-    ) -> Reply:
-        """Serve one local request: (NBD error, data of a read)."""
-        cache = self.cache
-        if cache is None:
-            return await self._call(cmd, flags, offset, length, data)
-        if cmd == c.CMD_FLUSH:
-            return 0, b""  # every answered write is in the cache already
-        if cmd != c.CMD_READ and offset + length > self.size:
-            return c.NBD_ENOSPC, b""
-        if cmd == c.CMD_READ:
-            return await self._cached_read(cache, offset, length)
-        if cmd in (c.CMD_WRITE, c.CMD_WRITE_ZEROES):
-            return await self._cached_write(cache, cmd, offset, length, data)
-        return 0, b""  # TRIM and CACHE are advice; the cache keeps what it has
+    def _set_up(self, up: Upstream | None) -> None:
+        self._moving_from = None
+        super()._set_up(up)
 
-    async def _cached_read(self, cache: WriteCache, offset: int, length: int) -> Reply:
-        if offset + length > self.size:
-            return c.NBD_EINVAL, b""
-        pieces = cache.read_plan(offset, length)
-        if len(pieces) == 1 and pieces[0][2] is None:
-            return await self._call(c.CMD_READ, 0, offset, length, None)
-        missing = [(off, n) for off, n, data in pieces if data is None]
-        replies = await asyncio.gather(
-            *(self._call(c.CMD_READ, 0, off, n, None) for off, n in missing)
-        )
-        for error, _ in replies:
-            if error:
-                return error, b""
-        fetched = iter(replies)
-        return 0, b"".join(data if data is not None else next(fetched)[1] for _, _, data in pieces)
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "moves": [record.plain() for record in self.moves]}
 
-    async def _cached_write(
-        self, cache: WriteCache, cmd: int, offset: int, length: int, data: bytes | None
-    ) -> Reply:
-        async with self._write_lock:  # fills and write of one request, not interleaved
-            fills: dict[int, bytes] = {}
-            for off, n in cache.needs_fill(offset, length):
-                error, old = await self._call(c.CMD_READ, 0, off, n, None)
-                if error:
-                    return error, b""
-                fills[off] = old
-            try:
-                if cmd == c.CMD_WRITE:
-                    assert data is not None
-                    cache.write(offset, bytes(data), fills)
-                else:
-                    cache.zero(offset, length, fills)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                self._cache_is_full(offset, length)
-                return c.NBD_ENOSPC, b""
-        return 0, b""
-
-    def _cache_is_full(self, offset: int, length: int) -> None:
-        log.error(
-            "device cache FULL: the write of %d bytes at %d got ENOSPC "
-            "(earlier writes are intact; raise --cache-size or use a disk cache)",
-            length,
-            offset,
-        )
-        self.last_error = "device write cache full"
-        if not self.cache_full:
-            self.cache_full = True
-        self._on_change()
-
-    async def _call(
-        self, cmd: int, flags: int, offset: int, length: int, data: bytes | None
-    ) -> Reply:
-        """One request upstream, sent again after every failover until a
-        server answers it; EIO only when `give_up` ran out."""
-        counted_in: FailoverRecord | None = None
-        while True:
-            up = self._up
-            if up is None:
-                if not await self._wait_for_upstream():
-                    return c.NBD_EIO, b""
-                continue
-            token = object()
-            self._inflight[token] = (up, time.monotonic())
-            try:
-                error, payload = await up.request(cmd, offset, length, data, flags)
-            except ConnectionLost:
-                self._upstream_lost(up)
-                error = -1
-            finally:
-                del self._inflight[token]
-            if error == c.NBD_ESHUTDOWN:
-                self._fail(up, "the server is moving this device (NBD_ESHUTDOWN)", exclude=False)
-            if error == -1 or error == c.NBD_ESHUTDOWN:
-                record = self.failovers[-1] if self.failovers else None
-                if record is not None and record is not counted_in:
-                    record.retried += 1
-                    self.retried_requests += 1
-                    counted_in = record
-                continue
-            if self._unsettled is not None:
-                self._settle()
-            return error, payload
-
-    async def _wait_for_upstream(self) -> bool:
-        """Wait for an upstream; False once `give_up` seconds of outage passed."""
-        give_up = self.options.give_up
-        if give_up is None:
-            await self._ready.wait()
-            return True
-        since = self._outage_since if self._outage_since is not None else time.monotonic()
-        remaining = give_up - (time.monotonic() - since)
-        if remaining <= 0:
+    # -- move orders --------------------------------------------------------
+    async def _after_shutdown_reply(self, up: Upstream) -> bool:
+        """UP answered a request NBD_ESHUTDOWN: hand over (or, without
+        failover, leave UP as the failover session does); wait for the
+        switch when handing over."""
+        self._move_signalled(up)
+        if self._moving_from is not up:
             return False
-        try:
-            await asyncio.wait_for(self._ready.wait(), remaining)
-        except TimeoutError:
-            return False
+        self._move_retried += 1
+        self.retried_requests += 1
+        await self._switched_from(up)
         return True
 
-    # -- failure and failover ----------------------------------------------
-    def _upstream_lost(self, up: Upstream) -> None:
-        """UP's connection broke (its on_lost callback, or a request saw it)."""
-        if up is self._up:
-            self._fail(up, up.lost or "connection lost", exclude=not up.saw_shutdown)
-
-    def _fail(self, up: Upstream, reason: str, exclude: bool) -> None:
-        """Drop UP (if it is still the current upstream) and start a failover."""
-        if up is not self._up or self._closed:
+    def _move_signalled(self, up: Upstream) -> None:
+        """UP answered NBD_ESHUTDOWN: its server carries out a move order.
+        Hand over to the new server while UP still serves; without
+        failover, or with no way to hand over, leave UP now as before."""
+        if up is not self._up or self._closed or self._moving_from is up:
             return
-        now = time.monotonic()
-        sent = [t for u, t in self._inflight.values() if u is up]
-        stalled_from = min(sent, default=now)
-        self._up = None
-        self._ready.clear()
-        self._outage_since = now
-        unanswered = self._unsettled  # the failover to UP, which never answered
-        if unanswered is not None:
-            self._settle(now)  # its pause: until UP failed too
-            stalled_from = min(stalled_from, unanswered.stalled_from)
-            self._outage_since = stalled_from  # no server has answered since
-        record = FailoverRecord(
-            at=_now_iso(),
-            from_server=up.name,
-            to_server=None,
-            reason=reason,
-            pause_ms=None,
-            retried=0,
-            stalled_from=stalled_from,
-        )
-        self.failovers.append(record)
-        self.last_error = f"{up.name}: {reason}"
-        log.warning("server %s failed: %s; failing over", up.name, reason)
-        up.abort(reason)
-        self._establishing = asyncio.get_running_loop().create_task(
-            self._establish(first_target=None, exclude=up.name if exclude else None)
-        )
-        self._on_change()
+        if not self.may_fail_over:
+            self._fail(up, "the server is moving this device (NBD_ESHUTDOWN)", exclude=False)
+            return
+        self._moving_from = up
+        self._move_started = time.monotonic()
+        self._move_retried = 0
+        log.info("server %s is moving this device: handing over", up.name)
+        self._handover = asyncio.get_running_loop().create_task(self._hand_over(up))
 
-    async def _establish(self, first_target: ServerRef | None, exclude: str | None) -> None:
-        """Find a server with the right copy and make it the upstream.
-        FIRST_TARGET: try it before any login (the start). Never raises."""
-        excluded: set[str] = set()  # the servers this failover saw fail
-        if exclude is not None and self.may_fail_over:
-            excluded.add(exclude)
-            self._remember_failed(exclude)
+    async def _switched_from(self, old: Upstream) -> None:
+        """Wait until OLD is no longer the upstream (switched, or failed)."""
+        while self._up is old and not self._closed:
+            await self._up_changed.wait()
+
+    async def _hand_over(self, old: Upstream) -> None:
+        """Log in, connect to the server the login names and check it, while
+        OLD serves; then switch. Gives up when OLD is no longer the upstream
+        or its server stops telling us to move (the order was cancelled)."""
         delay = 0.0
-        target = first_target
-        while not self._closed:
+        while self._moving_from is old and self._up is old and not self._closed:
             if delay:
                 await asyncio.sleep(delay)
+                if self._moving_from is not old or self._up is not old:
+                    return
             delay = min(max(delay * 2, self.options.first_retry), self.options.max_retry)
-            if target is None:
-                target = await self._choose(excluded)
-                if target is None:
-                    continue
-            up = await self._open(target)
-            if up is not None:
-                self._install(up)
+            try:
+                answer = await self._login([])
+            except LoginError as exc:
+                self._note(f"move from {old.name}: login failed: {exc}")
+                continue
+            if answer.server.name == old.name:
+                self._note(f"move from {old.name}: the login still names it")
+                continue
+            new = await self._open(answer.server)
+            if new is None:
+                continue
+            if self._up is not old or self._closed:
+                await new.close()
                 return
-            if self.may_fail_over:
-                excluded.add(target.name)
-                self._remember_failed(target.name)
-            target = None
-
-    def _remember_failed(self, name: str) -> None:
-        self._failed_at[name] = time.monotonic()
-
-    def _failed_lately(self) -> set[str]:
-        """Servers that failed in the last FAILED_MEMORY_S seconds."""
-        now = time.monotonic()
-        for name, at in list(self._failed_at.items()):
-            if now - at > FAILED_MEMORY_S:
-                del self._failed_at[name]
-        return set(self._failed_at)
-
-    async def _choose(self, excluded: set[str]) -> ServerRef | None:
-        """The server to try next: the home without failover, else the
-        login's answer (None after a failed login) or, if that failed
-        lately, its first alternative that did not. EXCLUDED: the servers
-        this failover saw fail."""
-        if not self.may_fail_over:
-            return self.first.server
-        try:
-            answer = await self._login(sorted(excluded))
-        except NoServer as exc:
-            self._note(f"no server can serve the device: {exc}")
-            excluded.clear()  # try them all again next time
-            return None
-        except LoginError as exc:
-            self._note(f"login failed: {exc}")
-            return None
-        if answer.server.name in excluded:  # the farm did not honour the exclusion
-            self._note(f"login named excluded server {answer.server.name}")
-            excluded.clear()
-            return None
-        lately = self._failed_lately()
-        for server in (answer.server, *answer.alternatives):
-            if server.name not in lately and server.name not in excluded:
-                return server
-        return answer.server
-
-    async def _open(self, target: ServerRef) -> Upstream | None:
-        """An upstream to TARGET serving the expected copy, or None."""
-        try:
-            up = await self._connect(target, self._upstream_lost)
-        except UpstreamRefused as exc:
-            self._note(str(exc))
-            return None
-        problem = identity_problem(self.expected, up.size, up.export.description)
-        if problem is not None:
-            self._note(f"{target.name} refused: {problem}")
-            await up.close()
-            return None
-        if up.lost is not None:
-            self._note(f"{target.name}: {up.lost}")
-            return None
-        return up
-
-    def _install(self, up: Upstream) -> None:
-        self._up = up
-        self._outage_since = None
-        self._ready.set()
-        if self.failovers and self.failovers[-1].to_server is None:
-            record = self.failovers[-1]
-            record.to_server = up.name
-            self._unsettled = record
-            log.warning("failed over from %s to %s", record.from_server, up.name)
-        else:
-            log.info("streaming from %s", up.name)
-        self._on_change()
-
-    def _settle(self, at: float | None = None) -> None:
-        """The first good reply after a failover (or, AT, the failure of its
-        new server before any): its pause is known."""
-        record = self._unsettled
-        if record is None:
+            self._switch(old, new)
             return
-        self._unsettled = None
-        end = time.monotonic() if at is None else at
-        record.pause_ms = int((end - record.stalled_from) * 1000)
+
+    def _switch(self, old: Upstream, new: Upstream) -> None:
+        """NEW takes every later request; OLD answers those on their way, then
+        is left (soft disconnect)."""
+        switch_ms = int((time.monotonic() - self._move_started) * 1000)
+        retried = self._move_retried
+        self._set_up(new)
+        record = MoveRecord(now_iso(), old.name, new.name, switch_ms, retried)
+        self.moves.append(record)
         log.warning(
-            "failover %s -> %s: pause %d ms, %d requests sent again",
-            record.from_server,
-            record.to_server,
-            record.pause_ms,
-            record.retried,
+            "moved from %s to %s (a move order): switched %d ms after the order showed, "
+            "%d requests sent again",
+            old.name,
+            new.name,
+            switch_ms,
+            retried,
         )
         self._on_change()
-        self._on_failover(record)
+        task = asyncio.get_running_loop().create_task(self._retire(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
-    def _note(self, message: str) -> None:
-        if message != self.last_error:
-            log.warning("%s", message)
-            self.last_error = message
-            self._on_change()
+    async def _retire(self, old: Upstream) -> None:
+        """Leave OLD once its requests are answered (NBD_CMD_DISC); a request
+        still unanswered after the I/O timeout is failed and sent again."""
+        deadline = time.monotonic() + self.options.io_timeout
+        while old.pending and old.lost is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if old.pending and old.lost is None:
+            old.abort(f"requests unanswered for over {self.options.io_timeout:g} s after a move")
+        await old.close()
 
-    async def _watch(self) -> None:
-        """Fail the upstream when its oldest request is unanswered past io_timeout."""
-        timeout = self.options.io_timeout
-        period = min(WATCH_PERIOD_S, timeout / 4)
+    async def _probe_forever(self) -> None:
+        """Probe the upstream with CACHE: a hung server is noticed while the
+        device is idle, a move order when its server tells."""
         while not self._closed:
-            await asyncio.sleep(period)
+            waiting = self._unsettled is not None
+            await asyncio.sleep(SETTLE_PROBE_S if waiting else PROBE_PERIOD_S)
             up = self._up
-            if up is None:
+            if up is None or not up.export.transmission_flags & c.FLAG_SEND_CACHE:
                 continue
-            oldest = next((t for u, t in self._inflight.values() if u is up), None)
-            if oldest is not None and time.monotonic() - oldest > timeout:
-                self._fail(up, f"a request unanswered for over {timeout:g} s", exclude=True)
-
-    # -- status ------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        return {
-            "device": self.first.device,
-            "vdisk": self.first.vdisk,
-            "version": self.first.version,
-            "server": self.server,
-            "state": "streaming" if self._up is not None else "waiting for a server",
-            "failover_allowed": self.may_fail_over,
-            "write_cache_type": self.first.write_cache_type,
-            "failovers": [record.plain() for record in self.failovers],
-            "retried_requests": self.retried_requests,
-            "cache": self.cache.stats() if self.cache is not None else None,
-            "cache_full": self.cache_full,
-            "last_error": self.last_error,
-        }
+            length = min(PROBE_LENGTH, up.size)
+            if length <= 0:
+                continue
+            try:
+                error, _ = await up.request(c.CMD_CACHE, 0, length, None, 0)
+            except ConnectionLost:
+                self._upstream_lost(up)
+                continue
+            if error == c.NBD_ESHUTDOWN:
+                self._move_signalled(up)
+                continue
+            if self._moving_from is up:  # the order was cancelled: stay
+                self._moving_from = None
+            if self._unsettled is not None and up is self._up:
+                self._settle()

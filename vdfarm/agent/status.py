@@ -89,6 +89,14 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             f"{'?' if pause is None else f'{pause} ms'}, {record.get('retried')} sent again "
             f"({record.get('reason')})"
         )
+    moves = status.get("moves") or []
+    lines.append(f"moves: {len(moves)}")
+    for record in moves:
+        lines.append(
+            f"  {record.get('at')} {record.get('from_server')} -> {record.get('to_server')}: "
+            f"switched {record.get('switch_ms')} ms after the order, "
+            f"{record.get('retried')} sent again (move order)"
+        )
     if status.get("last_error"):
         lines.append(f"last error: {status['last_error']}")
     return lines

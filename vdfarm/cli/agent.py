@@ -1,7 +1,9 @@
 """`vdfarm agent …`: run the device agent; `vdfarm agent status`: show it.
 
 Rules: flags, help and output only; the agent (vdfarm.agent) is imported
-when a verb runs, so `vdfarm --help` never loads it. Bad input (no
+when a verb runs, so `vdfarm --help` never loads it. This module imports
+click and the standard library only: `vdfarm agent …` runs this group
+alone (vdfarm.cli.main), without the rest of the command tree. Bad input (no
 reachable farm, an unknown device, a URL that is no vdfarm farm, a bad
 --listen) is one error line and exit 2.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 import click
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--farm",
     "farm_urls",

@@ -1,8 +1,9 @@
 """How the CLI prints: JSON for scripts, rich tables and one-liners for people.
 
 Rules: stdout carries results only; errors go to stderr as ONE line
-`vdfarm: error: <message>`. JSON output is the service records made plain
-(`to_plain`), key-sorted, one document per command.
+`vdfarm: error: <message>` (vdfarm.cli.oneline). JSON output is the
+service records made plain (`to_plain`), key-sorted, one document per
+command.
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ def console() -> Console:
     if probe.is_terminal:
         return probe
     return Console(file=sys.stdout, highlight=False, width=PIPE_WIDTH)
-
-
-def error_line(message: str) -> None:
-    """Print `vdfarm: error: MESSAGE` as one line on stderr."""
-    flat = " ".join(str(message).split())
-    click.echo(f"vdfarm: error: {flat}", err=True)
 
 
 def print_json(value: Any) -> None:

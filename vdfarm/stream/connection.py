@@ -14,9 +14,13 @@ Rules:
   greeting and holds nothing.
 - Replies queued past the bound stop the reading of requests until the
   transport drains; so do too many bytes during a handshake step.
-- `leave` (a move order) closes the connection once the requests already
-  received are answered; a request that arrives meanwhile gets ESHUTDOWN
-  (the NBD spec's "server is shutting down, reconnect").
+- `hand_over` (a move order, first step) keeps serving every request but
+  answers NBD_CMD_CACHE with ESHUTDOWN: the device's agent probes with
+  CACHE, learns it must move, connects to the new server and leaves this
+  one by itself (NBD_CMD_DISC) between two requests. `stay` undoes it.
+- `leave` (a move order, last step) closes the connection once the
+  requests already received are answered; a request that arrives meanwhile
+  gets ESHUTDOWN (the NBD spec's "server is shutting down, reconnect").
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class NBDConnection(RequestPath):
         self.peer_binding: str | None = None
         self._tls_early: list[bytes] | None = None  # decrypted before tls_started()
         self._leaving: str | None = None  # why the connection is being closed
+        self._moving: str | None = None  # a move order: why CACHE gets ESHUTDOWN
         self._busy = False  # a handshake task is running
         self._clean = False
         self._closed = False
@@ -165,6 +170,18 @@ class NBDConnection(RequestPath):
                 self.client_ip or "?", "handshake not finished in time", f" ({self.peer})"
             )
             self._close()
+
+    def hand_over(self, reason: str) -> None:
+        """Tell the client (through its CACHE probes) that it must move;
+        serve everything else as before."""
+        if self._closed or self._moving is not None:
+            return
+        self._moving = reason
+        log.info("%s: asking the client to move: %s", self.peer, reason)
+
+    def stay(self) -> None:
+        """The move order is off: CACHE is served again."""
+        self._moving = None
 
     def leave(self, reason: str) -> None:
         """Close this connection after the requests already received are

@@ -59,6 +59,7 @@ class DeviceSession:
     client_ip: str | None = None  # address of the first connection (the farm's record)
     bound_to: str | None = None  # its address or certificate identity (access.peer_refusal)
     moving_to: str | None = None  # name of the server a move order sends it to
+    handover_handle: asyncio.TimerHandle | None = None  # ends the move's handover window
     connections: int = 0
     grace_handle: asyncio.TimerHandle | None = None
     renew_task: asyncio.Task[None] | None = None

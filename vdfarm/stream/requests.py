@@ -20,7 +20,9 @@ Rules:
   is sent with it only when its ranges look cached (`probably_cached`).
   Bytes of deferred reads count against the reply bound like queued ones.
 - While the connection is leaving (`leave`, a move order) a request gets
-  ESHUTDOWN; the last deferred reply closes it.
+  ESHUTDOWN; the last deferred reply closes it. During a move's handover
+  (`hand_over`) only CACHE gets ESHUTDOWN (the agent's probe; checked in
+  the CACHE branch, off the read and write path).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class RequestPath(HandshakeSteps):
 
     # Set by NBDConnection.__init__.
     _leaving: str | None
+    _moving: str | None
     _busy: bool
     _clean: bool
     _deferred: int
@@ -208,6 +211,9 @@ class RequestPath(HandshakeSteps):
                     self._flush(req.cookie)
                     return
             elif cmd == c.CMD_CACHE:
+                if self._moving is not None:  # the agent's probe: tell it to move
+                    out.append(nbd.reply_error(req.cookie, c.NBD_ESHUTDOWN, self._moving))
+                    return
                 stack.cache(req.offset, req.length)
             elif cmd == c.CMD_BLOCK_STATUS:
                 extents = stack.extents(req.offset, req.length)

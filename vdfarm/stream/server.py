@@ -31,7 +31,7 @@ from vdfarm.stream.connection import NBDConnection
 from vdfarm.stream.limits import Admission, RefusalLog
 from vdfarm.stream.port import FarmPort
 from vdfarm.stream.runtime_dirs import private_dir
-from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, SessionRegistry
+from vdfarm.stream.sessions import DEFAULT_LEASE_SECONDS, MOVE_HANDOVER_SECONDS, SessionRegistry
 from vdfarm.stream.tls import server_context
 
 log = logging.getLogger("vdfarm.stream")
@@ -52,6 +52,7 @@ class StreamServer:
         ram_cache_dir: Path | None = None,
         limits: ConnectionLimits | None = None,
         tls: TLSSettings | None = None,
+        handover_seconds: float = MOVE_HANDOVER_SECONDS,
     ) -> None:
         self.farm = farm
         self.tls = tls if tls is not None else TLSSettings()
@@ -72,6 +73,7 @@ class StreamServer:
             grace_seconds=grace_seconds,
             lease_seconds=lease_seconds,
             ram_cache_dir=self.ram_cache_dir,
+            handover_seconds=handover_seconds,
         )
         self.connections: set[NBDConnection] = set()
         self._server: asyncio.Server | None = None

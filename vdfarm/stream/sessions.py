@@ -37,8 +37,15 @@ Rules:
   away (`set_farm_reachable(False)`), known devices do not wait on it at all and
   session records are not tried. Records that failed or were skipped mark
   the registry *dirty*; `reconcile` repairs them once the database is back.
-- A move order (rebalance) ends a session at once, without grace: its
-  connections are closed after their in-flight requests are answered, and
+- A move order (rebalance) is carried out in two steps. First a handover
+  window (`handover_seconds`): the connections keep serving, but answer
+  the agent's CACHE probe with ESHUTDOWN, so a device running the agent
+  connects to its new server and leaves this one between two requests.
+  When the window ends with the device still here, its connections are
+  closed after their in-flight requests are answered (a device with no
+  agent, or one that could not reach its new server) — unless it wrote to
+  its write cache here meanwhile: then it is pinned, stays, and the order
+  is cancelled. Either way the session ends at once, without grace, and
   its farm record stays (with the order) until the device connects to its
   new server, so the device's next login finds the order.
 """
@@ -72,6 +79,7 @@ from vdfarm.stream.port import (
 log = logging.getLogger("vdfarm.stream")
 
 DEFAULT_LEASE_SECONDS = 30.0
+MOVE_HANDOVER_SECONDS = 5.0
 
 T = TypeVar("T")
 
@@ -88,8 +96,10 @@ class SessionRegistry:
         grace_seconds: float = 30.0,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         ram_cache_dir: Path | None = None,
+        handover_seconds: float = MOVE_HANDOVER_SECONDS,
     ) -> None:
         self.farm = farm
+        self.handover_seconds = handover_seconds
         self.cache_dir = Path(cache_dir)
         self.ram_cache_dir = Path(ram_cache_dir) if ram_cache_dir else self.cache_dir
         self.db_executor = db_executor
@@ -279,27 +289,72 @@ class SessionRegistry:
         )
 
     def move_out(self, device_id: int, to_server: str) -> str | None:
-        """Carry out a move order: close the device's connections (each after
-        its in-flight requests are answered) and end its session. Returns
-        None when done, else why the device stays (it has no session here,
-        or moving would lose its state)."""
+        """Carry out a move order: tell the device's connections to move
+        (the handover window), then close them (each after its in-flight
+        requests are answered) and end its session. Returns None when under
+        way or done, else why the device stays (it has no session here, or
+        moving would lose its state)."""
         session = self.sessions.get(device_id)
         if session is None:
             return "it has no session on this server"
+        if session.moving_to is not None:
+            return None  # under way
         why = session.pinned_because()
         if why is not None:
             return why
         session.moving_to = to_server
+        reason = f"device moved to server {to_server}"
+        if self.handover_seconds > 0 and session.connections:
+            log.info(
+                "device %s: moving to server %s; its agent may leave within %.0f s",
+                session.device_name,
+                to_server,
+                self.handover_seconds,
+            )
+            for connection in list(session.connections_set):
+                connection.hand_over(reason)
+            session.handover_handle = asyncio.get_running_loop().call_later(
+                self.handover_seconds, self._handover_expired, session
+            )
+            return None
+        self._close_moving(session)
+        return None
+
+    def _close_moving(self, session: DeviceSession) -> None:
+        """Close a moving session's connections (each once answered) and end it."""
         log.info(
             "device %s: moving to server %s; closing its connections",
             session.device_name,
-            to_server,
+            session.moving_to,
         )
         for connection in list(session.connections_set):
-            connection.leave(f"device moved to server {to_server}")
+            connection.leave(f"device moved to server {session.moving_to}")
         if session.connections == 0:  # waiting out a grace period: end it now
             asyncio.get_running_loop().create_task(self._end(session))
-        return None
+
+    def _handover_expired(self, session: DeviceSession) -> None:
+        """The handover window ended with the device still here: close its
+        connections, or (it wrote to its write cache meanwhile) keep it and
+        cancel the order."""
+        session.handover_handle = None
+        if self.sessions.get(session.target.device_id) is not session:
+            return  # ended meanwhile: the device left by itself
+        why = session.pinned_because()
+        if why is None:
+            self._close_moving(session)
+            return
+        log.warning(
+            "device %s stays on this server (not moved to %s): %s",
+            session.device_name,
+            session.moving_to,
+            why,
+        )
+        session.moving_to = None
+        for connection in list(session.connections_set):
+            connection.stay()
+        asyncio.get_running_loop().create_task(
+            self._record(self.farm.cancel_move, session.target.device_id)
+        )
 
     def live_sessions(self) -> dict[int, LiveSession]:
         """{device_id: LiveSession} of every session this server serves
@@ -390,6 +445,9 @@ class SessionRegistry:
         if session.grace_handle is not None:
             session.grace_handle.cancel()
             session.grace_handle = None
+        if session.handover_handle is not None:
+            session.handover_handle.cancel()
+            session.handover_handle = None
         chain, _ = chain_of(target)
         if session.overlay is not None:
             session.overlay.close()
