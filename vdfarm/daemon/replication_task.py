@@ -12,7 +12,9 @@ Rules:
   database, so an adopt (and a fetched file's adopt) happens only if the
   database, read again, still has that chain, and only onto the manifest
   the plan saw (`ManifestChanged` otherwise: the next round decides).
-- One copy at a time, on a worker thread, while the rounds go on. A copy
+- One copy at a time, on a thread of the task's own (at the copies' lower
+  CPU priority, `copy_priority`: the devices' I/O comes first), while the
+  rounds go on. A copy
   runs only inside its store's windows (in this server's local time,
   `local_clock`) unless `replication start --now` asked for its version;
   outside them it pauses between chunks and waits, its partial file kept.
@@ -28,8 +30,9 @@ Rules:
   here, or a copy adopted) updates the inventory in the same round, so
   peers learn within a second that this server holds a version.
 - Every `PURGE_EVERY` rounds the chunk lists of the store's sealed files
-  are computed where missing (cached beside each file), so a peer asking
-  for one does not wait for a hash of the whole file.
+  are computed where missing (cached beside each file, on a lowered thread
+  of the task's own), so a peer asking for one does not wait for a hash of
+  the whole file.
 - Drift: every `rehash_every` seconds (the first one that long after the
   last one ended, across restarts: `rehash_clock`) each sealed file of
   the store is re-hashed; one that differs from its manifest is moved to
@@ -51,6 +54,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -73,6 +77,7 @@ from vdfarm.replication.verify import quarantine_drifted
 from vdfarm.service.replication import Peer, ReplicationWork, WantedFile, WantedVdisk
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store.chunks import chunk_list
+from vdfarm.store.copy_priority import lower_this_thread
 from vdfarm.store.errors import ManifestChanged, StoreError, StoreFull
 from vdfarm.store.manifest import Manifest
 from vdfarm.store.replica_files import adopt_chain
@@ -115,6 +120,12 @@ class Replication(Task):
         self.token: str | None = None
         self.throttle = Throttle(None)
         self.copying: asyncio.Task[None] | None = None
+        self.copy_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="replica-copy", initializer=lower_this_thread
+        )
+        self.hash_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="replica-hash", initializer=lower_this_thread
+        )
         self.warming: asyncio.Task[None] | None = None
         self.copy_key: tuple[int, int] | None = None
         self.stopping = threading.Event()
@@ -149,6 +160,8 @@ class Replication(Task):
         for task in (self.copying, self.warming):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
+        self.copy_thread.shutdown(wait=False)
+        self.hash_thread.shutdown(wait=False)
 
     async def round(self) -> None:
         farm, registry = self.parts.farm, self.parts.stream.registry
@@ -368,7 +381,7 @@ class Replication(Task):
             ", ".join(p.name for p in peers),
         )
         try:
-            outcome = await loop.run_in_executor(None, copy)
+            outcome = await loop.run_in_executor(self.copy_thread, copy)
         except Paused as paused:
             why = "server stopping" if self.stopping.is_set() else "window closed"
             await registry.run_db(report, "queued", why, paused.bytes_received, 0.0, paused.peer)
@@ -458,7 +471,9 @@ class Replication(Task):
             if self.stopping.is_set():
                 return
             try:
-                await asyncio.to_thread(chunk_list, directory / name)
+                await asyncio.get_running_loop().run_in_executor(
+                    self.hash_thread, chunk_list, directory / name
+                )
             except (OSError, StoreError) as exc:
                 log.debug("replication: no chunk list for %s/%s: %s", directory.name, name, exc)
 

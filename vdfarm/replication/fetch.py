@@ -15,9 +15,16 @@ Rules:
   whose whole hash is wrong (its chunk list lied) is thrown away.
 - All-zero chunks are not fetched: the chunk list names them, and they
   stay holes in the received file.
+- Chunks the list calls packable (qcow2 tables and the like) are asked for
+  framed (`X-Vdfarm-Frames: zlib`), in ranges of their own: the peer packs
+  what pays, and `wire_frames.Unframer` unpacks with every size checked
+  (a peer whose frames break a rule, a bomb, garbage, is dropped: "sent a
+  bad frame"). A peer that answers plain is read plain. Every chunk is
+  checked on its unpacked bytes.
 - Bytes are asked for in ranges of at most REQUEST_BYTES; the throttle is
-  paid for every block received; `may_run()` is asked before the copy and
-  between chunks: False raises Paused (the partial stays for later).
+  paid for every block received (the bytes on the wire); `may_run()` is
+  asked before the copy and between chunks: False raises Paused (the
+  partial stays for later).
 - A full disk raises StoreFull: checked before the copy (a partial with
   verified bytes stays: it takes no more room) and on every write (then the
   partial is thrown away to give the room back to the devices). Other local failures raise
@@ -39,8 +46,9 @@ from vdfarm.replication.peer_http import PeerFailed, get_chunk_list, get_range, 
 from vdfarm.replication.rate import RateMeter
 from vdfarm.replication.throttle import Throttle
 from vdfarm.store.chunks import ChunkList
-from vdfarm.store.errors import BadChunk, FileMismatch, StoreFull
+from vdfarm.store.errors import BadChunk, BadFrame, FileMismatch, StoreFull
 from vdfarm.store.receive import Partial
+from vdfarm.store.wire_frames import Unframer
 
 REQUEST_BYTES = 64 * 1024 * 1024
 READ_TIMEOUT = 10.0
@@ -98,28 +106,35 @@ class Paused(Exception):
 
 @dataclass(frozen=True)
 class _Run:
-    """Chunks FIRST..LAST, all zero (written as holes) or all to fetch."""
+    """Chunks FIRST..LAST, all zero (written as holes) or all to fetch
+    (FRAMED: asked for in frames)."""
 
     first: int
     last: int
     zero: bool
+    framed: bool = False
+
+
+def _kind(chunks: ChunkList, index: int) -> tuple[bool, bool]:
+    zero = chunks.is_zero(index)
+    return zero, not zero and chunks.is_packable(index)
 
 
 def _runs(chunks: ChunkList, first: int) -> Iterator[_Run]:
-    """The chunks from FIRST on, grouped: zero runs, and fetch runs of at
-    most REQUEST_BYTES."""
+    """The chunks from FIRST on, grouped: zero runs, and fetch runs (framed
+    or plain) of at most REQUEST_BYTES."""
     index, count = first, len(chunks.chunks)
     per_request = max(1, REQUEST_BYTES // chunks.chunk_size)
     while index < count:
-        zero = chunks.is_zero(index)
+        zero, framed = _kind(chunks, index)
         last = index
         while (
             last + 1 < count
-            and chunks.is_zero(last + 1) == zero
+            and _kind(chunks, last + 1) == (zero, framed)
             and (zero or last + 1 - index < per_request)
         ):
             last += 1
-        yield _Run(index, last, zero)
+        yield _Run(index, last, zero, framed)
         index = last + 1
 
 
@@ -192,14 +207,10 @@ class _Copy:
         written (on the pipe's thread) as soon as it is complete."""
         start = chunks.span(run.first)[0]
         end = sum(chunks.span(run.last))
-        index, filled = run.first, 0
-
-        def written(done: int) -> None:
-            self._report(peer, sum(chunks.span(done)))
-
+        filler = _Filler(self, peer, partial, chunks, run)
         try:
             with (
-                ChunkPipe(partial, chunks.chunk_size, written) as pipe,
+                ChunkPipe(partial, chunks.chunk_size, filler.written) as pipe,
                 get_range(
                     self.client,
                     peer.base_url,
@@ -208,33 +219,59 @@ class _Copy:
                     start,
                     end,
                     chunks.size,
-                ) as blocks,
+                    frames=run.framed,
+                ) as body,
             ):
-                for block in blocks:
+                unframer = Unframer(end - start) if body.framed else None
+                for block in body:
                     self.meter.add(len(block))
                     self.throttle.take(len(block))
-                    arrived, used = memoryview(block), 0
-                    while used < len(arrived):
-                        length = chunks.span(index)[1]
-                        take = min(length - filled, len(arrived) - used)
-                        pipe.buffer[filled : filled + take] = arrived[used : used + take]
-                        filled, used = filled + take, used + take
-                        if filled < length:
-                            continue
-                        pipe.submit(index, length)
-                        index, filled = index + 1, 0
-                        if index <= run.last and not self.may_run():
-                            pipe.settle()
-                            raise self.paused(peer.name)
+                    for piece in unframer.feed(block) if unframer else (block,):
+                        filler.fill(pipe, piece)
                 pipe.settle()
         except BadChunk as exc:
             raise PeerFailed(f"sent a wrong chunk ({exc})") from exc
-        if index <= run.last:
-            got = chunks.span(index)[0] + filled - start
+        except BadFrame as exc:
+            raise PeerFailed(f"sent a bad frame ({exc})") from exc
+        if filler.index <= run.last:
+            got = chunks.span(filler.index)[0] + filler.filled - start
             raise PeerFailed(f"short body: {got} of the {end - start} bytes asked for")
 
     def _report(self, peer: PeerAddress, done: int) -> None:
         self.progress(Progress(peer.name, done, self.want.size, self.meter.rate_bps()))
+
+
+class _Filler:
+    """Puts the bytes of one range into chunk buffers and hands each full
+    chunk to the pipe; asks `may_run` between chunks."""
+
+    def __init__(
+        self, copy: _Copy, peer: PeerAddress, partial: Partial, chunks: ChunkList, run: _Run
+    ) -> None:
+        self.copy, self.peer, self.chunks, self.run = copy, peer, chunks, run
+        self.index, self.filled = run.first, 0
+
+    def written(self, done: int) -> None:
+        self.copy._report(self.peer, sum(self.chunks.span(done)))
+
+    def fill(self, pipe: ChunkPipe, data: bytes | memoryview) -> None:
+        """Put DATA (the next bytes of the range) in. Raises PeerFailed
+        (more than asked for), Paused, and what the pipe raises."""
+        arrived, used = memoryview(data), 0
+        while used < len(arrived):
+            if self.index > self.run.last:
+                raise PeerFailed("sent more than the bytes asked for")
+            length = self.chunks.span(self.index)[1]
+            take = min(length - self.filled, len(arrived) - used)
+            pipe.buffer[self.filled : self.filled + take] = arrived[used : used + take]
+            self.filled, used = self.filled + take, used + take
+            if self.filled < length:
+                continue
+            pipe.submit(self.index, length)
+            self.index, self.filled = self.index + 1, 0
+            if self.index <= self.run.last and not self.copy.may_run():
+                pipe.settle()
+                raise self.copy.paused(self.peer.name)
 
 
 def fetch_file(

@@ -13,6 +13,11 @@ Rules:
   and checked (`ChunkList.from_dict`); a range answer must be 206 with
   exactly the Content-Range asked for, and never gives more bytes than
   asked (fewer is the caller's "short body").
+- Frames (compressed chunks) are asked for with `X-Vdfarm-Frames: zlib`
+  when the caller wants them; the answer says whether it is framed (the
+  same header), and only an answer to a request that asked may be. A
+  framed answer is capped at `wire_frames.max_wire_bytes` of the range;
+  unpacking it is the caller's (`wire_frames.Unframer`).
 - Pure wire: nothing here writes a file or decides which peer is next.
 """
 
@@ -29,8 +34,11 @@ import httpx
 
 from vdfarm.store.chunks import MAX_CHUNKS, ChunkList
 from vdfarm.store.errors import BadChunkList
+from vdfarm.store.wire_frames import max_wire_bytes
 
 FILES_PATH = "/api/v1/replication/files"
+FRAMES_HEADER = "X-Vdfarm-Frames"
+FRAMES_ZLIB = "zlib"
 RAW_BLOCK = 256 * 1024
 MAX_LIST_BYTES = MAX_CHUNKS * 70 + 64 * 1024
 MAX_ERROR_BYTES = 4096
@@ -125,19 +133,43 @@ def get_chunk_list(client: httpx.Client, base_url: str, vdisk: str, file_name: s
         raise PeerFailed(str(exc)) from exc
 
 
+class RangeBody:
+    """The blocks of a range answer as they arrive (FRAMED: in frames)."""
+
+    def __init__(self, blocks: Iterator[bytes], framed: bool) -> None:
+        self.blocks = blocks
+        self.framed = framed
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.blocks
+
+
 @contextlib.contextmanager
 def get_range(
-    client: httpx.Client, base_url: str, vdisk: str, file_name: str, start: int, end: int, size: int
-) -> Iterator[Iterator[bytes]]:
+    client: httpx.Client,
+    base_url: str,
+    vdisk: str,
+    file_name: str,
+    start: int,
+    end: int,
+    size: int,
+    *,
+    frames: bool = False,
+) -> Iterator[RangeBody]:
     """The bytes START..END-1 of FILE_NAME (SIZE bytes long) of vDisk VDISK,
-    as blocks while they arrive; closing the block leaves the connection.
-    Never more than END - START bytes; fewer if the peer stops early (the
-    caller tells). Raises PeerFailed (refused, another range, no answer,
-    connection lost), also while the blocks are read.
+    as blocks while they arrive, framed if FRAMES asked for it and the peer
+    framed them; closing the block leaves the connection. Never more than
+    END - START bytes (framed: `max_wire_bytes` of them); fewer if the peer
+    stops early (the caller tells). Raises PeerFailed (refused, another
+    range, framed unasked, no answer, connection lost), also while the
+    blocks are read.
     """
     url = file_url(base_url, vdisk, file_name)
     last = end - 1
-    with _answer(client, url, {"Range": f"bytes={start}-{last}"}) as response:
+    headers = {"Range": f"bytes={start}-{last}"}
+    if frames:
+        headers[FRAMES_HEADER] = FRAMES_ZLIB
+    with _answer(client, url, headers) as response:
         if response.status_code == 200:
             raise PeerFailed(f"answered the whole file (200) to bytes {start}-{last}")
         if response.status_code != 206:
@@ -147,7 +179,13 @@ def get_range(
                 f"answered another range ({response.headers.get('content-range')!r}) "
                 f"to bytes {start}-{last}"
             )
-        yield _capped(response, end - start)
+        framed = response.headers.get(FRAMES_HEADER) is not None
+        if framed and (not frames or response.headers[FRAMES_HEADER] != FRAMES_ZLIB):
+            raise PeerFailed(
+                f"answered frames ({response.headers[FRAMES_HEADER]!r}) it was not asked for"
+            )
+        limit = max_wire_bytes(end - start) if framed else end - start
+        yield RangeBody(_capped(response, limit), framed)
 
 
 def _capped(response: httpx.Response, limit: int) -> Iterator[bytes]:
