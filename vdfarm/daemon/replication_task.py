@@ -1,8 +1,9 @@
 """The replication task: this server's store follows the database by itself.
 
 Rules:
-- Every round (a second) it asks the database what this server's stores
-  must hold (`ReplicationService.work_for`), looks at the store
+- Every round (a second, or at once when the farm tells of a change:
+  `farm.changes`, PostgreSQL only) it asks the database what this
+  server's stores must hold (`ReplicationService.work_for`), looks at the store
   (`store.snapshot`) and acts on the pure plan (`replication.planner`):
   adopt complete chains into the manifest, remove partial copies nobody
   wants, remove vDisks the database forgot (once they stayed orphans for
@@ -50,6 +51,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -61,6 +63,7 @@ from pathlib import Path
 from vdfarm.daemon.parts import ServerParts
 from vdfarm.daemon.rehash_clock import first_rehash_in, read_last_rehash, write_last_rehash
 from vdfarm.daemon.supervisor import Task
+from vdfarm.farm.changes import listener_for
 from vdfarm.farm.windows import is_open, lowest_cap
 from vdfarm.replication import planner
 from vdfarm.replication.drift import find_drift
@@ -87,6 +90,7 @@ from vdfarm.store.store import Store
 log = logging.getLogger("vdfarm.replication")
 
 ROUND_EVERY = 1.0
+MIN_ROUND_GAP = 0.05  # seconds between two rounds, however many changes come
 FULL_BACKOFF = 10.0  # seconds before a copy that found the disk full is tried again
 FAILED_BACKOFF = 5.0  # seconds before a copy every peer failed is tried again
 ORPHAN_GRACE = 10.0  # seconds a vDisk directory the database does not know is left alone
@@ -129,6 +133,7 @@ class Replication(Task):
         self.warming: asyncio.Task[None] | None = None
         self.copy_key: tuple[int, int] | None = None
         self.stopping = threading.Event()
+        self.wake = asyncio.Event()
         self.orphans_since: dict[str, float] = {}
         self.backoff_until: dict[tuple[int, int], float] = {}  # (vDisk id, version) -> monotonic
         self.latest: dict[int, WantedVdisk] = {}  # vDisk id -> this round's view (windows, cap)
@@ -142,18 +147,39 @@ class Replication(Task):
     # -- the loop ----------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.round()
-                if self.failing:
-                    log.info("replication: working again")
-                self.failing = False
-            except Exception as exc:
-                if not self.failing:
-                    log.warning("replication round failed (tried again): %s", exc)
-                self.failing = True
-            self.rounds += 1
-            await asyncio.sleep(self.every)
+        loop = asyncio.get_running_loop()
+
+        def changed() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to wake
+                loop.call_soon_threadsafe(self.wake.set)
+
+        listener = listener_for(self.parts.farm.db_url, changed)
+        if listener is not None:
+            listener.start()
+        try:
+            while True:
+                try:
+                    await self.round()
+                    if self.failing:
+                        log.info("replication: working again")
+                    self.failing = False
+                except Exception as exc:
+                    if not self.failing:
+                        log.warning("replication round failed (tried again): %s", exc)
+                    self.failing = True
+                self.rounds += 1
+                await self._until_next_round()
+        finally:
+            if listener is not None:
+                listener.stop()
+
+    async def _until_next_round(self) -> None:
+        """Wait `every` seconds, or less if the farm changed (at least
+        MIN_ROUND_GAP: a burst of changes costs one round more, not many)."""
+        await asyncio.sleep(MIN_ROUND_GAP)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), self.every - MIN_ROUND_GAP)
+        self.wake.clear()
 
     async def stop(self) -> None:
         self.stopping.set()
