@@ -12,9 +12,11 @@ the same files, page cache dropped before each copy:
               writes of random bytes spread over the disk, qemu-io on the
               open version: the data does not compress, only the qcow2
               tables do), promoted on a, pulled by b: bytes a sent (its
-              /replication/sent) and wall time, vs rsync's delta mode
-              (`--inplace --no-whole-file`) of the flattened images to the
-              daemon holding the flattened base (bytes from `--stats`).
+              /replication/sent, the file's bytes on the wire; the chunk
+              list's size is printed beside) and wall time, vs rsync's
+              delta mode (`--inplace --no-whole-file`) of the flattened
+              images to the daemon holding the flattened base (bytes sent
+              and received from `--stats`).
   iops        a device on a reads 4 KiB at random (fio's nbd engine, QD32)
               over a hot 1 GiB vDisk (read whole first, as a busy server's
               working set is): idle, while b pulls a 4 GiB base with no
@@ -128,16 +130,19 @@ class Server:
             self.proc.wait(30)
             self.proc = None
 
-    def sent(self, key: str) -> int:
+    def get(self, path: str) -> bytes:
         import httpx
 
         token = (self.data / "api-token").read_text().strip()
         response = httpx.get(
-            f"http://127.0.0.1:{self.api_port}/api/v1/replication/sent",
+            f"http://127.0.0.1:{self.api_port}/api/v1{path}",
             headers={"Authorization": f"Bearer {token}"},
         )
         response.raise_for_status()
-        return int(response.json().get(key, 0))
+        return response.content
+
+    def sent(self, key: str) -> int:
+        return int(json.loads(self.get("/replication/sent")).get(key, 0))
 
 
 def warm(path: Path) -> None:
@@ -334,6 +339,7 @@ def delta_part(a: Server, b: Server, work: Path, url: str, args, results: Result
     drop_caches()
     results["delta vdfarm s"] = replicate(a, b, "big", rows[-1]["number"])
     results["delta vdfarm bytes"] = a.sent(key) - sent_before
+    results["delta vdfarm list bytes"] = len(a.get(f"/replication/files/{key}/chunks"))
     results["delta file bytes"] = top.stat().st_size
     flat = work / "flat.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(top), str(flat)],
@@ -345,8 +351,9 @@ def delta_part(a: Server, b: Server, work: Path, url: str, args, results: Result
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     results["delta rsync s"] = time.perf_counter() - t0
-    sent_line = next(x for x in stats.splitlines() if x.startswith("Total bytes sent"))
-    results["delta rsync bytes"] = int(sent_line.split(":")[1].replace(",", ""))
+    for label, word in (("bytes", "sent"), ("bytes back", "received")):
+        line = next(x for x in stats.splitlines() if x.startswith(f"Total bytes {word}"))
+        results[f"delta rsync {label}"] = int(line.split(":")[1].replace(",", ""))
     flat.unlink()
 
 
@@ -412,9 +419,11 @@ def report(r: Results, size: int) -> None:
         print(f"  vdfarm/rsync by round: {', '.join(per_round)}")
     if "delta vdfarm bytes" in r:
         print(f"delta 1 %: vdfarm {r['delta vdfarm bytes'] / MIB:.2f} MiB in {r['delta vdfarm s']:.1f} s "
-              f"(delta file {r['delta file bytes'] / MIB:.2f} MiB); rsync {r['delta rsync bytes'] / MIB:.2f} "
-              f"MiB in {r['delta rsync s']:.1f} s; bytes vdfarm/rsync "
-              f"{r['delta vdfarm bytes'] / r['delta rsync bytes']:.3f}")  # fmt: skip
+              f"(+ its chunk list: {r['delta vdfarm list bytes']:.0f} bytes; "
+              f"delta file {r['delta file bytes'] / MIB:.2f} MiB); rsync {r['delta rsync bytes'] / MIB:.2f} "
+              f"MiB sent + {r['delta rsync bytes back']:.0f} bytes back (its checksums) "
+              f"in {r['delta rsync s']:.1f} s; bytes vdfarm/rsync (file + list / sent + back) "
+              f"{(r['delta vdfarm bytes'] + r['delta vdfarm list bytes']) / (r['delta rsync bytes'] + r['delta rsync bytes back']):.4f}")  # fmt: skip
     if "iops idle" in r:
         idle = r["iops idle"]
         print(f"4 KiB random reads on the sender: idle {idle:.0f} IOPS; during an uncapped copy "
