@@ -19,9 +19,11 @@ the same files, page cache dropped before each copy:
               and received from `--stats`).
   iops        a device on a reads 4 KiB at random (fio's nbd engine, QD32)
               over a hot 1 GiB vDisk (read whole first, as a busy server's
-              working set is): idle, while b pulls a 4 GiB base with no
-              cap, and with `--max-rate 100MB/s` (the copies' source pages
-              are not in the cache).
+              working set is): idle, then while b pulls a 4 GiB base with
+              no cap, and again with `--max-rate 100MB/s` (the copies'
+              source pages are not in the cache); each round's ratio is
+              busy / the idle figure just before it, and the median ratio
+              is reported (other work on the machine moves both).
 
 Figures are times and rates of one run; the ratios are what to read. The
 base copy's time is split from b's log: until b starts the copy (the
@@ -190,10 +192,13 @@ def rsync_daemon(root: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def replicate(a: Server, b: Server, vdisk: str, version: int) -> float:
-    """Let b's store take VDISK, time until VERSION is present on b."""
+def replicate(a: Server, b: Server, vdisk: str, version: int, split: dict | None = None) -> float:
+    """Let b's store take VDISK, time until VERSION is present on b (SPLIT,
+    if given, gets the `store set` command's own time)."""
     t0 = time.perf_counter()
     a.cli("store", "set", "default", "--servers", "all")
+    if split is not None:
+        split["store set"] = time.perf_counter() - t0
     a.cli("replication", "wait", vdisk, "--version", str(version), "--interval", "0.2")
     return time.perf_counter() - t0
 
@@ -220,8 +225,8 @@ def replicate_split(a: Server, b: Server, vdisk: str, version: int) -> dict[str,
     """`replicate`, with its time split by b's log: until the copy starts,
     the copy, and until `replication wait` returns."""
     wall0 = time.time()
-    total = replicate(a, b, vdisk, version)
-    split = {"total": total}
+    split: dict[str, float] = {}
+    split["total"] = total = replicate(a, b, vdisk, version, split)
     times = log_times(b.data.parent / f"{b.name}.log", wall0, vdisk)
     if times is not None:
         split["to start"] = times[0] - wall0
@@ -378,6 +383,12 @@ def iops_part(a: Server, work: Path, image: Path, args, results: Results) -> Non
             a.cli("store", "set", "default", "--servers", "all")
             time.sleep(2)  # the copy is under way
             results.add(f"iops during copy {label}", fio_iops(uri, args.iops_runtime))
+            idle, busy = (
+                results.rounds["iops idle"][-1],
+                results.rounds[f"iops during copy {label}"][-1],
+            )
+            results.add(f"iops ratio {label}", busy / idle)
+            a.cli("store", "set", "default", "--servers", "all", "--max-rate", "none")
             a.cli("replication", "wait", name, "--interval", "0.2")
             a.cli("vdisk", "delete", name)
 
@@ -409,7 +420,8 @@ def report(r: Results, size: int) -> None:
               f"MiB/s; vdfarm/rsync {r['base rsync s'] / r['base vdfarm s']:.2f}, "
               f"vdfarm/cp+sha256sum {r['base cp+sha256sum s'] / r['base vdfarm s']:.2f}")  # fmt: skip
         if "base vdfarm copy s" in r:
-            print(f"  vdfarm's time: {r['base vdfarm to start s']:.2f} s to start, copy "
+            print(f"  vdfarm's time: {r['base vdfarm to start s']:.2f} s to start (of which "
+                  f"`store set` {r['base vdfarm store set s']:.2f} s), copy "
                   f"{r['base vdfarm copy s']:.2f} s ({mib / r['base vdfarm copy s']:.0f} MiB/s), "
                   f"{r['base vdfarm after s']:.2f} s after")  # fmt: skip
         per_round = [
@@ -425,10 +437,11 @@ def report(r: Results, size: int) -> None:
               f"in {r['delta rsync s']:.1f} s; bytes vdfarm/rsync (file + list / sent + back) "
               f"{(r['delta vdfarm bytes'] + r['delta vdfarm list bytes']) / (r['delta rsync bytes'] + r['delta rsync bytes back']):.4f}")  # fmt: skip
     if "iops idle" in r:
-        idle = r["iops idle"]
-        print(f"4 KiB random reads on the sender: idle {idle:.0f} IOPS; during an uncapped copy "
-              f"{r['iops during copy uncapped'] / idle:.2f}x; capped at 100 MB/s "
-              f"{r['iops during copy 100MB/s'] / idle:.2f}x")  # fmt: skip
+        print(f"4 KiB random reads on the sender (busy/idle of each round, median): idle "
+              f"{r['iops idle']:.0f} IOPS; during an uncapped copy {r['iops ratio uncapped']:.2f}x "
+              f"({', '.join(f'{x:.2f}' for x in r.rounds['iops ratio uncapped'])}); capped at "
+              f"100 MB/s {r['iops ratio 100MB/s']:.2f}x "
+              f"({', '.join(f'{x:.2f}' for x in r.rounds['iops ratio 100MB/s'])})")  # fmt: skip
 
 
 if __name__ == "__main__":

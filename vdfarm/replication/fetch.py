@@ -29,11 +29,14 @@ Rules:
   verified bytes stays: it takes no more room) and on every write (then the
   partial is thrown away to give the room back to the devices). Other local failures raise
   StoreError. Memory held: two chunk buffers (one arriving, one being
-  checked and written on the pipe's thread: `chunk_pipe`) plus httpx's.
+  checked and written on the pipe's thread: `chunk_pipe`), and for frames
+  a receive buffer and one frame. A plain range is received straight into
+  the chunk buffer (`range_get`): no copy but the kernel's.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,7 +45,8 @@ from pathlib import Path
 import httpx
 
 from vdfarm.replication.chunk_pipe import ChunkPipe
-from vdfarm.replication.peer_http import PeerFailed, get_chunk_list, get_range, make_client
+from vdfarm.replication.peer_http import PeerFailed, get_chunk_list, make_client, tls_context
+from vdfarm.replication.range_get import RangeAnswer, get_range_into
 from vdfarm.replication.rate import RateMeter
 from vdfarm.replication.throttle import Throttle
 from vdfarm.store.chunks import ChunkList
@@ -52,6 +56,7 @@ from vdfarm.store.wire_frames import Unframer
 
 REQUEST_BYTES = 64 * 1024 * 1024
 READ_TIMEOUT = 10.0
+FRAMED_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -138,14 +143,25 @@ def _runs(chunks: ChunkList, first: int) -> Iterator[_Run]:
         index = last + 1
 
 
+@dataclass(frozen=True)
+class _Wire:
+    """How a copy reaches peers: the chunk lists' client, and for ranges
+    the token, the TLS context and the read timeout."""
+
+    client: httpx.Client
+    token: str
+    context: ssl.SSLContext
+    read_timeout: float
+
+
 class _Copy:
-    """One fetch_file call: its client, counters and callbacks."""
+    """One fetch_file call: its wire, counters and callbacks."""
 
     def __init__(
         self,
         want: FileWant,
         vdisk_dir: Path,
-        client: httpx.Client,
+        wire: _Wire,
         throttle: Throttle,
         may_run: Callable[[], bool],
         progress: Callable[[Progress], None],
@@ -153,7 +169,8 @@ class _Copy:
     ) -> None:
         self.want = want
         self.vdisk_dir = vdisk_dir
-        self.client = client
+        self.client = wire.client
+        self.token, self.context, self.read_timeout = wire.token, wire.context, wire.read_timeout
         self.throttle = throttle
         self.may_run = may_run
         self.progress = progress
@@ -207,13 +224,15 @@ class _Copy:
         written (on the pipe's thread) as soon as it is complete."""
         start = chunks.span(run.first)[0]
         end = sum(chunks.span(run.last))
-        filler = _Filler(self, peer, partial, chunks, run)
+        filler = _Filler(self, peer, chunks, run)
         try:
             with (
                 ChunkPipe(partial, chunks.chunk_size, filler.written) as pipe,
-                get_range(
-                    self.client,
+                get_range_into(
                     peer.base_url,
+                    self.token,
+                    self.context,
+                    self.read_timeout,
                     self.want.vdisk,
                     self.want.file_name,
                     start,
@@ -222,12 +241,15 @@ class _Copy:
                     frames=run.framed,
                 ) as body,
             ):
-                unframer = Unframer(end - start) if body.framed else None
-                for block in body:
-                    self.meter.add(len(block))
-                    self.throttle.take(len(block))
-                    for piece in unframer.feed(block) if unframer else (block,):
-                        filler.fill(pipe, piece)
+                if body.framed:
+                    self._unframe(body, Unframer(end - start), filler, pipe)
+                else:
+                    while filler.index <= run.last:
+                        got = body.read_into(filler.space(pipe))
+                        if not got:
+                            break
+                        self._paid(got)
+                        filler.filled_in(pipe, got)
                 pipe.settle()
         except BadChunk as exc:
             raise PeerFailed(f"sent a wrong chunk ({exc})") from exc
@@ -237,6 +259,23 @@ class _Copy:
             got = chunks.span(filler.index)[0] + filler.filled - start
             raise PeerFailed(f"short body: {got} of the {end - start} bytes asked for")
 
+    def _unframe(
+        self, body: RangeAnswer, unframer: Unframer, filler: _Filler, pipe: ChunkPipe
+    ) -> None:
+        block = memoryview(bytearray(FRAMED_BLOCK))
+        while True:
+            got = body.read_into(block)
+            if not got:
+                return
+            self._paid(got)
+            for piece in unframer.feed(block[:got]):
+                filler.fill(pipe, piece)
+
+    def _paid(self, n: int) -> None:
+        """N bytes came off the wire: counted, and the cap paid for them."""
+        self.meter.add(n)
+        self.throttle.take(n)
+
     def _report(self, peer: PeerAddress, done: int) -> None:
         self.progress(Progress(peer.name, done, self.want.size, self.meter.rate_bps()))
 
@@ -245,14 +284,28 @@ class _Filler:
     """Puts the bytes of one range into chunk buffers and hands each full
     chunk to the pipe; asks `may_run` between chunks."""
 
-    def __init__(
-        self, copy: _Copy, peer: PeerAddress, partial: Partial, chunks: ChunkList, run: _Run
-    ) -> None:
+    def __init__(self, copy: _Copy, peer: PeerAddress, chunks: ChunkList, run: _Run) -> None:
         self.copy, self.peer, self.chunks, self.run = copy, peer, chunks, run
         self.index, self.filled = run.first, 0
 
     def written(self, done: int) -> None:
         self.copy._report(self.peer, sum(self.chunks.span(done)))
+
+    def space(self, pipe: ChunkPipe) -> memoryview:
+        """Where the next bytes of the range go: the rest of this chunk."""
+        return pipe.buffer[self.filled : self.chunks.span(self.index)[1]]
+
+    def filled_in(self, pipe: ChunkPipe, n: int) -> None:
+        """N more bytes are in `space`. Raises Paused, and what the pipe raises."""
+        self.filled += n
+        length = self.chunks.span(self.index)[1]
+        if self.filled < length:
+            return
+        pipe.submit(self.index, length)
+        self.index, self.filled = self.index + 1, 0
+        if self.index <= self.run.last and not self.copy.may_run():
+            pipe.settle()
+            raise self.copy.paused(self.peer.name)
 
     def fill(self, pipe: ChunkPipe, data: bytes | memoryview) -> None:
         """Put DATA (the next bytes of the range) in. Raises PeerFailed
@@ -261,17 +314,11 @@ class _Filler:
         while used < len(arrived):
             if self.index > self.run.last:
                 raise PeerFailed("sent more than the bytes asked for")
-            length = self.chunks.span(self.index)[1]
-            take = min(length - self.filled, len(arrived) - used)
-            pipe.buffer[self.filled : self.filled + take] = arrived[used : used + take]
-            self.filled, used = self.filled + take, used + take
-            if self.filled < length:
-                continue
-            pipe.submit(self.index, length)
-            self.index, self.filled = self.index + 1, 0
-            if self.index <= self.run.last and not self.copy.may_run():
-                pipe.settle()
-                raise self.copy.paused(self.peer.name)
+            space = self.space(pipe)
+            take = min(len(space), len(arrived) - used)
+            space[:take] = arrived[used : used + take]
+            used += take
+            self.filled_in(pipe, take)
 
 
 def fetch_file(
@@ -296,8 +343,10 @@ def fetch_file(
     (the store cannot be written; another copy of the file runs), InvalidName,
     OSError/ssl.SSLError (CA_FILE unusable).
     """
-    with make_client(token, ca_file, read_timeout) as client:
-        copy = _Copy(want, Path(vdisk_dir), client, throttle, may_run, progress, clock)
+    context = tls_context(ca_file)
+    with make_client(token, context, read_timeout) as client:
+        wire = _Wire(client, token, context, read_timeout)
+        copy = _Copy(want, Path(vdisk_dir), wire, throttle, may_run, progress, clock)
         for peer in peers:
             if not may_run():
                 raise copy.paused(None)

@@ -24,8 +24,10 @@ Rules:
   chunk size and the number of chunks (MAX_CHUNKS), raising BadChunkList;
   its last prefix must be its sha256.
 - `read_range` reads a range for a peer in large blocks (SEND_BLOCK) with
-  the kernel's readahead off (`uncached.no_readahead`): the blocks are the
-  readahead, and pages read for the copy leave the cache again.
+  the kernel's readahead off (`uncached.no_readahead`) and its own on:
+  while a block is read, the next one is already asked of the disk (its
+  cache looked at first), so pages read for the copy leave the cache
+  again and the disk never waits for us.
 - The sha256 of an all-zero chunk is known without reading it (`zero_hash`),
   so a receiver may leave holes instead of fetching zeroes.
 """
@@ -48,7 +50,7 @@ from typing import Any, TypeGuard
 from vdfarm.store.errors import BadChunkList, StoreError
 from vdfarm.store.locking import busy
 from vdfarm.store.manifest import fsync_dir
-from vdfarm.store.uncached import no_readahead, read_block
+from vdfarm.store.uncached import cached_prefix, no_readahead, prefetch, read_block
 from vdfarm.store.wire_frames import has_packable_frame
 
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -308,9 +310,9 @@ def forget_cache(path: Path) -> None:
 
 def read_range(path: Path, start: int, length: int, block: int = SEND_BLOCK) -> Iterator[bytes]:
     """LENGTH bytes of the file at PATH from START, in blocks of at most
-    BLOCK bytes, read uncached with no readahead. The file is opened
-    (O_NOFOLLOW) at the first block and closed when the iterator ends or is
-    closed.
+    BLOCK bytes, read uncached, each block asked of the disk while the one
+    before it is read. The file is opened (O_NOFOLLOW) at the first block
+    and closed when the iterator ends or is closed.
 
     Raises StoreError (cannot open; the file ends before START + LENGTH).
     """
@@ -319,14 +321,27 @@ def read_range(path: Path, start: int, length: int, block: int = SEND_BLOCK) -> 
         no_readahead(fd)
         scratch = bytearray()
         offset, end = start, start + length
+        try:
+            cached = cached_prefix(fd, scratch, offset, min(block, end - offset))
+            prefetch(fd, offset + cached, min(block, end - offset) - cached)
+        except OSError as exc:
+            raise StoreError(f"cannot read {path.name}: {exc.strerror}") from exc
         while offset < end:
+            size = min(block, end - offset)
+            after = offset + size
             try:
-                data = read_block(fd, offset, min(block, end - offset), scratch)
+                if after < end:  # the next block: its cache looked at, then asked for
+                    ahead = min(block, end - after)
+                    cached_next = cached_prefix(fd, scratch, after, ahead)
+                    prefetch(fd, after + cached_next, ahead - cached_next)
+                data = read_block(fd, offset, size, cached=cached)
             except OSError as exc:
                 raise StoreError(f"cannot read {path.name}: {exc.strerror}") from exc
             if not data:
                 raise StoreError(f"{path.name} ends at {offset}, before {end}")
             offset += len(data)
             yield data
+            if after < end:
+                cached = cached_next
     finally:
         os.close(fd)

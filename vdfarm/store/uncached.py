@@ -11,7 +11,9 @@ the devices read every second. So:
 - A reader that goes through a file from end to end says so first
   (`no_readahead`): the kernel's readahead would bring the next pages in
   before our RWF_NOWAIT look, and they would pass for hot and stay cached.
-  Such a reader reads large blocks (its own readahead) instead.
+  Such a reader does its own readahead: it looks at the next block's
+  cache (`cached_prefix`) and only then asks the disk for it (`prefetch`,
+  WILLNEED), and reads it later with that look (`read_block(cached=...)`).
 - `drop` forgets a range after it was written and synced (DONTNEED drops
   clean pages only, so a writer syncs first).
 - Advice is advice: a file system that refuses it changes nothing here.
@@ -47,9 +49,21 @@ def no_readahead(fd: int) -> None:
         pass
 
 
-def _cached_prefix(fd: int, scratch: bytearray, offset: int, length: int) -> int:
+def prefetch(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start reading LENGTH bytes of FD at OFFSET into the
+    cache (POSIX_FADV_WILLNEED), without waiting. Raises nothing."""
+    if length <= 0:
+        return
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+
+
+def cached_prefix(fd: int, scratch: bytearray, offset: int, length: int) -> int:
     """How many bytes at OFFSET (at most LENGTH) the page cache gave without
-    waiting (0 where RWF_NOWAIT does not exist or the file system refuses it)."""
+    waiting (0 where RWF_NOWAIT does not exist or the file system refuses it),
+    read into SCRATCH (grown to LENGTH if shorter). Raises OSError."""
     if not RWF_NOWAIT:
         return 0
     if len(scratch) < length:
@@ -63,15 +77,20 @@ def _cached_prefix(fd: int, scratch: bytearray, offset: int, length: int) -> int
             raise
 
 
-def read_block(fd: int, offset: int, length: int, scratch: bytearray | None = None) -> bytes:
+def read_block(
+    fd: int, offset: int, length: int, scratch: bytearray | None = None, cached: int | None = None
+) -> bytes:
     """Up to LENGTH bytes of FD at OFFSET (fewer only at the end of the file).
-    The pages this read had to bring in from the disk are dropped again.
-    SCRATCH (grown to LENGTH if shorter) is where the cache is looked at;
-    a reader of many blocks passes one and saves its allocation.
+    The pages this read had to bring in from the disk are dropped again:
+    all but the first CACHED bytes (the cache's prefix looked at before the
+    disk was asked, `cached_prefix`; looked at here if None). SCRATCH is
+    where the cache is looked at: a reader of many blocks passes one and
+    saves its allocation.
 
     Raises OSError.
     """
-    cached = _cached_prefix(fd, bytearray() if scratch is None else scratch, offset, length)
+    if cached is None:
+        cached = cached_prefix(fd, bytearray() if scratch is None else scratch, offset, length)
     data = os.pread(fd, length, offset)
     while 0 < len(data) < length:  # a short read before the end: rare, so a copy is fine
         more = os.pread(fd, length - len(data), offset + len(data))
