@@ -54,7 +54,7 @@ from vdfarm.store.errors import BadChunk, BadFrame, FileMismatch, StoreFull
 from vdfarm.store.receive import Partial
 from vdfarm.store.wire_frames import Unframer
 
-REQUEST_BYTES = 64 * 1024 * 1024
+REQUEST_BYTES = 512 * 1024 * 1024  # a range request; between two, the pipe drains
 READ_TIMEOUT = 10.0
 FRAMED_BLOCK = 1024 * 1024
 
