@@ -262,3 +262,23 @@ def test_an_older_peers_list_is_taken_without_prefixes():
 def test_bad_prefixes_or_packable_chunks_are_refused(change, message):
     with pytest.raises(BadChunkList, match=message):
         ChunkList.from_dict(change(good_dict()))
+
+
+def test_the_largest_list_fits_the_caps_on_the_wire_and_in_the_cache():
+    from vdfarm.replication.peer_http import MAX_LIST_BYTES
+    from vdfarm.store.chunks import MAX_CACHE_BYTES
+
+    count = 1000
+    top = MAX_CHUNKS - 1  # the widest index a list can hold
+    listed = ChunkList(
+        count * SMALL,
+        "a" * 64,
+        SMALL,
+        ("b" * 64,) * count,
+        prefixes=("c" * 63 + "d",) * (count - 1) + ("a" * 64,),
+        packable=tuple(range(top - count + 1, top + 1)),
+    ).to_dict()
+    listed["packable"] = [top] * count  # width, not order, is what is measured
+    per_chunk = len(json.dumps(listed, separators=(",", ":"))) / count
+    assert per_chunk * MAX_CHUNKS + 4096 <= MAX_CACHE_BYTES
+    assert per_chunk * MAX_CHUNKS * 1.05 <= MAX_LIST_BYTES  # a peer's spaces too

@@ -33,7 +33,7 @@ FILES_PATH = "/api/v1/replication/files"
 FRAMES_HEADER = "X-Vdfarm-Frames"  # frames asked for, and given (`range_get`)
 FRAMES_ZLIB = "zlib"
 RAW_BLOCK = 256 * 1024
-MAX_LIST_BYTES = MAX_CHUNKS * 70 + 64 * 1024
+MAX_LIST_BYTES = MAX_CHUNKS * 150 + 64 * 1024  # a hash and a prefix hash per chunk, an index
 MAX_ERROR_BYTES = 4096
 
 

@@ -62,7 +62,7 @@ SEND_BLOCK = 4 * 1024 * 1024
 CACHE_FORM = 2
 CACHE_PREFIX = ".chunks-"
 CACHE_SUFFIX = ".json"
-MAX_CACHE_BYTES = MAX_CHUNKS * 72 + 4096
+MAX_CACHE_BYTES = MAX_CHUNKS * 152 + 4096  # a hash and a prefix hash per chunk, an index
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
