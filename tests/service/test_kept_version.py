@@ -109,7 +109,7 @@ def test_a_malformed_version_is_refused(promoted, bad):
         login(duo["a"], "pc000", version=bad)
 
 
-def test_a_version_that_is_gone_or_not_allowed_is_refused(promoted, clock):
+def test_a_version_that_is_gone_or_not_allowed_is_refused(promoted):
     (duo, device_id) = promoted
     a, b = duo["a"], duo["b"]
     with pytest.raises(NotFound, match="^vDisk w has no version 7 any more .*must boot again"):
@@ -126,9 +126,9 @@ def test_a_version_that_is_gone_or_not_allowed_is_refused(promoted, clock):
     assert reserved_version(a, device_id) is None  # refusals wrote nothing
 
 
-def test_a_version_merged_away_is_refused_by_login_and_export(promoted, clock):
+def test_a_version_merged_away_is_refused_by_login_and_export(promoted):
     (duo, device_id) = promoted
-    a, b = duo["a"], duo["b"]
+    a = duo["a"]
     login(a, "pc000", exclude=["b"], version=1)  # the device runs version 1 ...
     a.versions.new("w")
     a.versions.promote("w", "production")
