@@ -37,7 +37,8 @@ Rules:
   dead or hung before its heartbeat times out. Every holder excluded:
   Unavailable, saying so.
 - Login records one thing: a short reservation (`login_reservations`) of
-  the chosen server, which counts on its load and booting until the
+  the chosen server (and the version a failover login keeps, NULL at a
+  boot), which counts on its load and booting until the
   device's session is recorded (when it connects) or `RESERVATION_LIFETIME`
   passes, so devices logging in at once (a boot storm) spread out and
   max-booting holds. Everything else it only reads.
