@@ -7,7 +7,8 @@ the move test), `sample` (the bootable sample image; vm1 boots it, kc1
 reads it through the kernel's client) and `pattern` (fio's verify pattern in its first PATTERN_MIB MiB,
 zeroes after; device fio1), `diary` (private mode, on its home s1 only;
 device pv1) and `mirror` (device mm1, whose copy the hash-mismatch test
-replaces on one server for a while). An image whose tools are missing (the
+replaces on one server for a while), `keep` (device kv1, whose vDisk gets
+a new production version while its agent runs). An image whose tools are missing (the
 sample image's, fio) is left out: its tests skip. Each test gets the farm
 with all servers up, and leaves it so.
 """
@@ -72,6 +73,7 @@ def shared_farm(tmp_path_factory) -> Iterator[AgentFarm]:
                 vdisks["pattern"] = (pattern, ("fio1",))
             vdisks["diary"] = (make_test_image(root / "diary.raw", SMALL_SIZE, seed=3), ("pv1",))
             vdisks["mirror"] = (make_test_image(root / "mirror.raw", SMALL_SIZE, seed=5), ("mm1",))
+            vdisks["keep"] = (make_test_image(root / "keep.raw", SMALL_SIZE, seed=7), ("kv1",))
             farm.build(vdisks, private=("diary",))
             yield farm
         finally:

@@ -35,6 +35,12 @@ def test_login_parses_the_answer_and_sends_the_exclusions(farm):
     assert path == "/api/v1/login" and body == {"device": "pc1", "exclude": ["s2", "s3"]}
 
 
+def test_a_failover_login_sends_the_version_the_device_keeps(farm):
+    login([farm.url], "pc1", exclude=["s2"], version=0)
+    _, body, _ = farm.requests[0]
+    assert body == {"device": "pc1", "exclude": ["s2"], "version": 0}
+
+
 def test_an_unknown_device_is_one_line():
     stub = StubFarm(lambda body: (404, {"detail": "no device named 'pc9'"}))
     try:

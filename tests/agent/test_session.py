@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import os
 
 from tests.agent.fake_server import FakeFarm, FakeServer, identity
@@ -241,6 +242,26 @@ def test_a_server_with_another_copy_is_never_used():
         error, data = await session.handle(c.CMD_READ, 0, 4096, 4096, None)
         assert error == 0 and data == DATA[4096:8192]
         assert session.server == "s1"
+        await session.close()
+
+    asyncio.run(main())
+
+
+def test_a_login_naming_a_new_hash_of_the_same_version_is_followed():
+    """A merge re-filed the kept version: same vDisk, version and size, a
+    new sha256 in the login and in the new server's export."""
+
+    async def main():
+        (s1, s2), farm = await farm_of("s1", "s2")
+        refiled = bytes(len(DATA))  # stands for the new file's hash
+        s2.description = identity(refiled)
+        session = session_for(farm, give_up=5)
+        await session.start()
+        farm.data = refiled  # logins now answer the new hash
+        s1.kill()
+        error, data = await session.handle(c.CMD_READ, 0, 0, 4096, None)
+        assert error == 0 and data == DATA[:4096] and session.server == "s2"
+        assert session.expected.sha256 == hashlib.sha256(refiled).hexdigest()
         await session.close()
 
     asyncio.run(main())

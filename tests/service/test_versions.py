@@ -130,10 +130,12 @@ def test_running_devices_keep_the_version_they_booted(vfarm, clock):
     pp = vfarm.exports.resolve("pp")
     vfarm.sessions.started(pp.device_id, pp.vdisk_id, pp.version)
     new_sealed_version(vfarm, 0x11)
-    assert vfarm.exports.resolve("pp").version == 1
+    assert vfarm.exports.resolve("pp").version == 0  # its session here: a reconnect
     [v0, v1] = vfarm.versions.list("w")
     assert (v0.devices, v1.devices) == (("pp",), ())
     assert v1.boots == ("production", "test", "maintenance")
+    vfarm.sessions.ended(pp.device_id)
+    assert vfarm.exports.resolve("pp").version == 1  # its next boot
 
 
 def test_revert_walks_back_to_maintenance(vfarm):

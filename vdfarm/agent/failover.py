@@ -15,6 +15,11 @@ Rules:
 - Never serve bytes of another copy: a server whose export size or
   identity (vDisk, version, sha256: vdfarm.agent.identity) differs from the
   first login's is excluded and the next is tried; with none left, wait.
+  The device keeps the version it booted: failover logins ask for it (the
+  login function given), and the farm serves it even after a promotion. A
+  login naming that same vDisk, version and size with another sha256 (a
+  merge re-filed the version: same content, new file) becomes the hash
+  servers are checked against.
 - A failed server is excluded from the next logins until the farm says no
   server is left (then every server is tried again). A server that failed
   in an earlier failover, up to FAILED_MEMORY_S seconds ago, is passed
@@ -49,6 +54,7 @@ import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from vdfarm.agent.identity import Identity, identity_problem
@@ -510,6 +516,7 @@ class FailoverSession:
         except LoginError as exc:
             self._note(f"login failed: {exc}")
             return None
+        self._adopt_hash(answer)
         if answer.server.name in excluded:  # the farm did not honour the exclusion
             self._note(f"login named excluded server {answer.server.name}")
             excluded.clear()
@@ -519,6 +526,15 @@ class FailoverSession:
             if server.name not in lately and server.name not in excluded:
                 return server
         return answer.server
+
+    def _adopt_hash(self, answer: LoginAnswer) -> None:
+        """Check servers against ANSWER's sha256 if it names the expected
+        vDisk, version and size with a new one (see the module rules)."""
+        e = self.expected
+        same = (answer.vdisk, answer.version, answer.size) == (e.vdisk, e.version, e.size)
+        if same and answer.sha256 is not None and answer.sha256 != e.sha256:
+            log.warning("version %d of vDisk %s has a new sha256 (re-filed)", e.version, e.vdisk)
+            self.expected = replace(e, sha256=answer.sha256)
 
     async def _open(self, target: ServerRef) -> Upstream | None:
         """An upstream to TARGET serving the expected copy, or None."""

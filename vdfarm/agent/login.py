@@ -1,7 +1,8 @@
 """Log a device in to the farm: which server to stream from, and what copy.
 
-Job: POST {url}/api/v1/login with the device name and the servers to
-avoid, trying each farm URL in turn (stdlib urllib: no HTTP library on a
+Job: POST {url}/api/v1/login with the device name, the servers to
+avoid and, at a failover, the version the device runs (it keeps it until
+it boots again, whatever was promoted meanwhile), trying each farm URL in turn (stdlib urllib: no HTTP library on a
 device), and parse the answer into a frozen `LoginAnswer`.
 Rules:
 - Each URL gets a short timeout; an unreachable one, a busy one (429, 503)
@@ -146,9 +147,14 @@ def login_once(
     exclude: list[str],
     context: ssl.SSLContext | None,
     timeout: float,
+    version: int | None = None,
 ) -> LoginAnswer:
-    """One login at URL. Raises a LoginError (FarmUnreachable when nothing answered)."""
-    body = json.dumps({"device": device, "exclude": sorted(exclude)}).encode()
+    """One login at URL; VERSION: the version the running device keeps
+    (None: a boot). Raises a LoginError (FarmUnreachable when nothing answered)."""
+    fields: dict[str, Any] = {"device": device, "exclude": sorted(exclude)}
+    if version is not None:
+        fields["version"] = version
+    body = json.dumps(fields).encode()
     request = urllib.request.Request(
         url.rstrip("/") + LOGIN_PATH,
         data=body,
@@ -190,15 +196,17 @@ def login(
     exclude: list[str] | None = None,
     ca_file: str | None = None,
     timeout: float = 2.0,
+    version: int | None = None,
 ) -> LoginAnswer:
-    """Log DEVICE in at the first URL that answers. Raises UnknownDevice or
+    """Log DEVICE in at the first URL that answers (VERSION: the version the
+    running device keeps; None at boot). Raises UnknownDevice or
     LoginRefused at once; else, when no URL gave an answer, the most telling
     error: NoServer, then NotAFarm, then FarmUnreachable."""
     context = ssl.create_default_context(cafile=ca_file) if ca_file else None
     errors: list[LoginError] = []
     for url in urls:
         try:
-            return login_once(url, device, exclude or [], context, timeout)
+            return login_once(url, device, exclude or [], context, timeout, version)
         except (UnknownDevice, LoginRefused):
             raise
         except LoginError as exc:

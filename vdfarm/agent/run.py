@@ -99,10 +99,13 @@ class Agent:
         self._known: dict[str, ServerRef] = {}  # servers the logins named
         self._last_url: str | None = None  # the farm URL that answered last
 
-    async def _login(self, exclude: list[str]) -> LoginAnswer:
+    async def _login(self, exclude: list[str], version: int | None = None) -> LoginAnswer:
+        """A login (VERSION: the version the running device keeps; None at boot)."""
         o = self.options
         urls = urls_in_order(o.farm_urls, self._known, exclude, self._last_url)
-        answer = await asyncio.to_thread(login, urls, o.device, exclude, o.login_ca)
+        answer = await asyncio.to_thread(
+            login, urls, o.device, exclude, o.login_ca, version=version
+        )
         self._last_url = answer.url
         for server in (answer.server, *answer.alternatives):
             self._known[server.name] = server
@@ -180,9 +183,14 @@ class Agent:
                 first.server.name,
                 first.write_cache_type,
             )
+        booted = first.version
+
+        async def failover_login(exclude: list[str]) -> LoginAnswer:
+            return await self._login(exclude, booted)  # the device keeps what it booted
+
         self.session = Session(
             first,
-            self._login,
+            failover_login,
             self._connect,
             SessionOptions(io_timeout=o.io_timeout, give_up=o.give_up),
             cache=cache,

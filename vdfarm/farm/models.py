@@ -360,7 +360,10 @@ class LoginReservation(Base):
     """A device sent to a server by login that has not connected yet: it
     counts on that server's load (and booting) until its session is
     recorded or the reservation runs out, so devices logging in at once
-    spread instead of all going to the same least-busy server."""
+    spread instead of all going to the same least-busy server. `version`
+    is the version a running device's agent asked to keep (a failover
+    login): the server it connects to serves that one, not the current;
+    NULL for a fresh boot (the current version)."""
 
     __tablename__ = "login_reservations"
 
@@ -369,6 +372,7 @@ class LoginReservation(Base):
     )
     server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
     reserved_at: Mapped[datetime] = mapped_column(default=utcnow)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 INTENT_KINDS = ("merge", "seal")

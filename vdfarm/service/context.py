@@ -136,7 +136,7 @@ class Farm:
         self.boot = BootService(session, clock, writer, store)
         self.devices = DeviceService(session, clock, writer)
         self.failovers = FailoverService(session, writer)
-        self.exports = ExportService(session, clock, store)
+        self.exports = ExportService(session, clock, store, here)
         self.logins = LoginService(session, clock, writer, self.settings)
         self.moves = MoveService(session, clock, writer, here, self.settings)
         self.tokens = TokenService(session, clock, audit_record)

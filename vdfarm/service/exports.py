@@ -14,6 +14,18 @@ device writes to the vDisk (the stream then opens the top read/write under
 the vDisk lock) is `version_rules.writes_vdisk`'s answer, carried as
 `ExportTarget.writes_vdisk` (and, as before, `writable`).
 
+Kept versions: a running device keeps the version it booted until it boots
+again (a promotion reaches devices at their next boot). So a device's
+export serves, instead of the current version, the version named by
+1. its login reservation, if fresh (made within `login.RESERVATION_LIFETIME`)
+   and naming one (a failover login of its agent: `login`); a fresh
+   reservation naming none is a boot: the current version;
+2. else its session row on this server (a reconnect, e.g. within the
+   stream's grace period).
+Only a version `version_rules.kept_version` allows (it still exists, is
+sealed, the device type boots it); one merged away or deleted is refused
+(NotFound), never replaced by another version's bytes.
+
 Identity: `sha256` is the served version's hash from `vdisk_versions` (what
 login tells the device's agent, and the stream repeats in the export's NBD
 description so the agent can check a new server serves the same copy); None
@@ -29,7 +41,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Device, Vdisk, VdiskVersion
+from vdfarm.farm.models import Device, DeviceSession, LoginReservation, Vdisk, VdiskVersion
 from vdfarm.service import version_rules as rules
 from vdfarm.service.chains import (
     Chain,
@@ -38,8 +50,9 @@ from vdfarm.service.chains import (
     store_manifest,
     version_rows,
 )
-from vdfarm.service.deps import Clock, SessionFactory
+from vdfarm.service.deps import Clock, SessionFactory, ThisServer
 from vdfarm.service.errors import Invalid, NotFound
+from vdfarm.service.login import RESERVATION_LIFETIME
 from vdfarm.service.validation import cache_limit_bytes, name_wins, parse_mac
 from vdfarm.store.store import Store
 
@@ -161,22 +174,28 @@ class ExportService:
     """What the stream serves: a device's export, a vDisk's read-only view,
     the list of exports."""
 
-    def __init__(self, session: SessionFactory, clock: Clock, store: Store) -> None:
+    def __init__(
+        self, session: SessionFactory, clock: Clock, store: Store, here: ThisServer
+    ) -> None:
         self._session = session
         self._clock = clock
         self._store = store
+        self._here = here
 
     def resolve(self, name_or_mac: str) -> ExportTarget:
         """The ExportTarget of the device called NAME_OR_MAC.
 
-        Raises NotFound ("no device named X"), Invalid ("device X has no vDisk
-        assigned"), Unavailable ("vDisk X is not in this server's store", "version
-        N of vDisk X is not in this server's store", or DB down).
+        Raises NotFound ("no device named X"; the version the device runs
+        no longer exists), Invalid ("device X has no vDisk assigned"; a kept
+        version it may not run), Unavailable ("vDisk X is not in this
+        server's store", "version N of vDisk X is not in this server's
+        store", or DB down).
         """
         with self._session() as session:
             device, vdisk = device_and_vdisk(session, name_or_mac)
             rows = version_rows(session, vdisk.id)
-            chain, writes = self._device_chain(vdisk, rows, device.device_type)
+            kept = self._kept_number(session, device, vdisk)
+            chain, writes = self._device_chain(vdisk, rows, device.device_type, kept, device.name)
             return ExportTarget(
                 device_id=device.id,
                 device_name=device.name,
@@ -199,14 +218,54 @@ class ExportService:
                 sha256=served_sha256(rows, chain.number, writes or _is_private(vdisk)),
             )
 
+    def _kept_number(self, session: Session, device: Device, vdisk: Vdisk) -> int | None:
+        """The version DEVICE runs and keeps (see the module rules: its fresh
+        reservation's, else its session's on this server), or None (a boot:
+        the current version)."""
+        reservation = session.execute(
+            select(LoginReservation.version, LoginReservation.reserved_at).where(
+                LoginReservation.device_id == device.id
+            )
+        ).first()
+        if reservation is not None and (
+            reservation.reserved_at > self._clock() - RESERVATION_LIFETIME
+        ):
+            return reservation.version
+        return session.scalar(
+            select(DeviceSession.version).where(
+                DeviceSession.device_id == device.id,
+                DeviceSession.vdisk_id == vdisk.id,
+                DeviceSession.server_id == self._here.id,
+            )
+        )
+
     def _device_chain(
-        self, vdisk: Vdisk, rows: list[VdiskVersion], device_type: str
+        self,
+        vdisk: Vdisk,
+        rows: list[VdiskVersion],
+        device_type: str,
+        kept: int | None = None,
+        device_name: str = "",
     ) -> tuple[Chain, bool]:
         """The chain a device of DEVICE_TYPE boots from VDISK (whose version
-        rows are ROWS), and whether it writes to it."""
+        rows are ROWS), and whether it writes to it; KEPT: the version the
+        running device keeps instead (`version_rules.kept_version`).
+        Raises NotFound, Invalid (a KEPT version it may not run), NotInStore."""
+        now = self._clock()
+        states = states_of(rows)
         choice = rules.device_boot(
-            states_of(rows), vdisk.access_mode, device_type, vdisk.override_version, self._clock()
+            states, vdisk.access_mode, device_type, vdisk.override_version, now
         )
+        if kept is not None and vdisk.access_mode != rules.PRIVATE:
+            choice = rules.kept_version(
+                states,
+                vdisk.access_mode,
+                device_type,
+                kept,
+                choice,
+                now,
+                (device_name, vdisk.name),
+            )
         if vdisk.access_mode == rules.PRIVATE:  # one file: the store's top
             top = store_manifest(self._store, vdisk.name).top
             number = top.version if top.version is not None else choice.number

@@ -23,12 +23,22 @@ Rules:
   no fixed hash), the vDisk's virtual `size` and `write_cache_type`, and
   `failover` (`version_rules.may_fail_over`: any server holding a verified
   copy may serve it; False when its writes live on one server).
+- `version` (a failover login) is the version the device's agent runs:
+  a running device keeps the version it booted until it boots again, so
+  the login places it on up servers holding THAT version verified, answers
+  its sha256, and records it in the reservation, which the chosen server's
+  export resolution honours (`exports`). Allowed only for a version of the
+  device's own vDisk that still exists, is sealed, and its device type
+  boots (`version_rules.kept_version`); one merged away or deleted is
+  NotFound, saying the device must boot again. Without `version` (a boot)
+  the device gets the current version, as always.
 - `exclude` names servers placement must skip (at most `MAX_EXCLUDED`
   valid server names): an agent failing over away from a server that is
   dead or hung before its heartbeat times out. Every holder excluded:
   Unavailable, saying so.
 - Login records one thing: a short reservation (`login_reservations`) of
-  the chosen server, which counts on its load and booting until the
+  the chosen server (and the version a failover login keeps, NULL at a
+  boot), which counts on its load and booting until the
   device's session is recorded (when it connects) or `RESERVATION_LIFETIME`
   passes, so devices logging in at once (a boot storm) spread out and
   max-booting holds. Everything else it only reads.
@@ -74,6 +84,7 @@ from vdfarm.service.validation import check_name, name_wins, parse_mac
 
 RESERVATION_LIFETIME = timedelta(seconds=30)  # login to connect: seconds at most
 MAX_EXCLUDED = 16  # servers one login may exclude
+MAX_VERSION = 2**31 - 1  # a version number the database can hold
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,16 @@ def check_exclude(names: Sequence[str] | None) -> frozenset[str]:
     if len(names) > MAX_EXCLUDED:
         raise Invalid(f"invalid exclude: at most {MAX_EXCLUDED} server names")
     return frozenset(check_name("server", name) for name in names)
+
+
+def check_version(number: object) -> int | None:
+    """NUMBER (the version a failover login asks to keep) as an int, None
+    staying None. Raises Invalid (not a whole number from 0 to MAX_VERSION)."""
+    if number is None:
+        return None
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= MAX_VERSION:
+        raise Invalid(f"invalid version: give a whole number from 0 to {MAX_VERSION}")
+    return number
 
 
 def endpoint_of(row: Any) -> ServerEndpoint:
@@ -269,12 +290,14 @@ def _reservation_upsert(dialect: str) -> Insert:
         device_id=bindparam("device_id"),
         server_id=bindparam("server_id"),
         reserved_at=bindparam("at"),
+        version=bindparam("version"),
     )
     return statement.on_conflict_do_update(
         index_elements=[LoginReservation.device_id],
         set_={
             "server_id": statement.excluded.server_id,
             "reserved_at": statement.excluded.reserved_at,
+            "version": statement.excluded.version,
         },
     )
 
@@ -303,20 +326,24 @@ class LoginService:
         client_ip: str | None = None,
         reserve: bool = True,
         exclude: Sequence[str] | None = None,
+        version: int | None = None,
     ) -> LoginResult:
         """Where the device NAME_OR_MAC (logging in from CLIENT_IP, if known)
         should stream from: the destination of its pending rebalance move if
         that server may serve it, else the least busy, never a server named
         in EXCLUDE. RESERVE=False answers without reserving (an admin's
-        question, not a device on its way).
+        question, not a device on its way). VERSION: the version the running
+        device keeps (a failover login; None: a boot, the current version).
 
-        Raises NotFound ("no device named X"), Invalid (no vDisk assigned, bad
-        CLIENT_IP, bad EXCLUDE), Unavailable (no server is up; the vDisk
+        Raises NotFound ("no device named X"; VERSION merged away or
+        deleted), Invalid (no vDisk assigned, bad CLIENT_IP, bad EXCLUDE, a
+        VERSION the device may not keep), Unavailable (no server is up; the vDisk
         version is held by no up server, or only by excluded ones; fixed
         subnet affinity unmet; every holder at its max-booting limit; DB down).
         """
         address = parse_address(client_ip)
         excluded = check_exclude(exclude)
+        kept = check_version(version)
         now = self._clock()
         with self._session() as session:
             connection = session.connection()
@@ -341,6 +368,16 @@ class LoginService:
             choice = rules.device_boot(
                 states, device.access_mode, device.device_type, device.override_version, now
             )
+            if kept is not None:  # a running device stays on what it booted
+                choice = rules.kept_version(
+                    states,
+                    device.access_mode,
+                    device.device_type,
+                    kept,
+                    choice,
+                    now,
+                    (device.name, device.vdisk_name),
+                )
             version = choice.number
             state = rules.shown_access(rules.find(states, version, device.vdisk_name), now)
             home_only = rules.home_server_only(device.access_mode, device.device_type, state)
@@ -380,7 +417,12 @@ class LoginService:
             if reserve:
                 connection.execute(
                     _RESERVE[dialect],
-                    {"device_id": device.id, "server_id": placement.primary.id, "at": now},
+                    {
+                        "device_id": device.id,
+                        "server_id": placement.primary.id,
+                        "at": now,
+                        "version": kept,
+                    },
                 )
         endpoints = {r.id: endpoint_of(r) for r in servers}
         return LoginResult(
@@ -436,12 +478,13 @@ def login(
     client_ip: str | None = None,
     reserve: bool = True,
     exclude: Sequence[str] | None = None,
+    version: int | None = None,
 ) -> LoginResult:
     """`farm.logins.login(...)` for a caller holding a Farm (see `LoginService.login`).
 
     Raises NotFound, Invalid, Unavailable.
     """
-    return farm.logins.login(name_or_mac, client_ip, reserve, exclude)
+    return farm.logins.login(name_or_mac, client_ip, reserve, exclude, version)
 
 
 def set_subnet_affinity(

@@ -25,6 +25,10 @@ Rules:
 - A merge keeps every version some device type boots now or later (`needed`)
   and folds the versions under the lowest of them; a merge that would fold
   nothing is refused.
+- A running device keeps the version it booted until it boots again
+  (`kept_version`): a failover or reconnect may ask for it instead of the
+  current one, if it still exists, is sealed, and is one its device type
+  could have booted (production devices: production versions only).
 - Every refusal is an Invalid / NotFound / Conflict with one line.
 """
 
@@ -220,6 +224,48 @@ def device_boot(
         state = shown_access(top, now)
         return BootChoice(top.number, writable=writes_vdisk(PRIVATE, device_type, state))
     return boot_choice(versions, device_type, pin, now)
+
+
+def kept_version(
+    versions: Sequence[VersionState],
+    access_mode: str,
+    device_type: str,
+    number: int,
+    current: BootChoice,
+    now: datetime,
+    names: tuple[str, str],
+) -> BootChoice:
+    """The choice of a running device of DEVICE_TYPE that booted version
+    NUMBER and asks to keep it, while a fresh boot would get CURRENT.
+    NAMES: (device, vDisk), for the messages.
+
+    Raises NotFound (no such version: merged away or deleted), Invalid (a
+    private vDisk's older version, an open version, or a version a
+    production device never boots).
+    """
+    if number == current.number:
+        return current
+    device, vdisk = names
+    if access_mode == PRIVATE:
+        raise Invalid(
+            f"vDisk {vdisk} is in private mode: device {device} runs its one copy, "
+            f"version {current.number}"
+        )
+    found = next((v for v in versions if v.number == number), None)
+    if found is None:
+        raise NotFound(
+            f"vDisk {vdisk} has no version {number} any more (merged away or deleted): "
+            f"device {device} must boot again to run version {current.number}"
+        )
+    state = shown_access(found, now)
+    if state == MAINTENANCE:
+        raise Invalid(f"version {number} of vDisk {vdisk} is open for maintenance, not sealed")
+    if device_type == PRODUCTION and state != PRODUCTION:
+        raise Invalid(
+            f"version {number} of vDisk {vdisk} is {state}: production device "
+            f"{device} does not run it"
+        )
+    return BootChoice(number, writable=False)
 
 
 def chain_numbers(versions: Sequence[VersionState], number: int) -> list[int]:

@@ -127,6 +127,10 @@ def reserved_devices(farm):
         ({"device": "bare"}, 400, "device bare has no vDisk assigned"),
         ({}, 422, "device"),
         ({"device": "pc1", "extra": 1}, 422, "extra"),
+        ({"device": "pc1", "version": 7}, 404, "vDisk w has no version 7 any more"),
+        ({"device": "pc1", "version": "0"}, 422, "version"),
+        ({"device": "pc1", "version": -1}, 422, "version"),
+        ({"device": "pc1", "version": True}, 422, "version"),
     ],
 )
 def test_errors(served, remote, body, status, text):
@@ -187,3 +191,9 @@ def test_excluding_the_only_holder_is_503_and_bad_exclusions_are_refused(served,
     assert many.status_code == 422
     bad = remote.post(URL, json={"device": "pc1", "exclude": ["a/b"]})
     assert bad.status_code == 400 and "invalid server name" in bad.json()["detail"]
+
+
+def test_a_failover_login_names_the_version_the_device_keeps(served, remote):
+    answer = remote.post(URL, json={"device": "pc1", "exclude": [], "version": 0})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == 0

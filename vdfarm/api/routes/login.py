@@ -18,10 +18,15 @@ Rules:
   still answers.
 - `exclude` (at most 16 server names) lists servers placement must skip:
   an agent failing over away from a dead or hung server.
+- `version` (0 to 2**31-1) is the version a running device's agent keeps
+  (a failover login): it is placed on servers holding that version and
+  served it, not the current one (`vdfarm.service.login`); without it the
+  device gets the current version (a boot).
 - Answers 200 {device, vdisk, version, server, alternatives, reason, sha256,
   size, write_cache_type, failover}; errors are {"detail": "<one line>"}:
-  404 unknown device, 400 no vDisk assigned, bad address or bad server
-  name in exclude, 401 wrong token, 429 too many, 503 nothing can serve it
+  404 unknown device or a `version` that no longer exists, 400 no vDisk
+  assigned, bad address, bad server name in exclude or a `version` the
+  device may not keep, 401 wrong token, 429 too many, 503 nothing can serve it
   (no server up, version held by no up server or only by excluded ones,
   ...), 422 unparsable body (or more than 16 names in exclude).
 """
@@ -42,7 +47,7 @@ from vdfarm.api.limits import ApiLimits
 from vdfarm.api.ratelimit import ReservationCap, source_key
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import ServiceError
-from vdfarm.service.login import MAX_EXCLUDED, LoginResult, ServerEndpoint
+from vdfarm.service.login import MAX_EXCLUDED, MAX_VERSION, LoginResult, ServerEndpoint
 from vdfarm.service.tokens import role_allows
 
 router = APIRouter(tags=["login"], route_class=RateLimitedRoute)
@@ -67,6 +72,14 @@ class LoginRequest(BaseModel):
         max_length=MAX_EXCLUDED,
         description="Servers not to send the device to (an agent failing over "
         "away from a dead or hung server).",
+    )
+    version: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_VERSION,
+        strict=True,
+        description="The version the running device keeps (an agent failing "
+        "over; default: a boot, the current version).",
     )
 
 
@@ -188,7 +201,11 @@ def login_device(
         _count_reservation(request, body.device)
     try:
         result = farm.logins.login(
-            body.device, client_ip, reserve=body.reserve, exclude=body.exclude
+            body.device,
+            client_ip,
+            reserve=body.reserve,
+            exclude=body.exclude,
+            version=body.version,
         )
         return _response(result)
     except ServiceError as exc:
