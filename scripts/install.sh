@@ -12,12 +12,14 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 debs=(python3-venv qemu-utils qemu-system-x86 libnbd-bin syslinux syslinux-common
-      mtools dosfstools fdisk busybox-static kmod)
-# nbd-client: the kernel's NBD client, run by the tests on the host and inside a
-# test VM's initramfs. Its postinst loads no module (it only refreshes the
-# host's initramfs when initramfs-tools is there) and asks nothing.
+      mtools dosfstools fdisk busybox-static kmod e2fsprogs nbd-client)
+# e2fsprogs (mkfs.ext4 -d) and nbd-client: `vdfarm image sample --netboot`
+# builds an ext4 root and an initramfs holding the kernel's NBD client; the
+# tests also run nbd-client on the host. Its postinst loads no module (it
+# only refreshes the host's initramfs when initramfs-tools is there) and
+# asks nothing.
 # rsync: the peer of bench/replication_bench.py.
-[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd nbd-client rsync)
+[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd rsync)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || debs+=(linux-image-amd64)
 
 missing=()

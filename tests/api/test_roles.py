@@ -12,7 +12,7 @@ from tests.api.conftest import OTHER_HOST, error_of, unchanged
 from vdfarm.api import roles
 from vdfarm.api.app import API_PREFIX
 
-OPEN_ROUTES = {("POST", "/login")}
+OPEN_ROUTES = {("POST", "/login"), ("GET", "/boot/files/{vdisk}/{version}/{kind}")}
 
 
 @pytest.fixture

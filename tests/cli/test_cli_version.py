@@ -246,3 +246,45 @@ def test_bad_input_changes_nothing(populated, args, code, message):
     assert_one_line_error(result, code, message)
     assert cli.dump() == before
     assert sorted(p.name for p in cli.data_dir.parent.iterdir()) == outside
+
+
+def test_boot_files_through_the_command_line(icli, tmp_path):
+    icli.ok("vdisk", "import", "w", str(make_raw(tmp_path / "w.raw")))
+    (tmp_path / "vmlinuz").write_bytes(b"k" * 3000)
+    (tmp_path / "initrd.gz").write_bytes(b"i" * 5000)
+    (tmp_path / "link").symlink_to(tmp_path / "vmlinuz")
+    said = icli.ok(
+        "vdisk",
+        "boot",
+        "w",
+        "--kernel",
+        str(tmp_path / "vmlinuz"),
+        "--initrd",
+        str(tmp_path / "initrd.gz"),
+        "--cmdline",
+        "console=ttyS0",
+    ).stdout
+    assert said.startswith("version 0 of vDisk w boots kernel ") and "'console=ttyS0'" in said
+    icli.ok("version", "new", "w")
+    shown = icli.json("version", "show", "w", "1")
+    assert shown["boot"]["cmdline"] == "console=ttyS0" and shown["boot"]["kernel"]["size"] == 3000
+    listed = icli.ok("version", "list", "w").stdout
+    assert "BOOT FILES" in listed and listed.count("kernel+initrd") == 2
+    assert "kernel command line  'console=ttyS0'" in icli.ok("version", "show", "w", "0").stdout
+    before = icli.dump()
+    for args, text in (
+        (("--kernel", str(tmp_path / "link")), "is a symbolic link"),
+        (("--kernel", str(tmp_path / "none")), "does not exist"),
+        (("--kernel", str(tmp_path)), "is not a regular file"),
+        (("--cmdline", "a\x1b[2Jb"), "printable ASCII"),
+        (("--clear", "--cmdline", "x"), "give --clear alone"),
+        ((), "give a kernel, an initramfs, a command line, or --clear"),
+    ):
+        assert_one_line_error(icli("vdisk", "boot", "w", *args), SERVICE, text)
+    assert_one_line_error(icli("vdisk", "boot", "x/y", "--cmdline", "a"), SERVICE, "invalid vDisk")
+    assert_one_line_error(icli("version", "show", "w", "9"), SERVICE, "vDisk w has no version 9")
+    assert icli.dump() == before
+    assert (
+        icli.ok("vdisk", "boot", "w", "--clear").stdout
+        == "version 1 of vDisk w has no boot files\n"
+    )

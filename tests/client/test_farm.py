@@ -170,3 +170,15 @@ def test_a_failover_report_through_the_api_reads_back_as_locally(client, local, 
     assert shown.failovers["count"] == 2 and shown.failovers["last"]["pause_ms"] == 90
     with pytest.raises(NotFound, match="no device named nobody"):
         client.failovers.report("nobody", from_server="a", to_server="b", pause_ms=0, retried=0)
+
+
+def test_boot_files_through_the_api_read_back_as_locally(client, local, populated, tmp_path):
+    (tmp_path / "vmlinuz").write_bytes(b"kernel" * 1000)
+    (tmp_path / "initrd").write_bytes(b"initrd" * 1000)
+    given = client.boot.attach("w", kernel="vmlinuz", initrd=tmp_path / "initrd", cmdline="ro")
+    assert given == local.versions.show("w", 0) == client.versions.show("w", 0)
+    assert given.boot.cmdline == "ro" and given.boot.initrd.size == 6000
+    assert last_actor(populated) == OTHER_ACTOR
+    assert client.boot.attach("w", clear=True).boot is None
+    with pytest.raises(NotFound, match="vDisk w has no version 3"):
+        client.versions.show("w", 3)

@@ -35,6 +35,8 @@ TABLES = {
     "store_sets",
     "store_set_servers",
     "replicas",
+    "version_boot_files",
+    "store_boot_files",
 }
 
 

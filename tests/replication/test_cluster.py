@@ -410,3 +410,47 @@ def test_a_window_closing_pauses_a_running_copy_and_opening_resumes_it(cluster, 
     a.cli("store", "set", "default", "--no-window", "--max-rate", "none")
     wait_until(lambda: present_everywhere(a, "big", 0, "ab"), "the copy resumed and done")
     assert sent(a).get("big/base.raw", 0) < 1.1 * image.stat().st_size
+
+
+def boot_file_of(server: ClusterServer, path: str) -> bytes | None:
+    """What SERVER's GET /boot/files/PATH answers (None unless 200)."""
+    import httpx
+
+    answer = httpx.get(f"http://127.0.0.1:{server.api_port}/boot/files/{path}", timeout=10)
+    return answer.content if answer.status_code == 200 else None
+
+
+def test_boot_files_travel_with_their_version_and_follow_a_change(cluster, tmp_path):
+    """Boot files given on a reach b (listed in its manifest, served by its
+    /boot/files); a replaced kernel replaces b's copy and the old one goes;
+    a corrupted copy on b is quarantined and fetched again."""
+    farm = cluster(("a", "b"), "--rehash-interval", "2")
+    a, b = farm.servers["a"], farm.servers["b"]
+    a.cli("vdisk", "import", "golden", str(make_test_image(tmp_path / "g.raw", 8 * MIB, seed=6)))
+    kernel, kernel2, initrd = tmp_path / "vmlinuz", tmp_path / "vmlinuz2", tmp_path / "initrd"
+    for path, size in ((kernel, 3 * MIB), (kernel2, 2 * MIB), (initrd, 6 * MIB)):
+        make_test_image(path, size, seed=size)
+    a.cli("vdisk", "boot", "golden", "--kernel", str(kernel), "--initrd", str(initrd))
+    wait_until(
+        lambda: (
+            boot_file_of(b, "golden/0/initrd") == initrd.read_bytes()
+            and boot_file_of(b, "golden/0/kernel") == kernel.read_bytes()
+        ),
+        "b serves the boot files",
+    )
+    old = json.loads(store_file(b, "golden", "manifest.json").read_text())["boot_files"]
+    assert {f["kind"] for f in old} == {"kernel", "initrd"}
+
+    a.cli("vdisk", "boot", "golden", "--kernel", str(kernel2))
+    wait_until(lambda: boot_file_of(b, "golden/0/kernel") == kernel2.read_bytes(), "the new kernel")
+    old_kernel = next(f["name"] for f in old if f["kind"] == "kernel")
+    wait_until(lambda: not store_file(b, "golden", old_kernel).exists(), "the old kernel gone on b")
+
+    initrd_copy = store_file(b, "golden", next(f["name"] for f in old if f["kind"] == "initrd"))
+    with open(initrd_copy, "r+b") as fh:  # one byte, same size: only a re-hash sees it
+        fh.seek(MIB)
+        fh.write(b"\xff")
+    quarantine = b.data_dir / "store" / ".quarantine" / "golden"
+    wait_until(lambda: quarantine.exists() and any(quarantine.iterdir()), "the copy quarantined")
+    wait_until(lambda: boot_file_of(b, "golden/0/initrd") == initrd.read_bytes(), "fetched again")
+    assert sha256(initrd_copy) == sha256(initrd)

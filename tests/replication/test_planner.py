@@ -3,17 +3,20 @@ what to leave alone, what to remove — pure decisions on plain data."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vdfarm.replication.planner import (
     Adopt,
     Fetch,
     Waiting,
+    boot_entry,
     chain_entries,
     plan,
     plan_vdisk,
     still_decided,
 )
 from vdfarm.service.replication import Peer, WantedFile, WantedVdisk
-from vdfarm.store.manifest import Manifest, ManifestFile
+from vdfarm.store.manifest import BootFile, Manifest, ManifestFile
 
 PEER = Peer(server_id=2, name="b", host="127.0.0.1", api_port=8081, api_tls=False, busy=0)
 BASE = WantedFile(1, "base.raw", "raw", 1 << 20, "a" * 64, None)
@@ -117,3 +120,71 @@ def test_orphans_and_stale_partials():
     assert decided.orphans == ("gone",)
     assert decided.remove_partials == (("golden", ".repl-v1.qcow2"),)
     assert [f.file for f in decided.fetches] == [V2]
+
+
+KERNEL = WantedFile(1, "kernel-" + "c" * 64, "raw", 9000, "c" * 64, None, kind="kernel")
+INITRD = WantedFile(2, "initrd-" + "d" * 64, "raw", 7000, "d" * 64, None, kind="initrd")
+OLD_KERNEL = BootFile("kernel", 100, "e" * 64)
+
+
+def booting(*files: WantedFile, boot=(KERNEL, INITRD), peers=None) -> WantedVdisk:
+    w = wanted(*files)
+    held = {f.file_name: (PEER,) for f in boot} if peers is None else peers
+    return replace(w, boot_files=tuple(boot), boot_peers=held)
+
+
+def test_boot_files_come_after_the_chain_from_their_own_peers():
+    w = booting(BASE, V2)
+    assert plan_vdisk(w, None) == Fetch(w, BASE)  # the chain first
+    here = manifest(entry(BASE), entry(V2))
+    assert plan_vdisk(w, here) == Fetch(w, KERNEL)
+    with_kernel = replace(here, boot_files=(boot_entry(KERNEL),))
+    assert plan_vdisk(w, with_kernel) == Fetch(w, INITRD)
+    nobody = booting(
+        BASE, V2, peers={KERNEL.file_name: (PEER,)}
+    )  # the chain's peers hold no initrd
+    step = plan_vdisk(nobody, with_kernel)
+    assert isinstance(step, Waiting) and step.file == INITRD
+    done = replace(here, boot_files=(boot_entry(KERNEL), boot_entry(INITRD)))
+    assert plan_vdisk(w, done) is None
+    assert (
+        plan(
+            [w],
+            frozenset({"golden"}),
+            {"golden": with_kernel},
+            {"golden": [f".repl-{INITRD.file_name}"]},
+        ).remove_partials
+        == ()
+    )  # a boot file's partial copy is wanted
+
+
+def test_a_boot_file_listed_with_another_size_is_fetched_again():
+    w = booting(BASE, boot=(KERNEL,))
+    wrong = manifest(entry(BASE))
+    wrong = replace(wrong, boot_files=(replace(boot_entry(KERNEL), size=1),))
+    assert plan_vdisk(w, wrong) == Fetch(w, KERNEL)
+
+
+def test_boot_files_no_version_boots_leave_with_an_adopt():
+    w = booting(BASE, boot=(KERNEL,))
+    stale = replace(manifest(entry(BASE)), boot_files=(boot_entry(KERNEL), OLD_KERNEL))
+    assert plan_vdisk(w, stale) == Adopt("golden", chain_entries(w), 1 << 20, (boot_entry(KERNEL),))
+    # a chain adopt keeps the boot files still booted, and only those
+    merged = WantedFile(1, "base-2.raw", "raw", 1 << 20, "9" * 64, None)
+    w2 = booting(merged, boot=(KERNEL,))
+    assert plan_vdisk(
+        w2,
+        replace(
+            stale, files=(entry(merged), entry(V2, parent="base-2.raw")), boot_files=(OLD_KERNEL,)
+        ),
+    ) == Adopt("golden", chain_entries(w2), 1 << 20, ())
+
+
+def test_an_adopt_is_dropped_when_the_boot_files_changed_meanwhile():
+    before = booting(BASE, boot=(KERNEL,))
+    stale = replace(manifest(entry(BASE)), boot_files=(boot_entry(KERNEL), OLD_KERNEL))
+    [adopt] = plan([before], frozenset({"golden"}), {"golden": stale}, {}).adopts
+    # an attach here recorded OLD_KERNEL's successor meanwhile: decide again
+    after = booting(BASE, boot=(KERNEL, INITRD))
+    assert still_decided([adopt], [before], [after]) == []
+    assert still_decided([adopt], [before], [before]) == [adopt]

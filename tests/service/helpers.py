@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import inspect, text
 
+from vdfarm.daemon.rehash_clock import REHASH_FILE
+
 START = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 CHECK_UNSUPPORTED = 63  # qemu-img check on a format without checks (raw)
 
@@ -50,11 +52,13 @@ def dump_db(engine, ignore=None):
 
 
 def dump_files(data_dir):
-    """(relative path, size) of everything in the data dir but the SQLite files."""
+    """(relative path, size) of everything in the data dir but the SQLite
+    files and the time of a running server's last re-hash (its own
+    bookkeeping, written by itself, not the farm's state)."""
     files = []
     for root, dirs, names in os.walk(data_dir):
         for name in dirs + names:
-            if name.startswith("farm.db"):
+            if name.startswith("farm.db") or REHASH_FILE in name:
                 continue
             path = os.path.join(root, name)
             files.append((os.path.relpath(path, data_dir), os.path.getsize(path)))

@@ -289,3 +289,31 @@ def test_a_vdisk_being_merged_or_sealed_leaves_the_work_until_the_step_is_done(t
     with a.session() as session:
         drop_intent(session, vdisk_id(a), intent_id)
     assert wanted(c)[0] is not None
+
+
+def test_boot_files_are_wanted_with_their_versions_from_the_servers_that_hold_them(trio, tmp_path):
+    a, b, c = trio["a"], trio["b"], trio["c"]
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd"
+    kernel.write_bytes(b"k" * 5000)
+    initrd.write_bytes(b"i" * 7000)
+    boot = a.boot.attach("w", kernel=kernel, initrd=initrd, cmdline="quiet").boot
+    a.versions.new("w")  # open: its boot files are the same; not replicated anyway
+    beat(a, b, c)
+    vdisk, _ = wanted(c)
+    assert [(f.kind, f.file_name, f.size, f.sha256, f.version) for f in vdisk.boot_files] == [
+        ("kernel", boot.kernel.file, 5000, boot.kernel.sha256, 0),
+        ("initrd", boot.initrd.file, 7000, boot.initrd.sha256, 0),
+    ]
+    assert [p.name for p in vdisk.peers_of(vdisk.boot_files[0])] == ["a"]  # b lacks them
+    assert [p.name for p in vdisk.peers_of(vdisk.chain[0])] == ["a", "b"]
+    # the sending side gives a boot file some version boots, held here
+    held = a.replica_source.held_file("w", boot.kernel.file)
+    assert (held.size, held.sha256) == (5000, boot.kernel.sha256)
+    with pytest.raises(NotFound):
+        trio["b"].replica_source.held_file("w", boot.kernel.file)  # not in b's store
+    with pytest.raises(NotFound):
+        a.replica_source.held_file("w", "kernel-" + "0" * 64)  # no version boots it
+    copy_vdisk(a, b)
+    beat(b)
+    vdisk, _ = wanted(c)
+    assert [p.name for p in vdisk.peers_of(vdisk.boot_files[1])] == ["a", "b"]

@@ -3,14 +3,17 @@
 Rules:
 - Every route lives under /api/v1 and comes from `vdfarm.api.routes.*`;
   all but POST /login (devices' agents hold no token) check the caller and
-  its role (`deps.make_router`, `roles.MINIMAL_ROLE`). The OpenAPI document
+  its role (`deps.make_router`, `roles.MINIMAL_ROLE`). The boot path
+  (`/boot/files/…`: what a device boots over the network) lives under
+  /boot, open to every machine and rate-limited per source. The OpenAPI document
   is at /openapi.json (interactive docs at /docs); they need no token (they
   hold no farm data).
 - Version files go to peers only by /replication/files (role `replica`);
   the bytes sent are counted in memory (`app.state.replication_sent`).
 - Every request body is capped (`limits.BodyLimit`, 413 past
-  `ApiLimits.max_body_bytes`); login is rate-limited and its reservations
-  capped per source address, in memory, per server (`ratelimit`).
+  `ApiLimits.max_body_bytes`); login and the boot path are rate-limited
+  (a bucket each) and login's reservations capped per source address, in
+  memory, per server (`ratelimit`).
 - The app serves the Farm it is given and never closes it: its owner (the
   `vdfarm server run` process, or a test) does.
 - The token is read (or made, mode 0600) from the farm's data directory once,
@@ -33,6 +36,7 @@ from vdfarm.api.limits import ApiLimits, BodyLimit
 from vdfarm.api.ratelimit import RateLimiter, ReservationCap
 from vdfarm.api.routes import (
     audit,
+    boot_files,
     devices,
     locks,
     login,
@@ -90,6 +94,7 @@ def create_app(
     app.state.transfers = farm.transfers(root)
     app.state.replication_sent = SentBytes()
     app.state.login_limiter = RateLimiter(limits.login_rate_per_s, limits.login_burst)
+    app.state.boot_limiter = RateLimiter(limits.boot_rate_per_s, limits.boot_burst)
     app.state.reservation_cap = ReservationCap(
         limits.reservations_per_source, limits.reservation_window_s
     )
@@ -112,4 +117,5 @@ def create_app(
     for module in routers:
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(login.router, prefix=API_PREFIX)  # open to devices: no token
+    app.include_router(boot_files.router)  # /boot: open to booting devices, no token
     return app

@@ -31,12 +31,16 @@ class ApiLimits:
     login_burst: int = 40
     reservations_per_source: int = 32  # devices reserved by one anonymous source ...
     reservation_window_s: float = 30.0  # ... within this window (login's reservation lifetime)
+    boot_rate_per_s: float = 20.0  # boot path requests (/boot/...) per second per source
+    boot_burst: int = 40
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 0:
             raise ValueError("max_body_bytes must be >= 0")
         if self.login_rate_per_s <= 0 or self.login_burst < 1:
             raise ValueError("the login rate needs login_rate_per_s > 0 and login_burst >= 1")
+        if self.boot_rate_per_s <= 0 or self.boot_burst < 1:
+            raise ValueError("the boot rate needs boot_rate_per_s > 0 and boot_burst >= 1")
         if self.reservations_per_source < 1 or self.reservation_window_s <= 0:
             raise ValueError(
                 "the reservation cap needs reservations_per_source >= 1 and "

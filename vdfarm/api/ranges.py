@@ -6,12 +6,14 @@ Rules:
   ranges, A > B, A at or past the end, an empty file, a range of nothing —
   is RangeNotSatisfiable (416 with `Content-Range: bytes */SIZE`).
 - Numbers are plain digits (at most MAX_DIGITS): no signs, no spaces inside.
-- Pure: strings and ints in, a (start, end) pair out (END exclusive).
+- Pure: strings and ints in, a (start, end) pair out (END exclusive), or
+  the whole answer of a download (`RangeAnswer`: status and headers).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 MAX_DIGITS = 19
 _NUMBER = rf"([0-9]{{0,{MAX_DIGITS}}})"
@@ -54,3 +56,33 @@ def content_range(start: int, end: int, size: int) -> str:
 def unsatisfied_range(size: int) -> str:
     """The Content-Range value of a 416 answer about a file of SIZE bytes."""
     return f"bytes */{size}"
+
+
+@dataclass(frozen=True)
+class RangeAnswer:
+    """What a GET of a SIZE-byte file answers: bytes START..END-1, with
+    STATUS (200: the whole file, 206: a range) and HEADERS."""
+
+    start: int
+    end: int
+    status: int
+    headers: dict[str, str]
+
+
+def range_answer(header: str | None, size: int) -> RangeAnswer:
+    """The answer to a GET of a file of SIZE bytes with the Range HEADER
+    (None: no Range). Raises RangeNotSatisfiable."""
+    headers = {"Accept-Ranges": "bytes"}
+    if header is None:
+        start, end, status = 0, size, 200
+    else:
+        start, end = parse_range(header, size)
+        status = 206
+        headers["Content-Range"] = content_range(start, end, size)
+    headers["Content-Length"] = str(end - start)
+    return RangeAnswer(start, end, status, headers)
+
+
+def refusal_headers(size: int) -> dict[str, str]:
+    """The headers of a 416 answer about a file of SIZE bytes."""
+    return {"Accept-Ranges": "bytes", "Content-Range": unsatisfied_range(size)}

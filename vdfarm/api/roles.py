@@ -10,12 +10,14 @@ Rules:
   and their sessions (add, change, assign, delete a device; report a
   device's failover, as its agent does; release a lock;
   rebalance; verify a copy; log a device in for another address); `admin`
-  does everything else: vDisks (import, change, delete, export, repair), versions
-  (open, promote, revert, override, merge, delete), servers, store sets,
-  replication start, farm settings, lock homes and tokens.
+  does everything else: vDisks (import, change, delete, export, repair,
+  boot files), versions (open, promote, revert, override, merge, delete),
+  servers, store sets, replication start, farm settings, lock homes and
+  tokens.
 - A route is named by its method and its path under /api/v1 as FastAPI
   spells it. A route missing from the table needs `admin` (fail closed); a
-  test checks every route of the app is in it.
+  test checks every route of the app is in it. The routes open to devices
+  (POST /login, and /boot/… outside /api/v1) are not in it.
 - Pure data and one lookup: no FastAPI, no database.
 """
 
@@ -37,6 +39,7 @@ MINIMAL_ROLE: dict[tuple[str, str], str] = {
     ("GET", "/vdisks"): READ,
     ("GET", "/vdisks/{name}"): READ,
     ("GET", "/vdisks/{name}/versions"): READ,
+    ("GET", "/vdisks/{name}/versions/{number}"): READ,
     ("GET", "/replication/sent"): READ,
     # version files, between servers
     ("GET", "/replication/files/{vdisk}/{file_name}/chunks"): REPLICA,
@@ -55,6 +58,7 @@ MINIMAL_ROLE: dict[tuple[str, str], str] = {
     ("DELETE", "/vdisks/{name}"): ADMIN,
     ("POST", "/vdisks/{name}/export"): ADMIN,
     ("POST", "/vdisks/{name}/repair"): ADMIN,
+    ("POST", "/vdisks/{name}/boot"): ADMIN,
     ("POST", "/vdisks/{name}/versions"): ADMIN,
     ("POST", "/vdisks/{name}/versions/promote"): ADMIN,
     ("POST", "/vdisks/{name}/versions/revert"): ADMIN,

@@ -134,6 +134,25 @@ class VdiskExport(Body):
         return transfer_path(value)
 
 
+class BootFilesBody(Body):
+    """Boot files for the newest version of a vDisk: a kernel and an
+    initramfs (files in the server's transfer directory, copied into its
+    store) and a kernel command line; each one given replaces that one, or
+    `clear` (alone) removes them all."""
+
+    kernel: str | None = Field(default=None, description=TRANSFER_PATH)
+    initrd: str | None = Field(default=None, description=TRANSFER_PATH)
+    cmdline: str | None = Field(
+        default=None, description="Printable ASCII, at most 1024 characters; null: unchanged."
+    )
+    clear: bool = False
+
+    @field_validator("kernel", "initrd")
+    @classmethod
+    def check_path(cls, value: str | None) -> str | None:
+        return None if value is None else transfer_path(value)
+
+
 class VerifyReport(BaseModel):
     """The outcome of checking a vDisk's files in this server's store."""
 

@@ -1,10 +1,11 @@
-"""`vdfarm vdisk …`: import, list, show, set, delete, verify, repair, export vDisks.
+"""`vdfarm vdisk …`: import, list, show, set, delete, verify, repair, export
+vDisks, and give their newest version boot files.
 
 Rules: flags, help and output only; every decision is the service's.
 `set --subnet-affinity` is the login service's setting and comes alone (two
 service calls could half-succeed). With --farm, import and export name
 files in the server's transfer directory (relative to it, or absolute
-inside it; the server refuses anything else).
+inside it; the server refuses anything else), and so does boot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 
 from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import fmt_size, print_fields, print_table
+from vdfarm.cli.version import boot_line
 from vdfarm.farm.models import ACCESS_MODES, WRITE_CACHE_TYPES
 from vdfarm.farm.placement import AFFINITIES
 from vdfarm.service.errors import Invalid
@@ -311,3 +313,27 @@ def export_cmd(name: str, out: Path, fmt: str, number: int | None) -> None:
             f"({result.format}, {fmt_size(result.size)})"
         ),
     )
+
+
+@vdisk.command("boot")
+@click.argument("name")
+@click.option("--kernel", metavar="FILE", default=None, help="The kernel it boots.")
+@click.option("--initrd", metavar="FILE", default=None, help="The initramfs it boots.")
+@click.option(
+    "--cmdline",
+    default=None,
+    help="The kernel command line (printable ASCII, at most 1024 characters); "
+    "unchanged when not given.",
+)
+@click.option("--clear", is_flag=True, help="Remove the newest version's boot files.")
+@json_option
+def boot_cmd(
+    name: str, kernel: str | None, initrd: str | None, cmdline: str | None, clear: bool
+) -> None:
+    """Give the newest version of vDisk NAME the kernel and initramfs it
+    boots over the network, and their command line; each one given
+    replaces that one. The files are copied into the store (with --farm:
+    files in the server's transfer directory), copied to every server with
+    the version, and kept by the versions opened on it. --clear removes them."""
+    info = open_farm().boot.attach(name, kernel=kernel, initrd=initrd, cmdline=cmdline, clear=clear)
+    emit(info, lambda: click.echo(boot_line(info)))

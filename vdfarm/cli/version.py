@@ -1,4 +1,4 @@
-"""`vdfarm version …`: open, promote, revert, pin, merge, delete and list vDisk versions.
+"""`vdfarm version …`: open, promote, revert, pin, merge, delete, list and show vDisk versions.
 
 Rules: flags, help and output only; every decision is the service's.
 """
@@ -11,7 +11,8 @@ import click
 
 from vdfarm.cli.audit import IsoTime
 from vdfarm.cli.common import emit, json_option, open_farm
-from vdfarm.cli.output import fmt_size, print_table
+from vdfarm.cli.output import fmt_size, print_fields, print_table
+from vdfarm.service.boot_records import BootFileInfo
 from vdfarm.service.merges import MergeResult
 from vdfarm.service.version_rules import PROMOTE_TARGETS
 from vdfarm.service.versions import VersionInfo
@@ -30,6 +31,28 @@ def _merge_line(result: MergeResult) -> str:
     return line
 
 
+def boot_summary(info: VersionInfo) -> str | None:
+    """Which boot files VERSION has, in a word ("kernel+initrd"), or None."""
+    if info.boot is None:
+        return None
+    return "+".join(f.kind for f in info.boot.files())
+
+
+def _boot_file(found: BootFileInfo | None) -> str | None:
+    if found is None:
+        return None
+    return f"{found.sha256[:SHA_SHOWN]} ({fmt_size(found.size)})"
+
+
+def boot_line(info: VersionInfo) -> str:
+    """One line saying what version INFO boots over the network."""
+    what = f"version {info.number} of vDisk {info.vdisk}"
+    if info.boot is None:
+        return f"{what} has no boot files"
+    files = ", ".join(f"{f.kind} {_boot_file(f)}" for f in info.boot.files())
+    return f"{what} boots {files}; kernel command line {info.boot.cmdline!r}"
+
+
 def _rows(infos: list[VersionInfo]) -> list[tuple]:
     return [
         (
@@ -42,6 +65,7 @@ def _rows(infos: list[VersionInfo]) -> list[tuple]:
             len(i.devices),
             i.devices,
             i.boots,
+            boot_summary(i),
         )
         for i in infos
     ]
@@ -71,9 +95,43 @@ def list_cmd(vdisk: str) -> None:
                 "BOOTED",
                 "DEVICES",
                 "SERVES",
+                "BOOT FILES",
             ],
             _rows(infos),
             empty=f"vDisk {vdisk} has no versions",
+        ),
+    )
+
+
+@version.command("show")
+@click.argument("vdisk")
+@click.argument("number", type=click.IntRange(min=0))
+@json_option
+def show_cmd(vdisk: str, number: int) -> None:
+    """Show version NUMBER of VDISK, with the boot files it boots."""
+    info = open_farm().versions.show(vdisk, number)
+    boot = info.boot
+    emit(
+        info,
+        lambda: print_fields(
+            [
+                ("vdisk", info.vdisk),
+                ("version", info.number),
+                ("access", info.access),
+                ("parent", info.parent),
+                ("file", info.file),
+                ("format", info.format),
+                ("size", fmt_size(info.size)),
+                ("sha256", info.sha256),
+                ("created", info.created_at),
+                ("sealed", info.sealed_at),
+                ("production from", info.production_at),
+                ("booted by", info.devices),
+                ("serves", info.boots),
+                ("kernel", _boot_file(boot.kernel) if boot else None),
+                ("initrd", _boot_file(boot.initrd) if boot else None),
+                ("kernel command line", repr(boot.cmdline) if boot else None),
+            ]
         ),
     )
 

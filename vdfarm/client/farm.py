@@ -2,8 +2,8 @@
 a local one (`vdfarm.client.local.LocalFarm`).
 
 Rules:
-- The nouns (`vdisks`, `versions`, `devices`, `failovers`, `locks`, `audit`, `servers`,
-  `settings`, `tokens`, `replication`: its front-end half)
+- The nouns (`vdisks`, `versions`, `boot`, `devices`, `failovers`, `locks`, `audit`,
+  `servers`, `settings`, `tokens`, `replication`: its front-end half)
   have the methods of the services of the same name, with the same
   arguments, and return the same records (rebuilt from the JSON by
   `records.from_plain`), so the CLI prints a remote answer with the code
@@ -11,8 +11,8 @@ Rules:
   are methods of the farm itself, as on LocalFarm.
 - One request per call (one service call on the server), so a failure has
   changed nothing. Errors are the service's (see `client.http`).
-- Files named in `vdisks.import_image` and `versions.export` are files ON
-  THE SERVER, in its transfer directory (a relative path is relative to
+- Files named in `vdisks.import_image`, `versions.export` and
+  `boot.attach` are files ON THE SERVER, in its transfer directory (a relative path is relative to
   it); nothing is uploaded, and the server refuses paths outside it.
 - No audit actor is sent: the server records `token:<name>@<client address>`.
 - The audit is read a page at a time (the server sends at most 1000
@@ -242,6 +242,9 @@ class RemoteVersions(_Noun):
     def list(self, vdisk: str) -> list[VersionInfo]:
         return self.many(_as(VersionInfo), "GET", self._path(vdisk))
 
+    def show(self, vdisk: str, number: int) -> VersionInfo:
+        return self.one(_as(VersionInfo), "GET", self._path(vdisk, f"/{int(number)}"))
+
     def new(self, vdisk: str) -> VersionInfo:
         return self.one(_as(VersionInfo), "POST", self._path(vdisk))
 
@@ -276,6 +279,27 @@ class RemoteVersions(_Noun):
     ) -> ExportResult:
         body = {"path": server_path(out, "output file"), "format": fmt, "version": version}
         return self.one(_as(ExportResult), "POST", f"/vdisks/{segment(vdisk)}/export", body=body)
+
+
+class RemoteBoot(_Noun):
+    """`BootService` over the API (the files are the server's, in its
+    transfer directory)."""
+
+    def attach(
+        self,
+        vdisk: str,
+        *,
+        kernel: str | Path | None = None,
+        initrd: str | Path | None = None,
+        cmdline: str | None = None,
+        clear: bool = False,
+    ) -> VersionInfo:
+        body: dict[str, Any] = {"cmdline": cmdline, "clear": clear}
+        if kernel is not None:
+            body["kernel"] = server_path(kernel, "kernel file")
+        if initrd is not None:
+            body["initrd"] = server_path(initrd, "initramfs file")
+        return self.one(_as(VersionInfo), "POST", f"/vdisks/{segment(vdisk)}/boot", body=body)
 
 
 class RemoteFailovers(_Noun):
@@ -489,6 +513,7 @@ class FarmClient:
         self.url = self.http.url
         self.vdisks = RemoteVdisks(self.http)
         self.versions = RemoteVersions(self.http)
+        self.boot = RemoteBoot(self.http)
         self.devices = RemoteDevices(self.http)
         self.failovers = RemoteFailovers(self.http)
         self.locks = RemoteLocks(self.http)

@@ -1,8 +1,8 @@
 """`LocalFarm`: an open Farm with the interface of `FarmClient`.
 
 Rules:
-- The nouns are the Farm's own services (`vdisks`, `versions`, `devices`,
-  `locks`, `audit`, `servers`, `settings`, `tokens`, `repairs`,
+- The nouns are the Farm's own services (`vdisks`, `versions`, `boot`,
+  `devices`, `locks`, `audit`, `servers`, `settings`, `tokens`, `repairs`,
   `replication`); the calls of its
   `moves` and `logins` services (rebalance, login, subnet affinity) are
   methods here, so a front end calls `farm.rebalance(...)` whether the farm
@@ -29,6 +29,7 @@ class LocalFarm:
         self.farm = farm
         self.vdisks = farm.vdisks
         self.versions = farm.versions
+        self.boot = farm.boot
         self.devices = farm.devices
         self.failovers = farm.failovers
         self.locks = farm.locks

@@ -12,6 +12,8 @@ Rules:
   database, so an adopt (and a fetched file's adopt) happens only if the
   database, read again, still has that chain, and only onto the manifest
   the plan saw (`ManifestChanged` otherwise: the next round decides).
+- A fetched boot file is listed in the manifest at once (its vDisk's chain
+  is here already: boot files come after it).
 - One copy at a time, on a worker thread, while the rounds go on. A copy
   runs only inside its store's windows (in this server's local time,
   `local_clock`) unless `replication start --now` asked for its version;
@@ -72,6 +74,7 @@ from vdfarm.replication.throttle import Throttle
 from vdfarm.replication.verify import quarantine_drifted
 from vdfarm.service.replication import Peer, ReplicationWork, WantedFile, WantedVdisk
 from vdfarm.service.sessions import release_retired_files
+from vdfarm.store.boot_files import list_boot_files
 from vdfarm.store.chunks import chunk_list
 from vdfarm.store.errors import ManifestChanged, StoreError, StoreFull
 from vdfarm.store.manifest import Manifest
@@ -183,6 +186,7 @@ class Replication(Task):
                     adopt.virtual_size,
                     farm.now(),
                     snap.manifests.get(adopt.name),
+                    adopt.boot_files,
                 )
             except ManifestChanged:
                 continue  # a step here wrote it: the next round decides again
@@ -317,8 +321,8 @@ class Replication(Task):
     async def _copy(self, fetch: planner.Fetch) -> None:
         farm, registry = self.parts.farm, self.parts.stream.registry
         wanted, file = fetch.wanted, fetch.file
-        peers = [PeerAddress(p.name, peer_url(p)) for p in wanted.peers.get(file.version, ())]
-        by_name = {p.name: p.server_id for p in wanted.peers.get(file.version, ())}
+        peers = [PeerAddress(p.name, peer_url(p)) for p in wanted.peers_of(file)]
+        by_name = {p.name: p.server_id for p in wanted.peers_of(file)}
         want = FileWant(wanted.name, file.file_name, file.size, file.sha256)
         self.throttle.set_rate(self._cap(wanted))
         last = [0.0]
@@ -390,7 +394,13 @@ class Replication(Task):
                 outcome.bytes_received,
                 outcome.peer,
             )
-            await self._adopt_up_to(wanted, file)
+            if file.kind is not None:
+                await asyncio.to_thread(
+                    list_boot_files, farm.store, wanted.name, [planner.boot_entry(file)]
+                )
+                await registry.run_db(farm.servers.record_inventory)
+            else:
+                await self._adopt_up_to(wanted, file)
             await registry.run_db(
                 farm.replication.clear, farm.server_id, wanted.vdisk_id, file.version
             )
@@ -464,7 +474,8 @@ class Replication(Task):
 
 
 def sealed_files(store: Store) -> list[tuple[Path, str]]:
-    """(vDisk directory, file name) of every sealed, verified file of STORE."""
+    """(vDisk directory, file name) of every sealed, verified file of STORE,
+    and of every boot file."""
     try:
         manifests = store.scan()
     except StoreError:
@@ -474,7 +485,7 @@ def sealed_files(store: Store) -> list[tuple[Path, str]]:
         for m in manifests
         for f in m.files
         if f.sealed and not f.unverified
-    ]
+    ] + [(store.root / m.vdisk, b.name) for m in manifests for b in m.boot_files]
 
 
 def replication(parts: ServerParts) -> Task | None:

@@ -26,6 +26,11 @@ Rules:
   server of the farm. A `replicas` row says what a server is doing about a
   sealed version it does not hold verified yet (queued, copying, failed,
   mismatch); once it holds it, `store_versions` says so instead.
+- A version may have boot files (`version_boot_files`: a kernel, an
+  initramfs) and a kernel command line (`vdisk_versions.boot_cmdline`, set
+  exactly when it has a kernel); a new version starts with its parent's.
+  `store_boot_files` says which server holds which boot file (by kind and
+  sha256) of a vDisk, as `store_versions` does for versions.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ FILE_FORMATS = ("raw", "qcow2")
 SUBNET_AFFINITIES = ("none", "best-effort", "fixed")
 TOKEN_ROLES = ("read", "operator", "admin", "replica")
 REPLICA_STATES = ("queued", "copying", "failed", "mismatch")
+BOOT_KINDS = ("kernel", "initrd")
 DEFAULT_STORE_SET_ID = 1  # the store set `default`, made by migration 0012
 DEFAULT_MAX_VERSIONS = 5
 DEFAULT_MAX_BOOTING = 500
@@ -260,6 +266,25 @@ class VdiskVersion(Base):
     # 'production' (or 'test'): promote it so once every up server of its
     # store holds it (`version promote --when-replicated`).
     promote_when_replicated: Mapped[str | None] = mapped_column(String(16))
+    # The kernel command line of its boot files (null: it has none).
+    boot_cmdline: Mapped[str | None] = mapped_column(Text)
+
+
+class VersionBootFile(Base):
+    """A boot file of a version (its kernel or initramfs): size and sha256,
+    stored as `<kind>-<sha256>` beside the version's file in every store."""
+
+    __tablename__ = "version_boot_files"
+    __table_args__ = (
+        UniqueConstraint("version_id", "kind", name="uq_version_boot_files_version_id_kind"),
+        CheckConstraint(_in("kind", BOOT_KINDS), name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("vdisk_versions.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
 
 
 class Device(Base):
@@ -382,6 +407,29 @@ class StoreVersion(Base):
     vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    verified_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoreBootFile(Base):
+    """A boot file of a vDisk a server holds verified in its store (by kind
+    and sha256: the same file may serve several versions)."""
+
+    __tablename__ = "store_boot_files"
+    __table_args__ = (
+        UniqueConstraint(
+            "server_id",
+            "vdisk_id",
+            "kind",
+            "sha256",
+            name="uq_store_boot_files_server_id_vdisk_id_kind_sha256",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    vdisk_id: Mapped[int] = mapped_column(ForeignKey("vdisks.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64))
     verified_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -25,6 +25,9 @@ VIRTIO_BLK_MODULES = ("virtio_ring", "virtio", "virtio_pci", "virtio_blk")
 # What a guest needs for eth0 on qemu's virtio-net-pci, and for /dev/nbdN.
 VIRTIO_NET_MODULES = ("virtio_pci", "virtio_net")
 NBD_MODULES = ("nbd",)
+# What a guest needs to mount an ext4 root (metadata checksums need crc32c,
+# which ext4 asks the crypto API for by name: no dependency names it).
+EXT4_MODULES = ("crc32c_generic", "ext4")
 
 _MODULE_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
 

@@ -1,7 +1,8 @@
 """Drift: files of this server's store that changed behind vdfarm's back.
 
 Rules:
-- Only sealed, verified files of the vDisks the caller names are checked:
+- Only sealed, verified files (and the boot files) of the vDisks the
+  caller names are checked:
   an open maintenance version, or a private vDisk's file (its device
   writes it; the home's copy is the only current one), changes by design
   and is never quarantined.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from vdfarm.store.errors import StoreError
 from vdfarm.store.store import Store, sha256_of
@@ -41,12 +43,14 @@ def still_as_found(store: Store, drift: Drift) -> bool:
     """True if DRIFT's manifest entry is still the sealed one it was found
     against (no step here reopened, resealed or removed it since)."""
     try:
-        entry = store.manifest(drift.vdisk).file(drift.file_name)
+        manifest = store.manifest(drift.vdisk)
     except StoreError:
         return False
-    return (
-        entry is not None and entry.sealed and not entry.unverified and entry.sha256 == drift.sha256
-    )
+    entry = manifest.file(drift.file_name)
+    if entry is None:
+        boot = manifest.boot_file(drift.file_name)
+        return boot is not None and boot.sha256 == drift.sha256
+    return entry.sealed and not entry.unverified and entry.sha256 == drift.sha256
 
 
 def find_drift(store: Store, full: bool, vdisks: Collection[str]) -> list[Drift]:
@@ -64,26 +68,33 @@ def find_drift(store: Store, full: bool, vdisks: Collection[str]) -> list[Drift]
         if manifest.vdisk not in vdisks:
             continue
         directory = store.root / manifest.vdisk
-        for entry in manifest.files:
-            if not entry.sealed or entry.unverified:
-                continue
-            path = directory / entry.name
-            why: str | None = None
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                why = "vanished from the store"
-            except OSError as exc:
-                why = f"cannot be read ({exc.strerror})"
-            else:
-                if size != entry.size:
-                    why = f"size changed from {entry.size} to {size} bytes"
-                elif full:
-                    try:
-                        if sha256_of(path) != entry.sha256:
-                            why = "content changed (sha256 differs from the manifest)"
-                    except OSError as exc:
-                        why = f"cannot be read ({exc.strerror})"
+        checked = [
+            (f.name, f.version, f.size, f.sha256)
+            for f in manifest.files
+            if f.sealed and not f.unverified
+        ]
+        checked += [(b.name, None, b.size, b.sha256) for b in manifest.boot_files]
+        for name, version, listed_size, sha256 in checked:
+            why = _drift_of(directory / name, listed_size, sha256, full)
             if why is not None:
-                drifted.append(Drift(manifest.vdisk, entry.name, entry.version, why, entry.sha256))
+                drifted.append(Drift(manifest.vdisk, name, version, why, sha256))
     return drifted
+
+
+def _drift_of(path: Path, size: int | None, sha256: str | None, full: bool) -> str | None:
+    """Why the file at PATH is not the one of SIZE (and, if FULL, SHA256), or None."""
+    try:
+        found = path.stat().st_size
+    except FileNotFoundError:
+        return "vanished from the store"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if found != size:
+        return f"size changed from {size} to {found} bytes"
+    if full:
+        try:
+            if sha256_of(path) != sha256:
+                return "content changed (sha256 differs from the manifest)"
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+    return None

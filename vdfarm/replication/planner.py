@@ -24,9 +24,15 @@ Rules:
   server is not part of is left as it is.
 - Partial copies (`.repl-FILE`) of files no chain wants any more go.
 - An adopt is carried out only if a second read of the database, after
-  the manifests were read, still has the vDisk with the same chain
-  (`still_decided`): a seal or merge here writes the manifest before the
-  database, so a manifest can be ahead of a chain read before it.
+  the manifests were read, still has the vDisk with the same chain and
+  boot files (`still_decided`): a seal or merge here writes the manifest
+  before the database, so a manifest can be ahead of a chain read before it.
+- Boot files (`WantedVdisk.boot_files`) come once the chain is here: each
+  one the manifest does not list with the database's kind, size and sha256
+  is fetched from the peers whose inventory lists it (or waits for one),
+  one at a time like any file, and listed as soon as it is verified. The
+  manifest's boot files that no version of the chain boots any more leave
+  it with an adopt (and are removed from the disk).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from vdfarm.service.replication import WantedFile, WantedVdisk
-from vdfarm.store.manifest import Manifest, ManifestFile
+from vdfarm.store.manifest import BootFile, Manifest, ManifestFile
 from vdfarm.store.snapshot import PARTIAL_PREFIX
 
 
@@ -49,11 +55,13 @@ class Fetch:
 
 @dataclass(frozen=True)
 class Adopt:
-    """Rewrite vDisk NAME's manifest to FILES (all here and verified)."""
+    """Rewrite vDisk NAME's manifest to FILES (all here and verified) and
+    BOOT_FILES (those of its boot files the chain still boots)."""
 
     name: str
     files: tuple[ManifestFile, ...]
     virtual_size: int | None
+    boot_files: tuple[BootFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,16 @@ def is_here(manifest: Manifest | None, file: WantedFile) -> bool:
     )
 
 
+def boot_entry(file: WantedFile) -> BootFile:
+    """The manifest entry of the boot file FILE."""
+    return BootFile(kind=file.kind or "", size=file.size, sha256=file.sha256)
+
+
+def boot_is_here(manifest: Manifest | None, file: WantedFile) -> bool:
+    """True if MANIFEST lists the boot file FILE with the database's kind, size and hash."""
+    return manifest is not None and manifest.boot_file(file.file_name) == boot_entry(file)
+
+
 def written_here(manifest: Manifest | None) -> bool:
     """True if a file of MANIFEST is being written on this server."""
     if manifest is None:
@@ -119,24 +137,35 @@ def plan_vdisk(wanted: WantedVdisk, manifest: Manifest | None) -> Fetch | Adopt 
     for file in wanted.chain:
         if is_here(manifest, file):
             continue
-        if not wanted.peers.get(file.version):
-            return Waiting(wanted, file, "no up server holds it verified")
-        return Fetch(wanted, file)
+        return _fetch_or_wait(wanted, file)
     entries = chain_entries(wanted)
-    if manifest is not None and [_identity(f) for f in manifest.files] == [
+    booted = {f.file_name for f in wanted.boot_files}
+    kept = tuple(b for b in manifest.boot_files if b.name in booted) if manifest else ()
+    if manifest is None or [_identity(f) for f in manifest.files] != [
         _identity(f) for f in entries
     ]:
-        return None
-    return Adopt(wanted.name, entries, wanted.virtual_size)
+        return Adopt(wanted.name, entries, wanted.virtual_size, kept)
+    for file in wanted.boot_files:
+        if not boot_is_here(manifest, file):
+            return _fetch_or_wait(wanted, file)
+    if kept != manifest.boot_files:
+        return Adopt(wanted.name, entries, wanted.virtual_size, kept)
+    return None
+
+
+def _fetch_or_wait(wanted: WantedVdisk, file: WantedFile) -> Fetch | Waiting:
+    if not wanted.peers_of(file):
+        return Waiting(wanted, file, "no up server holds it verified")
+    return Fetch(wanted, file)
 
 
 def still_decided(
     adopts: Iterable[Adopt], before: Iterable[WantedVdisk], after: Iterable[WantedVdisk]
 ) -> list[Adopt]:
-    """ADOPTS whose vDisk has the same chain in AFTER (the database read
-    again) as in BEFORE (the read they were decided on)."""
-    chain_before = {w.name: w.chain for w in before}
-    chain_after = {w.name: w.chain for w in after}
+    """ADOPTS whose vDisk has the same chain and boot files in AFTER (the
+    database read again) as in BEFORE (the read they were decided on)."""
+    chain_before = {w.name: (w.chain, w.boot_files) for w in before}
+    chain_after = {w.name: (w.chain, w.boot_files) for w in after}
     return [
         a
         for a in adopts
@@ -164,7 +193,7 @@ def plan(
     waiting: list[Waiting] = []
     wanted_files: dict[str, set[str]] = {}
     for wanted in vdisks:
-        wanted_files[wanted.name] = {f.file_name for f in wanted.chain}
+        wanted_files[wanted.name] = {f.file_name for f in (*wanted.chain, *wanted.boot_files)}
         step = plan_vdisk(wanted, manifests.get(wanted.name))
         if isinstance(step, Fetch):
             fetches.append(step)

@@ -217,12 +217,18 @@ def check_versioned(vdisk: Vdisk) -> None:
 
 def check_private_allowed(session: Session, vdisk: Vdisk) -> None:
     """Private mode needs a vDisk that is one raw file (the other side of
-    `check_versioned`). Raises Invalid."""
+    `check_versioned`) without boot files (they are replicated with
+    versions; a private vDisk is neither). Raises Invalid."""
     rows = version_rows(session, vdisk.id)
     if len(rows) != 1 or rows[0].format != "raw":
         raise Invalid(
             f"vDisk {vdisk.name} has versions (or a qcow2 base): private mode needs "
             f"a single raw file; export it and import the copy instead"
+        )
+    if rows[0].boot_cmdline is not None:
+        raise Invalid(
+            f"vDisk {vdisk.name} has boot files: a private vDisk does not boot over the "
+            f"network; remove them first (vdfarm vdisk boot {vdisk.name} --clear)"
         )
 
 

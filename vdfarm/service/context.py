@@ -31,6 +31,7 @@ from vdfarm.farm import db
 from vdfarm.farm.models import Server, utcnow
 from vdfarm.service.audit import AuditService, AuditWriter
 from vdfarm.service.audit import record as audit_record
+from vdfarm.service.boot import BootService
 from vdfarm.service.deps import Clock, Database, ThisServer, first_line
 from vdfarm.service.devices import DeviceService
 from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
@@ -132,6 +133,7 @@ class Farm:
         self.versions = VersionService(session, clock, writer, store, self.merges, self.promotions)
         self.repairs = RepairService(session, clock, writer, store, here, self.promotions)
         self.vdisks = VdiskService(session, clock, writer, store)
+        self.boot = BootService(session, clock, writer, store)
         self.devices = DeviceService(session, clock, writer)
         self.failovers = FailoverService(session, writer)
         self.exports = ExportService(session, clock, store)
@@ -289,6 +291,7 @@ class Farm:
             AuditWriter(self.clock, self.actor),
             self.vdisks,
             self.versions,
+            self.boot,
         )
 
     # -- plumbing ------------------------------------------------------------

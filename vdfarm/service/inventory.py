@@ -11,6 +11,11 @@ Rules:
   replication never copies unsealed files.
 - `store_inventory` rewrites only the rows of THIS server that changed;
   replication fills other servers' rows the same way on their side.
+- Boot files are inventoried apart (`store_boot_files`, by vDisk, kind and
+  sha256): a boot file counts when the manifest lists it and it is on disk
+  with the listed size (hashed when copied in or fetched, re-hashed by the
+  drift check), whatever version boots it. A version's copies count
+  without them: streaming needs no kernel.
 """
 
 from __future__ import annotations
@@ -20,26 +25,36 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import StoreVersion, Vdisk, VdiskVersion
+from vdfarm.farm.models import StoreBootFile, StoreVersion, Vdisk, VdiskVersion
 from vdfarm.service.chains import chain_in_store, version_rows
 from vdfarm.service.errors import ServiceError
+from vdfarm.store.boot_files import held_boot_file
 from vdfarm.store.errors import StoreError
 from vdfarm.store.manifest import Manifest
 from vdfarm.store.store import Store
 
 # (vDisk id, version) -> (vDisk name, sha256 or None while unsealed)
 Held = dict[tuple[int, int], tuple[str, str | None]]
+# (vDisk id, kind, sha256) of every boot file held
+HeldBoot = set[tuple[int, str, str]]
 
 
 def verified_versions(store: Store, session: Session) -> Held:
     """Every version whose whole chain STORE holds as the database sealed
     it. An unlistable store holds nothing. Raises nothing of its own."""
+    return held_in_store(store, session)[0]
+
+
+def held_in_store(store: Store, session: Session) -> tuple[Held, HeldBoot]:
+    """The versions (see `verified_versions`) and the boot files STORE
+    holds, from one scan. An unlistable store holds nothing."""
     try:
         manifests = store.scan()
     except StoreError:
-        return {}
+        return {}, set()
     ids = dict(session.execute(select(Vdisk.name, Vdisk.id)).all())
     held: Held = {}
+    boot: HeldBoot = set()
     for manifest in manifests:
         vdisk_id = ids.get(manifest.vdisk)
         if vdisk_id is None:
@@ -49,7 +64,13 @@ def verified_versions(store: Store, session: Session) -> Held:
             if _chain_present(store, manifest, rows, row.number):
                 entry = manifest.file(row.file_name)
                 held[(vdisk_id, row.number)] = (manifest.vdisk, entry.sha256 if entry else None)
-    return held
+        for listed in manifest.boot_files:
+            try:
+                held_boot_file(store, manifest.vdisk, listed.name, manifest)
+            except StoreError:
+                continue
+            boot.add((vdisk_id, listed.kind, listed.sha256))
+    return held, boot
 
 
 def _chain_present(store: Store, manifest: Manifest, rows: list[VdiskVersion], number: int) -> bool:
@@ -66,6 +87,25 @@ def _chain_present(store: Store, manifest: Manifest, rows: list[VdiskVersion], n
         if entry is None or entry.unverified or (entry.size is not None and size != entry.size):
             return False
     return True
+
+
+def store_boot_inventory(session: Session, server_id: int, held: HeldBoot, now: datetime) -> None:
+    """Make SERVER_ID's `store_boot_files` rows say HELD (new rows verified at NOW)."""
+    mine = StoreBootFile.server_id == server_id
+    existing = {
+        (r.vdisk_id, r.kind, r.sha256): r
+        for r in session.scalars(select(StoreBootFile).where(mine)).all()
+    }
+    for key, row in existing.items():
+        if key not in held:
+            session.delete(row)
+    for vdisk_id, kind, sha256 in held - existing.keys():
+        session.add(
+            StoreBootFile(
+                server_id=server_id, vdisk_id=vdisk_id, kind=kind, sha256=sha256, verified_at=now
+            )
+        )
+    session.flush()
 
 
 def store_inventory(

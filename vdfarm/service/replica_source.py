@@ -7,7 +7,9 @@ Rules:
   store's manifest lists the file sealed, not `unverified`, with that very
   sha256, size and format, and it is on disk, a regular file of that size.
   Anything else is NotFound ("not held verified here"), whatever the reason,
-  so a peer learns nothing more about the store.
+  so a peer learns nothing more about the store. A boot file
+  (`<kind>-<sha256>`) is given when some version of the vDisk boots it
+  and this store's manifest lists it with that size, on disk.
 - Names are plain names (`check_vdisk_name`, `check_file_name`): Invalid
   otherwise, before the database or the store is looked at.
 - `chunk_list` may hash gigabytes (the first time; then it is cached beside
@@ -32,11 +34,13 @@ from pathlib import Path
 from sqlalchemy import select
 
 from vdfarm.farm.models import Vdisk, VdiskVersion
+from vdfarm.service.boot_records import boot_files_of
 from vdfarm.service.deps import SessionFactory
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
+from vdfarm.store.boot_files import held_boot_file
 from vdfarm.store.chunks import ChunkList, chunk_list
 from vdfarm.store.errors import InvalidName, StoreError
-from vdfarm.store.manifest import check_file_name, check_vdisk_name
+from vdfarm.store.manifest import BootFile, check_file_name, check_vdisk_name
 from vdfarm.store.store import Store
 
 CHUNK_LIST_WAIT_S = 5.0
@@ -76,13 +80,19 @@ class ReplicaSourceService:
         except InvalidName as exc:
             raise Invalid(str(exc)) from exc
         not_here = NotFound(f"this server does not hold {file_name} of vDisk {vdisk} verified")
+        boot: BootFile | None = None
         with self.session() as session:
             row = session.execute(
                 select(VdiskVersion.size, VdiskVersion.sha256, VdiskVersion.format)
                 .join(Vdisk, Vdisk.id == VdiskVersion.vdisk_id)
                 .where(Vdisk.name == vdisk, VdiskVersion.file_name == file_name)
             ).first()
-        if row is None or row.sha256 is None or row.size is None:
+            if row is None:
+                vdisk_id = session.scalar(select(Vdisk.id).where(Vdisk.name == vdisk))
+                boot = boot_files_of(session, vdisk_id).get(file_name) if vdisk_id else None
+        if row is None:
+            return self._held_boot_file(vdisk, file_name, boot, not_here)
+        if row.sha256 is None or row.size is None:
             raise not_here
         try:
             entry = self.store.manifest(vdisk).file(file_name)
@@ -103,6 +113,24 @@ class ReplicaSourceService:
             raise not_here
         return HeldFile(
             vdisk=vdisk, file_name=file_name, path=path, size=row.size, sha256=row.sha256
+        )
+
+    def _held_boot_file(
+        self, vdisk: str, file_name: str, boot: BootFile | None, not_here: NotFound
+    ) -> HeldFile:
+        """FILE_NAME of VDISK as a boot file some version boots (BOOT, from
+        the database), if this store holds it. Raises NOT_HERE."""
+        if boot is None:
+            raise not_here
+        try:
+            path = held_boot_file(self.store, vdisk, file_name)
+            listed = self.store.manifest(vdisk).boot_file(file_name)
+        except StoreError as exc:
+            raise not_here from exc
+        if listed != boot:
+            raise not_here
+        return HeldFile(
+            vdisk=vdisk, file_name=file_name, path=path, size=boot.size, sha256=boot.sha256
         )
 
     def chunk_list(self, vdisk: str, file_name: str) -> ChunkList:

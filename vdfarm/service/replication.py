@@ -12,6 +12,10 @@ Rules:
   under way: its files and rows change in two steps) is left out until the
   step is done. The daemon's replication task (elsewhere) does the copying
   and reports back with `report` / `clear`.
+- Boot files travel with the versions that boot them: `work_for` lists,
+  per vDisk, the boot files of its sealed chain (each once, by kind and
+  sha256, under the lowest version that boots it) and, per file, the up
+  servers whose boot inventory (`store_boot_files`) lists it.
 - The inventory (`store_versions`, verified) is the truth about what a
   server holds; a `replicas` row only says what a server is doing about a
   version it does not hold yet. `status` joins both: `present`, `server
@@ -31,22 +35,25 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import (
+    BOOT_KINDS,
     REPLICA_STATES,
     Replica,
     Server,
+    StoreBootFile,
     StoreSet,
     StoreVersion,
     Vdisk,
     VdiskIntent,
     VdiskVersion,
+    VersionBootFile,
 )
 from vdfarm.farm.placement import is_up
 from vdfarm.farm.windows import Window, windows_of_text
@@ -73,6 +80,7 @@ from vdfarm.service.store_sets import (
     servers_of,
 )
 from vdfarm.service.version_records import version_target
+from vdfarm.store.manifest import boot_file_name
 
 MAX_REASON = 1000  # characters of a reported reason kept
 MAX_FILE_NAME = 128  # the width of replicas.file_name
@@ -94,7 +102,9 @@ class Peer:
 
 @dataclass(frozen=True)
 class WantedFile:
-    """One sealed file of a vDisk's chain, as the database recorded it."""
+    """One sealed file of a vDisk's chain, as the database recorded it; or,
+    with a KIND, one of its boot files (VERSION: the lowest version of the
+    chain that boots it)."""
 
     version: int
     file_name: str
@@ -102,6 +112,7 @@ class WantedFile:
     size: int
     sha256: str
     parent_file: str | None
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,14 @@ class WantedVdisk:
     now_versions: frozenset[int]
     max_rate_bps: int | None
     windows: tuple[Window, ...]
+    boot_files: tuple[WantedFile, ...] = ()
+    boot_peers: dict[str, tuple[Peer, ...]] = field(default_factory=dict)  # by file name
+
+    def peers_of(self, file: WantedFile) -> tuple[Peer, ...]:
+        """The peers to pull FILE (of the chain, or a boot file) from."""
+        if file.kind is not None:
+            return self.boot_peers.get(file.file_name, ())
+        return self.peers.get(file.version, ())
 
 
 @dataclass(frozen=True)
@@ -252,6 +271,8 @@ class ReplicationService:
             ids = [v.id for v in mine]
             sealed = self._sealed_rows(session, ids)
             held = self._holders(session, ids)
+            boot_rows = self._boot_rows(session, ids)
+            boot_held = self._boot_holders(session, ids)
             busy = load_counts(session, now) if ids else {}
         up = {
             s.id: s
@@ -265,27 +286,18 @@ class ReplicationService:
         for vdisk in mine:
             chain = _chain(sealed.get(vdisk.id, []))
             store_set = store_sets.get(vdisk.store_set_id)
-            peers = {}
-            for row in chain:
-                holders = sorted(
+            peers = {
+                row.number: _peers(
                     (
-                        up[sid]
+                        sid
                         for sid, sha in held.get((vdisk.id, row.number), {}).items()
-                        if sid in up and sha == row.sha256
+                        if sha == row.sha256
                     ),
-                    key=lambda s: (sessions.get(s.id, 0), s.name),
+                    up,
+                    sessions,
                 )
-                peers[row.number] = tuple(
-                    Peer(
-                        server_id=s.id,
-                        name=s.name,
-                        host=s.hostname,
-                        api_port=s.api_port or 0,
-                        api_tls=s.api_tls,
-                        busy=sessions.get(s.id, 0),
-                    )
-                    for s in holders
-                )
+                for row in chain
+            }
             files = tuple(
                 WantedFile(
                     version=row.number,
@@ -297,6 +309,13 @@ class ReplicationService:
                 )
                 for i, row in enumerate(chain)
             )
+            boot = _boot_wanted(chain, boot_rows)
+            boot_peers = {
+                f.file_name: _peers(
+                    boot_held.get((vdisk.id, f.kind or "", f.sha256), ()), up, sessions
+                )
+                for f in boot
+            }
             wanted.append(
                 WantedVdisk(
                     vdisk_id=vdisk.id,
@@ -307,6 +326,8 @@ class ReplicationService:
                     now_versions=frozenset(r.number for r in chain if r.replicate_now_at),
                     max_rate_bps=store_set.max_rate_bps if store_set else None,
                     windows=windows_of_text(store_set.windows) if store_set else (),
+                    boot_files=boot,
+                    boot_peers=boot_peers,
                 )
             )
         return ReplicationWork(
@@ -533,6 +554,39 @@ class ReplicationService:
         return rows
 
     @staticmethod
+    def _boot_rows(session: Session, vdisk_ids: list[int]) -> dict[int, list[VersionBootFile]]:
+        """Version row id -> its boot file rows, for the vDisks VDISK_IDS."""
+        if not vdisk_ids:
+            return {}
+        query = (
+            select(VersionBootFile)
+            .join(VdiskVersion, VdiskVersion.id == VersionBootFile.version_id)
+            .where(VdiskVersion.vdisk_id.in_(vdisk_ids))
+        )
+        rows: dict[int, list[VersionBootFile]] = {}
+        for row in session.scalars(query).all():
+            rows.setdefault(row.version_id, []).append(row)
+        return rows
+
+    @staticmethod
+    def _boot_holders(
+        session: Session, vdisk_ids: list[int]
+    ) -> dict[tuple[int, str, str], set[int]]:
+        """(vDisk id, kind, sha256) -> the servers whose boot inventory lists it."""
+        if not vdisk_ids:
+            return {}
+        query = select(
+            StoreBootFile.vdisk_id,
+            StoreBootFile.kind,
+            StoreBootFile.sha256,
+            StoreBootFile.server_id,
+        ).where(StoreBootFile.vdisk_id.in_(vdisk_ids))
+        held: dict[tuple[int, str, str], set[int]] = {}
+        for vdisk_id, kind, sha256, server_id in session.execute(query).all():
+            held.setdefault((vdisk_id, kind, sha256), set()).add(server_id)
+        return held
+
+    @staticmethod
     def _holders(
         session: Session, vdisk_ids: list[int]
     ) -> dict[tuple[int, int], dict[int, str | None]]:
@@ -546,6 +600,49 @@ class ReplicationService:
         for vdisk_id, number, server_id, sha256 in session.execute(query).all():
             held.setdefault((vdisk_id, number), {})[server_id] = sha256
         return held
+
+
+def _peers(
+    server_ids: Iterable[int], up: dict[int, Server], sessions: dict[int, int]
+) -> tuple[Peer, ...]:
+    """The servers SERVER_IDS that are UP, as peers, least busy first (then by name)."""
+    holders = sorted(
+        (up[sid] for sid in server_ids if sid in up),
+        key=lambda s: (sessions.get(s.id, 0), s.name),
+    )
+    return tuple(
+        Peer(
+            server_id=s.id,
+            name=s.name,
+            host=s.hostname,
+            api_port=s.api_port or 0,
+            api_tls=s.api_tls,
+            busy=sessions.get(s.id, 0),
+        )
+        for s in holders
+    )
+
+
+def _boot_wanted(
+    chain: list[VdiskVersion], boot_rows: dict[int, list[VersionBootFile]]
+) -> tuple[WantedFile, ...]:
+    """The boot files the versions of CHAIN boot, each once (under the
+    lowest version that boots it), in chain order, kernel first."""
+    found: dict[str, WantedFile] = {}
+    for version in chain:
+        for row in sorted(boot_rows.get(version.id, ()), key=lambda r: BOOT_KINDS.index(r.kind)):
+            name = boot_file_name(row.kind, row.sha256)
+            if name not in found:
+                found[name] = WantedFile(
+                    version=version.number,
+                    file_name=name,
+                    format="raw",
+                    size=row.size,
+                    sha256=row.sha256,
+                    parent_file=None,
+                    kind=row.kind,
+                )
+    return tuple(found.values())
 
 
 def _check_version(session: Session, vdisk: Vdisk, number: int) -> VdiskVersion:

@@ -46,7 +46,7 @@ from vdfarm.farm.placement import is_up, parse_subnet
 from vdfarm.service.audit import AuditWriter
 from vdfarm.service.deps import Clock, SessionFactory, ThisServer
 from vdfarm.service.errors import Invalid, NotFound
-from vdfarm.service.inventory import store_inventory, verified_versions
+from vdfarm.service.inventory import held_in_store, store_boot_inventory, store_inventory
 from vdfarm.service.settings import SettingsService
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.store.store import Store
@@ -266,12 +266,13 @@ class ServerService:
         """
         now = self._clock()
         with self._session() as session:
-            held = verified_versions(self._store, session) if inventory else None
+            held = held_in_store(self._store, session) if inventory else None
             session.execute(
                 update(Server).where(Server.id == self._here.id).values(last_heartbeat=now)
             )
             if held is not None:
-                store_inventory(session, self._here.id, held, now)
+                store_inventory(session, self._here.id, held[0], now)
+                store_boot_inventory(session, self._here.id, held[1], now)
 
     def record_inventory(self) -> list[tuple[str, int]]:
         """Record which vDisk versions this store holds verified; return them
@@ -350,7 +351,8 @@ class ServerService:
             return after
 
     def _record_inventory(self, session: Session, now: datetime) -> builtins.list[tuple[str, int]]:
-        held = verified_versions(self._store, session)
+        held, boot = held_in_store(self._store, session)
+        store_boot_inventory(session, self._here.id, boot, now)
         return store_inventory(session, self._here.id, held, now)
 
     def _this_row(self, session: Session) -> Server:

@@ -21,6 +21,9 @@ Rules:
   name with link(2), which fails if that name exists (a file or a link),
   then the directory is fsynced. A crash leaves only a `.export-*`
   directory behind.
+- Boot files (`attach_boot`) are opened like an import's source and
+  copied into the store by `BootService`, which audits them
+  (`version.boot`, field `sources`).
 - Both are audited with the caller (the API's token actor) and the path:
   the import in its own `vdisk.import` row (field `source`), the export as
   `vdisk.export`. Local CLI use does not come here: a local user may name
@@ -41,12 +44,15 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from vdfarm.service.audit import AuditWriter
+from vdfarm.service.boot import BootService
+from vdfarm.service.boot_records import INITRD, KERNEL
 from vdfarm.service.deps import SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, ServiceError, Unavailable
 from vdfarm.service.merges import ExportResult
 from vdfarm.service.store_sets import DEFAULT_STORE
 from vdfarm.service.vdisks import VdiskInfo, VdiskService
-from vdfarm.service.versions import VersionService
+from vdfarm.service.versions import VersionInfo, VersionService
+from vdfarm.store.boot_files import BadBootSource, BootSource, check_source
 
 TRANSFER_DIR = "transfer"
 TRANSFER_DIR_MODE = 0o700
@@ -149,8 +155,9 @@ def refusal(exc: OSError, dir_fd: int, name: str, where: Path, what: str) -> Ser
     return Invalid(f"cannot open {where}: {exc.strerror}")
 
 
-def open_source(transfer: TransferDir, named: str) -> tuple[int, Path]:
-    """NAMED opened for reading (a regular file with one link), and its path.
+def open_source(transfer: TransferDir, named: str, what: str = "source") -> tuple[int, Path]:
+    """NAMED opened for reading (a regular file with one link), and its path;
+    WHAT names it in refusals ("source", "kernel").
 
     Raises Invalid (see `TransferDir.parent`; a link, not a regular file, a
     hard-linked file), Unavailable.
@@ -159,7 +166,7 @@ def open_source(transfer: TransferDir, named: str) -> tuple[int, Path]:
         try:
             fd = os.open(name, _SOURCE_FLAGS, dir_fd=dir_fd)
         except OSError as exc:
-            raise refusal(exc, dir_fd, name, shown, "source file") from exc
+            raise refusal(exc, dir_fd, name, shown, f"{what} file") from exc
     st = os.fstat(fd)
     problem = None
     if not stat.S_ISREG(st.st_mode):
@@ -168,7 +175,7 @@ def open_source(transfer: TransferDir, named: str) -> tuple[int, Path]:
         problem = "has other hard links (it may be another name of a file outside): refused"
     if problem is not None:
         os.close(fd)
-        raise Invalid(f"source file {shown} {problem}")
+        raise Invalid(f"{what} file {shown} {problem}")
     return fd, shown
 
 
@@ -192,12 +199,14 @@ class TransferService:
         audit: AuditWriter,
         vdisks: VdiskService,
         versions: VersionService,
+        boot: BootService,
     ) -> None:
         self.transfer = transfer
         self._session = session
         self._audit = audit
         self._vdisks = vdisks
         self._versions = versions
+        self._boot = boot
 
     def import_image(
         self,
@@ -238,6 +247,37 @@ class TransferService:
             raise _renamed(exc, (hidden, shown)) from exc
         finally:
             os.close(fd)
+
+    def attach_boot(
+        self,
+        vdisk: str,
+        *,
+        kernel: str | None = None,
+        initrd: str | None = None,
+        cmdline: str | None = None,
+        clear: bool = False,
+        actor: str,
+    ) -> VersionInfo:
+        """Give VDISK's newest version the boot files KERNEL and INITRD (files
+        in the transfer directory) and CMDLINE, or take them away (CLEAR);
+        see `BootService.attach`. Audited with ACTOR and the paths.
+
+        Raises Invalid (a path refused here, or what the attach refuses),
+        NotFound, Conflict, Unavailable.
+        """
+        sources: list[BootSource] = []
+        try:
+            for kind, named in ((KERNEL, kernel), (INITRD, initrd)):
+                if named is not None:
+                    fd, shown = open_source(self.transfer, named, kind)
+                    try:
+                        sources.append(check_source(kind, fd, str(shown)))
+                    except BadBootSource as exc:
+                        raise Invalid(str(exc)) from exc
+            return self._boot.attach_sources(vdisk, sources, cmdline, clear, actor)
+        finally:
+            for source in sources:
+                source.close()
 
     def export(
         self, vdisk: str, named: str, fmt: str, version: int | None = None, *, actor: str

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import Vdisk
 from vdfarm.service import version_rules as rules
+from vdfarm.service.boot_records import BootInfo, boot_infos
 from vdfarm.service.chains import booted_devices, states_of, version_rows
 from vdfarm.service.merges import MergeResult
 from vdfarm.store import versions as store_versions
@@ -28,7 +29,8 @@ class VersionInfo:
     `sha256` are the sealed file's (size is the current file size while
     open); `devices` booted it; `boots` are the device types that get it now;
     `when_replicated` is the access it is promoted to once every up server
-    of its store holds it (`version promote --when-replicated`), if any.
+    of its store holds it (`version promote --when-replicated`), if any;
+    `boot` is what it boots over the network (None: no boot files).
     """
 
     vdisk: str
@@ -45,6 +47,7 @@ class VersionInfo:
     devices: tuple[str, ...]
     boots: tuple[str, ...]
     when_replicated: str | None = None
+    boot: BootInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def version_infos(store: Store, session: Session, vdisk: Vdisk, now: datetime) -
     rows = version_rows(session, vdisk.id)
     states = states_of(rows)
     booted = booted_devices(session, vdisk.id)
+    boot = boot_infos(session, rows)
     boots: dict[int, list[str]] = {}
     for device_type in rules.DEVICE_TYPES:
         choice = rules.device_boot(
@@ -84,6 +88,7 @@ def version_infos(store: Store, session: Session, vdisk: Vdisk, now: datetime) -
             devices=booted.get(r.number, ()),
             boots=tuple(boots.get(r.number, ())),
             when_replicated=r.promote_when_replicated,
+            boot=boot.get(r.id),
         )
         for r, s in zip(rows, states, strict=True)
     ]

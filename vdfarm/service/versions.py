@@ -18,6 +18,8 @@ Rules:
   maintenance opens it again and is refused while devices booted it.
 - A version in maintenance is in use while the vDisk's lock is held or a
   device has a session on it: it cannot be promoted or deleted then.
+- A new version boots what its parent boots (`boot_records.copy_boot`)
+  until `vdisk boot` gives it other boot files.
 - Every change writes one audit row (target type "version") in its
   transaction. After a promote, a chain longer than the vDisk's max-versions
   is merged (`MergeService.auto_merge`).
@@ -36,6 +38,7 @@ from sqlalchemy.orm import Session
 from vdfarm.farm.models import Vdisk, VdiskVersion
 from vdfarm.service import version_rules as rules
 from vdfarm.service.audit import AuditWriter
+from vdfarm.service.boot_records import copy_boot
 from vdfarm.service.chains import (
     check_store_matches,
     check_unused,
@@ -119,8 +122,16 @@ class VersionService:
                 raise NotFound(f"no vDisk named {vdisk}")
             return version_infos(self._store, session, row, self._clock())
 
+    def show(self, vdisk: str, number: int) -> VersionInfo:
+        """Version NUMBER of VDISK. Raises NotFound, Unavailable."""
+        found = next((i for i in self.list(vdisk) if i.number == number), None)
+        if found is None:
+            raise NotFound(f"vDisk {vdisk} has no version {number}")
+        return found
+
     def new(self, vdisk: str, actor: str | None = None) -> VersionInfo:
-        """Open a maintenance version of VDISK: an empty qcow2 delta on its newest version.
+        """Open a maintenance version of VDISK: an empty qcow2 delta on its
+        newest version, booting the same boot files (if any).
 
         Raises NotFound, Invalid (private vDisk), Conflict (a version is
         already open), Unavailable (store or DB trouble).
@@ -141,18 +152,18 @@ class VersionService:
                 top = rows[-1]
                 number = top.number + 1
                 file_name = self._free_file_name(vdisk, number)
-                session.add(
-                    VdiskVersion(
-                        vdisk_id=row.id,
-                        number=number,
-                        parent_number=top.number,
-                        file_name=file_name,
-                        format="qcow2",
-                        access=rules.MAINTENANCE,
-                        created_at=self._clock(),
-                    )
+                opening = VdiskVersion(
+                    vdisk_id=row.id,
+                    number=number,
+                    parent_number=top.number,
+                    file_name=file_name,
+                    format="qcow2",
+                    access=rules.MAINTENANCE,
+                    created_at=self._clock(),
                 )
+                session.add(opening)
                 session.flush()
+                copy_boot(session, top, opening)  # boot files carry forward
                 try:
                     store_versions.open_delta(self._store, vdisk, file_name, number)
                 except (StoreError, QemuImgError) as exc:

@@ -13,9 +13,13 @@ Rules:
   number (absent in manifests written before versions existed).
 - `retired` lists files that left the chain (merged away) but stay on disk
   while a connected device may still read them; they are never served anew.
-- Optional keys (`version`, `retired`, `virtual_size`, `unverified`) are
-  written only when set, so a manifest without versions reads and writes as
-  before.
+- Optional keys (`version`, `retired`, `virtual_size`, `unverified`,
+  `boot_files`) are written only when set, so a manifest without versions
+  reads and writes as before.
+- `boot_files` lists the kernels and initramfs images the vDisk's versions
+  boot over the network (`vdfarm.store.boot_files`): each by kind, size and
+  sha256, stored under the name `<kind>-<sha256>` (so versions booting the
+  same file share it); a name is never both a chain file and a boot file.
 - `unverified` marks a sealed file a private-mode device has written since
   it was hashed: its `sha256` is the last one known, not the file's; the
   copy counts as held again only once re-hashed (`versions.rehash`).
@@ -40,6 +44,7 @@ FILE_FORMATS = ("raw", "qcow2")
 VDISK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+BOOT_KINDS = ("kernel", "initrd")
 
 
 def check_vdisk_name(name: str) -> str:
@@ -108,6 +113,28 @@ class ManifestFile:
         return data
 
 
+def boot_file_name(kind: str, sha256: str) -> str:
+    """The store name of the boot file of KIND with content SHA256."""
+    return f"{kind}-{sha256}"
+
+
+@dataclass(frozen=True)
+class BootFile:
+    """A boot file of a vDisk (a kernel or an initramfs), named by its kind
+    and content (`boot_file_name`)."""
+
+    kind: str
+    size: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return boot_file_name(self.kind, self.sha256)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "size": self.size, "sha256": self.sha256}
+
+
 @dataclass(frozen=True)
 class RetiredFile:
     """A file merged out of the chain, kept on disk until no device reads it."""
@@ -133,6 +160,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     retired: tuple[RetiredFile, ...] = ()
     virtual_size: int | None = None
+    boot_files: tuple[BootFile, ...] = ()
 
     @property
     def top(self) -> ManifestFile:
@@ -150,6 +178,10 @@ class Manifest:
         """The chain's file called NAME, or None."""
         return next((f for f in self.files if f.name == name), None)
 
+    def boot_file(self, name: str) -> BootFile | None:
+        """The boot file called NAME, or None."""
+        return next((b for b in self.boot_files if b.name == name), None)
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "format_version": self.format_version,
@@ -160,6 +192,8 @@ class Manifest:
             data["retired"] = [r.to_dict() for r in self.retired]
         if self.virtual_size is not None:
             data["virtual_size"] = self.virtual_size
+        if self.boot_files:
+            data["boot_files"] = [b.to_dict() for b in self.boot_files]
         return data
 
     @classmethod
@@ -193,7 +227,16 @@ class Manifest:
         virtual_size = data.get("virtual_size")
         if virtual_size is not None and not _is_count(virtual_size):
             raise ManifestError(f"manifest: bad virtual_size {virtual_size!r}")
-        return cls(vdisk=vdisk, files=tuple(files), retired=retired, virtual_size=virtual_size)
+        boot_files = _boot_files_from_list(
+            data.get("boot_files", []), [f.name for f in files] + [r.name for r in retired]
+        )
+        return cls(
+            vdisk=vdisk,
+            files=tuple(files),
+            retired=retired,
+            virtual_size=virtual_size,
+            boot_files=boot_files,
+        )
 
 
 def _is_count(value: Any) -> bool:
@@ -263,6 +306,31 @@ def _retired_from_list(raw: Any, chain_names: list[str]) -> tuple[RetiredFile, .
             raise ManifestError(f"manifest retired file {name}: retired_at has no zone")
         retired.append(RetiredFile(name=name, version=version, retired_at=at))
     return tuple(retired)
+
+
+def _boot_files_from_list(raw: Any, taken: list[str]) -> tuple[BootFile, ...]:
+    if not isinstance(raw, list):
+        raise ManifestError("manifest: boot_files is not a list")
+    found: list[BootFile] = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ManifestError("manifest boot file entry is not an object")
+        kind, size, sha256 = item.get("kind"), item.get("size"), item.get("sha256")
+        if kind not in BOOT_KINDS:
+            raise ManifestError(f"manifest boot file: unknown kind {kind!r}")
+        if not _is_count(size) or not size:
+            raise ManifestError(f"manifest boot file: bad size {size!r}")
+        if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+            raise ManifestError(f"manifest boot file: bad sha256 {sha256!r}")
+        entry = BootFile(kind=kind, size=int(size), sha256=sha256)
+        if item.get("name", entry.name) != entry.name:
+            raise ManifestError(
+                f"manifest boot file {item.get('name')!r} is not named {entry.name}"
+            )
+        if entry.name in taken or entry.name in [f.name for f in found]:
+            raise ManifestError(f"manifest boot file {entry.name} is repeated")
+        found.append(entry)
+    return tuple(found)
 
 
 def read_manifest(vdisk_dir: Path) -> Manifest:

@@ -12,11 +12,15 @@ Rules:
   the manifest its caller decided on, it refuses (`ManifestChanged`) when
   the manifest changed since: a seal, merge or revert here wrote it, and
   the database says so a moment later.
+- Given BOOT_FILES, `adopt_chain` makes the manifest's boot files exactly
+  those (each on disk with its size) and removes the ones that left, after
+  the manifest is written; without them, the manifest's boot files stay.
 - `quarantine` moves a file to `<store>/.quarantine/<vdisk>/<file>.<UTC
   time>` (directories 0700) and takes it out of the manifest first, with
   every file above it in the chain (their parent is gone: they are retired,
-  kept on disk). If the base goes, the directory stops being a vDisk
-  (manifest.json is removed) and its other files stay for a later adopt.
+  kept on disk); a boot file leaves the boot files alone. If the base goes,
+  the directory stops being a vDisk (manifest.json is removed) and its
+  other files stay for a later adopt.
 - Manifests are written atomically (`write_manifest`) and checked by the
   manifest rules before they are written. Names are plain names.
 """
@@ -25,14 +29,17 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vdfarm.store.boot_files import on_disk, remove_boot_files
 from vdfarm.store.chunks import forget_cache
 from vdfarm.store.errors import ManifestChanged, ManifestError, StoreError
 from vdfarm.store.manifest import (
     MANIFEST_NAME,
+    BootFile,
     Manifest,
     ManifestFile,
     RetiredFile,
@@ -88,12 +95,14 @@ def adopt_chain(
     virtual_size: int | None,
     retired_at: datetime,
     expected: Manifest | None | _Unchecked = UNCHECKED,
+    boot_files: Sequence[BootFile] | None = None,
 ) -> Manifest:
     """Make vDisk VDISK's manifest list exactly FILES (base first) with
     VIRTUAL_SIZE; the old chain's files not in FILES are retired at
     RETIRED_AT. Makes the manifest if the vDisk had none. Returns it. With
     EXPECTED (a manifest, or None for none), the current manifest must be
-    that one.
+    that one. With BOOT_FILES, its boot files become those (the others are
+    removed); without, they stay.
 
     Raises InvalidName, ManifestChanged (not EXPECTED), ManifestError (FILES
     break the manifest rules, or the old manifest is unreadable), StoreError
@@ -105,6 +114,8 @@ def adopt_chain(
         raise ManifestError(f"vDisk {vdisk}: a chain has at least its base file")
     for entry in files:
         _check_on_disk(vdisk_dir, entry)
+    for listed in boot_files or ():
+        on_disk(store, vdisk, listed)
     old = _old_manifest(vdisk_dir)
     if not isinstance(expected, _Unchecked) and old != expected:
         raise ManifestChanged(f"the manifest of vDisk {vdisk} changed meanwhile")
@@ -119,10 +130,19 @@ def adopt_chain(
                 "it is a maintenance version's only copy"
             )
         retired.append(RetiredFile(entry.name, entry.version, retired_at))
+    old_boot = old.boot_files if old else ()
+    boot = old_boot if boot_files is None else tuple(boot_files)
     manifest = _checked(
-        Manifest(vdisk=vdisk, files=tuple(files), retired=tuple(retired), virtual_size=virtual_size)
+        Manifest(
+            vdisk=vdisk,
+            files=tuple(files),
+            retired=tuple(retired),
+            virtual_size=virtual_size,
+            boot_files=boot,
+        )
     )
     _write(store, vdisk, manifest)
+    remove_boot_files(store, vdisk, [b.name for b in old_boot if b not in boot])
     return manifest
 
 
@@ -192,9 +212,10 @@ def _drop_from_manifest(
             ) from exc
         return
     retired = tuple(r for r in manifest.retired if r.name != file_name)
+    boot = tuple(b for b in manifest.boot_files if b.name != file_name)
     if index is None:
-        if retired != manifest.retired:
-            _write(store, vdisk, replace(manifest, retired=retired))
+        if (retired, boot) != (manifest.retired, manifest.boot_files):
+            _write(store, vdisk, replace(manifest, retired=retired, boot_files=boot))
         return
     above = tuple(RetiredFile(f.name, f.version, now) for f in manifest.files[index + 1 :])
     _write(store, vdisk, replace(manifest, files=manifest.files[:index], retired=retired + above))

@@ -44,6 +44,7 @@ from vdfarm.store.errors import (
 from vdfarm.store.locking import _idle, busy
 from vdfarm.store.manifest import (
     MANIFEST_NAME,
+    BootFile,
     Manifest,
     ManifestFile,
     check_vdisk_name,
@@ -144,13 +145,20 @@ class Store:
         return manifests
 
     def verify(self, name: str) -> VerifyResult:
-        """Check each file of vDisk NAME against its manifest (exists, size, sha256).
+        """Check each file of vDisk NAME against its manifest (exists, size,
+        sha256), its boot files too.
 
         Raises InvalidName, VdiskMissing, ManifestError.
         """
         manifest = self.manifest(name)
         problems = [p for f in manifest.files if (p := self._check_file(name, f))]
+        problems += [p for b in manifest.boot_files if (p := self._check_boot_file(name, b))]
         return VerifyResult(vdisk=name, problems=tuple(problems))
+
+    def _check_boot_file(self, name: str, entry: BootFile) -> str | None:
+        return self._check_file(
+            name, ManifestFile(name=entry.name, format="raw", size=entry.size, sha256=entry.sha256)
+        )
 
     def _check_file(self, name: str, entry: ManifestFile) -> str | None:
         path = self._dir_of(name) / entry.name

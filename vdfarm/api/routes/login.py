@@ -30,45 +30,20 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from vdfarm.api import auth, roles
 from vdfarm.api.deps import client_host, find_token, get_farm, refusal
+from vdfarm.api.limited_route import RateLimitedRoute
 from vdfarm.api.limits import ApiLimits
-from vdfarm.api.ratelimit import RateLimiter, ReservationCap, source_key
+from vdfarm.api.ratelimit import ReservationCap, source_key
 from vdfarm.service.context import Farm
 from vdfarm.service.errors import ServiceError
 from vdfarm.service.login import MAX_EXCLUDED, LoginResult, ServerEndpoint
 from vdfarm.service.tokens import role_allows
-
-
-class RateLimitedRoute(APIRoute):
-    """An APIRoute that spends one of the source address's tokens before
-    reading the body (429 when there is none)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def limited_handler(request: Request) -> Response:
-            limiter: RateLimiter | None = getattr(request.app.state, "login_limiter", None)
-            source = source_key(client_host(request))
-            if limiter is not None and not limiter.allow(source):
-                wait = max(1, math.ceil(limiter.retry_after(source)))
-                raise HTTPException(
-                    status_code=429,
-                    detail=f"too many logins from {source}: at most "
-                    f"{limiter.rate:g} a second (burst {limiter.burst:g}); retry in {wait} s",
-                    headers={"Retry-After": str(wait)},
-                )
-            return await handler(request)
-
-        return limited_handler
-
 
 router = APIRouter(tags=["login"], route_class=RateLimitedRoute)
 

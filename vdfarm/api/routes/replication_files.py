@@ -26,7 +26,7 @@ from fastapi import Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from vdfarm.api.deps import FarmDep, make_router
-from vdfarm.api.ranges import RangeNotSatisfiable, content_range, parse_range, unsatisfied_range
+from vdfarm.api.ranges import RangeNotSatisfiable, range_answer, refusal_headers
 from vdfarm.api.schemas import ErrorDetail
 from vdfarm.api.sent_bytes import SentBytes
 from vdfarm.store.chunks import ChunkList, read_range
@@ -71,22 +71,18 @@ def file_bytes(
     """The bytes of a version file this server holds verified: all of it, or
     the one range the `Range` header asks for."""
     held = farm.replica_source.held_file(vdisk, file_name)
-    headers = {"Accept-Ranges": "bytes"}
-    if range_header is None:
-        start, end, status = 0, held.size, 200
-    else:
-        try:
-            start, end = parse_range(range_header, held.size)
-        except RangeNotSatisfiable as exc:
-            headers["Content-Range"] = unsatisfied_range(held.size)
-            return JSONResponse({"detail": str(exc)}, status_code=416, headers=headers)
-        status = 206
-        headers["Content-Range"] = content_range(start, end, held.size)
-    headers["Content-Length"] = str(end - start)
+    try:
+        answer = range_answer(range_header, held.size)
+    except RangeNotSatisfiable as exc:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=416, headers=refusal_headers(held.size)
+        )
     blocks = sent_bytes(request).counting(
-        f"{vdisk}/{file_name}", read_range(held.path, start, end - start)
+        f"{vdisk}/{file_name}", read_range(held.path, answer.start, answer.end - answer.start)
     )
-    return StreamingResponse(blocks, status_code=status, media_type=OCTETS, headers=headers)
+    return StreamingResponse(
+        blocks, status_code=answer.status, media_type=OCTETS, headers=answer.headers
+    )
 
 
 @router.get("/replication/sent", response_model=dict[str, int])

@@ -1,9 +1,11 @@
-"""/vdisks: import, list, show, change, delete, verify, export, repair (like `vdfarm vdisk …`).
+"""/vdisks: import, list, show, change, delete, verify, export, repair, boot
+files (like `vdfarm vdisk …`).
 
 Rules: paths, bodies and status codes only; every decision is the
 service's. Import and export name files in the server's transfer directory
 (`TransferService`: relative to it or absolute inside it, no links, an
-export never overwrites), audited with the caller.
+export never overwrites), audited with the caller; so do the boot files
+given to a vDisk's newest version (copied into the store).
 A failed verification is an answer (`ok: false`), not an error. PATCH with
 `subnet_affinity` (the login service's setting) is refused (422) together
 with other fields, because two service calls could half-succeed.
@@ -14,10 +16,11 @@ from __future__ import annotations
 from fastapi import HTTPException
 
 from vdfarm.api.deps import ActorDep, FarmDep, TransfersDep, make_router
-from vdfarm.api.schemas import VdiskExport, VdiskImport, VdiskPatch, VerifyReport
+from vdfarm.api.schemas import BootFilesBody, VdiskExport, VdiskImport, VdiskPatch, VerifyReport
 from vdfarm.service.merges import ExportResult
 from vdfarm.service.repairs import RepairResult
 from vdfarm.service.vdisks import VdiskInfo
+from vdfarm.service.versions import VersionInfo
 
 router = make_router("vdisks")
 
@@ -99,3 +102,20 @@ def repair_vdisk(name: str, farm: FarmDep, actor: ActorDep) -> RepairResult:
     """Complete or roll back NAME's half-done merge or seal in this server's
     store; re-hash its private copy if its device wrote it."""
     return farm.repairs.repair(name, actor=actor)
+
+
+@router.post("/vdisks/{name}/boot", response_model=VersionInfo)
+def boot_files(
+    name: str, body: BootFilesBody, transfers: TransfersDep, actor: ActorDep
+) -> VersionInfo:
+    """Give the newest version of NAME boot files (a kernel, an initramfs:
+    files of the transfer directory, copied into the store) and a kernel
+    command line, or remove them (`clear`); answers the version."""
+    return transfers.attach_boot(
+        name,
+        kernel=body.kernel,
+        initrd=body.initrd,
+        cmdline=body.cmdline,
+        clear=body.clear,
+        actor=actor,
+    )

@@ -1,5 +1,5 @@
-"""/vdisks/{name}/versions: list, open, promote, revert, override, merge,
-delete the newest (like `vdfarm version …`).
+"""/vdisks/{name}/versions: list, show one, open, promote, revert, override,
+merge, delete the newest (like `vdfarm version …`).
 
 Rules: paths, bodies and status codes only; every decision (which step is
 allowed, who is connected) is the service's.
@@ -25,6 +25,12 @@ PREFIX = "/vdisks/{name}/versions"
 def list_versions(name: str, farm: FarmDep) -> list[VersionInfo]:
     """Every version of vDisk NAME, oldest first."""
     return farm.versions.list(name)
+
+
+@router.get(PREFIX + "/{number}", response_model=VersionInfo)
+def show_version(name: str, number: int, farm: FarmDep) -> VersionInfo:
+    """Version NUMBER of vDisk NAME (with its boot files, if any)."""
+    return farm.versions.show(name, number)
 
 
 @router.post(PREFIX, response_model=VersionInfo, status_code=201)

@@ -1,0 +1,103 @@
+"""/boot/files/{vdisk}/{version}/{kind}: the kernel or initramfs a version
+boots, for iPXE (or any HTTP client) on the boot network.
+
+Rules:
+- Open to every machine: no token (a booting device holds none; these are
+  the files PXE serves over TFTP anyway, so an initramfs or a command line
+  must never hold a secret). Rate-limited per source address before
+  anything is read (`BootRoute`: `ApiLimits.boot_rate_per_s`, `boot_burst`).
+- Mounted at /boot, outside /api/v1: it is the URL a boot script names.
+- Only a file this server holds as the farm database recorded it
+  (`BootService.held`); anything else is 404 with one line. `?sha256=`
+  asks for that very file: once the version boots another, 404, so a
+  device never boots one kernel with another kernel's initramfs.
+- One range per request, as for replication (`ranges`): 206 with
+  Content-Range; no Range, 200 with the whole file; a range that cannot be
+  answered, 416 with `Content-Range: bytes */SIZE`.
+- The file is opened (no link followed) and checked (a regular file of the
+  recorded size) before the answer starts; its bytes are read through the
+  page cache (devices booting together read the same file: it should stay
+  hot) in blocks on a worker thread, never the whole file in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from vdfarm.api.deps import FarmDep
+from vdfarm.api.limited_route import BootRoute
+from vdfarm.api.ranges import RangeNotSatisfiable, range_answer, refusal_headers
+from vdfarm.api.schemas import ErrorDetail
+from vdfarm.service.errors import NotFound
+
+router = APIRouter(prefix="/boot", tags=["boot"], route_class=BootRoute)
+
+OCTETS = "application/octet-stream"
+READ_BLOCK = 1 << 20
+
+
+def _blocks(fd: int, start: int, end: int) -> Iterator[bytes]:
+    """Bytes START..END-1 of FD in blocks; closes FD when done (or dropped)."""
+    try:
+        offset = start
+        while offset < end:
+            block = os.pread(fd, min(READ_BLOCK, end - offset), offset)
+            if not block:
+                return  # the file shrank under us: the answer ends short
+            offset += len(block)
+            yield block
+    finally:
+        os.close(fd)
+
+
+@router.get(
+    "/files/{vdisk}/{version}/{kind}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {OCTETS: {}}, "description": "The whole file."},
+        206: {"content": {OCTETS: {}}, "description": "The range asked for."},
+        404: {"model": ErrorDetail, "description": "This server holds no such file."},
+        416: {"model": ErrorDetail, "description": "A range this server cannot answer."},
+        429: {"model": ErrorDetail, "description": "Too many requests from this address."},
+    },
+)
+def boot_file(
+    vdisk: str,
+    version: int,
+    kind: str,
+    farm: FarmDep,
+    sha256: Annotated[str | None, Query(max_length=64)] = None,
+    range_header: Annotated[str | None, Header(alias="range")] = None,
+) -> Response:
+    """The kernel (`kind` kernel) or initramfs (initrd) of a version of a
+    vDisk: all of it, or the one range `Range` asks for."""
+    held = farm.boot.held(vdisk, version, kind, sha256)
+    try:
+        fd = os.open(held.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotFound(
+            f"this server holds no {kind} of version {version} of vDisk {vdisk}"
+        ) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != held.size:
+        os.close(fd)
+        raise NotFound(f"this server holds no {kind} of version {version} of vDisk {vdisk}")
+    try:
+        answer = range_answer(range_header, held.size)
+    except RangeNotSatisfiable as exc:
+        os.close(fd)
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=416, headers=refusal_headers(held.size)
+        )
+    return StreamingResponse(
+        _blocks(fd, answer.start, answer.end),
+        status_code=answer.status,
+        media_type=OCTETS,
+        headers={**answer.headers, "ETag": f'"{held.sha256}"'},
+    )
