@@ -103,6 +103,7 @@ def test_rebalance_pins_only_devices_that_write(maintained):
         farm.sessions.started(target.device_id, vid, target.version)
     assert _pinned(farm) == {"p1": False, "t1": False, "m1": False}
     farm.versions.new("w")
+    farm.sessions.ended(target.device_id)  # m1 boots again: onto the open version
     target = farm.exports.resolve("m1")
     farm.sessions.started(target.device_id, vid, target.version)
     assert _pinned(farm) == {"p1": False, "t1": False, "m1": True}
