@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import free_port, sha256
 from tests.kernel_guest import HOST_FROM_GUEST, markers
-from vdfarm.cli.main import cli as vdfarm_cli
+from vdfarm.cli.root import cli as vdfarm_cli
 from vdfarm.image import cpio, initramfs, kmod, netboot, sample, vm
 
 BOOT_TIMEOUT = 300  # seconds; a TCG boot takes about 10-15
