@@ -7,6 +7,7 @@ then SIGKILL) at teardown; every fixture cleans up what it started.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -30,23 +31,57 @@ for _variable in (
     os.environ.pop(_variable, None)
 
 
+# Ports handed to servers come from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range starts at 32768): a port the kernel can
+# also give to an outgoing connection (the CLI's to PostgreSQL, say) may
+# be taken between the pick and the server's bind, which failed a run.
+_PORT_RANGE = (20000, 32767)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing on 127.0.0.1 holds now, never handed out before in
+    this run, outside the kernel's range of ports for outgoing connections."""
+    for _ in range(1000):
+        port = random.randint(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
 
 
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+def log_tail(path: Path | None, lines: int = 20) -> str:
+    """The last LINES of the log at PATH, indented, for an error message."""
+    if path is None or not path.exists():
+        return ""
+    tail = path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(["", f"last lines of {path}:", *("  " + line for line in tail)])
+
+
+def wait_port(
+    port: int,
+    proc: subprocess.Popen | None = None,
+    timeout: float = 30.0,
+    log_path: Path | None = None,
+) -> None:
+    """Return once something accepts on PORT; raise (with the tail of
+    LOG_PATH) when PROC exits first or TIMEOUT passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited early with {proc.returncode}")
+            raise RuntimeError(f"server exited early with {proc.returncode}{log_tail(log_path)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
+    raise RuntimeError(f"nothing listens on port {port}{log_tail(log_path)}")
 
 
 class Farm:
@@ -101,7 +136,7 @@ class Farm:
                 stdout=log,
                 stderr=log,
             )
-        wait_port(self.port, self.server)
+        wait_port(self.port, self.server, log_path=self.log_path)
         return self.port
 
     def stop(self, sig_kill: bool = False) -> int | None:

@@ -14,23 +14,18 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 
 def _bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivatePostgres:
@@ -48,7 +43,7 @@ class PrivatePostgres:
         self.dir = Path(tempfile.mkdtemp(prefix="vdfarm-pg-"))
         os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql+psycopg://root@127.0.0.1:{self.port}/farm"
         self._as_postgres(
             str(self._bin / "initdb"),

@@ -76,8 +76,8 @@ class ClusterServer:
             )
 
     def wait_up(self) -> None:
-        wait_port(self.nbd_port, self.proc)
-        wait_port(self.api_port, self.proc)
+        wait_port(self.nbd_port, self.proc, log_path=self.log_path)
+        wait_port(self.api_port, self.proc, log_path=self.log_path)
 
     def kill(self) -> None:
         """SIGKILL: the server dies without a word to anyone."""
