@@ -11,7 +11,16 @@ Modes:
 - stall: sends the headers and 100 KB of the body, then nothing.
 - list-differs: its chunk list names another sha256 than the database's.
 - lying-list: serves other bytes (chunk 1 changed) with a chunk list that
-  matches them chunk by chunk but claims the database's whole sha256.
+  matches them chunk by chunk but claims the database's whole sha256 (as
+  an older vdfarm lists: no prefix hashes).
+- lying-prefixes: the same with prefix hashes that match the changed bytes
+  but for the last one, the database's sha256.
+- bomb: answers a framed request with a compressed frame that inflates to
+  far more than it says (BOMB_MIB MiB).
+- older: lists and answers as an older vdfarm (no prefix hashes, no
+  packable chunks, no frames).
+- garbage: answers a framed request with a "compressed" frame of noise.
+- frames-unasked: frames its answer to a request that did not ask.
 - whole-file: ignores Range, answers 200 with all of the file.
 """
 
@@ -19,11 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.store.replica_helpers import list_of
+from vdfarm.store.wire_frames import FRAME, HEADER, MAX_PACKED, ZLIB, pack
 
 RANGE_RE = re.compile(r"bytes=(\d+)-(\d+)")
 
@@ -32,6 +44,25 @@ def _flip(data: bytes, at: int) -> bytes:
     spoiled = bytearray(data)
     spoiled[at] ^= 0xFF
     return bytes(spoiled)
+
+
+BOMB_MIB = 256
+
+
+def _bomb() -> bytes:
+    """BOMB_MIB MiB of zeroes, packed (a few hundred KiB)."""
+    packer = zlib.compressobj(9)
+    zeroes = bytes(1 << 20)
+    return b"".join(packer.compress(zeroes) for _ in range(BOMB_MIB)) + packer.flush()
+
+
+def _bad_frames(mode: str, length: int, bomb: bytes) -> bytes:
+    """A framed body for LENGTH bytes whose first frame is a bomb (said to
+    inflate to MAX_PACKED bytes) or noise."""
+    if mode == "bomb":
+        return HEADER.pack(ZLIB, min(MAX_PACKED, length), len(bomb)) + bomb
+    payload = os.urandom(FRAME // 2)
+    return HEADER.pack(ZLIB, min(FRAME, length), len(payload)) + payload
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -49,13 +80,18 @@ class HostilePeer:
     def __init__(self, data: bytes, chunk_size: int, mode: str = "good") -> None:
         self.mode = mode
         self.true_sha256 = hashlib.sha256(data).hexdigest()
-        self.served = _flip(data, chunk_size + 10) if mode == "lying-list" else data
-        listed = list_of(self.served, chunk_size).to_dict()
-        if mode == "lying-list":
+        lying = mode in ("lying-list", "lying-prefixes")
+        self.served = _flip(data, chunk_size + 10) if lying else data
+        older = mode in ("lying-list", "older")
+        listed = list_of(self.served, chunk_size, older=older).to_dict()
+        if lying:
             listed["sha256"] = self.true_sha256
+        if mode == "lying-prefixes":
+            listed["prefixes"][-1] = self.true_sha256
         if mode == "list-differs":
-            listed["sha256"] = "f" * 64
+            listed["sha256"] = listed["prefixes"][-1] = "f" * 64
         self.chunk_list = json.dumps(listed).encode()
+        self.bomb = _bomb() if mode == "bomb" else b""
         self.chunk_size = chunk_size
         self.stop = threading.Event()
         self.sent = 0
@@ -108,6 +144,17 @@ class HostilePeer:
         if self.mode == "wrong-chunk" and start <= self.chunk_size + 10 < end:
             body = _flip(body, self.chunk_size + 10 - start)
         headers = {"Content-Range": f"bytes {start}-{end - 1}/{len(self.served)}"}
+        asked_frames = request.headers.get("X-Vdfarm-Frames") == "zlib"
+        if self.mode in ("bomb", "garbage") and asked_frames:
+            headers["X-Vdfarm-Frames"] = "zlib"
+            self._send(
+                request, 206, _bad_frames(self.mode, end - start, self.bomb), headers=headers
+            )
+            return
+        if self.mode == "frames-unasked" and not asked_frames:
+            headers["X-Vdfarm-Frames"] = "zlib"
+            self._send(request, 206, pack(body), headers=headers)
+            return
         if self.mode == "truncate":
             self._send(request, 206, body, headers=headers, cut=len(body) // 2)
             request.close_connection = True

@@ -125,6 +125,8 @@ def test_a_file_comes_whole_from_a_vdfarm_peer(want, source, vdisk_dir, data):
             "lying-list",
             r"the received base.raw does not match its sha256 \(its chunk list lied\)",
         ),
+        ("lying-prefixes", r"sent a wrong chunk \(chunk 3 of base.raw does not match its sha256\)"),
+        ("frames-unasked", r"answered frames \('zlib'\) it was not asked for"),
         ("whole-file", r"answered the whole file \(200\) to bytes 0-12587007"),
     ],
 )
@@ -149,6 +151,8 @@ def test_a_bad_peer_is_dropped_and_a_good_one_finishes(want, source, vdisk_dir, 
         assert from_good <= SIZE - CHUNK_SIZE  # the verified prefix from evil stayed
     if mode == "lying-list":
         assert from_good == SIZE  # what the liar sent was thrown away
+    if mode == "lying-prefixes":
+        assert from_good == SIZE - CHUNK_SIZE  # the good list cut the lie at chunk 1
 
 
 def test_when_every_peer_fails_nothing_is_published(want, vdisk_dir, data, source):

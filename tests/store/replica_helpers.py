@@ -12,16 +12,33 @@ from pathlib import Path
 import pytest
 
 from vdfarm.store.chunks import ChunkList
+from vdfarm.store.wire_frames import has_packable_frame
 
 
-def list_of(data: bytes, chunk_size: int) -> ChunkList:
-    """The chunk list of DATA in pieces of CHUNK_SIZE."""
+def list_of(data: bytes, chunk_size: int, *, older: bool = False) -> ChunkList:
+    """The chunk list of DATA in pieces of CHUNK_SIZE (as an older vdfarm
+    sends it if OLDER: without prefixes and packable chunks)."""
     pieces = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    return ChunkList(
+    plain = ChunkList(
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         chunk_size=chunk_size,
         chunks=tuple(hashlib.sha256(p).hexdigest() for p in pieces),
+    )
+    if older:
+        return plain
+    return ChunkList(
+        size=plain.size,
+        sha256=plain.sha256,
+        chunk_size=chunk_size,
+        chunks=plain.chunks,
+        prefixes=tuple(
+            hashlib.sha256(data[: i * chunk_size + len(p)]).hexdigest()
+            for i, p in enumerate(pieces)
+        ),
+        packable=tuple(
+            i for i, p in enumerate(pieces) if has_packable_frame(p) and p != bytes(len(p))
+        ),
     )
 
 

@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from tests.store.replica_helpers import list_of
 from vdfarm.store import chunks as chunks_module
 from vdfarm.store.chunks import (
     CHUNK_SIZE,
@@ -35,13 +36,7 @@ def write_random(path, size):
 
 
 def expected_list(data, chunk_size):
-    pieces = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    return ChunkList(
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        chunk_size=chunk_size,
-        chunks=tuple(hashlib.sha256(p).hexdigest() for p in pieces),
-    )
+    return list_of(data, chunk_size)
 
 
 def test_chunk_list_of_a_file_with_a_short_last_chunk(tmp_path):
@@ -55,7 +50,7 @@ def test_chunk_list_of_a_file_with_a_short_last_chunk(tmp_path):
 def test_an_empty_file_has_no_chunks(tmp_path):
     (tmp_path / "empty").write_bytes(b"")
     found = chunk_list(tmp_path / "empty")
-    assert found == ChunkList(0, hashlib.sha256(b"").hexdigest(), CHUNK_SIZE, ())
+    assert found == ChunkList(0, hashlib.sha256(b"").hexdigest(), CHUNK_SIZE, (), prefixes=())
 
 
 def test_the_list_is_cached_beside_the_file_and_used(tmp_path, monkeypatch):
@@ -142,6 +137,8 @@ def good_dict(size=2 * SMALL + 1, chunk_size=SMALL):
         "sha256": "a" * 64,
         "chunk_size": chunk_size,
         "chunks": ["b" * 64] * count,
+        "prefixes": ["d" * 64] * (count - 1) + ["a" * 64],
+        "packable": [1],
     }
 
 
@@ -214,3 +211,74 @@ def test_read_block_reads_cached_and_uncached_pages_alike(tmp_path):
         assert read_block(fd, 3 * SMALL, 10) == b""
     finally:
         os.close(fd)
+
+
+def test_the_list_has_the_prefix_hashes_and_the_packable_chunks(tmp_path):
+    table = bytearray(SMALL)
+    table[:16] = os.urandom(16)  # mostly zeroes: worth packing
+    data = os.urandom(SMALL) + bytes(table) + bytes(SMALL) + os.urandom(100)
+    (tmp_path / "v1.qcow2").write_bytes(data)
+    found = chunk_list(tmp_path / "v1.qcow2", SMALL)
+    assert found.prefixes == tuple(
+        hashlib.sha256(data[: min(len(data), (i + 1) * SMALL)]).hexdigest() for i in range(4)
+    )
+    assert found.prefixes[-1] == found.sha256
+    assert found.packable == (1,)  # the zero chunk is a hole, never fetched: not listed
+    assert [found.is_packable(i) for i in range(4)] == [False, True, False, False]
+
+
+def test_a_cache_of_the_older_form_is_computed_again(tmp_path):
+    path = tmp_path / "base.raw"
+    data = write_random(path, 2 * SMALL)
+    chunk_list(path, SMALL)
+    cached = json.loads(cache_path(path).read_text())
+    older = {"key": cached["key"], "chunks": list_of(data, SMALL, older=True).to_dict()}
+    cache_path(path).write_text(json.dumps(older))
+    assert chunk_list(path, SMALL) == expected_list(data, SMALL)
+    assert json.loads(cache_path(path).read_text())["form"] == chunks_module.CACHE_FORM
+
+
+def test_an_older_peers_list_is_taken_without_prefixes():
+    older = {k: v for k, v in good_dict().items() if k not in ("prefixes", "packable")}
+    found = ChunkList.from_dict(older)
+    assert found.prefixes is None and found.packable == ()
+    assert "prefixes" not in found.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d | {"prefixes": d["prefixes"][:-1]}, "3 prefix hashes"),
+        (lambda d: d | {"prefixes": "a" * 64}, "3 prefix hashes"),
+        (lambda d: d | {"prefixes": [7, *d["prefixes"][1:]]}, "prefix hash .* not a sha256"),
+        (lambda d: d | {"prefixes": [*d["prefixes"][:-1], "c" * 64]}, "last prefix hash"),
+        (lambda d: d | {"packable": [2, 1]}, "ascending"),
+        (lambda d: d | {"packable": [1, 1]}, "ascending"),
+        (lambda d: d | {"packable": [3]}, "ascending"),
+        (lambda d: d | {"packable": [True]}, "ascending"),
+        (lambda d: d | {"packable": "1"}, "ascending"),
+    ],
+)
+def test_bad_prefixes_or_packable_chunks_are_refused(change, message):
+    with pytest.raises(BadChunkList, match=message):
+        ChunkList.from_dict(change(good_dict()))
+
+
+def test_the_largest_list_fits_the_caps_on_the_wire_and_in_the_cache():
+    from vdfarm.replication.peer_http import MAX_LIST_BYTES
+    from vdfarm.store.chunks import MAX_CACHE_BYTES
+
+    count = 1000
+    top = MAX_CHUNKS - 1  # the widest index a list can hold
+    listed = ChunkList(
+        count * SMALL,
+        "a" * 64,
+        SMALL,
+        ("b" * 64,) * count,
+        prefixes=("c" * 63 + "d",) * (count - 1) + ("a" * 64,),
+        packable=tuple(range(top - count + 1, top + 1)),
+    ).to_dict()
+    listed["packable"] = [top] * count  # width, not order, is what is measured
+    per_chunk = len(json.dumps(listed, separators=(",", ":"))) / count
+    assert per_chunk * MAX_CHUNKS + 4096 <= MAX_CACHE_BYTES
+    assert per_chunk * MAX_CHUNKS * 1.05 <= MAX_LIST_BYTES  # a peer's spaces too

@@ -22,9 +22,11 @@ def data():
     return os.urandom(4 * CHUNK + 1000)
 
 
-@pytest.fixture
-def chunks(data):
-    return list_of(data, CHUNK)
+@pytest.fixture(params=[False, True], ids=["prefixes", "older-list"])
+def chunks(data, request):
+    """The chunk list with prefix hashes (one hash per byte), and as an
+    older vdfarm sends it (each chunk's hash, then the whole file's)."""
+    return list_of(data, CHUNK, older=request.param)
 
 
 @pytest.fixture
@@ -121,6 +123,30 @@ def test_a_lying_chunk_list_is_caught_at_publish(vdisk_dir, data, chunks):
         assert not (vdisk_dir / "v1.qcow2").exists()
         partial.discard()
     assert not vdisk_dir.exists()  # it made the directory, and leaves none behind
+
+
+def test_a_lying_list_of_prefixes_is_caught_at_the_last_chunk(vdisk_dir, data):
+    spoiled = bytearray(data)
+    spoiled[CHUNK + 5] ^= 0xFF
+    true = list_of(data, CHUNK)
+    made_up = list_of(bytes(spoiled), CHUNK)  # right for the spoiled bytes, but for the end
+    lying = ChunkList(
+        true.size,
+        true.sha256,
+        CHUNK,
+        made_up.chunks,
+        prefixes=made_up.prefixes[:-1] + (true.sha256,),
+    )
+    pieces = pieces_of(bytes(spoiled), CHUNK)
+    with Partial(vdisk_dir, "v1.qcow2", lying) as partial:
+        for index in range(4):
+            partial.write_chunk(index, pieces[index])
+        with pytest.raises(BadChunk, match="chunk 4 .* does not match its sha256"):
+            partial.write_chunk(4, pieces[4])
+        with pytest.raises(FileMismatch, match="incomplete"):
+            partial.publish()
+    with Partial(vdisk_dir, "v1.qcow2", true) as partial:
+        assert partial.resume_offset() == CHUNK  # the next peer's list cuts the lie away
 
 
 def test_an_incomplete_file_is_not_published(vdisk_dir, data, chunks):

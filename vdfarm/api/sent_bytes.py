@@ -11,7 +11,7 @@ from worker threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 
 class SentBytes:
@@ -40,3 +40,14 @@ class SentBytes:
             close = getattr(blocks, "close", None)
             if close is not None:
                 close()
+
+    async def counting_async(self, key: str, blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """`counting` for an async BLOCKS (closed when this one is)."""
+        try:
+            async for block in blocks:
+                yield block
+                self.add(key, len(block))
+        finally:
+            close = getattr(blocks, "aclose", None)
+            if close is not None:
+                await close()

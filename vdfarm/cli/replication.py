@@ -6,12 +6,15 @@ Rules: flags, help and output only; the facts are the service's
 `--interval`), draws a progress bar over the up servers' bytes on stderr
 when stderr is a terminal, and exits 0 once the version is on every up
 server of its store, or 1 with one line saying who lacks it when
-`--timeout` runs out. An unknown vDisk or version is a usage error (one
-line, exit 2).
+`--timeout` runs out. On a PostgreSQL farm opened here, a change of the
+farm (a server's inventory) ends the wait between two polls early
+(`farm.changes`). An unknown vDisk or version is a usage error (one line,
+exit 2).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import click
@@ -20,6 +23,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from vdfarm.cli.common import emit, json_option, open_farm, typed_wrong
 from vdfarm.cli.output import fmt_size, print_table
+from vdfarm.client.local import LocalFarm
+from vdfarm.farm.changes import listener_for
 from vdfarm.farm.windows import rate_text
 from vdfarm.service.replica_status import (
     COPYING,
@@ -136,6 +141,11 @@ def wait_cmd(vdisk: str, number: int | None, timeout: float | None, interval: fl
         version = number
         progress = farm.replication.progress(vdisk, version)
     deadline = None if timeout is None else time.monotonic() + timeout
+    changed = threading.Event()
+    listener = listener_for(farm.farm.db_url, changed.set) if isinstance(farm, LocalFarm) else None
+    if listener is not None:
+        listener.start()
+        click.get_current_context().call_on_close(listener.stop)
     bar_console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
@@ -155,7 +165,8 @@ def wait_cmd(vdisk: str, number: int | None, timeout: float | None, interval: fl
                     f"store after {timeout:g} s: {_lacking(progress)}"
                 )
             left = interval if deadline is None else deadline - time.monotonic()
-            time.sleep(max(0.0, min(interval, left)))
+            changed.wait(max(0.0, min(interval, left)))
+            changed.clear()
             progress = farm.replication.progress(vdisk, version)
     servers = sum(1 for s in progress.servers if s.state == PRESENT)
     emit(

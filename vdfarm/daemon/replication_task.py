@@ -1,8 +1,9 @@
 """The replication task: this server's store follows the database by itself.
 
 Rules:
-- Every round (a second) it asks the database what this server's stores
-  must hold (`ReplicationService.work_for`), looks at the store
+- Every round (a second, or at once when the farm tells of a change:
+  `farm.changes`, PostgreSQL only) it asks the database what this
+  server's stores must hold (`ReplicationService.work_for`), looks at the store
   (`store.snapshot`) and acts on the pure plan (`replication.planner`):
   adopt complete chains into the manifest, remove partial copies nobody
   wants, remove vDisks the database forgot (once they stayed orphans for
@@ -14,7 +15,9 @@ Rules:
   the plan saw (`ManifestChanged` otherwise: the next round decides).
 - A fetched boot file is listed in the manifest at once (its vDisk's chain
   is here already: boot files come after it).
-- One copy at a time, on a worker thread, while the rounds go on. A copy
+- One copy at a time, on a thread of the task's own (at the copies' lower
+  CPU priority, `copy_priority`: the devices' I/O comes first), while the
+  rounds go on. A copy
   runs only inside its store's windows (in this server's local time,
   `local_clock`) unless `replication start --now` asked for its version;
   outside them it pauses between chunks and waits, its partial file kept.
@@ -30,8 +33,9 @@ Rules:
   here, or a copy adopted) updates the inventory in the same round, so
   peers learn within a second that this server holds a version.
 - Every `PURGE_EVERY` rounds the chunk lists of the store's sealed files
-  are computed where missing (cached beside each file), so a peer asking
-  for one does not wait for a hash of the whole file.
+  are computed where missing (cached beside each file, on a lowered thread
+  of the task's own), so a peer asking for one does not wait for a hash of
+  the whole file.
 - Drift: every `rehash_every` seconds (the first one that long after the
   last one ended, across restarts: `rehash_clock`) each sealed file of
   the store is re-hashed; one that differs from its manifest is moved to
@@ -49,16 +53,19 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 from vdfarm.daemon.parts import ServerParts
 from vdfarm.daemon.rehash_clock import first_rehash_in, read_last_rehash, write_last_rehash
 from vdfarm.daemon.supervisor import Task
+from vdfarm.farm.changes import listener_for
 from vdfarm.farm.windows import is_open, lowest_cap
 from vdfarm.replication import planner
 from vdfarm.replication.drift import find_drift
@@ -76,6 +83,7 @@ from vdfarm.service.replication import Peer, ReplicationWork, WantedFile, Wanted
 from vdfarm.service.sessions import release_retired_files
 from vdfarm.store.boot_files import list_boot_files
 from vdfarm.store.chunks import chunk_list
+from vdfarm.store.copy_priority import lower_this_thread
 from vdfarm.store.errors import ManifestChanged, StoreError, StoreFull
 from vdfarm.store.manifest import Manifest
 from vdfarm.store.replica_files import adopt_chain
@@ -85,6 +93,7 @@ from vdfarm.store.store import Store
 log = logging.getLogger("vdfarm.replication")
 
 ROUND_EVERY = 1.0
+MIN_ROUND_GAP = 0.05  # seconds between two rounds, however many changes come
 FULL_BACKOFF = 10.0  # seconds before a copy that found the disk full is tried again
 FAILED_BACKOFF = 5.0  # seconds before a copy every peer failed is tried again
 ORPHAN_GRACE = 10.0  # seconds a vDisk directory the database does not know is left alone
@@ -118,9 +127,16 @@ class Replication(Task):
         self.token: str | None = None
         self.throttle = Throttle(None)
         self.copying: asyncio.Task[None] | None = None
+        self.copy_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="replica-copy", initializer=lower_this_thread
+        )
+        self.hash_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="replica-hash", initializer=lower_this_thread
+        )
         self.warming: asyncio.Task[None] | None = None
         self.copy_key: tuple[int, int] | None = None
         self.stopping = threading.Event()
+        self.wake = asyncio.Event()
         self.orphans_since: dict[str, float] = {}
         self.backoff_until: dict[tuple[int, int], float] = {}  # (vDisk id, version) -> monotonic
         self.latest: dict[int, WantedVdisk] = {}  # vDisk id -> this round's view (windows, cap)
@@ -134,24 +150,47 @@ class Replication(Task):
     # -- the loop ----------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.round()
-                if self.failing:
-                    log.info("replication: working again")
-                self.failing = False
-            except Exception as exc:
-                if not self.failing:
-                    log.warning("replication round failed (tried again): %s", exc)
-                self.failing = True
-            self.rounds += 1
-            await asyncio.sleep(self.every)
+        loop = asyncio.get_running_loop()
+
+        def changed() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to wake
+                loop.call_soon_threadsafe(self.wake.set)
+
+        listener = listener_for(self.parts.farm.db_url, changed)
+        if listener is not None:
+            listener.start()
+        try:
+            while True:
+                try:
+                    await self.round()
+                    if self.failing:
+                        log.info("replication: working again")
+                    self.failing = False
+                except Exception as exc:
+                    if not self.failing:
+                        log.warning("replication round failed (tried again): %s", exc)
+                    self.failing = True
+                self.rounds += 1
+                await self._until_next_round()
+        finally:
+            if listener is not None:
+                listener.stop()
+
+    async def _until_next_round(self) -> None:
+        """Wait `every` seconds, or less if the farm changed (at least
+        MIN_ROUND_GAP: a burst of changes costs one round more, not many)."""
+        await asyncio.sleep(MIN_ROUND_GAP)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), self.every - MIN_ROUND_GAP)
+        self.wake.clear()
 
     async def stop(self) -> None:
         self.stopping.set()
         for task in (self.copying, self.warming):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
+        self.copy_thread.shutdown(wait=False)
+        self.hash_thread.shutdown(wait=False)
 
     async def round(self) -> None:
         farm, registry = self.parts.farm, self.parts.stream.registry
@@ -372,7 +411,7 @@ class Replication(Task):
             ", ".join(p.name for p in peers),
         )
         try:
-            outcome = await loop.run_in_executor(None, copy)
+            outcome = await loop.run_in_executor(self.copy_thread, copy)
         except Paused as paused:
             why = "server stopping" if self.stopping.is_set() else "window closed"
             await registry.run_db(report, "queued", why, paused.bytes_received, 0.0, paused.peer)
@@ -468,7 +507,9 @@ class Replication(Task):
             if self.stopping.is_set():
                 return
             try:
-                await asyncio.to_thread(chunk_list, directory / name)
+                await asyncio.get_running_loop().run_in_executor(
+                    self.hash_thread, chunk_list, directory / name
+                )
             except (OSError, StoreError) as exc:
                 log.debug("replication: no chunk list for %s/%s: %s", directory.name, name, exc)
 

@@ -12,6 +12,7 @@ Rules:
   called, on the caller's thread, once chunk INDEX is on disk.
 - Leaving the `with` block waits for the write in flight (whatever the
   block raised), so the Partial is never used by two threads at once.
+- The writer thread runs at the copy's lower CPU priority (`copy_priority`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
+from vdfarm.store.copy_priority import lower_this_thread
 from vdfarm.store.receive import Partial
 
 
@@ -32,7 +34,9 @@ class ChunkPipe:
         self._free = 0
         self._inflight: tuple[int, Future[None]] | None = None
         self._written = written
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="replica-write")
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix="replica-write", initializer=lower_this_thread
+        )
 
     @property
     def buffer(self) -> memoryview:

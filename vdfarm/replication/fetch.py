@@ -15,18 +15,28 @@ Rules:
   whose whole hash is wrong (its chunk list lied) is thrown away.
 - All-zero chunks are not fetched: the chunk list names them, and they
   stay holes in the received file.
+- Chunks the list calls packable (qcow2 tables and the like) are asked for
+  framed (`X-Vdfarm-Frames: zlib`), in ranges of their own: the peer packs
+  what pays, and `wire_frames.Unframer` unpacks with every size checked
+  (a peer whose frames break a rule, a bomb, garbage, is dropped: "sent a
+  bad frame"). A peer that answers plain is read plain. Every chunk is
+  checked on its unpacked bytes.
 - Bytes are asked for in ranges of at most REQUEST_BYTES; the throttle is
-  paid for every block received; `may_run()` is asked before the copy and
-  between chunks: False raises Paused (the partial stays for later).
+  paid for every block received (the bytes on the wire); `may_run()` is
+  asked before the copy and between chunks: False raises Paused (the
+  partial stays for later).
 - A full disk raises StoreFull: checked before the copy (a partial with
   verified bytes stays: it takes no more room) and on every write (then the
   partial is thrown away to give the room back to the devices). Other local failures raise
   StoreError. Memory held: two chunk buffers (one arriving, one being
-  checked and written on the pipe's thread: `chunk_pipe`) plus httpx's.
+  checked and written on the pipe's thread: `chunk_pipe`), and for frames
+  a receive buffer and one frame. A plain range is received straight into
+  the chunk buffer (`range_get`): no copy but the kernel's.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,15 +45,18 @@ from pathlib import Path
 import httpx
 
 from vdfarm.replication.chunk_pipe import ChunkPipe
-from vdfarm.replication.peer_http import PeerFailed, get_chunk_list, get_range, make_client
+from vdfarm.replication.peer_http import PeerFailed, get_chunk_list, make_client, tls_context
+from vdfarm.replication.range_get import RangeAnswer, get_range_into
 from vdfarm.replication.rate import RateMeter
 from vdfarm.replication.throttle import Throttle
 from vdfarm.store.chunks import ChunkList
-from vdfarm.store.errors import BadChunk, FileMismatch, StoreFull
+from vdfarm.store.errors import BadChunk, BadFrame, FileMismatch, StoreFull
 from vdfarm.store.receive import Partial
+from vdfarm.store.wire_frames import Unframer
 
-REQUEST_BYTES = 64 * 1024 * 1024
+REQUEST_BYTES = 512 * 1024 * 1024  # a range request; between two, the pipe drains
 READ_TIMEOUT = 10.0
+FRAMED_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,39 +111,57 @@ class Paused(Exception):
 
 @dataclass(frozen=True)
 class _Run:
-    """Chunks FIRST..LAST, all zero (written as holes) or all to fetch."""
+    """Chunks FIRST..LAST, all zero (written as holes) or all to fetch
+    (FRAMED: asked for in frames)."""
 
     first: int
     last: int
     zero: bool
+    framed: bool = False
+
+
+def _kind(chunks: ChunkList, index: int) -> tuple[bool, bool]:
+    zero = chunks.is_zero(index)
+    return zero, not zero and chunks.is_packable(index)
 
 
 def _runs(chunks: ChunkList, first: int) -> Iterator[_Run]:
-    """The chunks from FIRST on, grouped: zero runs, and fetch runs of at
-    most REQUEST_BYTES."""
+    """The chunks from FIRST on, grouped: zero runs, and fetch runs (framed
+    or plain) of at most REQUEST_BYTES."""
     index, count = first, len(chunks.chunks)
     per_request = max(1, REQUEST_BYTES // chunks.chunk_size)
     while index < count:
-        zero = chunks.is_zero(index)
+        zero, framed = _kind(chunks, index)
         last = index
         while (
             last + 1 < count
-            and chunks.is_zero(last + 1) == zero
+            and _kind(chunks, last + 1) == (zero, framed)
             and (zero or last + 1 - index < per_request)
         ):
             last += 1
-        yield _Run(index, last, zero)
+        yield _Run(index, last, zero, framed)
         index = last + 1
 
 
+@dataclass(frozen=True)
+class _Wire:
+    """How a copy reaches peers: the chunk lists' client, and for ranges
+    the token, the TLS context and the read timeout."""
+
+    client: httpx.Client
+    token: str
+    context: ssl.SSLContext
+    read_timeout: float
+
+
 class _Copy:
-    """One fetch_file call: its client, counters and callbacks."""
+    """One fetch_file call: its wire, counters and callbacks."""
 
     def __init__(
         self,
         want: FileWant,
         vdisk_dir: Path,
-        client: httpx.Client,
+        wire: _Wire,
         throttle: Throttle,
         may_run: Callable[[], bool],
         progress: Callable[[Progress], None],
@@ -138,7 +169,8 @@ class _Copy:
     ) -> None:
         self.want = want
         self.vdisk_dir = vdisk_dir
-        self.client = client
+        self.client = wire.client
+        self.token, self.context, self.read_timeout = wire.token, wire.context, wire.read_timeout
         self.throttle = throttle
         self.may_run = may_run
         self.progress = progress
@@ -192,49 +224,101 @@ class _Copy:
         written (on the pipe's thread) as soon as it is complete."""
         start = chunks.span(run.first)[0]
         end = sum(chunks.span(run.last))
-        index, filled = run.first, 0
-
-        def written(done: int) -> None:
-            self._report(peer, sum(chunks.span(done)))
-
+        filler = _Filler(self, peer, chunks, run)
         try:
             with (
-                ChunkPipe(partial, chunks.chunk_size, written) as pipe,
-                get_range(
-                    self.client,
+                ChunkPipe(partial, chunks.chunk_size, filler.written) as pipe,
+                get_range_into(
                     peer.base_url,
+                    self.token,
+                    self.context,
+                    self.read_timeout,
                     self.want.vdisk,
                     self.want.file_name,
                     start,
                     end,
                     chunks.size,
-                ) as blocks,
+                    frames=run.framed,
+                ) as body,
             ):
-                for block in blocks:
-                    self.meter.add(len(block))
-                    self.throttle.take(len(block))
-                    arrived, used = memoryview(block), 0
-                    while used < len(arrived):
-                        length = chunks.span(index)[1]
-                        take = min(length - filled, len(arrived) - used)
-                        pipe.buffer[filled : filled + take] = arrived[used : used + take]
-                        filled, used = filled + take, used + take
-                        if filled < length:
-                            continue
-                        pipe.submit(index, length)
-                        index, filled = index + 1, 0
-                        if index <= run.last and not self.may_run():
-                            pipe.settle()
-                            raise self.paused(peer.name)
+                if body.framed:
+                    self._unframe(body, Unframer(end - start), filler, pipe)
+                else:
+                    while filler.index <= run.last:
+                        got = body.read_into(filler.space(pipe))
+                        if not got:
+                            break
+                        self._paid(got)
+                        filler.filled_in(pipe, got)
                 pipe.settle()
         except BadChunk as exc:
             raise PeerFailed(f"sent a wrong chunk ({exc})") from exc
-        if index <= run.last:
-            got = chunks.span(index)[0] + filled - start
+        except BadFrame as exc:
+            raise PeerFailed(f"sent a bad frame ({exc})") from exc
+        if filler.index <= run.last:
+            got = chunks.span(filler.index)[0] + filler.filled - start
             raise PeerFailed(f"short body: {got} of the {end - start} bytes asked for")
+
+    def _unframe(
+        self, body: RangeAnswer, unframer: Unframer, filler: _Filler, pipe: ChunkPipe
+    ) -> None:
+        block = memoryview(bytearray(FRAMED_BLOCK))
+        while True:
+            got = body.read_into(block)
+            if not got:
+                return
+            self._paid(got)
+            for piece in unframer.feed(block[:got]):
+                filler.fill(pipe, piece)
+
+    def _paid(self, n: int) -> None:
+        """N bytes came off the wire: counted, and the cap paid for them."""
+        self.meter.add(n)
+        self.throttle.take(n)
 
     def _report(self, peer: PeerAddress, done: int) -> None:
         self.progress(Progress(peer.name, done, self.want.size, self.meter.rate_bps()))
+
+
+class _Filler:
+    """Puts the bytes of one range into chunk buffers and hands each full
+    chunk to the pipe; asks `may_run` between chunks."""
+
+    def __init__(self, copy: _Copy, peer: PeerAddress, chunks: ChunkList, run: _Run) -> None:
+        self.copy, self.peer, self.chunks, self.run = copy, peer, chunks, run
+        self.index, self.filled = run.first, 0
+
+    def written(self, done: int) -> None:
+        self.copy._report(self.peer, sum(self.chunks.span(done)))
+
+    def space(self, pipe: ChunkPipe) -> memoryview:
+        """Where the next bytes of the range go: the rest of this chunk."""
+        return pipe.buffer[self.filled : self.chunks.span(self.index)[1]]
+
+    def filled_in(self, pipe: ChunkPipe, n: int) -> None:
+        """N more bytes are in `space`. Raises Paused, and what the pipe raises."""
+        self.filled += n
+        length = self.chunks.span(self.index)[1]
+        if self.filled < length:
+            return
+        pipe.submit(self.index, length)
+        self.index, self.filled = self.index + 1, 0
+        if self.index <= self.run.last and not self.copy.may_run():
+            pipe.settle()
+            raise self.copy.paused(self.peer.name)
+
+    def fill(self, pipe: ChunkPipe, data: bytes | memoryview) -> None:
+        """Put DATA (the next bytes of the range) in. Raises PeerFailed
+        (more than asked for), Paused, and what the pipe raises."""
+        arrived, used = memoryview(data), 0
+        while used < len(arrived):
+            if self.index > self.run.last:
+                raise PeerFailed("sent more than the bytes asked for")
+            space = self.space(pipe)
+            take = min(len(space), len(arrived) - used)
+            space[:take] = arrived[used : used + take]
+            used += take
+            self.filled_in(pipe, take)
 
 
 def fetch_file(
@@ -259,8 +343,10 @@ def fetch_file(
     (the store cannot be written; another copy of the file runs), InvalidName,
     OSError/ssl.SSLError (CA_FILE unusable).
     """
-    with make_client(token, ca_file, read_timeout) as client:
-        copy = _Copy(want, Path(vdisk_dir), client, throttle, may_run, progress, clock)
+    context = tls_context(ca_file)
+    with make_client(token, context, read_timeout) as client:
+        wire = _Wire(client, token, context, read_timeout)
+        copy = _Copy(want, Path(vdisk_dir), wire, throttle, may_run, progress, clock)
         for peer in peers:
             if not may_run():
                 raise copy.paused(None)

@@ -1,6 +1,6 @@
-"""The two replication routes of one peer, over httpx: a file's chunk list
-and a byte range of the file. Every way a peer can fail is a PeerFailed
-with one line saying why.
+"""The replication routes of one peer: a file's chunk list (over httpx),
+and what the range reader (`range_get`) shares with it. Every way a peer
+can fail is a PeerFailed with one line saying why.
 
 Rules:
 - Sync httpx, HTTP/1.1, `Authorization: Bearer <token>`, no compression
@@ -10,9 +10,8 @@ Rules:
 - Timeouts: connecting, and every read, give up after READ_TIMEOUT seconds
   without a byte ("sent nothing for 10 s").
 - A peer is untrusted: the chunk list's body is capped (MAX_LIST_BYTES)
-  and checked (`ChunkList.from_dict`); a range answer must be 206 with
-  exactly the Content-Range asked for, and never gives more bytes than
-  asked (fewer is the caller's "short body").
+  and checked (`ChunkList.from_dict`). A refusal's `detail` is shown in
+  one line (`refusal_detail`), at most MAX_ERROR_BYTES of it read.
 - Pure wire: nothing here writes a file or decides which peer is next.
 """
 
@@ -31,8 +30,10 @@ from vdfarm.store.chunks import MAX_CHUNKS, ChunkList
 from vdfarm.store.errors import BadChunkList
 
 FILES_PATH = "/api/v1/replication/files"
+FRAMES_HEADER = "X-Vdfarm-Frames"  # frames asked for, and given (`range_get`)
+FRAMES_ZLIB = "zlib"
 RAW_BLOCK = 256 * 1024
-MAX_LIST_BYTES = MAX_CHUNKS * 70 + 64 * 1024
+MAX_LIST_BYTES = MAX_CHUNKS * 150 + 64 * 1024  # a hash and a prefix hash per chunk, an index
 MAX_ERROR_BYTES = 4096
 
 
@@ -51,12 +52,13 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
-def make_client(token: str, ca_file: Path | None, read_timeout: float) -> httpx.Client:
-    """An httpx client for peers' replication routes with TOKEN."""
+def make_client(token: str, context: ssl.SSLContext, read_timeout: float) -> httpx.Client:
+    """An httpx client for peers' chunk lists with TOKEN, checking https
+    peers with CONTEXT (`tls_context`)."""
     return httpx.Client(
         headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"},
         timeout=httpx.Timeout(read_timeout),
-        verify=tls_context(ca_file),
+        verify=context,
         follow_redirects=False,
     )
 
@@ -88,6 +90,18 @@ def _answer(client: httpx.Client, url: str, headers: dict[str, str]) -> Iterator
         raise PeerFailed(_why(exc, timeout)) from exc
 
 
+def refusal_detail(body: bytes, reason: str) -> str:
+    """The one line a refusal's BODY says (its JSON `detail`, or its start;
+    REASON if empty)."""
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if not isinstance(detail, str):
+        detail = body[:200].decode("utf-8", "replace")
+    return " ".join(detail.split()) or reason
+
+
 def _refusal(response: httpx.Response, what: str) -> PeerFailed:
     body = b""
     with contextlib.suppress(httpx.HTTPError):
@@ -95,13 +109,7 @@ def _refusal(response: httpx.Response, what: str) -> PeerFailed:
             body += block
             if len(body) >= MAX_ERROR_BYTES:
                 break
-    try:
-        detail = json.loads(body).get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    if not isinstance(detail, str):
-        detail = body[:200].decode("utf-8", "replace")
-    detail = " ".join(detail.split()) or response.reason_phrase
+    detail = refusal_detail(body, response.reason_phrase)
     return PeerFailed(f"answered {response.status_code} to {what}: {detail}")
 
 
@@ -123,37 +131,3 @@ def get_chunk_list(client: httpx.Client, base_url: str, vdisk: str, file_name: s
         raise PeerFailed("sent a chunk list that is not JSON") from exc
     except BadChunkList as exc:
         raise PeerFailed(str(exc)) from exc
-
-
-@contextlib.contextmanager
-def get_range(
-    client: httpx.Client, base_url: str, vdisk: str, file_name: str, start: int, end: int, size: int
-) -> Iterator[Iterator[bytes]]:
-    """The bytes START..END-1 of FILE_NAME (SIZE bytes long) of vDisk VDISK,
-    as blocks while they arrive; closing the block leaves the connection.
-    Never more than END - START bytes; fewer if the peer stops early (the
-    caller tells). Raises PeerFailed (refused, another range, no answer,
-    connection lost), also while the blocks are read.
-    """
-    url = file_url(base_url, vdisk, file_name)
-    last = end - 1
-    with _answer(client, url, {"Range": f"bytes={start}-{last}"}) as response:
-        if response.status_code == 200:
-            raise PeerFailed(f"answered the whole file (200) to bytes {start}-{last}")
-        if response.status_code != 206:
-            raise _refusal(response, f"bytes {start}-{last}")
-        if response.headers.get("content-range") != f"bytes {start}-{last}/{size}":
-            raise PeerFailed(
-                f"answered another range ({response.headers.get('content-range')!r}) "
-                f"to bytes {start}-{last}"
-            )
-        yield _capped(response, end - start)
-
-
-def _capped(response: httpx.Response, limit: int) -> Iterator[bytes]:
-    got = 0
-    for block in response.iter_raw():  # as read off the socket: no re-chunking copies
-        got += len(block)
-        if got > limit:
-            raise PeerFailed(f"sent more than the {limit} bytes asked for")
-        yield block

@@ -3,6 +3,8 @@
 Rules: `record` (or an `AuditWriter`, which fills in the time and the
 default actor) is called inside the same session (transaction) as the
 change it describes, so a change and its audit row commit or vanish together.
+It also signals the change to the farm's servers (`farm.changes`: a
+PostgreSQL NOTIFY at commit), so their replication starts at once.
 before/after are JSON text of the records' plain views (None for create /
 delete). Reading the trail never changes it.
 
@@ -23,6 +25,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from vdfarm.farm.changes import signal_change
 from vdfarm.farm.models import AuditEvent, FarmSettings
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Invalid
@@ -71,6 +74,7 @@ def record(
             after=None if after is None else to_json(after),
         )
     )
+    signal_change(session)
 
 
 class AuditWriter:

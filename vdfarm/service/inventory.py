@@ -25,6 +25,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from vdfarm.farm.changes import signal_change
 from vdfarm.farm.models import StoreBootFile, StoreVersion, Vdisk, VdiskVersion
 from vdfarm.service.chains import chain_in_store, version_rows
 from vdfarm.service.errors import ServiceError
@@ -112,18 +113,23 @@ def store_inventory(
     session: Session, server_id: int, held: Held, now: datetime
 ) -> list[tuple[str, int]]:
     """Make SERVER_ID's `store_versions` rows say HELD (verified at NOW for
-    new or changed rows); return the held versions as sorted (vDisk name, version)."""
+    new or changed rows); return the held versions as sorted (vDisk name,
+    version). A change is signalled to the farm's servers (`farm.changes`):
+    a peer waiting for a version this server now holds starts at once."""
     mine = StoreVersion.server_id == server_id
     existing = {
         (r.vdisk_id, r.version): r for r in session.scalars(select(StoreVersion).where(mine)).all()
     }
+    changed = False
     for key, row in existing.items():
         if key not in held or held[key][1] != row.sha256:
             session.delete(row)
+            changed = True
     session.flush()
     for key, (_, sha256) in held.items():
         had = existing.get(key)
         if had is None or had.sha256 != sha256:
+            changed = True
             session.add(
                 StoreVersion(
                     server_id=server_id,
@@ -134,4 +140,6 @@ def store_inventory(
                 )
             )
     session.flush()
+    if changed:
+        signal_change(session)
     return sorted((name, key[1]) for key, (name, _) in held.items())

@@ -15,7 +15,8 @@ Rules:
 - `chunk_list` may hash gigabytes (the first time; then it is cached beside
   the file): call it from a worker thread, never inside a transaction (it
   opens none while it hashes). The hashing runs in a thread of its own,
-  one per file however many peers ask; a caller waits up to `wait_s` for
+  one per file however many peers ask, at the copies' lower CPU priority
+  (`copy_priority`); a caller waits up to `wait_s` for
   it, then gets Unavailable ("ask again"), so a peer is never kept without
   a byte for longer than its read timeout while the hashing goes on and
   fills the cache. A list whose whole sha256 is not the database's (the
@@ -39,6 +40,7 @@ from vdfarm.service.deps import SessionFactory
 from vdfarm.service.errors import Invalid, NotFound, Unavailable
 from vdfarm.store.boot_files import held_boot_file
 from vdfarm.store.chunks import ChunkList, chunk_list
+from vdfarm.store.copy_priority import lower_this_thread
 from vdfarm.store.errors import InvalidName, StoreError
 from vdfarm.store.manifest import BootFile, check_file_name, check_vdisk_name
 from vdfarm.store.store import Store
@@ -173,6 +175,7 @@ class ReplicaSourceService:
         return future
 
     def _run_hash(self, path: Path, future: Future[ChunkList]) -> None:
+        lower_this_thread()  # a copy's work: the devices' I/O comes first
         try:
             future.set_result(chunk_list(path))
         except BaseException as exc:  # handed to every caller waiting

@@ -50,5 +50,9 @@ class BadChunk(StoreError):
     """A chunk whose length or sha256 is not the one its chunk list names."""
 
 
+class BadFrame(StoreError):
+    """A framed (compressed) body from a peer that breaks the frame rules."""
+
+
 class FileMismatch(StoreError):
     """A received file whose whole sha256 or size is not the one expected."""

@@ -16,6 +16,11 @@ Rules:
 - `write_chunk` checks the length and sha256 against the chunk list before
   a byte is written (BadChunk: nothing written). An all-zero chunk is left
   as a hole, so a sparse file stays sparse.
+- One hash per byte where the list has prefix hashes (the sha256 of the
+  file up to each chunk's end): a chunk that continues the verified prefix
+  is checked by the running sha256 of the whole file, which also gives the
+  whole file's sha256 at the end. Without them (an older peer), or for a
+  chunk out of order, the chunk's own sha256 is checked as well.
 - Written pages leave the page cache a chunk later (DONTNEED starts their
   writeback, the next one drops them once clean), so a copy does not evict
   the devices' hot pages; durability comes from the fsync at `publish`
@@ -146,12 +151,17 @@ class Partial:
             have = os.fstat(self._fd).st_size
             whole = hashlib.sha256()
             offset = 0
+            prefixes = self.chunks.prefixes
             for index in range(len(self.chunks.chunks)):
                 start, length = self.chunks.span(index)
                 if start + length > have:
                     break
                 trial = whole.copy()
-                if self._hash_range(start, length, trial) != self.chunks.chunks[index]:
+                if prefixes is not None:
+                    self._hash_range(start, length, trial, piece=None)
+                    if trial.hexdigest() != prefixes[index]:
+                        break
+                elif self._hash_range(start, length, trial) != self.chunks.chunks[index]:
                     break
                 whole, offset = trial, start + length
             if have != offset:
@@ -162,18 +172,20 @@ class Partial:
         self._written, self._whole, self._lag = offset, whole, offset
         return offset
 
-    def _hash_range(self, start: int, length: int, whole: Any) -> str:
-        """The sha256 of LENGTH bytes at START (read uncached), fed to WHOLE too."""
-        piece = hashlib.sha256()
+    def _hash_range(self, start: int, length: int, whole: Any, piece: Any = True) -> str:
+        """The sha256 of LENGTH bytes at START (read uncached), fed to WHOLE
+        too ("" and WHOLE only if PIECE is None)."""
+        hasher = hashlib.sha256() if piece is not None else None
         offset, end = start, start + length
         while offset < end:
             block = read_block(self._fd, offset, min(READ_BLOCK, end - offset))
             if not block:
                 break
-            piece.update(block)
+            if hasher is not None:
+                hasher.update(block)
             whole.update(block)
             offset += len(block)
-        return piece.hexdigest()
+        return "" if hasher is None else hasher.hexdigest()
 
     def ensure_space(self, offset: int) -> None:
         """Check the disk has room for the chunks from OFFSET on (holes need
@@ -204,9 +216,10 @@ class Partial:
             raise BadChunk(f"{self.file_name} has no chunk {index}") from exc
         if len(data) != length:
             raise BadChunk(f"chunk {index} of {self.file_name} has {len(data)} bytes, not {length}")
-        if hashlib.sha256(data).hexdigest() != self.chunks.chunks[index]:
+        whole = self._continued(index, start, data)
+        if whole is None and hashlib.sha256(data).hexdigest() != self.chunks.chunks[index]:
             raise BadChunk(f"chunk {index} of {self.file_name} does not match its sha256")
-        self._accept(start, data, self.chunks.is_zero(index))
+        self._accept(start, data, self.chunks.is_zero(index), whole)
 
     def write_zero_chunk(self, index: int) -> None:
         """Write chunk INDEX, which the list says is all zeroes, as a hole
@@ -218,12 +231,32 @@ class Partial:
             raise BadChunk(f"{self.file_name} has no chunk {index}") from exc
         if not self.chunks.is_zero(index):
             raise BadChunk(f"chunk {index} of {self.file_name} is not all zeroes")
-        self._accept(start, bytes(length), True)
+        zeroes = bytes(length)
+        self._accept(start, zeroes, True, self._continued(index, start, zeroes))
 
-    def _accept(self, start: int, data: bytes | bytearray | memoryview, zero: bool) -> None:
+    def _continued(self, index: int, start: int, data: bytes | bytearray | memoryview) -> Any:
+        """The sha256 of the verified prefix continued by DATA (chunk INDEX at
+        START) if the list's prefix hash says that is right; None when the
+        chunk does not continue the prefix or the list has no prefixes.
+        Raises BadChunk (the prefix hash differs: nothing written)."""
+        prefixes = self.chunks.prefixes
+        if prefixes is None or self._whole is None or start != self._written:
+            return None
+        whole = self._whole.copy()
+        whole.update(data)
+        if whole.hexdigest() != prefixes[index]:
+            raise BadChunk(f"chunk {index} of {self.file_name} does not match its sha256")
+        return whole
+
+    def _accept(
+        self, start: int, data: bytes | bytearray | memoryview, zero: bool, whole: Any = None
+    ) -> None:
         self._store(start, data, zero)
         length = len(data)
-        if start == self._written and self._whole is not None:
+        if whole is not None:
+            self._whole = whole
+            self._written = start + length
+        elif start == self._written and self._whole is not None:
             self._whole.update(data)
             self._written = start + length
         else:

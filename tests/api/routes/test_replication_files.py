@@ -22,6 +22,7 @@ from vdfarm.store import recovery
 from vdfarm.store.chunks import CHUNK_SIZE
 from vdfarm.store.chunks import chunk_list as real_chunk_list
 from vdfarm.store.manifest import write_manifest
+from vdfarm.store.wire_frames import Unframer
 
 FILES = "/api/v1/replication/files"
 SIZE = 2 * CHUNK_SIZE + 3 * 512
@@ -223,3 +224,46 @@ def test_a_peer_is_asked_to_come_back_while_the_list_is_computed(admin, held, fa
         time.sleep(0.05)
     assert answer.status_code == 200
     assert answer.json()["sha256"] == farm.versions.list("w")[0].sha256
+
+
+@pytest.fixture
+def tables(farm, tmp_path):
+    """vDisk t: a chunk of qcow2-like tables (mostly zeroes) between random ones."""
+    table = bytearray(CHUNK_SIZE)
+    for at in range(0, CHUNK_SIZE, 4096):
+        table[at : at + 8] = os.urandom(8)
+    data = os.urandom(CHUNK_SIZE) + bytes(table) + os.urandom(1024)
+    (tmp_path / "t.raw").write_bytes(data)
+    farm.vdisks.import_image("t", tmp_path / "t.raw")
+    return data
+
+
+def test_frames_are_sent_only_to_who_asks(admin, tables, local):
+    whole = {"Range": f"bytes=0-{len(tables) - 1}"}
+    plain = admin.get(f"{FILES}/t/base.raw", headers=whole)
+    assert plain.status_code == 206 and plain.content == tables
+    assert "x-vdfarm-frames" not in plain.headers
+    framed = admin.get(f"{FILES}/t/base.raw", headers=whole | {"X-Vdfarm-Frames": "zlib"})
+    assert framed.status_code == 206
+    assert framed.headers["x-vdfarm-frames"] == "zlib"
+    assert framed.headers["content-range"] == f"bytes 0-{len(tables) - 1}/{len(tables)}"
+    assert "content-length" not in framed.headers  # chunked: the size is known once packed
+    unframer = Unframer(len(tables))
+    assert b"".join(bytes(p) for p in unframer.feed(framed.content)) == tables
+    assert unframer.complete
+    assert len(framed.content) < len(tables) - CHUNK_SIZE // 2  # the table chunk went small
+    sent = local.get("/api/v1/replication/sent").json()["t/base.raw"]
+    assert sent == len(tables) + len(framed.content)  # what went on the wire, both times
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Vdfarm-Frames": "zlib"}, {"X-Vdfarm-Frames": "lz77", "Range": "bytes=0-99"}],
+    ids=["no-range", "unknown-kind"],
+)
+def test_frames_need_a_range_and_a_kind_this_server_packs(admin, tables, headers):
+    response = admin.get(f"{FILES}/t/base.raw", headers=headers)
+    assert response.status_code in (200, 206)
+    assert "x-vdfarm-frames" not in response.headers
+    assert response.content == tables[: len(response.content)]
+    assert response.headers["content-length"] == str(len(response.content))
