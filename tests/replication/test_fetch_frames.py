@@ -14,10 +14,12 @@ import pytest
 
 from tests.api.serving import serving
 from tests.replication.conftest import import_bytes
+from tests.replication.fake_time import FakeTime
 from tests.replication.hostile_peer import BOMB_MIB, HostilePeer
 from tests.replication.test_fetch import fetch, received, sent_by
 from vdfarm.api.auth import read_token
 from vdfarm.replication.fetch import PeerAddress
+from vdfarm.replication.throttle import Throttle
 from vdfarm.store.chunks import CHUNK_SIZE
 
 
@@ -88,3 +90,15 @@ def test_an_older_peer_serves_plain_bytes_that_verify(farm, tmp_path, vdisk_dir,
         assert old.sent == len(old.chunk_list) + len(mixed)  # plain bytes, once
     assert outcome.published and outcome.failures == ()
     assert received(vdisk_dir, mixed)
+
+
+def test_the_cap_is_paid_for_the_unpacked_bytes(mixed_source, vdisk_dir, mixed):
+    """A packed chunk costs the throttle what it unpacks to: the cap spares
+    the disks at both ends, not only the link."""
+    want, peer, token = mixed_source
+    fake = FakeTime()
+    rate = CHUNK_SIZE
+    outcome = fetch(want, vdisk_dir, [peer], token, throttle=Throttle(rate, fake.clock, fake.sleep))
+    assert outcome.published and received(vdisk_dir, mixed)
+    assert outcome.bytes_received < len(mixed) - CHUNK_SIZE // 2  # the tables came packed
+    assert fake.now - 100.0 >= len(mixed) / rate - 1e-6  # yet all of it was paid for

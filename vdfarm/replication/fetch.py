@@ -22,7 +22,10 @@ Rules:
   bad frame"). A peer that answers plain is read plain. Every chunk is
   checked on its unpacked bytes.
 - Bytes are asked for in ranges of at most REQUEST_BYTES; the throttle is
-  paid for every block received (the bytes on the wire); `may_run()` is
+  paid for the file bytes received (a framed block's unpacked bytes, not
+  its smaller size on the wire: the cap spares the disks at both ends as
+  much as the network), the meter counts the bytes on the wire (what the
+  sender counts as sent); `may_run()` is
   asked before the copy and between chunks: False raises Paused (the
   partial stays for later).
 - A full disk raises StoreFull: checked before the copy (a partial with
@@ -267,12 +270,13 @@ class _Copy:
             got = body.read_into(block)
             if not got:
                 return
-            self._paid(got)
+            self.meter.add(got)
             for piece in unframer.feed(block[:got]):
+                self.throttle.take(len(piece))
                 filler.fill(pipe, piece)
 
     def _paid(self, n: int) -> None:
-        """N bytes came off the wire: counted, and the cap paid for them."""
+        """N plain bytes came off the wire: counted, and the cap paid for them."""
         self.meter.add(n)
         self.throttle.take(n)
 
