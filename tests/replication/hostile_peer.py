@@ -159,6 +159,22 @@ class HostilePeer:
             self._send(request, 206, body, headers=headers, cut=len(body) // 2)
             request.close_connection = True
             return
+        if self.mode == "trickle":  # a kilobyte now and then, never silent for long
+            request.send_response(206)
+            request.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                request.send_header(name, value)
+            request.end_headers()
+            for at in range(0, len(body), 1024):
+                if self.stop.wait(0.05):
+                    return
+                try:
+                    request.wfile.write(body[at : at + 1024])
+                    request.wfile.flush()
+                except OSError:
+                    return
+                self.sent += len(body[at : at + 1024])
+            return
         if self.mode == "stall":
             self._send(request, 206, body, headers=headers, cut=100_000)
             self.stop.wait(60)

@@ -29,6 +29,7 @@ from vdfarm.replication.fetch import (
     Progress,
     fetch_file,
 )
+from vdfarm.replication.pace import WINDOW_S
 from vdfarm.replication.throttle import Throttle
 from vdfarm.store.chunks import CHUNK_SIZE
 from vdfarm.store.errors import StoreFull
@@ -63,6 +64,7 @@ def fetch(
     throttle=None,
     watch=None,
     read_timeout=TIMEOUT,
+    pace_window_s=WINDOW_S,
 ):
     watch = watch or Watch(vdisk_dir / want.file_name)
     return fetch_file(
@@ -74,6 +76,7 @@ def fetch(
         may_run=may_run,
         progress=watch,
         read_timeout=read_timeout,
+        pace_window_s=pace_window_s,
     )
 
 
@@ -128,6 +131,7 @@ def test_a_file_comes_whole_from_a_vdfarm_peer(want, source, vdisk_dir, data):
         ("lying-prefixes", r"sent a wrong chunk \(chunk 3 of base.raw does not match its sha256\)"),
         ("frames-unasked", r"answered frames \('zlib'\) it was not asked for"),
         ("whole-file", r"answered the whole file \(200\) to bytes 0-12587007"),
+        ("trickle", r"too slow: sent [0-9.]+ KiB/s over [0-9]+ s of waiting"),
     ],
 )
 def test_a_bad_peer_is_dropped_and_a_good_one_finishes(want, source, vdisk_dir, data, mode, why):
@@ -140,6 +144,7 @@ def test_a_bad_peer_is_dropped_and_a_good_one_finishes(want, source, vdisk_dir, 
             [PeerAddress("evil", evil.base_url), good],
             token,
             read_timeout=SILENT_TIMEOUT if silent else TIMEOUT,
+            pace_window_s=1.0 if mode == "trickle" else WINDOW_S,
         )
     assert outcome.published and outcome.peer == "good", outcome
     assert len(outcome.failures) == 1

@@ -10,8 +10,10 @@ Rules:
   real name only when its whole sha256 is the database's.
 - Peers are tried in the order given. A peer that refuses, sends a wrong
   chunk, a short body, a non-2xx, cannot be reached, or sends nothing for
-  READ_TIMEOUT seconds is dropped for this file ("peer NAME: why" in
-  `failures`) and the next one is tried; the verified prefix stays. A file
+  READ_TIMEOUT seconds, or trickles (under `pace.MIN_RATE_BPS` over
+  `pace.WINDOW_S` seconds spent waiting on it) is dropped for this file
+  ("peer NAME: why" in `failures`) and the next one is tried; the
+  verified prefix stays. A file
   whose whole hash is wrong (its chunk list lied) is thrown away.
 - All-zero chunks are not fetched: the chunk list names them, and they
   stay holes in the received file.
@@ -48,6 +50,7 @@ from pathlib import Path
 import httpx
 
 from vdfarm.replication.chunk_pipe import ChunkPipe
+from vdfarm.replication.pace import MIN_RATE_BPS, WINDOW_S, Pace
 from vdfarm.replication.peer_http import PeerFailed, get_chunk_list, make_client, tls_context
 from vdfarm.replication.range_get import RangeAnswer, get_range_into
 from vdfarm.replication.rate import RateMeter
@@ -149,12 +152,15 @@ def _runs(chunks: ChunkList, first: int) -> Iterator[_Run]:
 @dataclass(frozen=True)
 class _Wire:
     """How a copy reaches peers: the chunk lists' client, and for ranges
-    the token, the TLS context and the read timeout."""
+    the token, the TLS context, the read timeout and the pace a peer keeps
+    (`pace.Pace`'s rate and window)."""
 
     client: httpx.Client
     token: str
     context: ssl.SSLContext
     read_timeout: float
+    min_peer_rate_bps: float = MIN_RATE_BPS
+    pace_window_s: float = WINDOW_S
 
 
 class _Copy:
@@ -174,6 +180,8 @@ class _Copy:
         self.vdisk_dir = vdisk_dir
         self.client = wire.client
         self.token, self.context, self.read_timeout = wire.token, wire.context, wire.read_timeout
+        self.wire = wire
+        self.pace = Pace()
         self.throttle = throttle
         self.may_run = may_run
         self.progress = progress
@@ -189,6 +197,7 @@ class _Copy:
         Raises PeerFailed, Paused, StoreFull, StoreError.
         """
         chunks = get_chunk_list(self.client, peer.base_url, self.want.vdisk, self.want.file_name)
+        self.pace = Pace(self.wire.min_peer_rate_bps, self.wire.pace_window_s)
         if chunks.size != self.want.size or chunks.sha256 != self.want.sha256:
             raise PeerFailed("chunk list differs from the database")
         with Partial(self.vdisk_dir, self.want.file_name, chunks) as partial:
@@ -242,6 +251,7 @@ class _Copy:
                     end,
                     chunks.size,
                     frames=run.framed,
+                    pace=self.pace,
                 ) as body,
             ):
                 if body.framed:
@@ -336,12 +346,16 @@ def fetch_file(
     progress: Callable[[Progress], None],
     ca_file: Path | None = None,
     read_timeout: float = READ_TIMEOUT,
+    min_peer_rate_bps: float = MIN_RATE_BPS,
+    pace_window_s: float = WINDOW_S,
     clock: Callable[[], float] = time.monotonic,
 ) -> FetchOutcome:
     """Fetch WANT into VDISK_DIR (the vDisk's directory in this store, made
     if missing) from the first of PEERS that gives it whole and right, with
     TOKEN (a `replica` token), THROTTLE on the bytes received, MAY_RUN asked
-    between chunks and PROGRESS told after each one.
+    between chunks and PROGRESS told after each one; a peer silent for
+    READ_TIMEOUT or slower than MIN_PEER_RATE_BPS over PACE_WINDOW_S of
+    waiting on it is dropped.
 
     Raises Paused (MAY_RUN said no), StoreFull (the disk is full), StoreError
     (the store cannot be written; another copy of the file runs), InvalidName,
@@ -349,7 +363,7 @@ def fetch_file(
     """
     context = tls_context(ca_file)
     with make_client(token, context, read_timeout) as client:
-        wire = _Wire(client, token, context, read_timeout)
+        wire = _Wire(client, token, context, read_timeout, min_peer_rate_bps, pace_window_s)
         copy = _Copy(want, Path(vdisk_dir), wire, throttle, may_run, progress, clock)
         for peer in peers:
             if not may_run():

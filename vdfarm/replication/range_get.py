@@ -20,8 +20,10 @@ Rules:
   status (its `detail` shown), another range, frames unasked, a broken
   head or chunk line, a body longer than that: PeerFailed, in peer_http's
   words.
-- Silence for the read timeout is "sent nothing for N s"; a connection
-  that ends early ends the body (the caller says "short body").
+- Silence for the read timeout is "sent nothing for N s"; a pace under
+  the caller's `Pace` (time blocked in receives against bytes) is "too
+  slow: ..."; a connection that ends early ends the body (the caller
+  says "short body").
 - Pure wire: nothing here writes a file or decides which peer is next.
 """
 
@@ -30,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from vdfarm.replication.pace import Pace
 from vdfarm.replication.peer_http import (
     FRAMES_HEADER,
     FRAMES_ZLIB,
@@ -54,9 +58,16 @@ class RangeAnswer:
     `read_into`. Made by `get_range_into`."""
 
     def __init__(
-        self, sock: socket.socket, pending: bytes, chunked: bool, limit: int, framed: bool
+        self,
+        sock: socket.socket,
+        pending: bytes,
+        chunked: bool,
+        limit: int,
+        framed: bool,
+        pace: Pace | None = None,
     ) -> None:
         self._sock = sock
+        self._pace = pace
         self._pending = bytearray(pending)
         self.framed = framed
         self._chunked = chunked
@@ -98,12 +109,15 @@ class RangeAnswer:
         return self._recv_into(view)
 
     def _recv_into(self, view: memoryview) -> int:
+        began = time.monotonic()
         try:
-            return self._sock.recv_into(view)
+            got = self._sock.recv_into(view)
         except TimeoutError as exc:
             raise PeerFailed(f"sent nothing for {self.timeout:g} s") from exc
         except OSError as exc:
             raise PeerFailed(f"broke off the answer: {exc}") from exc
+        _keep_pace(self._pace, time.monotonic() - began, got)
+        return got
 
     def _line(self) -> bytes | None:
         """The next CRLF-ended line of the body (without it); None if the
@@ -172,18 +186,28 @@ def _connect(base_url: str, context: ssl.SSLContext, timeout: float) -> socket.s
         raise PeerFailed(f"connection failed: {exc}") from exc
 
 
-def _read_head(sock: socket.socket, timeout: float) -> tuple[int, str, dict[str, str], bytes]:
+def _keep_pace(pace: Pace | None, waited_s: float, got: int) -> None:
+    """Tell PACE of one receive. Raises PeerFailed (the peer trickles)."""
+    if pace is not None and (slow := pace.record(waited_s, got)) is not None:
+        raise PeerFailed(f"too slow: {slow}")
+
+
+def _read_head(
+    sock: socket.socket, timeout: float, pace: Pace | None = None
+) -> tuple[int, str, dict[str, str], bytes]:
     """(status, reason, headers by lowercase name, bytes after the head)."""
     head = bytearray()
     while b"\r\n\r\n" not in head:
         if len(head) > MAX_HEAD:
             raise PeerFailed(f"sent an answer head over {MAX_HEAD} bytes")
+        began = time.monotonic()
         try:
             more = sock.recv(_RECV)
         except TimeoutError as exc:
             raise PeerFailed(f"sent nothing for {timeout:g} s") from exc
         except OSError as exc:
             raise PeerFailed(f"broke off the answer: {exc}") from exc
+        _keep_pace(pace, time.monotonic() - began, len(more))
         if not more:
             raise PeerFailed("broke off the answer before its head ended")
         head += more
@@ -232,12 +256,14 @@ def get_range_into(
     size: int,
     *,
     frames: bool = False,
+    pace: Pace | None = None,
 ) -> Iterator[RangeAnswer]:
     """The answer to a GET of bytes START..END-1 of FILE_NAME (SIZE bytes
     long) of vDisk VDISK at the peer BASE_URL, framed if FRAMES asked for
     it and the peer framed it; the connection is closed when the block
     ends. Raises PeerFailed (cannot connect, refused, another range,
-    frames unasked, a broken head, silence), also while the body is read.
+    frames unasked, a broken head, silence, a pace under PACE's), also
+    while the body is read.
     """
     url = urlsplit(file_url(base_url, vdisk, file_name))
     last = end - 1
@@ -260,7 +286,7 @@ def get_range_into(
             raise PeerFailed(f"sent nothing for {read_timeout:g} s") from exc
         except OSError as exc:
             raise PeerFailed(f"broke off the answer: {exc}") from exc
-        status, reason, headers, rest = _read_head(sock, read_timeout)
+        status, reason, headers, rest = _read_head(sock, read_timeout, pace)
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         if status != 206:
             told = headers.get("content-length", "")
@@ -288,6 +314,6 @@ def get_range_into(
         ):
             raise PeerFailed(f"answered {length!r} bytes to bytes {start}-{last}")
         body_bytes = limit if chunked or length is None else int(length)
-        yield RangeAnswer(sock, rest, chunked, body_bytes, framed)
+        yield RangeAnswer(sock, rest, chunked, body_bytes, framed, pace)
     finally:
         sock.close()
