@@ -18,6 +18,7 @@ ONE = (parse_server_url("http://10.0.0.5:8080"),)
 TWO = (*ONE, parse_server_url("https://farm-2.example.org:8443"))
 PROXY = ProxyDhcp(parse_subnet("192.168.1.0/24"))
 FULL = parse_range("10.9.0.100,10.9.0.200,255.255.255.0")
+URL = "http://10.0.0.5:8080/boot/ipxe?mac=${netX/mac}"
 
 
 def lines(text: str) -> list[str]:
@@ -39,9 +40,23 @@ def test_proxy_dhcp_beside_the_sites_server():
         'pxe-service=tag:!ipxe,x86PC,"Network boot (vdfarm)",undionly.kpxe',
         'pxe-service=tag:!ipxe,BC_EFI,"Network boot (vdfarm)",ipxe.efi',
         'pxe-service=tag:!ipxe,x86-64_EFI,"Network boot (vdfarm)",ipxe.efi',
-        "dhcp-boot=tag:ipxe,http://10.0.0.5:8080/boot/ipxe?mac=${netX/mac}",
+        f'pxe-service=tag:ipxe,x86PC,"Network boot (vdfarm)",{URL}',
+        f'pxe-service=tag:ipxe,BC_EFI,"Network boot (vdfarm)",{URL}',
+        f'pxe-service=tag:ipxe,x86-64_EFI,"Network boot (vdfarm)",{URL}',
+        f"dhcp-boot=tag:ipxe,{URL}",
         "dhcp-no-override",
     ]
+
+
+@pytest.mark.parametrize("server", ["http://farm1:8080", "http://[fd00::1]:8080"])
+def test_in_proxy_mode_a_boot_url_without_a_dot_goes_through_the_chain_script(server):
+    """dnsmasq would add PXE's `.0` layer suffix to a menu item without a dot."""
+    dotless = (parse_server_url(server),)
+    assert ipxe_boot_file(dotless, PROXY) == CHAIN_SCRIPT
+    assert 'pxe-service=tag:ipxe,x86PC,"Network boot (vdfarm)",vdfarm.ipxe' in lines(
+        dnsmasq_config(DnsmasqSettings("eth1", PROXY, dotless))
+    )
+    assert ipxe_boot_file(dotless, FULL) == f"{server}/boot/ipxe?mac=${{netX/mac}}"
 
 
 def test_full_dhcp_hands_out_the_range_and_picks_the_loader_by_architecture():
@@ -75,11 +90,12 @@ def test_several_servers_send_ipxe_to_the_chain_script():
 def test_a_boot_url_too_long_for_dhcp_is_refused():
     long_name = ".".join(["a" * 60] * 2)  # 121 characters: the URL is 160
     with pytest.raises(ValueError, match="longer than the 127 characters"):
-        ipxe_boot_file((parse_server_url(f"http://{long_name}:8080"),))
+        ipxe_boot_file((parse_server_url(f"http://{long_name}:8080"),), FULL)
     # ... but through the chain script it is fine: TFTP files have no such bound.
-    assert ipxe_boot_file((*ONE, parse_server_url(f"http://{long_name}:8080"))) == CHAIN_SCRIPT
+    several = (*ONE, parse_server_url(f"http://{long_name}:8080"))
+    assert ipxe_boot_file(several, FULL) == CHAIN_SCRIPT
     with pytest.raises(ValueError, match="no farm server"):
-        ipxe_boot_file(())
+        ipxe_boot_file((), PROXY)
 
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"

@@ -152,17 +152,17 @@ def test_json_gives_the_configuration_and_the_script(cli, loaders):
         "--proxy-for",
         "10.0.0.0/8",
         "--server",
-        "http://a:1",
+        "http://a.b:1",
         "--tftp-root",
         str(loaders),
         data_dir=False,
     ).stdout
     answer = json.loads(out)
-    assert answer["servers"] == ["http://a:1"] and answer["script"] is None
+    assert answer["servers"] == ["http://a.b:1"] and answer["script"] is None
     assert answer["written"] == [] and "interface=eth1" in answer["config"]
 
 
-GOOD = ("--interface", "eth1", "--proxy-for", "10.0.0.0/8", "--server", "http://a:1")
+GOOD = ("--interface", "eth1", "--proxy-for", "10.0.0.0/8", "--server", "http://a.b:1")
 
 
 @pytest.mark.parametrize(
@@ -181,6 +181,7 @@ GOOD = ("--interface", "eth1", "--proxy-for", "10.0.0.0/8", "--server", "http://
         ((*CMD, *GOOD[:4], "--server", "http://a:1\r\nX: y"), "control"),
         ((*CMD, *GOOD[:4], "--server", "gopher://a"), "give http://HOST"),
         ((*CMD, *GOOD[:4], "--server", "http://a:1", "--server", "http://b:1"), "--write DIR"),
+        ((*CMD, *GOOD[:4], "--server", "http://farm1:8080"), "without a dot needs vdfarm.ipxe"),
         (
             (*CMD, *GOOD[:4], "--server", "http://" + "a" * 60 + "." + "a" * 60),
             "longer than the 127",

@@ -9,8 +9,14 @@ range, and serves iPXE by TFTP:
 - an iPXE client (user class `iPXE`, or DHCP option 175) gets the farm's
   boot URL, `http://SERVER:PORT/boot/ipxe?mac=…`, or with several servers
   the name of the TFTP script that tries them in turn (vdfarm.boot.chain).
-In proxy mode firmware clients are answered by `pxe-service` (dnsmasq
-ignores `dhcp-boot` for them there) and iPXE by `dhcp-boot`.
+In proxy mode every client is answered by `pxe-service` (a one-item PXE
+menu: dnsmasq ignores `dhcp-boot` for firmware there, and qemu's iPXE
+1.0.0+git-20190125 ignores a proxy offer's boot file but follows its menu,
+tried in tests/boot/test_dnsmasq_netns.py); the `dhcp-boot` line stays for
+iPXE builds that read the proxy offer's boot file. dnsmasq adds PXE's
+`.0` layer suffix to a menu item's file name without a dot, so in proxy
+mode a boot URL without one (a server named `farm1` or `[fd00::1]`) goes
+through the chain script too.
 Rules: pure; inputs come checked (vdfarm.boot.inputs), so every line is
 plain ASCII of known shape; DNS stays off (`port=0`).
 """
@@ -40,13 +46,16 @@ class DnsmasqSettings:
     tftp_root: str = IPXE_DIR
 
 
-def uses_chain_script(servers: Sequence[ServerUrl]) -> bool:
-    """Whether iPXE is sent to the TFTP script (several servers) rather than
-    straight to one server's boot URL."""
-    return len(servers) > 1
+def uses_chain_script(servers: Sequence[ServerUrl], dhcp: ProxyDhcp | FullDhcp) -> bool:
+    """Whether iPXE is sent to the TFTP script (several servers; in proxy
+    mode, a boot URL without a dot) rather than straight to one server's
+    boot URL."""
+    if len(servers) > 1:
+        return True
+    return isinstance(dhcp, ProxyDhcp) and bool(servers) and "." not in boot_url(servers[0])
 
 
-def ipxe_boot_file(servers: Sequence[ServerUrl]) -> str:
+def ipxe_boot_file(servers: Sequence[ServerUrl], dhcp: ProxyDhcp | FullDhcp) -> str:
     """What DHCP tells an iPXE client to load: the one server's boot URL, or
     the chain script's name (fetched from dnsmasq by TFTP).
 
@@ -54,7 +63,7 @@ def ipxe_boot_file(servers: Sequence[ServerUrl]) -> str:
     """
     if not servers:
         raise ValueError("no farm server to boot from")
-    if uses_chain_script(servers):
+    if uses_chain_script(servers, dhcp):
         return CHAIN_SCRIPT
     url = boot_url(servers[0])
     if len(url) > MAX_BOOT_FILE:
@@ -80,13 +89,17 @@ def _dhcp_lines(dhcp: ProxyDhcp | FullDhcp) -> list[str]:
     ]
 
 
-def _firmware_lines(dhcp: ProxyDhcp | FullDhcp) -> list[str]:
+def _firmware_lines(dhcp: ProxyDhcp | FullDhcp, target: str) -> list[str]:
     if isinstance(dhcp, ProxyDhcp):
         return [
             "# Firmware PXE clients (not iPXE yet) load iPXE by TFTP.",
             f"pxe-service=tag:!ipxe,x86PC,{MENU_TEXT},{BIOS_LOADER}",
             f"pxe-service=tag:!ipxe,BC_EFI,{MENU_TEXT},{UEFI_LOADER}",
             f"pxe-service=tag:!ipxe,x86-64_EFI,{MENU_TEXT},{UEFI_LOADER}",
+            "# iPXE clients get the farm's boot script as their one menu item.",
+            f"pxe-service=tag:ipxe,x86PC,{MENU_TEXT},{target}",
+            f"pxe-service=tag:ipxe,BC_EFI,{MENU_TEXT},{target}",
+            f"pxe-service=tag:ipxe,x86-64_EFI,{MENU_TEXT},{target}",
         ]
     return [
         "# Firmware PXE clients (not iPXE yet) load iPXE by TFTP:",
@@ -104,9 +117,9 @@ def dnsmasq_config(settings: DnsmasqSettings) -> str:
 
     Raises ValueError (no servers; a boot URL too long for DHCP).
     """
-    target = ipxe_boot_file(settings.servers)
+    target = ipxe_boot_file(settings.servers, settings.dhcp)
     servers = " ".join(str(s) for s in settings.servers)
-    if uses_chain_script(settings.servers):
+    if uses_chain_script(settings.servers, settings.dhcp):
         ipxe_comment = f"# iPXE clients run {CHAIN_SCRIPT} (TFTP), which tries each farm server."
     else:
         ipxe_comment = "# iPXE clients fetch their boot script from the farm server."
@@ -129,7 +142,7 @@ def dnsmasq_config(settings: DnsmasqSettings) -> str:
         "enable-tftp",
         f"tftp-root={settings.tftp_root}",
         "",
-        *_firmware_lines(settings.dhcp),
+        *_firmware_lines(settings.dhcp, target),
         "",
         ipxe_comment,
         f"dhcp-boot=tag:ipxe,{target}",

@@ -160,17 +160,19 @@ def dnsmasq_config_cmd(
             raise click.UsageError(f"--write: {exc}") from exc
     dhcp = _dhcp(interface, proxy_for, dhcp_range)
     chosen = tuple(dict.fromkeys(servers)) or _farm_servers()
-    if uses_chain_script(chosen) and write_dir is None:
+    if uses_chain_script(chosen, dhcp) and write_dir is None:
+        why = (
+            "several farm servers need" if len(chosen) > 1 else "a server name without a dot needs"
+        )
         raise click.UsageError(
-            f"several farm servers need {CHAIN_SCRIPT} in the TFTP root beside the "
-            "configuration: give --write DIR (or one --server)"
+            f"{why} {CHAIN_SCRIPT} in the TFTP root beside the configuration: give --write DIR"
         )
     settings = DnsmasqSettings(interface, dhcp, chosen, tftp_root or IPXE_DIR)
     try:
         config = dnsmasq_config(settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    script = chain_script(chosen) if uses_chain_script(chosen) else None
+    script = chain_script(chosen) if uses_chain_script(chosen, dhcp) else None
     written: list[Path] = []
     if write_dir is not None:
         try:
