@@ -11,7 +11,8 @@ built-in iPXE ROM) booting from it:
   undionly.kpxe) and nothing outside it.
 - proxy-DHCP beside the site's own DHCP server (a second dnsmasq that only
   hands out addresses): the VM's address comes from the site, its boot URL
-  from vdfarm's proxy, and the config's subnet from the interface itself.
+  (one server) or the chain script (two, the first down) from vdfarm's
+  proxy, and the config's subnet from the interface itself.
 
 Until a farm server answers GET /boot/ipxe, an HTTP recorder stands in for
 the servers and the tests check which URL iPXE fetched; the end-to-end
@@ -155,17 +156,20 @@ def test_full_dhcp_serves_the_loaders_and_chains_through_the_servers(boot_networ
     assert f"asking http://{BRIDGE_ADDRESS}:{dead} for this device's boot script" in serial
 
 
-def test_proxy_dhcp_beside_the_sites_dhcp_server(boot_network, tmp_path):
+@pytest.mark.parametrize("several", [False, True], ids=["one-server-url", "two-servers-script"])
+def test_proxy_dhcp_beside_the_sites_dhcp_server(boot_network, tmp_path, several):
     port, requests = start_recorder(boot_network, tmp_path)
     site_leases = boot_network.site_dhcp(tmp_path)
     out = tmp_path / "pxe"
+    servers = [f"http://{BRIDGE_ADDRESS}:{port}"]
+    if several:  # a first server that is down: iPXE gets vdfarm.ipxe by TFTP
+        servers.insert(0, f"http://{BRIDGE_ADDRESS}:{free_port()}")
     # Run where the bridge is: with no --proxy-for, the subnet is the interface's.
     dnsmasq_config(
         boot_network,
         "--interface",
         BRIDGE,
-        "--server",
-        f"http://{BRIDGE_ADDRESS}:{port}",
+        *[arg for url in servers for arg in ("--server", url)],
         "--write",
         str(out),
     )
@@ -181,4 +185,6 @@ def test_proxy_dhcp_beside_the_sites_dhcp_server(boot_network, tmp_path):
     address = lease_of(site_leases, mac)  # the site's server gave the address ...
     assert address is not None and 160 <= int(address.rsplit(".", 1)[1]) <= 199
     assert lease_of(leases, mac) is None  # ... vdfarm's proxy only the boot information
-    assert "proxy" in log.read_text()
+    dhcp_log = log.read_text()
+    assert "proxy" in dhcp_log
+    assert (f"sent {out}/vdfarm.ipxe to {address}" in dhcp_log) == several
