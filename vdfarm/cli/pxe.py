@@ -135,6 +135,7 @@ def _dhcp(interface: str, proxy_for: Any, dhcp_range: Any) -> ProxyDhcp | FullDh
     "write_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    metavar="DIR",
     help=f"Write {CONFIG_NAME} into DIR instead of printing it, with {CHAIN_SCRIPT} "
     "(needed by several servers) and links to the iPXE loaders: DIR becomes the "
     "TFTP root.",
