@@ -19,7 +19,10 @@ debs=(python3-venv qemu-utils qemu-system-x86 libnbd-bin syslinux syslinux-commo
 # only refreshes the host's initramfs when initramfs-tools is there) and
 # asks nothing.
 # rsync: the peer of bench/replication_bench.py.
-[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd rsync)
+# dnsmasq-base (the binary, no system service), ipxe (undionly.kpxe,
+# ipxe.efi in /usr/lib/ipxe), iproute2 and curl (its tftp:// client): the
+# tests of `vdfarm pxe dnsmasq-config` run dnsmasq in a network namespace.
+[ $want_test = 1 ] && debs+=(fio nbdkit python3-libnbd rsync dnsmasq-base ipxe iproute2 curl)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || debs+=(linux-image-amd64)
 
 missing=()

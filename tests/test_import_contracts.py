@@ -50,6 +50,8 @@ def lint_imports(where: Path) -> subprocess.CompletedProcess:
         ("vdfarm/agent/identity.py", "import vdfarm.stream.flags", "The device agent imports only"),
         ("vdfarm/agent/identity.py", "import vdfarm.service.errors", "Floors"),
         ("vdfarm/agent/identity.py", "import vdfarm.api.errors", "Floors"),
+        ("vdfarm/boot/inputs.py", "import vdfarm.farm.models", "Floors"),
+        ("vdfarm/boot/dnsmasq.py", "import vdfarm.nbd.constants", "Floors"),
     ],
 )
 def test_a_bad_import_breaks_its_contract(tmp_path, module, bad_import, contract):

@@ -56,6 +56,7 @@ NOUNS: dict[str, tuple[str, str]] = {
     "farm": ("vdfarm.cli.farm", "farm"),
     "token": ("vdfarm.cli.token", "token"),
     "agent": ("vdfarm.cli.agent", "agent"),
+    "pxe": ("vdfarm.cli.pxe", "pxe"),
 }
 
 
