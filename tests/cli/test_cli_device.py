@@ -27,7 +27,18 @@ def test_add_list_show(icli, image):
         "bench",
     )
     table = icli.ok("device", "list").stdout.splitlines()
-    assert table[0].split() == ["NAME", "MAC", "TYPE", "VDISK", "DESCRIPTION"]
+    assert table[0].split() == [
+        "NAME",
+        "MAC",
+        "TYPE",
+        "VDISK",
+        "STAGE",
+        "SINCE",
+        "STUCK",
+        "LAST",
+        "SEEN",
+        "DESCRIPTION",
+    ]
     assert table[1].split()[:4] == ["pc1", "-", "production", "w"]
     assert icli.json("device", "show", "aabbccddee02")["name"] == "pc2"
     assert "aa:bb:cc:dd:ee:02" in icli.ok("device", "show", "pc2").stdout
