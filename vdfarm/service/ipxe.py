@@ -9,8 +9,9 @@ Rules:
   max-booting, subnet affinity, home rule) from the device's address. It
   is asked twice: first without a reservation, so that a refusal found
   after it (no boot files, a file this server does not hold, a command
-  line iPXE would interpret) leaves nothing behind; then with one, for the
-  answer. A version that changed in between is checked again.
+  line or server address iPXE would interpret) leaves nothing behind; then
+  with one, for the answer. A version or server that changed in between
+  is checked again.
 - The answer boots the version login chose: `kernel` and `initrd` from
   this server's `/boot/files/…` (BASE_URL: the address the client
   reached), each URL naming the file's sha256 (so a kernel is never booted
@@ -183,13 +184,13 @@ class IpxeService:
         chosen = self._login(mac, client_ip, reserve=False)
         files, cmdline = self._boot_files(chosen)
         result = self._login(mac, client_ip, reserve=True)
-        if (result.vdisk, result.version) != (chosen.vdisk, chosen.version):
+        if (result.vdisk, result.version, result.server) != (
+            chosen.vdisk,
+            chosen.version,
+            chosen.server,
+        ):  # the farm changed in between: check again
             files, cmdline = self._boot_files(result)
         server = result.server
-        try:
-            check_script_text(f"the address of server {server.name}", server.host)
-        except UnsafeScriptText as exc:
-            raise Refusal(str(exc)) from exc
         farm_urls = [
             f"http://{e.host}:{e.api_port}"
             for e in (server, *result.alternatives)
@@ -246,6 +247,11 @@ class IpxeService:
             }
         except NotFound as exc:
             raise Refusal(f"{exc.message} (vdfarm store verify on this server)") from exc
+        try:
+            check_script_text("the kernel command line", version.boot_cmdline)
+            check_script_text(f"the address of server {result.server.name}", result.server.host)
+        except UnsafeScriptText as exc:
+            raise Refusal(str(exc)) from exc
         return held, version.boot_cmdline
 
     def _record_ipxe(self, mac: str, client_ip: str | None) -> None:

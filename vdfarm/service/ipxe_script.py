@@ -41,10 +41,14 @@ def check_script_text(what: str, text: str) -> str:
     UnsafeScriptText naming WHAT."""
     if not _SAFE_TEXT.fullmatch(text):
         bad = next(c for c in text if not _SAFE_TEXT.fullmatch(c))
-        raise UnsafeScriptText(f"{what} holds {bad!r}, which an iPXE script would interpret")
+        raise UnsafeScriptText(
+            f"{what} holds U+{ord(bad):04X}, a character an iPXE script would interpret"
+        )
     for pair in ("||", "&&"):
         if pair in text:
-            raise UnsafeScriptText(f"{what} holds {pair!r}, which an iPXE script would interpret")
+            raise UnsafeScriptText(
+                f"{what} holds two of U+{ord(pair[0]):04X}, which an iPXE script would interpret"
+            )
     return text
 
 

@@ -55,7 +55,8 @@ def test_auto_add_is_set_and_cleared(admin, farm, raw_image):
     assert (answer.json()["auto_add_vdisk"], answer.json()["auto_add_limit"]) == ("w", 5)
     entry = farm.audit.list(limit=1)[0]
     assert entry.before["auto_add_vdisk"] is None and entry.after["auto_add_vdisk"] == "w"
-    assert admin.patch("/api/v1/settings", json={"auto_add_vdisk": ""}).json()[
-        "auto_add_vdisk"
-    ] is None
+    assert (
+        admin.patch("/api/v1/settings", json={"auto_add_vdisk": ""}).json()["auto_add_vdisk"]
+        is None
+    )
     assert farm.settings.show().auto_add_limit == 5
