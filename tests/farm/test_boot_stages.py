@@ -83,3 +83,11 @@ def test_stuck_is_more_than_a_minute_in_a_stage_other_than_up():
     assert not is_stuck(advance(advance(record, STREAMING, at(1)), UP, at(2)), at(3600))
     assert not is_stuck(None, at(3600))
     assert is_stuck(record, at(11), after=timedelta(seconds=10))
+
+
+def test_a_device_retrying_its_script_stays_in_the_same_boot_and_gets_stuck():
+    record = advance(None, IPXE, at(0), "a")
+    assert advance(record, IPXE, at(15), "a") is None
+    moved = advance(record, IPXE, at(30), "b")  # a new DHCP lease: the address follows
+    assert (moved.stage_at, moved.client_ip) == (at(0), "b")
+    assert is_stuck(moved, at(61))

@@ -5,7 +5,10 @@ Rules (no I/O, no database; `vdfarm.service.boot_stages` applies them):
 - The stages, in order: `ipxe` (the device fetched its iPXE script),
   `kernel` (it fetched a boot file its script named), `streaming` (its NBD
   session started), `up` (its first write reached its write cache).
-- `ipxe` always starts a new boot: every later stage's time is cleared.
+- `ipxe` starts a new boot: every later stage's time is cleared. But a
+  boot still at `ipxe` stays the same boot (its time kept, only the
+  address updated): a device whose script says "no server, try again"
+  fetches it every few seconds, and must still show as stuck.
 - Any other stage moves a boot forward only: a report of a stage the boot
   already reached, or one before it, changes nothing (a second boot file,
   an NBD reconnect within the boot, a write after the first). A stage
@@ -61,6 +64,8 @@ def advance(
     Raises ValueError (not a stage).
     """
     position = check_stage(stage)
+    if stage == IPXE and record is not None and record.stage == IPXE:
+        return None if record.client_ip == client_ip else replace(record, client_ip=client_ip)
     if stage == IPXE or record is None:
         times: list[datetime | None] = [None] * len(BOOT_STAGES)
         times[position] = now

@@ -172,10 +172,20 @@ def test_a_device_without_a_vdisk_or_boot_files_is_told_so(populated, farm, remo
     assert reservations(farm) == 0
 
 
-def test_no_server_up_is_said_and_the_device_shows_at_ipxe(booting, farm, remote):  # noqa: F811
-    assert_retry(ipxe(remote), "")
+def test_no_server_up_is_said_and_the_device_waiting_gets_stuck(
+    booting,  # noqa: F811
+    farm,
+    remote,
+    clock,
+):
+    assert_retry(ipxe(remote), "no server is up")
     assert reservations(farm) == 0
     assert farm.devices.show("pc1").stage == "ipxe"  # waiting: "No Server"
+    for _ in range(5):  # it tries again every 15 s: the same wait, not a new boot
+        clock.advance(15)
+        assert_retry(ipxe(remote), "no server is up")
+    shown = farm.devices.show("pc1")
+    assert (shown.stage, shown.stuck) == ("ipxe", True)
 
 
 def test_a_command_line_ipxe_would_interpret_is_refused(up, admin, remote):

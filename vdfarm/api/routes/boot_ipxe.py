@@ -28,7 +28,7 @@ from vdfarm.api.deps import UNKNOWN_CLIENT, FarmDep, client_host
 from vdfarm.api.limited_route import BootRoute
 from vdfarm.api.ratelimit import ReservationCap, source_key
 from vdfarm.api.schemas import ErrorDetail
-from vdfarm.service.ipxe import MAX_MAC_TEXT, check_mac
+from vdfarm.service.ipxe import MAX_MAC_TEXT, check_base_url, check_mac
 from vdfarm.service.ipxe_script import retry_script
 
 router = APIRouter(prefix="/boot", tags=["boot"], route_class=BootRoute)
@@ -58,14 +58,15 @@ def ipxe_script(
 ) -> Response:
     """The iPXE script of the device whose MAC is `mac`: log it in and boot
     the version it boots from the server login chose."""
-    base = _base_url(request)
+    base = check_base_url(_base_url(request))
+    normalised = check_mac(mac)
     client = client_host(request)
     cap: ReservationCap | None = getattr(request.app.state, "reservation_cap", None)
-    if cap is not None and not cap.allow(source_key(client), check_mac(mac)):
+    if cap is not None and not cap.allow(source_key(client), normalised):
         script = retry_script(
             f"too many devices booting from {source_key(client)} at once",
-            f"{base}/boot/ipxe?mac={check_mac(mac)}",
+            f"{base}/boot/ipxe?mac={normalised}",
         )
         return PlainTextResponse(script, media_type=SCRIPT)
-    answer = farm.ipxe.script(base, mac, None if client == UNKNOWN_CLIENT else client)
+    answer = farm.ipxe.script(base, normalised, None if client == UNKNOWN_CLIENT else client)
     return PlainTextResponse(answer.script, media_type=SCRIPT)
