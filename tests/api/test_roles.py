@@ -12,7 +12,11 @@ from tests.api.conftest import OTHER_HOST, error_of, unchanged
 from vdfarm.api import roles
 from vdfarm.api.app import API_PREFIX
 
-OPEN_ROUTES = {("POST", "/login"), ("GET", "/boot/files/{vdisk}/{version}/{kind}")}
+OPEN_ROUTES = {
+    ("POST", "/login"),
+    ("GET", "/boot/files/{vdisk}/{version}/{kind}"),
+    ("GET", "/boot/ipxe"),
+}
 
 
 @pytest.fixture

@@ -27,7 +27,18 @@ def test_add_list_show(icli, image):
         "bench",
     )
     table = icli.ok("device", "list").stdout.splitlines()
-    assert table[0].split() == ["NAME", "MAC", "TYPE", "VDISK", "DESCRIPTION"]
+    assert table[0].split() == [
+        "NAME",
+        "MAC",
+        "TYPE",
+        "VDISK",
+        "STAGE",
+        "SINCE",
+        "STUCK",
+        "LAST",
+        "SEEN",
+        "DESCRIPTION",
+    ]
     assert table[1].split()[:4] == ["pc1", "-", "production", "w"]
     assert icli.json("device", "show", "aabbccddee02")["name"] == "pc2"
     assert "aa:bb:cc:dd:ee:02" in icli.ok("device", "show", "pc2").stdout
@@ -71,3 +82,44 @@ def test_device_login_asks_without_reserving(icli, image):
     assert icli.json("device", "login", "pc1")["server"]["name"] == "srv1"
     with Farm.open(icli.data_dir) as farm, farm.session() as session:
         assert session.scalar(select(func.count()).select_from(LoginReservation)) == 0
+
+
+def test_list_and_show_say_the_boot_stage_and_flag_a_stuck_device(icli, image):
+    """`streaming` then `up` recorded by the farm (a session started, its
+    write cache used) show in `device list` and `device show`; a device
+    that stays in `streaming` for more than a minute is flagged STUCK."""
+    from datetime import timedelta
+
+    from vdfarm.farm.models import utcnow
+    from vdfarm.service.context import Farm
+
+    icli.ok("vdisk", "import", "w", str(image))
+    icli.ok("device", "add", "pc1", "--vdisk", "w", "--mac", "aa:bb:cc:dd:ee:01")
+    icli.ok("device", "add", "pc2", "--vdisk", "w")
+    assert icli.json("device", "show", "pc1")["stage"] is None
+    assert "boot stage   -" in icli.ok("device", "show", "pc1").stdout
+    then = utcnow() - timedelta(minutes=2)
+    farm = Farm.open(icli.data_dir, clock=lambda: then)
+    try:
+        farm.servers.register(10809)
+        vdisk_id = farm.vdisks.show("w").id
+        farm.sessions.started(farm.devices.show("pc1").id, vdisk_id, 0, "10.0.0.1")
+        farm.sessions.started(farm.devices.show("pc2").id, vdisk_id, 0, "10.0.0.2")
+        farm.sessions.report_cache_usage({farm.devices.show("pc1").id: 4096})
+    finally:
+        farm.close()
+    rows = {line.split()[0]: line for line in icli.ok("device", "list").stdout.splitlines()}
+    assert " up " in rows["pc1"] and "STUCK" not in rows["pc1"]
+    assert " streaming " in rows["pc2"] and "STUCK" in rows["pc2"]
+    shown = icli.json("device", "show", "pc2")
+    assert (shown["stage"], shown["stuck"]) == ("streaming", True)
+    assert shown["boot_stages"] == {
+        "ipxe": None,
+        "kernel": None,
+        "streaming": shown["stage_at"],
+        "up": None,
+    }
+    assert shown["last_seen"] == shown["stage_at"]
+    human = icli.ok("device", "show", "pc1").stdout
+    assert "up since" in human and "  streaming" in human and "  ipxe" in human
+    assert "last seen" in human

@@ -11,6 +11,8 @@ def test_show_and_set(icli):
         "boot_phase_s": 60.0,
         "rebalance_trigger_pct": 25.0,
         "audit_days": 365,
+        "auto_add_vdisk": None,
+        "auto_add_limit": 100,
     }
     out = icli.ok("farm", "set", "--heartbeat-timeout", "8", "--rebalance-trigger", "10").stdout
     assert out.startswith("updated the farm's settings\n") and "8 s" in out
@@ -28,6 +30,10 @@ def test_show_and_set(icli):
         (["--boot-phase", "soon"], 2, "--boot-phase"),
         (["--audit-days", "-1"], 1, "invalid audit retention"),
         (["--audit-days", "1.5"], 2, "--audit-days"),
+        (["--auto-add-vdisk", "nope"], 1, "no vDisk named nope"),
+        (["--auto-add-vdisk", ""], 2, "--no-auto-add turns it off"),
+        (["--auto-add-vdisk", "w", "--no-auto-add"], 2, "not both"),
+        (["--auto-add-limit", "-3"], 1, "invalid auto-add limit"),
     ],
 )
 def test_refusals(icli, args, code, says):
@@ -44,3 +50,14 @@ def test_audit_days(icli):
     assert icli.json("audit", "list")[-1]["after"]["audit_days"] == 30
     icli.ok("farm", "set", "--audit-days", "0")
     assert "audit kept         forever" in icli.ok("farm", "show").stdout
+
+
+def test_auto_add_is_off_by_default_set_and_cleared(icli, image):
+    assert "auto-add vDisk     off" in icli.ok("farm", "show").stdout
+    icli.ok("vdisk", "import", "w", str(image))
+    settings = icli.json("farm", "set", "--auto-add-vdisk", "w", "--auto-add-limit", "7")
+    assert (settings["auto_add_vdisk"], settings["auto_add_limit"]) == ("w", 7)
+    assert "auto-add vDisk     w" in icli.ok("farm", "show").stdout
+    assert icli.json("audit", "list")[-1]["after"]["auto_add_vdisk"] == "w"
+    assert icli.json("farm", "set", "--no-auto-add")["auto_add_vdisk"] is None
+    assert icli.json("farm", "show")["auto_add_limit"] == 7

@@ -37,6 +37,7 @@ TABLES = {
     "replicas",
     "version_boot_files",
     "store_boot_files",
+    "device_boots",
 }
 
 

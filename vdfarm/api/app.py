@@ -37,6 +37,7 @@ from vdfarm.api.ratelimit import RateLimiter, ReservationCap
 from vdfarm.api.routes import (
     audit,
     boot_files,
+    boot_ipxe,
     devices,
     locks,
     login,
@@ -118,4 +119,5 @@ def create_app(
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(login.router, prefix=API_PREFIX)  # open to devices: no token
     app.include_router(boot_files.router)  # /boot: open to booting devices, no token
+    app.include_router(boot_ipxe.router)
     return app

@@ -200,6 +200,15 @@ class SettingsPatch(Body):
     audit_days: int | None = Field(
         default=None, description="Days audit entries are kept (0: forever)."
     )
+    auto_add_vdisk: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The vDisk an unknown MAC asking for its iPXE script is "
+        'registered with ("": auto-add off).',
+    )
+    auto_add_limit: int | None = Field(
+        default=None, description="At most this many auto-added devices in the farm."
+    )
 
 
 class RebalanceBody(Body):

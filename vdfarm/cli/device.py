@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from vdfarm.cli.common import emit, json_option, open_farm
-from vdfarm.cli.output import print_fields, print_table
+from vdfarm.cli.output import fmt_time, print_fields, print_table
 from vdfarm.farm.models import DEVICE_TYPES
 from vdfarm.service.devices import DeviceInfo
 from vdfarm.service.login import LoginResult, ServerEndpoint
@@ -49,7 +49,20 @@ def _show(info: DeviceInfo) -> None:
             ),
         ]
     fields.append(("failovers", _failovers(info.failovers)))
+    fields.append(("boot stage", _stage(info)))
+    for stage, at in (info.boot_stages or {}).items():
+        fields.append((f"  {stage}", fmt_time(at) if at is not None else "-"))
+    fields.append(("last seen", info.last_seen))
+    if info.auto_added:
+        fields.append(("auto-added", "yes"))
     print_fields(fields)
+
+
+def _stage(info: DeviceInfo) -> str:
+    """`STAGE since T` (`, STUCK` when stuck), or `-`: no boot recorded."""
+    if info.stage is None:
+        return "-"
+    return f"{info.stage} since {fmt_time(info.stage_at)}" + (", STUCK" if info.stuck else "")
 
 
 def _failovers(summary: dict[str, Any] | None) -> str:
@@ -118,8 +131,21 @@ def list_cmd() -> None:
     emit(
         infos,
         lambda: print_table(
-            ["NAME", "MAC", "TYPE", "VDISK", "DESCRIPTION"],
-            [(i.name, i.mac, i.device_type, i.vdisk, i.description) for i in infos],
+            ["NAME", "MAC", "TYPE", "VDISK", "STAGE", "SINCE", "STUCK", "LAST SEEN", "DESCRIPTION"],
+            [
+                (
+                    i.name,
+                    i.mac,
+                    i.device_type,
+                    i.vdisk,
+                    i.stage,
+                    i.stage_at,
+                    "STUCK" if i.stuck else "",
+                    i.last_seen,
+                    i.description,
+                )
+                for i in infos
+            ],
             empty="no devices",
         ),
     )

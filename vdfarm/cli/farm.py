@@ -21,6 +21,8 @@ def _show(settings: Settings) -> None:
             ("boot phase", f"{settings.boot_phase_s:g} s"),
             ("rebalance trigger", f"{settings.rebalance_trigger_pct:g} %"),
             ("audit kept", f"{settings.audit_days} days" if settings.audit_days else "forever"),
+            ("auto-add vDisk", settings.auto_add_vdisk or "off"),
+            ("auto-add limit", f"{settings.auto_add_limit} devices"),
         ]
     )
 
@@ -73,19 +75,50 @@ def show_cmd() -> None:
     help="Keep audit entries this many days; older ones are pruned by the "
     "servers (0 keeps them forever; default 365).",
 )
+@click.option(
+    "--auto-add-vdisk",
+    "auto_add_vdisk",
+    default=None,
+    metavar="NAME",
+    help="Register an unknown MAC that asks for its iPXE script (GET /boot/ipxe) "
+    "as a new device booting vDisk NAME (off by default).",
+)
+@click.option(
+    "--no-auto-add",
+    is_flag=True,
+    default=False,
+    help="Turn auto-add off: unknown MACs are told so and not registered.",
+)
+@click.option(
+    "--auto-add-limit",
+    "auto_add_limit",
+    type=int,
+    default=None,
+    metavar="DEVICES",
+    help="At most this many auto-added devices in the farm (0-100000; default 100).",
+)
 @json_option
 def set_cmd(
     heartbeat_timeout_s: float | None,
     boot_phase_s: float | None,
     rebalance_trigger_pct: float | None,
     audit_days: int | None,
+    auto_add_vdisk: str | None,
+    no_auto_add: bool,
+    auto_add_limit: int | None,
 ) -> None:
     """Change the farm's settings (the others stay as they are)."""
+    if no_auto_add and auto_add_vdisk is not None:
+        raise click.UsageError("give --auto-add-vdisk or --no-auto-add, not both")
+    if auto_add_vdisk == "":
+        raise click.UsageError("give --auto-add-vdisk a vDisk name (--no-auto-add turns it off)")
     settings = open_farm().settings.change(
         heartbeat_timeout_s=heartbeat_timeout_s,
         boot_phase_s=boot_phase_s,
         rebalance_trigger_pct=rebalance_trigger_pct,
         audit_days=audit_days,
+        auto_add_vdisk="" if no_auto_add else auto_add_vdisk,
+        auto_add_limit=auto_add_limit,
     )
 
     def human() -> None:

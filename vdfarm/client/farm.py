@@ -152,12 +152,16 @@ class RemoteSettings(_Noun):
         boot_phase_s: float | None = None,
         rebalance_trigger_pct: float | None = None,
         audit_days: int | None = None,
+        auto_add_vdisk: str | None = None,
+        auto_add_limit: int | None = None,
     ) -> Settings:
         body = _present(
             heartbeat_timeout_s=heartbeat_timeout_s,
             boot_phase_s=boot_phase_s,
             rebalance_trigger_pct=rebalance_trigger_pct,
             audit_days=audit_days,
+            auto_add_vdisk=auto_add_vdisk,
+            auto_add_limit=auto_add_limit,
         )
         return self.one(_as(Settings), "PATCH", "/settings", body=body)
 

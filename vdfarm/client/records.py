@@ -3,7 +3,8 @@
 Rules:
 - Pure: driven by the dataclass's own type hints. ISO text becomes an
   aware datetime, lists become tuples (or frozensets) where the field says
-  so, nested records are rebuilt, `X | None` takes None as it is.
+  so, dicts keep their keys and convert their values, nested records are
+  rebuilt, `X | None` takes None as it is.
 - Keys the record does not know are ignored (a newer server may send more);
   a missing key takes the field's default. Raises ValueError (a missing key
   without a default, or a value of the wrong shape): the answer is not
@@ -76,6 +77,8 @@ def _convert(hint: Any, value: Any) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v) for v in items)
         return tuple(_convert(a, v) for a, v in zip(args, items, strict=False))
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return {key: _convert(args[1], item) for key, item in value.items()}
     if origin in (list, frozenset, set):
         converted = [_convert(args[0], v) if args else v for v in _sequence(value)]
         return converted if origin is list else origin(converted)

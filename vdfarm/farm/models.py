@@ -31,6 +31,10 @@ Rules:
   exactly when it has a kernel); a new version starts with its parent's.
   `store_boot_files` says which server holds which boot file (by kind and
   sha256) of a vDisk, as `store_versions` does for versions.
+- A device's last network boot (`device_boots`, at most one row) records
+  when it reached each stage (`BOOT_STAGES`, in order); `devices.auto_added`
+  marks a device the iPXE route registered by itself (`farm_settings`'
+  `auto_add_vdisk_id`, capped by `auto_add_limit`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ SUBNET_AFFINITIES = ("none", "best-effort", "fixed")
 TOKEN_ROLES = ("read", "operator", "admin", "replica")
 REPLICA_STATES = ("queued", "copying", "failed", "mismatch")
 BOOT_KINDS = ("kernel", "initrd")
+BOOT_STAGES = ("ipxe", "kernel", "streaming", "up")  # a network boot's stages, in order
+DEFAULT_AUTO_ADD_LIMIT = 100
 DEFAULT_STORE_SET_ID = 1  # the store set `default`, made by migration 0012
 DEFAULT_MAX_VERSIONS = 5
 DEFAULT_MAX_BOOTING = 500
@@ -162,6 +168,14 @@ class FarmSettings(Base):
     boot_phase_s: Mapped[float] = mapped_column(Float, default=60.0, server_default="60.0")
     rebalance_trigger_pct: Mapped[float] = mapped_column(Float, default=25.0, server_default="25.0")
     audit_days: Mapped[int] = mapped_column(Integer, default=365, server_default="365")
+    # An unknown MAC asking for its iPXE script is added with this vDisk (null: never).
+    auto_add_vdisk_id: Mapped[int | None] = mapped_column(
+        ForeignKey("vdisks.id", ondelete="SET NULL")
+    )
+    # At most this many auto-added devices in the farm.
+    auto_add_limit: Mapped[int] = mapped_column(
+        Integer, default=DEFAULT_AUTO_ADD_LIMIT, server_default=str(DEFAULT_AUTO_ADD_LIMIT)
+    )
 
 
 class StoreSet(Base):
@@ -302,8 +316,31 @@ class Device(Base):
     )
     description: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Registered by the iPXE route (farm setting auto_add_vdisk), not by a person.
+    auto_added: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     vdisk: Mapped[Vdisk | None] = relationship()
+
+
+class DeviceBoot(Base):
+    """A device's last network boot: the stage it reached (`BOOT_STAGES`)
+    and when it reached each one (null: not yet in this boot), and the
+    address it fetched its iPXE script from (its boot files count only
+    from there)."""
+
+    __tablename__ = "device_boots"
+    __table_args__ = (CheckConstraint(_in("stage", BOOT_STAGES), name="stage"),)
+
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    stage: Mapped[str] = mapped_column(String(16))
+    stage_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ipxe_at: Mapped[datetime | None]
+    kernel_at: Mapped[datetime | None]
+    streaming_at: Mapped[datetime | None]
+    up_at: Mapped[datetime | None]
+    client_ip: Mapped[str | None] = mapped_column(String(45))
 
 
 class Lock(Base):

@@ -1,5 +1,7 @@
-"""Boot a qemu VM (TCG): the sample image from an NBD URL, or a kernel and an
-initramfs directly (`start_kernel`); read what its serial console said.
+"""Boot a qemu VM (TCG): the sample image from an NBD URL, a kernel and an
+initramfs directly (`start_kernel`), or nothing local at all: its network
+card's iPXE from a boot URL (`start_netboot`); read what its serial
+console said.
 
 Rules: always `-accel tcg` (KVM is not usable on the test hosts), no network
 unless asked for (`user_nic_args`), no display; the serial console goes to a
@@ -277,6 +279,37 @@ def kernel_command(
     ]
 
 
+def netboot_command(
+    mac: str,
+    bootfile_url: str,
+    serial_id: str,
+    serial_path: Path,
+    memory_mib: int = 256,
+    extra_args: tuple[str, ...] = (),
+    qemu: str = QEMU,
+    model: str = "virtio-net-pci",
+) -> list[str]:
+    """The qemu argv of a diskless machine that boots from its network card:
+    no disk, `-boot n`, one NIC (MAC) on qemu's user network, whose DHCP
+    hands the NIC's iPXE ROM BOOTFILE_URL (iPXE expands `${net0/mac}` in it).
+
+    Raises ValueError for an id outside [A-Za-z0-9._-]{1,64}, a MAC that is
+    not aa:bb:cc:dd:ee:ff, or a URL holding a comma.
+    """
+    if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac):
+        raise ValueError(f"MAC must be aa:bb:cc:dd:ee:ff (lower case): {mac!r}")
+    if "," in bootfile_url:
+        raise ValueError(f"a bootfile URL with a comma: {bootfile_url!r}")
+    return [
+        *_machine_args(serial_id, serial_path, memory_mib, qemu),
+        "-boot",
+        "n",
+        "-nic",
+        f"user,model={_qemu_value(model)},mac={mac},bootfile={bootfile_url}",
+        *extra_args,
+    ]
+
+
 class VmHandle:
     """A running VM. Use as a context manager: leaving it kills qemu if still running."""
 
@@ -472,3 +505,27 @@ async def boot_async(
     `options` are `boot`'s. Raises what `boot` raises.
     """
     return await asyncio.to_thread(boot, nbd_url, serial_id, timeout, **options)
+
+
+def start_netboot(
+    mac: str,
+    bootfile_url: str,
+    serial_id: str,
+    memory_mib: int = 256,
+    extra_args: tuple[str, ...] = (),
+    *,
+    serial_log: str | Path | None = None,
+    qemu: str = QEMU,
+) -> VmHandle:
+    """Start a diskless VM that network-boots (`netboot_command`); return at once.
+
+    Raises ValueError (bad id, MAC or URL), VmError (qemu missing or not started).
+    """
+    return _start_argv(
+        lambda serial_path: netboot_command(
+            mac, bootfile_url, serial_id, serial_path, memory_mib, tuple(extra_args), qemu
+        ),
+        serial_id,
+        serial_log,
+        qemu,
+    )

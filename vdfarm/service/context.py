@@ -32,6 +32,7 @@ from vdfarm.farm.models import Server, utcnow
 from vdfarm.service.audit import AuditService, AuditWriter
 from vdfarm.service.audit import record as audit_record
 from vdfarm.service.boot import BootService
+from vdfarm.service.boot_stages import BootStageService
 from vdfarm.service.deps import Clock, Database, ThisServer, first_line
 from vdfarm.service.devices import DeviceService
 from vdfarm.service.errors import Conflict, Invalid, NotInitialised, Unavailable
@@ -46,6 +47,7 @@ from vdfarm.service.identity import (
     read_identity,
     write_identity,
 )
+from vdfarm.service.ipxe import IpxeService
 from vdfarm.service.locks import LockService
 from vdfarm.service.login import LoginService
 from vdfarm.service.merges import MergeService
@@ -138,6 +140,8 @@ class Farm:
         self.failovers = FailoverService(session, writer)
         self.exports = ExportService(session, clock, store, here)
         self.logins = LoginService(session, clock, writer, self.settings)
+        self.boot_stages = BootStageService(session, clock)
+        self.ipxe = IpxeService(session, clock, writer, self.settings, self.logins, self.boot)
         self.moves = MoveService(session, clock, writer, here, self.settings)
         self.tokens = TokenService(session, clock, audit_record)
         self.replica_source = ReplicaSourceService(session, store)

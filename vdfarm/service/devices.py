@@ -6,6 +6,11 @@ Rules:
 - Every check runs before anything is written; each change writes its audit
   row in the same transaction.
 - A device that holds a vDisk's lock (unexpired) cannot be deleted.
+- `list` and `show` say where each device is on its last network boot
+  (`boot_stages`): its stage and since when, `stuck` (more than a minute
+  in a stage other than `up`), and when the farm last heard of it
+  (`last_seen`: its session's last report, or its last boot stage); `show`
+  adds every stage's time, in order.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from vdfarm.farm.boot_stages import BootRecord
 from vdfarm.farm.models import DEVICE_TYPES, Device, DeviceSession, Lock, Server, Vdisk
 from vdfarm.service.audit import AuditWriter
+from vdfarm.service.boot_stages import boot_records, boot_view
 from vdfarm.service.deps import Clock, SessionFactory
 from vdfarm.service.errors import Conflict, Invalid, NotFound
 from vdfarm.service.exports import find_device
@@ -53,6 +60,15 @@ class DeviceInfo:
     # Only in `show`: the failovers its agent reported ({count, last: {at,
     # from, to, pause_ms, retried, reason}}; `failovers.summary`), or None.
     failovers: dict[str, Any] | None = None
+    # Its last network boot: the stage reached (None: no boot recorded) and
+    # when, whether it is stuck there, and when the farm last heard of it.
+    stage: str | None = None
+    stage_at: datetime | None = None
+    stuck: bool = False
+    last_seen: datetime | None = None
+    # Only in `show`: each stage's time in that boot, in order (None: not reached).
+    boot_stages: dict[str, datetime | None] | None = None
+    auto_added: bool = False
 
 
 def device_info(device: Device) -> DeviceInfo:
@@ -64,7 +80,37 @@ def device_info(device: Device) -> DeviceInfo:
         vdisk=device.vdisk.name if device.vdisk else None,
         description=device.description,
         created_at=device.created_at,
+        auto_added=device.auto_added,
     )
+
+
+def _with_boot(
+    info: DeviceInfo, record: BootRecord | None, seen: datetime | None, now: datetime
+) -> DeviceInfo:
+    """INFO with its last boot (RECORD) and the last time the farm heard of it."""
+    view = boot_view(record, now)
+    if view is None:
+        return replace(info, last_seen=seen)
+    heard = [t for t in (seen, *view["stages"].values()) if t is not None]
+    return replace(
+        info,
+        stage=view["stage"],
+        stage_at=view["stage_at"],
+        stuck=view["stuck"],
+        last_seen=max(heard) if heard else None,
+    )
+
+
+def _seen(session: Session, device_ids: list[int]) -> dict[int, datetime]:
+    """{device id: its session's last_seen} of those connected."""
+    if not device_ids:
+        return {}
+    rows = session.execute(
+        select(DeviceSession.device_id, DeviceSession.last_seen).where(
+            DeviceSession.device_id.in_(device_ids)
+        )
+    ).all()
+    return {row.device_id: row.last_seen for row in rows}
 
 
 def _live_session(session: Session, device: Device) -> dict[str, Any] | None:
@@ -164,19 +210,29 @@ class DeviceService:
 
     def list(self) -> list[DeviceInfo]:
         """Every device, by name. Raises Unavailable."""
+        now = self._clock()
         with self._session() as session:
             rows = session.scalars(select(Device).order_by(Device.name)).all()
-            return [device_info(d) for d in rows]
+            ids = [d.id for d in rows]
+            boots, seen = boot_records(session, ids), _seen(session, ids)
+            return [_with_boot(device_info(d), boots.get(d.id), seen.get(d.id), now) for d in rows]
 
     def show(self, name_or_mac: str) -> DeviceInfo:
         """The device called NAME_OR_MAC, with its live session if it is
         connected. Raises NotFound, Unavailable."""
+        now = self._clock()
         with self._session() as session:
             device = get_device(session, name_or_mac)
+            record = boot_records(session, [device.id]).get(device.id)
+            info = _with_boot(
+                device_info(device), record, _seen(session, [device.id]).get(device.id), now
+            )
+            view = boot_view(record, now)
             return replace(
-                device_info(device),
+                info,
                 session=_live_session(session, device),
                 failovers=failover_summary(session, device.name),
+                boot_stages=view["stages"] if view is not None else None,
             )
 
     def assign(self, name_or_mac: str, vdisk: str | None, actor: str | None = None) -> DeviceInfo:

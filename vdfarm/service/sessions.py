@@ -16,6 +16,9 @@ Rules:
   session may read are deleted (`release_retired_files`).
 - A retired file (merged out of the chain at time T, from version R) may be
   read by a session that connected at or before T on version R or above.
+- A session started is the device's `streaming` boot stage; the first
+  report of a used write cache its `up` stage (`boot_stages`), in the same
+  transaction.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from vdfarm.farm.boot_stages import STREAMING, UP
 from vdfarm.farm.models import (
     Device,
     DeviceSession,
@@ -37,6 +41,7 @@ from vdfarm.farm.models import (
     VdiskVersion,
 )
 from vdfarm.service.audit import AuditWriter
+from vdfarm.service.boot_stages import record_stage
 from vdfarm.service.deps import Clock, SessionFactory, ThisServer, changed_rows
 from vdfarm.service.errors import NotFound
 from vdfarm.store import versions as store_versions
@@ -178,6 +183,7 @@ class SessionService:
                     client_ip=_short_address(client_ip),
                 )
             )
+            record_stage(session, device_id, STREAMING, now)
 
     def cache_full(self, device_id: int, used_bytes: int, limit_bytes: int | None) -> None:
         """Audit that DEVICE_ID's write cache refused a write (ENOSPC).
@@ -244,7 +250,7 @@ class SessionService:
         now = self._clock()
         with self._session() as session:
             for device_id, used_bytes in used.items():
-                session.execute(
+                result = session.execute(
                     update(DeviceSession)
                     .where(
                         DeviceSession.device_id == device_id,
@@ -252,6 +258,8 @@ class SessionService:
                     )
                     .values(cache_used_bytes=used_bytes, last_seen=now)
                 )
+                if used_bytes > 0 and changed_rows(result) == 1:  # its first write: up
+                    record_stage(session, device_id, UP, now)
 
     def reconcile(self, live: Mapping[int, LiveSession]) -> tuple[int, int]:
         """Make this server's session rows match LIVE ({device_id: what it

@@ -12,6 +12,10 @@ Rules:
   (or the defaults) stands.
 - `change()` validates every value first, then writes and audits
   (`farm.set`, before/after) in one transaction.
+- Auto-add (off by default): `auto_add_vdisk` names the vDisk an unknown
+  MAC asking for its iPXE script is registered with (`IpxeService`); ""
+  turns it off; a vDisk that is deleted turns it off (the row's foreign
+  key). `auto_add_limit` caps how many auto-added devices the farm holds.
 - What the settings mean is answered here once: `heartbeat_timeout()` (how
   old a heartbeat may be for its server to be up) and `boot_cutoff(now)`
   (sessions connected after it are booting), for every service that asks.
@@ -25,12 +29,15 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from vdfarm.farm.models import FarmSettings
+from sqlalchemy import select
+
+from vdfarm.farm.models import DEFAULT_AUTO_ADD_LIMIT, FarmSettings, Vdisk
 from vdfarm.farm.placement import DEFAULT_TIMEOUT
 from vdfarm.farm.rebalance import DEFAULT_TRIGGER_PCT, MAX_TRIGGER_PCT
 from vdfarm.service.audit import DEFAULT_AUDIT_DAYS, MAX_AUDIT_DAYS, AuditWriter
 from vdfarm.service.deps import SessionFactory
-from vdfarm.service.errors import Invalid, Unavailable
+from vdfarm.service.errors import Invalid, NotFound, Unavailable
+from vdfarm.service.validation import check_name
 
 CACHE_SECONDS = 2.0
 
@@ -43,15 +50,19 @@ class Settings:
     boot_phase_s: float = 60.0
     rebalance_trigger_pct: float = DEFAULT_TRIGGER_PCT
     audit_days: int = DEFAULT_AUDIT_DAYS
+    auto_add_vdisk: str | None = None  # None: unknown MACs are not added
+    auto_add_limit: int = DEFAULT_AUTO_ADD_LIMIT
 
 
+MAX_AUTO_ADD_LIMIT = 100_000
 LIMITS = {  # name: (lowest, highest, what it is)
     "heartbeat_timeout_s": (1.0, 600.0, "heartbeat timeout (seconds)"),
     "boot_phase_s": (0.0, 3600.0, "boot phase (seconds)"),
     "rebalance_trigger_pct": (0.0, MAX_TRIGGER_PCT, "rebalance trigger (percent)"),
     "audit_days": (0, MAX_AUDIT_DAYS, "audit retention (days, 0: forever)"),
+    "auto_add_limit": (0, MAX_AUTO_ADD_LIMIT, "auto-add limit (devices)"),
 }
-INTEGERS = frozenset({"audit_days"})  # settings that take whole numbers only
+INTEGERS = frozenset({"audit_days", "auto_add_limit"})  # settings that take whole numbers only
 
 
 def checked(name: str, value: object) -> float | int:
@@ -72,12 +83,22 @@ def checked(name: str, value: object) -> float | int:
     return int(value) if name in INTEGERS else float(value)
 
 
-def _from_row(row: FarmSettings | None) -> Settings:
+def _from_row(row: FarmSettings | None, auto_add_vdisk: str | None = None) -> Settings:
     if row is None:
         return Settings()
     return Settings(
-        row.heartbeat_timeout_s, row.boot_phase_s, row.rebalance_trigger_pct, row.audit_days
+        row.heartbeat_timeout_s,
+        row.boot_phase_s,
+        row.rebalance_trigger_pct,
+        row.audit_days,
+        auto_add_vdisk,
+        row.auto_add_limit,
     )
+
+
+def _vdisk_name(session: Any, vdisk_id: int | None) -> str | None:
+    vdisk = session.get(Vdisk, vdisk_id) if vdisk_id is not None else None
+    return vdisk.name if vdisk is not None else None
 
 
 class SettingsService:
@@ -110,7 +131,8 @@ class SettingsService:
     def show(self) -> Settings:
         """The settings, read now. Raises Unavailable."""
         with self._session() as session:
-            settings = _from_row(session.get(FarmSettings, 1))
+            row = session.get(FarmSettings, 1)
+            settings = _from_row(row, _vdisk_name(session, row.auto_add_vdisk_id if row else None))
         self._cached, self._read_at = settings, time.monotonic()
         return settings
 
@@ -121,35 +143,55 @@ class SettingsService:
         boot_phase_s: float | None = None,
         rebalance_trigger_pct: float | None = None,
         audit_days: int | None = None,
+        auto_add_vdisk: str | None = None,
+        auto_add_limit: int | None = None,
         actor: str | None = None,
     ) -> Settings:
-        """Change the given settings; return them all. Audited as `farm.set`.
+        """Change the given settings; return them all. AUTO_ADD_VDISK: the
+        vDisk unknown MACs are added with ("" turns auto-add off). Audited
+        as `farm.set`.
 
-        Raises Invalid (a bad value, or nothing to change), Unavailable.
+        Raises Invalid (a bad value, or nothing to change), NotFound (no
+        such vDisk), Unavailable.
         """
         given = {
             "heartbeat_timeout_s": heartbeat_timeout_s,
             "boot_phase_s": boot_phase_s,
             "rebalance_trigger_pct": rebalance_trigger_pct,
             "audit_days": audit_days,
+            "auto_add_limit": auto_add_limit,
         }
         changes: dict[str, Any] = {
             name: checked(name, value) for name, value in given.items() if value is not None
         }
-        if not changes:
+        if auto_add_vdisk:
+            check_name("vDisk", auto_add_vdisk)
+        if not changes and auto_add_vdisk is None:
             raise Invalid(
                 "nothing to change: give a heartbeat timeout, boot phase, rebalance "
-                "trigger or audit retention"
+                "trigger, audit retention, auto-add vDisk or auto-add limit"
             )
         with self._session() as session:
             row = session.get(FarmSettings, 1)
             if row is None:  # a database whose row was deleted by hand
-                row = FarmSettings(id=1, **asdict(Settings()))
+                defaults = asdict(Settings())
+                del defaults["auto_add_vdisk"]
+                row = FarmSettings(id=1, **defaults)
                 session.add(row)
-            before = _from_row(row)
+                session.flush()
+            before = _from_row(row, _vdisk_name(session, row.auto_add_vdisk_id))
+            if auto_add_vdisk is not None:
+                vdisk_id = None
+                if auto_add_vdisk:
+                    vdisk_id = session.scalar(select(Vdisk.id).where(Vdisk.name == auto_add_vdisk))
+                    if vdisk_id is None:
+                        raise NotFound(f"no vDisk named {auto_add_vdisk}")
+                row.auto_add_vdisk_id = vdisk_id
+                changes["auto_add_vdisk"] = auto_add_vdisk or None
             after = replace(before, **changes)
             for name, value in changes.items():
-                setattr(row, name, value)
+                if name != "auto_add_vdisk":
+                    setattr(row, name, value)
             self._audit.record(
                 session,
                 actor=actor,

@@ -14,6 +14,11 @@ Rules:
 - One range per request, as for replication (`ranges`): 206 with
   Content-Range; no Range, 200 with the whole file; a range that cannot be
   answered, 416 with `Content-Range: bytes */SIZE`.
+- `?mac=` (the iPXE script's URLs name the device's MAC) ties the request
+  to a booting device: a file that will be answered records that device's
+  `kernel` boot stage if it counts (`BootStageService.kernel_fetched`: the
+  device boots this vDisk and fetched its script from this very address);
+  recording never fails or changes the answer.
 - The file is opened (no link followed) and checked (a regular file of the
   recorded size) before the answer starts; its bytes are read through the
   page cache (devices booting together read the same file: it should stay
@@ -27,10 +32,10 @@ import stat
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from vdfarm.api.deps import FarmDep
+from vdfarm.api.deps import FarmDep, client_host
 from vdfarm.api.limited_route import BootRoute
 from vdfarm.api.ranges import RangeNotSatisfiable, range_answer, refusal_headers
 from vdfarm.api.schemas import ErrorDetail
@@ -72,7 +77,9 @@ def boot_file(
     version: int,
     kind: str,
     farm: FarmDep,
+    request: Request,
     sha256: Annotated[str | None, Query(max_length=64)] = None,
+    mac: Annotated[str | None, Query(max_length=64)] = None,
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
     """The kernel (`kind` kernel) or initramfs (initrd) of a version of a
@@ -95,6 +102,8 @@ def boot_file(
         return JSONResponse(
             {"detail": str(exc)}, status_code=416, headers=refusal_headers(held.size)
         )
+    if mac is not None:
+        farm.boot_stages.kernel_fetched(mac, vdisk, client_host(request))
     return StreamingResponse(
         _blocks(fd, answer.start, answer.end),
         status_code=answer.status,
