@@ -14,6 +14,9 @@ Rules:
 - Files named in `vdisks.import_image`, `versions.export` and
   `boot.attach` are files ON THE SERVER, in its transfer directory (a relative path is relative to
   it); nothing is uploaded, and the server refuses paths outside it.
+- The slow calls (import, export, verify, promote, merge) take the
+  `progress` callback of the local services and never call it: the server
+  does the work, and the answer comes when it is done.
 - No audit actor is sent: the server records `token:<name>@<client address>`.
 - The audit is read a page at a time (the server sends at most 1000
   entries per request); `audit.list` pages back until it has what was asked.
@@ -52,6 +55,7 @@ from vdfarm.service.tokens import NewToken, TokenInfo
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.vdisks import VdiskInfo
 from vdfarm.service.versions import OverrideInfo, PromoteResult, VersionInfo
+from vdfarm.store.progress import Progress, silent
 from vdfarm.store.store import VerifyResult
 
 SESSION_TIMES = ("connected_at", "last_seen")
@@ -182,6 +186,7 @@ class RemoteVdisks(_Noun):
         description: str = "",
         source_format: str | None = None,
         store: str = DEFAULT_STORE,
+        progress: Progress = silent,
     ) -> VdiskInfo:
         body = {
             "name": name,
@@ -222,7 +227,7 @@ class RemoteVdisks(_Noun):
     def delete(self, name: str) -> VdiskInfo:
         return self.one(_as(VdiskInfo), "DELETE", f"/vdisks/{segment(name)}")
 
-    def verify(self, name: str) -> VerifyResult:
+    def verify(self, name: str, progress: Progress = silent) -> VerifyResult:
         return self.one(_verify_result, "POST", f"/vdisks/{segment(name)}/verify")
 
 
@@ -249,7 +254,12 @@ class RemoteVersions(_Noun):
         return self.one(_as(VersionInfo), "POST", self._path(vdisk))
 
     def promote(
-        self, vdisk: str, to: str, at: datetime | None = None, when_replicated: bool = False
+        self,
+        vdisk: str,
+        to: str,
+        at: datetime | None = None,
+        when_replicated: bool = False,
+        progress: Progress = silent,
     ) -> PromoteResult:
         body = {
             "to": to,
@@ -266,7 +276,7 @@ class RemoteVersions(_Noun):
             _as(OverrideInfo), "POST", self._path(vdisk, "/override"), body={"version": number}
         )
 
-    def merge(self, vdisk: str, new_base: bool = False) -> MergeResult:
+    def merge(self, vdisk: str, new_base: bool = False, progress: Progress = silent) -> MergeResult:
         return self.one(
             _as(MergeResult), "POST", self._path(vdisk, "/merge"), body={"new_base": new_base}
         )
@@ -275,7 +285,12 @@ class RemoteVersions(_Noun):
         return self.one(_as(VersionInfo), "DELETE", self._path(vdisk, "/newest"))
 
     def export(
-        self, vdisk: str, out: str | Path, fmt: str, version: int | None = None
+        self,
+        vdisk: str,
+        out: str | Path,
+        fmt: str,
+        version: int | None = None,
+        progress: Progress = silent,
     ) -> ExportResult:
         body = {"path": server_path(out, "output file"), "format": fmt, "version": version}
         return self.one(_as(ExportResult), "POST", f"/vdisks/{segment(vdisk)}/export", body=body)

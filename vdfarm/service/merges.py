@@ -62,6 +62,7 @@ from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
 from vdfarm.store.locking import busy
 from vdfarm.store.manifest import VDISK_NAME_RE, ManifestFile
+from vdfarm.store.progress import Progress, silent
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import Store
 
@@ -184,8 +185,10 @@ class MergeService:
         new_base: bool = False,
         actor: str | None = None,
         automatic: bool = False,
+        progress: Progress = silent,
     ) -> MergeResult:
-        """Fold VDISK's chain (see the module rules).
+        """Fold VDISK's chain (see the module rules); PROGRESS hears the fold
+        and the hash.
 
         Raises NotFound, Invalid (nothing to merge), Conflict (a device booted a
         version the merge would delete; another merge or seal under way),
@@ -197,7 +200,12 @@ class MergeService:
             intent_id, plan = self._begin(vdisk, new_base, actor, automatic, now)
             try:
                 entry, _ = store_versions.fold(
-                    self._store, vdisk, plan["keep_file"], new_base=new_base, retired_at=now
+                    self._store,
+                    vdisk,
+                    plan["keep_file"],
+                    new_base=new_base,
+                    retired_at=now,
+                    progress=progress,
                 )
             except (StoreError, QemuImgError) as exc:
                 self._abandon(vdisk, intent_id)
@@ -259,17 +267,26 @@ class MergeService:
             row = locked_vdisk(session, vdisk)
             drop_intent(session, row.id, intent_id)
 
-    def auto_merge(self, vdisk: str, actor: str | None) -> tuple[MergeResult | None, str | None]:
+    def auto_merge(
+        self, vdisk: str, actor: str | None, progress: Progress = silent
+    ) -> tuple[MergeResult | None, str | None]:
         """Merge VDISK's updates because its chain outgrew max-versions:
         (the result, None), or (None, why it could not). Never raises."""
         try:
-            return self.merge(vdisk, actor=actor, automatic=True), None
+            return self.merge(vdisk, actor=actor, automatic=True, progress=progress), None
         except ServiceError as exc:
             return None, exc.message
 
-    def export(self, vdisk: str, out: Path, fmt: str, version: int | None = None) -> ExportResult:
+    def export(
+        self,
+        vdisk: str,
+        out: Path,
+        fmt: str,
+        version: int | None = None,
+        progress: Progress = silent,
+    ) -> ExportResult:
         """Write VERSION of VDISK (default: what production devices boot now)
-        flattened as a FMT image at OUT.
+        flattened as a FMT image at OUT; PROGRESS hears the copy.
 
         Raises Invalid (unknown format, no such directory, bad version number),
         NotFound (vDisk or version), Conflict (OUT exists; the version is open
@@ -305,7 +322,7 @@ class MergeService:
                 raise Conflict(f"version {version} is open and in use: {busy}")
             top = chain_in_store(self._store, vdisk, rows, version).paths[-1]
         try:
-            size = store_versions.export_flat(self._store, vdisk, top.name, fmt, out)
+            size = store_versions.export_flat(self._store, vdisk, top.name, fmt, out, progress)
         except (StoreError, QemuImgError) as exc:
             raise store_failure(vdisk, exc) from exc
         return ExportResult(vdisk=vdisk, version=version, format=fmt, path=out, size=size)
