@@ -240,7 +240,7 @@ def override_cmd(vdisk: str, number: int | None, clear: bool) -> None:
 def merge_cmd(vdisk: str, new_base: bool) -> None:
     """Fold the versions of VDISK into one delta on its base (or a new base)."""
     farm = open_farm()
-    with shown(f"merge {vdisk}", local=isinstance(farm, LocalFarm)) as progress:
+    with shown(f"merge {vdisk}") as progress:  # a remote merge is a job: it reports too
         result = farm.versions.merge(vdisk, new_base=new_base, progress=progress)
     emit(result, lambda: click.echo(_merge_line(result)))
 

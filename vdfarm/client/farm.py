@@ -15,8 +15,10 @@ Rules:
   `boot.attach` are files ON THE SERVER, in its transfer directory (a relative path is relative to
   it); nothing is uploaded, and the server refuses paths outside it.
 - The slow calls (import, export, verify, promote, merge) take the
-  `progress` callback of the local services and never call it: the server
-  does the work, and the answer comes when it is done.
+  `progress` callback of the local services. A merge is a job on the
+  server (202 at once), followed until it ends (`client.jobs.follow`),
+  its progress passed on; the others never call it: the server does the
+  work, and the answer comes when it is done.
 - No audit actor is sent: the server records `token:<name>@<client address>`.
 - The audit is read a page at a time (the server sends at most 1000
   entries per request); `audit.list` pages back until it has what was asked.
@@ -36,6 +38,7 @@ from urllib.parse import quote
 import httpx
 
 from vdfarm.client.http import FarmHttp, RemoteError
+from vdfarm.client.jobs import follow
 from vdfarm.client.records import from_plain
 from vdfarm.service.audit import AuditEntry
 from vdfarm.service.devices import DeviceInfo
@@ -277,9 +280,8 @@ class RemoteVersions(_Noun):
         )
 
     def merge(self, vdisk: str, new_base: bool = False, progress: Progress = silent) -> MergeResult:
-        return self.one(
-            _as(MergeResult), "POST", self._path(vdisk, "/merge"), body={"new_base": new_base}
-        )
+        job = self.http.request("POST", self._path(vdisk, "/merge"), body={"new_base": new_base})
+        return _answer(_as(MergeResult), follow(self.http, job, progress), f"merge of {vdisk}")
 
     def delete(self, vdisk: str) -> VersionInfo:
         return self.one(_as(VersionInfo), "DELETE", self._path(vdisk, "/newest"))
