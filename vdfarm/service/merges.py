@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Vdisk
+from vdfarm.farm.models import Vdisk, VdiskVersion
 from vdfarm.service import version_rules as rules
 from vdfarm.service.audit import AuditWriter
 from vdfarm.service.chains import (
@@ -61,7 +61,7 @@ from vdfarm.service.sessions import release_retired_files
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
 from vdfarm.store.locking import busy
-from vdfarm.store.manifest import VDISK_NAME_RE, ManifestFile
+from vdfarm.store.manifest import VDISK_NAME_RE, Manifest, ManifestFile
 from vdfarm.store.progress import Progress, silent
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import Store
@@ -229,19 +229,38 @@ class MergeService:
             automatic=automatic,
         )
 
+    def check(self, vdisk: str, new_base: bool = False) -> None:
+        """Refuse now what `merge` would refuse before touching a file
+        (nothing written; the merge checks again): for a front end that
+        runs the merge later (a job) and answers bad input at once.
+
+        Raises what `merge` raises before its fold: NotFound, Invalid,
+        Conflict, Unavailable.
+        """
+        with self._session() as session:
+            self._checked(session, vdisk, new_base, self._clock())
+
+    def _checked(
+        self, session: Session, vdisk: str, new_base: bool, now: datetime
+    ) -> tuple[Vdisk, list[VdiskVersion], rules.MergePlan, Manifest]:
+        """The vDisk row (locked), its version rows, the merge plan and the
+        store's manifest, once every check has passed."""
+        row = locked_vdisk(session, vdisk)
+        check_no_intent(session, row)
+        rows = version_rows(session, row.id)
+        plan = rules.merge_plan(
+            states_of(rows), row.override_version, now, new_base=new_base, vdisk=vdisk
+        )
+        _check_no_session_on(session, row, plan.removed)
+        manifest = check_store_matches(self._store, vdisk, rows)
+        return row, rows, plan, manifest
+
     def _begin(
         self, vdisk: str, new_base: bool, actor: str | None, automatic: bool, now: datetime
     ) -> tuple[int, dict[str, Any]]:
         """Check everything and record the merge's intent (committed)."""
         with self._session() as session:
-            row = locked_vdisk(session, vdisk)
-            check_no_intent(session, row)
-            rows = version_rows(session, row.id)
-            plan = rules.merge_plan(
-                states_of(rows), row.override_version, now, new_base=new_base, vdisk=vdisk
-            )
-            _check_no_session_on(session, row, plan.removed)
-            manifest = check_store_matches(self._store, vdisk, rows)
+            row, rows, plan, manifest = self._checked(session, vdisk, new_base, now)
             keep = row_of(rows, plan.keep)
             index = [f.name for f in manifest.files].index(keep.file_name)
             leaving = manifest.files[:index] if new_base else manifest.files[1:index]

@@ -321,6 +321,10 @@ class VersionService:
         """Fold VDISK's chain (see `MergeService.merge`)."""
         return self._merges.merge(vdisk, new_base=new_base, actor=actor, progress=progress)
 
+    def check_merge(self, vdisk: str, new_base: bool = False) -> None:
+        """Refuse now what a merge would refuse (see `MergeService.check`)."""
+        self._merges.check(vdisk, new_base)
+
     def export(
         self,
         vdisk: str,

@@ -109,6 +109,7 @@ def test_delete_newest(admin, local, farm, populated):
         ("post", f"{BASE}/override", {"version": 7}, 404, "has no version 7"),
         ("post", f"{BASE}/merge", {"new_base": "maybe"}, 422, "body field new_base"),
         ("post", "/api/v1/vdisks/nope/versions/merge", None, 404, "no vDisk named nope"),
+        ("post", f"{BASE}/merge", None, 400, "nothing to merge"),
         ("get", "/api/v1/vdisks/nope/versions", None, 404, "no vDisk named nope"),
         ("post", "/api/v1/vdisks/nope/versions", None, 404, "no vDisk named nope"),
         ("post", "/api/v1/vdisks/nope/versions/revert", None, 404, "no vDisk named nope"),

@@ -75,9 +75,12 @@ def merge_versions(
     """Fold the versions of NAME into one delta on its base (or a new base),
     as a job: answers 202 and the job at once (`Location`: GET it until its
     state is `done`, with the merge's result, or `failed`, with its error).
-    An unknown vDisk is 404 at once; 503 when this server runs too many jobs."""
+    What the merge would refuse before its fold (unknown vDisk, nothing to
+    merge, a device on a version it would delete, another merge under way)
+    is refused at once (404, 400, 409); 503 when this server runs too many
+    jobs."""
     new_base = body.new_base if body is not None else False
-    farm.vdisks.show(name)  # an unknown vDisk is refused now, not in the job
+    farm.versions.check_merge(name, new_base)
 
     def merge(progress: Progress) -> MergeResult:
         return farm.versions.merge(name, new_base=new_base, actor=actor, progress=progress)
