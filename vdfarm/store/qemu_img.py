@@ -135,14 +135,15 @@ def _watched(
                     on_fraction(float(found.group(1)) / 100)
             out = bytearray(rest)
         proc.wait()
-        reader.join()
     finally:
         if timer is not None:
             timer.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reader.join()
         stdout.close()
+        stderr.close()
     if expired.is_set() and timeout is not None:
         raise subprocess.TimeoutExpired(command, timeout)
     text = b"".join(errors).decode(errors="replace")
