@@ -6,6 +6,7 @@ TestClients that come from loopback, from another host, or with the token
 from __future__ import annotations
 
 import contextlib
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -86,3 +87,20 @@ def error_of(response, status):
     detail = response.json()["detail"]
     assert isinstance(detail, str) and "\n" not in detail and detail
     return detail
+
+
+def job_of(client, response, waits=2400):
+    """The job RESPONSE (202) started, once it has ended (looked up through
+    its `Location` every 50 ms)."""
+    assert response.status_code == 202, (response.status_code, response.text)
+    job = response.json()
+    location = response.headers["location"]
+    assert location == f"/api/v1/jobs/{job['id']}"
+    for _ in range(waits):
+        if job["state"] != "running":
+            return job
+        time.sleep(0.05)
+        answer = client.get(location)
+        assert answer.status_code == 200, answer.text
+        job = answer.json()
+    raise AssertionError(f"the job never ended: {job}")

@@ -29,6 +29,8 @@ EXPECTED_PATHS = {
     "/api/v1/locks": {"get"},
     "/api/v1/locks/{vdisk}/release": {"post"},
     "/api/v1/audit": {"get"},
+    "/api/v1/jobs": {"get"},
+    "/api/v1/jobs/{job_id}": {"get"},
     "/api/v1/login": {"post"},
 }
 

@@ -12,7 +12,9 @@ from tests.service.helpers import dump_db, dump_files, make_raw
 from vdfarm.cli.root import cli as vdfarm_cli
 from vdfarm.farm import db
 
-CLEAN_ENV = {"VDFARM_DATA_DIR": None, "VDFARM_DB": None}
+# Progress lines are stderr's; these tests check that stderr holds nothing
+# else (tests/cli/test_progress_tty.py shows the progress itself).
+CLEAN_ENV = {"VDFARM_DATA_DIR": None, "VDFARM_DB": None, "VDFARM_PROGRESS": "none"}
 
 
 class Cli:

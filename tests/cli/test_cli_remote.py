@@ -8,6 +8,7 @@ import json
 import re
 import time
 
+import httpx
 import pytest
 
 from tests.cli.conftest import Cli, assert_one_line_error
@@ -202,3 +203,27 @@ def test_farm_and_db_together_are_refused(cli):
         2,
         "give --farm (a farm's REST API) or --db",
     )
+
+
+def test_a_remote_merge_runs_as_a_job_with_the_cli_result(served, test_image):
+    for name in ("m1", "m2", "m3"):
+        served.cli.ok("vdisk", "import", name, str(test_image))
+        for _ in range(2):
+            served.cli.ok("version", "new", name)
+            served.cli.ok("version", "promote", name, "--to", "production")
+    remote = served.json("version", "merge", "m1")
+    local = served.cli.json("version", "merge", "m2")
+    assert remote == local | {"vdisk": "m1"}
+    assert remote["removed"] == [1] and remote["kept"] == 2
+    human = served.ok("version", "merge", "m3").stdout
+    assert human == "merged version(s) 1 of vDisk m3 into version 2 (now on version 0)\n"
+    with httpx.Client(headers={"Authorization": f"Bearer {served.token}"}) as http:
+        jobs = http.get(f"{served.url}/api/v1/jobs").json()
+    assert [(j["kind"], j["target"], j["state"]) for j in jobs] == [
+        ("merge", "m3", "done"),
+        ("merge", "m1", "done"),
+    ]
+    assert jobs[1]["result"] == remote and jobs[1]["actor"].startswith(API_ACTOR_PREFIX)
+    again = served.remote("version", "merge", "m1")  # nothing left: the job fails as locally
+    assert_one_line_error(again, 1, "nothing to merge in vDisk m1")
+    assert again.stderr == served.cli("version", "merge", "m1").stderr

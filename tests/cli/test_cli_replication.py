@@ -4,6 +4,7 @@ JSON, and bad input that prints one line, exits 2 and writes nothing."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 
@@ -194,3 +195,26 @@ def test_promote_when_replicated(farm_w):
     ]
     [_, v1] = farm_w.json("version", "list", "w")
     assert (v1["access"], v1["when_replicated"]) == ("test", "production")
+
+
+def test_wait_prints_plain_progress_lines_when_not_on_a_terminal(farm_w, zz):
+    def copy_then_beat():
+        shutil.copytree(farm_w.data_dir / "store" / "w", zz.store.root / "w")
+        zz.servers.heartbeat()
+
+    later = threading.Timer(0.3, copy_then_beat)
+    later.start()
+    try:
+        result = farm_w(
+            "replication", "wait", "w", "--interval", "0.05", env={"VDFARM_PROGRESS": "plain"}
+        )
+    finally:
+        later.join()
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "version 0 of vDisk w is on every up server of its store (2)\n"
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("wait w v0 (copies): ") for line in lines), lines
+    assert "2.0 MiB of 2.0 MiB (100 %)" in lines[-1] and lines[-1].endswith(", done")
+    quiet = farm_w("--json", "replication", "wait", "w", env={"VDFARM_PROGRESS": "plain"})
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["replicated"]

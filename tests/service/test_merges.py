@@ -142,16 +142,22 @@ def test_merge_refused_while_a_device_runs_a_version_it_would_delete(vfarm, new_
         Conflict, match="device\\(s\\) pp booted version . of vDisk w, which the merge would delete"
     ):
         vfarm.versions.merge("w", new_base=new_base)
+    with pytest.raises(Conflict, match="which the merge would delete"):
+        vfarm.versions.check_merge("w", new_base=new_base)  # what a job would meet, now
     assert dump(vfarm) == before
 
 
 def test_merge_with_nothing_to_fold_changes_nothing(vfarm):
+    before = dump(vfarm)
+    vfarm.versions.check_merge("w")  # something to fold: passes, writes nothing
+    assert dump(vfarm) == before
     vfarm.versions.merge("w")
     before = dump(vfarm)
-    with pytest.raises(Invalid, match="nothing to merge in vDisk w"):
-        vfarm.versions.merge("w")
-    with pytest.raises(NotFound, match="no vDisk named nope"):
-        vfarm.versions.merge("nope")
+    for attempt in (vfarm.versions.merge, vfarm.versions.check_merge):
+        with pytest.raises(Invalid, match="nothing to merge in vDisk w"):
+            attempt("w")
+        with pytest.raises(NotFound, match="no vDisk named nope"):
+            attempt("nope")
     assert dump(vfarm) == before
 
 

@@ -39,6 +39,7 @@ from vdfarm.api.routes import (
     boot_files,
     boot_ipxe,
     devices,
+    jobs,
     locks,
     login,
     rebalance,
@@ -53,6 +54,7 @@ from vdfarm.api.routes import (
 )
 from vdfarm.api.sent_bytes import SentBytes
 from vdfarm.service.context import Farm
+from vdfarm.service.jobs import JobBoard
 from vdfarm.service.transfer import TRANSFER_DIR, ensure_transfer_dir
 
 API_PREFIX = "/api/v1"
@@ -64,7 +66,8 @@ read, operator, admin) or the server's DATA_DIR/api-token (admin). Reads need it
 except from loopback with a loopback Host header. Version files (/replication/files)
 are for the servers' own `replica` tokens (and admin) only. Errors answer `{"detail": "<one line>"}`:
 400 refused value, 401 token, 403 role too low, 404 unknown, 409 conflict, 413 body too
-large, 422 unparsable request, 429 too many logins, 503 database unreachable. A request
+large, 422 unparsable request, 429 too many logins, 503 database unreachable (or too many jobs running).
+A merge answers 202 and a job at once; GET /api/v1/jobs/ID follows it. A request
 that fails has changed nothing.
 """
 
@@ -94,6 +97,7 @@ def create_app(
     ensure_transfer_dir(root)
     app.state.transfers = farm.transfers(root)
     app.state.replication_sent = SentBytes()
+    app.state.jobs = JobBoard(farm.clock)
     app.state.login_limiter = RateLimiter(limits.login_rate_per_s, limits.login_burst)
     app.state.boot_limiter = RateLimiter(limits.boot_rate_per_s, limits.boot_burst)
     app.state.reservation_cap = ReservationCap(
@@ -114,6 +118,7 @@ def create_app(
         tokens,
         replication,
         replication_files,
+        jobs,
     )
     for module in routers:
         app.include_router(module.router, prefix=API_PREFIX)

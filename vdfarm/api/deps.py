@@ -13,6 +13,8 @@ Rules:
   (`app.state.api_token`) is matched in memory.
 - `bearer_scheme` only documents the scheme in OpenAPI (it never refuses).
 - The actor of every change is `token:<name>@<client address>`.
+- Long work started through the API runs as a job of `app.state.jobs`
+  (this server's `JobBoard`): the route answers 202 and the job at once.
 - Import and export go through `app.state.transfers` (the farm's
   TransferService over the app's transfer directory).
 """
@@ -30,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from vdfarm.api import auth, roles
 from vdfarm.api.schemas import ErrorDetail
 from vdfarm.service.context import Farm
+from vdfarm.service.jobs import JobBoard
 from vdfarm.service.transfer import TransferService
 
 UNKNOWN_CLIENT = "unknown"
@@ -52,6 +55,11 @@ def get_farm(request: Request) -> Farm:
 def get_transfers(request: Request) -> TransferService:
     """Import and export confined to this app's transfer directory."""
     return request.app.state.transfers
+
+
+def get_jobs(request: Request) -> JobBoard:
+    """This server's job board (long work started through the API)."""
+    return request.app.state.jobs
 
 
 def client_host(request: Request) -> str:
@@ -153,6 +161,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 FarmDep = Annotated[Farm, Depends(get_farm)]
 ActorDep = Annotated[str, Depends(get_actor)]
 TransfersDep = Annotated[TransferService, Depends(get_transfers)]
+JobsDep = Annotated[JobBoard, Depends(get_jobs)]
 
 
 def make_router(tag: str) -> APIRouter:

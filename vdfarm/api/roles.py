@@ -28,6 +28,8 @@ READ, OPERATOR, ADMIN, REPLICA = "read", "operator", "admin", "replica"
 MINIMAL_ROLE: dict[tuple[str, str], str] = {
     # reads
     ("GET", "/audit"): READ,
+    ("GET", "/jobs"): READ,
+    ("GET", "/jobs/{job_id}"): READ,
     ("GET", "/devices"): READ,
     ("GET", "/devices/{name}"): READ,
     ("GET", "/locks"): READ,

@@ -3,8 +3,8 @@ for one to be everywhere, let one ignore the copy windows.
 
 Rules: flags, help and output only; the facts are the service's
 (`ReplicationService.status`). `wait` polls the status (one call each
-`--interval`), draws a progress bar over the up servers' bytes on stderr
-when stderr is a terminal, and exits 0 once the version is on every up
+`--interval`), shows the up servers' bytes as `vdfarm.cli.progress` does
+(a bar on a terminal, plain lines otherwise, nothing with --json), and exits 0 once the version is on every up
 server of its store, or 1 with one line saying who lacks it when
 `--timeout` runs out. On a PostgreSQL farm opened here, a change of the
 farm (a server's inventory) ends the wait between two polls early
@@ -18,11 +18,11 @@ import threading
 import time
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vdfarm.cli.common import emit, json_option, open_farm, typed_wrong
 from vdfarm.cli.output import fmt_size, print_table
+from vdfarm.cli.progress import shown
+from vdfarm.cli.progress_text import fmt_eta
 from vdfarm.client.local import LocalFarm
 from vdfarm.farm.changes import listener_for
 from vdfarm.farm.windows import rate_text
@@ -41,18 +41,6 @@ class WaitTimedOut(click.ClickException):
     """The version was not everywhere in time: one line, exit 1."""
 
     exit_code = 1
-
-
-def fmt_eta(seconds: float | None) -> str | None:
-    """SECONDS as 1h02m, 3m05s or 12s (None: unknown)."""
-    if seconds is None:
-        return None
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _rows(statuses: list[ReplicaStatus]) -> list[tuple]:
@@ -146,19 +134,11 @@ def wait_cmd(vdisk: str, number: int | None, timeout: float | None, interval: fl
     if listener is not None:
         listener.start()
         click.get_current_context().call_on_close(listener.stop)
-    bar_console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=bar_console,
-        disable=not bar_console.is_terminal,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(f"{vdisk} v{version}", total=progress.bytes_total or None)
+    with shown(f"wait {vdisk} v{version}") as report:
+        waited = False
         while not progress.replicated:
-            bar.update(task, completed=progress.bytes_done, total=progress.bytes_total or None)
+            waited = True
+            report("copies", progress.bytes_done, progress.bytes_total)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimedOut(
                     f"version {version} of vDisk {vdisk} is not on every up server of its "
@@ -168,6 +148,8 @@ def wait_cmd(vdisk: str, number: int | None, timeout: float | None, interval: fl
             changed.wait(max(0.0, min(interval, left)))
             changed.clear()
             progress = farm.replication.progress(vdisk, version)
+        if waited and progress.bytes_total:  # the last reading: 100 %
+            report("copies", progress.bytes_done, progress.bytes_total)
     servers = sum(1 for s in progress.servers if s.state == PRESENT)
     emit(
         progress,

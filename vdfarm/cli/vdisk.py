@@ -16,7 +16,9 @@ import click
 
 from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import fmt_size, print_fields, print_table
+from vdfarm.cli.progress import shown
 from vdfarm.cli.version import boot_line
+from vdfarm.client.local import LocalFarm
 from vdfarm.farm.models import ACCESS_MODES, WRITE_CACHE_TYPES
 from vdfarm.farm.placement import AFFINITIES
 from vdfarm.service.errors import Invalid
@@ -109,16 +111,19 @@ def import_cmd(
     (with --farm: a file in the server's transfer directory). A FILE that
     names any other file (backing file, external data file, vmdk extent) is
     refused."""
-    info = open_farm().vdisks.import_image(
-        name,
-        file,
-        mode=mode,
-        write_cache=write_cache,
-        cache_limit_mb=cache_limit_mb,
-        description=description,
-        source_format=None if source_format == "auto" else source_format,
-        store=store,
-    )
+    farm = open_farm()
+    with shown(f"import {name}", local=isinstance(farm, LocalFarm)) as progress:
+        info = farm.vdisks.import_image(
+            name,
+            file,
+            mode=mode,
+            write_cache=write_cache,
+            cache_limit_mb=cache_limit_mb,
+            description=description,
+            source_format=None if source_format == "auto" else source_format,
+            store=store,
+            progress=progress,
+        )
     emit(
         info,
         lambda: click.echo(
@@ -262,7 +267,9 @@ def delete_cmd(name: str) -> None:
 @json_option
 def verify_cmd(name: str) -> None:
     """Check vDisk NAME's files in this store (sizes and sha256)."""
-    result = open_farm().vdisks.verify(name)
+    farm = open_farm()
+    with shown(f"verify {name}", local=isinstance(farm, LocalFarm)) as progress:
+        result = farm.vdisks.verify(name, progress=progress)
     if not result.ok:
         raise Invalid(f"vDisk {name} failed verification: {'; '.join(result.problems)}")
     emit({"vdisk": name, "ok": True, "problems": []}, lambda: click.echo(f"vDisk {name} is intact"))
@@ -305,7 +312,9 @@ def repair_cmd(name: str) -> None:
 def export_cmd(name: str, out: Path, fmt: str, number: int | None) -> None:
     """Write a version of vDisk NAME, flattened, as a new image file OUT
     (with --farm: a new file, 0600, in the server's transfer directory)."""
-    result = open_farm().versions.export(name, out, fmt, number)
+    farm = open_farm()
+    with shown(f"export {name}", local=isinstance(farm, LocalFarm)) as progress:
+        result = farm.versions.export(name, out, fmt, number, progress=progress)
     emit(
         result,
         lambda: click.echo(

@@ -12,6 +12,8 @@ import click
 from vdfarm.cli.audit import IsoTime
 from vdfarm.cli.common import emit, json_option, open_farm
 from vdfarm.cli.output import fmt_size, print_fields, print_table
+from vdfarm.cli.progress import shown
+from vdfarm.client.local import LocalFarm
 from vdfarm.service.boot_records import BootFileInfo
 from vdfarm.service.merges import MergeResult
 from vdfarm.service.version_rules import PROMOTE_TARGETS
@@ -178,7 +180,11 @@ def promote_cmd(vdisk: str, to: str, at: datetime | None, when_replicated: bool)
     """Promote the newest version of VDISK to test or production."""
     if at is not None and when_replicated:
         raise click.UsageError("give --at or --when-replicated, not both")
-    result = open_farm().versions.promote(vdisk, to, at=at, when_replicated=when_replicated)
+    farm = open_farm()
+    with shown(f"promote {vdisk}", local=isinstance(farm, LocalFarm)) as progress:
+        result = farm.versions.promote(
+            vdisk, to, at=at, when_replicated=when_replicated, progress=progress
+        )
 
     def human() -> None:
         info = result.version
@@ -233,7 +239,9 @@ def override_cmd(vdisk: str, number: int | None, clear: bool) -> None:
 @json_option
 def merge_cmd(vdisk: str, new_base: bool) -> None:
     """Fold the versions of VDISK into one delta on its base (or a new base)."""
-    result = open_farm().versions.merge(vdisk, new_base=new_base)
+    farm = open_farm()
+    with shown(f"merge {vdisk}") as progress:  # a remote merge is a job: it reports too
+        result = farm.versions.merge(vdisk, new_base=new_base, progress=progress)
     emit(result, lambda: click.echo(_merge_line(result)))
 
 

@@ -14,6 +14,11 @@ Rules:
 - Files named in `vdisks.import_image`, `versions.export` and
   `boot.attach` are files ON THE SERVER, in its transfer directory (a relative path is relative to
   it); nothing is uploaded, and the server refuses paths outside it.
+- The slow calls (import, export, verify, promote, merge) take the
+  `progress` callback of the local services. A merge is a job on the
+  server (202 at once), followed until it ends (`client.jobs.follow`),
+  its progress passed on; the others never call it: the server does the
+  work, and the answer comes when it is done.
 - No audit actor is sent: the server records `token:<name>@<client address>`.
 - The audit is read a page at a time (the server sends at most 1000
   entries per request); `audit.list` pages back until it has what was asked.
@@ -33,6 +38,7 @@ from urllib.parse import quote
 import httpx
 
 from vdfarm.client.http import FarmHttp, RemoteError
+from vdfarm.client.jobs import follow
 from vdfarm.client.records import from_plain
 from vdfarm.service.audit import AuditEntry
 from vdfarm.service.devices import DeviceInfo
@@ -52,6 +58,7 @@ from vdfarm.service.tokens import NewToken, TokenInfo
 from vdfarm.service.validation import UNCHANGED
 from vdfarm.service.vdisks import VdiskInfo
 from vdfarm.service.versions import OverrideInfo, PromoteResult, VersionInfo
+from vdfarm.store.progress import Progress, silent
 from vdfarm.store.store import VerifyResult
 
 SESSION_TIMES = ("connected_at", "last_seen")
@@ -186,6 +193,7 @@ class RemoteVdisks(_Noun):
         description: str = "",
         source_format: str | None = None,
         store: str = DEFAULT_STORE,
+        progress: Progress = silent,
     ) -> VdiskInfo:
         body = {
             "name": name,
@@ -226,7 +234,7 @@ class RemoteVdisks(_Noun):
     def delete(self, name: str) -> VdiskInfo:
         return self.one(_as(VdiskInfo), "DELETE", f"/vdisks/{segment(name)}")
 
-    def verify(self, name: str) -> VerifyResult:
+    def verify(self, name: str, progress: Progress = silent) -> VerifyResult:
         return self.one(_verify_result, "POST", f"/vdisks/{segment(name)}/verify")
 
 
@@ -253,7 +261,12 @@ class RemoteVersions(_Noun):
         return self.one(_as(VersionInfo), "POST", self._path(vdisk))
 
     def promote(
-        self, vdisk: str, to: str, at: datetime | None = None, when_replicated: bool = False
+        self,
+        vdisk: str,
+        to: str,
+        at: datetime | None = None,
+        when_replicated: bool = False,
+        progress: Progress = silent,
     ) -> PromoteResult:
         body = {
             "to": to,
@@ -270,16 +283,20 @@ class RemoteVersions(_Noun):
             _as(OverrideInfo), "POST", self._path(vdisk, "/override"), body={"version": number}
         )
 
-    def merge(self, vdisk: str, new_base: bool = False) -> MergeResult:
-        return self.one(
-            _as(MergeResult), "POST", self._path(vdisk, "/merge"), body={"new_base": new_base}
-        )
+    def merge(self, vdisk: str, new_base: bool = False, progress: Progress = silent) -> MergeResult:
+        job = self.http.request("POST", self._path(vdisk, "/merge"), body={"new_base": new_base})
+        return _answer(_as(MergeResult), follow(self.http, job, progress), f"merge of {vdisk}")
 
     def delete(self, vdisk: str) -> VersionInfo:
         return self.one(_as(VersionInfo), "DELETE", self._path(vdisk, "/newest"))
 
     def export(
-        self, vdisk: str, out: str | Path, fmt: str, version: int | None = None
+        self,
+        vdisk: str,
+        out: str | Path,
+        fmt: str,
+        version: int | None = None,
+        progress: Progress = silent,
     ) -> ExportResult:
         body = {"path": server_path(out, "output file"), "format": fmt, "version": version}
         return self.one(_as(ExportResult), "POST", f"/vdisks/{segment(vdisk)}/export", body=body)

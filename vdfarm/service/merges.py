@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vdfarm.farm.models import Vdisk
+from vdfarm.farm.models import Vdisk, VdiskVersion
 from vdfarm.service import version_rules as rules
 from vdfarm.service.audit import AuditWriter
 from vdfarm.service.chains import (
@@ -61,7 +61,8 @@ from vdfarm.service.sessions import release_retired_files
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
 from vdfarm.store.locking import busy
-from vdfarm.store.manifest import VDISK_NAME_RE, ManifestFile
+from vdfarm.store.manifest import VDISK_NAME_RE, Manifest, ManifestFile
+from vdfarm.store.progress import Progress, silent
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import Store
 
@@ -184,8 +185,10 @@ class MergeService:
         new_base: bool = False,
         actor: str | None = None,
         automatic: bool = False,
+        progress: Progress = silent,
     ) -> MergeResult:
-        """Fold VDISK's chain (see the module rules).
+        """Fold VDISK's chain (see the module rules); PROGRESS hears the fold
+        and the hash.
 
         Raises NotFound, Invalid (nothing to merge), Conflict (a device booted a
         version the merge would delete; another merge or seal under way),
@@ -197,7 +200,12 @@ class MergeService:
             intent_id, plan = self._begin(vdisk, new_base, actor, automatic, now)
             try:
                 entry, _ = store_versions.fold(
-                    self._store, vdisk, plan["keep_file"], new_base=new_base, retired_at=now
+                    self._store,
+                    vdisk,
+                    plan["keep_file"],
+                    new_base=new_base,
+                    retired_at=now,
+                    progress=progress,
                 )
             except (StoreError, QemuImgError) as exc:
                 self._abandon(vdisk, intent_id)
@@ -221,19 +229,38 @@ class MergeService:
             automatic=automatic,
         )
 
+    def check(self, vdisk: str, new_base: bool = False) -> None:
+        """Refuse now what `merge` would refuse before touching a file
+        (nothing written; the merge checks again): for a front end that
+        runs the merge later (a job) and answers bad input at once.
+
+        Raises what `merge` raises before its fold: NotFound, Invalid,
+        Conflict, Unavailable.
+        """
+        with self._session() as session:
+            self._checked(session, vdisk, new_base, self._clock())
+
+    def _checked(
+        self, session: Session, vdisk: str, new_base: bool, now: datetime
+    ) -> tuple[Vdisk, list[VdiskVersion], rules.MergePlan, Manifest]:
+        """The vDisk row (locked), its version rows, the merge plan and the
+        store's manifest, once every check has passed."""
+        row = locked_vdisk(session, vdisk)
+        check_no_intent(session, row)
+        rows = version_rows(session, row.id)
+        plan = rules.merge_plan(
+            states_of(rows), row.override_version, now, new_base=new_base, vdisk=vdisk
+        )
+        _check_no_session_on(session, row, plan.removed)
+        manifest = check_store_matches(self._store, vdisk, rows)
+        return row, rows, plan, manifest
+
     def _begin(
         self, vdisk: str, new_base: bool, actor: str | None, automatic: bool, now: datetime
     ) -> tuple[int, dict[str, Any]]:
         """Check everything and record the merge's intent (committed)."""
         with self._session() as session:
-            row = locked_vdisk(session, vdisk)
-            check_no_intent(session, row)
-            rows = version_rows(session, row.id)
-            plan = rules.merge_plan(
-                states_of(rows), row.override_version, now, new_base=new_base, vdisk=vdisk
-            )
-            _check_no_session_on(session, row, plan.removed)
-            manifest = check_store_matches(self._store, vdisk, rows)
+            row, rows, plan, manifest = self._checked(session, vdisk, new_base, now)
             keep = row_of(rows, plan.keep)
             index = [f.name for f in manifest.files].index(keep.file_name)
             leaving = manifest.files[:index] if new_base else manifest.files[1:index]
@@ -259,17 +286,26 @@ class MergeService:
             row = locked_vdisk(session, vdisk)
             drop_intent(session, row.id, intent_id)
 
-    def auto_merge(self, vdisk: str, actor: str | None) -> tuple[MergeResult | None, str | None]:
+    def auto_merge(
+        self, vdisk: str, actor: str | None, progress: Progress = silent
+    ) -> tuple[MergeResult | None, str | None]:
         """Merge VDISK's updates because its chain outgrew max-versions:
         (the result, None), or (None, why it could not). Never raises."""
         try:
-            return self.merge(vdisk, actor=actor, automatic=True), None
+            return self.merge(vdisk, actor=actor, automatic=True, progress=progress), None
         except ServiceError as exc:
             return None, exc.message
 
-    def export(self, vdisk: str, out: Path, fmt: str, version: int | None = None) -> ExportResult:
+    def export(
+        self,
+        vdisk: str,
+        out: Path,
+        fmt: str,
+        version: int | None = None,
+        progress: Progress = silent,
+    ) -> ExportResult:
         """Write VERSION of VDISK (default: what production devices boot now)
-        flattened as a FMT image at OUT.
+        flattened as a FMT image at OUT; PROGRESS hears the copy.
 
         Raises Invalid (unknown format, no such directory, bad version number),
         NotFound (vDisk or version), Conflict (OUT exists; the version is open
@@ -305,7 +341,7 @@ class MergeService:
                 raise Conflict(f"version {version} is open and in use: {busy}")
             top = chain_in_store(self._store, vdisk, rows, version).paths[-1]
         try:
-            size = store_versions.export_flat(self._store, vdisk, top.name, fmt, out)
+            size = store_versions.export_flat(self._store, vdisk, top.name, fmt, out, progress)
         except (StoreError, QemuImgError) as exc:
             raise store_failure(vdisk, exc) from exc
         return ExportResult(vdisk=vdisk, version=version, format=fmt, path=out, size=size)

@@ -67,6 +67,7 @@ from vdfarm.service.version_records import (
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
 from vdfarm.store.manifest import ManifestFile
+from vdfarm.store.progress import Progress, silent
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import Store
 
@@ -104,10 +105,12 @@ class PromotionService:
         at: datetime | None = None,
         actor: str | None = None,
         when_replicated: bool = False,
+        progress: Progress = silent,
     ) -> PromoteResult:
         """Promote VDISK's newest version to TO ("test" or "production"; for
         production, in effect from AT, else now). Leaving maintenance seals it.
         Then merges the chain if it is longer than the vDisk's max-versions.
+        PROGRESS hears the seal's hash (and the merge's fold and hash).
 
         WHEN_REPLICATED (to production): the switch waits until every up
         server of the vDisk's store holds the version (`apply_scheduled`,
@@ -162,13 +165,15 @@ class PromotionService:
                 else:  # the slow part runs after this transaction, under an intent
                     intent_id = record_intent(session, row, self._here.id, SEAL, plan, now).id
             if seal:
-                entry = self._seal_file(vdisk, top.number, intent_id)
+                entry = self._seal_file(vdisk, top.number, intent_id, progress)
                 with self._session() as session:
                     row = locked_vdisk(session, vdisk)
                     take_intent(session, row, intent_id)
                     info = self.apply_promotion(session, row, plan, entry, now)
                     drop_intent(session, row.id, intent_id)
-        merged, skipped = self._merges.auto_merge(vdisk, actor) if too_long else (None, None)
+        merged, skipped = (
+            self._merges.auto_merge(vdisk, actor, progress) if too_long else (None, None)
+        )
         return PromoteResult(version=info, merged=merged, merge_skipped=skipped)
 
     @staticmethod
@@ -271,12 +276,14 @@ class PromotionService:
         )
         return info
 
-    def _seal_file(self, vdisk: str, number: int, intent_id: int) -> ManifestFile:
+    def _seal_file(
+        self, vdisk: str, number: int, intent_id: int, progress: Progress
+    ) -> ManifestFile:
         """Check, fsync and hash the top file (no transaction open); on
         failure the intent is dropped (the file is still open) and Invalid
         or Unavailable raised."""
         try:
-            return store_versions.seal_top(self._store, vdisk)
+            return store_versions.seal_top(self._store, vdisk, progress)
         except (QemuImgError, StoreError) as exc:
             with contextlib.suppress(ServiceError), self._session() as session:
                 row = locked_vdisk(session, vdisk)

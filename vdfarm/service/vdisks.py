@@ -71,6 +71,7 @@ from vdfarm.service.validation import (
     vdisk_changes,
 )
 from vdfarm.store import errors as store_errors
+from vdfarm.store.progress import Progress, silent
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.sources import SOURCE_FORMATS as SOURCE_FORMATS  # re-exported for the CLI
 from vdfarm.store.store import Store, VerifyResult
@@ -177,11 +178,12 @@ class VdiskService:
         source_format: str | None = None,
         audit_source: str | None = None,
         store: str = DEFAULT_STORE,
+        progress: Progress = silent,
     ) -> VdiskInfo:
         """Import the image file SOURCE (raw, qcow2, vpc, vhdx, vmdk: SOURCE_FORMAT,
         or detected among those if None) as vDisk NAME of store set STORE. The
         audit row names the source (AUDIT_SOURCE if given: the caller's name
-        for it).
+        for it). PROGRESS hears the copy and the hash.
 
         Raises Invalid (bad name/option/source, a source naming other files),
         NotFound (no such store), Conflict (name taken), Unavailable (store
@@ -202,7 +204,7 @@ class VdiskService:
             if session.scalars(select(Vdisk.id).where(Vdisk.name == name)).first():
                 raise Conflict(f"vDisk {name} already exists")
         try:
-            manifest = self._store.import_image(name, source, source_format)
+            manifest = self._store.import_image(name, source, source_format, progress)
         except (store_errors.StoreError, QemuImgError) as exc:
             raise _store_error(exc) from exc
         try:
@@ -407,9 +409,10 @@ class VdiskService:
                     raise _store_error(exc) from exc
             return before
 
-    def verify(self, name: str) -> VerifyResult:
+    def verify(self, name: str, progress: Progress = silent) -> VerifyResult:
         """Check vDisk NAME's files in this store against its manifest (size,
         sha256, qemu-img check) and the manifest against the farm's versions.
+        PROGRESS hears the bytes hashed.
 
         A private copy its device wrote since its last hash is hashed
         again first, once no device holds its lock (`rehash_copy`).
@@ -423,7 +426,7 @@ class VdiskService:
                 (r.number, r.file_name, r.format, r.sha256) for r in version_rows(session, vdisk.id)
             ]
         try:
-            result = self._store.verify(name)
+            result = self._store.verify(name, progress)
             manifest = self._store.manifest(name)
         except store_errors.VdiskMissing as exc:
             raise Unavailable(f"vDisk {name} is not in this server's store") from exc

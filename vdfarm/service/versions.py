@@ -66,6 +66,7 @@ from vdfarm.service.version_records import (
 )
 from vdfarm.store import versions as store_versions
 from vdfarm.store.errors import StoreError
+from vdfarm.store.progress import Progress, silent
 from vdfarm.store.qemu_img import QemuImgError
 from vdfarm.store.store import Store
 
@@ -201,9 +202,10 @@ class VersionService:
         at: datetime | None = None,
         actor: str | None = None,
         when_replicated: bool = False,
+        progress: Progress = silent,
     ) -> PromoteResult:
         """Promote VDISK's newest version (see `PromotionService.promote`)."""
-        return self._promotions.promote(vdisk, to, at, actor, when_replicated)
+        return self._promotions.promote(vdisk, to, at, actor, when_replicated, progress)
 
     def revert(self, vdisk: str, actor: str | None = None) -> VersionInfo:
         """Take VDISK's newest version back one step: production (or pending)
@@ -309,12 +311,27 @@ class VersionService:
             )
             return before
 
-    def merge(self, vdisk: str, new_base: bool = False, actor: str | None = None) -> MergeResult:
+    def merge(
+        self,
+        vdisk: str,
+        new_base: bool = False,
+        actor: str | None = None,
+        progress: Progress = silent,
+    ) -> MergeResult:
         """Fold VDISK's chain (see `MergeService.merge`)."""
-        return self._merges.merge(vdisk, new_base=new_base, actor=actor)
+        return self._merges.merge(vdisk, new_base=new_base, actor=actor, progress=progress)
+
+    def check_merge(self, vdisk: str, new_base: bool = False) -> None:
+        """Refuse now what a merge would refuse (see `MergeService.check`)."""
+        self._merges.check(vdisk, new_base)
 
     def export(
-        self, vdisk: str, out: str | Path, fmt: str, version: int | None = None
+        self,
+        vdisk: str,
+        out: str | Path,
+        fmt: str,
+        version: int | None = None,
+        progress: Progress = silent,
     ) -> ExportResult:
         """Write a version flattened (see `MergeService.export`)."""
-        return self._merges.export(vdisk, Path(out), fmt, version)
+        return self._merges.export(vdisk, Path(out), fmt, version, progress)

@@ -50,6 +50,7 @@ from typing import Any, TypeGuard
 from vdfarm.store.errors import BadChunkList, StoreError
 from vdfarm.store.locking import busy
 from vdfarm.store.manifest import fsync_dir
+from vdfarm.store.progress import Progress, silent
 from vdfarm.store.uncached import cached_prefix, no_readahead, prefetch, read_block
 from vdfarm.store.wire_frames import has_packable_frame
 
@@ -195,9 +196,10 @@ def _key(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
-def chunk_list(path: Path, chunk_size: int = CHUNK_SIZE) -> ChunkList:
+def chunk_list(path: Path, chunk_size: int = CHUNK_SIZE, progress: Progress = silent) -> ChunkList:
     """The chunk list of the file at PATH: from its cache if the cache's key
-    is the file's, else computed (one pass, uncached reads) and cached.
+    is the file's, else computed (one pass, uncached reads; PROGRESS hears
+    the bytes hashed, "hash") and cached.
 
     Raises StoreError (missing, a link, not a regular file, unreadable).
     """
@@ -209,8 +211,9 @@ def chunk_list(path: Path, chunk_size: int = CHUNK_SIZE) -> ChunkList:
         key = _key(before)
         cached = _read_cache(path, key, chunk_size)
         if cached is not None:
+            progress("hash", before.st_size, before.st_size)
             return cached
-        found = _compute(fd, before.st_size, chunk_size)
+        found = _compute(fd, before.st_size, chunk_size, progress)
         if _key(os.fstat(fd)) == key:  # not changed while it was read
             _write_cache(path, key, found)
         return found
@@ -224,13 +227,14 @@ def _is_regular(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode)
 
 
-def _compute(fd: int, size: int, chunk_size: int) -> ChunkList:
+def _compute(fd: int, size: int, chunk_size: int, progress: Progress = silent) -> ChunkList:
     whole = hashlib.sha256()
     chunks: list[str] = []
     prefixes: list[str] = []
     packable: list[int] = []
     scratch = bytearray()
     offset = 0
+    progress("hash", 0, size)
     while offset < size:
         piece = hashlib.sha256()
         packs = False
@@ -243,6 +247,7 @@ def _compute(fd: int, size: int, chunk_size: int) -> ChunkList:
             piece.update(block)
             packs = packs or has_packable_frame(block)
             offset += len(block)
+        progress("hash", offset, size)
         chunks.append(piece.hexdigest())
         prefixes.append(whole.hexdigest())
         if packs and chunks[-1] != zero_hash(end - begin):

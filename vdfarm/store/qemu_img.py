@@ -11,16 +11,20 @@ nothing here decides policy (which formats are allowed is the store's business).
   and is killed after a wall-clock timeout; without `prlimit` it is refused
   rather than run unlimited. (`prlimit` sets the limits in its own process
   before exec, so no Python runs between fork and exec in a threaded server.)
+- A run given a fraction callback (`convert`, `rebase` with `on_fraction`)
+  runs with `-p` and reports each `(NN.NN/100%)` qemu-img prints on stdout.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ QEMU_IMG = "qemu-img"
 PRLIMIT = "prlimit"
 MIB = 1 << 20
 GIB = 1 << 30
+PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 @dataclass(frozen=True)
@@ -94,24 +99,87 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def run(args: list[str], *, limits: Limits | None = None, pass_fds: Sequence[int] = ()) -> str:
+def _watched(
+    command: list[str],
+    on_fraction: Callable[[float], None],
+    pass_fds: Sequence[int],
+    timeout: float | None,
+) -> subprocess.CompletedProcess[str]:
+    """Run COMMAND (with `-p`), calling ON_FRACTION with each percentage it
+    prints on stdout; stderr is read beside it. Raises FileNotFoundError,
+    subprocess.TimeoutExpired (the process is killed first)."""
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=tuple(pass_fds)
+    )
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+    reader.start()
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire) if timeout is not None else None
+    if timer is not None:
+        timer.start()
+    out = bytearray()
+    try:
+        while chunk := os.read(stdout.fileno(), 4096):
+            out += chunk
+            *seen, rest = out.split(b"\r")
+            for piece in seen:
+                if found := PERCENT.search(piece):
+                    on_fraction(float(found.group(1)) / 100)
+            out = bytearray(rest)
+        proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join()
+        stdout.close()
+        stderr.close()
+    if expired.is_set() and timeout is not None:
+        raise subprocess.TimeoutExpired(command, timeout)
+    text = b"".join(errors).decode(errors="replace")
+    return subprocess.CompletedProcess(command, proc.returncode, out.decode(errors="replace"), text)
+
+
+def run(
+    args: list[str],
+    *,
+    limits: Limits | None = None,
+    pass_fds: Sequence[int] = (),
+    on_fraction: Callable[[float], None] | None = None,
+) -> str:
     """Run `qemu-img ARGS` (under LIMITS, if given; with the open file
-    descriptors PASS_FDS inherited) and return its stdout.
+    descriptors PASS_FDS inherited) and return its stdout. With ON_FRACTION,
+    ARGS must hold `-p`: each percentage qemu-img prints is passed to it as
+    a fraction (and the stdout returned is what follows the last one).
 
     Raises QemuImgError if qemu-img (or, with LIMITS, prlimit) is missing,
     exits non-zero, is killed (a limit hit) or outlives the timeout.
     """
     verb = args[0]
+    timeout = limits.timeout if limits else None
     try:
-        proc = subprocess.run(
-            _command(args, limits),
-            capture_output=True,
-            text=True,
-            errors="replace",
-            check=False,
-            pass_fds=tuple(pass_fds),
-            timeout=limits.timeout if limits else None,
-        )
+        if on_fraction is None:
+            proc = subprocess.run(
+                _command(args, limits),
+                capture_output=True,
+                text=True,
+                errors="replace",
+                check=False,
+                pass_fds=tuple(pass_fds),
+                timeout=timeout,
+            )
+        else:
+            proc = _watched(_command(args, limits), on_fraction, pass_fds, timeout)
     except FileNotFoundError as exc:
         raise QemuImgError("qemu-img is not installed or not on PATH") from exc
     except subprocess.TimeoutExpired as exc:
@@ -169,15 +237,19 @@ def convert(
     dst_format: str = "raw",
     limits: Limits | None = None,
     pass_fds: Sequence[int] = (),
+    on_fraction: Callable[[float], None] | None = None,
 ) -> None:
     """Convert SRC (of SRC_FORMAT) into a new DST_FORMAT file DST; keeps holes.
+    ON_FRACTION, if given, hears how far it got (0.0-1.0).
 
     Raises QemuImgError if the conversion fails (or a limit stops it).
     """
+    shown = ["-p"] if on_fraction is not None else []
     run(
-        ["convert", "-f", src_format, "-O", dst_format, _absolute(src), _absolute(dst)],
+        ["convert", *shown, "-f", src_format, "-O", dst_format, _absolute(src), _absolute(dst)],
         limits=limits,
         pass_fds=pass_fds,
+        on_fraction=on_fraction,
     )
 
 
@@ -210,17 +282,23 @@ def create_overlay(path: str | os.PathLike[str], backing_name: str, backing_form
     )
 
 
-def rebase(path: str | os.PathLike[str], backing_name: str, backing_format: str) -> None:
+def rebase(
+    path: str | os.PathLike[str],
+    backing_name: str,
+    backing_format: str,
+    on_fraction: Callable[[float], None] | None = None,
+) -> None:
     """Make the qcow2 PATH sit on BACKING_NAME (plain relative name) of
     BACKING_FORMAT, copying in whatever differs from the old backing chain
-    (safe mode: the content of PATH does not change).
+    (safe mode: the content of PATH does not change). ON_FRACTION, if
+    given, hears how far it got (0.0-1.0).
 
     Raises QemuImgError if qemu-img fails.
     """
     run(
         [
             "rebase",
-            "-q",
+            "-p" if on_fraction is not None else "-q",
             "-f",
             "qcow2",
             "-b",
@@ -228,7 +306,8 @@ def rebase(path: str | os.PathLike[str], backing_name: str, backing_format: str)
             "-F",
             backing_format,
             _absolute(path),
-        ]
+        ],
+        on_fraction=on_fraction,
     )
 
 

@@ -44,7 +44,6 @@ from vdfarm.store.errors import (
 from vdfarm.store.locking import _idle, busy
 from vdfarm.store.manifest import (
     MANIFEST_NAME,
-    BootFile,
     Manifest,
     ManifestFile,
     check_vdisk_name,
@@ -52,6 +51,7 @@ from vdfarm.store.manifest import (
     read_manifest,
     write_manifest,
 )
+from vdfarm.store.progress import Progress, fraction_to_bytes, shifted, silent
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,21 @@ LEFTOVER_DIRS = (".import-", ".delete-")
 LEFTOVER_FILES = (".new-", ".merge-")
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, progress: Progress = silent) -> str:
     """The hex sha256 of a file, read in 1 MiB blocks that leave the page
     cache as they found it (`uncached.read_block`: hashing a store must not
-    push the devices' hot blocks out). Raises OSError."""
+    push the devices' hot blocks out); PROGRESS hears each block ("hash").
+    Raises OSError."""
     digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        size = os.fstat(fd).st_size
         offset = 0
+        progress("hash", 0, size)
         while block := uncached.read_block(fd, offset, HASH_CHUNK):
             digest.update(block)
             offset += len(block)
+            progress("hash", offset, max(size, offset))
     finally:
         os.close(fd)
     return digest.hexdigest()
@@ -144,23 +148,31 @@ class Store:
                 log.warning("skipping %s: %s", entry.path, exc)
         return manifests
 
-    def verify(self, name: str) -> VerifyResult:
+    def verify(self, name: str, progress: Progress = silent) -> VerifyResult:
         """Check each file of vDisk NAME against its manifest (exists, size,
-        sha256), its boot files too.
+        sha256), its boot files too. PROGRESS hears the bytes hashed ("hash",
+        out of the sizes the manifest gives the sealed files).
 
         Raises InvalidName, VdiskMissing, ManifestError.
         """
         manifest = self.manifest(name)
-        problems = [p for f in manifest.files if (p := self._check_file(name, f))]
-        problems += [p for b in manifest.boot_files if (p := self._check_boot_file(name, b))]
+        entries = list(manifest.files) + [
+            ManifestFile(name=b.name, format="raw", size=b.size, sha256=b.sha256)
+            for b in manifest.boot_files
+        ]
+        total = sum(e.size or 0 for e in entries if e.sealed)
+        problems, before = [], 0
+        progress("hash", 0, total)
+        for entry in entries:
+            if p := self._check_file(name, entry, shifted(progress, before, total)):
+                problems.append(p)
+            before += (entry.size or 0) if entry.sealed else 0
+        progress("hash", total, total)
         return VerifyResult(vdisk=name, problems=tuple(problems))
 
-    def _check_boot_file(self, name: str, entry: BootFile) -> str | None:
-        return self._check_file(
-            name, ManifestFile(name=entry.name, format="raw", size=entry.size, sha256=entry.sha256)
-        )
-
-    def _check_file(self, name: str, entry: ManifestFile) -> str | None:
+    def _check_file(
+        self, name: str, entry: ManifestFile, progress: Progress = silent
+    ) -> str | None:
         path = self._dir_of(name) / entry.name
         try:
             size = path.stat().st_size
@@ -175,13 +187,21 @@ class Store:
             )
         if size != entry.size:
             return f"{entry.name} has size {size}, manifest says {entry.size}"
-        if sha256_of(path) != entry.sha256:
+        if sha256_of(path, progress) != entry.sha256:
             return f"{entry.name} does not match its sha256"
         return None
 
-    def import_image(self, name: str, source: Path, source_format: str | None = None) -> Manifest:
+    def import_image(
+        self,
+        name: str,
+        source: Path,
+        source_format: str | None = None,
+        progress: Progress = silent,
+    ) -> Manifest:
         """Import SOURCE as vDisk NAME, stored as raw. SOURCE_FORMAT is one of
-        SOURCE_FORMATS, or None to detect it (among those only).
+        SOURCE_FORMATS, or None to detect it (among those only). PROGRESS
+        hears the conversion ("copy") and the hash ("hash"), in bytes of the
+        disk.
 
         Every check runs before a byte is copied; the vDisk appears in the
         store only once it is complete.
@@ -199,7 +219,7 @@ class Store:
             temp = self._make_temp_dir(".import", name)
             try:
                 with busy(temp):
-                    manifest = self._build(temp, name, pinned, image)
+                    manifest = self._build(temp, name, pinned, image, progress)
                     pinned.check_unchanged()
                     self._publish(temp, final, name)
             except BaseException:
@@ -220,9 +240,15 @@ class Store:
         return temp
 
     def _build(
-        self, temp: Path, name: str, pinned: sources.PinnedSource, image: sources.SourceImage
+        self,
+        temp: Path,
+        name: str,
+        pinned: sources.PinnedSource,
+        image: sources.SourceImage,
+        progress: Progress,
     ) -> Manifest:
         target = temp / BASE_FILE
+        progress("copy", 0, image.virtual_size)
         qemu_img.convert(
             pinned.fd_path,
             target,
@@ -230,6 +256,7 @@ class Store:
             dst_format="raw",
             limits=qemu_img.convert_limits(image.virtual_size),
             pass_fds=(pinned.fd,),
+            on_fraction=fraction_to_bytes(progress, "copy", image.virtual_size),
         )
         try:
             with open(target, "rb+") as fh:
@@ -238,7 +265,9 @@ class Store:
                 name=BASE_FILE,
                 format="raw",
                 size=target.stat().st_size,
-                sha256=chunks.chunk_list(target).sha256,  # one pass: the peers' chunk list too
+                sha256=chunks.chunk_list(
+                    target, progress=progress
+                ).sha256,  # one pass: the peers' chunk list too
                 parent=None,
             )
             manifest = Manifest(vdisk=name, files=(entry,))

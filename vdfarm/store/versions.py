@@ -43,6 +43,7 @@ from vdfarm.store.manifest import (
     fsync_dir,
     write_manifest,
 )
+from vdfarm.store.progress import Progress, fraction_to_bytes, silent
 from vdfarm.store.store import Store, sha256_of
 
 EXPORT_FORMATS = ("raw", "qcow2", "vpc", "vhdx", "vmdk")
@@ -69,15 +70,20 @@ def _virtual_size(manifest: Manifest, top_path: Path) -> int:
     return size
 
 
-def _sealed_entry(path: Path, entry: ManifestFile) -> ManifestFile:
-    """ENTRY with the size and sha256 of the file at PATH (fsynced first)."""
+def _sealed_entry(path: Path, entry: ManifestFile, progress: Progress = silent) -> ManifestFile:
+    """ENTRY with the size and sha256 of the file at PATH (fsynced first;
+    PROGRESS hears the hash)."""
     try:
         with open(path, "rb+") as fh:
             os.fsync(fh.fileno())
         # A file under its real name: one pass hashes it and caches the chunk
         # list peers will ask for. A temporary (a fold) is hashed alone: its
         # chunk list would be cached under a name that goes away.
-        digest = sha256_of(path) if path.name.startswith(".") else chunk_list(path).sha256
+        digest = (
+            sha256_of(path, progress)
+            if path.name.startswith(".")
+            else chunk_list(path, progress=progress).sha256
+        )
         return replace(entry, size=path.stat().st_size, sha256=digest)
     except OSError as exc:
         raise StoreError(f"cannot read {path.name}: {exc.strerror}") from exc
@@ -127,9 +133,9 @@ def _retired_names(manifest: Manifest) -> list[str]:
     return [r.name for r in manifest.retired]
 
 
-def seal_top(store: Store, name: str) -> ManifestFile:
+def seal_top(store: Store, name: str, progress: Progress = silent) -> ManifestFile:
     """Check (freeing clusters a crash leaked), fsync and hash vDisk NAME's
-    unsealed top file; record it sealed.
+    unsealed top file (PROGRESS hears the hash); record it sealed.
     A top already sealed with the file's current hash is returned as it is
     (a repeat after a failed database commit).
 
@@ -142,11 +148,11 @@ def seal_top(store: Store, name: str) -> ManifestFile:
     if len(manifest.files) == 1:
         raise StoreError(f"vDisk {name} has only its base file")
     if top.sealed:
-        if _sealed_entry(path, top) == top:
+        if _sealed_entry(path, top, progress) == top:
             return top
         raise StoreError(f"the sealed file {top.name} of vDisk {name} has changed")
     qemu_img.check(path, top.format, repair_leaks=True)  # sealed files stay clean forever
-    sealed = _sealed_entry(path, top)
+    sealed = _sealed_entry(path, top, progress)
     _write(store, name, replace(manifest, files=(*manifest.files[:-1], sealed)))
     return sealed
 
@@ -184,11 +190,18 @@ def drop_top(store: Store, name: str) -> ManifestFile:
 
 
 def fold(
-    store: Store, name: str, keep: str, *, new_base: bool, retired_at: datetime
+    store: Store,
+    name: str,
+    keep: str,
+    *,
+    new_base: bool,
+    retired_at: datetime,
+    progress: Progress = silent,
 ) -> tuple[ManifestFile, tuple[RetiredFile, ...]]:
     """Merge the chain under file KEEP into KEEP itself: onto the base
     (merged updates) or into a new full qcow2 base (NEW_BASE). KEEP's content
     is unchanged; the files that leave the chain are retired at RETIRED_AT.
+    PROGRESS hears the fold ("merge", in bytes of the disk) and the hash.
     Returns KEEP's new entry and the newly retired files.
 
     Raises VdiskMissing, ManifestError, StoreError (KEEP not in the chain or
@@ -204,10 +217,18 @@ def fold(
     kept, base = manifest.files[index], manifest.files[0]
     size = _virtual_size(manifest, file_path(store, name, manifest.top.name))
     with busy(store.root / name):
-        built = _build_folded(store, name, kept, None if new_base else base)
+        built = _build_folded(
+            store,
+            name,
+            kept,
+            None if new_base else base,
+            fraction_to_bytes(progress, "merge", size),
+        )
         try:
             entry = _sealed_entry(
-                built, replace(kept, format="qcow2", parent=None if new_base else base.name)
+                built,
+                replace(kept, format="qcow2", parent=None if new_base else base.name),
+                progress,
             )
         except BaseException:
             built.unlink(missing_ok=True)
@@ -224,16 +245,26 @@ def fold(
     return entry, retired
 
 
-def _build_folded(store: Store, name: str, kept: ManifestFile, base: ManifestFile | None) -> Path:
-    """A checked temp file with KEEP's content: on BASE, or standalone if BASE is None."""
+def _build_folded(
+    store: Store,
+    name: str,
+    kept: ManifestFile,
+    base: ManifestFile | None,
+    on_fraction: Callable[[float], None],
+) -> Path:
+    """A checked temp file with KEEP's content: on BASE, or standalone if BASE
+    is None; ON_FRACTION hears how far qemu-img got."""
     source = file_path(store, name, kept.name)
     temp = file_path(store, name, _temp_name("merge", kept.name))
     try:
         if base is None:
-            qemu_img.convert(source, temp, src_format=kept.format, dst_format="qcow2")
+            qemu_img.convert(
+                source, temp, src_format=kept.format, dst_format="qcow2", on_fraction=on_fraction
+            )
         else:
+            on_fraction(0.0)
             shutil.copyfile(source, temp)
-            qemu_img.rebase(temp, base.name, base.format)
+            qemu_img.rebase(temp, base.name, base.format, on_fraction=on_fraction)
         qemu_img.check(temp, "qcow2")
     except OSError as exc:
         temp.unlink(missing_ok=True)
@@ -265,10 +296,13 @@ def purge_retired(
     return [r.name for r in doomed]
 
 
-def export_flat(store: Store, name: str, file_name: str, fmt: str, out: Path) -> int:
+def export_flat(
+    store: Store, name: str, file_name: str, fmt: str, out: Path, progress: Progress = silent
+) -> int:
     """Write the content seen through FILE_NAME (and its backing chain) of vDisk
     NAME as a standalone FMT image at OUT (built under a temp name, then
-    renamed); return OUT's size in bytes.
+    renamed); return OUT's size in bytes. PROGRESS hears the copy ("copy",
+    in bytes of the disk).
 
     OUT (its data, then the directory entry) is fsynced before this returns.
     Raises VdiskMissing, ManifestError, StoreError (unknown format, OUT
@@ -276,16 +310,23 @@ def export_flat(store: Store, name: str, file_name: str, fmt: str, out: Path) ->
     """
     if fmt not in EXPORT_FORMATS:
         raise StoreError(f"unknown export format {fmt!r} (use {', '.join(EXPORT_FORMATS)})")
-    entry = store.manifest(name).file(file_name)
+    manifest = store.manifest(name)
+    entry = manifest.file(file_name)
     if entry is None:
         raise StoreError(f"file {file_name} is not in vDisk {name}'s chain")
+    size = _virtual_size(manifest, file_path(store, name, manifest.top.name))
     out = Path(out).absolute()
     if out.exists():
         raise VdiskExists(f"{out} already exists")
     temp = out.with_name(_temp_name("export", out.name))
     try:
+        progress("copy", 0, size)
         qemu_img.convert(
-            file_path(store, name, file_name), temp, src_format=entry.format, dst_format=fmt
+            file_path(store, name, file_name),
+            temp,
+            src_format=entry.format,
+            dst_format=fmt,
+            on_fraction=fraction_to_bytes(progress, "copy", size),
         )
         _fsync_file(temp)
         os.replace(temp, out)

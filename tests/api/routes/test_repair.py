@@ -26,7 +26,7 @@ def test_repair_completes_a_cut_merge(admin, farm, populated, monkeypatch):
         with pytest.raises(Unavailable):
             farm.versions.merge("w")
     detail = error_of(admin.post("/api/v1/vdisks/w/versions/merge", json={}), 409)
-    assert "vdfarm vdisk repair w" in detail
+    assert "vdfarm vdisk repair w" in detail  # refused at once: no job
     response = admin.post("/api/v1/vdisks/w/repair")
     assert response.status_code == 200, response.text
     assert response.json() == {

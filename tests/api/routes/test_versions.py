@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.conftest import OTHER_ACTOR, error_of, unchanged
+from tests.api.conftest import OTHER_ACTOR, error_of, job_of, unchanged
 
 BASE = "/api/v1/vdisks/w/versions"
 
@@ -55,7 +55,14 @@ def test_merge(admin, local, farm, populated):
     for _ in range(2):
         admin.post(BASE)
         admin.post(f"{BASE}/promote", json={"to": "production"})
-    result = admin.post(f"{BASE}/merge").json()
+    job = job_of(admin, admin.post(f"{BASE}/merge"))
+    assert (job["state"], job["kind"], job["target"], job["actor"]) == (
+        "done",
+        "merge",
+        "w",
+        OTHER_ACTOR,
+    )
+    result = job["result"]
     assert (result["kept"], result["base"], result["removed"], result["new_base"]) == (
         2,
         0,
@@ -65,8 +72,11 @@ def test_merge(admin, local, farm, populated):
     assert accesses(local) == [(0, "production"), (2, "production")]
     admin.post(BASE)
     admin.post(f"{BASE}/promote", json={"to": "production"})
-    result = admin.post(f"{BASE}/merge", json={"new_base": True}).json()
+    job = job_of(admin, admin.post(f"{BASE}/merge", json={"new_base": True}))
+    assert job["state"] == "done" and job["error"] is None
+    result = job["result"]
     assert (result["kept"], result["new_base"]) == (3, True)
+    assert job["step"] == "hash" and job["done"] == job["total"] > 0
     assert [v["number"] for v in local.get(BASE).json()] == [3]
     assert farm.vdisks.verify("w").ok
 
@@ -98,6 +108,7 @@ def test_delete_newest(admin, local, farm, populated):
         ("post", f"{BASE}/override", {"version": 1}, 400, "open for maintenance"),
         ("post", f"{BASE}/override", {"version": 7}, 404, "has no version 7"),
         ("post", f"{BASE}/merge", {"new_base": "maybe"}, 422, "body field new_base"),
+        ("post", "/api/v1/vdisks/nope/versions/merge", None, 404, "no vDisk named nope"),
         ("post", f"{BASE}/merge", None, 400, "nothing to merge"),
         ("get", "/api/v1/vdisks/nope/versions", None, 404, "no vDisk named nope"),
         ("post", "/api/v1/vdisks/nope/versions", None, 404, "no vDisk named nope"),

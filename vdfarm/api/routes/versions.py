@@ -1,5 +1,5 @@
 """/vdisks/{name}/versions: list, show one, open, promote, revert, override,
-merge, delete the newest (like `vdfarm version …`).
+merge (a job: 202 at once, see /jobs), delete the newest (like `vdfarm version …`).
 
 Rules: paths, bodies and status codes only; every decision (which step is
 allowed, who is connected) is the service's.
@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Body as BodyParam
+from fastapi import Response
 
-from vdfarm.api.deps import ActorDep, FarmDep, make_router
+from vdfarm.api.deps import API_PREFIX, ActorDep, FarmDep, JobsDep, make_router
 from vdfarm.api.schemas import MergeBody, OverrideBody, PromoteBody
+from vdfarm.service.jobs import JobInfo
 from vdfarm.service.merges import MergeResult
 from vdfarm.service.versions import OverrideInfo, PromoteResult, VersionInfo
+from vdfarm.store.progress import Progress
 
 router = make_router("versions")
 
@@ -60,13 +63,31 @@ def override_version(name: str, body: OverrideBody, farm: FarmDep, actor: ActorD
     return farm.versions.override(name, body.version, actor=actor)
 
 
-@router.post(f"{PREFIX}/merge", response_model=MergeResult)
+@router.post(f"{PREFIX}/merge", response_model=JobInfo, status_code=202)
 def merge_versions(
-    name: str, farm: FarmDep, actor: ActorDep, body: Annotated[MergeBody | None, BodyParam()] = None
-) -> MergeResult:
-    """Fold the versions of NAME into one delta on its base (or a new base)."""
+    name: str,
+    farm: FarmDep,
+    jobs: JobsDep,
+    actor: ActorDep,
+    response: Response,
+    body: Annotated[MergeBody | None, BodyParam()] = None,
+) -> JobInfo:
+    """Fold the versions of NAME into one delta on its base (or a new base),
+    as a job: answers 202 and the job at once (`Location`: GET it until its
+    state is `done`, with the merge's result, or `failed`, with its error).
+    What the merge would refuse before its fold (unknown vDisk, nothing to
+    merge, a device on a version it would delete, another merge under way)
+    is refused at once (404, 400, 409); 503 when this server runs too many
+    jobs."""
     new_base = body.new_base if body is not None else False
-    return farm.versions.merge(name, new_base=new_base, actor=actor)
+    farm.versions.check_merge(name, new_base)
+
+    def merge(progress: Progress) -> MergeResult:
+        return farm.versions.merge(name, new_base=new_base, actor=actor, progress=progress)
+
+    job = jobs.start("merge", name, actor, merge)
+    response.headers["Location"] = f"{API_PREFIX}/jobs/{job.id}"
+    return job
 
 
 @router.delete(f"{PREFIX}/newest", response_model=VersionInfo)
