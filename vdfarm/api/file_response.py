@@ -10,8 +10,9 @@ Rules:
   elsewhere (TLS, an in-process test client) as Starlette's streaming answer
   (which stops when the client leaves) of blocks of READ_BLOCK read with
   pread on a worker thread, never the whole file in memory.
-- Status and headers (Content-Length, Content-Range, ETag…) are the
-  caller's; this module sends exactly bytes START..END-1.
+- Status and headers (Content-Range, ETag…) are the caller's (with a
+  Content-Length of END - START unless given); this module sends exactly
+  bytes START..END-1.
 """
 
 from __future__ import annotations
@@ -49,13 +50,16 @@ class FileRangeResponse(Response):
         file: io.FileIO,
         start: int,
         end: int,
-        status_code: int,
-        headers: Mapping[str, str],
-        media_type: str,
+        status_code: int = 200,  # a default: FastAPI's OpenAPI reads it
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
     ) -> None:
-        super().__init__(None, status_code, headers, media_type)
+        given = dict(headers or {})
+        if not any(name.lower() == "content-length" for name in given):
+            given["Content-Length"] = str(end - start)
+        super().__init__(None, status_code, given, media_type)
         self.file, self.start, self.end = file, start, end
-        self.given_headers = headers
+        self.given_headers = given
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -74,7 +78,7 @@ class FileRangeResponse(Response):
             else:
                 blocks = file_blocks(self.file.fileno(), self.start, self.end)
                 streaming = StreamingResponse(
-                    blocks, self.status_code, dict(self.given_headers), self.media_type
+                    blocks, self.status_code, self.given_headers, self.media_type
                 )
                 await streaming(scope, receive, send)
         finally:
