@@ -13,12 +13,13 @@ from vdfarm.api.file_response import FileRangeResponse
 from vdfarm.api.zerocopy_h11 import ZEROCOPY_SEND
 
 DATA = bytes(range(256)) * 40
+START, END = 3, len(DATA) - 5
 
 
-def answer(path, extensions, start=3, end=len(DATA) - 5, headers=None):
+def answer(path, extensions, headers=None):
     """The messages FileRangeResponse sends for bytes START..END-1 of PATH."""
     sent = []
-    file = open(path, "rb", buffering=0)
+    file = open(path, "rb", buffering=0)  # noqa: SIM115 - the response closes it
 
     async def receive():
         await asyncio.sleep(3600)  # the client never leaves
@@ -32,7 +33,7 @@ def answer(path, extensions, start=3, end=len(DATA) - 5, headers=None):
         "extensions": extensions,
         "asgi": {"spec_version": "2.4"},
     }
-    response = FileRangeResponse(file, start, end, 206, headers, "application/octet-stream")
+    response = FileRangeResponse(file, START, END, 206, headers, "application/octet-stream")
     asyncio.run(response(scope, receive, send))
     assert file.closed
     return sent
