@@ -3,6 +3,8 @@ audit actor.
 
 Rules:
 - `get_farm` hands out the one Farm the app was made with (`app.state.farm`).
+- Dependencies that never block are `async def`: FastAPI runs a plain `def`
+  one in a worker thread, a hop per request for nothing.
 - The caller is found and its role checked in `AuthorisedRoute`, BEFORE the
   body is read, so a caller without the right token learns nothing (not
   even that its JSON is bad): 401 with `WWW-Authenticate: Bearer`, or 403
@@ -47,12 +49,12 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def get_farm(request: Request) -> Farm:
+async def get_farm(request: Request) -> Farm:
     """The Farm this app serves."""
     return request.app.state.farm
 
 
-def get_transfers(request: Request) -> TransferService:
+async def get_transfers(request: Request) -> TransferService:
     """Import and export confined to this app's transfer directory."""
     return request.app.state.transfers
 
@@ -120,7 +122,7 @@ async def authorise(request: Request, needed: str, what: str) -> auth.Principal:
     return principal
 
 
-def get_actor(request: Request) -> str:
+async def get_actor(request: Request) -> str:
     """The audit actor of REQUEST: token:<name>@<client address>."""
     principal = getattr(request.state, "principal", None)
     host = client_host(request)

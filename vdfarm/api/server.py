@@ -8,6 +8,8 @@ Rules:
   makes no loop of its own; `capture_signals` is switched off here.
 - Stop by `ApiServer.stop()` (or by cancelling `serve_api`): stop accepting,
   finish the requests in flight (up to GRACEFUL_SHUTDOWN_S), close.
+- HTTP/1.1 is h11's, through uvicorn's h11 protocol with zero-copy sends
+  (`zerocopy_h11`: boot files go out with sendfile(2) on plain TCP).
 - The client address is the TCP peer (proxy headers are ignored), so only a
   real loopback peer gets the open reads (and only with a loopback Host
   header). Serve TLS natively (`tls_cert`, `tls_key`: PEM files; TLS 1.2 or
@@ -36,6 +38,7 @@ from fastapi import FastAPI
 
 from vdfarm.api.app import create_app
 from vdfarm.api.limits import ApiLimits
+from vdfarm.api.zerocopy_h11 import ZeroCopyH11Protocol
 from vdfarm.service.context import Farm
 
 DEFAULT_API_PORT = 8080
@@ -124,7 +127,7 @@ class ApiServer:
         )
         self.config = uvicorn.Config(
             self.app,
-            http="h11",
+            http=ZeroCopyH11Protocol,
             ws="none",
             lifespan="off",
             log_config=None,

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from vdfarm.farm.models import BOOT_KINDS, Vdisk, VdiskVersion, VersionBootFile
@@ -55,6 +55,19 @@ from vdfarm.store import boot_files
 from vdfarm.store.errors import InvalidName, StoreError
 from vdfarm.store.manifest import BootFile, boot_file_name, check_vdisk_name
 from vdfarm.store.store import Store
+
+# The query of `held` (every boot file request), built once: building a
+# select costs more than running it; per request only the values change.
+_HELD_QUERY = (
+    select(VersionBootFile.size, VersionBootFile.sha256)
+    .join(VdiskVersion, VdiskVersion.id == VersionBootFile.version_id)
+    .join(Vdisk, Vdisk.id == VdiskVersion.vdisk_id)
+    .where(
+        Vdisk.name == bindparam("vdisk"),
+        VdiskVersion.number == bindparam("version"),
+        VersionBootFile.kind == bindparam("kind"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -275,14 +288,7 @@ class BootService:
             raise NotFound(f"no vDisk named {vdisk!r}") from exc
         with self._session() as session:
             found = session.execute(
-                select(VersionBootFile.size, VersionBootFile.sha256)
-                .join(VdiskVersion, VdiskVersion.id == VersionBootFile.version_id)
-                .join(Vdisk, Vdisk.id == VdiskVersion.vdisk_id)
-                .where(
-                    Vdisk.name == vdisk,
-                    VdiskVersion.number == version,
-                    VersionBootFile.kind == kind,
-                )
+                _HELD_QUERY, {"vdisk": vdisk, "version": version, "kind": kind}
             ).first()
         if found is None or (sha256 is not None and found.sha256 != sha256):
             raise not_here

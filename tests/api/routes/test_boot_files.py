@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import OTHER_ACTOR, OTHER_HOST, error_of, unchanged
+from tests.api.serving import serving
 from vdfarm.api.app import create_app
 from vdfarm.api.limits import ApiLimits
 
@@ -105,6 +107,27 @@ def test_a_booting_device_gets_the_files_without_a_token(booting, remote):
     assert tail.status_code == 206 and tail.content == INITRD[-10:]
     sha = booting["boot"]["initrd"]["sha256"]
     assert remote.get(f"/boot/files/w/0/initrd?sha256={sha}").content == INITRD
+
+
+def test_a_real_server_sends_the_files_from_the_page_cache(booting, farm):
+    """Through uvicorn on a socket the body goes out with sendfile(2)
+    (`zerocopy_h11`): the same bytes, ranges and headers as above, several
+    answers on one connection, and no file left open."""
+    open_before = len(os.listdir("/proc/self/fd"))
+    with serving(farm) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        whole = client.get("/boot/files/w/0/kernel")
+        assert whole.status_code == 200 and whole.content == KERNEL
+        assert whole.headers["content-length"] == str(len(KERNEL))
+        assert whole.headers["etag"] == f'"{hashlib.sha256(KERNEL).hexdigest()}"'
+        part = client.get("/boot/files/w/0/kernel", headers={"Range": "bytes=1000-1999"})
+        assert part.status_code == 206 and part.content == KERNEL[1000:2000]
+        assert part.headers["content-range"] == f"bytes 1000-1999/{len(KERNEL)}"
+        tail = client.get("/boot/files/w/0/initrd", headers={"Range": "bytes=-10"})
+        assert tail.status_code == 206 and tail.content == INITRD[-10:]
+        beyond = client.get("/boot/files/w/0/kernel", headers={"Range": f"bytes={len(KERNEL)}-"})
+        assert beyond.status_code == 416
+        assert client.get("/boot/files/w/0/initrd").content == INITRD
+    assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 def test_what_was_not_recorded_or_cannot_be_answered_is_refused(booting, remote, farm):

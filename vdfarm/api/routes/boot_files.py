@@ -20,22 +20,23 @@ Rules:
   device boots this vDisk and fetched its script from this very address);
   recording never fails or changes the answer.
 - The file is opened (no link followed) and checked (a regular file of the
-  recorded size) before the answer starts; its bytes are read through the
+  recorded size) before the answer starts; its bytes go out through the
   page cache (devices booting together read the same file: it should stay
-  hot) in blocks on a worker thread, never the whole file in memory.
+  hot): with sendfile(2) where the server can, else in blocks read on a
+  worker thread, never the whole file in memory (`FileRangeResponse`).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from vdfarm.api.deps import FarmDep, client_host
+from vdfarm.api.file_response import FileRangeResponse
 from vdfarm.api.limited_route import BootRoute
 from vdfarm.api.ranges import RangeNotSatisfiable, range_answer, refusal_headers
 from vdfarm.api.schemas import ErrorDetail
@@ -44,26 +45,11 @@ from vdfarm.service.errors import NotFound
 router = APIRouter(prefix="/boot", tags=["boot"], route_class=BootRoute)
 
 OCTETS = "application/octet-stream"
-READ_BLOCK = 1 << 20
-
-
-def _blocks(fd: int, start: int, end: int) -> Iterator[bytes]:
-    """Bytes START..END-1 of FD in blocks; closes FD when done (or dropped)."""
-    try:
-        offset = start
-        while offset < end:
-            block = os.pread(fd, min(READ_BLOCK, end - offset), offset)
-            if not block:
-                return  # the file shrank under us: the answer ends short
-            offset += len(block)
-            yield block
-    finally:
-        os.close(fd)
 
 
 @router.get(
     "/files/{vdisk}/{version}/{kind}",
-    response_class=StreamingResponse,
+    response_class=FileRangeResponse,
     responses={
         200: {"content": {OCTETS: {}}, "description": "The whole file."},
         206: {"content": {OCTETS: {}}, "description": "The range asked for."},
@@ -104,9 +90,11 @@ def boot_file(
         )
     if mac is not None:
         farm.boot_stages.kernel_fetched(mac, vdisk, client_host(request))
-    return StreamingResponse(
-        _blocks(fd, answer.start, answer.end),
-        status_code=answer.status,
-        media_type=OCTETS,
-        headers={**answer.headers, "ETag": f'"{held.sha256}"'},
+    return FileRangeResponse(
+        open(fd, "rb", buffering=0),  # closes FD with the answer
+        answer.start,
+        answer.end,
+        answer.status,
+        {**answer.headers, "ETag": f'"{held.sha256}"'},
+        OCTETS,
     )
