@@ -153,6 +153,7 @@ def test_a_diskless_vm_boots_the_sample_from_its_boot_files_and_nbd_root(built, 
     assert "ERROR" not in found and "ROOT-DONE" in found, serial
     assert not result.timed_out and result.exit_code == 0, result.qemu_stderr
     assert found["NETBOOT-START"] == "nb1"
+    assert found["NETBOOT-SERVER"] == f"{HOST_FROM_GUEST}:{farm.port}"
     assert found["NETBOOT-NET"].startswith("10.0.2.15/"), serial  # qemu's DHCP answered
     assert found["NETBOOT-ATTACH"] == f"pc1 {32 << 20}"
     assert found["ROOT-UP"] == "nb1 /dev/nbd0 ext4"

@@ -14,6 +14,7 @@
 #   vdfarm.id=ID                a name for the markers (default: none)
 # Every line for the host starts with VDFARM- on the serial console:
 #   VDFARM-NETBOOT-START <id>
+#   VDFARM-NETBOOT-SERVER <host>:<port>   the NBD server it attaches from
 #   VDFARM-NETBOOT-NET <address/prefix>
 #   VDFARM-NETBOOT-ATTACH <export> <bytes>
 #   VDFARM-ERROR <why>   then power off at once
@@ -74,6 +75,7 @@ case "$server" in
     *) host="$server" port="$DEFAULT_NBD_PORT" ;;
 esac
 only '0-9' "$port" || die "bad port in vdfarm.server=$server"
+echo "VDFARM-NETBOOT-SERVER $host:$port"
 
 for module in $(cat /etc/vdfarm-modules); do
     insmod "$module" || die "insmod $module failed"
