@@ -87,7 +87,9 @@ def vdfarm_server(work: Path, initrd: Path) -> tuple[list[str], int]:
         subprocess.run(cli + args, check=True, capture_output=True)
     port = free_port()
     argv = cli + ["server", "run", "--nbd-port", str(free_port()), "--api-port", str(port)]
-    argv += ["--no-replication"]
+    # every curl comes from 127.0.0.1: the per-source boot rate limit would
+    # time the limiter, not the server (lighttpd has none)
+    argv += ["--no-replication", "--boot-rate", "100000", "--boot-burst", "100000"]
     return argv, port
 
 

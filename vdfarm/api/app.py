@@ -34,6 +34,7 @@ from vdfarm.api import auth
 from vdfarm.api.errors import install_error_handlers
 from vdfarm.api.limits import ApiLimits, BodyLimit
 from vdfarm.api.ratelimit import RateLimiter, ReservationCap
+from vdfarm.api.recent_answers import RecentAnswers
 from vdfarm.api.routes import (
     audit,
     boot_files,
@@ -100,6 +101,7 @@ def create_app(
     app.state.jobs = JobBoard(farm.clock)
     app.state.login_limiter = RateLimiter(limits.login_rate_per_s, limits.login_burst)
     app.state.boot_limiter = RateLimiter(limits.boot_rate_per_s, limits.boot_burst)
+    app.state.held_boot_files = RecentAnswers()
     app.state.reservation_cap = ReservationCap(
         limits.reservations_per_source, limits.reservation_window_s
     )

@@ -114,6 +114,20 @@ def server() -> None:
     help="... with bursts up to this many.",
 )
 @click.option(
+    "--boot-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=ApiLimits.boot_rate_per_s,
+    show_default=True,
+    help="Boot path requests (/boot/ipxe, /boot/files) per second per source address ...",
+)
+@click.option(
+    "--boot-burst",
+    type=click.IntRange(min=1),
+    default=ApiLimits.boot_burst,
+    show_default=True,
+    help="... with bursts up to this many (raise both where devices boot behind one NAT).",
+)
+@click.option(
     "--login-reservations",
     type=click.IntRange(min=1),
     default=ApiLimits.reservations_per_source,
@@ -249,6 +263,8 @@ def run_cmd(
     api_max_body_kib: int,
     login_rate: float,
     login_burst: int,
+    boot_rate: float,
+    boot_burst: int,
     login_reservations: int,
     max_connections: int,
     max_connections_per_address: int,
@@ -305,6 +321,8 @@ def run_cmd(
                 login_rate_per_s=login_rate,
                 login_burst=login_burst,
                 reservations_per_source=login_reservations,
+                boot_rate_per_s=boot_rate,
+                boot_burst=boot_burst,
             ),
             nbd_limits=ConnectionLimits(
                 max_connections=max_connections,

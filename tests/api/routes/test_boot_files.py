@@ -17,6 +17,7 @@ from tests.api.conftest import OTHER_ACTOR, OTHER_HOST, error_of, unchanged
 from tests.api.serving import serving
 from vdfarm.api.app import create_app
 from vdfarm.api.limits import ApiLimits
+from vdfarm.api.recent_answers import RecentAnswers
 
 KERNEL = bytes(range(256)) * 4000  # 1,024,000 bytes
 INITRD = b"initramfs" * 30000
@@ -164,3 +165,38 @@ def test_boot_requests_are_rate_limited_per_source(farm, transfer, booting):
     assert two.get("/boot/files/w/0/initrd").status_code == 200  # another source
     login = one.post("/api/v1/login", json={"device": "pc1", "reserve": False})
     assert login.status_code != 429  # logins have their own bucket (503 here: no server up)
+
+
+def test_a_boot_storm_asks_the_database_once_a_second(booting, farm, transfer, monkeypatch):
+    """The database's answer for a file is kept a second (per server): a
+    hundred devices fetching it make one look-up; a refusal is not kept,
+    so a file given a moment later is served at once."""
+    asked = []
+    held = farm.boot.held
+
+    def counted(*args):
+        asked.append(args)
+        return held(*args)
+
+    monkeypatch.setattr(farm.boot, "held", counted)
+    app = create_app(farm, transfer_dir=transfer, limits=ApiLimits(boot_burst=1000))
+    remote = TestClient(app, client=OTHER_HOST)
+    clock = Clock()
+    app.state.held_boot_files = RecentAnswers(ttl_s=1.0, clock=clock)
+    for _ in range(100):
+        assert remote.get("/boot/files/w/0/initrd").content == INITRD
+    assert len(asked) == 1
+    clock.now += 1.0
+    assert remote.get("/boot/files/w/0/initrd").status_code == 200
+    assert len(asked) == 2
+    for _ in range(3):
+        error_of(remote.get("/boot/files/w/1/initrd"), 404)
+    assert len(asked) == 5  # each refusal was a look-up of its own
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now

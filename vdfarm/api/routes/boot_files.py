@@ -19,6 +19,12 @@ Rules:
   `kernel` boot stage if it counts (`BootStageService.kernel_fetched`: the
   device boots this vDisk and fetched its script from this very address);
   recording never fails or changes the answer.
+- The database's answer for a file (`held`) is kept for a second
+  (`RecentAnswers`, per server): a boot storm asks it hundreds of times,
+  and a request that finds it kept makes no database query and no hop to
+  a worker thread (the route is async; a look-up or a stage record runs
+  in the thread pool). So a version whose boot files change may serve the
+  old ones for up to a second more.
 - The file is opened (no link followed) and checked (a regular file of the
   recorded size) before the answer starts; its bytes go out through the
   page cache (devices booting together read the same file: it should stay
@@ -34,12 +40,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from vdfarm.api.deps import FarmDep, client_host
 from vdfarm.api.file_response import FileRangeResponse
 from vdfarm.api.limited_route import BootRoute
 from vdfarm.api.ranges import RangeNotSatisfiable, range_answer, refusal_headers
+from vdfarm.api.recent_answers import RecentAnswers
 from vdfarm.api.schemas import ErrorDetail
+from vdfarm.service.boot import HeldBootFile
+from vdfarm.service.context import Farm
 from vdfarm.service.errors import NotFound
 
 router = APIRouter(prefix="/boot", tags=["boot"], route_class=BootRoute)
@@ -58,7 +68,7 @@ OCTETS = "application/octet-stream"
         429: {"model": ErrorDetail, "description": "Too many requests from this address."},
     },
 )
-def boot_file(
+async def boot_file(
     vdisk: str,
     version: int,
     kind: str,
@@ -70,7 +80,7 @@ def boot_file(
 ) -> Response:
     """The kernel (`kind` kernel) or initramfs (initrd) of a version of a
     vDisk: all of it, or the one range `Range` asks for."""
-    held = farm.boot.held(vdisk, version, kind, sha256)
+    held = await _held(request, farm, vdisk, version, kind, sha256)
     try:
         fd = os.open(held.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -89,7 +99,7 @@ def boot_file(
             {"detail": str(exc)}, status_code=416, headers=refusal_headers(held.size)
         )
     if mac is not None:
-        farm.boot_stages.kernel_fetched(mac, vdisk, client_host(request))
+        await run_in_threadpool(farm.boot_stages.kernel_fetched, mac, vdisk, client_host(request))
     return FileRangeResponse(
         open(fd, "rb", buffering=0),  # closes FD with the answer
         answer.start,
@@ -98,3 +108,19 @@ def boot_file(
         {**answer.headers, "ETag": f'"{held.sha256}"'},
         OCTETS,
     )
+
+
+async def _held(
+    request: Request, farm: Farm, vdisk: str, version: int, kind: str, sha256: str | None
+) -> HeldBootFile:
+    """`farm.boot.held`, or its answer of less than a second ago.
+
+    Raises NotFound, Unavailable.
+    """
+    recent: RecentAnswers[HeldBootFile] = request.app.state.held_boot_files
+    key = (vdisk, version, kind, sha256)
+    held = recent.get(key)
+    if held is None:
+        held = await run_in_threadpool(farm.boot.held, vdisk, version, kind, sha256)
+        recent.put(key, held)
+    return held
