@@ -5,6 +5,8 @@ sees."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -169,6 +171,32 @@ def test_logins_at_once_spread_and_respect_max_booting(duo, clock):
     clock.advance(31)  # the other reservations ran out (those devices never came)
     beat(a, b)
     assert chosen(login(a, "pc008"))[0] == "b"  # a has pc000 booting, b nothing
+
+
+def test_logins_at_the_same_instant_on_two_servers_never_pass_max_booting(duo):
+    """Sixteen devices log in at one instant, half through each server (its
+    own engine, as two server processes): each login reads the booting
+    counts and then reserves, so without one login at a time two of them
+    read the same counts and both take a server's last place."""
+    a, b = duo["a"], duo["b"]
+    add_devices(a, 16)
+    a.servers.configure("a", max_booting=3)
+    b.servers.configure("b", max_booting=3)
+    start = threading.Barrier(16)
+
+    def one(n: int) -> str:
+        farm = a if n % 2 else b
+        start.wait()
+        try:
+            return chosen(login(farm, f"pc{n:03}"))[0]
+        except Unavailable as exc:
+            assert "maximum of booting devices" in str(exc), exc
+            return "refused"
+
+    with ThreadPoolExecutor(16) as pool:
+        sent = sorted(pool.map(one, range(16)))
+    assert sent == ["a"] * 3 + ["b"] * 3 + ["refused"] * 10, sent
+    assert sorted(reservations(a).values()) == ["a"] * 3 + ["b"] * 3
 
 
 def test_bad_input_changes_nothing(duo):

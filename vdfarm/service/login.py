@@ -42,6 +42,11 @@ Rules:
   device's session is recorded (when it connects) or `RESERVATION_LIFETIME`
   passes, so devices logging in at once (a boot storm) spread out and
   max-booting holds. Everything else it only reads.
+- Reserving logins run one at a time farm-wide, from before they read the
+  servers' booting counts to their commit (`_one_at_a_time`: PostgreSQL's
+  transaction advisory lock, SQLite's write lock taken first): two logins
+  at the same instant, on one server or two, never both take a server's
+  last place. A question that reserves nothing takes no lock.
 - Cheap, as every boot pays for it: one transaction of three Core
   statements (device + vDisk + versions + own session; servers + load
   counts + verified copy; the reservation, an upsert), no ORM objects. On
@@ -59,7 +64,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Insert, Row, Select, bindparam, func, literal, or_, select
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Row,
+    Select,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -283,6 +299,19 @@ def _excluded_reason(reason: str, candidates: list[Candidate], allowed: list[Can
     return f"{reason} (excluded by the device: {', '.join(left_out)})"
 
 
+RESERVING_LOGINS_LOCK = 0x7664666D6C6F67  # PostgreSQL advisory lock key ("vdfmlog")
+
+
+def _one_at_a_time(connection: Connection, dialect: str) -> None:
+    """Wait until no other reserving login is between its read of the
+    booting counts and its commit (see the module's rules); held to the end
+    of this transaction."""
+    if dialect == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(RESERVING_LOGINS_LOCK)))
+    else:  # SQLite: a write first takes the database's one write lock
+        connection.execute(update(LoginReservation).where(literal(False)).values(device_id=0))
+
+
 def _reservation_upsert(dialect: str) -> Insert:
     """INSERT … ON CONFLICT (device) DO UPDATE of a device's reservation."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
@@ -382,6 +411,8 @@ class LoginService:
             state = rules.shown_access(rules.find(states, version, device.vdisk_name), now)
             home_only = rules.home_server_only(device.access_mode, device.device_type, state)
             booted = next(r for r in rows if r.number == version)
+            if reserve:
+                _one_at_a_time(connection, dialect)
             servers = connection.execute(
                 _SERVERS,
                 {
