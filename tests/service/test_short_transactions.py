@@ -23,17 +23,25 @@ class BlockedQemuImg:
 
     def __init__(self, monkeypatch, verb):
         self.verb, self.entered, self.release = verb, threading.Event(), threading.Event()
-        real = qemu_img.subprocess.run
+        real_run, real_popen = qemu_img.subprocess.run, qemu_img.subprocess.Popen
 
-        def run(cmd, *args, **kwargs):
+        def stop_here(cmd) -> None:
             words = [str(w) for w in cmd]
             is_qemu_img = any(w.endswith("qemu-img") for w in words)
             if is_qemu_img and self.verb in words and not self.entered.is_set():
                 self.entered.set()
                 assert self.release.wait(60), "never released"
-            return real(cmd, *args, **kwargs)
+
+        def run(cmd, *args, **kwargs):
+            stop_here(cmd)
+            return real_run(cmd, *args, **kwargs)
+
+        def popen(cmd, *args, **kwargs):  # a run whose progress is watched
+            stop_here(cmd)
+            return real_popen(cmd, *args, **kwargs)
 
         monkeypatch.setattr(qemu_img.subprocess, "run", run)
+        monkeypatch.setattr(qemu_img.subprocess, "Popen", popen)
 
 
 def in_thread(fn):
