@@ -199,6 +199,14 @@ def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen, int]:
                 "0",
                 "--api-port",
                 "0",
+                # every client is 127.0.0.1: the per-source limits would
+                # time the limiter, not the login
+                "--login-rate",
+                "100000",
+                "--login-burst",
+                "100000",
+                "--login-reservations",
+                "100000",
             ],
             stdout=subprocess.PIPE,
             stderr=stderr,
