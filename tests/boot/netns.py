@@ -213,20 +213,7 @@ class BootNetwork:
         sercon.write_bytes((0x3F8).to_bytes(2, "little"))
         argv = self.argv(
             [
-                vm.QEMU,
-                "-nodefaults",
-                "-no-user-config",
-                "-accel",
-                "tcg",
-                "-m",
-                str(memory_mib),
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-                "-no-reboot",
-                "-serial",
-                f"file:{serial}",
+                *vm.machine_args(serial_id, serial, memory_mib, vm.QEMU),
                 "-fw_cfg",
                 f"name=etc/sercon-port,file={sercon}",
                 "-boot",

@@ -23,6 +23,7 @@ import pytest
 from tests.boot.netns import BRIDGE, BRIDGE_ADDRESS, DHCP_RANGE, BootNetwork
 from tests.boot.test_dnsmasq_netns import CLEAN_ENV, lease_of
 from tests.conftest import free_port, sha256
+from tests.image.test_netboot import import_sample
 from tests.kernel_guest import markers
 from vdfarm.image import netboot
 
@@ -83,19 +84,8 @@ def test_a_diskless_vm_boots_the_sample_through_dnsmasq_and_the_farm(boot_networ
     stop(server)
 
     built = netboot.build(tmp_path / "netboot", size_mib=32)
-    farm.cli("vdisk", "import", "nb", str(built.root))
+    import_sample(farm, built)
     farm.cli("device", "add", "pc1", "--vdisk", "nb", "--mac", MAC)
-    farm.cli(
-        "vdisk",
-        "boot",
-        "nb",
-        "--kernel",
-        str(built.kernel),
-        "--initrd",
-        str(built.initrd),
-        "--cmdline",
-        built.cmdline,
-    )
     vdisk_file = farm.data_dir / "store" / "nb" / "base.raw"
     before = sha256(vdisk_file)
     server = start_server(boot_network, farm, nbd_port, api_port)

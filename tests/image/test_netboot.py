@@ -97,6 +97,24 @@ def test_the_command_line_builds_it_or_refuses_in_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def import_sample(runner, built: netboot.NetbootSample, name: str = "nb") -> None:
+    """Import BUILT's root as vDisk NAME and give its version BUILT's boot
+    files and command line, through RUNNER's `cli` (a Farm or a cluster
+    server)."""
+    runner.cli("vdisk", "import", name, str(built.root))
+    runner.cli(
+        "vdisk",
+        "boot",
+        name,
+        "--kernel",
+        str(built.kernel),
+        "--initrd",
+        str(built.initrd),
+        "--cmdline",
+        built.cmdline,
+    )
+
+
 def fetch(url: str, target: Path, halves: bool = False) -> Path:
     """URL's bytes into TARGET (in two ranged requests if HALVES)."""
     if not halves:
@@ -120,19 +138,8 @@ def fetch(url: str, target: Path, halves: bool = False) -> Path:
 
 @pytest.mark.vm
 def test_a_diskless_vm_boots_the_sample_from_its_boot_files_and_nbd_root(built, farm, tmp_path):
-    farm.cli("vdisk", "import", "nb", str(built.root))
+    import_sample(farm, built)
     farm.cli("device", "add", "pc1", "--vdisk", "nb", "--mac", "52:54:00:12:34:77")
-    farm.cli(
-        "vdisk",
-        "boot",
-        "nb",
-        "--kernel",
-        str(built.kernel),
-        "--initrd",
-        str(built.initrd),
-        "--cmdline",
-        built.cmdline,
-    )
     vdisk_file = farm.data_dir / "store" / "nb" / "base.raw"
     before = sha256(vdisk_file)
     api_port = free_port()

@@ -29,7 +29,7 @@ import pytest
 
 from tests.conftest import sha256
 from tests.farm.postgres import fresh_postgres_url
-from tests.image.test_netboot import BOOT_TIMEOUT, built  # noqa: F401 (fixture)
+from tests.image.test_netboot import BOOT_TIMEOUT, built, import_sample  # noqa: F401 (fixture)
 from tests.kernel_guest import HOST_FROM_GUEST, markers
 from tests.stream.cluster import Cluster, ClusterServer
 from vdfarm.image import netboot, vm
@@ -68,18 +68,7 @@ def two_servers(built, tmp_path):  # noqa: F811
         try:
             farm.init()
             a = farm.first
-            a.cli("vdisk", "import", "nb", str(built.root))
-            a.cli(
-                "vdisk",
-                "boot",
-                "nb",
-                "--kernel",
-                str(built.kernel),
-                "--initrd",
-                str(built.initrd),
-                "--cmdline",
-                built.cmdline,
-            )
+            import_sample(a, built)
             farm.copy_store("nb")
             for name, mac in MACS.items():
                 a.cli("device", "add", name, "--vdisk", "nb", "--mac", mac)

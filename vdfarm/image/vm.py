@@ -178,14 +178,14 @@ def qemu_command(
 ) -> list[str]:
     """The full qemu argv. Raises ValueError for a bad URL or an id outside [A-Za-z0-9._-]{1,64}."""
     return [
-        *_machine_args(serial_id, serial_path, memory_mib, qemu),
+        *machine_args(serial_id, serial_path, memory_mib, qemu),
         "-drive",
         nbd_drive_option(nbd_url, reconnect_delay, interface),
         *extra_args,
     ]
 
 
-def _machine_args(serial_id: str, serial_path: Path, memory_mib: int, qemu: str) -> list[str]:
+def machine_args(serial_id: str, serial_path: Path, memory_mib: int, qemu: str) -> list[str]:
     """qemu, TCG, no devices but the serial console to a file, and the SMBIOS serial."""
     if not _ID_RE.fullmatch(serial_id):
         raise ValueError(f"serial id must match [A-Za-z0-9._-]{{1,64}}: {serial_id!r}")
@@ -268,7 +268,7 @@ def kernel_command(
     Raises ValueError for an id outside [A-Za-z0-9._-]{1,64}.
     """
     return [
-        *_machine_args(serial_id, serial_path, memory_mib, qemu),
+        *machine_args(serial_id, serial_path, memory_mib, qemu),
         "-kernel",
         str(kernel),
         "-initrd",
@@ -301,7 +301,7 @@ def netboot_command(
     if "," in bootfile_url:
         raise ValueError(f"a bootfile URL with a comma: {bootfile_url!r}")
     return [
-        *_machine_args(serial_id, serial_path, memory_mib, qemu),
+        *machine_args(serial_id, serial_path, memory_mib, qemu),
         "-boot",
         "n",
         "-nic",
