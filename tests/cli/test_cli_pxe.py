@@ -68,31 +68,17 @@ def test_the_farms_servers_are_the_default(icli, loaders):
         USAGE,
         "the farm has no server with a REST API: give --server URL",
     )
+    from_the_farm = (*CMD, "--interface", "eth1", "--range", "10.1.0.10,10.1.0.20")
+    from_the_farm += ("--tftp-root", str(loaders))
     engine = db.make_engine(db.sqlite_url(icli.data_dir / "farm.db"))
     try:
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE servers SET hostname='10.1.0.1', api_port=8080"))
-        out = icli.ok(
-            *CMD,
-            "--interface",
-            "eth1",
-            "--range",
-            "10.1.0.10,10.1.0.20",
-            "--tftp-root",
-            str(loaders),
-        ).stdout
+        out = icli.ok(*from_the_farm).stdout
         assert "dhcp-boot=tag:ipxe,http://10.1.0.1:8080/boot/ipxe?mac=${netX/mac}" in out
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE servers SET api_tls=1, hostname='fd00::1'"))
-        out = icli.ok(
-            *CMD,
-            "--interface",
-            "eth1",
-            "--range",
-            "10.1.0.10,10.1.0.20",
-            "--tftp-root",
-            str(loaders),
-        ).stdout
+        out = icli.ok(*from_the_farm).stdout
         assert "dhcp-boot=tag:ipxe,https://[fd00::1]:8080/boot/ipxe?mac=${netX/mac}" in out
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE servers SET hostname='evil\nenable-ra'"))
