@@ -15,8 +15,7 @@ import subprocess
 import pytest
 
 from tests.boot.netns import BRIDGE, BRIDGE_ADDRESS, DHCP_RANGE, DNSMASQ
-from tests.boot.test_dnsmasq_netns import CLEAN_ENV
-from tests.conftest import VDFARM
+from tests.boot.test_dnsmasq_netns import dnsmasq_config
 from vdfarm.boot.dnsmasq import IPXE_DIR
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -64,26 +63,17 @@ def ask(network, tmp_path, n: int, arch: int, ipxe: bool) -> dict[str, str]:
 
 def test_each_client_kind_gets_its_file(boot_network, tmp_path):
     out = tmp_path / "pxe"
-    done = subprocess.run(
-        [
-            *VDFARM,
-            "pxe",
-            "dnsmasq-config",
-            "--interface",
-            BRIDGE,
-            "--range",
-            DHCP_RANGE,
-            "--server",
-            f"http://{BRIDGE_ADDRESS}:8080",
-            "--write",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=CLEAN_ENV,
-        timeout=60,
+    dnsmasq_config(
+        None,
+        "--interface",
+        BRIDGE,
+        "--range",
+        DHCP_RANGE,
+        "--server",
+        f"http://{BRIDGE_ADDRESS}:8080",
+        "--write",
+        str(out),
     )
-    assert done.returncode == 0, done.stderr
     boot_network.dnsmasq(out / "dnsmasq.conf", tmp_path)
     url = f"http://{BRIDGE_ADDRESS}:8080/boot/ipxe?mac=${{netX/mac}}"
     cases = [

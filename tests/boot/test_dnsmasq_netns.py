@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,12 @@ NO_BOOT = "No bootable device"
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("VDFARM_")}
 
 
-def dnsmasq_config(network: BootNetwork | None, *args: str) -> subprocess.CompletedProcess:
-    """`vdfarm pxe dnsmasq-config ARGS` (inside NETWORK's namespace if given)."""
-    argv = [*VDFARM, "pxe", "dnsmasq-config", *args]
+def dnsmasq_config(
+    network: BootNetwork | None, *args: str, cli: Sequence[str] = VDFARM
+) -> subprocess.CompletedProcess:
+    """`vdfarm pxe dnsmasq-config ARGS` through CLI (another data dir's,
+    say), inside NETWORK's namespace if given; it must succeed."""
+    argv = [*cli, "pxe", "dnsmasq-config", *args]
     if network is not None:
         argv = network.argv(argv)
     done = subprocess.run(argv, capture_output=True, text=True, env=CLEAN_ENV, timeout=60)

@@ -21,7 +21,7 @@ import subprocess
 import pytest
 
 from tests.boot.netns import BRIDGE, BRIDGE_ADDRESS, DHCP_RANGE, BootNetwork
-from tests.boot.test_dnsmasq_netns import CLEAN_ENV, lease_of
+from tests.boot.test_dnsmasq_netns import dnsmasq_config, lease_of
 from tests.conftest import free_port, sha256
 from tests.image.test_netboot import import_sample
 from tests.kernel_guest import markers
@@ -91,24 +91,16 @@ def test_a_diskless_vm_boots_the_sample_through_dnsmasq_and_the_farm(boot_networ
     server = start_server(boot_network, farm, nbd_port, api_port)
 
     out = tmp_path / "pxe"
-    done = subprocess.run(
-        [
-            *farm.base_args(),
-            "pxe",
-            "dnsmasq-config",
-            "--interface",
-            BRIDGE,
-            "--range",
-            DHCP_RANGE,
-            "--write",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=CLEAN_ENV,
-        timeout=60,
+    dnsmasq_config(
+        None,
+        "--interface",
+        BRIDGE,
+        "--range",
+        DHCP_RANGE,
+        "--write",
+        str(out),
+        cli=farm.base_args(),
     )
-    assert done.returncode == 0, done.stderr
     url = f"http://{BRIDGE_ADDRESS}:{api_port}/boot/ipxe?mac=${{netX/mac}}"
     assert f"dhcp-boot=tag:ipxe,{url}" in (out / "dnsmasq.conf").read_text()
     _, log, leases = boot_network.dnsmasq(out / "dnsmasq.conf", tmp_path)
